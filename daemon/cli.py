@@ -1,0 +1,54 @@
+"""The ``rigpilot`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from daemon import __version__
+
+SUBCOMMANDS = {
+    "sim": "run a simulated fleet of Antminers and Whatsminers (no hardware needed)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rigpilot",
+        description="Controller daemon for Bitcoin ASIC mining fleets.",
+    )
+    p.add_argument("--version", action="version", version=f"rigpilot {__version__}")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"), help="default: info")
+    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                   help="JSON log lines (default: JSON unless stderr is a terminal)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rigpilot`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from daemon.logsetup import configure_logging
+
+    configure_logging(level=args.log_level, json=args.log_json, stream=sys.stderr)
+    if args.command == "sim":
+        # The simulator is a separate program that happens to share the console script; the
+        # daemon itself never imports it (docs/architecture.md).
+        from simulator.cli import main as sim_main
+
+        return sim_main(rest)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

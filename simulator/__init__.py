@@ -1,0 +1,1 @@
+"""Simulated Antminer and Whatsminer rigs that speak the real protocols over real sockets."""

@@ -1,0 +1,97 @@
+"""A small synchronous client of the control API (tests, benchmarks, scripts)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class ControlError(RuntimeError):
+    """The control API refused a request; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class SimControl:
+    """Talks to a running simulator's control socket."""
+
+    def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+
+    def request(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload else {}
+            conn.request(method, route, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"null")
+        finally:
+            conn.close()
+        if resp.status != 200:
+            message = data.get("error", "") if isinstance(data, dict) else str(data)
+            raise ControlError(resp.status, message)
+        return data
+
+    def rigs(self) -> list[dict[str, str]]:
+        result: list[dict[str, str]] = self.request("GET", "/rigs")
+        return result
+
+    def rig(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/rigs/{address}")
+        return result
+
+    def set_fault(self, address: str, fault: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/rigs/{address}/faults/{fault}", params)
+        return result
+
+    def clear_fault(self, address: str, fault: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/rigs/{address}/faults/{fault}")
+        return result
+
+    def clear_faults(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/rigs/{address}/faults")
+        return result
+
+    def reboot(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/rigs/{address}/reboot")
+        return result
+
+    def reset(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/rigs/{address}/reset")
+        return result
+
+    def set_ambient(self, address: str, ambient_c: float) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "PUT", f"/rigs/{address}/ambient", {"ambient_c": ambient_c})
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/stats")
+        return result
+
+    def reset_counters(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/counters/reset")
+        return result
+
+    def set_time_scale(self, scale: float) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", "/clock", {"time_scale": scale})
+        return result

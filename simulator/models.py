@@ -1,0 +1,77 @@
+"""Catalogue of the rig models the simulator can impersonate.
+
+The simulator imports nothing of rigpilot's, so it keeps its own small table. Nameplate figures
+come from ../shared/reference/economics.md (and the makers' spec sheets where that table is
+silent, e.g. the M30S+); identity strings are what real firmware reports, as pyasic 0.79 reads
+them (see docs/simulator.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Make = Literal["antminer", "whatsminer"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Static facts about one rig model."""
+
+    key: str
+    """Short name used on the command line, e.g. ``s19jpro``."""
+    make: Make
+    model: str
+    """The model as pyasic names it, e.g. ``S19j Pro`` or ``M30S+ V40``."""
+    rpc_type: str
+    """Antminer: RPC ``VERSION[0].Type`` / web ``minertype``. Whatsminer: ``DEVDETAILS[0].Model``."""
+    hashrate_ths: float
+    """Nameplate hashrate in normal mode."""
+    power_w: float
+    """Nameplate wall power in normal mode."""
+    boards: int
+    chips_per_board: int
+    fans: int
+    firmware: str
+    """Default firmware version string for this model."""
+    board_freq_mhz: float
+    """Nominal chip frequency in normal mode."""
+    source: str
+    """Where the nameplate figures come from."""
+
+    @property
+    def efficiency_j_per_th(self) -> float:
+        return self.power_w / self.hashrate_ths
+
+
+_ECON = "shared/reference/economics.md"
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in (
+        ModelSpec("s19jpro", "antminer", "S19j Pro", "Antminer S19j Pro", 104, 3068, 3, 126, 4,
+                  "Fri Nov 17 17:37:49 CST 2023", 525, _ECON),
+        ModelSpec("s19xp", "antminer", "S19 XP", "Antminer S19 XP", 140, 3010, 3, 110, 4,
+                  "Thu May  4 10:21:06 CST 2023", 560, _ECON),
+        ModelSpec("s21", "antminer", "S21", "Antminer S21", 200, 3500, 3, 108, 4,
+                  "Thu Oct  9 18:55:45 CST 2025", 490, _ECON),
+        ModelSpec("s21pro", "antminer", "S21 Pro", "Antminer S21 Pro", 234, 3510, 3, 65, 4,
+                  "Thu Oct  9 18:55:45 CST 2025", 500, _ECON),
+        ModelSpec("m30s+", "whatsminer", "M30S+ V40", "M30S+V40", 100, 3400, 3, 105, 2,
+                  "20230803.11.REL", 600, "MicroBT spec sheet: 100 TH/s at 34 J/TH"),
+        ModelSpec("m30s", "whatsminer", "M30S V50", "M30SV50", 88, 3344, 3, 148, 2,
+                  "20230803.11.REL", 580, _ECON),
+        ModelSpec("m50s", "whatsminer", "M50S VH50", "M50SVH50", 126, 3276, 3, 105, 2,
+                  "20240624.18.REL", 600, _ECON),
+        ModelSpec("m60s", "whatsminer", "M60S VK40", "M60S_VK40", 186, 3422, 3, 75, 2,
+                  "20251209.16.Rel2", 625, _ECON),
+    )
+}
+
+
+def lookup(key: str) -> ModelSpec:
+    """Return the spec for ``key`` (case-insensitive); ValueError naming the known keys if absent."""
+    spec = MODELS.get(key.lower())
+    if spec is None:
+        raise ValueError(f"unknown model {key!r}; known models: {', '.join(sorted(MODELS))}")
+    return spec

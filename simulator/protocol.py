@@ -1,0 +1,53 @@
+"""The contract between the socket server and the per-make protocol handlers.
+
+A handler is a plain synchronous function from (rig, parsed request) to reply bytes. The server
+(``server.py``) owns sockets, framing, faults that act on the connection (offline, hang, slow,
+malformed, reset, refuse) and connection counters; handlers own command semantics, auth, and
+the rig's read/write counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulator.rig import SimRig
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+
+RpcHandler = Callable[[SimRig, Any], bytes]
+"""Port 4028: the request is the decoded JSON value (normally a dict); the reply is sent and
+the connection closed, as cgminer and btminer do."""
+
+HttpHandler = Callable[[SimRig, HttpRequest], HttpResponse]
+"""Port 80."""
+
+FramedHandler = Callable[[SimRig, Any], bytes]
+"""Port 4433 (Whatsminer API v3): the request is the decoded JSON of one length-prefixed frame;
+the reply is the JSON payload (the server adds the 4-byte little-endian length prefix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MakeHandlers:
+    """What one make answers on each port; None = nothing listens there for this make."""
+
+    rpc: RpcHandler
+    http: HttpHandler | None
+    framed: FramedHandler | None

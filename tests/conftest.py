@@ -1,0 +1,127 @@
+"""Shared fixtures.
+
+The whole test session runs inside a private network namespace (entered in
+``pytest_configure``), so simulated rigs can listen on every 127.x.y.z address and on port 80,
+and everything the tests start (simulator, broker) inherits the namespace.
+
+Fixtures:
+- ``sim_fleet`` (session): a simulator subprocess with every model; ``.rigs`` (identities),
+  ``.control`` (SimControl), ``.address(key)`` / ``.addresses(key)`` by model key
+  (``s19jpro``, ``m60s-v3`` for the API v3 firmware rig, ...).
+- ``sim`` (function): the same fleet, with every rig reset to factory state after the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.client import SimControl
+from simulator.netns import ensure_private_netns
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+V3_FIRMWARE = "20251209.16.Rel2"
+SIM_TIME_SCALE = 30.0
+
+FLEET_ARGS = [
+    "--antminer", "s19jpro:2", "--antminer", "s19xp:1", "--antminer", "s21:1",
+    "--antminer", "s21pro:1",
+    "--whatsminer", "m30s+:2", "--whatsminer", "m30s:1", "--whatsminer", "m50s:1",
+    "--whatsminer", "m60s:1", "--whatsminer", f"m60s@{V3_FIRMWARE}:1",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ensure_private_netns()
+
+
+@dataclass
+class SimFleet:
+    rigs: list[dict[str, Any]]
+    control: SimControl
+    proc: subprocess.Popen[bytes]
+    keys: list[str]
+
+    def addresses(self, key: str) -> list[str]:
+        """Addresses of the rigs of model ``key`` (``m60s-v3``: the API v3 firmware M60S)."""
+        out = []
+        for rig, rig_key in zip(self.rigs, self.keys, strict=True):
+            if rig_key == key:
+                out.append(rig["address"])
+        if not out:
+            raise KeyError(f"no simulated rig of model {key!r}")
+        return out
+
+    def address(self, key: str) -> str:
+        return self.addresses(key)[0]
+
+    def reset_all(self) -> None:
+        for rig in self.rigs:
+            self.control.reset(rig["address"])
+
+
+def start_simulator(args: list[str], control: Path, timeout: float = 30.0,
+                    ) -> tuple[subprocess.Popen[bytes], list[dict[str, Any]]]:
+    """Start ``python -m simulator`` with ``args``; return the process and its rig list."""
+    cmd = [sys.executable, "-m", "simulator", *args, "--json", "--control", str(control),
+           "--netns", "current"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"simulator did not start: {err}")
+    rigs: list[dict[str, Any]] = json.loads(line)
+    ctl = SimControl(control)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ctl.request("GET", "/health")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    return proc, rigs
+
+
+def stop_simulator(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
+    control = tmp_path_factory.mktemp("sim") / "control.sock"
+    proc, rigs = start_simulator(
+        [*FLEET_ARGS, "--time-scale", str(SIM_TIME_SCALE)], control)
+    ctl = SimControl(control)
+    keys = []
+    for rig in rigs:
+        key = ctl.rig(rig["address"])["key"]
+        keys.append(f"{key}-v3" if rig["firmware"] == V3_FIRMWARE else key)
+    yield SimFleet(rigs, ctl, proc, keys)
+    stop_simulator(proc)
+
+
+@pytest.fixture
+def sim(sim_fleet: SimFleet) -> Iterator[SimFleet]:
+    sim_fleet.reset_all()
+    yield sim_fleet
+    sim_fleet.reset_all()
