@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +60,9 @@ class _Once(asyncio.Protocol):
             self.done.set_result(self.size)
 
 
-async def _drive(targets: list[tuple[str, int, bytes]], seconds: float,
-                 concurrency: int) -> tuple[int, int, float]:
+async def _drive(
+    targets: list[tuple[str, int, bytes]], seconds: float, concurrency: int
+) -> tuple[int, int, float]:
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + seconds
     ok = failed = 0
@@ -74,7 +76,7 @@ async def _drive(targets: list[tuple[str, int, bytes]], seconds: float,
             i += concurrency
             done: asyncio.Future[int] = loop.create_future()
             try:
-                await loop.create_connection(lambda: _Once(payload, done), host, port)
+                await loop.create_connection(partial(_Once, payload, done), host, port)
                 size = await asyncio.wait_for(done, 5.0)
                 if size > 0:
                     ok += 1
@@ -136,11 +138,28 @@ def main() -> int:
     half = args.rigs // 2
     control = Path(tempfile.mkdtemp()) / "ctl.sock"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--antminer", f"s19jpro:{half - half // 2}",
-         "--antminer", f"s21:{half // 2}", "--whatsminer", f"m30s+:{args.rigs - half}",
-         "--json", "--control", str(control), "--netns", "current"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--antminer",
+            f"s19jpro:{half - half // 2}",
+            "--antminer",
+            f"s21:{half // 2}",
+            "--whatsminer",
+            f"m30s+:{args.rigs - half}",
+            "--json",
+            "--control",
+            str(control),
+            "--netns",
+            "current",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert sim.stdout is not None
         rigs = json.loads(sim.stdout.readline())
@@ -152,8 +171,11 @@ def main() -> int:
             except OSError:
                 time.sleep(0.05)
         targets = [
-            (r["address"], 4028,
-             b'{"command":"stats"}' if r["make"] == "antminer" else b'{"command":"summary"}')
+            (
+                r["address"],
+                4028,
+                b'{"command":"stats"}' if r["make"] == "antminer" else b'{"command":"summary"}',
+            )
             for r in rigs
         ]
         asyncio.run(_drive(targets[:200], 1.0, 32))  # warm up
@@ -165,8 +187,12 @@ def main() -> int:
         sim.terminate()
         sim.wait(timeout=10)
 
-    base = subprocess.Popen([sys.executable, __file__, "--baseline-server"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    base = subprocess.Popen(
+        [sys.executable, __file__, "--baseline-server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert base.stdout is not None
         base.stdout.readline()
@@ -184,15 +210,21 @@ def main() -> int:
     cpu_us = cpu / served * 1e6 if served else float("inf")
     capacity = 1e6 / cpu_us if served else 0.0
     base_us = (b_cpu1 - b_cpu0) / b_ok * 1e6 if b_ok else float("inf")
-    print(f"simulator: {len(rigs)} rigs, {served} requests in {wall:.1f} s "
-          f"({ok / wall:.0f}/s as driven by one Python client), {failed} failed, "
-          f"{cpu:.2f} s CPU, RSS {rss_mb:.0f} MB")
-    print(f"baseline bare asyncio server: {b_ok} requests in {b_wall:.1f} s, "
-          f"{base_us:.0f} us CPU per request")
-    print(f"RESULT rigs={len(rigs)} rps={ok / wall:.0f} cpu_us_per_req={cpu_us:.1f} "
-          f"capacity_rps_one_core={capacity:.0f} baseline_cpu_us_per_req={base_us:.1f} "
-          f"failed={failed} sim_rss_mb={rss_mb:.0f} target_rps={TARGET_RPS:.0f} "
-          f"ok={'yes' if capacity >= TARGET_RPS and failed == 0 else 'no'}")
+    print(
+        f"simulator: {len(rigs)} rigs, {served} requests in {wall:.1f} s "
+        f"({ok / wall:.0f}/s as driven by one Python client), {failed} failed, "
+        f"{cpu:.2f} s CPU, RSS {rss_mb:.0f} MB"
+    )
+    print(
+        f"baseline bare asyncio server: {b_ok} requests in {b_wall:.1f} s, "
+        f"{base_us:.0f} us CPU per request"
+    )
+    print(
+        f"RESULT rigs={len(rigs)} rps={ok / wall:.0f} cpu_us_per_req={cpu_us:.1f} "
+        f"capacity_rps_one_core={capacity:.0f} baseline_cpu_us_per_req={base_us:.1f} "
+        f"failed={failed} sim_rss_mb={rss_mb:.0f} target_rps={TARGET_RPS:.0f} "
+        f"ok={'yes' if capacity >= TARGET_RPS and failed == 0 else 'no'}"
+    )
     return 0 if capacity >= TARGET_RPS and failed == 0 else 1
 
 

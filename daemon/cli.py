@@ -19,10 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Controller daemon for Bitcoin ASIC mining fleets.",
     )
     p.add_argument("--version", action="version", version=f"rigpilot {__version__}")
-    p.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error"), help="default: info")
-    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                   help="JSON log lines (default: JSON unless stderr is a terminal)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="default: info",
+    )
+    p.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: JSON unless stderr is a terminal)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

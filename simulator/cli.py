@@ -45,26 +45,63 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         ),
         epilog=f"Models: {models}. Faults: {', '.join(f.value for f in Fault)}.",
     )
-    p.add_argument("--antminer", action="append", default=[], metavar="MODEL[@FW]:COUNT",
-                   help="add COUNT Antminers of MODEL (repeatable), e.g. s19jpro:100")
-    p.add_argument("--whatsminer", action="append", default=[], metavar="MODEL[@FW]:COUNT",
-                   help="add COUNT Whatsminers of MODEL (repeatable), e.g. m30s+:50")
-    p.add_argument("--fleet", type=Path, metavar="FILE",
-                   help="TOML fleet file with [[rigs]] groups (see docs/simulator.md)")
-    p.add_argument("--time-scale", type=float, default=None,
-                   help="simulated seconds per wall second (default 1; >1 runs physics faster)")
-    p.add_argument("--base-address", default=None,
-                   help=f"first rig address in 127.0.0.0/8 (default {DEFAULT_BASE})")
-    p.add_argument("--fault", action="append", default=[], metavar="ADDRESS=FAULT[,k=v...]",
-                   help="start a rig with a fault, e.g. 127.1.0.3=slow,delay_s=2 (repeatable)")
-    p.add_argument("--control", type=Path, default=None,
-                   help="unix socket of the control API (default: a file in the temp dir)")
-    p.add_argument("--netns", choices=("auto", "new", "current"), default="auto",
-                   help="auto: enter a private network namespace unless this one only has lo; "
-                        "new: always enter one; current: stay (refused if other interfaces "
-                        "exist, so the simulator never listens beyond loopback)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON line first: the rigs' address, make, model, firmware")
+    p.add_argument(
+        "--antminer",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Antminers of MODEL (repeatable), e.g. s19jpro:100",
+    )
+    p.add_argument(
+        "--whatsminer",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Whatsminers of MODEL (repeatable), e.g. m30s+:50",
+    )
+    p.add_argument(
+        "--fleet",
+        type=Path,
+        metavar="FILE",
+        help="TOML fleet file with [[rigs]] groups (see docs/simulator.md)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="simulated seconds per wall second (default 1; >1 runs physics faster)",
+    )
+    p.add_argument(
+        "--base-address",
+        default=None,
+        help=f"first rig address in 127.0.0.0/8 (default {DEFAULT_BASE})",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ADDRESS=FAULT[,k=v...]",
+        help="start a rig with a fault, e.g. 127.1.0.3=slow,delay_s=2 (repeatable)",
+    )
+    p.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        help="unix socket of the control API (default: a file in the temp dir)",
+    )
+    p.add_argument(
+        "--netns",
+        choices=("auto", "new", "current"),
+        default="auto",
+        help="auto: enter a private network namespace unless this one only has lo; "
+        "new: always enter one; current: stay (refused if other interfaces "
+        "exist, so the simulator never listens beyond loopback)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line first: the rigs' address, make, model, firmware",
+    )
     return p
 
 
@@ -101,8 +138,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
     if not groups:
-        print("rigpilot sim: error: no rigs; give --antminer, --whatsminer or --fleet",
-              file=sys.stderr)
+        print(
+            "rigpilot sim: error: no rigs; give --antminer, --whatsminer or --fleet",
+            file=sys.stderr,
+        )
         return 2
     if args.netns == "new" or (args.netns == "auto" and not loopback_only()):
         try:
@@ -111,9 +150,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
             print(f"rigpilot sim: error: {exc}", file=sys.stderr)
             return 1
     elif not loopback_only():
-        print("rigpilot sim: error: --netns current refused: this network namespace has "
-              "interfaces other than lo, and the simulator must not listen beyond loopback",
-              file=sys.stderr)
+        print(
+            "rigpilot sim: error: --netns current refused: this network namespace has "
+            "interfaces other than lo, and the simulator must not listen beyond loopback",
+            file=sys.stderr,
+        )
         return 2
     scale = args.time_scale if args.time_scale is not None else options.get("time_scale", 1.0)
     base = args.base_address or options.get("base_address", DEFAULT_BASE)
@@ -139,8 +180,14 @@ async def _serve(fleet: Fleet, control_path: Path, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(json.dumps([r.identity() for r in fleet.rigs]) + "\n")
         sys.stdout.flush()
-    log.info("sim.started", rigs=len(fleet), control=str(control_path), pid=os.getpid(),
-             time_scale=fleet.clock.scale, join=join_instructions(os.getpid()))
+    log.info(
+        "sim.started",
+        rigs=len(fleet),
+        control=str(control_path),
+        pid=os.getpid(),
+        time_scale=fleet.clock.scale,
+        join=join_instructions(os.getpid()),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -81,7 +81,8 @@ class SimControl:
 
     def set_ambient(self, address: str, ambient_c: float) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
-            "PUT", f"/rigs/{address}/ambient", {"ambient_c": ambient_c})
+            "PUT", f"/rigs/{address}/ambient", {"ambient_c": ambient_c}
+        )
         return result
 
     def stats(self) -> dict[str, Any]:

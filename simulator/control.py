@@ -118,7 +118,7 @@ class ControlApi:
                 try:
                     rig.set_ambient(float(body["ambient_c"]))
                 except (KeyError, TypeError, ValueError):
-                    raise ApiError(400, "expected {\"ambient_c\": <number>}") from None
+                    raise ApiError(400, 'expected {"ambient_c": <number>}') from None
                 return rig.true_state()
             case ["stats"] if method == "GET":
                 return self.stats()
@@ -131,7 +131,7 @@ class ControlApi:
                 body = self._body(req)
                 scale = body.get("time_scale")
                 if not isinstance(scale, int | float) or scale <= 0:
-                    raise ApiError(400, "expected {\"time_scale\": <positive number>}")
+                    raise ApiError(400, 'expected {"time_scale": <positive number>}')
                 self.fleet.clock.set_scale(float(scale))
                 return self.stats()
         raise ApiError(404, f"no route {method} {req.path}")

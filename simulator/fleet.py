@@ -73,8 +73,11 @@ def load_fleet_file(path: Path) -> tuple[list[GroupSpec], dict[str, Any]]:
             raise ValueError(f"{where}: {exc}") from exc
         if count < 1:
             raise ValueError(f"{where}: count must be >= 1")
-        groups.append(GroupSpec(spec.key, count, raw.get("firmware"),
-                                float(raw.get("ambient_c", 25.0)), faults))
+        groups.append(
+            GroupSpec(
+                spec.key, count, raw.get("firmware"), float(raw.get("ambient_c", 25.0)), faults
+            )
+        )
     options = {k: v for k, v in data.items() if k != "rigs"}
     return groups, options
 
@@ -96,8 +99,9 @@ def addresses(base: str, count: int) -> Iterator[str]:
 class Fleet:
     """The rigs of one simulator process, indexed by address."""
 
-    def __init__(self, groups: Iterable[GroupSpec], clock: SimClock,
-                 base_address: str = DEFAULT_BASE) -> None:
+    def __init__(
+        self, groups: Iterable[GroupSpec], clock: SimClock, base_address: str = DEFAULT_BASE
+    ) -> None:
         self.clock = clock
         self.rigs: list[SimRig] = []
         groups = list(groups)
@@ -106,8 +110,14 @@ class Fleet:
         for group in groups:
             spec = lookup(group.model)
             for _ in range(group.count):
-                rig = SimRig(next(addr_iter), spec, clock, index=len(self.rigs),
-                             firmware=group.firmware, ambient_c=group.ambient_c)
+                rig = SimRig(
+                    next(addr_iter),
+                    spec,
+                    clock,
+                    index=len(self.rigs),
+                    firmware=group.firmware,
+                    ambient_c=group.ambient_c,
+                )
                 for name, params in group.faults.items():
                     rig.set_fault(Fault(name), params)
                 self.rigs.append(rig)

@@ -58,7 +58,9 @@ def parse_request(buf: bytearray) -> tuple[HttpRequest, bool] | None:
     path, _, query = target.partition("?")
     conn = headers.get("connection", "").lower()
     keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-    return HttpRequest(method=method, path=path, query=query, headers=headers, body=body), keep_alive
+    return HttpRequest(
+        method=method, path=path, query=query, headers=headers, body=body
+    ), keep_alive
 
 
 def format_response(resp: HttpResponse, keep_alive: bool) -> bytes:

@@ -24,7 +24,8 @@ class ModelSpec:
     model: str
     """The model as pyasic names it, e.g. ``S19j Pro`` or ``M30S+ V40``."""
     rpc_type: str
-    """Antminer: RPC ``VERSION[0].Type`` / web ``minertype``. Whatsminer: ``DEVDETAILS[0].Model``."""
+    """Antminer: RPC ``VERSION[0].Type`` / web ``minertype``.
+    Whatsminer: ``DEVDETAILS[0].Model``."""
     hashrate_ths: float
     """Nameplate hashrate in normal mode."""
     power_w: float
@@ -49,28 +50,124 @@ _ECON = "shared/reference/economics.md"
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in (
-        ModelSpec("s19jpro", "antminer", "S19j Pro", "Antminer S19j Pro", 104, 3068, 3, 126, 4,
-                  "Fri Nov 17 17:37:49 CST 2023", 525, _ECON),
-        ModelSpec("s19xp", "antminer", "S19 XP", "Antminer S19 XP", 140, 3010, 3, 110, 4,
-                  "Thu May  4 10:21:06 CST 2023", 560, _ECON),
-        ModelSpec("s21", "antminer", "S21", "Antminer S21", 200, 3500, 3, 108, 4,
-                  "Thu Oct  9 18:55:45 CST 2025", 490, _ECON),
-        ModelSpec("s21pro", "antminer", "S21 Pro", "Antminer S21 Pro", 234, 3510, 3, 65, 4,
-                  "Thu Oct  9 18:55:45 CST 2025", 500, _ECON),
-        ModelSpec("m30s+", "whatsminer", "M30S+ V40", "M30S+V40", 100, 3400, 3, 105, 2,
-                  "20230803.11.REL", 600, "MicroBT spec sheet: 100 TH/s at 34 J/TH"),
-        ModelSpec("m30s", "whatsminer", "M30S V50", "M30SV50", 88, 3344, 3, 148, 2,
-                  "20230803.11.REL", 580, _ECON),
-        ModelSpec("m50s", "whatsminer", "M50S VH50", "M50SVH50", 126, 3276, 3, 105, 2,
-                  "20240624.18.REL", 600, _ECON),
-        ModelSpec("m60s", "whatsminer", "M60S VK40", "M60S_VK40", 186, 3422, 3, 75, 2,
-                  "20251209.16.Rel2", 625, _ECON),
+        ModelSpec(
+            "s19jpro",
+            "antminer",
+            "S19j Pro",
+            "Antminer S19j Pro",
+            104,
+            3068,
+            3,
+            126,
+            4,
+            "Fri Nov 17 17:37:49 CST 2023",
+            525,
+            _ECON,
+        ),
+        ModelSpec(
+            "s19xp",
+            "antminer",
+            "S19 XP",
+            "Antminer S19 XP",
+            140,
+            3010,
+            3,
+            110,
+            4,
+            "Thu May  4 10:21:06 CST 2023",
+            560,
+            _ECON,
+        ),
+        ModelSpec(
+            "s21",
+            "antminer",
+            "S21",
+            "Antminer S21",
+            200,
+            3500,
+            3,
+            108,
+            4,
+            "Thu Oct  9 18:55:45 CST 2025",
+            490,
+            _ECON,
+        ),
+        ModelSpec(
+            "s21pro",
+            "antminer",
+            "S21 Pro",
+            "Antminer S21 Pro",
+            234,
+            3510,
+            3,
+            65,
+            4,
+            "Thu Oct  9 18:55:45 CST 2025",
+            500,
+            _ECON,
+        ),
+        ModelSpec(
+            "m30s+",
+            "whatsminer",
+            "M30S+ V40",
+            "M30S+V40",
+            100,
+            3400,
+            3,
+            105,
+            2,
+            "20230803.11.REL",
+            600,
+            "MicroBT spec sheet: 100 TH/s at 34 J/TH",
+        ),
+        ModelSpec(
+            "m30s",
+            "whatsminer",
+            "M30S V50",
+            "M30SV50",
+            88,
+            3344,
+            3,
+            148,
+            2,
+            "20230803.11.REL",
+            580,
+            _ECON,
+        ),
+        ModelSpec(
+            "m50s",
+            "whatsminer",
+            "M50S VH50",
+            "M50SVH50",
+            126,
+            3276,
+            3,
+            105,
+            2,
+            "20240624.18.REL",
+            600,
+            _ECON,
+        ),
+        ModelSpec(
+            "m60s",
+            "whatsminer",
+            "M60S VK40",
+            "M60S_VK40",
+            186,
+            3422,
+            3,
+            75,
+            2,
+            "20240624.18.REL",
+            625,
+            _ECON,
+        ),
     )
 }
 
 
 def lookup(key: str) -> ModelSpec:
-    """Return the spec for ``key`` (case-insensitive); ValueError naming the known keys if absent."""
+    """The spec for ``key`` (case-insensitive); ValueError naming the known keys if absent."""
     spec = MODELS.get(key.lower())
     if spec is None:
         raise ValueError(f"unknown model {key!r}; known models: {', '.join(sorted(MODELS))}")

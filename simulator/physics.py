@@ -101,8 +101,9 @@ class PhysState:
     thermal_extra_c: float = 0.0  # added heat (blocked airflow, failed fan): the overheat fault
 
 
-def target_freq(mode: Mode, power_limit_w: float | None, freq_pct: int, spec: ModelSpec,
-                working_boards: int) -> float:
+def target_freq(
+    mode: Mode, power_limit_w: float | None, freq_pct: int, spec: ModelSpec, working_boards: int
+) -> float:
     """Normalised frequency the firmware aims for, given its settings."""
     if mode is Mode.SLEEP:
         return 0.0

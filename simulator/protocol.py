@@ -44,6 +44,10 @@ FramedHandler = Callable[[SimRig, Any], bytes]
 the reply is the JSON payload (the server adds the 4-byte little-endian length prefix)."""
 
 
+def _always(rig: SimRig) -> bool:
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class MakeHandlers:
     """What one make answers on each port; None = nothing listens there for this make."""
@@ -51,3 +55,5 @@ class MakeHandlers:
     rpc: RpcHandler
     http: HttpHandler | None
     framed: FramedHandler | None
+    framed_for: Callable[[SimRig], bool] = _always
+    """Which rigs of the make run the framed API (Whatsminer: firmware after 2024-11 only)."""

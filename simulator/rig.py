@@ -39,7 +39,9 @@ class Fault(StrEnum):
     MALFORMED = "malformed"  # answers with broken JSON
     RESET = "reset"  # reads the request, then resets the connection
     IGNORE_WRITES = "ignore_writes"  # accepts control commands, reports success, does nothing
-    WRITES_LOCKED = "writes_locked"  # Whatsminer: privileged API disabled ("can't access write cmd")
+    WRITES_LOCKED = (
+        "writes_locked"  # Whatsminer: privileged API disabled ("can't access write cmd")
+    )
     OVERHEAT = "overheat"  # blocked airflow: heat the fans cannot remove (``extra_c``)
     DEAD_BOARD = "dead_board"  # hashboard ``board`` (0-based) is dead
 
@@ -117,8 +119,15 @@ class Snapshot:
 class SimRig:
     """A simulated rig reachable at ``address``."""
 
-    def __init__(self, address: str, spec: ModelSpec, clock: SimClock, index: int,
-                 firmware: str | None = None, ambient_c: float = 25.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        spec: ModelSpec,
+        clock: SimClock,
+        index: int,
+        firmware: str | None = None,
+        ambient_c: float = 25.0,
+    ) -> None:
         self.address = address
         self.spec = spec
         self.clock = clock
@@ -136,6 +145,9 @@ class SimRig:
         self.freq_pct = 0
         self.faults: dict[Fault, dict[str, Any]] = {}
         self.counters = Counters()
+        # What the make's firmware keeps that the physics does not (pools, tokens, LED...):
+        # owned by that make's handler module, dropped by factory_reset.
+        self.firmware_state: object | None = None
         now = clock.now()
         self.boot_t = now
         self.offline_until = -1.0
@@ -229,6 +241,7 @@ class SimRig:
         self.phys = PhysState(t=now, ambient_c=self.phys.ambient_c)
         self.phys.chip_temp_c = CHIP_TARGET_C + (self._seed % 7) - 3.0
         self.counters = Counters()
+        self.firmware_state = None
 
     # ---- observation --------------------------------------------------------------------------
     def _target(self) -> float:
@@ -258,15 +271,17 @@ class SimRig:
             skew = 1.0 + (((self._seed >> (i * 3)) & 7) - 3.5) / 200.0
             share = hashrate / working * skew if alive and working else 0.0
             chip = p.chip_temp_c + (((self._seed >> (i * 5)) & 3) - 1.5) if alive else p.ambient_c
-            boards.append(BoardReading(
-                index=i,
-                hashrate_ths=share,
-                chip_temp_c=round(chip, 1),
-                board_temp_c=round(p.ambient_c + (chip - p.ambient_c) * 0.72, 1),
-                chips=spec.chips_per_board if alive else 0,
-                freq_mhz=round(spec.board_freq_mhz * p.freq, 1) if alive else 0.0,
-                alive=alive,
-            ))
+            boards.append(
+                BoardReading(
+                    index=i,
+                    hashrate_ths=share,
+                    chip_temp_c=round(chip, 1),
+                    board_temp_c=round(p.ambient_c + (chip - p.ambient_c) * 0.72, 1),
+                    chips=spec.chips_per_board if alive else 0,
+                    freq_mhz=round(spec.board_freq_mhz * p.freq, 1) if alive else 0.0,
+                    alive=alive,
+                )
+            )
         errors: list[int] = []
         if p.phase is Phase.PROTECTED:
             errors.append(2010 if spec.make == "antminer" else 352)  # over-temperature
@@ -320,9 +335,13 @@ class SimRig:
             "outlet_c": s.outlet_c,
             "fan_rpm": s.fan_rpm,
             "boards": [
-                {"index": b.index, "hashrate_ths": round(b.hashrate_ths, 3),
-                 "chip_temp_c": b.chip_temp_c, "board_temp_c": b.board_temp_c,
-                 "alive": b.alive}
+                {
+                    "index": b.index,
+                    "hashrate_ths": round(b.hashrate_ths, 3),
+                    "chip_temp_c": b.chip_temp_c,
+                    "board_temp_c": b.board_temp_c,
+                    "alive": b.alive,
+                }
                 for b in s.boards
             ],
             "errors": list(s.errors),

@@ -9,6 +9,7 @@ every make and port; command semantics live in the per-make handlers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -64,7 +65,7 @@ class _Conn(asyncio.Protocol):
         address = transport.get_extra_info("sockname")[0]
         rig = self.server.fleet.by_address.get(address)
         handlers = self.server.handlers.get(rig.spec.make) if rig else None
-        if rig is None or handlers is None or not self.serves(handlers):
+        if rig is None or handlers is None or not self.serves(handlers, rig):
             # Nobody lives at this address/port: the nearest a shared listener gets to refusing.
             self.reset()
             return
@@ -75,7 +76,7 @@ class _Conn(asyncio.Protocol):
         elif not rig.reachable():
             self.dead = True
 
-    def serves(self, handlers: MakeHandlers) -> bool:
+    def serves(self, handlers: MakeHandlers, rig: SimRig) -> bool:
         raise NotImplementedError
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -118,7 +119,8 @@ class _Conn(asyncio.Protocol):
         slow = rig.faults.get(Fault.SLOW)
         if slow:
             asyncio.get_running_loop().call_later(
-                float(slow["delay_s"]), self._send, payload, close)
+                float(slow["delay_s"]), self._send, payload, close
+            )
         else:
             self._send(payload, close)
 
@@ -136,10 +138,8 @@ class _Conn(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         transport.abort()
         self.dead = True
 
@@ -149,7 +149,7 @@ class RpcConn(_Conn):
 
     port = RPC_PORT
 
-    def serves(self, handlers: MakeHandlers) -> bool:
+    def serves(self, handlers: MakeHandlers, rig: SimRig) -> bool:
         return True
 
     def process(self) -> None:
@@ -178,7 +178,7 @@ class HttpConn(_Conn):
 
     port = WEB_PORT
 
-    def serves(self, handlers: MakeHandlers) -> bool:
+    def serves(self, handlers: MakeHandlers, rig: SimRig) -> bool:
         return handlers.http is not None
 
     def process(self) -> None:
@@ -206,8 +206,8 @@ class FramedConn(_Conn):
 
     port = V3_PORT
 
-    def serves(self, handlers: MakeHandlers) -> bool:
-        return handlers.framed is not None
+    def serves(self, handlers: MakeHandlers, rig: SimRig) -> bool:
+        return handlers.framed is not None and handlers.framed_for(rig)
 
     def process(self) -> None:
         rig = self.rig
@@ -281,8 +281,9 @@ class FleetServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str = "0.0.0.0",
-                    ports: Mapping[int, type[_Conn]] | None = None) -> None:
+    async def start(
+        self, host: str = "0.0.0.0", ports: Mapping[int, type[_Conn]] | None = None
+    ) -> None:
         """Listen on every port (4028, 80, 4433 by default) on ``host``."""
         loop = asyncio.get_running_loop()
         classes = ports or {RPC_PORT: RpcConn, WEB_PORT: HttpConn, V3_PORT: FramedConn}

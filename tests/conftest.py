@@ -34,10 +34,24 @@ V3_FIRMWARE = "20251209.16.Rel2"
 SIM_TIME_SCALE = 30.0
 
 FLEET_ARGS = [
-    "--antminer", "s19jpro:2", "--antminer", "s19xp:1", "--antminer", "s21:1",
-    "--antminer", "s21pro:1",
-    "--whatsminer", "m30s+:2", "--whatsminer", "m30s:1", "--whatsminer", "m50s:1",
-    "--whatsminer", "m60s:1", "--whatsminer", f"m60s@{V3_FIRMWARE}:1",
+    "--antminer",
+    "s19jpro:2",
+    "--antminer",
+    "s19xp:1",
+    "--antminer",
+    "s21:1",
+    "--antminer",
+    "s21pro:1",
+    "--whatsminer",
+    "m30s+:2",
+    "--whatsminer",
+    "m30s:1",
+    "--whatsminer",
+    "m50s:1",
+    "--whatsminer",
+    "m60s:1",
+    "--whatsminer",
+    f"m60s@{V3_FIRMWARE}:1",
 ]
 
 
@@ -70,13 +84,30 @@ class SimFleet:
             self.control.reset(rig["address"])
 
 
-def start_simulator(args: list[str], control: Path, timeout: float = 30.0,
-                    ) -> tuple[subprocess.Popen[bytes], list[dict[str, Any]]]:
+def start_simulator(
+    args: list[str],
+    control: Path,
+    timeout: float = 30.0,
+) -> tuple[subprocess.Popen[bytes], list[dict[str, Any]]]:
     """Start ``python -m simulator`` with ``args``; return the process and its rig list."""
-    cmd = [sys.executable, "-m", "simulator", *args, "--json", "--control", str(control),
-           "--netns", "current"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulator",
+        *args,
+        "--json",
+        "--control",
+        str(control),
+        "--netns",
+        "current",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -109,8 +140,7 @@ def stop_simulator(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
     control = tmp_path_factory.mktemp("sim") / "control.sock"
-    proc, rigs = start_simulator(
-        [*FLEET_ARGS, "--time-scale", str(SIM_TIME_SCALE)], control)
+    proc, rigs = start_simulator([*FLEET_ARGS, "--time-scale", str(SIM_TIME_SCALE)], control)
     ctl = SimControl(control)
     keys = []
     for rig in rigs:

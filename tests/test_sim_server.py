@@ -70,8 +70,9 @@ async def control(ctl: SimControl, method: str, *args: Any, **kw: Any) -> Any:
     return await asyncio.to_thread(getattr(ctl, method), *args, **kw)
 
 
-async def test_dispatch_by_destination_address(served: tuple[Fleet, FleetServer, SimControl],
-                                               ) -> None:
+async def test_dispatch_by_destination_address(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, server, _ = served
     for rig in fleet.rigs:
         reply = await rpc(rig.address, b'{"command":"summary"}')
@@ -81,21 +82,24 @@ async def test_dispatch_by_destination_address(served: tuple[Fleet, FleetServer,
 
 
 async def test_request_split_across_packets_is_reassembled(
-        served: tuple[Fleet, FleetServer, SimControl]) -> None:
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, _ = served
     reply = await rpc(fleet.rigs[0].address, b'{"command":', b'"sum}mary"', b"}")
     assert json.loads(reply.rstrip(b"\x00"))["echo"] == {"command": "sum}mary"}
 
 
 async def test_non_json_goes_to_the_handler_as_bytes(
-        served: tuple[Fleet, FleetServer, SimControl]) -> None:
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, _ = served
     reply = await rpc(fleet.rigs[0].address, b"summary|0")
     assert b"garbage" in reply
 
 
-async def test_address_without_a_rig_is_reset(served: tuple[Fleet, FleetServer, SimControl],
-                                             ) -> None:
+async def test_address_without_a_rig_is_reset(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     with pytest.raises((ConnectionResetError, ConnectionRefusedError)):
         reply = await rpc("127.9.9.9", b'{"command":"summary"}')
         assert reply == b""  # some kernels report the RST as EOF
@@ -113,8 +117,9 @@ async def test_refuse_fault_resets(served: tuple[Fleet, FleetServer, SimControl]
 
 
 @pytest.mark.parametrize("fault", ["hang", "offline"])
-async def test_hang_and_offline_never_answer(served: tuple[Fleet, FleetServer, SimControl],
-                                             fault: str) -> None:
+async def test_hang_and_offline_never_answer(
+    served: tuple[Fleet, FleetServer, SimControl], fault: str
+) -> None:
     fleet, _, ctl = served
     address = fleet.rigs[1].address
     await control(ctl, "set_fault", address, fault)
@@ -134,8 +139,9 @@ async def test_slow_answers_late(served: tuple[Fleet, FleetServer, SimControl]) 
     assert json.loads(reply.rstrip(b"\x00"))["rig"] == address
 
 
-async def test_malformed_answers_broken_json(served: tuple[Fleet, FleetServer, SimControl],
-                                             ) -> None:
+async def test_malformed_answers_broken_json(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, ctl = served
     address = fleet.rigs[0].address
     await control(ctl, "set_fault", address, "malformed")
@@ -146,7 +152,8 @@ async def test_malformed_answers_broken_json(served: tuple[Fleet, FleetServer, S
 
 
 async def test_reset_fault_resets_after_the_request(
-        served: tuple[Fleet, FleetServer, SimControl]) -> None:
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, ctl = served
     address = fleet.rigs[0].address
     await control(ctl, "set_fault", address, "reset")
@@ -156,8 +163,9 @@ async def test_reset_fault_resets_after_the_request(
         raise ConnectionResetError
 
 
-async def test_reboot_goes_away_and_comes_back(served: tuple[Fleet, FleetServer, SimControl],
-                                               ) -> None:
+async def test_reboot_goes_away_and_comes_back(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, ctl = served
     address = fleet.rigs[2].address
     await control(ctl, "reboot", address)
@@ -168,19 +176,21 @@ async def test_reboot_goes_away_and_comes_back(served: tuple[Fleet, FleetServer,
 
 
 async def test_handler_exception_resets_and_server_survives(
-        served: tuple[Fleet, FleetServer, SimControl]) -> None:
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, server, _ = served
     address = fleet.rigs[0].address
     with pytest.raises(ConnectionResetError):
-        reply = await rpc(address, b'boom')
+        reply = await rpc(address, b"boom")
         assert reply == b""
         raise ConnectionResetError
     assert server.stats.errors == 1
     assert await rpc(address, b'{"command":"summary"}')
 
 
-async def test_http_keep_alive_and_bad_request(served: tuple[Fleet, FleetServer, SimControl],
-                                               ) -> None:
+async def test_http_keep_alive_and_bad_request(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, _ = served
     address = fleet.rigs[0].address
     reader, writer = await asyncio.open_connection(address, WEB)
@@ -195,8 +205,9 @@ async def test_http_keep_alive_and_bad_request(served: tuple[Fleet, FleetServer,
     writer.close()
 
 
-async def test_framed_port_keeps_the_connection(served: tuple[Fleet, FleetServer, SimControl],
-                                                ) -> None:
+async def test_framed_port_keeps_the_connection(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, _ = served
     reader, writer = await asyncio.open_connection(fleet.rigs[0].address, V3)
     for n in range(2):
@@ -208,20 +219,22 @@ async def test_framed_port_keeps_the_connection(served: tuple[Fleet, FleetServer
 
 
 async def test_control_api_errors_name_the_problem(
-        served: tuple[Fleet, FleetServer, SimControl]) -> None:
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, ctl = served
     with pytest.raises(ControlError, match=r"404: no simulated rig at 127\.9\.9\.9"):
         await control(ctl, "rig", "127.9.9.9")
     with pytest.raises(ControlError, match=r"400: unknown fault 'melt'; known: offline"):
         await control(ctl, "set_fault", fleet.rigs[0].address, "melt")
-    with pytest.raises(ControlError, match="board must be 0..2"):
+    with pytest.raises(ControlError, match=r"board must be 0\.\.2"):
         await control(ctl, "set_fault", fleet.rigs[0].address, "dead_board", board=5)
     with pytest.raises(ControlError, match="time_scale"):
         await control(ctl, "request", "PUT", "/clock", {"time_scale": -1})
 
 
 async def test_control_api_reports_true_state_and_counters(
-        served: tuple[Fleet, FleetServer, SimControl]) -> None:
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
     fleet, _, ctl = served
     address = fleet.rigs[0].address
     await rpc(address, b'{"command":"summary"}')

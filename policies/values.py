@@ -1,0 +1,211 @@
+"""Value types shared by drivers, policies and the daemon.
+
+Immutable, plain data, importing nothing else of rigpilot's: the vocabulary the functional core
+(policies, guards) and the imperative shell (drivers, feeds, MQTT, store) speak to each other.
+Units are in the names; times are POSIX seconds (``float``) from an injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+RigId = str
+"""A rig's stable identity: its address in a site, ``ip[:port]`` (e.g. ``10.0.4.17``)."""
+
+
+class Make(StrEnum):
+    ANTMINER = "antminer"
+    WHATSMINER = "whatsminer"
+    BRAIINS = "braiins"
+    LUXOS = "luxos"
+    VNISH = "vnish"
+    OTHER = "other"
+
+
+class Mode(StrEnum):
+    """Operating modes (ARCHITECTURE.md): what a rig is told to do, and what it is seen doing."""
+
+    SLEEP = "sleep"  # hashboards off, control board up
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    LIMIT = "limit"  # a power limit in watts; see Intent.power_limit_w / Observation.power_limit_w
+    OFF = "off"  # only where a rig or PDU really supports it
+    UNKNOWN = "unknown"
+
+
+class PowerSource(StrEnum):
+    """Where an observation's watts came from; estimated figures are flagged wherever shown."""
+
+    REPORTED = "reported"  # the rig's own PSU reading
+    ESTIMATED = "estimated"  # model, mode and measured hashrate (stock Antminer reports none)
+    METER = "meter"  # an external meter pushed to rigpilot
+
+
+class FailureKind(StrEnum):
+    """Why a rig could not be observed this cycle."""
+
+    UNREACHABLE = "unreachable"  # connection refused, reset, no route
+    TIMEOUT = "timeout"  # no complete answer before the per-rig deadline
+    BAD_REPLY = "bad_reply"  # answered, but not what its firmware answers (garbage, bad JSON)
+    UNKNOWN_MINER = "unknown_miner"  # nothing pyasic recognises at this address
+    CIRCUIT_OPEN = "circuit_open"  # skipped: failing repeatedly, retried later with backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a rig is. Cached on disk; re-identified when it changes."""
+
+    address: str
+    make: Make
+    model: str
+    firmware: str
+    driver: str  # the adapter that speaks to it, e.g. "antminer-stock", "whatsminer-v2"
+    serial: str | None = None
+    mac: str | None = None
+
+    @property
+    def rig_id(self) -> RigId:
+        return self.address
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "make": self.make.value,
+            "model": self.model,
+            "firmware": self.firmware,
+            "driver": self.driver,
+            "serial": self.serial,
+            "mac": self.mac,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Board:
+    index: int
+    hashrate_ths: float
+    board_temp_c: float | None
+    chip_temp_c: float | None
+    chips: int | None
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One rig's state as read at ``observed_at``."""
+
+    identity: Identity
+    observed_at: float
+    hashrate_ths: float
+    power_w: float | None
+    power_source: PowerSource | None
+    mode: Mode
+    mining: bool
+    boards: tuple[Board, ...] = ()
+    max_chip_temp_c: float | None = None
+    inlet_c: float | None = None
+    outlet_c: float | None = None
+    ambient_c: float | None = None
+    fan_rpm: tuple[int, ...] = ()
+    power_limit_w: int | None = None
+    errors: tuple[str, ...] = ()
+    uptime_s: int | None = None
+
+    @property
+    def rig_id(self) -> RigId:
+        return self.identity.rig_id
+
+    @property
+    def efficiency_j_per_th(self) -> float | None:
+        if self.power_w is None or self.hashrate_ths <= 0:
+            return None
+        return self.power_w / self.hashrate_ths
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat JSON-ready dict (``rigpilot observe --json``)."""
+        ident = self.identity
+        return {
+            "address": ident.address,
+            "make": ident.make.value,
+            "model": ident.model,
+            "firmware": ident.firmware,
+            "ok": True,
+            "hashrate_ths": round(self.hashrate_ths, 3),
+            "power_w": None if self.power_w is None else round(self.power_w, 1),
+            "power_source": None if self.power_source is None else self.power_source.value,
+            "max_chip_temp_c": self.max_chip_temp_c,
+            "mode": self.mode.value,
+            "mining": self.mining,
+            "errors": list(self.errors),
+            "power_limit_w": self.power_limit_w,
+            "inlet_c": self.inlet_c,
+            "outlet_c": self.outlet_c,
+            "ambient_c": self.ambient_c,
+            "fan_rpm": list(self.fan_rpm),
+            "boards": [
+                {
+                    "index": b.index,
+                    "hashrate_ths": round(b.hashrate_ths, 3),
+                    "board_temp_c": b.board_temp_c,
+                    "chip_temp_c": b.chip_temp_c,
+                    "chips": b.chips,
+                    "alive": b.alive,
+                }
+                for b in self.boards
+            ],
+            "uptime_s": self.uptime_s,
+            "observed_at": self.observed_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationFailure:
+    """A rig that could not be observed this cycle, and why."""
+
+    address: str
+    kind: FailureKind
+    detail: str
+    observed_at: float
+    identity: Identity | None = None
+    consecutive: int = 1
+
+    @property
+    def rig_id(self) -> RigId:
+        return self.address
+
+    def as_dict(self) -> dict[str, Any]:
+        ident = self.identity
+        return {
+            "address": self.address,
+            "make": ident.make.value if ident else None,
+            "model": ident.model if ident else None,
+            "firmware": ident.firmware if ident else None,
+            "ok": False,
+            "error": self.kind.value,
+            "detail": self.detail,
+            "hashrate_ths": None,
+            "power_w": None,
+            "power_source": None,
+            "max_chip_temp_c": None,
+            "mode": None,
+            "mining": None,
+            "errors": [f"{self.kind.value}: {self.detail}"],
+            "consecutive_failures": self.consecutive,
+            "observed_at": self.observed_at,
+        }
+
+
+Reading = Observation | ObservationFailure
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a driver can do to its rig."""
+
+    modes: frozenset[Mode]
+    power_limit: bool = False
+    power_limit_range_w: tuple[int, int] | None = None
+    reports_power: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
