@@ -6,7 +6,8 @@ it from this process with raw RPC requests (the reads a poller sends: ``stats`` 
 The simulator's CPU is read from its control API before and after, so the figure is the
 server's cost alone, whatever the load generator costs.
 
-Baseline, measured in the same run with the same client: a bare asyncio server that answers
+Baseline, measured in the same run with the same client: a bare server on the same event loop
+(uvloop where installed) that answers
 every connection with a fixed reply. The difference is what the simulator's own work
 (address dispatch, physics, JSON) costs per request.
 
@@ -29,6 +30,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -96,8 +98,7 @@ def _baseline_server() -> None:
 
     class Fixed(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
+            self.transport = cast(asyncio.Transport, transport)
 
         def data_received(self, data: bytes) -> None:
             self.transport.write(reply)
@@ -114,7 +115,12 @@ def _baseline_server() -> None:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             print(usage.ru_utime + usage.ru_stime, flush=True)
 
-    asyncio.run(serve())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())  # the same event loop the simulator runs on
 
 
 def _cpu_of(proc: subprocess.Popen[str]) -> float:

@@ -26,7 +26,7 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from simulator.fleet import Fleet
 from simulator.httpwire import HttpError, format_response, parse_request
@@ -164,8 +164,8 @@ class _ControlConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 import time
+from typing import cast
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -58,8 +59,8 @@ class _Conn(asyncio.Protocol):
         self.last_active = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         self.server.stats.connections += 1
         self.server.open_conns.add(self)
         address = transport.get_extra_info("sockname")[0]

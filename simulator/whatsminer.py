@@ -169,7 +169,7 @@ def is_v3_firmware(firmware: str) -> bool:
 class _State:
     salt: str
     password: str
-    pwd_md5: str
+    _pwd_md5: str = ""
     tokens: dict[str, float] = field(default_factory=dict)  # sign -> wall expiry
     led: str = "auto"
     resume_mode: Mode = Mode.NORMAL  # power mode to come back in after power_on
@@ -177,6 +177,13 @@ class _State:
     off_since: str = ""  # mineroff_time
     error_seen: dict[int, str] = field(default_factory=dict)
     v3_salt: str = ""
+
+    @property
+    def pwd_md5(self) -> str:
+        # md5_crypt costs ~50 us: pay it only when a privileged command needs it, not on reads
+        if not self._pwd_md5:
+            self._pwd_md5 = md5_crypt_body(self.password, self.salt)
+        return self._pwd_md5
 
 
 def _salt_for(rig: SimRig, password: str, tag: str) -> str:
@@ -193,7 +200,6 @@ def _state(rig: SimRig) -> _State:
         st = _State(
             salt=salt,
             password=rig.api_password,
-            pwd_md5=md5_crypt_body(rig.api_password, salt),
             v3_salt=_salt_for(rig, V3_DEFAULT_PASSWORD, "v3"),
         )
         rig.firmware_state = st
