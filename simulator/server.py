@@ -14,9 +14,9 @@ import json
 import socket
 import struct
 import time
-from typing import cast
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 
