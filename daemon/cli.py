@@ -10,6 +10,8 @@ from daemon import __version__
 
 SUBCOMMANDS = {
     "sim": "run a simulated fleet of Antminers and Whatsminers (no hardware needed)",
+    "scan": "find and identify the rigs in address ranges",
+    "observe": "read rigs once and print what they report",
 }
 
 
@@ -54,6 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from simulator.cli import main as sim_main
 
         return sim_main(rest)
+    if args.command == "scan":
+        from daemon.fleet_cli import main_scan
+
+        return main_scan(rest)
+    if args.command == "observe":
+        from daemon.fleet_cli import main_observe
+
+        return main_observe(rest)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

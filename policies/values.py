@@ -7,6 +7,7 @@ Units are in the names; times are POSIX seconds (``float``) from an injected clo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -65,6 +66,8 @@ class Identity:
     driver: str  # the adapter that speaks to it, e.g. "antminer-stock", "whatsminer-v2"
     serial: str | None = None
     mac: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+    """Driver-private facts worth caching (e.g. how pyasic classifies the rig)."""
 
     @property
     def rig_id(self) -> RigId:
@@ -79,7 +82,22 @@ class Identity:
             "driver": self.driver,
             "serial": self.serial,
             "mac": self.mac,
+            "extra": dict(self.extra),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Identity:
+        """Inverse of as_dict; KeyError/ValueError on a malformed entry."""
+        return cls(
+            address=str(data["address"]),
+            make=Make(data["make"]),
+            model=str(data["model"]),
+            firmware=str(data["firmware"]),
+            driver=str(data["driver"]),
+            serial=None if data.get("serial") is None else str(data["serial"]),
+            mac=None if data.get("mac") is None else str(data["mac"]),
+            extra={str(k): str(v) for k, v in dict(data.get("extra") or {}).items()},
+        )
 
 
 @dataclass(frozen=True, slots=True)

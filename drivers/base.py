@@ -1,0 +1,78 @@
+"""The one interface every rig adapter implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from policies.values import Capabilities, Identity, Mode, Observation
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What happened when a command was sent.
+
+    ``sent`` means the rig accepted the request, not that it obeyed: some firmwares answer OK and
+    do nothing (pyasic passes that on as True). Success is the next observation showing the new
+    state; drivers mark themselves so that observation reads the authoritative setting.
+    """
+
+    sent: bool
+    mode: Mode
+    power_limit_w: int | None = None
+    detail: str = ""
+
+
+class UnsupportedMode(ValueError):
+    """The rig cannot do what was asked; the message names the rig, the mode and what it can do."""
+
+
+class RigDriver(abc.ABC):
+    """Speaks to one rig. Instances keep per-rig state (e.g. what mode was last confirmed)."""
+
+    name: str = "abstract"
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """The modes and power controls this rig supports."""
+
+    @abc.abstractmethod
+    async def observe(self, timeout_s: float, now: float) -> Observation:
+        """Read the rig within ``timeout_s``; raise DriverError with the reason otherwise.
+
+        ``now`` (POSIX seconds, from the caller's clock) stamps the observation.
+        """
+
+    @abc.abstractmethod
+    async def apply(
+        self,
+        mode: Mode,
+        power_limit_w: int | None,
+        timeout_s: float,
+    ) -> ApplyResult:
+        """Send an absolute, idempotent command: be in ``mode`` (with a limit for LIMIT).
+
+        Raises UnsupportedMode when the rig cannot do it, DriverError when it cannot be reached.
+        """
+
+    def check_supported(self, mode: Mode, power_limit_w: int | None) -> None:
+        caps = self.capabilities
+        if mode not in caps.modes:
+            can = ", ".join(sorted(m.value for m in caps.modes))
+            raise UnsupportedMode(
+                f"{self.identity.address} ({self.identity.model}, {self.name}) cannot do "
+                f"{mode.value}; it supports: {can}"
+            )
+        if mode is Mode.LIMIT:
+            if power_limit_w is None:
+                raise UnsupportedMode("mode limit needs power_limit_w")
+            bounds = caps.power_limit_range_w
+            if bounds and not bounds[0] <= power_limit_w <= bounds[1]:
+                raise UnsupportedMode(
+                    f"{self.identity.address}: power limit {power_limit_w} W is outside "
+                    f"{bounds[0]}..{bounds[1]} W"
+                )

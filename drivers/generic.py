@@ -1,0 +1,136 @@
+"""Every other firmware pyasic drives (Braiins OS+, LuxOS, VNish, ePIC, ...), through pyasic.
+
+Slower than the stock adapters' one-request reads (pyasic's ``get_data`` with only the fields a
+decision needs), but always bounded by the caller's deadline, and each firmware declares what it
+supports according to pyasic 0.79 (docs/drivers.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyasic.data import MinerData
+
+from drivers.base import ApplyResult, RigDriver
+from drivers.pyasic_miner import miner_for
+from drivers.stock import _pyasic_call
+from drivers.transport import DriverError
+from policies.values import (
+    Board,
+    Capabilities,
+    FailureKind,
+    Mode,
+    Observation,
+    PowerSource,
+)
+
+_INCLUDE = [
+    "hashrate",
+    "hashboards",
+    "wattage",
+    "wattage_limit",
+    "fans",
+    "is_mining",
+    "errors",
+    "env_temp",
+    "uptime",
+]
+
+# What pyasic 0.79 can do per firmware (../shared/reference/protocols.md).
+FIRMWARE_CAPS: dict[str, Capabilities] = {
+    "BOS+": Capabilities(
+        frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
+        power_limit=True,
+        reports_power=True,
+        notes=("autotuning to a power target",),
+    ),
+    "LuxOS": Capabilities(
+        frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
+        power_limit=True,
+        reports_power=True,
+        notes=("power limit: nearest preset",),
+    ),
+    "VNish": Capabilities(
+        frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
+        power_limit=True,
+        reports_power=True,
+        notes=("power limit: nearest preset",),
+    ),
+}
+_DEFAULT_CAPS = Capabilities(
+    frozenset({Mode.SLEEP, Mode.NORMAL}),
+    notes=("sleep/resume through pyasic; no power control known",),
+)
+
+
+class PyasicGeneric(RigDriver):
+    """Any rig pyasic recognises, read with ``get_data`` under our deadline."""
+
+    name = "pyasic"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return FIRMWARE_CAPS.get(self.identity.extra.get("pyasic_firmware", ""), _DEFAULT_CAPS)
+
+    async def observe(self, timeout_s: float, now: float) -> Observation:
+        miner = miner_for(self.identity)
+        data: MinerData = await _pyasic_call(
+            "get_data", miner.get_data(include=_INCLUDE), timeout_s
+        )
+        if data.hashrate is None and not data.hashboards:
+            raise DriverError(FailureKind.BAD_REPLY, "get_data returned no hashrate")
+        hashrate = float(data.hashrate) if data.hashrate is not None else 0.0
+        boards = tuple(
+            Board(
+                index=b.slot,
+                hashrate_ths=float(b.hashrate or 0),
+                board_temp_c=b.temp,
+                chip_temp_c=b.chip_temp,
+                chips=b.chips,
+                alive=not b.missing,
+            )
+            for b in data.hashboards
+        )
+        temps = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
+        mining = hashrate > 0
+        return Observation(
+            identity=self.identity,
+            observed_at=now,
+            hashrate_ths=hashrate,
+            power_w=float(data.wattage) if data.wattage else None,
+            power_source=PowerSource.REPORTED if data.wattage else None,
+            mode=Mode.NORMAL if mining else Mode.SLEEP if data.is_mining is False else Mode.UNKNOWN,
+            mining=mining,
+            boards=boards,
+            max_chip_temp_c=max(temps) if temps else None,
+            ambient_c=data.env_temp,
+            fan_rpm=tuple(int(f.speed) for f in data.fans if f.speed),
+            power_limit_w=data.wattage_limit,
+            errors=tuple(
+                str(e.error_message if hasattr(e, "error_message") else e) for e in data.errors
+            ),
+            uptime_s=data.uptime,
+        )
+
+    async def apply(
+        self,
+        mode: Mode,
+        power_limit_w: int | None,
+        timeout_s: float,
+    ) -> ApplyResult:
+        self.check_supported(mode, power_limit_w)
+        miner = miner_for(self.identity)
+
+        async def send() -> Any:
+            if mode is Mode.SLEEP:
+                return await miner.stop_mining()
+            if mode is Mode.LIMIT:
+                assert power_limit_w is not None
+                if not await miner.set_power_limit(power_limit_w):
+                    return False
+            return await miner.resume_mining()
+
+        ok = await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        if ok is False:
+            raise DriverError(FailureKind.BAD_REPLY, f"pyasic refused set mode {mode.value}")
+        return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")

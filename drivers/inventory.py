@@ -1,0 +1,175 @@
+"""Which rigs exist: configured addresses and CIDR scans, with identities cached on disk.
+
+The cache is a JSON file written atomically (temporary file, fsync, rename), so a restart does
+not re-identify the fleet and a crash mid-write leaves the previous cache intact. A rig is
+re-identified when its replies say it changed (``RigChanged``) or when it is not in the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from drivers.identify import identify, probe
+from drivers.stock import RPC_PORT
+from drivers.transport import DriverError
+from policies.values import FailureKind, Identity
+
+log = structlog.get_logger("inventory")
+
+CACHE_VERSION = 1
+MAX_SCAN_ADDRESSES = 1 << 18  # a /14; a larger range is almost certainly a typo
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyFailure:
+    address: str
+    kind: FailureKind
+    detail: str
+
+
+class InventoryError(ValueError):
+    """A scan range or cache file that cannot be used; the message names it."""
+
+
+def expand(ranges: Iterable[str]) -> list[str]:
+    """Addresses in ``ranges`` (CIDR blocks or single addresses), in order, without duplicates.
+
+    Network and broadcast addresses of blocks larger than /31 are left out.
+    """
+    seen: dict[str, None] = {}
+    for text in ranges:
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError as exc:
+            raise InventoryError(f"{text!r} is not an address or CIDR block: {exc}") from None
+        if net.num_addresses > MAX_SCAN_ADDRESSES:
+            raise InventoryError(
+                f"{text}: {net.num_addresses} addresses is more than the "
+                f"{MAX_SCAN_ADDRESSES} one scan takes; split it"
+            )
+        hosts: Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]
+        hosts = net.hosts() if net.num_addresses > 2 else iter(net)
+        for addr in hosts:
+            seen.setdefault(str(addr), None)
+    return list(seen)
+
+
+class Inventory:
+    """Known rigs by address, backed by an optional cache file."""
+
+    def __init__(self, cache_path: Path | None = None) -> None:
+        self.cache_path = cache_path
+        self.rigs: dict[str, Identity] = {}
+
+    def load(self) -> int:
+        """Read the cache; returns how many identities it held. A missing file is empty; a
+        corrupt one is logged with its path and ignored (the rigs are re-identified)."""
+        if self.cache_path is None or not self.cache_path.exists():
+            return 0
+        try:
+            data = json.loads(self.cache_path.read_text())
+            if data.get("version") != CACHE_VERSION:
+                raise ValueError(f"cache version {data.get('version')!r}, expected {CACHE_VERSION}")
+            rigs = {r["address"]: Identity.from_dict(r) for r in data["rigs"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("inventory.cache_unusable", path=str(self.cache_path), error=str(exc))
+            return 0
+        self.rigs.update(rigs)
+        return len(rigs)
+
+    def save(self) -> None:
+        """Write the cache atomically; no-op without a cache path."""
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(
+            {"version": CACHE_VERSION, "rigs": [r.as_dict() for r in self.rigs.values()]}
+        )
+        tmp = self.cache_path.with_name(self.cache_path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.cache_path)
+
+    def put(self, identity: Identity) -> None:
+        self.rigs[identity.address] = identity
+
+    def forget(self, address: str) -> None:
+        self.rigs.pop(address, None)
+
+    async def ensure(
+        self, addresses: Iterable[str], concurrency: int = 64, timeout_s: float = 10.0
+    ) -> list[IdentifyFailure]:
+        """Identify every address not yet known; returns the ones that could not be."""
+        missing = [a for a in addresses if a not in self.rigs]
+        results = await identify_many(missing, concurrency, timeout_s)
+        failures = []
+        for result in results:
+            if isinstance(result, Identity):
+                self.put(result)
+            else:
+                failures.append(result)
+        if missing:
+            self.save()
+        return failures
+
+
+async def identify_many(
+    addresses: list[str],
+    concurrency: int,
+    timeout_s: float,
+) -> list[Identity | IdentifyFailure]:
+    """Identify ``addresses`` with at most ``concurrency`` in flight, each within ``timeout_s``.
+
+    A bounded worker pool, not a task per address: pyasic's own helpers create every task up
+    front, and given 1,000 addresses at once all of them time out.
+    """
+    results: list[Identity | IdentifyFailure | None] = [None] * len(addresses)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(addresses):
+            i = next_index
+            next_index += 1
+            address = addresses[i]
+            try:
+                results[i] = await identify(address, timeout_s)
+            except DriverError as exc:
+                results[i] = IdentifyFailure(address, exc.kind, exc.detail)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(addresses))))))
+    return [r for r in results if r is not None]
+
+
+async def scan(
+    ranges: Iterable[str],
+    concurrency: int = 256,
+    probe_timeout_s: float = 1.0,
+    identify_timeout_s: float = 10.0,
+) -> list[Identity | IdentifyFailure]:
+    """Find rigs in ``ranges``: a TCP probe of port 4028 on every address (cheap, bounded),
+    then pyasic identification of the addresses that answered."""
+    addresses = expand(ranges)
+    alive: list[bool] = [False] * len(addresses)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(addresses):
+            i = next_index
+            next_index += 1
+            alive[i] = await probe(addresses[i], RPC_PORT, probe_timeout_s)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(addresses))))))
+    responders = [a for a, up in zip(addresses, alive, strict=True) if up]
+    return await identify_many(responders, min(concurrency, 64), identify_timeout_s)

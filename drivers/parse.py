@@ -1,0 +1,270 @@
+"""Pure parsers from one decoded status reply to the fields an observation needs.
+
+Each parser reads exactly the fields pyasic reads for the same figure (tests compare them field
+by field with pyasic's parse of the same reply), and raises DriverError(BAD_REPLY) naming the
+missing or malformed field rather than returning a partial picture as if it were whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.transport import DriverError
+from policies.values import Board, FailureKind, Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What one cycle's read tells about a rig, before identity and power estimation."""
+
+    hashrate_ths: float
+    boards: tuple[Board, ...]
+    max_chip_temp_c: float | None
+    fan_rpm: tuple[int, ...]
+    uptime_s: int | None
+    power_w: float | None = None  # reported by the rig
+    power_limit_w: int | None = None
+    mode: Mode | None = None  # None: the reply does not say
+    mining: bool | None = None
+    ambient_c: float | None = None
+    inlet_c: float | None = None
+    outlet_c: float | None = None
+    errors: tuple[str, ...] = ()
+    fingerprint: str = ""  # model/firmware as this reply states them: a change means re-identify
+
+
+def _bad(field: str, detail: str = "missing") -> DriverError:
+    return DriverError(FailureKind.BAD_REPLY, f"{field}: {detail}")
+
+
+def _section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """A cgminer reply section, from a single (``STATS``) or joined (``stats`` -> [..]) reply."""
+    if name.lower() in reply:  # joined command: {"stats": [{... "STATS": [...]}]}
+        inner = reply[name.lower()]
+        if not isinstance(inner, list) or not inner or not isinstance(inner[0], dict):
+            raise _bad(name.lower(), "not a list with one reply")
+        reply = inner[0]
+    status = reply.get("STATUS")
+    if (
+        isinstance(status, list)
+        and status
+        and isinstance(status[0], dict)
+        and status[0].get("STATUS") not in ("S", "I")
+    ):
+        raise _bad(name, f"rig answered {status[0].get('STATUS')}: {status[0].get('Msg')}")
+    section = reply.get(name)
+    if not isinstance(section, list) or not all(isinstance(x, dict) for x in section):
+        raise _bad(name)
+    return section
+
+
+def _num(obj: dict[str, Any], key: str, where: str) -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or value is None:
+        raise _bad(f"{where}.{key}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _bad(f"{where}.{key}", f"not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise _bad(f"{where}.{key}", f"not a finite number: {value!r}")
+    return number
+
+
+def _opt_num(obj: dict[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _dashed(value: Any) -> list[float]:
+    """Antminer's per-sensor strings, ``"78-50-69-70"``; zeros are absent sensors."""
+    if not isinstance(value, str) or not value:
+        return []
+    out = []
+    for part in value.split("-"):
+        try:
+            number = float(part)
+        except ValueError:
+            continue
+        if number > 0:
+            out.append(number)
+    return out
+
+
+def antminer_stats(reply: dict[str, Any]) -> Status:
+    """Stock Antminer RPC ``stats``: boards, temperatures, fans, uptime, model and firmware.
+
+    Slots are found as pyasic finds them (``chain_acn``/``chain_acs`` offsets); hashrate is
+    ``GHS 5s`` (what pyasic's summary reads, repeated in stats), per board ``chain_rateN``.
+    """
+    stats = _section(reply, "STATS")
+    if len(stats) < 2:
+        raise _bad("STATS", "expected the version block and the device block")
+    head, dev = stats[0], stats[1]
+    hashrate = _num(dev, "GHS 5s", "STATS[1]") / 1000.0
+    offset = -1
+    for base in range(1, 16, 5):
+        for n in range(5):
+            chips = dev.get(f"chain_acn{base + n}")
+            if chips and offset == -1:
+                offset = base
+    if offset == -1:
+        offset = 1
+    slots = [i for i in range(offset, offset + 4) if dev.get(f"chain_acs{i}", "") != ""]
+    boards: list[Board] = []
+    for i in slots:
+        chips_raw = dev.get(f"chain_acn{i}")
+        chips = int(chips_raw) if isinstance(chips_raw, int | float) else None
+        rate = _opt_num(dev, f"chain_rate{i}")
+        chip_temps = _dashed(dev.get(f"temp_chip{i}"))
+        pcb_temps = _dashed(dev.get(f"temp_pcb{i}"))
+        boards.append(
+            Board(
+                index=i - offset,
+                hashrate_ths=(rate or 0.0) / 1000.0,
+                board_temp_c=max(pcb_temps) if pcb_temps else None,
+                chip_temp_c=max(chip_temps) if chip_temps else None,
+                chips=chips,
+                alive=bool(chips),
+            )
+        )
+    fans = tuple(
+        int(v) for n in range(1, 9) if isinstance(v := dev.get(f"fan{n}"), int | float) and v > 0
+    )
+    chip_max = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
+    elapsed = _opt_num(dev, "Elapsed")
+    return Status(
+        hashrate_ths=hashrate,
+        boards=tuple(boards),
+        max_chip_temp_c=max(chip_max) if chip_max else None,
+        fan_rpm=fans,
+        uptime_s=None if elapsed is None else int(elapsed),
+        mining=hashrate > 0,
+        fingerprint=f"{head.get('Type', '')}|{head.get('CompileTime', '')}",
+    )
+
+
+_WM_MODES = {"low": Mode.LOW, "normal": Mode.NORMAL, "high": Mode.HIGH}
+
+
+def whatsminer_summary(reply: dict[str, Any]) -> Status:
+    """Stock Whatsminer API v2 ``summary`` (alone or joined with ``devs``).
+
+    Hashrate ``MHS 1m`` (as pyasic), power ``Power`` (-1 = unknown), ``Power Limit``,
+    ``Power Mode``, ``Env Temp``, ``Fan Speed In/Out``; boards from ``DEVS`` when present.
+    """
+    summary = _section(reply, "SUMMARY")
+    if not summary:
+        raise _bad("SUMMARY", "empty")
+    s = summary[0]
+    hashrate = _num(s, "MHS 1m", "SUMMARY[0]") / 1e6
+    power = _opt_num(s, "Power")
+    limit = _opt_num(s, "Power Limit")
+    mode = _WM_MODES.get(str(s.get("Power Mode", "")).lower())
+    boards: list[Board] = []
+    if "devs" in reply or "DEVS" in reply:
+        for dev in _section(reply, "DEVS"):
+            slot = dev.get("ASC", dev.get("Slot"))
+            if not isinstance(slot, int):
+                raise _bad("DEVS[].ASC")
+            chips = dev.get("Effective Chips")
+            boards.append(
+                Board(
+                    index=slot,
+                    hashrate_ths=_num(dev, "MHS 1m", f"DEVS[{slot}]") / 1e6,
+                    board_temp_c=_opt_num(dev, "Temperature"),
+                    chip_temp_c=_opt_num(dev, "Chip Temp Max") or _opt_num(dev, "Chip Temp Avg"),
+                    chips=int(chips) if isinstance(chips, int | float) else None,
+                    alive=bool(chips),
+                )
+            )
+    chip_max = _opt_num(s, "Chip Temp Max")
+    if chip_max is None:
+        temps = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
+        chip_max = max(temps) if temps else None
+    fans = tuple(
+        int(v)
+        for key in ("Fan Speed In", "Fan Speed Out")
+        if isinstance(v := s.get(key), int | float)
+    )
+    errors = tuple(
+        str(s[k]) for k in sorted(s) if k.startswith("Error Code ") and k != "Error Code Count"
+    )
+    elapsed = _opt_num(s, "Elapsed")
+    return Status(
+        hashrate_ths=hashrate,
+        boards=tuple(sorted(boards, key=lambda b: b.index)),
+        max_chip_temp_c=chip_max,
+        fan_rpm=fans,
+        uptime_s=None if elapsed is None else int(elapsed),
+        power_w=None if power is None or power < 0 else power,
+        power_limit_w=None if limit is None else int(limit),
+        mode=mode,
+        mining=hashrate > 0,
+        ambient_c=_opt_num(s, "Env Temp"),
+        errors=errors,
+        fingerprint=f"{s.get('MAC', '')}|{str(s.get('Firmware Version', '')).strip(chr(39))}",
+    )
+
+
+def whatsminer_v3_status(reply: dict[str, Any]) -> Status:
+    """Whatsminer API v3 ``get.miner.status`` with ``summary`` (and ``edevs``).
+
+    pyasic's v3 ``is_mining`` is always True; here mining is what the hashrate says.
+    """
+    code = reply.get("code")
+    if code != 0:
+        raise _bad("code", f"rig answered {code}: {reply.get('msg')}")
+    msg = reply.get("msg")
+    if not isinstance(msg, dict) or not isinstance(msg.get("summary"), dict):
+        raise _bad("msg.summary")
+    s = msg["summary"]
+    hashrate = _num(s, "hash-realtime", "summary")
+    power = _opt_num(s, "power-realtime")
+    limit = _opt_num(s, "power-limit")
+    boards: list[Board] = []
+    for dev in msg.get("edevs") or []:
+        if not isinstance(dev, dict) or not isinstance(dev.get("id"), int):
+            raise _bad("edevs[].id")
+        chips = dev.get("effective-chips")
+        boards.append(
+            Board(
+                index=dev["id"],
+                hashrate_ths=_num(dev, "hash-realtime", f"edevs[{dev['id']}]"),
+                board_temp_c=None,
+                chip_temp_c=_opt_num(dev, "chip-temp-max"),
+                chips=int(chips) if isinstance(chips, int | float) else None,
+                alive=bool(chips) and dev.get("status", "alive") == "alive",
+            )
+        )
+    board_temps = s.get("board-temperature")
+    if isinstance(board_temps, list) and len(board_temps) == len(boards):
+        boards = [
+            Board(b.index, b.hashrate_ths, _opt_num({"t": t}, "t"), b.chip_temp_c, b.chips, b.alive)
+            for b, t in zip(boards, board_temps, strict=True)
+        ]
+    fans = tuple(
+        int(v)
+        for key in ("fan-speed-in", "fan-speed-out")
+        if isinstance(v := s.get(key), int | float)
+    )
+    elapsed = _opt_num(s, "elapsed")
+    return Status(
+        hashrate_ths=hashrate,
+        boards=tuple(boards),
+        max_chip_temp_c=_opt_num(s, "chip-temp-max"),
+        fan_rpm=fans,
+        uptime_s=None if elapsed is None else int(elapsed),
+        power_w=power,
+        power_limit_w=None if limit is None else int(limit),
+        mining=hashrate > 0,
+        ambient_c=_opt_num(s, "environment-temperature"),
+    )

@@ -1,0 +1,329 @@
+"""Adapters for stock Antminer and stock Whatsminer (API v2 and v3) firmware.
+
+Reads take one raw request per cycle (``drivers.transport``), decoded and checked by the
+parsers in ``drivers.parse``; what a cycle does not need (serials, pools, configuration) is read
+rarely or after a change. Commands go through pyasic, which knows the write protocols, but a
+``True`` from pyasic is never taken as done: the driver re-reads the authoritative setting on
+the next observation, and the caller confirms by observation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, ClassVar
+
+from pyasic.config import MiningModeConfig
+from pyasic.errors import APIError
+
+from drivers import catalogue
+from drivers.base import ApplyResult, RigDriver
+from drivers.parse import Status, antminer_stats, whatsminer_summary, whatsminer_v3_status
+from drivers.pyasic_miner import miner_for
+from drivers.transport import (
+    BTMINER_STOPPED,
+    DriverError,
+    RigChanged,
+    decode,
+    decode_framed,
+    request,
+)
+from policies.values import (
+    Capabilities,
+    FailureKind,
+    Identity,
+    Mode,
+    Observation,
+    PowerSource,
+)
+
+RPC_PORT = 4028
+V3_PORT = 4433
+CONF_REFRESH_S = 600.0  # re-read a stock Antminer's configured mode at least this often
+CONF_RECHECK_S = 60.0  # ... and at most this often when its hashrate disagrees with the mode
+
+
+def _power(
+    identity: Identity, status: Status, mode: Mode
+) -> tuple[float | None, PowerSource | None]:
+    if status.power_w is not None:
+        return status.power_w, PowerSource.REPORTED
+    entry = catalogue.lookup(identity.make.value, identity.model)
+    if entry is None:
+        return None, None
+    estimate = catalogue.estimate_power_w(entry, mode, status.hashrate_ths, status.power_limit_w)
+    return estimate.power_w, estimate.source
+
+
+def _observation(identity: Identity, status: Status, mode: Mode, now: float) -> Observation:
+    power, source = _power(identity, status, mode)
+    return Observation(
+        identity=identity,
+        observed_at=now,
+        hashrate_ths=status.hashrate_ths,
+        power_w=power,
+        power_source=source,
+        mode=mode,
+        mining=bool(status.mining),
+        boards=status.boards,
+        max_chip_temp_c=status.max_chip_temp_c,
+        inlet_c=status.inlet_c,
+        outlet_c=status.outlet_c,
+        ambient_c=status.ambient_c,
+        fan_rpm=status.fan_rpm,
+        power_limit_w=status.power_limit_w,
+        errors=status.errors,
+        uptime_s=status.uptime_s,
+    )
+
+
+async def _pyasic_call(what: str, call: Any, timeout_s: float) -> Any:
+    """Run a pyasic coroutine under our deadline; its own socket timeout is 100 s."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except TimeoutError:
+        raise DriverError(
+            FailureKind.TIMEOUT, f"{what}: no answer within {timeout_s:.1f} s"
+        ) from None
+    except APIError as exc:
+        raise DriverError(FailureKind.BAD_REPLY, f"{what}: {exc}") from None
+    except OSError as exc:
+        raise DriverError(FailureKind.UNREACHABLE, f"{what}: {exc}") from None
+
+
+class AntminerStock(RigDriver):
+    """Stock Bitmain firmware: cgminer RPC for status, the web UI for configuration.
+
+    The RPC says nothing about the configured mode, and the web UI costs two HTTP requests
+    with digest auth, so the mode is read from ``get_miner_conf`` only at first, after a
+    command, every CONF_REFRESH_S, and when the hashrate contradicts the known mode. Stock
+    firmware reports no watts: power is estimated from the model, mode and measured hashrate.
+    """
+
+    name = "antminer-stock"
+    _CAPS = Capabilities(
+        modes=frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL}),
+        reports_power=False,
+        notes=(
+            "stock firmware reports no power: estimated from model, mode and hashrate",
+            "some stock firmwares accept a mode change and ignore it: confirm by observation",
+        ),
+    )
+    _FROM_PYASIC: ClassVar[dict[str, Mode]] = {
+        "normal": Mode.NORMAL,
+        "sleep": Mode.SLEEP,
+        "low": Mode.LOW,
+    }
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(identity)
+        self.known_mode: Mode | None = None
+        self.conf_read_at = float("-inf")
+        self.conf_due = True
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._CAPS
+
+    async def observe(self, timeout_s: float, now: float) -> Observation:
+        deadline = time.monotonic() + timeout_s
+        status = antminer_stats(
+            decode(
+                await request(self.identity.address, RPC_PORT, b'{"command":"stats"}', timeout_s)
+            )
+        )
+        self._check_fingerprint(status)
+        if self._need_conf(status, now):
+            left = deadline - time.monotonic()
+            if left > 0.05:
+                await self._read_conf(left, now)
+        return _observation(self.identity, status, self.known_mode or Mode.UNKNOWN, now)
+
+    def _check_fingerprint(self, status: Status) -> None:
+        expected = self.identity.extra.get("fingerprint")
+        if expected and status.fingerprint and status.fingerprint != expected:
+            raise RigChanged(f"rig changed: now {status.fingerprint!r}, was {expected!r}")
+
+    def _need_conf(self, status: Status, now: float) -> bool:
+        if self.conf_due or self.known_mode is None:
+            return True
+        if now - self.conf_read_at >= CONF_REFRESH_S:
+            return True
+        contradicts = (status.hashrate_ths > 0) == (self.known_mode is Mode.SLEEP)
+        return contradicts and now - self.conf_read_at >= CONF_RECHECK_S
+
+    async def _read_conf(self, timeout_s: float, now: float) -> None:
+        miner = miner_for(self.identity)
+        conf = await _pyasic_call("get_miner_conf", miner.web.get_miner_conf(), timeout_s)
+        if not isinstance(conf, dict) or "bitmain-work-mode" not in conf:
+            raise DriverError(FailureKind.BAD_REPLY, "get_miner_conf: no bitmain-work-mode")
+        mode = MiningModeConfig.from_am_modern(conf).mode
+        self.known_mode = self._FROM_PYASIC.get(str(mode), Mode.UNKNOWN)
+        self.conf_read_at, self.conf_due = now, False
+
+    async def apply(
+        self,
+        mode: Mode,
+        power_limit_w: int | None,
+        timeout_s: float,
+    ) -> ApplyResult:
+        self.check_supported(mode, power_limit_w)
+        miner = miner_for(self.identity)
+        wanted = {
+            Mode.SLEEP: MiningModeConfig.sleep,
+            Mode.LOW: MiningModeConfig.low,
+            Mode.NORMAL: MiningModeConfig.normal,
+        }[mode]()
+
+        async def send() -> None:
+            config = await miner.get_config()
+            config.mining_mode = wanted
+            await miner.send_config(config)
+
+        await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        self.conf_due = True  # pyasic ignores set_miner_conf's reply: look, don't trust
+        return ApplyResult(True, mode, None, "set_miner_conf sent; confirm by observation")
+
+
+class WhatsminerV2(RigDriver):
+    """Stock MicroBT firmware, btminer API v2: ``summary+devs`` every cycle.
+
+    While mining is off btminer itself is stopped and its cgminer sections are refused;
+    ``status`` then says whether the rig was told to stop (``mineroff``).
+    """
+
+    name = "whatsminer-v2"
+    _CAPS = Capabilities(
+        modes=frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH, Mode.LIMIT}),
+        power_limit=True,
+        power_limit_range_w=(500, 6000),
+        reports_power=True,
+        notes=('writes need the API unlocked on the rig ("can\'t access write cmd" otherwise)',),
+    )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._CAPS
+
+    async def observe(self, timeout_s: float, now: float) -> Observation:
+        deadline = time.monotonic() + timeout_s
+        raw = await request(
+            self.identity.address, RPC_PORT, b'{"command":"summary+devs"}', timeout_s
+        )
+        if raw.startswith(BTMINER_STOPPED):
+            return await self._stopped(deadline, now)
+        status = whatsminer_summary(decode(raw))
+        expected = self.identity.extra.get("fingerprint")
+        if expected and status.fingerprint and status.fingerprint != expected:
+            raise RigChanged(f"rig changed: now {status.fingerprint!r}, was {expected!r}")
+        mode = status.mode or Mode.NORMAL
+        return _observation(self.identity, status, mode, now)
+
+    async def _stopped(self, deadline: float, now: float) -> Observation:
+        left = max(0.05, deadline - time.monotonic())
+        reply = decode(
+            await request(self.identity.address, RPC_PORT, b'{"command":"status"}', left)
+        )
+        msg = reply.get("Msg")
+        if not isinstance(msg, dict) or "mineroff" not in msg:
+            raise DriverError(FailureKind.BAD_REPLY, "status: no Msg.mineroff")
+        off = str(msg["mineroff"]).lower() == "true"
+        status = Status(
+            hashrate_ths=0.0,
+            boards=(),
+            max_chip_temp_c=None,
+            fan_rpm=(),
+            uptime_s=None,
+            mining=False,
+            errors=() if off else ("btminer not running",),
+        )
+        return _observation(self.identity, status, Mode.SLEEP if off else Mode.UNKNOWN, now)
+
+    async def apply(
+        self,
+        mode: Mode,
+        power_limit_w: int | None,
+        timeout_s: float,
+    ) -> ApplyResult:
+        self.check_supported(mode, power_limit_w)
+        rpc = miner_for(self.identity).rpc
+
+        async def send() -> None:
+            if mode is Mode.SLEEP:
+                await rpc.power_off(respbefore=True)
+                return
+            if mode is Mode.LIMIT:
+                assert power_limit_w is not None
+                await rpc.adjust_power_limit(power_limit_w)
+            else:
+                setter = {
+                    Mode.LOW: rpc.set_low_power,
+                    Mode.NORMAL: rpc.set_normal_power,
+                    Mode.HIGH: rpc.set_high_power,
+                }[mode]
+                await setter()
+            await rpc.power_on()
+
+        await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")
+
+
+class WhatsminerV3(RigDriver):
+    """MicroBT firmware after 2024-11, btminer API v3 on 4433.
+
+    pyasic's v3 ``send_config`` raises and its ``is_mining`` is always True: this driver uses
+    neither; mining is what the hashrate says, and low/high are not offered.
+    """
+
+    name = "whatsminer-v3"
+    _CAPS = Capabilities(
+        modes=frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
+        power_limit=True,
+        power_limit_range_w=(500, 6000),
+        reports_power=True,
+        notes=("low/high modes are not offered: pyasic's API v3 send_config is broken",),
+    )
+    _REQUEST = json.dumps({"cmd": "get.miner.status", "param": "summary+edevs"}).encode()
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(identity)
+        self.stopped_by_us: bool | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._CAPS
+
+    async def observe(self, timeout_s: float, now: float) -> Observation:
+        raw = await request(self.identity.address, V3_PORT, self._REQUEST, timeout_s, framed=True)
+        status = whatsminer_v3_status(decode_framed(raw))
+        if status.mining:
+            mode = Mode.NORMAL
+        elif status.power_w is not None and status.power_w < 200:
+            mode = Mode.SLEEP
+        else:
+            mode = Mode.UNKNOWN  # drawing power but not hashing: booting or faulted
+        return _observation(self.identity, status, mode, now)
+
+    async def apply(
+        self,
+        mode: Mode,
+        power_limit_w: int | None,
+        timeout_s: float,
+    ) -> ApplyResult:
+        self.check_supported(mode, power_limit_w)
+        rpc = miner_for(self.identity).rpc
+
+        async def send() -> Any:
+            if mode is Mode.SLEEP:
+                return await rpc.set_miner_service("stop")
+            if mode is Mode.LIMIT:
+                assert power_limit_w is not None
+                await rpc.set_miner_power_limit(power_limit_w)
+            return await rpc.set_miner_service("start")
+
+        reply = await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        if isinstance(reply, dict) and reply.get("code") not in (0, None):
+            raise DriverError(FailureKind.BAD_REPLY, f"rig refused: {reply.get('msg')}")
+        return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")
