@@ -68,7 +68,8 @@ def _identity_line(identity: Identity | IdentifyFailure, as_json: bool) -> str:
     )
 
 
-def main_scan(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+def main_scan(argv: Sequence[str], out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     args = scan_parser().parse_args(argv)
     try:
         results = asyncio.run(scan(args.ranges, args.concurrency, identify_timeout_s=args.timeout))
@@ -133,7 +134,8 @@ async def _observe(args: argparse.Namespace) -> list[Reading]:
     return [readings[a] for a in args.addresses if a in readings]
 
 
-def main_observe(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+def main_observe(argv: Sequence[str], out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     args = observe_parser().parse_args(argv)
     readings = asyncio.run(_observe(args))
     if not args.json:

@@ -15,7 +15,7 @@ from drivers.generic import PyasicGeneric
 from drivers.parse import antminer_stats, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
 from drivers.stock import RPC_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
-from drivers.transport import DriverError, decode, request
+from drivers.transport import BTMINER_STOPPED, DriverError, decode, request
 from policies.values import FailureKind, Identity, Make
 
 DRIVERS: dict[str, type[RigDriver]] = {
@@ -96,12 +96,18 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
             address, Make.ANTMINER, model, firmware, AntminerStock.name, serial, mac, extra
         )
     if isinstance(miner, BTMinerV2):
-        status = whatsminer_summary(
-            decode(await request(address, RPC_PORT, b'{"command":"summary"}', timeout_s))
-        )
-        version = str(await _quiet(miner.get_fw_ver()) or status.fingerprint.split("|")[1])
-        extra = _extra(miner, version, firmware_kind, status.fingerprint)
-        mac = status.fingerprint.split("|")[0] or None
+        raw = await request(address, RPC_PORT, b'{"command":"summary"}', timeout_s)
+        if raw.startswith(BTMINER_STOPPED):
+            # Asleep: btminer is stopped, but the API still tells the MAC and firmware.
+            info = await _quiet(miner.rpc.get_miner_info())
+            mac = str(info["Msg"]["mac"]) if isinstance(info, dict) else None
+            version = str(await _quiet(miner.get_fw_ver()) or "")
+            fingerprint = f"{mac or ''}|{version}"
+        else:
+            fingerprint = whatsminer_summary(decode(raw)).fingerprint
+            mac = fingerprint.split("|")[0] or None
+            version = str(await _quiet(miner.get_fw_ver()) or fingerprint.split("|")[1])
+        extra = _extra(miner, version, firmware_kind, fingerprint)
         return Identity(
             address,
             Make.WHATSMINER,

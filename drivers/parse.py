@@ -99,11 +99,13 @@ def _dashed(value: Any) -> list[float]:
     return out
 
 
-def antminer_stats(reply: dict[str, Any]) -> Status:
+def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) -> Status:
     """Stock Antminer RPC ``stats``: boards, temperatures, fans, uptime, model and firmware.
 
     Slots are found as pyasic finds them (``chain_acn``/``chain_acs`` offsets); hashrate is
     ``GHS 5s`` (what pyasic's summary reads, repeated in stats), per board ``chain_rateN``.
+    A board the firmware no longer lists (dead) is reported as dead when ``expected_boards``
+    says it should be there.
     """
     stats = _section(reply, "STATS")
     if len(stats) < 2:
@@ -136,6 +138,13 @@ def antminer_stats(reply: dict[str, Any]) -> Status:
                 alive=bool(chips),
             )
         )
+    present = {b.index for b in boards}
+    boards.extend(
+        Board(i, 0.0, None, None, 0, alive=False)
+        for i in range(expected_boards or 0)
+        if i not in present
+    )
+    boards.sort(key=lambda b: b.index)
     fans = tuple(
         int(v) for n in range(1, 9) if isinstance(v := dev.get(f"fan{n}"), int | float) and v > 0
     )

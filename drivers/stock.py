@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from pyasic.config import MiningModeConfig
@@ -119,6 +120,8 @@ class AntminerStock(RigDriver):
 
     def __init__(self, identity: Identity) -> None:
         super().__init__(identity)
+        entry = catalogue.lookup(identity.make.value, identity.model)
+        self.expected_boards = entry.hashboards if entry else None
         self.known_mode: Mode | None = None
         self.conf_read_at = float("-inf")
         self.conf_due = True
@@ -129,17 +132,22 @@ class AntminerStock(RigDriver):
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         deadline = time.monotonic() + timeout_s
-        status = antminer_stats(
-            decode(
-                await request(self.identity.address, RPC_PORT, b'{"command":"stats"}', timeout_s)
-            )
-        )
+        reply = await request(self.identity.address, RPC_PORT, b'{"command":"stats"}', timeout_s)
+        status = antminer_stats(decode(reply), self.expected_boards)
         self._check_fingerprint(status)
+        note: tuple[str, ...] = ()
         if self._need_conf(status, now):
             left = deadline - time.monotonic()
-            if left > 0.05:
+            try:
+                if left <= 0.05:
+                    raise DriverError(FailureKind.TIMEOUT, "no time left in the deadline")
                 await self._read_conf(left, now)
-        return _observation(self.identity, status, self.known_mode or Mode.UNKNOWN, now)
+            except DriverError as exc:
+                # The status read succeeded: report it, with the mode as last known (or
+                # unknown) and why, rather than failing the whole observation.
+                note = (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
+        obs = _observation(self.identity, status, self.known_mode or Mode.UNKNOWN, now)
+        return replace(obs, errors=obs.errors + note) if note else obs
 
     def _check_fingerprint(self, status: Status) -> None:
         expected = self.identity.extra.get("fingerprint")
