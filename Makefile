@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: lint typecheck unit
 
 bench-sim: $(STAMP)
 	$(BIN)/python -m bench.sim_rps
+
+bench-observe: $(STAMP)
+	$(BIN)/python -m bench.observe
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from daemon import aio
 from daemon.observer import Observer, ObserverSettings
 from drivers.inventory import IdentifyFailure, Inventory, InventoryError, scan
 from policies.values import Identity, Observation, ObservationFailure, Reading
@@ -72,7 +72,7 @@ def main_scan(argv: Sequence[str], out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = scan_parser().parse_args(argv)
     try:
-        results = asyncio.run(scan(args.ranges, args.concurrency, identify_timeout_s=args.timeout))
+        results = aio.run(scan(args.ranges, args.concurrency, identify_timeout_s=args.timeout))
     except InventoryError as exc:
         print(f"rigpilot scan: error: {exc}", file=sys.stderr)
         return 2
@@ -137,7 +137,7 @@ async def _observe(args: argparse.Namespace) -> list[Reading]:
 def main_observe(argv: Sequence[str], out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = observe_parser().parse_args(argv)
-    readings = asyncio.run(_observe(args))
+    readings = aio.run(_observe(args))
     if not args.json:
         print(
             f"{'address':<15} {'model':<12} {'TH/s':>8} {'W':>6} {'chip':>5} "

@@ -26,7 +26,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_fixed,
+    stop_after_delay,
+    wait_random,
 )
 
 from drivers.base import RigDriver
@@ -141,17 +142,12 @@ class Observer:
             )
         deadline = time.monotonic() + self.settings.timeout_s
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(2),
-                wait=wait_fixed(0.05),
-                retry=retry_if_exception(_retryable),
-                reraise=True,
-            ):
-                with attempt:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise DriverError(FailureKind.TIMEOUT, "deadline spent on retries")
-                    reading: Observation = await driver.observe(left, now)
+            try:
+                reading = await driver.observe(self.settings.timeout_s, now)
+            except DriverError as first:
+                if not _retryable(first):
+                    raise
+                reading = await self._retry(driver, deadline, now)
         except RigChanged as exc:
             return await self._reidentify(address, exc, now)
         except DriverError as exc:
@@ -165,6 +161,25 @@ class Observer:
             log.info("rig.recovered", address=address, after_failures=health.consecutive)
         health.consecutive, health.backoff_s, health.last_kind = 0, 0.0, None
         return reading
+
+    @staticmethod
+    async def _retry(driver: RigDriver, deadline: float, now: float) -> Observation:
+        """Retry a read whose connection was refused or reset (reads are safe to repeat), at
+        most twice, with jitter, inside what is left of the rig's deadline. Only entered after
+        a failure: tenacity's machinery costs more than a whole successful read."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(2) | stop_after_delay(max(0.0, deadline - time.monotonic())),
+            wait=wait_random(0.02, 0.1),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        ):
+            with attempt:
+                await asyncio.sleep(0.02)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DriverError(FailureKind.TIMEOUT, "deadline spent on retries")
+                return await driver.observe(left, now)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _failed(
         self,

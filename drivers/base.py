@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from drivers import catalogue
 from policies.values import Capabilities, Identity, Mode, Observation
 
 
@@ -34,6 +35,9 @@ class RigDriver(abc.ABC):
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
+        entry = catalogue.lookup(identity.make.value, identity.model)
+        self.expected_boards: int | None = entry.hashboards if entry else None
+        """Hashboards the model has: a board the firmware stops listing is reported dead."""
 
     @property
     @abc.abstractmethod

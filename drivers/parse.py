@@ -99,6 +99,15 @@ def _dashed(value: Any) -> list[float]:
     return out
 
 
+def pad_boards(boards: list[Board], expected: int | None) -> list[Board]:
+    """Boards sorted by index, with the ones the firmware no longer lists added as dead."""
+    present = {b.index for b in boards}
+    boards = boards + [
+        Board(i, 0.0, None, None, 0, alive=False) for i in range(expected or 0) if i not in present
+    ]
+    return sorted(boards, key=lambda b: b.index)
+
+
 def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) -> Status:
     """Stock Antminer RPC ``stats``: boards, temperatures, fans, uptime, model and firmware.
 
@@ -164,7 +173,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
 _WM_MODES = {"low": Mode.LOW, "normal": Mode.NORMAL, "high": Mode.HIGH}
 
 
-def whatsminer_summary(reply: dict[str, Any]) -> Status:
+def whatsminer_summary(reply: dict[str, Any], expected_boards: int | None = None) -> Status:
     """Stock Whatsminer API v2 ``summary`` (alone or joined with ``devs``).
 
     Hashrate ``MHS 1m`` (as pyasic), power ``Power`` (-1 = unknown), ``Power Limit``,
@@ -204,13 +213,16 @@ def whatsminer_summary(reply: dict[str, Any]) -> Status:
         for key in ("Fan Speed In", "Fan Speed Out")
         if isinstance(v := s.get(key), int | float)
     )
+    count = s.get("Error Code Count")
     errors = tuple(
-        str(s[k]) for k in sorted(s) if k.startswith("Error Code ") and k != "Error Code Count"
+        str(s[key])
+        for i in range(count if isinstance(count, int) and 0 < count < 100 else 0)
+        if (key := f"Error Code {i}") in s
     )
     elapsed = _opt_num(s, "Elapsed")
     return Status(
         hashrate_ths=hashrate,
-        boards=tuple(sorted(boards, key=lambda b: b.index)),
+        boards=tuple(pad_boards(boards, expected_boards) if boards else ()),
         max_chip_temp_c=chip_max,
         fan_rpm=fans,
         uptime_s=None if elapsed is None else int(elapsed),
@@ -224,7 +236,7 @@ def whatsminer_summary(reply: dict[str, Any]) -> Status:
     )
 
 
-def whatsminer_v3_status(reply: dict[str, Any]) -> Status:
+def whatsminer_v3_status(reply: dict[str, Any], expected_boards: int | None = None) -> Status:
     """Whatsminer API v3 ``get.miner.status`` with ``summary`` (and ``edevs``).
 
     pyasic's v3 ``is_mining`` is always True; here mining is what the hashrate says.
@@ -268,7 +280,7 @@ def whatsminer_v3_status(reply: dict[str, Any]) -> Status:
     elapsed = _opt_num(s, "elapsed")
     return Status(
         hashrate_ths=hashrate,
-        boards=tuple(boards),
+        boards=tuple(pad_boards(boards, expected_boards) if boards else ()),
         max_chip_temp_c=_opt_num(s, "chip-temp-max"),
         fan_rpm=fans,
         uptime_s=None if elapsed is None else int(elapsed),

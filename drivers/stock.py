@@ -15,10 +15,11 @@ import time
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from pyasic import settings as pyasic_settings
 from pyasic.config import MiningModeConfig
 from pyasic.errors import APIError
 
-from drivers import catalogue
+from drivers import catalogue, webdigest
 from drivers.base import ApplyResult, RigDriver
 from drivers.parse import Status, antminer_stats, whatsminer_summary, whatsminer_v3_status
 from drivers.pyasic_miner import miner_for
@@ -94,6 +95,21 @@ async def _pyasic_call(what: str, call: Any, timeout_s: float) -> Any:
         raise DriverError(FailureKind.UNREACHABLE, f"{what}: {exc}") from None
 
 
+def _web_errors(summary: dict[str, Any]) -> tuple[str, ...]:
+    """Error messages of a stock Antminer web summary, as pyasic reads them (status != "s")."""
+    try:
+        items = summary["SUMMARY"][0]["status"]
+    except (LookupError, TypeError):
+        return ()
+    if not isinstance(items, list):
+        return ()
+    return tuple(
+        str(i.get("msg") or i.get("code"))
+        for i in items
+        if isinstance(i, dict) and i.get("status") not in ("s", None)
+    )
+
+
 class AntminerStock(RigDriver):
     """Stock Bitmain firmware: cgminer RPC for status, the web UI for configuration.
 
@@ -120,9 +136,9 @@ class AntminerStock(RigDriver):
 
     def __init__(self, identity: Identity) -> None:
         super().__init__(identity)
-        entry = catalogue.lookup(identity.make.value, identity.model)
-        self.expected_boards = entry.hashboards if entry else None
         self.known_mode: Mode | None = None
+        self.web_errors: tuple[str, ...] = ()
+        self.alive_at_conf: tuple[bool, ...] = ()
         self.conf_read_at = float("-inf")
         self.conf_due = True
 
@@ -142,12 +158,14 @@ class AntminerStock(RigDriver):
                 if left <= 0.05:
                     raise DriverError(FailureKind.TIMEOUT, "no time left in the deadline")
                 await self._read_conf(left, now)
+                self.alive_at_conf = self._alive_boards(status)
             except DriverError as exc:
                 # The status read succeeded: report it, with the mode as last known (or
                 # unknown) and why, rather than failing the whole observation.
                 note = (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
         obs = _observation(self.identity, status, self.known_mode or Mode.UNKNOWN, now)
-        return replace(obs, errors=obs.errors + note) if note else obs
+        errors = self.web_errors + note
+        return replace(obs, errors=obs.errors + errors) if errors else obs
 
     def _check_fingerprint(self, status: Status) -> None:
         expected = self.identity.extra.get("fingerprint")
@@ -160,16 +178,35 @@ class AntminerStock(RigDriver):
         if now - self.conf_read_at >= CONF_REFRESH_S:
             return True
         contradicts = (status.hashrate_ths > 0) == (self.known_mode is Mode.SLEEP)
-        return contradicts and now - self.conf_read_at >= CONF_RECHECK_S
+        boards_changed = self._alive_boards(status) != self.alive_at_conf
+        return (contradicts or boards_changed) and now - self.conf_read_at >= CONF_RECHECK_S
+
+    @staticmethod
+    def _alive_boards(status: Status) -> tuple[bool, ...]:
+        return tuple(b.alive for b in status.boards)
 
     async def _read_conf(self, timeout_s: float, now: float) -> None:
-        miner = miner_for(self.identity)
-        conf = await _pyasic_call("get_miner_conf", miner.web.get_miner_conf(), timeout_s)
-        if not isinstance(conf, dict) or "bitmain-work-mode" not in conf:
+        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
+        try:
+            conf = await webdigest.get_json(
+                self.identity.address, "/cgi-bin/get_miner_conf.cgi", "root", password, timeout_s
+            )
+        except DriverError as exc:
+            raise DriverError(exc.kind, f"get_miner_conf: {exc.detail}") from None
+        if "bitmain-work-mode" not in conf:
             raise DriverError(FailureKind.BAD_REPLY, "get_miner_conf: no bitmain-work-mode")
         mode = MiningModeConfig.from_am_modern(conf).mode
         self.known_mode = self._FROM_PYASIC.get(str(mode), Mode.UNKNOWN)
         self.conf_read_at, self.conf_due = now, False
+        # Stock firmware reports its error codes only in the web summary: read them with the
+        # configuration (first read, after a command, when the hashrate or boards change).
+        try:
+            summary = await webdigest.get_json(
+                self.identity.address, "/cgi-bin/summary.cgi", "root", password, timeout_s
+            )
+        except DriverError:
+            return  # the mode is what matters; errors are refreshed on the next read
+        self.web_errors = _web_errors(summary)
 
     async def apply(
         self,
@@ -222,7 +259,7 @@ class WhatsminerV2(RigDriver):
         )
         if raw.startswith(BTMINER_STOPPED):
             return await self._stopped(deadline, now)
-        status = whatsminer_summary(decode(raw))
+        status = whatsminer_summary(decode(raw), self.expected_boards)
         expected = self.identity.extra.get("fingerprint")
         if expected and status.fingerprint and status.fingerprint != expected:
             raise RigChanged(f"rig changed: now {status.fingerprint!r}, was {expected!r}")
@@ -295,17 +332,13 @@ class WhatsminerV3(RigDriver):
     )
     _REQUEST = json.dumps({"cmd": "get.miner.status", "param": "summary+edevs"}).encode()
 
-    def __init__(self, identity: Identity) -> None:
-        super().__init__(identity)
-        self.stopped_by_us: bool | None = None
-
     @property
     def capabilities(self) -> Capabilities:
         return self._CAPS
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         raw = await request(self.identity.address, V3_PORT, self._REQUEST, timeout_s, framed=True)
-        status = whatsminer_v3_status(decode_framed(raw))
+        status = whatsminer_v3_status(decode_framed(raw), self.expected_boards)
         if status.mining:
             mode = Mode.NORMAL
         elif status.power_w is not None and status.power_w < 200:

@@ -114,16 +114,22 @@ async def request(
 
 
 def decode(data: bytes) -> dict[str, Any]:
-    """Decode a cgminer/btminer reply with pyasic's own decoder (it knows the firmware bugs).
+    """Decode a cgminer/btminer reply.
 
-    Raises DriverError(BAD_REPLY) for an empty reply, non-JSON, or JSON that is not an object.
+    Well-formed JSON (with cgminer's trailing NUL) is decoded directly; anything else goes
+    through pyasic's own decoder, which knows and repairs the JSON bugs of real firmwares (about
+    60 us a reply, so not on the hot path when the rig speaks proper JSON). Raises
+    DriverError(BAD_REPLY) for an empty reply, non-JSON, or JSON that is not an object.
     """
     if not data:
         raise DriverError(FailureKind.BAD_REPLY, "empty reply")
     try:
-        value = BaseMinerRPCAPI._load_api_data(data)
-    except (APIError, ValueError, UnicodeDecodeError) as exc:
-        raise DriverError(FailureKind.BAD_REPLY, f"not JSON: {_excerpt(data)}") from exc
+        value = json.loads(data[:-1] if data.endswith(b"\x00") else data)
+    except (ValueError, UnicodeDecodeError):
+        try:
+            value = BaseMinerRPCAPI._load_api_data(data)
+        except (APIError, ValueError, UnicodeDecodeError) as exc:
+            raise DriverError(FailureKind.BAD_REPLY, f"not JSON: {_excerpt(data)}") from exc
     if not isinstance(value, dict):
         raise DriverError(FailureKind.BAD_REPLY, f"not a JSON object: {_excerpt(data)}")
     return value

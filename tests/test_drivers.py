@@ -347,3 +347,42 @@ async def test_observe_cli_json_lines(
     assert lines[2]["ok"] is False
     assert lines[2]["error"] == "unreachable"
     assert (tmp_path / "inventory.json").exists()
+
+
+async def test_web_digest_client_reads_what_pyasic_reads(sim: SimFleet) -> None:
+    from drivers import webdigest
+    from drivers.pyasic_miner import miner_for
+
+    address = sim.address("s19jpro")
+    identity = await identify(address)
+    ours = await webdigest.get_json(address, "/cgi-bin/get_miner_conf.cgi", "root", "root", 5)
+    theirs = await miner_for(identity).web.get_miner_conf()
+    assert ours == theirs
+    again = await webdigest.get_json(address, "/cgi-bin/get_miner_conf.cgi", "root", "root", 5)
+    assert again == ours  # the remembered nonce is accepted
+    with pytest.raises(DriverError, match="refused the credentials"):
+        await webdigest.get_json(address, "/cgi-bin/get_miner_conf.cgi", "root", "wrong", 5)
+    with pytest.raises(DriverError, match="HTTP 404"):
+        await webdigest.get_json(address, "/cgi-bin/nope.cgi", "root", "root", 5)
+
+
+@pytest.mark.parametrize("key", ["s19xp", "m50s", "m60s-v3"])
+async def test_dead_board_and_overheat_are_visible(sim: SimFleet, key: str) -> None:
+    address = sim.address(key)
+    identity = await identify(address)
+    await asyncio.to_thread(sim.control.set_fault, address, "dead_board", board=1)
+    obs = await observe(address, identity)
+    assert [b.alive for b in obs.boards] == [True, False, True]
+    assert obs.hashrate_ths == pytest.approx((await truth(sim, address))["hashrate_ths"], rel=0.03)
+    await asyncio.to_thread(sim.control.set_fault, address, "overheat", extra_c=60)
+    driver = driver_for(identity)
+
+    async def protected() -> bool:
+        reading = await driver.observe(5.0, time.time())
+        return not reading.mining and (await truth(sim, address))["phase"] == "protected"
+
+    await eventually(protected, 30)
+    hot = await driver.observe(5.0, time.time())
+    assert hot.hashrate_ths == 0
+    if key != "m60s-v3":  # API v3 status carries no error codes; get.device.info does
+        assert hot.errors or hot.mode is Mode.UNKNOWN
