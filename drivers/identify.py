@@ -59,8 +59,14 @@ async def identify(address: str, timeout_s: float = 10.0) -> Identity:
     if miner is None:
         raise await _why_not_found(address, min(2.0, max(0.2, deadline - time.monotonic())))
     left = max(0.5, deadline - time.monotonic())
-    async with asyncio.timeout(left):
-        return await _describe(address, miner, left)
+    try:
+        async with asyncio.timeout(left):
+            return await _describe(address, miner, left)
+    except TimeoutError:
+        raise DriverError(
+            FailureKind.TIMEOUT,
+            f"recognised as {miner.raw_model}, but its details did not arrive in time",
+        ) from None
 
 
 async def _why_not_found(address: str, timeout_s: float) -> DriverError:

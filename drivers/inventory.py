@@ -146,6 +146,11 @@ async def identify_many(
                 results[i] = await identify(address, timeout_s)
             except DriverError as exc:
                 results[i] = IdentifyFailure(address, exc.kind, exc.detail)
+            except Exception as exc:  # whatever a rig answers must not end the scan
+                log.exception("rig.identify_crashed", address=address)
+                results[i] = IdentifyFailure(
+                    address, FailureKind.BAD_REPLY, f"{type(exc).__name__}: {exc}"
+                )
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(addresses))))))
     return [r for r in results if r is not None]

@@ -1,9 +1,10 @@
-"""``make demo``: a simulated fleet, driven by unmodified pyasic, end to end.
+"""``make demo``: rigpilot's drivers and observer on a simulated fleet, end to end.
 
 Until the control loop exists (``rigpilot run``), this is the demo: it starts ``rigpilot sim``
-with a mixed fleet (one rig hung, one slow), finds the rigs with pyasic, reads them, puts the
-rigs that lose money at the February 2026 hashprice to sleep, checks the simulator's true
-state, then wakes them and watches their hashrate ramp back up.
+with a mixed fleet (one rig hung, one slow), identifies the rigs, reads them with the observer,
+puts the rigs that lose money at the February 2026 hashprice to sleep (a hand-written threshold
+here; the policy engine comes with ``rigpilot run``), confirms by observation against the
+simulator's true state, then wakes them and watches their hashrate ramp back up.
 
     python -m scripts.demo [--keep-running]
 """
@@ -48,75 +49,71 @@ def breakeven_usd_per_kwh(j_per_th: float) -> float:
 
 
 async def run(control: Path, rigs: list[dict[str, Any]]) -> None:
-    import pyasic
-
+    from daemon.fleet_cli import _reading_line
+    from daemon.observer import Observer, ObserverSettings
+    from drivers.inventory import Inventory
+    from policies.values import Mode, Observation
     from simulator.client import SimControl
 
     ctl = SimControl(control)
-    say(f"\n1. Finding {len(rigs)} rigs with pyasic.get_miner (10 s deadline each)")
+    inventory = Inventory()
+    say(f"\n1. Identifying {len(rigs)} rigs (pyasic detection, 10 s deadline each)")
     t0 = time.monotonic()
-    miners = await asyncio.gather(*(bounded(pyasic.get_miner(r["address"]), 10) for r in rigs))
-    say(f"   done in {time.monotonic() - t0:.1f} s")
-    found: dict[str, Any] = {}
-    for rig, miner in zip(rigs, miners, strict=True):
-        if miner is None or isinstance(miner, Exception):
-            say(f"   {rig['address']:<11} no answer ({type(miner).__name__})")
-        else:
-            found[rig["address"]] = miner
-            say(
-                f"   {rig['address']:<11} {miner.make!s:<10} {miner.raw_model!s:<10} "
-                f"{type(miner).__name__}"
-            )
-
-    say("\n2. Reading them (get_data: hashrate, boards, watts, mining)")
-    include = ["hashrate", "hashboards", "wattage", "is_mining"]
-    datas = await asyncio.gather(
-        *(bounded(m.get_data(include=include), 10) for m in found.values())
-    )
-    say(f"   {'address':<11} {'model':<10} {'TH/s':>7} {'W':>6} {'J/TH':>6} {'max chip':>8}")
-    efficiency: dict[str, float] = {}
-    for address, data in zip(found, datas, strict=True):
-        if isinstance(data, Exception):
-            say(f"   {address:<11} read failed: {type(data).__name__}")
-            continue
-        truth = ctl.rig(address)
-        ths = float(data.hashrate or 0)
-        watts = data.wattage
-        chip = max((b.chip_temp or 0 for b in data.hashboards), default=0)
-        # Stock Antminers report no power: take the simulator's true figure, flagged.
-        power = float(watts) if watts else float(truth["power_w"])
-        flag = "" if watts else "*"
-        efficiency[address] = power / ths if ths else float("inf")
+    failures = await inventory.ensure([r["address"] for r in rigs], timeout_s=10)
+    say(f"   {len(inventory.rigs)} identified in {time.monotonic() - t0:.1f} s")
+    for identity in inventory.rigs.values():
         say(
-            f"   {address:<11} {data.model!s:<10} {ths:7.1f} {power:5.0f}{flag:1} "
-            f"{efficiency[address]:6.1f} {chip:8.0f}"
+            f"   {identity.address:<11} {identity.make.value:<10} {identity.model:<10} "
+            f"{identity.driver:<15} {identity.firmware}"
         )
-    say("   * stock Antminer firmware reports no watts; shown: the simulator's true power")
+    for failure in failures:
+        say(f"   {failure.address:<11} {failure.kind.value}: {failure.detail}")
+
+    observer = Observer(inventory, ObserverSettings(timeout_s=3.0))
+    say("\n2. One observation cycle (one request per rig; a hung rig costs only its deadline)")
+    cycle = await observer.cycle()
+    say(f"   {cycle.ok} read, {cycle.failed} failed, in {cycle.duration_s:.2f} s")
+    say(f"   {'address':<15} {'model':<12} {'TH/s':>8} {'W':>6} {'chip':>5} mode    mining")
+    for reading in cycle.readings.values():
+        say("   " + _reading_line(reading, False))
+    say("   * estimated power: stock Antminer firmware reports no watts")
 
     say(
         f"\n3. Hashprice ${HASHPRICE_USD_PER_PH_DAY}/PH/day, power ${POWER_USD_PER_KWH}/kWh: "
         "rigs whose break-even power price is below that lose money"
     )
-    losers = [a for a, j in efficiency.items() if breakeven_usd_per_kwh(j) < POWER_USD_PER_KWH]
+    losers = []
+    for address, reading in cycle.readings.items():
+        if isinstance(reading, Observation) and reading.efficiency_j_per_th:
+            j = reading.efficiency_j_per_th
+            if breakeven_usd_per_kwh(j) < POWER_USD_PER_KWH:
+                losers.append(address)
+                say(
+                    f"   sleep {address:<11} {j:5.1f} J/TH, break-even "
+                    f"${breakeven_usd_per_kwh(j):.3f}/kWh"
+                )
     for address in losers:
-        say(
-            f"   sleep {address} (break-even ${breakeven_usd_per_kwh(efficiency[address]):.3f}"
-            f"/kWh at {efficiency[address]:.1f} J/TH)"
-        )
-    results = await asyncio.gather(*(bounded(found[a].stop_mining(), 20) for a in losers))
+        await observer.drivers[address].apply(Mode.SLEEP, None, 10)
     await asyncio.sleep(1.0)
-    for address, ok in zip(losers, results, strict=True):
+    confirm = await observer.cycle(losers)
+    for address, reading in confirm.readings.items():
         truth = ctl.rig(address)
+        seen = reading.mode.value if isinstance(reading, Observation) else reading.kind.value
         say(
-            f"   {address:<11} pyasic said {ok!s:<5} -> true state: mode={truth['mode']}, "
+            f"   {address:<11} observed mode={seen:<6} | simulator truth: {truth['mode']}, "
             f"{truth['hashrate_ths']:.0f} TH/s, {truth['power_w']:.0f} W"
         )
 
-    say("\n4. The market recovers: waking them up (the boards take minutes; sim runs 30x)")
-    await asyncio.gather(*(bounded(found[a].resume_mining(), 20) for a in losers))
+    say("\n4. The market recovers: waking them up (boards take minutes; the sim runs 30x)")
+    for address in losers:
+        await observer.drivers[address].apply(Mode.NORMAL, None, 10)
     for _ in range(8):
         await asyncio.sleep(1.5)
-        line = ", ".join(f"{ctl.rig(a)['hashrate_ths']:5.1f}" for a in losers)
+        ramp = await observer.cycle(losers)
+        line = ", ".join(
+            f"{r.hashrate_ths:5.1f}" if isinstance(r, Observation) else " n/a "
+            for r in ramp.readings.values()
+        )
         say(f"   TH/s: {line}")
     stats = ctl.stats()
     say(
