@@ -227,3 +227,35 @@ class Capabilities:
     power_limit_range_w: tuple[int, int] | None = None
     reports_power: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class QuoteKind(StrEnum):
+    HASHPRICE = "hashprice"  # value in USD per PH/s per day
+    POWER_PRICE = "power_price"  # value in the site currency per kWh, adders included
+
+
+QUOTE_UNITS = {QuoteKind.HASHPRICE: "USD/PH/day", QuoteKind.POWER_PRICE: "USD/kWh"}
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A market input: value, unit, where it came from, when it was true, and how long for.
+
+    ``observed_at`` is when the source says the value applies (a price interval's start, a
+    block's time) or, for sources that do not say, when it was fetched. A quote older than
+    ``ttl_s`` is stale: it is still shown, and never drives a change.
+    """
+
+    kind: QuoteKind
+    value: float
+    unit: str
+    source: str
+    observed_at: float
+    ttl_s: float
+    detail: str = ""
+
+    def age_s(self, now: float) -> float:
+        return max(0.0, now - self.observed_at)
+
+    def stale(self, now: float) -> bool:
+        return self.age_s(now) > self.ttl_s

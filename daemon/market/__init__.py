@@ -1,0 +1,1 @@
+"""Market inputs: hashprice and power price sources, fetched, checked and kept with their age."""
