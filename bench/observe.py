@@ -182,38 +182,17 @@ def main() -> int:
         return 0
 
     from daemon import aio
-    from simulator.client import SimControl
+    from simulator import launch
     from simulator.netns import ensure_private_netns
 
     ensure_private_netns()
     work = Path(tempfile.mkdtemp(prefix="rigpilot-bench-"))
     control = work / "sim.sock"
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulator",
-            *fleet_args(args.rigs),
-            "--json",
-            "--control",
-            str(control),
-            "--netns",
-            "current",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    sim = launch.start(fleet_args(args.rigs), control)
+    ctl, rigs = sim.control, sim.rigs
     try:
-        assert sim.stdout is not None
-        rigs = json.loads(sim.stdout.readline())
-        while not control.exists():
-            time.sleep(0.05)
-        ctl = SimControl(control)
         addresses = [r["address"] for r in rigs]
-        print(f"simulator: {len(rigs)} rigs (pid {sim.pid})", flush=True)
+        print(f"simulator: {len(rigs)} rigs (pid {sim.proc.pid})", flush=True)
 
         cache = work / "inventory.json"
         ident = aio.run(identify_all(addresses, cache, 64))
@@ -296,8 +275,7 @@ def main() -> int:
             )
         print(f"pyasic-rs: {json.dumps(rs)}", flush=True)
     finally:
-        sim.terminate()
-        sim.wait(timeout=20)
+        sim.stop()
 
     figures = {
         "rigs": len(rigs),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import cast
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simulator.client import SimControl  # noqa: E402
+from simulator import launch  # noqa: E402
 from simulator.netns import ensure_private_netns  # noqa: E402
 
 BASELINE_PORT = 14999
@@ -143,39 +142,19 @@ def main() -> int:
     ensure_private_netns()
     half = args.rigs // 2
     control = Path(tempfile.mkdtemp()) / "ctl.sock"
-    sim = subprocess.Popen(
+    sim = launch.start(
         [
-            sys.executable,
-            "-m",
-            "simulator",
             "--antminer",
             f"s19jpro:{half - half // 2}",
             "--antminer",
             f"s21:{half // 2}",
             "--whatsminer",
             f"m30s+:{args.rigs - half}",
-            "--json",
-            "--control",
-            str(control),
-            "--netns",
-            "current",
         ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        control,
     )
+    ctl, rigs = sim.control, sim.rigs
     try:
-        assert sim.stdout is not None
-        rigs = json.loads(sim.stdout.readline())
-        ctl = SimControl(control)
-        while True:
-            try:
-                ctl.stats()
-                break
-            except OSError:
-                time.sleep(0.05)
         targets = [
             (
                 r["address"],
@@ -190,8 +169,7 @@ def main() -> int:
         after = ctl.stats()
         rss_mb = after["rss_mb"]
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+        sim.stop()
 
     base = subprocess.Popen(
         [sys.executable, __file__, "--baseline-server"],

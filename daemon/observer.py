@@ -33,6 +33,7 @@ from tenacity import (
 from drivers.base import RigDriver
 from drivers.identify import driver_for, identify
 from drivers.inventory import Inventory
+from drivers.pool import bounded_map
 from drivers.transport import DriverError, RigChanged
 from policies.values import FailureKind, Observation, ObservationFailure, Reading
 
@@ -106,21 +107,10 @@ class Observer:
         """Observe every rig (or ``addresses``), each within the per-rig deadline."""
         self.sync_drivers()
         targets = list(self.drivers) if addresses is None else list(addresses)
-        readings: dict[str, Reading] = {}
         started = self.clock()
         t0 = time.monotonic()
-        next_index = 0
-
-        async def worker() -> None:
-            nonlocal next_index
-            while next_index < len(targets):
-                address = targets[next_index]
-                next_index += 1
-                readings[address] = await self._observe_one(address)
-
-        workers = max(1, min(self.settings.concurrency, len(targets)))
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        return Cycle({a: readings[a] for a in targets}, started, time.monotonic() - t0)
+        readings = await bounded_map(targets, self._observe_one, self.settings.concurrency)
+        return Cycle(dict(zip(targets, readings, strict=True)), started, time.monotonic() - t0)
 
     async def _observe_one(self, address: str) -> Reading:
         now = self.clock()

@@ -7,7 +7,6 @@ re-identified when its replies say it changed (``RigChanged``) or when it is not
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from drivers.identify import identify, probe
+from drivers.pool import bounded_map
 from drivers.stock import RPC_PORT
 from drivers.transport import DriverError
 from policies.values import FailureKind, Identity
@@ -133,27 +133,17 @@ async def identify_many(
     A bounded worker pool, not a task per address: pyasic's own helpers create every task up
     front, and given 1,000 addresses at once all of them time out.
     """
-    results: list[Identity | IdentifyFailure | None] = [None] * len(addresses)
-    next_index = 0
 
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < len(addresses):
-            i = next_index
-            next_index += 1
-            address = addresses[i]
-            try:
-                results[i] = await identify(address, timeout_s)
-            except DriverError as exc:
-                results[i] = IdentifyFailure(address, exc.kind, exc.detail)
-            except Exception as exc:  # whatever a rig answers must not end the scan
-                log.exception("rig.identify_crashed", address=address)
-                results[i] = IdentifyFailure(
-                    address, FailureKind.BAD_REPLY, f"{type(exc).__name__}: {exc}"
-                )
+    async def one(address: str) -> Identity | IdentifyFailure:
+        try:
+            return await identify(address, timeout_s)
+        except DriverError as exc:
+            return IdentifyFailure(address, exc.kind, exc.detail)
+        except Exception as exc:  # whatever a rig answers must not end the scan
+            log.exception("rig.identify_crashed", address=address)
+            return IdentifyFailure(address, FailureKind.BAD_REPLY, f"{type(exc).__name__}: {exc}")
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(addresses))))))
-    return [r for r in results if r is not None]
+    return await bounded_map(addresses, one, concurrency)
 
 
 async def scan(
@@ -165,16 +155,10 @@ async def scan(
     """Find rigs in ``ranges``: a TCP probe of port 4028 on every address (cheap, bounded),
     then pyasic identification of the addresses that answered."""
     addresses = expand(ranges)
-    alive: list[bool] = [False] * len(addresses)
-    next_index = 0
 
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < len(addresses):
-            i = next_index
-            next_index += 1
-            alive[i] = await probe(addresses[i], RPC_PORT, probe_timeout_s)
+    async def alive(address: str) -> bool:
+        return await probe(address, RPC_PORT, probe_timeout_s)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(addresses))))))
-    responders = [a for a, up in zip(addresses, alive, strict=True) if up]
+    up = await bounded_map(addresses, alive, concurrency)
+    responders = [a for a, ok in zip(addresses, up, strict=True) if ok]
     return await identify_many(responders, min(concurrency, 64), identify_timeout_s)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -131,46 +128,23 @@ def main() -> int:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from simulator import launch
     from simulator.netns import ensure_private_netns
 
     ensure_private_netns()
     control = Path(tempfile.mkdtemp()) / "sim.sock"
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulator",
-        *FLEET,
-        "--time-scale",
-        "30",
-        "--json",
-        "--control",
-        str(control),
-        "--netns",
-        "current",
-    ]
-    say("Starting: rigpilot sim " + " ".join(cmd[3:]))
-    sim = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        text=True,
-    )
+    args_line = [*FLEET, "--time-scale", "30"]
+    say("Starting: rigpilot sim " + " ".join(args_line))
+    sim = launch.start(args_line, control)
     try:
-        assert sim.stdout is not None
-        rigs = json.loads(sim.stdout.readline())
-        while not control.exists():
-            time.sleep(0.05)
-        asyncio.run(run(control, rigs))
+        asyncio.run(run(control, sim.rigs))
         if args.keep_running:
-            say(f"\nSimulator still running (pid {sim.pid}, control {control}); Ctrl-C stops.")
-            sim.wait()
+            say(f"\nSimulator still running (pid {sim.proc.pid}, control {control}); Ctrl-C stops.")
+            sim.proc.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+        sim.stop()
     return 0
 
 

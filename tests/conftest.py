@@ -13,11 +13,7 @@ Fixtures:
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from simulator import launch
 from simulator.client import SimControl
 from simulator.netns import ensure_private_netns
 
@@ -63,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
 class SimFleet:
     rigs: list[dict[str, Any]]
     control: SimControl
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[str]
     keys: list[str]
 
     def addresses(self, key: str) -> list[str]:
@@ -84,70 +81,20 @@ class SimFleet:
             self.control.reset(rig["address"])
 
 
-def start_simulator(
-    args: list[str],
-    control: Path,
-    timeout: float = 30.0,
-) -> tuple[subprocess.Popen[bytes], list[dict[str, Any]]]:
-    """Start ``python -m simulator`` with ``args``; return the process and its rig list."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulator",
-        *args,
-        "--json",
-        "--control",
-        str(control),
-        "--netns",
-        "current",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise RuntimeError(f"simulator did not start: {err}")
-    rigs: list[dict[str, Any]] = json.loads(line)
-    ctl = SimControl(control)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ctl.request("GET", "/health")
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    return proc, rigs
-
-
-def stop_simulator(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="session")
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
-    control = tmp_path_factory.mktemp("sim") / "control.sock"
-    proc, rigs = start_simulator([*FLEET_ARGS, "--time-scale", str(SIM_TIME_SCALE)], control)
-    ctl = SimControl(control)
+    folder = tmp_path_factory.mktemp("sim")
+    running = launch.start(
+        [*FLEET_ARGS, "--time-scale", str(SIM_TIME_SCALE)],
+        folder / "control.sock",
+        folder / "sim.log",
+    )
     keys = []
-    for rig in rigs:
-        key = ctl.rig(rig["address"])["key"]
+    for rig in running.rigs:
+        key = running.control.rig(rig["address"])["key"]
         keys.append(f"{key}-v3" if rig["firmware"] == V3_FIRMWARE else key)
-    yield SimFleet(rigs, ctl, proc, keys)
-    stop_simulator(proc)
+    yield SimFleet(running.rigs, running.control, running.proc, keys)
+    running.stop()
 
 
 @pytest.fixture
