@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "sim": "run a simulated fleet of Antminers and Whatsminers (no hardware needed)",
     "scan": "find and identify the rigs in address ranges",
     "observe": "read rigs once and print what they report",
+    "market": "show hashprice, power price and every model's break-even",
 }
 
 
@@ -64,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.fleet_cli import main_observe
 
         return main_observe(rest)
+    if args.command == "market":
+        from daemon.market_cli import main as market_main
+
+        return market_main(rest)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -43,6 +43,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.logsetup import REDACTED, is_secret_key
+from daemon.market.config import MarketSettings
 
 __all__ = [
     "CONFIG_PATH_ENV_VAR",
@@ -158,6 +159,7 @@ class Settings(BaseSettings):
     # Safety invariant 5: no write command reaches any rig.
     dry_run: bool = False
     rigs: tuple[RigConfig, ...] = ()
+    market: MarketSettings = MarketSettings()
 
     @field_validator("rigs")
     @classmethod

@@ -14,6 +14,7 @@ Fixtures:
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from daemon.logsetup import configure_logging
 from simulator import launch
 from simulator.client import SimControl
 from simulator.netns import ensure_private_netns
@@ -54,6 +56,8 @@ FLEET_ARGS = [
 
 def pytest_configure(config: pytest.Config) -> None:
     ensure_private_netns()
+    # As the rigpilot entry point does: logs go to stderr, never into a command's stdout.
+    configure_logging(level="info", json=False, stream=sys.stderr)
 
 
 @dataclass
@@ -102,3 +106,10 @@ def sim(sim_fleet: SimFleet) -> Iterator[SimFleet]:
     sim_fleet.reset_all()
     yield sim_fleet
     sim_fleet.reset_all()
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_stderr() -> Iterator[None]:
+    """Tests that reconfigure logging (test_logsetup) must not leak into the next test."""
+    yield
+    configure_logging(level="info", json=False, stream=sys.stderr)

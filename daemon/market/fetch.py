@@ -123,7 +123,7 @@ class Fetcher:
                         )
                     except httpx.TimeoutException:
                         raise FeedError(
-                            self.source, f"no answer within {self.timeout_s:.0f} s"
+                            self.source, f"no answer within {self.timeout_s:g} s"
                         ) from None
                     except httpx.HTTPError as exc:
                         raise FeedError(self.source, f"{type(exc).__name__}: {exc}") from None
