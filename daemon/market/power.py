@@ -26,7 +26,7 @@ from typing import ClassVar, TypedDict
 
 import httpx
 
-from daemon.market.fetch import FeedError, Fetcher
+from daemon.market.fetch import FeedError, Fetcher, finite
 from daemon.market.source import Source
 from policies.values import Quote, QuoteKind
 
@@ -231,3 +231,57 @@ class MarketFeed(Source):
     def fail(self, problem: str) -> FeedError:
         """A non-transient FeedError for a malformed reply."""
         return FeedError(self.name, problem, transient=False)
+
+
+class PushedPrice(Source):
+    """Holds the last power price pushed to it (a site meter or an operator override over
+    MQTT) and returns it; the MQTT bridge calls :meth:`push`."""
+
+    kind = QuoteKind.POWER_PRICE
+
+    def __init__(
+        self,
+        *,
+        currency: str = "USD",
+        name: str = "pushed",
+        ttl_s: float = 3600.0,
+        bounds_per_kwh: tuple[float, float] = DEFAULT_BOUNDS_PER_KWH,
+    ) -> None:
+        self.currency = currency
+        self.name = name
+        self.ttl_s = ttl_s
+        self.bounds_per_kwh = bounds_per_kwh
+        self._last: Quote | None = None
+
+    def push(self, value_per_kwh: float, observed_at: float, source: str) -> Quote:
+        """Take ``value_per_kwh`` (site currency, all-in) true from ``observed_at``; returns the
+        quote it will serve. FeedError naming the problem, and no change, if anything is off."""
+        value = finite(value_per_kwh, "pushed power price", self.name)
+        lo, hi = self.bounds_per_kwh
+        if not lo <= value <= hi:
+            raise FeedError(
+                self.name,
+                f"implausible power price {value} {self.currency}/kWh (accepted {lo}..{hi})",
+                transient=False,
+            )
+        when = finite(observed_at, "observed_at", self.name)
+        if not source.strip() or len(source) > 100:
+            raise FeedError(self.name, f"bad source name {source!r}", transient=False)
+        self._last = Quote(
+            QuoteKind.POWER_PRICE,
+            value,
+            f"{self.currency}/kWh",
+            self.name,
+            when,
+            self.ttl_s,
+            f"pushed by {source.strip()}",
+        )
+        return self._last
+
+    async def fetch(self, now: float) -> Quote:
+        """The last pushed quote; FeedError if none yet or if it claims a future time."""
+        if self._last is None:
+            raise FeedError(self.name, "no power price pushed yet")
+        if self._last.observed_at > now + 300:
+            raise FeedError(self.name, "pushed price claims a time in the future")
+        return self._last

@@ -1,0 +1,85 @@
+"""Break-even per rig and per mode from an observation and the catalogue."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.market.fetch import FeedError
+from daemon.market.power import PushedPrice
+from daemon.rig_economics import mode_points, rig_breakeven
+from policies.economics import Economics
+from policies.values import Board, Identity, Make, Mode, Observation, PowerSource
+
+ALL = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH})
+
+
+def observation(
+    model: str = "S19j Pro",
+    make: Make = Make.ANTMINER,
+    ths: float = 104.0,
+    watts: float = 3068.0,
+    mode: Mode = Mode.NORMAL,
+    source: PowerSource = PowerSource.ESTIMATED,
+) -> Observation:
+    identity = Identity("10.0.0.1", make, model, "fw", "antminer-stock")
+    boards = (Board(0, ths / 3, 60, 70, 126, True),)
+    return Observation(identity, 0.0, ths, watts, source, mode, ths > 0, boards)
+
+
+def test_current_mode_uses_measured_figures_others_the_catalogue() -> None:
+    points = {p.mode: p for p in mode_points(observation(), ALL)}
+    assert set(points) == {Mode.SLEEP, Mode.LOW, Mode.NORMAL}  # stock S19j Pro: no high
+    assert points[Mode.NORMAL].power_w == 3068.0
+    assert points[Mode.LOW].hashrate_ths == pytest.approx(72.8)
+    assert points[Mode.LOW].power_source is PowerSource.ESTIMATED
+    assert points[Mode.SLEEP].hashrate_ths == 0
+
+
+def test_a_degraded_rig_is_scaled_in_every_mode() -> None:
+    points = {p.mode: p for p in mode_points(observation(ths=104 * 2 / 3, watts=2100), ALL)}
+    assert points[Mode.LOW].hashrate_ths == pytest.approx(72.8 * 2 / 3)
+
+
+def test_whatsminer_has_high_and_reported_power_is_kept() -> None:
+    obs = observation("M30S+ V40", Make.WHATSMINER, 100.0, 3400.0, source=PowerSource.REPORTED)
+    points = {p.mode: p for p in mode_points(obs, ALL)}
+    assert Mode.HIGH in points
+    assert points[Mode.NORMAL].power_source is PowerSource.REPORTED
+
+
+def test_only_supported_modes_are_offered() -> None:
+    points = mode_points(
+        observation("M60S VK40", Make.WHATSMINER), frozenset({Mode.SLEEP, Mode.NORMAL})
+    )
+    assert {p.mode for p in points} == {Mode.SLEEP, Mode.NORMAL}
+
+
+def test_rig_breakeven_at_feb_2026_prices() -> None:
+    rows = {
+        b.mode: b for b in rig_breakeven(observation(), ALL, 34.9, 0.055, Economics(pool_fee=0.0))
+    }
+    assert rows[Mode.NORMAL].breakeven_power_price_per_kwh == pytest.approx(0.0493, abs=5e-4)
+    assert not rows[Mode.NORMAL].pays
+    assert rows[Mode.LOW].pays  # underclocked, the same rig still earns at 5.5 c/kWh
+    assert rows[Mode.SLEEP].margin_usd_per_day < 0  # sleeping costs its control board
+
+
+def test_unknown_model_not_hashing_has_only_sleep() -> None:
+    obs = observation("Mystery 9000", Make.OTHER, 0.0, 18.0, Mode.SLEEP)
+    assert [p.mode for p in mode_points(obs, ALL)] == [Mode.SLEEP]
+
+
+async def test_pushed_power_price_validates_and_keeps_the_last_good() -> None:
+    pushed = PushedPrice(currency="USD")
+    with pytest.raises(FeedError, match="no power price pushed yet"):
+        await pushed.fetch(100.0)
+    pushed.push(0.061, 90.0, "meter-A")
+    for bad, message in [
+        (float("nan"), "not finite"),
+        (55.0, "implausible"),
+        ("cheap", "not a number"),
+    ]:
+        with pytest.raises(FeedError, match=message):
+            pushed.push(bad, 95.0, "meter-A")  # type: ignore[arg-type]
+    quote = await pushed.fetch(100.0)
+    assert quote.value == 0.061 and quote.detail == "pushed by meter-A"
