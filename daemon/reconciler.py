@@ -1,0 +1,212 @@
+"""Reconciler and actuator: command only the differences, and confirm by observation.
+
+Level-triggered: each tick compares the desired state with what was observed and produces
+absolute, idempotent commands ("be in mode X") for the rigs that differ. A command counts as
+done only when a later observation shows the rig in the new state, within a deadline;
+otherwise it is sent again with exponential backoff, and after ``max_attempts`` the rig is
+marked as not responding to commands, reported, and left alone until it is seen in the desired
+state, its desired state changes, or an operator clears the mark. One stubborn rig never blocks
+the others: sends run with bounded concurrency, each under its own deadline.
+
+Dry-run sends nothing (safety invariant 5) and records what it would have sent; everything
+else, including the bookkeeping, runs exactly as live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import structlog
+
+from drivers.base import RigDriver, UnsupportedMode
+from drivers.pool import bounded_map
+from drivers.transport import DriverError
+from policies.values import Mode, Observation, Reading, RigId
+
+log = structlog.get_logger("reconciler")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The desired state of one rig (what the guards decided)."""
+
+    rig_id: RigId
+    mode: Mode
+    power_limit_w: int | None
+    reason: str
+    decided_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    rig_id: RigId
+    mode: Mode
+    power_limit_w: int | None
+    reason: str
+    decided_by: str
+    attempt: int  # 1 for the first send of this target
+
+
+class Outcome(StrEnum):
+    SENT = "sent"  # accepted by the rig; waiting for an observation to confirm
+    DRY_RUN = "dry_run"  # not sent: dry-run
+    FAILED = "failed"  # could not be sent (unreachable, refused, timed out)
+    UNSUPPORTED = "unsupported"  # the rig cannot do it; the driver says what it can
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    command: Command
+    outcome: Outcome
+    detail: str
+    at: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    target: Target
+    attempts: int
+    next_try_at: float  # until then, wait for an observation to confirm (or for a retry)
+
+
+def satisfied(target: Target, reading: Reading | None) -> bool:
+    """True when ``reading`` shows the rig in ``target``'s state."""
+    if not isinstance(reading, Observation):
+        return False
+    if reading.mode is not target.mode:
+        return False
+    if target.mode is Mode.LIMIT:
+        return reading.power_limit_w == target.power_limit_w
+    if target.mode is Mode.SLEEP:
+        return not reading.mining
+    return True
+
+
+@dataclass
+class Reconciler:
+    """Tracks in-flight commands per rig and decides what to send each tick."""
+
+    confirm_deadline_s: float = 300.0  # a wake-up takes minutes; doubled on each retry
+    base_backoff_s: float = 30.0  # after a send that failed outright; doubled on each retry
+    max_attempts: int = 3
+    pending: dict[RigId, _Pending] = field(default_factory=dict)
+    not_responding: dict[RigId, Target] = field(default_factory=dict)
+
+    def plan(
+        self, targets: Mapping[RigId, Target], readings: Mapping[RigId, Reading], now: float
+    ) -> list[Command]:
+        """Commands for the rigs whose observed state differs from their target.
+
+        Never commands a rig that could not be observed this cycle, one whose command is
+        still waiting for confirmation, or one marked not responding for this same target.
+        """
+        commands: list[Command] = []
+        for rig_id, target in targets.items():
+            reading = readings.get(rig_id)
+            pending = self.pending.get(rig_id)
+            if satisfied(target, reading):
+                if pending is not None or rig_id in self.not_responding:
+                    log.info("rig.command_confirmed", rig=rig_id, mode=target.mode.value)
+                self.pending.pop(rig_id, None)
+                self.not_responding.pop(rig_id, None)
+                continue
+            if not isinstance(reading, Observation):
+                continue  # observe before acting
+            stuck = self.not_responding.get(rig_id)
+            if stuck is not None:
+                if _same(stuck, target):
+                    continue
+                del self.not_responding[rig_id]  # a new target: try again
+            if pending is not None and _same(pending.target, target):
+                if now < pending.next_try_at:
+                    continue
+                if pending.attempts >= self.max_attempts:
+                    self.pending.pop(rig_id)
+                    self.not_responding[rig_id] = target
+                    log.warning(
+                        "rig.not_responding",
+                        rig=rig_id,
+                        mode=target.mode.value,
+                        attempts=pending.attempts,
+                        observed=reading.mode.value,
+                    )
+                    continue
+                attempt = pending.attempts + 1
+            else:
+                attempt = 1
+            commands.append(
+                Command(
+                    rig_id,
+                    target.mode,
+                    target.power_limit_w,
+                    target.reason,
+                    target.decided_by,
+                    attempt,
+                )
+            )
+        return commands
+
+    def record(self, results: Sequence[CommandResult]) -> None:
+        """Remember what was sent, so the next ticks wait for confirmation or retry."""
+        for result in results:
+            cmd = result.command
+            target = Target(cmd.rig_id, cmd.mode, cmd.power_limit_w, cmd.reason, cmd.decided_by)
+            if result.outcome is Outcome.UNSUPPORTED:
+                self.pending.pop(cmd.rig_id, None)
+                self.not_responding[cmd.rig_id] = target  # do not ask again for the same
+                continue
+            factor = 2 ** (cmd.attempt - 1)
+            if result.outcome is Outcome.DRY_RUN:
+                wait = float("inf")  # nothing was sent: do not "retry" until the target changes
+            elif result.outcome is Outcome.FAILED:
+                wait = self.base_backoff_s * factor
+            else:
+                wait = self.confirm_deadline_s * factor
+            self.pending[cmd.rig_id] = _Pending(target, cmd.attempt, result.at + wait)
+
+    def clear(self, rig_id: RigId) -> None:
+        """Operator action: forget that a rig ignored its commands."""
+        self.not_responding.pop(rig_id, None)
+        self.pending.pop(rig_id, None)
+
+
+def _same(a: Target, b: Target) -> bool:
+    return a.mode is b.mode and a.power_limit_w == b.power_limit_w
+
+
+@dataclass
+class Actuator:
+    """Sends commands through the rigs' drivers with bounded concurrency."""
+
+    drivers: Mapping[RigId, RigDriver]
+    dry_run: bool = True
+    concurrency: int = 64
+    timeout_s: float = 30.0
+    clock: Callable[[], float] = time.time
+
+    async def send(self, commands: Sequence[Command]) -> list[CommandResult]:
+        """Send every command (or, in dry-run, none) and report each outcome."""
+        return await bounded_map(list(commands), self._send_one, self.concurrency)
+
+    async def _send_one(self, cmd: Command) -> CommandResult:
+        now = self.clock()
+        if self.dry_run:
+            return CommandResult(cmd, Outcome.DRY_RUN, "dry-run: not sent", now)
+        driver = self.drivers.get(cmd.rig_id)
+        if driver is None:
+            return CommandResult(cmd, Outcome.FAILED, "no driver for this rig", now)
+        try:
+            result = await driver.apply(cmd.mode, cmd.power_limit_w, self.timeout_s)
+        except UnsupportedMode as exc:
+            return CommandResult(cmd, Outcome.UNSUPPORTED, str(exc), self.clock())
+        except DriverError as exc:
+            return CommandResult(
+                cmd, Outcome.FAILED, f"{exc.kind.value}: {exc.detail}", self.clock()
+            )
+        except Exception as exc:  # a driver bug must not stop the other commands
+            log.exception("rig.command_crashed", rig=cmd.rig_id)
+            return CommandResult(cmd, Outcome.FAILED, f"{type(exc).__name__}: {exc}", self.clock())
+        return CommandResult(cmd, Outcome.SENT, result.detail, self.clock())

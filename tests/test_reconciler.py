@@ -1,0 +1,153 @@
+"""Reconciler and actuator: differences only, confirm by observation, retry, give up, dry-run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from conftest import SimFleet
+
+from daemon.observer import Observer, ObserverSettings
+from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
+from drivers.inventory import Inventory
+from policies.values import (
+    FailureKind,
+    Identity,
+    Make,
+    Mode,
+    Observation,
+    ObservationFailure,
+    Reading,
+)
+
+
+def obs(rig: str, mode: Mode, mining: bool = True) -> Observation:
+    ident = Identity(rig, Make.ANTMINER, "S19j Pro", "fw", "antminer-stock")
+    return Observation(ident, 0.0, 100.0 if mining else 0.0, 3000.0, None, mode, mining)
+
+
+def target(rig: str, mode: Mode) -> Target:
+    return Target(rig, mode, None, "test", "breakeven")
+
+
+def sent(cmds: list[Command], at: float, outcome: Outcome = Outcome.SENT) -> list[CommandResult]:
+    return [CommandResult(c, outcome, "", at) for c in cmds]
+
+
+def test_only_differences_are_commanded_and_only_observed_rigs() -> None:
+    rec = Reconciler()
+    readings: dict[str, Reading] = {
+        "a": obs("a", Mode.NORMAL),
+        "b": obs("b", Mode.SLEEP, mining=False),
+        "c": ObservationFailure("c", FailureKind.TIMEOUT, "no answer", 0.0),
+    }
+    targets = {r: target(r, Mode.SLEEP) for r in "abc"}
+    cmds = rec.plan(targets, readings, 0.0)
+    assert [(c.rig_id, c.mode, c.attempt) for c in cmds] == [("a", Mode.SLEEP, 1)]
+
+
+def test_waits_for_confirmation_then_retries_then_gives_up() -> None:
+    rec = Reconciler(confirm_deadline_s=60, max_attempts=3)
+    readings: dict[str, Reading] = {"a": obs("a", Mode.NORMAL)}
+    targets = {"a": target("a", Mode.SLEEP)}
+    now = 0.0
+    attempts = []
+    for _ in range(16):
+        cmds = rec.plan(targets, readings, now)
+        attempts += [c.attempt for c in cmds]
+        rec.record(sent(cmds, now))
+        now += 30
+    assert attempts == [1, 2, 3]  # at 0, 60 and 180 s: the wait doubles; given up at 420 s
+    assert "a" in rec.not_responding
+    assert rec.plan(targets, readings, now) == []  # reported, and left alone
+    # a new target for the rig is tried again
+    cmds = rec.plan({"a": target("a", Mode.LOW)}, readings, now)
+    assert [(c.mode, c.attempt) for c in cmds] == [(Mode.LOW, 1)]
+
+
+def test_confirmation_clears_the_pending_command() -> None:
+    rec = Reconciler(confirm_deadline_s=60)
+    targets = {"a": target("a", Mode.SLEEP)}
+    rec.record(sent(rec.plan(targets, {"a": obs("a", Mode.NORMAL)}, 0.0), 0.0))
+    assert rec.pending
+    assert rec.plan(targets, {"a": obs("a", Mode.SLEEP, mining=False)}, 10.0) == []
+    assert not rec.pending and not rec.not_responding
+
+
+def test_failed_send_retries_sooner_and_dry_run_never_retries() -> None:
+    rec = Reconciler(confirm_deadline_s=600, base_backoff_s=20)
+    targets = {"a": target("a", Mode.SLEEP), "b": target("b", Mode.SLEEP)}
+    readings: dict[str, Reading] = {"a": obs("a", Mode.NORMAL), "b": obs("b", Mode.NORMAL)}
+    cmds = rec.plan(targets, readings, 0.0)
+    rec.record(
+        [
+            CommandResult(cmds[0], Outcome.FAILED, "unreachable", 0.0),
+            CommandResult(cmds[1], Outcome.DRY_RUN, "", 0.0),
+        ]
+    )
+    again = rec.plan(targets, readings, 25.0)
+    assert [(c.rig_id, c.attempt) for c in again] == [("a", 2)]
+    later = rec.plan(targets, readings, 1e9)  # b was never sent: never "retried"
+    assert [(c.rig_id, c.attempt) for c in later] == [("a", 2)]
+
+
+def test_unsupported_mode_is_not_asked_again() -> None:
+    rec = Reconciler()
+    targets = {"a": target("a", Mode.HIGH)}
+    readings: dict[str, Reading] = {"a": obs("a", Mode.NORMAL)}
+    cmds = rec.plan(targets, readings, 0.0)
+    rec.record(sent(cmds, 0.0, Outcome.UNSUPPORTED))
+    assert rec.plan(targets, readings, 1e6) == []
+
+
+async def _fleet(sim: SimFleet, keys: list[str]) -> tuple[Observer, list[str]]:
+    addresses = [sim.address(k) for k in keys]
+    inventory = Inventory()
+    await inventory.ensure(addresses)
+    return Observer(inventory, ObserverSettings(timeout_s=3.0)), addresses
+
+
+async def test_live_commands_are_confirmed_and_a_stubborn_rig_does_not_block(sim: SimFleet) -> None:
+    observer, addresses = await _fleet(sim, ["s19jpro", "s21", "m30s+", "m50s"])
+    stubborn = addresses[0]
+    await asyncio.to_thread(sim.control.set_fault, stubborn, "ignore_writes")
+    rec = Reconciler(confirm_deadline_s=2.0, max_attempts=2)
+    act = Actuator(observer.drivers, dry_run=False)
+    targets = {a: target(a, Mode.SLEEP) for a in addresses}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        cycle = await observer.cycle()
+        results = await act.send(rec.plan(targets, cycle.readings, time.time()))
+        rec.record(results)
+        if stubborn in rec.not_responding and not rec.pending:
+            break
+        await asyncio.sleep(0.5)
+    assert stubborn in rec.not_responding
+    for address in addresses[1:]:
+        truth = await asyncio.to_thread(sim.control.rig, address)
+        assert truth["mode"] == "sleep", address
+    stubborn_truth = await asyncio.to_thread(sim.control.rig, stubborn)
+    assert stubborn_truth["mode"] == "normal"
+    assert stubborn_truth["counters"]["writes"] >= 2  # it was asked, twice, then left alone
+
+
+async def test_dry_run_sends_no_write_and_decides_the_same(sim: SimFleet) -> None:
+    observer, addresses = await _fleet(sim, ["s19xp", "m60s", "m60s-v3"])
+    before = {
+        a: (await asyncio.to_thread(sim.control.rig, a))["counters"]["writes"] for a in addresses
+    }
+    rec = Reconciler()
+    act = Actuator(observer.drivers, dry_run=True)
+    targets = {a: target(a, Mode.SLEEP) for a in addresses}
+    cycle = await observer.cycle()
+    planned = rec.plan(targets, cycle.readings, time.time())
+    results = await act.send(planned)
+    rec.record(results)
+    assert {c.rig_id for c in planned} == set(addresses)  # the same decisions as live
+    assert all(r.outcome is Outcome.DRY_RUN for r in results)
+    cycle = await observer.cycle()
+    assert rec.plan(targets, cycle.readings, time.time() + 3600) == []
+    for address in addresses:
+        truth = await asyncio.to_thread(sim.control.rig, address)
+        assert truth["counters"]["writes"] == before[address]
+        assert truth["mode"] == "normal"
