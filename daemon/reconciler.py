@@ -105,6 +105,8 @@ class Reconciler:
         """
         commands: list[Command] = []
         for rig_id, target in targets.items():
+            if target.mode is Mode.UNKNOWN:
+                continue  # never observed: the guards say leave it alone (invariant 6)
             reading = readings.get(rig_id)
             pending = self.pending.get(rig_id)
             if satisfied(target, reading):

@@ -151,3 +151,9 @@ async def test_dry_run_sends_no_write_and_decides_the_same(sim: SimFleet) -> Non
         truth = await asyncio.to_thread(sim.control.rig, address)
         assert truth["counters"]["writes"] == before[address]
         assert truth["mode"] == "normal"
+
+
+def test_unknown_target_means_leave_alone() -> None:
+    rec = Reconciler()
+    readings: dict[str, Reading] = {"a": obs("a", Mode.NORMAL)}
+    assert rec.plan({"a": target("a", Mode.UNKNOWN)}, readings, 0.0) == []

@@ -1,0 +1,285 @@
+"""The guards' value types: settings, overrides, configuration, the desired state, and the state
+the guards carry from one tick to the next (JSON-serialisable so the daemon can persist it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from policies.api import RigView
+from policies.economics import Economics
+from policies.values import Mode, RigId
+
+# decided_by names of the guards (a policy's own name is used when the intent passes through)
+OVERRIDE = "override"
+THERMAL = "thermal"
+STALE_INPUT = "stale-input"
+DWELL = "dwell"
+HYSTERESIS = "hysteresis"
+RAMP = "ramp"
+NO_OBSERVATION = "no-observation"
+NO_INTENT = "no-intent"
+GUARD_NAMES = frozenset(
+    {OVERRIDE, THERMAL, STALE_INPUT, DWELL, HYSTERESIS, RAMP, NO_OBSERVATION, NO_INTENT}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """A mode and, for ``Mode.LIMIT``, its power limit (None for every other mode)."""
+
+    mode: Mode
+    power_limit_w: int | None = None
+
+    @classmethod
+    def of(cls, mode: Mode, power_limit_w: int | None) -> Setting:
+        """The setting, dropping a limit that only LIMIT mode carries."""
+        return cls(mode, power_limit_w if mode is Mode.LIMIT else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """What one rig should be doing after the guards, who decided it, and why.
+
+    ``mode`` UNKNOWN means "leave the rig alone": nothing is known about it yet. ``held_back``
+    is True when a change was asked for (by an override, a policy or the fail-safe) and a guard
+    kept the rig where it is this tick; ``decided_by`` names that guard.
+    """
+
+    rig_id: RigId
+    mode: Mode
+    power_limit_w: int | None
+    reason: str
+    decided_by: str
+    held_back: bool = False
+
+    @property
+    def setting(self) -> Setting:
+        return Setting(self.mode, self.power_limit_w)
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's pin: these rigs (by id, or every rig of ``group``) run ``mode`` until
+    ``expires_at``. ``bypass_dwell`` lets it act before the rig's minimum dwell has passed;
+    nothing lets it raise the power of a rig the thermal guard holds down."""
+
+    mode: Mode
+    expires_at: float
+    by: str
+    why: str
+    rig_ids: frozenset[RigId] = frozenset()
+    group: str | None = None
+    power_limit_w: int | None = None
+    bypass_dwell: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode is Mode.UNKNOWN:
+            raise ValueError("an override needs a real mode, not 'unknown'")
+        if self.mode is Mode.LIMIT and (self.power_limit_w is None or self.power_limit_w <= 0):
+            raise ValueError("a 'limit' override needs a positive power_limit_w")
+        if not self.rig_ids and not self.group:
+            raise ValueError("an override needs rig_ids or a group")
+        if not math.isfinite(self.expires_at):
+            raise ValueError("expires_at must be a finite time")
+
+    def active(self, now: float) -> bool:
+        """True until ``expires_at`` (exclusive)."""
+        return now < self.expires_at
+
+    def matches(self, rig: RigView) -> bool:
+        """True when the override names this rig, or its group."""
+        return rig.rig_id in self.rig_ids or (bool(self.group) and rig.group == self.group)
+
+    @property
+    def specific(self) -> bool:
+        return bool(self.rig_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "expires_at": self.expires_at,
+            "by": self.by,
+            "why": self.why,
+            "rig_ids": sorted(self.rig_ids),
+            "group": self.group,
+            "power_limit_w": self.power_limit_w,
+            "bypass_dwell": self.bypass_dwell,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Override:
+        """Inverse of to_dict; KeyError/ValueError on a malformed entry."""
+        return cls(
+            mode=Mode(data["mode"]),
+            expires_at=float(data["expires_at"]),
+            by=str(data["by"]),
+            why=str(data["why"]),
+            rig_ids=frozenset(str(r) for r in data.get("rig_ids") or ()),
+            group=None if data.get("group") is None else str(data["group"]),
+            power_limit_w=_opt_int(data.get("power_limit_w")),
+            bypass_dwell=bool(data.get("bypass_dwell", False)),
+        )
+
+
+class FailSafe(StrEnum):
+    """What a rig's policy intent becomes while a price it needs is stale."""
+
+    HOLD = "hold"  # keep the current mode
+    SLEEP = "sleep"
+    NORMAL = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    """The guards' settings (see docs/guards.md for each, and why the defaults)."""
+
+    thermal_limit_c: float = 90.0
+    thermal_critical_c: float = 95.0
+    thermal_resume_c: float = 80.0
+    thermal_cooldown_s: float = 300.0
+    stale_failsafe: FailSafe = FailSafe.HOLD
+    stale_exempt_policies: frozenset[str] = frozenset()
+    observation_ttl_s: float = 180.0
+    min_dwell_s: float = 600.0
+    hysteresis_usd_per_day: float = 0.25
+    economics: Economics = field(default_factory=Economics)
+    ramp_kw_per_min: float = 100.0
+    ramp_rigs_per_s: float = 1.0
+    ramp_tie_usd_per_kw_day: float = 0.05
+    default_rig_power_w: float = 3500.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "thermal_limit_c",
+            "thermal_critical_c",
+            "thermal_resume_c",
+            "thermal_cooldown_s",
+            "observation_ttl_s",
+            "min_dwell_s",
+            "hysteresis_usd_per_day",
+            "ramp_kw_per_min",
+            "ramp_rigs_per_s",
+            "ramp_tie_usd_per_kw_day",
+            "default_rig_power_w",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if not self.thermal_resume_c < self.thermal_limit_c <= self.thermal_critical_c:
+            raise ValueError("need thermal_resume_c < thermal_limit_c <= thermal_critical_c")
+        for name in ("thermal_cooldown_s", "min_dwell_s", "hysteresis_usd_per_day"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in (
+            "observation_ttl_s",
+            "ramp_kw_per_min",
+            "ramp_rigs_per_s",
+            "ramp_tie_usd_per_kw_day",
+            "default_rig_power_w",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def ramp_rigs_window_s(self) -> float:
+        """The window the rig count is held over: 1 s, or 1/rate when under one rig a second."""
+        return max(1.0, 1.0 / self.ramp_rigs_per_s)
+
+    @property
+    def ramp_rigs_per_window(self) -> int:
+        """At most this many rigs go up within any ``ramp_rigs_window_s``."""
+        return max(1, math.floor(self.ramp_rigs_per_s * self.ramp_rigs_window_s + 1e-9))
+
+
+RAMP_KW_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RigGuardState:
+    """What the guards remember about one rig."""
+
+    setting: Setting  # the last desired setting
+    changed_at: float | None = None  # when the desired setting last changed
+    previous: Setting | None = None  # the setting before that change
+    changed_by: str = ""  # decided_by of that change
+    thermal_cap: Mode | None = None  # latched by the thermal guard until the rig cools
+    thermal_at: float | None = None  # the last time the rig was seen at or above the limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.setting.mode.value,
+            "power_limit_w": self.setting.power_limit_w,
+            "changed_at": self.changed_at,
+            "previous": None if self.previous is None else _setting_dict(self.previous),
+            "changed_by": self.changed_by,
+            "thermal_cap": None if self.thermal_cap is None else self.thermal_cap.value,
+            "thermal_at": self.thermal_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RigGuardState:
+        previous = data.get("previous")
+        return cls(
+            setting=Setting.of(Mode(data["mode"]), _opt_int(data.get("power_limit_w"))),
+            changed_at=_opt_float(data.get("changed_at")),
+            previous=None if previous is None else _setting_from(previous),
+            changed_by=str(data.get("changed_by", "")),
+            thermal_cap=None if data.get("thermal_cap") is None else Mode(data["thermal_cap"]),
+            thermal_at=_opt_float(data.get("thermal_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RampGrant:
+    """One power-up the ramp guard let through: when, which rig, how many kW."""
+
+    at: float
+    rig_id: RigId
+    kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class GuardState:
+    """Everything the guards carry between ticks; a new value is returned by every tick."""
+
+    rigs: Mapping[RigId, RigGuardState] = field(default_factory=dict)
+    ramp_log: tuple[RampGrant, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` of it equals this state."""
+        return {
+            "version": 1,
+            "rigs": {rid: self.rigs[rid].to_dict() for rid in sorted(self.rigs)},
+            "ramp_log": [{"at": g.at, "rig_id": g.rig_id, "kw": g.kw} for g in self.ramp_log],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GuardState:
+        """Inverse of to_dict; KeyError/ValueError on a malformed document."""
+        if data.get("version", 1) != 1:
+            raise ValueError(f"unknown guard state version {data.get('version')!r}")
+        rigs = {str(rid): RigGuardState.from_dict(r) for rid, r in dict(data["rigs"]).items()}
+        log = tuple(
+            RampGrant(float(g["at"]), str(g["rig_id"]), float(g["kw"])) for g in data["ramp_log"]
+        )
+        return cls(rigs=rigs, ramp_log=log)
+
+
+def _setting_dict(setting: Setting) -> dict[str, Any]:
+    return {"mode": setting.mode.value, "power_limit_w": setting.power_limit_w}
+
+
+def _setting_from(data: Mapping[str, Any]) -> Setting:
+    return Setting.of(Mode(data["mode"]), _opt_int(data.get("power_limit_w")))
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,313 @@
+"""The per-rig guards: each takes the decision so far and returns it, or what replaces it.
+
+Order (each may only keep the decision or move it towards the rig's hold setting or lower):
+propose (override > intent > hold) -> stale input -> hysteresis -> dwell -> no-observation ->
+thermal. The site-wide ramp (``ramp.py``) runs after, on what would raise power.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from policies.api import Intent, MarketView, RigView
+from policies.guards.model import (
+    DWELL,
+    GUARD_NAMES,
+    HYSTERESIS,
+    NO_INTENT,
+    NO_OBSERVATION,
+    OVERRIDE,
+    STALE_INPUT,
+    THERMAL,
+    FailSafe,
+    GuardConfig,
+    Override,
+    RigGuardState,
+    Setting,
+)
+from policies.guards.power import (
+    is_lowering,
+    is_raise,
+    lowest_setting,
+    margin_usd_per_day,
+    point_for,
+    power_w,
+)
+from policies.values import Mode, Observation
+
+SOURCE_OVERRIDE = "override"
+SOURCE_POLICY = "policy"
+SOURCE_HOLD = "hold"
+SOURCE_FAILSAFE = "failsafe"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A rig's setting as the guards pass it along, with who set it and why."""
+
+    setting: Setting
+    decided_by: str
+    reason: str
+    source: str  # what asked for it: override, policy, failsafe, or hold
+    held_back: bool = False
+    bypass_dwell: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Latch:
+    """The thermal guard's memory of one rig."""
+
+    cap: Mode | None
+    at: float | None
+
+
+def fresh_observation(rig: RigView, now: float, config: GuardConfig) -> Observation | None:
+    """The rig's observation if it is no older than ``observation_ttl_s``, else None."""
+    obs = rig.observation
+    if obs is None or now - obs.observed_at > config.observation_ttl_s:
+        return None
+    return obs
+
+
+def hold_setting(obs: Observation | None, prior: RigGuardState | None) -> Setting:
+    """Where the rig stays when nothing moves it: its last desired setting, else what it was
+    observed doing, else UNKNOWN (leave it alone)."""
+    if prior is not None and prior.setting.mode is not Mode.UNKNOWN:
+        return prior.setting
+    if obs is not None:
+        return Setting.of(obs.mode, obs.power_limit_w)
+    return Setting(Mode.UNKNOWN)
+
+
+def pick_override(rig: RigView, overrides: Sequence[Override], now: float) -> Override | None:
+    """The active override for this rig: one naming it beats one naming its group; among
+    equals the one asking for the least power wins (the safe side), then the earliest listed."""
+    live = [o for o in overrides if o.active(now) and o.matches(rig)]
+    if not live:
+        return None
+
+    def key(item: tuple[int, Override]) -> tuple[int, float, int]:
+        index, override = item
+        watts = power_w(rig, Setting.of(override.mode, override.power_limit_w))
+        return (0 if override.specific else 1, float("inf") if watts is None else watts, index)
+
+    return min(enumerate(live), key=key)[1]
+
+
+def propose(
+    rig: RigView, intent: Intent | None, override: Override | None, hold: Setting
+) -> Decision:
+    """The starting decision: an active override, else the policy's intent, else hold."""
+    if override is not None:
+        reason = f"operator override by {override.by} until {override.expires_at:.0f}"
+        if override.why:
+            reason += f": {override.why}"
+        return Decision(
+            Setting.of(override.mode, override.power_limit_w),
+            OVERRIDE,
+            reason,
+            SOURCE_OVERRIDE,
+            bypass_dwell=override.bypass_dwell,
+        )
+    if intent is not None and intent.mode is not Mode.UNKNOWN:
+        setting = Setting.of(intent.mode, intent.power_limit_w)
+        return Decision(setting, intent.policy, intent.reason, SOURCE_POLICY)
+    return Decision(hold, NO_INTENT, "no policy intent: keeps its current mode", SOURCE_HOLD)
+
+
+def _held(decision: Decision, hold: Setting, by: str, reason: str) -> Decision:
+    """``decision`` replaced by staying at ``hold``; later guards see nothing left to do."""
+    moved = decision.setting != hold
+    return Decision(hold, by, reason, SOURCE_HOLD, held_back=decision.held_back or moved)
+
+
+def observation_guard(
+    decision: Decision, rig: RigView, obs: Observation | None, hold: Setting
+) -> Decision:
+    """A rig without a fresh observation is only ever moved by an override lowering its power."""
+    if obs is not None or decision.setting == hold:
+        return decision
+    if decision.source == SOURCE_OVERRIDE and is_lowering(rig, hold, decision.setting):
+        return decision
+    return _held(decision, hold, NO_OBSERVATION, "no fresh observation: kept as it is")
+
+
+def stale_guard(
+    decision: Decision, rig: RigView, hold: Setting, market: MarketView, config: GuardConfig
+) -> Decision:
+    """While a price is stale a policy's intent is replaced by the configured fail-safe."""
+    if decision.source != SOURCE_POLICY or decision.decided_by in config.stale_exempt_policies:
+        return decision
+    stale = [
+        name
+        for name, value in (
+            ("hashprice", market.hashprice_usd_per_ph_day),
+            ("power price", market.power_price_usd_per_kwh),
+        )
+        if value is None
+    ]
+    if not stale:
+        return decision
+    why = f"{' and '.join(stale)} stale: fail-safe {config.stale_failsafe.value}"
+    target = _failsafe_setting(rig, hold, config.stale_failsafe)
+    if target == hold:
+        return _held(decision, hold, STALE_INPUT, why)
+    return Decision(target, STALE_INPUT, why, SOURCE_FAILSAFE)
+
+
+def _failsafe_setting(rig: RigView, hold: Setting, failsafe: FailSafe) -> Setting:
+    if failsafe is FailSafe.SLEEP and Mode.SLEEP in rig.modes:
+        return Setting(Mode.SLEEP)
+    if failsafe is FailSafe.NORMAL and Mode.NORMAL in rig.modes:
+        return Setting(Mode.NORMAL)
+    return hold
+
+
+def hysteresis_guard(
+    decision: Decision,
+    rig: RigView,
+    hold: Setting,
+    prior: RigGuardState | None,
+    market: MarketView,
+    config: GuardConfig,
+) -> Decision:
+    """A policy may not undo its own last change until the margin between the two settings has
+    moved by more than ``hysteresis_usd_per_day``."""
+    if (
+        decision.source != SOURCE_POLICY
+        or decision.setting == hold
+        or prior is None
+        or prior.previous != decision.setting
+        or prior.changed_by in GUARD_NAMES
+    ):
+        return decision
+    wanted = margin_usd_per_day(rig, decision.setting, market, config.economics)
+    current = margin_usd_per_day(rig, hold, market, config.economics)
+    if wanted is None or current is None:
+        return decision
+    gain = wanted - current
+    if abs(gain) > config.hysteresis_usd_per_day:
+        return decision
+    reason = (
+        f"undoing the last change to {hold.mode.value} would move the margin only "
+        f"{gain:+.2f} USD/day (band ±{config.hysteresis_usd_per_day:.2f})"
+    )
+    return _held(decision, hold, HYSTERESIS, reason)
+
+
+def dwell_guard(
+    decision: Decision,
+    hold: Setting,
+    prior: RigGuardState | None,
+    now: float,
+    config: GuardConfig,
+) -> Decision:
+    """No change within ``min_dwell_s`` of the last one, unless an override says so."""
+    if decision.setting == hold or prior is None or prior.changed_at is None:
+        return decision
+    if decision.source == SOURCE_OVERRIDE and decision.bypass_dwell:
+        return decision
+    elapsed = now - prior.changed_at
+    if elapsed >= config.min_dwell_s:
+        return decision
+    reason = f"last change {elapsed:.0f} s ago; minimum dwell {config.min_dwell_s:.0f} s"
+    return _held(decision, hold, DWELL, reason)
+
+
+def update_latch(
+    rig: RigView, obs: Observation | None, prior: RigGuardState | None, now: float, c: GuardConfig
+) -> Latch:
+    """Trip at ``thermal_limit_c``; clear below ``thermal_resume_c``, or, for a rig that is not
+    hashing and reports no chip temperature, ``thermal_cooldown_s`` after it was last hot."""
+    cap = prior.thermal_cap if prior is not None else None
+    at = prior.thermal_at if prior is not None else None
+    if obs is None:
+        return Latch(cap, at)
+    temp = obs.max_chip_temp_c
+    if temp is not None and temp >= c.thermal_limit_c:
+        return Latch(thermal_target(rig, temp, c).mode, now)
+    if cap is None:
+        return Latch(None, at)
+    if temp is not None and temp < c.thermal_resume_c:
+        return Latch(None, at)
+    cooled_long_enough = at is None or now - at >= c.thermal_cooldown_s
+    if temp is None and not obs.mining and cooled_long_enough:
+        return Latch(None, at)
+    return Latch(cap, at)
+
+
+def thermal_target(rig: RigView, temp_c: float, config: GuardConfig) -> Setting:
+    """Low when the rig has a low mode with known watts and is below critical, else sleep."""
+    if temp_c < config.thermal_critical_c and point_for(rig, Mode.LOW) is not None:
+        return Setting(Mode.LOW)
+    return lowest_setting(rig)
+
+
+def thermal_guard(
+    decision: Decision,
+    rig: RigView,
+    obs: Observation | None,
+    hold: Setting,
+    latch: Latch,
+    config: GuardConfig,
+) -> Decision:
+    """A hot rig goes down to its thermal target (or stays lower); a latched rig or one whose
+    chips cannot be read while hashing is not raised. Outranks everything before it."""
+    temp = obs.max_chip_temp_c if obs is not None else None
+    if temp is not None and temp >= config.thermal_limit_c:
+        return _hot(decision, rig, temp, hold, config)
+    if not is_raise(rig, hold, decision.setting):
+        return decision
+    if latch.cap is not None:
+        shown = "unread" if temp is None else f"{temp:.0f} °C"
+        reason = f"cooling after a thermal trip (max chip {shown}); resumes below "
+        return _held(decision, hold, THERMAL, reason + f"{config.thermal_resume_c:.0f} °C")
+    if obs is not None and temp is None and obs.mining:
+        return _held(decision, hold, THERMAL, "chip temperature unreadable while hashing")
+    return decision
+
+
+def _hot(
+    decision: Decision, rig: RigView, temp: float, hold: Setting, config: GuardConfig
+) -> Decision:
+    target = thermal_target(rig, temp, config)
+    if power_w(rig, hold) is None:
+        target = lowest_setting(rig)
+    wanted = decision.setting
+    if not is_raise(rig, target, wanted) and not is_raise(rig, hold, wanted):
+        return decision
+    reason = f"max chip {temp:.0f} °C >= {config.thermal_limit_c:.0f} °C"
+    if is_raise(rig, hold, target):
+        return _held(decision, hold, THERMAL, reason + f": kept at {hold.mode.value}")
+    return replace(
+        decision, setting=target, decided_by=THERMAL, reason=reason + f": {target.mode.value}"
+    )
+
+
+def decide_rig(
+    rig: RigView,
+    intent: Intent | None,
+    overrides: Sequence[Override],
+    prior: RigGuardState | None,
+    market: MarketView,
+    config: GuardConfig,
+    now: float,
+) -> tuple[Setting, Decision, Latch]:
+    """Every per-rig guard in order: (the hold setting, the decision, the new thermal latch)."""
+    obs = fresh_observation(rig, now, config)
+    hold = hold_setting(obs, prior)
+    latch = update_latch(rig, obs, prior, now, config)
+    decision = propose(rig, intent, pick_override(rig, overrides, now), hold)
+    decision = stale_guard(decision, rig, hold, market, config)
+    decision = hysteresis_guard(decision, rig, hold, prior, market, config)
+    decision = dwell_guard(decision, hold, prior, now, config)
+    decision = observation_guard(decision, rig, obs, hold)
+    decision = thermal_guard(decision, rig, obs, hold, latch, config)
+    return hold, decision, latch
+
+
+def intents_for(intents: Mapping[str, Intent], rig: RigView) -> Intent | None:
+    """The intent addressed to ``rig``, if any (one keyed under another rig id is ignored)."""
+    intent = intents.get(rig.rig_id)
+    return intent if intent is not None and intent.rig_id == rig.rig_id else None
