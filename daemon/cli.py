@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "scan": "find and identify the rigs in address ranges",
     "observe": "read rigs once and print what they report",
     "market": "show hashprice, power price and every model's break-even",
+    "run": "run the controller daemon (add --dry-run to send no command)",
 }
 
 
@@ -65,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.fleet_cli import main_observe
 
         return main_observe(rest)
+    if args.command == "run":
+        from daemon.run import main as run_main
+
+        return run_main(rest)
     if args.command == "market":
         from daemon.market_cli import main as market_main
 

@@ -42,6 +42,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from daemon.control_config import ControlSettings
 from daemon.logsetup import REDACTED, is_secret_key
 from daemon.market.config import MarketSettings
 
@@ -160,6 +161,7 @@ class Settings(BaseSettings):
     dry_run: bool = False
     rigs: tuple[RigConfig, ...] = ()
     market: MarketSettings = MarketSettings()
+    control: ControlSettings = ControlSettings()
 
     @field_validator("rigs")
     @classmethod

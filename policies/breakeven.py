@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 from policies.api import Intent, MarketView, RigView, Site
 from policies.builtin import HASHING_MODES, point_for, rig_label, supported_points
-from policies.economics import BreakEven, Economics, ModePoint, best_mode, breakeven
+from policies.economics import (
+    BreakEven,
+    Economics,
+    ModePoint,
+    breakeven,
+    cost_per_day,
+    revenue_usd_per_day,
+)
 from policies.values import Mode, PowerSource, RigId
 
 NAME = "breakeven"
@@ -57,9 +64,12 @@ def decide_rig(
     hashing = [p for p in points if p.mode in HASHING_MODES and p.hashrate_ths > 0]
     if not hashing:
         return None
-    best = best_mode(points, hashprice_usd_per_ph_day, price_per_kwh, terms)
     reference = _reference_point(rig, hashing)
     ref = breakeven(reference, hashprice_usd_per_ph_day, price_per_kwh, terms)
+    top = _best_point(points, hashprice_usd_per_ph_day, price_per_kwh, terms)
+    best = (
+        ref if top is reference else breakeven(top, hashprice_usd_per_ph_day, price_per_kwh, terms)
+    )
     reason = (
         f"{rig_label(rig)}: {ref.mode.value} {_earns(ref)} at ${price_per_kwh:.3f}/kWh, "
         f"${hashprice_usd_per_ph_day:.2f}/PH/day"
@@ -102,6 +112,25 @@ def curtailment_order(fleet: Sequence[RigView]) -> list[RigView]:
         return (math.inf if jth is None else -jth, rig.rig_id)
 
     return sorted(fleet, key=key)
+
+
+def _best_point(
+    points: list[ModePoint], hashprice_usd_per_ph_day: float, price_per_kwh: float, terms: Economics
+) -> ModePoint:
+    # The point :func:`policies.economics.best_mode` picks (same margin arithmetic, same ties:
+    # the first of the highest rounded margin and lowest power), without building a BreakEven
+    # for every point.
+    return min(
+        points,
+        key=lambda p: (
+            -round(
+                revenue_usd_per_day(p.hashrate_ths, hashprice_usd_per_ph_day, terms)
+                - cost_per_day(p.power_w, price_per_kwh, terms),
+                9,
+            ),
+            p.power_w,
+        ),
+    )
 
 
 def _reference_point(rig: RigView, hashing: list[ModePoint]) -> ModePoint:

@@ -71,7 +71,7 @@ value_per_kwh = 0.05
     assert doc["hashprice_source"] == "mempool"
     assert doc["hashprice_stale"] is True
     assert doc["power_price_usd_per_kwh"] == 0.05
-    assert doc["power_price_source"] == "fixed"
+    assert doc["power_price_source"] == "fixed-power"
     assert isinstance(doc["hashprice_age_s"], float)
     rows = doc["breakeven"]
     assert isinstance(rows, list)
@@ -103,7 +103,7 @@ default_per_kwh = 0.049
 """,
     )
     doc = run_json(config, capsys)
-    assert doc["hashprice_source"] == "fixed"
+    assert doc["hashprice_source"] == "fixed-hashprice"
     assert doc["hashprice_stale"] is False
     sources = {s["name"]: s for s in doc["sources"]}  # type: ignore[attr-defined]
     assert "HTTP 502" in sources["mempool"]["error"]

@@ -159,7 +159,7 @@ class MarketSettings(_Model):
 
 def _hash_source(cfg: HashSource, client: httpx.AsyncClient) -> Source:
     if isinstance(cfg, FixedHashConfig):
-        return hp.FixedHashprice(cfg.value, name=cfg.name or "fixed")
+        return hp.FixedHashprice(cfg.value, name=cfg.name or "fixed-hashprice")
     if isinstance(cfg, MempoolConfig):
         return hp.MempoolHashprice(
             cfg.base_url, client=client, name=cfg.name or "mempool", ttl_s=cfg.ttl_s
@@ -175,7 +175,7 @@ def _hash_source(cfg: HashSource, client: httpx.AsyncClient) -> Source:
 
 def _power_source(cfg: PowerSourceConfig, client: httpx.AsyncClient, currency: str) -> Source:
     if isinstance(cfg, FixedPowerConfig):
-        return pw.FixedPrice(cfg.value_per_kwh, currency=currency, name=cfg.name or "fixed")
+        return pw.FixedPrice(cfg.value_per_kwh, currency=currency, name=cfg.name or "fixed-power")
     if isinstance(cfg, TouConfig):
         windows = [
             tou.TouWindow.parse(w.days, w.start, w.end, w.price_per_kwh, name=w.name)

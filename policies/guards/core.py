@@ -85,6 +85,13 @@ def _next_rig_state(
             thermal_cap=latch.cap,
             thermal_at=latch.at,
         )
+    if (
+        prior is not None
+        and prior.setting == decision.setting
+        and prior.thermal_cap is latch.cap
+        and prior.thermal_at == latch.at
+    ):
+        return prior  # frozen, and equal to what would be built below
     return RigGuardState(
         setting=decision.setting,
         changed_at=None if prior is None else prior.changed_at,

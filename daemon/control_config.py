@@ -1,0 +1,54 @@
+"""The ``[control]`` configuration section: the loop's pace, its policies and its guards."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.economics import Economics
+from policies.guards import FailSafe, GuardConfig
+
+
+class GuardSettings(BaseModel):
+    """``[control.guards]``: see docs/guards.md for each setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    thermal_limit_c: float = Field(default=90.0, gt=40, lt=130)
+    thermal_critical_c: float = Field(default=95.0, gt=40, lt=130)
+    thermal_resume_c: float = Field(default=80.0, gt=20, lt=130)
+    stale_failsafe: FailSafe = FailSafe.HOLD
+    min_dwell_s: float = Field(default=600.0, ge=0)
+    hysteresis_usd_per_day: float = Field(default=0.25, ge=0)
+    ramp_kw_per_min: float = Field(default=100.0, gt=0)
+    ramp_rigs_per_s: float = Field(default=1.0, gt=0)
+
+    def to_config(self, economics: Economics) -> GuardConfig:
+        return GuardConfig(
+            thermal_limit_c=self.thermal_limit_c,
+            thermal_critical_c=self.thermal_critical_c,
+            thermal_resume_c=self.thermal_resume_c,
+            stale_failsafe=self.stale_failsafe,
+            min_dwell_s=self.min_dwell_s,
+            hysteresis_usd_per_day=self.hysteresis_usd_per_day,
+            ramp_kw_per_min=self.ramp_kw_per_min,
+            ramp_rigs_per_s=self.ramp_rigs_per_s,
+            economics=economics,
+        )
+
+
+class ControlSettings(BaseModel):
+    """``[control]``: the loop's pace, its policies and its guards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tick_s: float = Field(default=30.0, ge=1)
+    policies: tuple[str, ...] = ("breakeven",)
+    power_cap_kw: float | None = Field(default=None, gt=0)
+    observe_timeout_s: float = Field(default=5.0, gt=0)
+    observe_concurrency: int = Field(default=256, ge=1, le=4096)
+    command_concurrency: int = Field(default=64, ge=1, le=4096)
+    command_timeout_s: float = Field(default=30.0, gt=0)
+    confirm_deadline_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    guards: GuardSettings = GuardSettings()
+    policy_params: dict[str, object] = Field(default_factory=dict)

@@ -1,0 +1,240 @@
+"""The control loop: observe, price, decide, guard, reconcile, act, audit — once per tick.
+
+Level-triggered: every tick recomputes the desired state of every rig from what is observed
+now, so a missed message or a restart never leaves a rig wrong for more than one cycle.
+Policies and guards are the pure core; this module is the imperative shell around them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from daemon.audit import AuditLog
+from daemon.market.service import Market, MarketState
+from daemon.observer import Observer
+from daemon.reconciler import Actuator, CommandResult, Outcome, Reconciler, Target
+from daemon.rig_economics import mode_points
+from policies.api import MarketView, Policy, RigView, Site
+from policies.combine import combine
+from policies.guards import Desired, GuardConfig, GuardState, Override, apply_guards
+from policies.values import Mode, Observation, QuoteKind, Reading, RigId
+
+log = structlog.get_logger("loop")
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one tick saw and did: the fleet summary line operators read."""
+
+    at: float
+    rigs: int
+    observed: int
+    hashrate_ths: float
+    power_kw: float
+    curtailed: int
+    commands: int
+    not_responding: int
+    hashprice_usd_per_ph_day: float | None
+    power_price_usd_per_kwh: float | None
+    desired: Mapping[RigId, Desired]
+    readings: Mapping[RigId, Reading]
+    results: Sequence[CommandResult]
+
+    def summary(self) -> str:
+        hp = (
+            "stale"
+            if self.hashprice_usd_per_ph_day is None
+            else f"${self.hashprice_usd_per_ph_day:.2f}/PH/day"
+        )
+        pp = (
+            "stale"
+            if self.power_price_usd_per_kwh is None
+            else f"${self.power_price_usd_per_kwh:.4f}/kWh"
+        )
+        return (
+            f"{self.observed}/{self.rigs} rigs read, {self.hashrate_ths / 1000:.2f} PH/s, "
+            f"{self.power_kw:.0f} kW, {self.curtailed} curtailed, {self.commands} commands, "
+            f"{self.not_responding} not responding; hashprice {hp}, power {pp}"
+        )
+
+
+@dataclass
+class ControlLoop:
+    observer: Observer
+    market: Market
+    policies: Sequence[Policy]
+    site: Site
+    guard_config: GuardConfig
+    reconciler: Reconciler
+    actuator: Actuator
+    audit: AuditLog | None = None
+    usd_per_unit: float = 1.0
+    market_refresh_s: float = 60.0
+    clock: Callable[[], float] = time.time
+    overrides: list[Override] = field(default_factory=list)
+    seed: int = 0
+    guard_state: GuardState = field(default_factory=GuardState)
+    _last_obs: dict[RigId, Observation] = field(default_factory=dict)
+    _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
+    _market_at: float = float("-inf")
+    _market_state: MarketState | None = None
+
+    async def tick(self) -> TickReport:
+        """One full pass. Never raises for a rig's or a feed's failure."""
+        cycle = await self.observer.cycle()
+        now = self.clock()
+        if self._market_state is None or now - self._market_at >= self.market_refresh_s:
+            self._market_state = await self.market.refresh(now)
+            self._market_at = now
+        market = self._view(self._market_state, now)
+        fleet = self._fleet(cycle.readings)
+        intents = combine([p.decide(market, fleet, self.site, now) for p in self.policies], fleet)
+        self.overrides = [o for o in self.overrides if o.active(now)]
+        desired, self.guard_state = apply_guards(
+            intents,
+            fleet,
+            market,
+            self.guard_state,
+            self.guard_config,
+            self.overrides,
+            now,
+            self.seed,
+        )
+        targets = {
+            r: Target(r, d.mode, d.power_limit_w, d.reason, d.decided_by)
+            for r, d in desired.items()
+        }
+        commands = self.reconciler.plan(targets, cycle.readings, now)
+        results = await self.actuator.send(commands)
+        self.reconciler.record(results)
+        self._audit(desired, cycle.readings, market, results, now)
+        report = self._report(now, cycle.readings, desired, results, market)
+        log.info("fleet.tick", summary=report.summary())
+        return report
+
+    def _view(self, state: MarketState, now: float) -> MarketView:
+        hp = state.fresh(QuoteKind.HASHPRICE)
+        pp = state.fresh(QuoteKind.POWER_PRICE)
+        return MarketView(
+            hashprice_usd_per_ph_day=hp.value if hp else None,
+            power_price_usd_per_kwh=pp.value * self.usd_per_unit if pp else None,
+            hashprice_source=hp.source if hp else "",
+            power_price_source=pp.source if pp else "",
+        )
+
+    def _fleet(self, readings: Mapping[RigId, Reading]) -> list[RigView]:
+        views = []
+        for rig_id, driver in self.observer.drivers.items():
+            reading = readings.get(rig_id)
+            if isinstance(reading, Observation):
+                self._last_obs[rig_id] = reading
+            obs = reading if isinstance(reading, Observation) else None
+            basis = obs or self._last_obs.get(rig_id)
+            caps = driver.capabilities
+            points = tuple(mode_points(basis, caps.modes)) if basis is not None else ()
+            views.append(
+                RigView(
+                    rig_id, obs, caps.modes, points, power_limit_range_w=caps.power_limit_range_w
+                )
+            )
+        return views
+
+    def _audit(
+        self,
+        desired: Mapping[RigId, Desired],
+        readings: Mapping[RigId, Reading],
+        market: MarketView,
+        results: Sequence[CommandResult],
+        now: float,
+    ) -> None:
+        dry = self.actuator.dry_run
+        for rig_id, d in desired.items():
+            key = (d.mode, d.power_limit_w)
+            if self._last_desired.get(rig_id) == key:
+                continue
+            self._last_desired[rig_id] = key
+            if self.audit is None:
+                continue
+            obs = readings.get(rig_id)
+            observed = (
+                {
+                    "mode": obs.mode.value,
+                    "hashrate_ths": round(obs.hashrate_ths, 2),
+                    "power_w": obs.power_w,
+                    "power_source": obs.power_source.value if obs.power_source else None,
+                    "max_chip_temp_c": obs.max_chip_temp_c,
+                    "mining": obs.mining,
+                }
+                if isinstance(obs, Observation)
+                else {"error": getattr(obs, "kind", "unobserved")}
+            )
+            self.audit.write(
+                {
+                    "ts": now,
+                    "kind": "decision",
+                    "rig": rig_id,
+                    "dry_run": dry,
+                    "policy": d.decided_by,
+                    "reason": d.reason,
+                    "held_back": d.held_back,
+                    "desired": {"mode": d.mode.value, "power_limit_w": d.power_limit_w},
+                    "observed": observed,
+                    "inputs": {
+                        "hashprice_usd_per_ph_day": market.hashprice_usd_per_ph_day,
+                        "hashprice_source": market.hashprice_source,
+                        "power_price_usd_per_kwh": market.power_price_usd_per_kwh,
+                        "power_price_source": market.power_price_source,
+                    },
+                }
+            )
+        if self.audit is None:
+            return
+        for r in results:
+            c = r.command
+            self.audit.write(
+                {
+                    "ts": r.at,
+                    "kind": "command",
+                    "rig": c.rig_id,
+                    "dry_run": dry,
+                    "policy": c.decided_by,
+                    "reason": c.reason,
+                    "action": {
+                        "mode": c.mode.value,
+                        "power_limit_w": c.power_limit_w,
+                        "attempt": c.attempt,
+                    },
+                    "result": r.outcome.value,
+                    "detail": r.detail,
+                }
+            )
+
+    def _report(
+        self,
+        now: float,
+        readings: Mapping[RigId, Reading],
+        desired: Mapping[RigId, Desired],
+        results: Sequence[CommandResult],
+        market: MarketView,
+    ) -> TickReport:
+        observed = [r for r in readings.values() if isinstance(r, Observation)]
+        curtailed = sum(1 for d in desired.values() if d.mode in (Mode.SLEEP, Mode.LOW))
+        return TickReport(
+            at=now,
+            rigs=len(readings),
+            observed=len(observed),
+            hashrate_ths=sum(o.hashrate_ths for o in observed),
+            power_kw=sum(o.power_w or 0.0 for o in observed) / 1000.0,
+            curtailed=curtailed,
+            commands=sum(1 for r in results if r.outcome in (Outcome.SENT, Outcome.DRY_RUN)),
+            not_responding=len(self.reconciler.not_responding),
+            hashprice_usd_per_ph_day=market.hashprice_usd_per_ph_day,
+            power_price_usd_per_kwh=market.power_price_usd_per_kwh,
+            desired=desired,
+            readings=readings,
+            results=results,
+        )

@@ -1,0 +1,187 @@
+"""``rigpilot run``: the daemon — observe, decide, guard and act, tick after tick, until stopped.
+
+Stopping leaves every rig as it is (safety invariant 6); starting again changes nothing until
+the first complete observation, which the first tick takes before it decides anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import structlog
+
+from daemon.audit import AuditLog
+from daemon.config import ConfigError, Settings, load_settings
+from daemon.loop import ControlLoop, TickReport
+from daemon.market.config import build_market
+from daemon.observer import Observer, ObserverSettings
+from daemon.reconciler import Actuator, Reconciler
+from drivers.inventory import Inventory
+from policies.api import Site
+from policies.registry import load_policy
+
+log = structlog.get_logger("daemon")
+
+REIDENTIFY_EVERY_TICKS = 10
+
+
+def parser(prog: str = "rigpilot run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run the controller daemon.")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="configuration file (default: $RIGPILOT_CONFIG, then "
+        "/etc/rigpilot/rigpilot.toml if it exists)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and log everything, send no write command to any rig",
+    )
+    p.add_argument("--ticks", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def check_state_dir(path: Path) -> None:
+    """Create the state directory if needed; ValueError naming it when it is not writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"state directory {path} cannot be created: {exc.strerror}; set "
+            "state_dir in the configuration or RIGPILOT_STATE_DIR"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(
+            f"state directory {path} is not writable; set state_dir in the "
+            "configuration or RIGPILOT_STATE_DIR"
+        )
+
+
+def build_loop(
+    settings: Settings,
+    dry_run: bool,
+    client: httpx.AsyncClient,
+    inventory: Inventory,
+    clock: Callable[[], float] = time.time,
+) -> ControlLoop:
+    """Wire the control loop from the configuration (raises ValueError naming a bad setting)."""
+    control = settings.control
+    observer = Observer(
+        inventory,
+        ObserverSettings(
+            concurrency=control.observe_concurrency, timeout_s=control.observe_timeout_s
+        ),
+        clock=clock,
+    )
+    observer.sync_drivers()
+    economics = settings.market.economics
+    policies = [load_policy(name) for name in control.policies]
+    site = Site(
+        name=settings.site.name,
+        economics=economics,
+        power_cap_kw=control.power_cap_kw,
+        params=dict(control.policy_params),
+    )
+    return ControlLoop(
+        observer=observer,
+        market=build_market(settings.market, client),
+        policies=policies,
+        site=site,
+        guard_config=control.guards.to_config(economics),
+        reconciler=Reconciler(
+            confirm_deadline_s=control.confirm_deadline_s, max_attempts=control.max_attempts
+        ),
+        actuator=Actuator(
+            observer.drivers,
+            dry_run=dry_run,
+            concurrency=control.command_concurrency,
+            timeout_s=control.command_timeout_s,
+            clock=clock,
+        ),
+        audit=AuditLog(settings.state_dir / "audit.jsonl"),
+        usd_per_unit=settings.market.usd_per_unit,
+        market_refresh_s=settings.market.refresh_s,
+        clock=clock,
+    )
+
+
+async def serve(
+    settings: Settings,
+    dry_run: bool,
+    ticks: int | None = None,
+    on_tick: Callable[[TickReport], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run ticks every ``control.tick_s`` until ``stop`` is set (or ``ticks`` have run)."""
+    check_state_dir(settings.state_dir)
+    stop = stop or asyncio.Event()
+    inventory = Inventory(settings.state_dir / "inventory.json")
+    cached = inventory.load()
+    addresses = [r.address for r in settings.rigs]
+    failures = await inventory.ensure(addresses)
+    for f in failures:
+        log.warning("rig.unidentified", address=f.address, reason=f.kind.value, detail=f.detail)
+    log.info(
+        "daemon.started",
+        rigs=len(inventory.rigs),
+        cached=cached,
+        unidentified=len(failures),
+        dry_run=dry_run,
+        policies=settings.control.policies,
+    )
+    async with httpx.AsyncClient(headers={"User-Agent": "rigpilot"}) as client:
+        loop = build_loop(settings, dry_run, client, inventory)
+        count = 0
+        try:
+            while not stop.is_set() and (ticks is None or count < ticks):
+                started = time.monotonic()
+                report = await loop.tick()
+                count += 1
+                if on_tick is not None:
+                    on_tick(report)
+                if failures and count % REIDENTIFY_EVERY_TICKS == 0:
+                    failures = await inventory.ensure([f.address for f in failures])
+                    loop.observer.sync_drivers()
+                wait = settings.control.tick_s - (time.monotonic() - started)
+                if wait > 0 and (ticks is None or count < ticks):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+        finally:
+            if loop.audit is not None:
+                loop.audit.close()
+    log.info("daemon.stopped", ticks=count, note="rigs left as they are")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"rigpilot run: {exc}", file=sys.stderr)
+        return 2
+    dry_run = args.dry_run or settings.dry_run
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            running.add_signal_handler(sig, stop.set)
+        return await serve(settings, dry_run, args.ticks, stop=stop)
+
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:
+        print(f"rigpilot run: {exc}", file=sys.stderr)
+        return 2
