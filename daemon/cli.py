@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from daemon import __version__
 
@@ -14,6 +15,7 @@ SUBCOMMANDS = {
     "observe": "read rigs once and print what they report",
     "market": "show hashprice, power price and every model's break-even",
     "run": "run the controller daemon (add --dry-run to send no command)",
+    "demo": "the daemon on a simulated fleet through the Feb 2026 market slide",
 }
 
 
@@ -66,6 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.fleet_cli import main_observe
 
         return main_observe(rest)
+    if args.command == "demo":
+        # A development tool that starts the simulator: it lives beside the daemon, in a
+        # source checkout, so the daemon package never imports the simulator.
+        checkout = Path(__file__).resolve().parents[1]
+        if (checkout / "scripts" / "demo.py").exists():
+            sys.path.insert(0, str(checkout))
+        try:
+            from scripts.demo import main as demo_main
+        except ImportError:
+            print("rigpilot demo runs from a source checkout: make demo", file=sys.stderr)
+            return 2
+        return demo_main(rest)
     if args.command == "run":
         from daemon.run import main as run_main
 

@@ -26,6 +26,20 @@ from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 log = structlog.get_logger("loop")
 
 
+_BY_POWER = (Mode.SLEEP, Mode.LOW, Mode.LIMIT, Mode.NORMAL, Mode.HIGH)
+
+
+def nearest_safe(mode: Mode, supported: frozenset[Mode]) -> Mode:
+    """The supported mode closest below ``mode`` in power (sleep as the last resort)."""
+    if mode in supported:
+        return mode
+    rank = _BY_POWER.index(mode) if mode in _BY_POWER else len(_BY_POWER)
+    for candidate in reversed(_BY_POWER[:rank]):
+        if candidate in supported and candidate is not Mode.LIMIT:
+            return candidate
+    return Mode.SLEEP
+
+
 @dataclass(frozen=True, slots=True)
 class TickReport:
     """What one tick saw and did: the fleet summary line operators read."""
@@ -115,6 +129,16 @@ class ControlLoop:
         report = self._report(now, cycle.readings, desired, results, market)
         log.info("fleet.tick", summary=report.summary())
         return report
+
+    def _target(self, d: Desired) -> Target:
+        """The command target for ``d``: a mode the rig cannot do becomes the nearest mode
+        that draws no more power, with a note saying so."""
+        driver = self.observer.drivers.get(d.rig_id)
+        if driver is None or d.mode is Mode.UNKNOWN or d.mode in driver.capabilities.modes:
+            return Target(d.rig_id, d.mode, d.power_limit_w, d.reason, d.decided_by)
+        safe = nearest_safe(d.mode, driver.capabilities.modes)
+        note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
+        return Target(d.rig_id, safe, None, d.reason + note, d.decided_by)
 
     def _view(self, state: MarketState, now: float) -> MarketView:
         hp = state.fresh(QuoteKind.HASHPRICE)

@@ -1,12 +1,16 @@
-"""``make demo``: rigpilot's drivers and observer on a simulated fleet, end to end.
+"""``make demo`` / ``rigpilot demo``: the daemon on a simulated fleet through the Feb 2026 slide.
 
-Until the control loop exists (``rigpilot run``), this is the demo: it starts ``rigpilot sim``
-with a mixed fleet (one rig hung, one slow), identifies the rigs, reads them with the observer,
-puts the rigs that lose money at the February 2026 hashprice to sleep (a hand-written threshold
-here; the policy engine comes with ``rigpilot run``), confirms by observation against the
-simulator's true state, then wakes them and watches their hashrate ramp back up.
+Starts ``rigpilot sim`` with a mixed fleet of 12 rigs (one hung, one slow) in a private network
+namespace, then runs rigpilot's control loop against it — observer, market, breakeven policy,
+guards, reconciler, audit log — while replaying a market scenario: hashprice sliding from about
+$45 to about $30/PH/day, a power-price spike, and a partial recovery. The fleet is shown live:
+rig, model, observed and desired mode, hashrate, watts, chip temperature, margin and reason.
 
-    python -m scripts.demo [--keep-running]
+Dry-run by default (decisions are made and logged, nothing is sent); ``--live`` commands the
+simulated rigs. The simulator runs 30x real time and the loop's clock advances 30 s per tick,
+so each tick shown is 30 seconds of site time.
+
+    python -m scripts.demo [--live] [--speed 1.0] [--ticks 48] [--keep-running]
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-HASHPRICE_USD_PER_PH_DAY = 34.9  # Feb 8 2026 (docs: ../shared/reference/economics.md)
-POWER_USD_PER_KWH = 0.065
+
 FLEET = [
     "--antminer", "s19jpro:2", "--antminer", "s19xp:2", "--antminer", "s21:2",
     "--whatsminer", "m30s+:2", "--whatsminer", "m50s:2", "--whatsminer", "m60s:2",
@@ -29,115 +31,164 @@ FLEET = [
 ]  # fmt: skip
 
 
+def scenario(tick: int, ticks: int) -> tuple[float, float]:
+    """(hashprice USD/PH/day, power price USD/kWh) at ``tick``: the Feb 2026 slide."""
+    third = ticks / 3
+    if tick < 2 * third:  # hashprice slides from 45 to 30
+        hashprice = 45.0 - 15.0 * tick / (2 * third)
+    else:  # and recovers to about 40
+        hashprice = 30.0 + 10.0 * (tick - 2 * third) / third
+    spike = int(0.45 * ticks) <= tick < int(0.55 * ticks)
+    return hashprice, 0.22 if spike else 0.045
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def bounded(coro: Any, seconds: float) -> Any:
-    """pyasic waits up to 100 s on a hung rig; never let one rig stall the rest."""
-    try:
-        return await asyncio.wait_for(coro, seconds)
-    except (TimeoutError, OSError, ValueError) as exc:
-        return exc
+class Clock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
 
 
-def breakeven_usd_per_kwh(j_per_th: float) -> float:
-    return HASHPRICE_USD_PER_PH_DAY / 1000 / (0.024 * j_per_th)
+def render(report: object, tick: int, hashprice: float, power: float, clear: bool) -> str:
+    from daemon.loop import TickReport
+    from policies.values import Observation
+
+    assert isinstance(report, TickReport)
+    lines = []
+    if clear:
+        lines.append("\x1b[2J\x1b[H")
+    lines.append(
+        f"tick {tick:3d}  hashprice ${hashprice:5.2f}/PH/day  power ${power:.3f}/kWh"
+        f"   ({report.summary()})"
+    )
+    lines.append(
+        f"{'rig':<11} {'model':<10} {'seen':<7} {'want':<7} {'TH/s':>6} {'W':>6} {'°C':>4}  reason"
+    )
+    for rig_id, desired in sorted(
+        report.desired.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("."))
+    ):
+        reading = report.readings.get(rig_id)
+        if isinstance(reading, Observation):
+            star = (
+                "*" if reading.power_source and reading.power_source.value == "estimated" else " "
+            )
+            model = reading.identity.model[:10]
+            cells = (
+                f"{model:<10} {reading.mode.value:<7} {desired.mode.value:<7} "
+                f"{reading.hashrate_ths:6.1f} {reading.power_w or 0:5.0f}{star} "
+                f"{reading.max_chip_temp_c or 0:4.0f}"
+            )
+        else:
+            kind = getattr(reading, "kind", None)
+            cells = f"{'-':<10} {'-':<7} {desired.mode.value:<7} {'unreadable: ' + str(kind):>23}"
+        reason = desired.reason.replace("\n", " ")
+        lines.append(f"{rig_id:<11} {cells}  [{desired.decided_by}] {reason[:90]}")
+    lines.append("* estimated power (stock Antminer firmware reports none)")
+    return "\n".join(lines)
 
 
-async def run(control: Path, rigs: list[dict[str, Any]]) -> None:
-    from daemon.fleet_cli import _reading_line
+async def run(control: Path, live: bool, ticks: int, speed: float) -> None:
+    from daemon.audit import AuditLog
+    from daemon.loop import ControlLoop
+    from daemon.market.hashprice import PushedHashprice
+    from daemon.market.power import PushedPrice
+    from daemon.market.service import Market
     from daemon.observer import Observer, ObserverSettings
+    from daemon.reconciler import Actuator, Reconciler
     from drivers.inventory import Inventory
-    from policies.values import Mode, Observation
+    from policies.api import Site
+    from policies.breakeven import BreakevenPolicy
+    from policies.economics import Economics
+    from policies.guards import GuardConfig
+    from policies.values import QuoteKind
     from simulator.client import SimControl
 
-    ctl = SimControl(control)
+    sim = SimControl(control)
+    addresses = [r["address"] for r in sim.rigs()]
+    say(f"Identifying {len(addresses)} simulated rigs ...")
     inventory = Inventory()
-    say(f"\n1. Identifying {len(rigs)} rigs (pyasic detection, 10 s deadline each)")
-    t0 = time.monotonic()
-    failures = await inventory.ensure([r["address"] for r in rigs], timeout_s=10)
-    say(f"   {len(inventory.rigs)} identified in {time.monotonic() - t0:.1f} s")
-    for identity in inventory.rigs.values():
-        say(
-            f"   {identity.address:<11} {identity.make.value:<10} {identity.model:<10} "
-            f"{identity.driver:<15} {identity.firmware}"
-        )
-    for failure in failures:
-        say(f"   {failure.address:<11} {failure.kind.value}: {failure.detail}")
-
-    observer = Observer(inventory, ObserverSettings(timeout_s=3.0))
-    say("\n2. One observation cycle (one request per rig; a hung rig costs only its deadline)")
-    cycle = await observer.cycle()
-    say(f"   {cycle.ok} read, {cycle.failed} failed, in {cycle.duration_s:.2f} s")
-    say(f"   {'address':<15} {'model':<12} {'TH/s':>8} {'W':>6} {'chip':>5} mode    mining")
-    for reading in cycle.readings.values():
-        say("   " + _reading_line(reading, False))
-    say("   * estimated power: stock Antminer firmware reports no watts")
-
-    say(
-        f"\n3. Hashprice ${HASHPRICE_USD_PER_PH_DAY}/PH/day, power ${POWER_USD_PER_KWH}/kWh: "
-        "rigs whose break-even power price is below that lose money"
+    failures = await inventory.ensure(addresses, timeout_s=10)
+    for f in failures:
+        say(f"  {f.address}: {f.kind.value}: {f.detail}")
+    clock = Clock()
+    observer = Observer(inventory, ObserverSettings(timeout_s=2.0), clock=clock)
+    observer.sync_drivers()
+    hashprice, power = PushedHashprice(ttl_s=900), PushedPrice(ttl_s=900)
+    terms = Economics(pool_fee=0.02, overhead=1.0)
+    audit_path = Path(tempfile.mkdtemp(prefix="rigpilot-demo-")) / "audit.jsonl"
+    loop = ControlLoop(
+        observer=observer,
+        market=Market({QuoteKind.HASHPRICE: [hashprice], QuoteKind.POWER_PRICE: [power]}),
+        policies=[BreakevenPolicy()],
+        site=Site(name="demo", economics=terms),
+        guard_config=GuardConfig(
+            min_dwell_s=120, hysteresis_usd_per_day=0.25, ramp_kw_per_min=8.0, economics=terms
+        ),
+        reconciler=Reconciler(confirm_deadline_s=180),
+        actuator=Actuator(observer.drivers, dry_run=not live, clock=clock),
+        audit=AuditLog(audit_path),
+        market_refresh_s=0.0,
+        clock=clock,
     )
-    losers = []
-    for address, reading in cycle.readings.items():
-        if isinstance(reading, Observation) and reading.efficiency_j_per_th:
-            j = reading.efficiency_j_per_th
-            if breakeven_usd_per_kwh(j) < POWER_USD_PER_KWH:
-                losers.append(address)
-                say(
-                    f"   sleep {address:<11} {j:5.1f} J/TH, break-even "
-                    f"${breakeven_usd_per_kwh(j):.3f}/kWh"
-                )
-    for address in losers:
-        await observer.drivers[address].apply(Mode.SLEEP, None, 10)
-    await asyncio.sleep(1.0)
-    confirm = await observer.cycle(losers)
-    for address, reading in confirm.readings.items():
-        truth = ctl.rig(address)
-        seen = reading.mode.value if isinstance(reading, Observation) else reading.kind.value
-        say(
-            f"   {address:<11} observed mode={seen:<6} | simulator truth: {truth['mode']}, "
-            f"{truth['hashrate_ths']:.0f} TH/s, {truth['power_w']:.0f} W"
-        )
-
-    say("\n4. The market recovers: waking them up (boards take minutes; the sim runs 30x)")
-    for address in losers:
-        await observer.drivers[address].apply(Mode.NORMAL, None, 10)
-    for _ in range(8):
-        await asyncio.sleep(1.5)
-        ramp = await observer.cycle(losers)
-        line = ", ".join(
-            f"{r.hashrate_ths:5.1f}" if isinstance(r, Observation) else " n/a "
-            for r in ramp.readings.values()
-        )
-        say(f"   TH/s: {line}")
-    stats = ctl.stats()
+    clear = sys.stdout.isatty()
     say(
-        f"\nSimulator served {stats['requests']} requests ({stats['reads']} reads, "
-        f"{stats['writes']} writes) with {stats['cpu_s']:.1f} s CPU."
+        f"{'LIVE: commanding the simulated rigs' if live else 'DRY-RUN: nothing is sent'}; "
+        f"audit log: {audit_path}"
     )
+    for tick in range(ticks):
+        hp, pp = scenario(tick, ticks)
+        hashprice.push(hp, clock.t, "scenario")
+        power.push(pp, clock.t, "scenario")
+        report = await loop.tick()
+        if clear or tick % 8 == 0 or tick == ticks - 1:
+            say(render(report, tick, hp, pp, clear))
+        else:
+            say(f"tick {tick:3d}  hashprice ${hp:5.2f}  power ${pp:.3f}  {report.summary()}")
+        clock.t += 30
+        await asyncio.sleep(1.0 / speed)
+    stats = sim.stats()
+    say(
+        f"\nSimulator served {stats['requests']} requests: {stats['reads']} reads, "
+        f"{stats['writes']} writes ({'live' if live else 'dry-run: zero writes expected'})."
+    )
+    say(f"Every decision and command is in {audit_path}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rigpilot demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--live", action="store_true", help="command the simulated rigs")
+    parser.add_argument("--ticks", type=int, default=48, help="ticks of 30 s to replay (48)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="ticks per wall second (1; the simulator's physics keeps pace only at 1)",
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",
         help="leave the simulator up afterwards (Ctrl-C to stop)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from simulator import launch
     from simulator.netns import ensure_private_netns
 
     ensure_private_netns()
+    from daemon.logsetup import configure_logging
+
+    configure_logging(level="warning", stream=sys.stderr)  # the table is the demo's output
     control = Path(tempfile.mkdtemp()) / "sim.sock"
-    args_line = [*FLEET, "--time-scale", "30"]
-    say("Starting: rigpilot sim " + " ".join(args_line))
-    sim = launch.start(args_line, control)
+    sim_args = [*FLEET, "--time-scale", "30"]
+    say("Starting: rigpilot sim " + " ".join(sim_args))
+    sim = launch.start(sim_args, control)
     try:
-        asyncio.run(run(control, sim.rigs))
+        asyncio.run(run(control, args.live, args.ticks, args.speed))
         if args.keep_running:
             say(f"\nSimulator still running (pid {sim.proc.pid}, control {control}); Ctrl-C stops.")
             sim.proc.wait()

@@ -220,3 +220,13 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot be created"):
         check_state_dir(blocker / "state")
+
+
+def test_nearest_safe_mode_never_draws_more() -> None:
+    from daemon.loop import nearest_safe
+
+    stock = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL})
+    assert nearest_safe(Mode.HIGH, stock) is Mode.NORMAL
+    assert nearest_safe(Mode.LIMIT, stock) is Mode.LOW
+    assert nearest_safe(Mode.LOW, frozenset({Mode.SLEEP, Mode.NORMAL})) is Mode.SLEEP
+    assert nearest_safe(Mode.NORMAL, stock) is Mode.NORMAL
