@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench-sim: $(STAMP)
 
 bench-observe: $(STAMP)
 	$(BIN)/python -m bench.observe
+
+bench-decide: $(STAMP)
+	$(BIN)/python -m bench.decide
+
+bench-curtail: $(STAMP)
+	$(BIN)/python -m bench.curtail
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -73,10 +73,10 @@ def _split_params(text: str) -> list[str]:
     return parts
 
 
-def _authorization(ch: _Challenge, user: str, password: str, uri: str) -> str:
+def _authorization(ch: _Challenge, user: str, password: str, uri: str, method: str = "GET") -> str:
     ch.nc += 1
     ha1 = _md5(f"{user}:{ch.realm}:{password}")
-    ha2 = _md5(f"GET:{uri}")
+    ha2 = _md5(f"{method}:{uri}")
     cnonce = os.urandom(8).hex()
     nc = f"{ch.nc:08x}"
     if ch.qop:
@@ -100,11 +100,15 @@ async def _exchange(
     host: str,
     uri: str,
     auth: str | None,
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    lines = [f"GET {uri} HTTP/1.1", f"Host: {host}", "Accept: application/json"]
+    lines = [f"{method} {uri} HTTP/1.1", f"Host: {host}", "Accept: application/json"]
     if auth:
         lines.append(f"Authorization: {auth}")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
@@ -129,18 +133,49 @@ async def get_json(
 
     Raises DriverError: TIMEOUT, UNREACHABLE, or BAD_REPLY (wrong credentials, non-JSON).
     """
+    return await request_json(host, uri, user, password, timeout_s, port=port)
+
+
+async def post_json(
+    host: str,
+    uri: str,
+    payload: dict[str, Any],
+    user: str,
+    password: str,
+    timeout_s: float,
+    port: int = 80,
+) -> dict[str, Any]:
+    """POST ``payload`` as JSON to ``uri`` with digest auth; the reply's JSON object."""
+    body = json.dumps(payload).encode()
+    return await request_json(host, uri, user, password, timeout_s, "POST", body, port)
+
+
+async def request_json(
+    host: str,
+    uri: str,
+    user: str,
+    password: str,
+    timeout_s: float,
+    method: str = "GET",
+    body: bytes | None = None,
+    port: int = 80,
+) -> dict[str, Any]:
+    """One digest-authenticated request on one connection (two if the nonce is new);
+    errors as :func:`get_json`."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
             challenge = _NONCES.get(host)
-            auth = _authorization(challenge, user, password, uri) if challenge else None
-            status, headers, body = await _exchange(reader, writer, host, uri, auth)
+            auth = _authorization(challenge, user, password, uri, method) if challenge else None
+            status, headers, reply = await _exchange(reader, writer, host, uri, auth, method, body)
             if status == 401:
                 challenge = _parse_challenge(headers.get("www-authenticate", ""))
                 _NONCES[host] = challenge
-                auth = _authorization(challenge, user, password, uri)
-                status, headers, body = await _exchange(reader, writer, host, uri, auth)
+                auth = _authorization(challenge, user, password, uri, method)
+                status, headers, reply = await _exchange(
+                    reader, writer, host, uri, auth, method, body
+                )
                 if status == 401:
                     _NONCES.pop(host, None)
                     raise DriverError(
@@ -158,7 +193,7 @@ async def get_json(
     if status != 200:
         raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
     try:
-        value = json.loads(body)
+        value = json.loads(reply)
     except (ValueError, UnicodeDecodeError):
         raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not JSON") from None
     if not isinstance(value, dict):
