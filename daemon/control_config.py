@@ -46,7 +46,7 @@ class ControlSettings(BaseModel):
     power_cap_kw: float | None = Field(default=None, gt=0)
     observe_timeout_s: float = Field(default=5.0, gt=0)
     observe_concurrency: int = Field(default=256, ge=1, le=4096)
-    command_concurrency: int = Field(default=64, ge=1, le=4096)
+    command_concurrency: int = Field(default=256, ge=1, le=4096)
     command_timeout_s: float = Field(default=30.0, gt=0)
     confirm_deadline_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)

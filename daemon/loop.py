@@ -7,6 +7,7 @@ Policies and guards are the pure core; this module is the imperative shell aroun
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class ControlLoop:
     audit: AuditLog | None = None
     usd_per_unit: float = 1.0
     market_refresh_s: float = 60.0
+    market_timeout_s: float = 15.0
     clock: Callable[[], float] = time.time
     overrides: list[Override] = field(default_factory=list)
     seed: int = 0
@@ -102,7 +104,7 @@ class ControlLoop:
         cycle = await self.observer.cycle()
         now = self.clock()
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
-            self._market_state = await self.market.refresh(now)
+            self._market_state = await self._refresh_market(now)
             self._market_at = now
         market = self._view(self._market_state, now)
         fleet = self._fleet(cycle.readings)
@@ -129,6 +131,15 @@ class ControlLoop:
         report = self._report(now, cycle.readings, desired, results, market)
         log.info("fleet.tick", summary=report.summary())
         return report
+
+    async def _refresh_market(self, now: float) -> MarketState:
+        """Refresh prices, but never let a slow feed hold up the tick: past
+        ``market_timeout_s`` the last known quotes are used (and age as they should)."""
+        try:
+            return await asyncio.wait_for(self.market.refresh(now), self.market_timeout_s)
+        except TimeoutError:
+            log.warning("market.refresh_slow", timeout_s=self.market_timeout_s)
+            return self.market.state(now)
 
     def _target(self, d: Desired) -> Target:
         """The command target for ``d``: a mode the rig cannot do becomes the nearest mode

@@ -230,3 +230,25 @@ def test_nearest_safe_mode_never_draws_more() -> None:
     assert nearest_safe(Mode.LIMIT, stock) is Mode.LOW
     assert nearest_safe(Mode.LOW, frozenset({Mode.SLEEP, Mode.NORMAL})) is Mode.SLEEP
     assert nearest_safe(Mode.NORMAL, stock) is Mode.NORMAL
+
+
+async def test_a_hung_price_feed_does_not_hold_up_the_tick(sim: SimFleet, tmp_path: Path) -> None:
+    from daemon.market.source import Source
+    from policies.values import Quote
+
+    class Hung(Source):
+        kind, name, ttl_s = QuoteKind.HASHPRICE, "hung", 600.0
+
+        async def fetch(self, now: float) -> Quote:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+    h, _ = await harness(sim, tmp_path, dry_run=True)
+    h.loop.market = Market({QuoteKind.HASHPRICE: [Hung()], QuoteKind.POWER_PRICE: [h.power]})
+    h.loop.market_timeout_s = 0.5
+    h.power.push(0.05, h.clock.t, "test")
+    started = asyncio.get_running_loop().time()
+    report = await h.loop.tick()
+    assert asyncio.get_running_loop().time() - started < 5
+    assert report.hashprice_usd_per_ph_day is None  # no price: nothing economic happens
+    assert all(d.decided_by != "breakeven" for d in report.desired.values())
