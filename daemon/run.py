@@ -26,8 +26,8 @@ from daemon.market.config import build_market
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Reconciler
 from drivers.inventory import Inventory
-from policies.api import Site
-from policies.registry import load_policy
+from policies.api import Policy, Site
+from policies.registry import PolicyLoadError, load_policy
 
 log = structlog.get_logger("daemon")
 
@@ -68,6 +68,14 @@ def check_state_dir(path: Path) -> None:
         )
 
 
+def load_policies(names: Sequence[str]) -> list[Policy]:
+    """The configured policies; ValueError naming ``control.policies`` and the bad name."""
+    try:
+        return [load_policy(name) for name in names]
+    except PolicyLoadError as exc:
+        raise ValueError(f"control.policies: {exc}") from None
+
+
 def build_loop(
     settings: Settings,
     dry_run: bool,
@@ -86,7 +94,7 @@ def build_loop(
     )
     observer.sync_drivers()
     economics = settings.market.economics
-    policies = [load_policy(name) for name in control.policies]
+    policies = load_policies(control.policies)
     site = Site(
         name=settings.site.name,
         economics=economics,
@@ -125,6 +133,7 @@ async def serve(
 ) -> int:
     """Run ticks every ``control.tick_s`` until ``stop`` is set (or ``ticks`` have run)."""
     check_state_dir(settings.state_dir)
+    load_policies(settings.control.policies)  # a typo fails now, not after identification
     stop = stop or asyncio.Event()
     inventory = Inventory(settings.state_dir / "inventory.json")
     cached = inventory.load()

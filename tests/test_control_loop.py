@@ -252,3 +252,15 @@ async def test_a_hung_price_feed_does_not_hold_up_the_tick(sim: SimFleet, tmp_pa
     assert asyncio.get_running_loop().time() - started < 5
     assert report.hashprice_usd_per_ph_day is None  # no price: nothing economic happens
     assert all(d.decided_by != "breakeven" for d in report.desired.values())
+
+
+def test_unknown_policy_is_named_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.run import main
+
+    config = tmp_path / "rigpilot.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\n[control]\npolicies = ["brekeven"]\n')
+    assert main(["--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "control.policies: unknown policy 'brekeven'" in err and "breakeven" in err
