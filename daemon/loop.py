@@ -170,7 +170,7 @@ class ControlLoop:
             obs = reading if isinstance(reading, Observation) else None
             basis = obs or self._last_obs.get(rig_id)
             caps = driver.capabilities
-            points = tuple(mode_points(basis, caps.modes)) if basis is not None else ()
+            points = tuple(mode_points(basis, caps.modes, driver.entry)) if basis else ()
             views.append(
                 RigView(
                     rig_id, obs, caps.modes, points, power_limit_range_w=caps.power_limit_range_w

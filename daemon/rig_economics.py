@@ -15,12 +15,21 @@ from policies.values import Mode, Observation, PowerSource
 HASHING_MODES = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
 
 
-def mode_points(obs: Observation, modes: frozenset[Mode]) -> list[ModePoint]:
+_LOOKUP = object()
+
+
+def mode_points(
+    obs: Observation, modes: frozenset[Mode], entry: catalogue.ModelEntry | object | None = _LOOKUP
+) -> list[ModePoint]:
     """What ``obs``'s rig would do in each of ``modes`` it supports (sleep always included).
 
-    Empty when the model is not in the catalogue and the rig is not hashing (nothing to scale).
+    ``entry`` is the rig's catalogue entry (None: not in the catalogue); pass the driver's, on
+    the hot path, to skip the lookup. A model not in the catalogue gets only its measured
+    current mode (when hashing) and sleep.
     """
-    entry = catalogue.lookup(obs.identity.make.value, obs.identity.model)
+    if entry is _LOOKUP:
+        entry = catalogue.lookup(obs.identity.make.value, obs.identity.model)
+    assert entry is None or isinstance(entry, catalogue.ModelEntry)
     points = [ModePoint(Mode.SLEEP, 0.0, catalogue.SLEEP_POWER_W, PowerSource.ESTIMATED)]
     current = entry.figures(obs.mode) if entry is not None else None
     health = 1.0

@@ -6,6 +6,7 @@ import abc
 from dataclasses import dataclass
 
 from drivers import catalogue
+from drivers.transport import RigChanged
 from policies.values import Capabilities, Identity, Mode, Observation
 
 
@@ -35,8 +36,9 @@ class RigDriver(abc.ABC):
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        entry = catalogue.lookup(identity.make.value, identity.model)
-        self.expected_boards: int | None = entry.hashboards if entry else None
+        # Looked up once per rig, not per observation: the poll path is hot.
+        self.entry = catalogue.lookup(identity.make.value, identity.model)
+        self.expected_boards: int | None = self.entry.hashboards if self.entry else None
         """Hashboards the model has: a board the firmware stops listing is reported dead."""
 
     @property
@@ -62,6 +64,13 @@ class RigDriver(abc.ABC):
 
         Raises UnsupportedMode when the rig cannot do it, DriverError when it cannot be reached.
         """
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Raise RigChanged when a reply's model/firmware fingerprint differs from the one
+        cached at identification (a firmware update, another rig at this address)."""
+        expected = self.identity.extra.get("fingerprint")
+        if expected and fingerprint and fingerprint != expected:
+            raise RigChanged(f"rig changed: now {fingerprint!r}, was {expected!r}")
 
     def check_supported(self, mode: Mode, power_limit_w: int | None) -> None:
         caps = self.capabilities

@@ -26,7 +26,6 @@ from drivers.pyasic_miner import miner_for
 from drivers.transport import (
     BTMINER_STOPPED,
     DriverError,
-    RigChanged,
     decode,
     decode_framed,
     request,
@@ -47,19 +46,21 @@ CONF_RECHECK_S = 60.0  # ... and at most this often when its hashrate disagrees 
 
 
 def _power(
-    identity: Identity, status: Status, mode: Mode
+    entry: catalogue.ModelEntry | None,
+    status: Status,
+    mode: Mode,
 ) -> tuple[float | None, PowerSource | None]:
     if status.power_w is not None:
         return status.power_w, PowerSource.REPORTED
-    entry = catalogue.lookup(identity.make.value, identity.model)
     if entry is None:
         return None, None
     estimate = catalogue.estimate_power_w(entry, mode, status.hashrate_ths, status.power_limit_w)
     return estimate.power_w, estimate.source
 
 
-def _observation(identity: Identity, status: Status, mode: Mode, now: float) -> Observation:
-    power, source = _power(identity, status, mode)
+def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> Observation:
+    identity = driver.identity
+    power, source = _power(driver.entry, status, mode)
     return Observation(
         identity=identity,
         observed_at=now,
@@ -150,7 +151,7 @@ class AntminerStock(RigDriver):
         deadline = time.monotonic() + timeout_s
         reply = await request(self.identity.address, RPC_PORT, b'{"command":"stats"}', timeout_s)
         status = antminer_stats(decode(reply), self.expected_boards)
-        self._check_fingerprint(status)
+        self.check_fingerprint(status.fingerprint)
         note: tuple[str, ...] = ()
         if self._need_conf(status, now):
             left = deadline - time.monotonic()
@@ -163,14 +164,9 @@ class AntminerStock(RigDriver):
                 # The status read succeeded: report it, with the mode as last known (or
                 # unknown) and why, rather than failing the whole observation.
                 note = (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
-        obs = _observation(self.identity, status, self.known_mode or Mode.UNKNOWN, now)
+        obs = _observation(self, status, self.known_mode or Mode.UNKNOWN, now)
         errors = self.web_errors + note
         return replace(obs, errors=obs.errors + errors) if errors else obs
-
-    def _check_fingerprint(self, status: Status) -> None:
-        expected = self.identity.extra.get("fingerprint")
-        if expected and status.fingerprint and status.fingerprint != expected:
-            raise RigChanged(f"rig changed: now {status.fingerprint!r}, was {expected!r}")
 
     def _need_conf(self, status: Status, now: float) -> bool:
         if self.conf_due or self.known_mode is None:
@@ -278,11 +274,9 @@ class WhatsminerV2(RigDriver):
         if raw.startswith(BTMINER_STOPPED):
             return await self._stopped(deadline, now)
         status = whatsminer_summary(decode(raw), self.expected_boards)
-        expected = self.identity.extra.get("fingerprint")
-        if expected and status.fingerprint and status.fingerprint != expected:
-            raise RigChanged(f"rig changed: now {status.fingerprint!r}, was {expected!r}")
+        self.check_fingerprint(status.fingerprint)
         mode = status.mode or Mode.NORMAL
-        return _observation(self.identity, status, mode, now)
+        return _observation(self, status, mode, now)
 
     async def _stopped(self, deadline: float, now: float) -> Observation:
         left = max(0.05, deadline - time.monotonic())
@@ -302,7 +296,7 @@ class WhatsminerV2(RigDriver):
             mining=False,
             errors=() if off else ("btminer not running",),
         )
-        return _observation(self.identity, status, Mode.SLEEP if off else Mode.UNKNOWN, now)
+        return _observation(self, status, Mode.SLEEP if off else Mode.UNKNOWN, now)
 
     async def apply(
         self,
@@ -363,7 +357,7 @@ class WhatsminerV3(RigDriver):
             mode = Mode.SLEEP
         else:
             mode = Mode.UNKNOWN  # drawing power but not hashing: booting or faulted
-        return _observation(self.identity, status, mode, now)
+        return _observation(self, status, mode, now)
 
     async def apply(
         self,
