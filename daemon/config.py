@@ -30,6 +30,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -104,16 +105,40 @@ class MqttTlsSettings(_Section):
     enabled: bool = False
     # None: the system's trusted CAs.
     ca_file: Path | None = None
+    # A client certificate, when the broker asks for one (both or neither).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class MqttSettings(_Section):
     """``[mqtt]``: the broker shared by the daemon instances and the control room."""
 
+    # Off by default so a daemon without a broker does not retry one forever.
+    enabled: bool = False
     host: str = Field(default="localhost", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
+    # From the environment (RIGPILOT_MQTT__PASSWORD), a file, or the systemd credential
+    # "mqtt_password" ($CREDENTIALS_DIRECTORY); there is no command-line option for it.
     password: SecretStr | None = None
+    password_file: Path | None = None
+    # None: "rigpilot-<site>". Fixed, so the broker keeps the session (queued commands).
+    client_id: str | None = Field(default=None, min_length=1, max_length=64)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
     base_topic: str = Field(default="rigpilot", min_length=1)
+    # A rig's retained state is republished when it changes, and at least this often.
+    state_interval_s: float = Field(default=60.0, ge=1)
+    # How long set/curtail/site_target wait for the fleet before answering "failed".
+    command_timeout_s: float = Field(default=600.0, gt=0, le=86400)
+    # Home Assistant MQTT discovery (a device per rig): for home and small sites.
+    discovery: bool = False
+    discovery_prefix: str = Field(default="homeassistant", min_length=1)
     tls: MqttTlsSettings = MqttTlsSettings()
 
     @field_validator("base_topic")
@@ -132,6 +157,8 @@ class RigConfig(_Section):
     address: str = Field(min_length=1, description="IP address or host name of the rig")
     # None: detect the rig's make and firmware.
     driver: str | None = None
+    # Operator-defined group (row, container, PDU): commands can address a whole group.
+    group: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
 
     @field_validator("address", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -22,6 +22,7 @@ from daemon.rig_economics import mode_points
 from policies.api import MarketView, Policy, RigView, Site
 from policies.combine import combine
 from policies.guards import Desired, GuardConfig, GuardState, Override, apply_guards
+from policies.power_cap import PowerCapPolicy
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
 log = structlog.get_logger("loop")
@@ -77,6 +78,18 @@ class TickReport:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SiteTarget:
+    """A site power target set by the control room (demand response), until ``until``."""
+
+    kw: float
+    until: float
+    by: str
+
+    def active(self, now: float) -> bool:
+        return now < self.until
+
+
 @dataclass
 class ControlLoop:
     observer: Observer
@@ -92,6 +105,7 @@ class ControlLoop:
     market_timeout_s: float = 15.0
     clock: Callable[[], float] = time.time
     overrides: list[Override] = field(default_factory=list)
+    site_target: SiteTarget | None = None
     seed: int = 0
     guard_state: GuardState = field(default_factory=GuardState)
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
@@ -106,9 +120,10 @@ class ControlLoop:
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
             self._market_state = await self._refresh_market(now)
             self._market_at = now
-        market = self._view(self._market_state, now)
+        market = self._view(self.market.state(now), now)
         fleet = self._fleet(cycle.readings)
-        intents = combine([p.decide(market, fleet, self.site, now) for p in self.policies], fleet)
+        site, policies = self._site_and_policies(now)
+        intents = combine([p.decide(market, fleet, site, now) for p in policies], fleet)
         self.overrides = [o for o in self.overrides if o.active(now)]
         desired, self.guard_state = apply_guards(
             intents,
@@ -140,6 +155,25 @@ class ControlLoop:
         except TimeoutError:
             log.warning("market.refresh_slow", timeout_s=self.market_timeout_s)
             return self.market.state(now)
+
+    def _site_and_policies(self, now: float) -> tuple[Site, Sequence[Policy]]:
+        """The site and policies for this tick: an active site target (demand response) caps
+        the site below its contract limit, and brings in the power-cap policy if the
+        configuration did not name it."""
+        target = self.site_target
+        if target is None:
+            return self.site, self.policies
+        if not target.active(now):
+            log.info("site_target.expired", kw=target.kw, by=target.by)
+            self.site_target = None
+            return self.site, self.policies
+        contract = self.site.power_cap_kw
+        cap = target.kw if contract is None else min(target.kw, contract)
+        site = replace(self.site, power_cap_kw=cap)
+        policies = list(self.policies)
+        if not any(p.name == PowerCapPolicy.name for p in policies):
+            policies.append(PowerCapPolicy())
+        return site, policies
 
     def _target(self, d: Desired) -> Target:
         """The command target for ``d``: a mode the rig cannot do becomes the nearest mode

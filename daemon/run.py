@@ -23,6 +23,10 @@ from daemon.audit import AuditLog
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.loop import ControlLoop, TickReport
 from daemon.market.config import build_market
+from daemon.mqtt.bridge import Bridge, resolve_password, tls_context
+from daemon.mqtt.commands import COMMANDS
+from daemon.mqtt.desk import CommandDesk
+from daemon.mqtt.topics import Topics
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Reconciler
 from drivers.inventory import Inventory
@@ -151,26 +155,89 @@ async def serve(
     )
     async with httpx.AsyncClient(headers={"User-Agent": "rigpilot"}) as client:
         loop = build_loop(settings, dry_run, client, inventory)
+        poke = asyncio.Event()  # a command changed state: tick now rather than at the next beat
+        bridge = build_bridge(settings, loop, poke.set) if settings.mqtt.enabled else None
+        bridge_task = None
+        if bridge is not None:
+            bridge.start()
+            bridge_task = asyncio.create_task(bridge.run(stop), name="mqtt")
         count = 0
         try:
             while not stop.is_set() and (ticks is None or count < ticks):
                 started = time.monotonic()
+                poke.clear()
                 report = await loop.tick()
                 count += 1
+                if bridge is not None:
+                    bridge.on_tick(report)
                 if on_tick is not None:
                     on_tick(report)
                 if failures and count % REIDENTIFY_EVERY_TICKS == 0:
                     failures = await inventory.ensure([f.address for f in failures])
                     loop.observer.sync_drivers()
-                wait = settings.control.tick_s - (time.monotonic() - started)
-                if wait > 0 and (ticks is None or count < ticks):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), wait)
+                if ticks is not None and count >= ticks:
+                    break
+                await _pause(settings.control.tick_s - (time.monotonic() - started), stop, poke)
         finally:
+            stop.set()
+            if bridge_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(bridge_task, 10.0)
             if loop.audit is not None:
                 loop.audit.close()
     log.info("daemon.stopped", ticks=count, note="rigs left as they are")
     return 0
+
+
+MIN_TICK_GAP_S = 1.0
+
+
+async def _pause(wait_s: float, stop: asyncio.Event, poke: asyncio.Event) -> None:
+    """Wait for the next tick: ``wait_s``, or less when poked (never under MIN_TICK_GAP_S),
+    or until stopped."""
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    await asyncio.sleep(min(MIN_TICK_GAP_S, max(wait_s, 0.0)))
+    while not stop.is_set() and not poke.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(poke.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+
+def build_bridge(settings: Settings, loop: ControlLoop, poke: Callable[[], None]) -> Bridge:
+    """The MQTT bridge and its command desk for ``loop`` (ValueError naming a bad setting)."""
+    topics = Topics(settings.mqtt.base_topic, settings.site.name)
+    desk = CommandDesk(
+        loop=loop,
+        site=settings.site.name,
+        groups={r.address: r.group for r in settings.rigs},
+        configured=frozenset(r.address for r in settings.rigs),
+        default_timeout_s=settings.mqtt.command_timeout_s,
+        clock=loop.clock,
+        on_change=poke,
+    )
+    resolve_password(settings.mqtt)  # an unreadable password file fails now
+    tls_context(settings.mqtt)
+    return Bridge(
+        settings.mqtt,
+        topics,
+        desk,
+        info={
+            "site": settings.site.name,
+            "rigs": len(settings.rigs),
+            "dry_run": loop.actuator.dry_run,
+            "policies": list(settings.control.policies),
+            "commands": sorted(COMMANDS),
+            "requests": topics.request("<command>"),
+            "responses": topics.response("<command>"),
+        },
+        clock=loop.clock,
+    )
 
 
 def main(argv: Sequence[str]) -> int:

@@ -70,6 +70,8 @@ class Market:
     pending: dict[QuoteKind, Quote] = field(default_factory=dict)
     held: dict[QuoteKind, str] = field(default_factory=dict)
     status: dict[str, SourceStatus] = field(default_factory=dict)
+    manual: dict[QuoteKind, Quote] = field(default_factory=dict)
+    """Inputs an operator set by hand: they outrank every source until their TTL runs out."""
 
     def __post_init__(self) -> None:
         for kind, sources in self.sources.items():
@@ -82,7 +84,26 @@ class Market:
         return self.state(now)
 
     def state(self, now: float) -> MarketState:
-        return MarketState(now, dict(self.good), list(self.status.values()), dict(self.held))
+        quotes = dict(self.good)
+        for kind, quote in list(self.manual.items()):
+            if quote.stale(now):
+                del self.manual[kind]
+                log.info("market.manual_expired", kind=kind.value, value=quote.value)
+            else:
+                quotes[kind] = quote
+        return MarketState(now, quotes, list(self.status.values()), dict(self.held))
+
+    def set_manual(self, quote: Quote) -> None:
+        """Use ``quote`` (already checked) instead of the sources until it goes stale."""
+        self.manual[quote.kind] = quote
+        log.info("market.manual_set", kind=quote.kind.value, value=quote.value, by=quote.detail)
+
+    def clear_manual(self, kind: QuoteKind) -> Quote | None:
+        """Drop the hand-set ``kind``; returns it (None if there was none)."""
+        quote = self.manual.pop(kind, None)
+        if quote is not None:
+            log.info("market.manual_cleared", kind=kind.value)
+        return quote
 
     async def _refresh_kind(self, kind: QuoteKind, now: float) -> None:
         for source in self.sources[kind]:

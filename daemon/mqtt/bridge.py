@@ -1,0 +1,461 @@
+"""The one broker connection: state out, commands in, reconnecting for as long as it runs.
+
+- MQTT 5 (3.1.1 clients can still command: answers also go to ``response/<command>`` with the
+  request's ``transaction``), a fixed client id and a persistent session, so commands published
+  while the daemon was briefly away are delivered when it is back.
+- Retained ``bridge/state`` is ``online`` on connect and ``offline`` on a clean stop; the last
+  will says ``offline`` when the daemon or its link dies.
+- The control loop never waits for the broker: ticks hand their report to :meth:`on_tick`,
+  which only updates in-memory documents. A writer task publishes them while connected; on
+  reconnect every retained document is published again. Answers are kept until published;
+  events are dropped (and counted) when more than ``EVENT_QUEUE_MAX`` wait.
+- Connection loss is logged once, and its recovery once; retries back off with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Final
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from daemon.config import MqttSettings
+from daemon.loop import TickReport
+from daemon.mqtt import discovery
+from daemon.mqtt.desk import Answer, CommandDesk, Envelope
+from daemon.mqtt.state import (
+    Prices,
+    command_event,
+    decision_event,
+    fault_event,
+    fleet_state,
+    rig_state,
+)
+from daemon.mqtt.topics import Topics
+from policies.values import Observation, ObservationFailure, RigId
+
+log = structlog.get_logger("mqtt")
+
+EVENT_QUEUE_MAX: Final = 20_000
+PUBLISH_BATCH: Final = 256
+SESSION_EXPIRY_S: Final = 3600
+BACKOFF_MIN_S: Final = 1.0
+BACKOFF_MAX_S: Final = 60.0
+CREDENTIAL_NAME: Final = "mqtt_password"
+MAX_RESPONSE_TOPIC: Final = 256
+
+
+def package_version() -> str:
+    try:
+        return version("rigpilot")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def resolve_password(settings: MqttSettings, env: Mapping[str, str] = os.environ) -> str | None:
+    """The broker password: the setting (environment or file), else ``password_file``, else
+    the systemd credential ``mqtt_password``. ValueError naming the file if it is unreadable."""
+    if settings.password is not None:
+        return settings.password.get_secret_value()
+    path: Path | None = settings.password_file
+    if path is None and env.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+        path = candidate if candidate.exists() else None
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"mqtt password file {path} cannot be read: {exc.strerror}") from None
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context for the broker, or None without TLS. ValueError naming a bad file."""
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None and tls.key_file is not None:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"mqtt.tls: cannot load certificates: {exc}") from None
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class _Out:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    correlation_data: bytes | None = None
+
+
+def _dumps(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode()
+
+
+@dataclass
+class Bridge:
+    settings: MqttSettings
+    topics: Topics
+    desk: CommandDesk
+    info: dict[str, Any] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+    connected: bool = False
+    events_dropped: int = 0
+    _retained: dict[str, bytes] = field(default_factory=dict)
+    _dirty: dict[str, None] = field(default_factory=dict)  # ordered set of retained topics
+    _answers: deque[_Out] = field(default_factory=deque)
+    _events: deque[_Out] = field(default_factory=deque)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _rig_keys: dict[RigId, tuple[Any, ...]] = field(default_factory=dict)
+    _rig_sent_at: dict[RigId, float] = field(default_factory=dict)
+    _failing: set[RigId] = field(default_factory=set)
+    _announced: set[RigId] = field(default_factory=set)
+    _client: aiomqtt.Client | None = None
+    _version: str = field(default_factory=package_version)
+
+    # ---------------------------------------------------------------------------------------
+    # Documents (called from the loop; never blocks, never raises for the broker)
+
+    def start(self) -> None:
+        """Publish the bridge's info (retained) once the connection is up."""
+        self._put(self.topics.info, {**self.info, "version": self._version})
+        if self.settings.discovery:
+            for topic, config in discovery.fleet_configs(
+                self.topics, self._version, self.settings.discovery_prefix
+            ):
+                self._put(topic, config)
+
+    def on_tick(self, report: TickReport) -> None:
+        """Publish what this tick saw and decided, and answer the commands it settles."""
+        for answer in self.desk.after_tick(report):
+            self.answer(answer)
+        loop = self.desk.loop
+        prices = Prices(
+            report.hashprice_usd_per_ph_day,
+            report.power_price_usd_per_kwh,
+            loop.site.economics,
+        )
+        drivers = loop.observer.drivers
+        now = report.at
+        interval = self.settings.state_interval_s
+        stuck = loop.reconciler.not_responding
+        dry = loop.actuator.dry_run
+        for rig_id, reading in report.readings.items():
+            desired = report.desired.get(rig_id)
+            pin = self.desk.pin_of(rig_id)
+            driver = drivers.get(rig_id)
+            key = (
+                type(reading).__name__,
+                getattr(reading, "mode", None),
+                getattr(reading, "mining", None),
+                getattr(reading, "kind", None),
+                None if desired is None else (desired.mode, desired.power_limit_w, desired.reason),
+                None if pin is None else pin[0],
+                rig_id in stuck,
+            )
+            changed = self._rig_keys.get(rig_id) != key
+            if changed or now - self._rig_sent_at.get(rig_id, float("-inf")) >= interval:
+                self._rig_keys[rig_id] = key
+                self._rig_sent_at[rig_id] = now
+                doc = rig_state(
+                    rig_id,
+                    driver.identity if driver else None,
+                    reading,
+                    desired,
+                    prices,
+                    group=self.desk.groups.get(rig_id, ""),
+                    pin=pin,
+                    not_responding=rig_id in stuck,
+                )
+                self._put(self.topics.rig_state(rig_id), doc)
+            if isinstance(reading, ObservationFailure) and rig_id not in self._failing:
+                self._failing.add(rig_id)
+                problem = f"{reading.kind.value}: {reading.detail}"
+                self._event("fault", fault_event(rig_id, problem, now))
+            elif isinstance(reading, Observation) and rig_id in self._failing:
+                self._failing.discard(rig_id)
+                self._event("fault", fault_event(rig_id, "observed again", now, recovered=True))
+            if changed and desired is not None:
+                self._event("decision", decision_event(desired, now, dry))
+            if self.settings.discovery and driver is not None and rig_id not in self._announced:
+                self._announced.add(rig_id)
+                self._announce_rig(rig_id)
+        for result in report.results:
+            self._event("command", command_event(result, dry))
+        entries = {r: d.entry for r, d in drivers.items()}
+        market = loop.market.manual
+        self._put(
+            self.topics.fleet,
+            fleet_state(
+                site=self.topics.site,
+                at=now,
+                readings=report.readings,
+                desired=report.desired,
+                entries=entries,
+                prices=prices,
+                not_responding=report.not_responding,
+                dry_run=dry,
+                policies=[p.name for p in loop.policies],
+                pins=len(self.desk.pins),
+                site_target=(
+                    {"kw": loop.site_target.kw, "until": loop.site_target.until}
+                    if loop.site_target
+                    else None
+                ),
+                manual_market={
+                    k.value: {"value": q.value, "until": q.observed_at + q.ttl_s}
+                    for k, q in market.items()
+                },
+            ),
+        )
+
+    def answer(self, answer: Answer) -> None:
+        env = answer.envelope
+        topic = env.response_topic or self.topics.response(env.command)
+        self._answers.append(_Out(topic, _dumps(answer.body), 1, False, env.correlation_data))
+        self._wake.set()
+
+    def _put(self, topic: str, doc: Mapping[str, Any]) -> None:
+        self._retained[topic] = _dumps(doc)
+        self._dirty[topic] = None
+        self._wake.set()
+
+    def _event(self, kind: str, doc: Mapping[str, Any]) -> None:
+        if len(self._events) >= EVENT_QUEUE_MAX:
+            self._events.popleft()
+            self.events_dropped += 1
+        self._events.append(_Out(self.topics.event(kind), _dumps(doc), 0))
+        self._wake.set()
+
+    def _announce_rig(self, rig_id: RigId) -> None:
+        driver = self.desk.loop.observer.drivers.get(rig_id)
+        if driver is None:
+            return
+        for topic, config in discovery.rig_configs(
+            self.topics,
+            driver.identity,
+            driver.capabilities,
+            self._version,
+            self.settings.discovery_prefix,
+        ):
+            self._put(topic, config)
+
+    def _reannounce(self) -> None:
+        """Home Assistant restarted: publish every discovery config again."""
+        prefix = self.settings.discovery_prefix + "/"
+        for topic in self._retained:
+            if topic.startswith(prefix):
+                self._dirty[topic] = None
+        self._wake.set()
+
+    # ---------------------------------------------------------------------------------------
+    # Requests in
+
+    def handle_message(self, message: aiomqtt.Message) -> None:
+        """One incoming message; never raises."""
+        topic = message.topic.value
+        try:
+            if self.settings.discovery and topic == f"{self.settings.discovery_prefix}/status":
+                if bytes(message.payload or b"").strip().lower() == b"online":
+                    log.info("mqtt.homeassistant_online")
+                    self._reannounce()
+                return
+            self._request(topic, message)
+        except Exception:  # nothing a broker delivers may stop the bridge
+            log.exception("mqtt.message_crashed", topic=topic[:200])
+
+    def _request(self, topic: str, message: aiomqtt.Message) -> None:
+        prefix = self.topics.root + "/request/"
+        if not topic.startswith(prefix):
+            return
+        name = topic[len(prefix) :][:64]
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = str(payload or "").encode()
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        env = Envelope(name, bytes(payload), self.clock(), None, correlation)
+        if response_topic is not None:
+            problem = self._bad_response_topic(str(response_topic))
+            if problem:
+                from daemon.mqtt.commands import _transaction_of
+
+                self.answer(
+                    self.desk._answer(env, _transaction_of(env.payload), "rejected", problem)
+                )
+                return
+            env = Envelope(name, bytes(payload), env.received_at, str(response_topic), correlation)
+        for answer in self.desk.handle(env):
+            self.answer(answer)
+
+    def _bad_response_topic(self, topic: str) -> str | None:
+        if (
+            not topic.startswith(self.topics.response_prefix)
+            or "+" in topic
+            or "#" in topic
+            or len(topic) > MAX_RESPONSE_TOPIC
+        ):
+            return (
+                f"response topic {topic[:80]!r} is not allowed: it must lie under "
+                f"{self.topics.response_prefix}"
+            )
+        return None
+
+    # ---------------------------------------------------------------------------------------
+    # The connection
+
+    def _client_for(self, password: str | None, tls: ssl.SSLContext | None) -> aiomqtt.Client:
+        s = self.settings
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = SESSION_EXPIRY_S
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=password,
+            identifier=s.client_id or f"rigpilot-{self.topics.site}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True),
+            clean_start=False,
+            keepalive=s.keepalive_s,
+            properties=connect,
+            tls_context=tls,
+            timeout=10,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set; then say "offline" and leave."""
+        password = resolve_password(self.settings)
+        tls = tls_context(self.settings)
+        backoff = BACKOFF_MIN_S
+        failing: str | None = None
+        while not stop.is_set():
+            client = self._client_for(password, tls)
+            try:
+                async with client:
+                    self._client = client
+                    await self._on_connect(client)
+                    if failing is not None:
+                        log.info("mqtt.reconnected", host=self.settings.host)
+                    else:
+                        log.info("mqtt.connected", host=self.settings.host)
+                    failing, backoff = None, BACKOFF_MIN_S
+                    await self._session(client, stop)
+                    await self._goodbye(client)
+                    return
+            except aiomqtt.MqttError as exc:
+                problem = str(exc)
+                if failing is None:
+                    log.warning(
+                        "mqtt.disconnected",
+                        host=self.settings.host,
+                        problem=problem,
+                        note="the control loop keeps running; state is republished on reconnect",
+                    )
+                failing = problem
+            finally:
+                self.connected = False
+                self._client = None
+            delay = backoff * random.uniform(0.8, 1.2)  # jitter, not crypto
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self.topics.requests, qos=1)
+        if self.settings.discovery:
+            await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
+        await client.publish(self.topics.availability, b"online", qos=1, retain=True)
+        self.connected = True
+        for topic in self._retained:  # everything again: the broker may have lost it
+            self._dirty[topic] = None
+        self._wake.set()
+
+    async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        async def read() -> None:
+            async for message in client.messages:
+                self.handle_message(message)
+
+        reader = asyncio.create_task(read())
+        writer = asyncio.create_task(self._write(client))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stopper:
+                    task.result()  # re-raise the connection error
+                    raise aiomqtt.MqttError("message stream ended")
+        finally:
+            for task in (reader, writer, stopper):
+                task.cancel()
+            await asyncio.gather(reader, writer, stopper, return_exceptions=True)
+
+    async def _write(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush(client)
+
+    async def flush(self, client: aiomqtt.Client) -> None:
+        """Publish answers first, then retained documents, then events."""
+        while self._answers:
+            out = self._answers[0]
+            await self._publish(client, out)
+            self._answers.popleft()
+        while self._dirty:
+            batch = []
+            for topic in self._dirty:
+                batch.append(topic)
+                if len(batch) >= PUBLISH_BATCH:
+                    break
+            await asyncio.gather(
+                *(
+                    client.publish(t, self._retained[t], qos=1, retain=True, timeout=30)
+                    for t in batch
+                )
+            )
+            for t in batch:
+                self._dirty.pop(t, None)
+        while self._events:
+            n = min(PUBLISH_BATCH, len(self._events))
+            batch_out = [self._events.popleft() for _ in range(n)]
+            await asyncio.gather(*(self._publish(client, o) for o in batch_out))
+
+    async def _publish(self, client: aiomqtt.Client, out: _Out) -> None:
+        props = None
+        if out.correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = out.correlation_data
+        await client.publish(
+            out.topic, out.payload, qos=out.qos, retain=out.retain, properties=props, timeout=30
+        )
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """Clean stop: flush answers (bounded), then say "offline" (the will does not fire)."""
+        try:
+            await asyncio.wait_for(self.flush(client), 5.0)
+        except (TimeoutError, aiomqtt.MqttError):
+            log.warning("mqtt.flush_incomplete", answers=len(self._answers))
+        await client.publish(self.topics.availability, b"offline", qos=1, retain=True, timeout=5)
+        log.info("mqtt.offline_published")

@@ -1,0 +1,223 @@
+"""What the daemon publishes: per-rig state, the fleet summary and events, as JSON-ready dicts.
+
+Pure functions of a tick's report and the daemon's bookkeeping; the bridge serialises them.
+Watts that were estimated (stock Antminers report none) say so in ``power_source``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.reconciler import CommandResult
+from drivers.catalogue import ModelEntry
+from policies.economics import Economics, breakeven_hashprice, cost_per_day, revenue_usd_per_day
+from policies.economics import ModePoint as _Point
+from policies.guards import Desired, Override
+from policies.values import (
+    Identity,
+    Mode,
+    Observation,
+    ObservationFailure,
+    PowerSource,
+    Reading,
+    RigId,
+)
+
+CURTAILED = (Mode.SLEEP, Mode.LOW, Mode.LIMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """The prices of one tick, as the policies saw them (None: no fresh quote)."""
+
+    hashprice_usd_per_ph_day: float | None
+    power_price_usd_per_kwh: float | None
+    economics: Economics
+
+
+def margin_usd_per_day(obs: Observation, prices: Prices) -> float | None:
+    """What the rig earns minus what it costs per day as observed now; None without prices
+    or without a power figure."""
+    hp, pp = prices.hashprice_usd_per_ph_day, prices.power_price_usd_per_kwh
+    if hp is None or pp is None or obs.power_w is None:
+        return None
+    revenue = revenue_usd_per_day(obs.hashrate_ths, hp, prices.economics)
+    return revenue - cost_per_day(obs.power_w, pp, prices.economics)
+
+
+def _r(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def pin_state(pin_id: str, override: Override) -> dict[str, Any]:
+    return {
+        "pin": pin_id,
+        "mode": override.mode.value,
+        "power_limit_w": override.power_limit_w,
+        "until": override.expires_at,
+        "by": override.by,
+        "why": override.why,
+        "bypass_dwell": override.bypass_dwell,
+    }
+
+
+def rig_state(
+    rig_id: RigId,
+    identity: Identity | None,
+    reading: Reading | None,
+    desired: Desired | None,
+    prices: Prices,
+    *,
+    group: str = "",
+    pin: tuple[str, Override] | None = None,
+    not_responding: bool = False,
+) -> dict[str, Any]:
+    """One rig's retained state document."""
+    obs = reading if isinstance(reading, Observation) else None
+    ident = obs.identity if obs is not None else identity
+    out: dict[str, Any] = {
+        "rig": rig_id,
+        "make": ident.make.value if ident else None,
+        "model": ident.model if ident else None,
+        "firmware": ident.firmware if ident else None,
+        "driver": ident.driver if ident else None,
+        "group": group,
+        "online": obs is not None,
+        "error": None,
+        "mode": obs.mode.value if obs else Mode.UNKNOWN.value,
+        "mining": obs.mining if obs else None,
+        "hashrate_ths": _r(obs.hashrate_ths, 3) if obs else None,
+        "power_w": _r(obs.power_w, 1) if obs else None,
+        "power_source": obs.power_source.value if obs and obs.power_source else None,
+        "power_limit_w": obs.power_limit_w if obs else None,
+        "max_chip_temp_c": obs.max_chip_temp_c if obs else None,
+        "efficiency_j_per_th": _r(obs.efficiency_j_per_th, 2) if obs else None,
+        "margin_usd_per_day": _r(margin_usd_per_day(obs, prices), 3) if obs else None,
+        "observed_at": obs.observed_at if obs else None,
+        "desired": None,
+        "pinned": pin_state(*pin) if pin else None,
+        "not_responding": not_responding,
+    }
+    if isinstance(reading, ObservationFailure):
+        out["error"] = f"{reading.kind.value}: {reading.detail}"
+    if desired is not None:
+        out["desired"] = {
+            "mode": desired.mode.value,
+            "power_limit_w": desired.power_limit_w,
+            "by": desired.decided_by,
+            "reason": desired.reason,
+            "held_back": desired.held_back,
+        }
+    return out
+
+
+def curtailed_kw(
+    readings: Mapping[RigId, Reading],
+    desired: Mapping[RigId, Desired],
+    entries: Mapping[RigId, ModelEntry | None],
+) -> float:
+    """Load shed by curtailment: for each rig held below normal, its normal-mode nameplate
+    power minus what it draws now (never negative)."""
+    total_w = 0.0
+    for rig_id, d in desired.items():
+        if d.mode not in CURTAILED:
+            continue
+        entry = entries.get(rig_id)
+        normal = entry.figures(Mode.NORMAL) if entry is not None else None
+        if normal is None:
+            continue
+        reading = readings.get(rig_id)
+        now_w = reading.power_w if isinstance(reading, Observation) and reading.power_w else 0.0
+        total_w += max(0.0, normal.power_w - now_w)
+    return total_w / 1000.0
+
+
+def fleet_state(
+    *,
+    site: str,
+    at: float,
+    readings: Mapping[RigId, Reading],
+    desired: Mapping[RigId, Desired],
+    entries: Mapping[RigId, ModelEntry | None],
+    prices: Prices,
+    not_responding: int,
+    dry_run: bool,
+    policies: Iterable[str],
+    pins: int,
+    site_target: Mapping[str, Any] | None,
+    manual_market: Mapping[str, Any],
+    hashprice_source: str = "",
+    power_price_source: str = "",
+) -> dict[str, Any]:
+    """The retained fleet summary."""
+    observed = [r for r in readings.values() if isinstance(r, Observation)]
+    hashrate = sum(o.hashrate_ths for o in observed)
+    power_w = sum(o.power_w or 0.0 for o in observed)
+    estimated = sum(1 for o in observed if o.power_source is PowerSource.ESTIMATED)
+    hashing = [o for o in observed if o.mining and o.hashrate_ths > 0 and o.power_w]
+    point = _Point(
+        Mode.NORMAL,
+        sum(o.hashrate_ths for o in hashing),
+        sum(o.power_w or 0.0 for o in hashing),
+        PowerSource.ESTIMATED,
+    )
+    pp = prices.power_price_usd_per_kwh
+    be = breakeven_hashprice(point, pp, prices.economics) if pp is not None else None
+    return {
+        "site": site,
+        "at": at,
+        "rigs": len(readings),
+        "online": len(observed),
+        "hashing": len(hashing),
+        "hashrate_ths": round(hashrate, 1),
+        "power_kw": round(power_w / 1000.0, 2),
+        "power_estimated_rigs": estimated,
+        "curtailed": sum(1 for d in desired.values() if d.mode in CURTAILED),
+        "curtailed_kw": round(curtailed_kw(readings, desired, entries), 2),
+        "not_responding": not_responding,
+        "hashprice_usd_per_ph_day": _r(prices.hashprice_usd_per_ph_day, 3),
+        "hashprice_source": hashprice_source,
+        "power_price_usd_per_kwh": _r(pp, 5),
+        "power_price_source": power_price_source,
+        "breakeven_hashprice_usd_per_ph_day": _r(be, 3),
+        "dry_run": dry_run,
+        "policies": list(policies),
+        "pins": pins,
+        "site_target": dict(site_target) if site_target else None,
+        "manual_market": dict(manual_market),
+    }
+
+
+def command_event(result: CommandResult, dry_run: bool) -> dict[str, Any]:
+    c = result.command
+    return {
+        "rig": c.rig_id,
+        "mode": c.mode.value,
+        "power_limit_w": c.power_limit_w,
+        "attempt": c.attempt,
+        "policy": c.decided_by,
+        "reason": c.reason,
+        "result": result.outcome.value,
+        "detail": result.detail,
+        "dry_run": dry_run,
+        "at": result.at,
+    }
+
+
+def decision_event(d: Desired, at: float, dry_run: bool) -> dict[str, Any]:
+    return {
+        "rig": d.rig_id,
+        "mode": d.mode.value,
+        "power_limit_w": d.power_limit_w,
+        "by": d.decided_by,
+        "reason": d.reason,
+        "held_back": d.held_back,
+        "dry_run": dry_run,
+        "at": at,
+    }
+
+
+def fault_event(rig_id: RigId, problem: str, at: float, recovered: bool = False) -> dict[str, Any]:
+    return {"rig": rig_id, "problem": problem, "recovered": recovered, "at": at}

@@ -1,0 +1,204 @@
+"""A real Mosquitto broker for tests: TLS, a password file and an ACL, on a free port.
+
+The ACL is the one documented in docs/mqtt.md (``docs/mosquitto/acl``): the daemon may read
+its requests and write its tree, the ``operator`` may read everything and command, the
+``viewer`` may only read. Persistence is on, so a killed and restarted broker keeps retained
+messages and sessions as a production broker would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[1]
+ACL_FILE = REPO / "docs" / "mosquitto" / "acl"
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+USERS = {"rigpilot": "daemon-secret", "operator": "operator-secret", "viewer": "viewer-secret"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rigpilot test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"ca": folder / "ca.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name, server in (("server", True), ("client", False)):
+        key = _key()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(ca_key, hashes.SHA256())
+        paths[name] = folder / f"{name}.pem"
+        paths[f"{name}_key"] = folder / f"{name}.key"
+        paths[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, paths[f"{name}_key"])
+    return paths
+
+
+@dataclass
+class Broker:
+    """One Mosquitto process; ``kill()`` and ``start()`` again keep port, users and data."""
+
+    folder: Path
+    tls: bool = True
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    pki: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        passwd = self.folder / "passwd"
+        passwd.write_text("")
+        for user, password in USERS.items():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(passwd), user, password],
+                check=True,
+                capture_output=True,
+            )
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {passwd}",
+            f"acl_file {ACL_FILE}",
+            "persistence true",
+            f"persistence_location {self.folder}/",
+            "autosave_interval 1",
+            "user root",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if self.tls:
+            self.pki = make_pki(self.folder)
+            lines += [
+                f"cafile {self.pki['ca']}",
+                f"certfile {self.pki['server']}",
+                f"keyfile {self.pki['server_key']}",
+                "require_certificate false",
+            ]
+        (self.folder / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        log = (self.folder / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    "mosquitto exited: " + (self.folder / "mosquitto.log").read_text()[-2000:]
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies as in a crash (no will is lost: the clients see a reset)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def client_args(self, user: str, *, v5: bool = True) -> list[str]:
+        """Arguments for mosquitto_pub / mosquitto_sub as ``user``."""
+        args = ["-h", "127.0.0.1", "-p", str(self.port), "-u", user, "-P", USERS[user]]
+        args += ["-V", "mqttv5" if v5 else "mqttv311"]
+        if self.tls:
+            args += ["--cafile", str(self.pki["ca"])]
+        return args
+
+    def pub(self, user: str, topic: str, payload: str, *, v5: bool = False, **props: str) -> None:
+        args = ["mosquitto_pub", *self.client_args(user, v5=v5), "-q", "1", "-t", topic]
+        for name, value in props.items():
+            args += ["-D", "publish", name.replace("_", "-"), value]
+        subprocess.run([*args, "-m", payload], check=True, capture_output=True, timeout=10)
