@@ -138,6 +138,9 @@ async def serve(
     """Run ticks every ``control.tick_s`` until ``stop`` is set (or ``ticks`` have run)."""
     check_state_dir(settings.state_dir)
     load_policies(settings.control.policies)  # a typo fails now, not after identification
+    if settings.mqtt.enabled:  # so does an unreadable password file or certificate
+        resolve_password(settings.mqtt)
+        tls_context(settings.mqtt)
     stop = stop or asyncio.Event()
     inventory = Inventory(settings.state_dir / "inventory.json")
     cached = inventory.load()
@@ -221,8 +224,6 @@ def build_bridge(settings: Settings, loop: ControlLoop, poke: Callable[[], None]
         clock=loop.clock,
         on_change=poke,
     )
-    resolve_password(settings.mqtt)  # an unreadable password file fails now
-    tls_context(settings.mqtt)
     return Bridge(
         settings.mqtt,
         topics,

@@ -26,7 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 ACL_FILE = REPO / "docs" / "mosquitto" / "acl"
 MOSQUITTO = "/usr/sbin/mosquitto"
 
-USERS = {"rigpilot": "daemon-secret", "operator": "operator-secret", "viewer": "viewer-secret"}
+USERS = {
+    "rigpilot": "daemon-secret",
+    "operator": "operator-secret",
+    "viewer": "viewer-secret",
+    "homeassistant": "ha-secret",
+}
 
 
 def free_port() -> int:

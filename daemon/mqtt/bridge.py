@@ -352,6 +352,8 @@ class Bridge:
             client = self._client_for(password, tls)
             try:
                 async with client:
+                    # Batches of publishes in flight are normal here, not a warning sign.
+                    client.pending_calls_threshold = 4 * PUBLISH_BATCH
                     self._client = client
                     await self._on_connect(client)
                     if failing is not None:

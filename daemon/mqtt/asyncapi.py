@@ -1,0 +1,252 @@
+"""The MQTT API as an AsyncAPI 3.0 document, generated from the code that implements it.
+
+``python -m daemon.mqtt.asyncapi > docs/mqtt-asyncapi.json`` regenerates the checked-in copy;
+a test fails when the two differ, so the document cannot drift from the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from daemon.mqtt.commands import COMMANDS, LONG_COMMANDS
+
+_NUM = {"type": ["number", "null"]}
+_STR = {"type": ["string", "null"]}
+_BOOL = {"type": ["boolean", "null"]}
+
+RIG_STATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One rig, retained. Watts with power_source 'estimated' are not measured.",
+    "properties": {
+        "rig": {"type": "string"},
+        "make": _STR,
+        "model": _STR,
+        "firmware": _STR,
+        "driver": _STR,
+        "group": {"type": "string"},
+        "online": {"type": "boolean"},
+        "error": _STR,
+        "mode": {
+            "type": "string",
+            "enum": ["sleep", "low", "normal", "high", "limit", "off", "unknown"],
+        },
+        "mining": _BOOL,
+        "hashrate_ths": _NUM,
+        "power_w": _NUM,
+        "power_source": {
+            "type": ["string", "null"],
+            "enum": ["reported", "estimated", "meter", None],
+        },
+        "power_limit_w": _NUM,
+        "max_chip_temp_c": _NUM,
+        "efficiency_j_per_th": _NUM,
+        "margin_usd_per_day": _NUM,
+        "observed_at": _NUM,
+        "desired": {
+            "type": ["object", "null"],
+            "properties": {
+                "mode": {"type": "string"},
+                "power_limit_w": _NUM,
+                "by": {"type": "string", "description": "policy or guard that decided"},
+                "reason": {"type": "string"},
+                "held_back": {"type": "boolean"},
+            },
+        },
+        "pinned": {
+            "type": ["object", "null"],
+            "properties": {
+                "pin": {"type": "string"},
+                "mode": {"type": "string"},
+                "power_limit_w": _NUM,
+                "until": {"type": "number"},
+                "by": {"type": "string"},
+                "why": {"type": "string"},
+                "bypass_dwell": {"type": "boolean"},
+            },
+        },
+        "not_responding": {"type": "boolean"},
+    },
+}
+
+FLEET_STATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The fleet summary, retained, after every tick.",
+    "properties": {
+        "site": {"type": "string"},
+        "at": {"type": "number"},
+        "rigs": {"type": "integer"},
+        "online": {"type": "integer"},
+        "hashing": {"type": "integer"},
+        "hashrate_ths": {"type": "number"},
+        "power_kw": {"type": "number"},
+        "power_estimated_rigs": {"type": "integer"},
+        "curtailed": {"type": "integer"},
+        "curtailed_kw": {"type": "number"},
+        "not_responding": {"type": "integer"},
+        "hashprice_usd_per_ph_day": _NUM,
+        "hashprice_source": {"type": "string"},
+        "power_price_usd_per_kwh": _NUM,
+        "power_price_source": {"type": "string"},
+        "breakeven_hashprice_usd_per_ph_day": _NUM,
+        "dry_run": {"type": "boolean"},
+        "policies": {"type": "array", "items": {"type": "string"}},
+        "pins": {"type": "integer"},
+        "site_target": {"type": ["object", "null"]},
+        "manual_market": {"type": "object"},
+    },
+}
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Every command gets exactly one final answer (done, rejected or failed); "
+    "set, curtail and site_target get an 'accepted' answer first.",
+    "required": ["transaction", "command", "status", "reason", "site", "at"],
+    "properties": {
+        "transaction": _STR,
+        "command": {"type": "string"},
+        "status": {"type": "string", "enum": ["accepted", "done", "rejected", "failed"]},
+        "reason": {"type": "string"},
+        "site": {"type": "string"},
+        "at": {"type": "number"},
+        "result": {"type": "object"},
+    },
+}
+
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Not retained. decision: a rig's desired state changed; command: a command "
+    "was sent (or not, in dry-run); fault: a rig stopped or resumed answering.",
+}
+
+
+def document(version: str = "0.1.0") -> dict[str, Any]:
+    """The AsyncAPI 3.0 document."""
+    site = {"site": {"description": "[site] name in the daemon's configuration"}}
+    channels: dict[str, Any] = {
+        "availability": {
+            "address": "rigpilot/{site}/bridge/state",
+            "parameters": site,
+            "description": "Retained 'online' / 'offline' (also the last will).",
+            "messages": {"availability": {"$ref": "#/components/messages/availability"}},
+        },
+        "info": {
+            "address": "rigpilot/{site}/bridge/info",
+            "parameters": site,
+            "messages": {"info": {"$ref": "#/components/messages/info"}},
+        },
+        "fleetState": {
+            "address": "rigpilot/{site}/fleet/state",
+            "parameters": site,
+            "messages": {"fleetState": {"$ref": "#/components/messages/fleetState"}},
+        },
+        "rigState": {
+            "address": "rigpilot/{site}/rig/{rig}/state",
+            "parameters": {
+                **site,
+                "rig": {"description": "rig id with characters outside [A-Za-z0-9_.-] as _"},
+            },
+            "messages": {"rigState": {"$ref": "#/components/messages/rigState"}},
+        },
+        "events": {
+            "address": "rigpilot/{site}/event/{kind}",
+            "parameters": {**site, "kind": {"enum": ["decision", "command", "fault"]}},
+            "messages": {"event": {"$ref": "#/components/messages/event"}},
+        },
+    }
+    operations: dict[str, Any] = {
+        "publishAvailability": {"action": "send", "channel": {"$ref": "#/channels/availability"}},
+        "publishInfo": {"action": "send", "channel": {"$ref": "#/channels/info"}},
+        "publishFleetState": {"action": "send", "channel": {"$ref": "#/channels/fleetState"}},
+        "publishRigState": {"action": "send", "channel": {"$ref": "#/channels/rigState"}},
+        "publishEvents": {"action": "send", "channel": {"$ref": "#/channels/events"}},
+    }
+    messages: dict[str, Any] = {
+        "availability": {"payload": {"type": "string", "enum": ["online", "offline"]}},
+        "info": {"payload": {"type": "object"}},
+        "fleetState": {"payload": {"$ref": "#/components/schemas/FleetState"}},
+        "rigState": {"payload": {"$ref": "#/components/schemas/RigState"}},
+        "event": {"payload": {"$ref": "#/components/schemas/Event"}},
+        "answer": {
+            "payload": {"$ref": "#/components/schemas/Answer"},
+            "correlationId": {"location": "$message.header#/correlationData"},
+        },
+    }
+    schemas: dict[str, Any] = {
+        "RigState": RIG_STATE_SCHEMA,
+        "FleetState": FLEET_STATE_SCHEMA,
+        "Answer": ANSWER_SCHEMA,
+        "Event": EVENT_SCHEMA,
+    }
+    for name, model in sorted(COMMANDS.items()):
+        title = model.__name__
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for sub, sub_schema in schema.pop("$defs", {}).items():
+            schemas[sub] = sub_schema
+        schemas[title] = schema
+        channels[f"request_{name}"] = {
+            "address": f"rigpilot/{{site}}/request/{name}",
+            "parameters": site,
+            "description": (model.__doc__ or "").strip().splitlines()[0],
+            "messages": {title: {"$ref": f"#/components/messages/{title}"}},
+        }
+        channels[f"response_{name}"] = {
+            "address": f"rigpilot/{{site}}/response/{name}",
+            "parameters": site,
+            "description": "Answers for clients without MQTT 5 response topics; MQTT 5 "
+            "clients may name a response topic under rigpilot/{site}/response/ instead.",
+            "messages": {"answer": {"$ref": "#/components/messages/answer"}},
+        }
+        messages[title] = {
+            "payload": {"$ref": f"#/components/schemas/{title}"},
+            "correlationId": {"location": "$message.header#/correlationData"},
+        }
+        operations[f"receive_{name}"] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/request_{name}"},
+            "description": "long: answered 'accepted', then 'done' or 'failed' once observed"
+            if name in LONG_COMMANDS
+            else "answered once: 'done' or 'rejected'",
+            "reply": {
+                "channel": {"$ref": f"#/channels/response_{name}"},
+                "address": {"location": "$message.header#/responseTopic"},
+            },
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "rigpilot control room",
+            "version": version,
+            "description": "State out, commands in, every command answered. See docs/mqtt.md.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "site": {
+                "host": "broker.example:8883",
+                "protocol": "secure-mqtt",
+                "protocolVersion": "5",
+                "security": [{"$ref": "#/components/securitySchemes/password"}],
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": schemas,
+            "messages": messages,
+            "securitySchemes": {
+                "password": {
+                    "type": "userPassword",
+                    "description": "Mosquitto password file and ACL: docs/mosquitto/acl",
+                }
+            },
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(document(), indent=2, sort_keys=False) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

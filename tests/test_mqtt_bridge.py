@@ -1,0 +1,457 @@
+"""The MQTT control room end to end: a real Mosquitto (TLS, password file, the documented ACL)
+started by the test, the daemon in-process, the simulated rigs, and the Mosquitto command-line
+clients or aiomqtt on the other side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Broker
+from conftest import SimFleet
+from hass_schema import assert_valid
+from mqtt_client import Collector, daemon_settings, start_daemon
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from daemon.mqtt import commands as c
+from daemon.mqtt.topics import Topics
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    yield b
+    b.stop()
+
+
+def sub_process(broker: Broker, user: str, topic: str, count: int) -> subprocess.Popen[str]:
+    """mosquitto_sub printing ``count`` messages as "topic payload" lines, then exiting."""
+    return subprocess.Popen(
+        [
+            "mosquitto_sub",
+            *broker.client_args(user, v5=False),
+            *("-t", topic, "-C", str(count), "-v", "-W", "60"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def wait_rig(sim: SimFleet, address: str, mode: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await asyncio.to_thread(sim.control.rig, address))["mode"] == mode:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{address} not in {mode} within {timeout} s")
+
+
+async def test_mosquitto_pub_command_changes_a_rig_and_the_answer_reaches_mosquitto_sub(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    rigs = {sim.address("s19jpro"): "row-a", sim.address("m50s"): "row-b"}
+    settings = daemon_settings(tmp_path, broker, "pubsub", rigs)
+    topics = Topics("rigpilot", "pubsub")
+    daemon = await start_daemon(settings)
+    try:
+        watcher = sub_process(broker, "viewer", topics.response("curtail"), 2)
+        await asyncio.sleep(0.5)  # mosquitto_sub subscribed
+        target = sim.address("m50s")
+        payload = json.dumps({"rig": target, "transaction": "cli-1", "by": "alice"})
+        await asyncio.to_thread(broker.pub, "operator", topics.request("curtail"), payload)
+        out, err = await asyncio.to_thread(watcher.communicate, timeout=60)
+        lines = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines()]
+        assert [x["status"] for x in lines] == ["accepted", "done"], (out, err)
+        assert all(x["transaction"] == "cli-1" for x in lines)
+        await wait_rig(sim, target, "sleep", 5)
+        assert (await asyncio.to_thread(sim.control.rig, sim.address("s19jpro")))[
+            "mode"
+        ] == "normal"
+    finally:
+        await daemon.close()
+
+
+async def test_a_client_without_command_rights_cannot_command(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    target = sim.address("s21")
+    settings = daemon_settings(tmp_path, broker, "acl", {target: ""})
+    topics = Topics("rigpilot", "acl")
+    daemon = await start_daemon(settings)
+    try:
+        async with Collector(broker, "operator", [f"{topics.root}/response/#"], "acl-w") as col:
+            body = json.dumps({"rig": target, "transaction": "viewer-1"})
+            # The broker refuses the viewer's publish (ACL); mosquitto_pub may say so or not.
+            await asyncio.to_thread(
+                subprocess.run,
+                [
+                    "mosquitto_pub",
+                    *broker.client_args("viewer", v5=False),
+                    *("-q", "1", "-t", topics.request("curtail"), "-m", body),
+                ],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            await asyncio.to_thread(
+                broker.pub, "operator", topics.request("status"), '{"transaction": "op-1"}'
+            )
+            await col.final("op-1")
+            await asyncio.sleep(2.0)
+            assert col.answers("viewer-1") == []
+            assert (await asyncio.to_thread(sim.control.rig, target))["mode"] == "normal"
+            status = col.answers("op-1")[0]["result"]
+            assert status["pins"] == []
+    finally:
+        await daemon.close()
+
+
+async def test_mqtt5_request_response_with_correlation_data(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    target = sim.address("s19xp")
+    settings = daemon_settings(tmp_path, broker, "rr", {target: "row-a"})
+    topics = Topics("rigpilot", "rr")
+    daemon = await start_daemon(settings)
+    try:
+        reply_to = topics.response_prefix + "console-7"
+        async with Collector(
+            broker, "operator", [reply_to, topics.response("set")], "rr-op"
+        ) as col:
+            assert col.client is not None
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = reply_to
+            props.CorrelationData = b"req-42"
+            body = {"group": "row-a", "mode": "low", "for_s": 600}
+            await col.client.publish(
+                topics.request("set"), json.dumps(body), qos=1, properties=props
+            )
+            done = await col.wait_for(
+                lambda m: m.topic == reply_to and m.json()["status"] == "done", 30
+            )
+            assert done.correlation == b"req-42"
+            assert [m.json()["status"] for m in col.on(reply_to)] == ["accepted", "done"]
+            assert col.on(topics.response("set")) == []  # answered where it was asked
+            await wait_rig(sim, target, "low", 5)
+            # A response topic outside <root>/response/ is refused, on the default topic.
+            bad = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            bad.ResponseTopic = topics.availability
+            await col.client.publish(
+                topics.request("set"),
+                json.dumps({**body, "transaction": "hijack"}),
+                qos=1,
+                properties=bad,
+            )
+            refused = await col.final("hijack")
+            assert col.on(topics.response("set"))[-1].json() == refused
+            assert "response topic" in refused["reason"]
+    finally:
+        await daemon.close()
+
+
+async def test_broker_killed_and_restarted_loses_and_repeats_no_command(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    a, b, c_rig = sim.address("s19jpro"), sim.address("m30s"), sim.address("m60s")
+    settings = daemon_settings(tmp_path / "d", broker, "chaos", {a: "", b: "", c_rig: ""})
+    topics = Topics("rigpilot", "chaos")
+    daemon = await start_daemon(settings)
+    col = Collector(broker, "operator", [f"{topics.root}/#"], "chaos-watch")
+    try:
+        await col.__aenter__()
+        await col.wait_for(lambda m: m.topic == topics.availability and m.payload == b"online")
+        await asyncio.to_thread(
+            broker.pub,
+            "operator",
+            topics.request("curtail"),
+            json.dumps({"rig": a, "transaction": "A"}),
+        )
+        assert (await col.final("A"))["status"] == "done"
+
+        broker.kill()
+        ticks_before = len(daemon.reports)
+        await asyncio.sleep(4.0)
+        assert len(daemon.reports) > ticks_before, "the loop must keep ticking without a broker"
+        broker.start()
+        # Published before the daemon is back: the broker keeps it in the daemon's session.
+        await asyncio.to_thread(
+            broker.pub,
+            "operator",
+            topics.request("curtail"),
+            json.dumps({"rig": b, "transaction": "B"}),
+        )
+        mark = len(col.messages)
+        await col.wait_for(
+            lambda m: m.topic == topics.fleet and m.json()["at"] > time.time() - 2, 60, after=mark
+        )
+        # A redelivery of A (same id) after the reconnect is recognised and not applied again.
+        await asyncio.to_thread(
+            broker.pub,
+            "operator",
+            topics.request("pin"),
+            json.dumps({"rig": c_rig, "mode": "low", "for_s": 600, "transaction": "C"}),
+        )
+        await asyncio.to_thread(
+            broker.pub,
+            "operator",
+            topics.request("curtail"),
+            json.dumps({"rig": a, "transaction": "A"}),
+        )
+        assert (await col.final("B", 60))["status"] == "done"
+        assert (await col.final("C"))["status"] == "done"
+        await asyncio.to_thread(
+            broker.pub, "operator", topics.request("status"), json.dumps({"transaction": "S"})
+        )
+        status = await col.final("S")
+        finals = {
+            tx: [x["status"] for x in col.answers(tx) if x["status"] != "accepted"] for tx in "ABC"
+        }
+        assert finals == {"A": ["done"], "B": ["done"], "C": ["done"]}
+        pinned = sorted((p["mode"], p["rigs"]) for p in status["result"]["pins"])
+        assert pinned == [("low", 1), ("sleep", 1), ("sleep", 1)]
+        await wait_rig(sim, b, "sleep", 10)
+        await wait_rig(sim, c_rig, "low", 10)
+        # Republished after the restart: availability and every rig's retained state.
+        after = col.messages[mark:]
+        assert any(m.topic == topics.availability and m.payload == b"online" for m in after)
+        assert {topics.rig_state(r) for r in (a, b, c_rig)} <= {m.topic for m in after}
+    finally:
+        code = await daemon.close()
+        await col.__aexit__(None, None, None)
+        broker.stop()
+    assert code == 0
+
+
+async def test_clean_stop_says_offline_and_a_crash_leaves_the_will(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    target = sim.address("m30s+")
+    settings = daemon_settings(tmp_path, broker, "life", {target: ""})
+    topics = Topics("rigpilot", "life")
+    async with Collector(broker, "viewer", [topics.availability], "life-w") as col:
+        daemon = await start_daemon(settings)
+        await col.wait_for(lambda m: m.payload == b"online")
+        assert await daemon.close() == 0
+        await col.wait_for(lambda m: m.payload == b"offline", 10)
+        # A crash: the daemon process dies without a goodbye; the broker sends the will.
+        config = settings.state_dir.parent / "rigpilot.toml"
+        proc = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant
+            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        mark = len(col.messages)
+        await col.wait_for(lambda m: m.payload == b"online", 60, after=mark)
+        proc.kill()
+        proc.wait(10)
+        await col.wait_for(lambda m: m.payload == b"offline", 15, after=mark)
+
+
+def hostile_payloads(rng: random.Random, rigs: list[str], n: int) -> list[tuple[str, bytes, str]]:
+    """``n`` (command, payload, expected text in the rejection) that must all be refused."""
+    junk = [
+        b"",
+        b"{",
+        b"}",
+        b"null",
+        b"[]",
+        b"0",
+        b'"x"',
+        b"\x00\x01\x02",
+        b"\xff" * 50,
+        b'{"rig": "' + b"\xc3\x28" + b'"}',
+        b"{" * 300,
+        b'{"a":' * 100,
+        b'{"transaction": ' + b"9" * 400 + b"}",
+    ]
+    fields = [
+        "rig",
+        "rigs",
+        "group",
+        "all",
+        "mode",
+        "for_s",
+        "until",
+        "kw",
+        "value",
+        "input",
+        "power_limit_w",
+        "bypass_dwell",
+        "timeout_s",
+        "transaction",
+        "expires_at",
+        "by",
+    ]
+    values: list[Any] = [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1e308,
+        -1e308,
+        2**70,
+        "",
+        "x" * 300,
+        [],
+        {},
+        [1, 2],
+        {"$gt": ""},
+        "sleep",
+        "turbo",
+        "' OR 1=1 --",
+        "../../etc/passwd",
+        "\u202e\u0000",
+        "🚀" * 10,
+        ["10.0.0.1"] * 3,
+        3.5,
+    ]
+    cmds = [*c.COMMANDS, "REBOOT", "exec", "x" * 40]
+    out: list[tuple[str, bytes, str]] = []
+    while len(out) < n:
+        kind = rng.random()
+        cmd = rng.choice(cmds)
+        if kind < 0.15:
+            payload = rng.choice(junk) + bytes(rng.randrange(256) for _ in range(rng.randrange(4)))
+        elif kind < 0.25:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        elif kind < 0.3:
+            payload = b'{"rig": "' + b"A" * (c.MAX_PAYLOAD_BYTES + 10) + b'"}'
+        else:
+            body = {rng.choice(fields): rng.choice(values) for _ in range(rng.randrange(1, 6))}
+            if rng.random() < 0.3:
+                body[f"zz{rng.randrange(1000)}"] = 1
+            if rng.random() < 0.2:
+                body["rig"] = f"10.99.{rng.randrange(255)}.{rng.randrange(255)}"
+            body["transaction"] = f"fz-{len(out)}"
+            payload = json.dumps(body).encode()
+        try:
+            request = c.parse(cmd, payload, time.time())
+        except c.Rejected:
+            out.append((cmd, payload, f"fz-{len(out)}"))
+            continue
+        # Well-formed by chance: keep it only if it names no real rig (it is then refused for
+        # the unknown rig, or is harmless, like status); otherwise skip it.
+        if isinstance(request, c.StatusCommand):
+            continue
+        names = [getattr(request, "rig", None), *(getattr(request, "rigs", None) or [])]
+        if (
+            any(x in rigs for x in names)
+            or getattr(request, "all", None)
+            or getattr(request, "group", None) is not None
+        ):
+            continue
+        if isinstance(request, c.Targeted):
+            out.append((cmd, payload, f"fz-{len(out)}"))
+    return out
+
+
+async def test_fuzz_ten_thousand_hostile_payloads(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    rigs = [sim.address("s19jpro"), sim.address("m50s")]
+    settings = daemon_settings(tmp_path, broker, "fuzz", dict.fromkeys(rigs, "g"))
+    topics = Topics("rigpilot", "fuzz")
+    cases = hostile_payloads(random.Random(20260226), rigs, 10_000)
+    daemon = await start_daemon(settings)
+    try:
+        async with Collector(broker, "operator", [f"{topics.root}/response/#"], "fuzz-op") as col:
+            assert col.client is not None
+            ticks = len(daemon.reports)
+            for i in range(0, len(cases), 500):
+                await asyncio.gather(
+                    *(
+                        col.client.publish(topics.request(cmd), payload, qos=1)
+                        for cmd, payload, _ in cases[i : i + 500]
+                    )
+                )
+            await col.count(len(cases), 120)
+            answers = [m.json() for m in col.messages]
+            assert len(answers) == len(cases), f"{len(answers)} answers to {len(cases)} payloads"
+            assert all(a["status"] == "rejected" for a in answers), [
+                a for a in answers if a["status"] != "rejected"
+            ][:3]
+            reasons = [a["reason"] for a in answers]
+            assert all(r and not r.startswith("internal error") for r in reasons)
+            named = sum(
+                1
+                for r in reasons
+                if r.startswith(
+                    (
+                        "invalid command:",
+                        "unknown command",
+                        "payload too large",
+                        "unknown rig",
+                        "expired",
+                        "until is",
+                        "hashprice",
+                        "power_price",
+                    )
+                )
+            )
+            assert named == len(reasons), [r for r in reasons if not r.startswith("invalid")][:5]
+            # Answers to parseable payloads echo their transaction.
+            by_tx = {a["transaction"] for a in answers if a["transaction"]}
+            assert len(by_tx) > 3000
+            # Never stalled: the loop kept ticking and a good command is still answered.
+            assert len(daemon.reports) > ticks
+            await col.client.publish(topics.request("status"), b'{"transaction": "alive"}', qos=1)
+            await col.final("alive", 10)
+    finally:
+        assert await daemon.close() == 0
+
+
+async def test_home_assistant_discovery_is_valid_and_reannounced(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    rigs = {sim.address("s19jpro"): "", sim.address("m50s"): "", sim.address("m60s-v3"): ""}
+    settings = daemon_settings(tmp_path, broker, "home", rigs, discovery=True)
+    topics = Topics("rigpilot", "home")
+    daemon = await start_daemon(settings)
+    try:
+        async with Collector(
+            broker, "homeassistant", ["homeassistant/#", f"{topics.root}/#"], "ha"
+        ) as col:
+            await col.wait_for(lambda m: m.topic.endswith("power_limit/config"), 30)
+            await asyncio.sleep(1.0)
+            configs = {
+                m.topic: m.json()
+                for m in col.messages
+                if m.topic.startswith("homeassistant/") and m.topic.endswith("/config")
+            }
+            for topic, payload in configs.items():
+                assert_valid(topic, payload)
+            components = {t.split("/")[1] for t in configs}
+            assert components == {"sensor", "switch", "select", "number"}
+            per_rig = [t for t in configs if "/switch/" in t]
+            assert len(per_rig) == 3
+            # Only rigs with a power limit get a number entity (M50S/M60S, not stock S19j Pro).
+            assert sum("/number/" in t for t in configs) == 2
+            # Home Assistant restarts: everything is announced again.
+            mark = len(col.messages)
+            assert col.client is not None
+            await col.client.publish("homeassistant/status", b"online", qos=1)
+            await col.wait_for(lambda m: m.topic in configs, 10, after=mark)
+            again = {m.topic for m in col.messages[mark:] if m.topic in configs}
+            assert again == set(configs)
+            # The mode select commands through request/set with its template.
+            select = next(p for t, p in configs.items() if "/select/" in t)
+            rig = json.loads(select["command_template"].replace("{{ value }}", "sleep"))["rig"]
+            payload = select["command_template"].replace("{{ value }}", "sleep")
+            await col.client.publish(select["command_topic"], payload.encode(), qos=1)
+            await wait_rig(sim, rig, "sleep", 15)
+    finally:
+        await daemon.close()

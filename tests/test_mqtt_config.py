@@ -1,0 +1,84 @@
+"""MQTT settings: where the password comes from, TLS files, and clear errors for bad ones."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from pathlib import Path
+
+import pytest
+from broker import make_pki
+
+from daemon.config import ConfigError, MqttSettings, load_settings
+from daemon.mqtt.bridge import resolve_password, tls_context
+from daemon.run import main
+
+
+def test_password_from_setting_then_file_then_systemd_credential(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("from-systemd\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    assert resolve_password(MqttSettings(), env) == "from-systemd"
+    file = tmp_path / "pw"
+    file.write_text("from-file\n")
+    assert resolve_password(MqttSettings(password_file=file), env) == "from-file"
+    assert resolve_password(MqttSettings(password="direct", password_file=file), env) == "direct"
+    assert resolve_password(MqttSettings(), {}) is None
+
+
+def test_unreadable_password_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ValueError, match=re.escape(f"mqtt password file {missing} cannot be read")):
+        resolve_password(MqttSettings(password_file=missing), {})
+
+
+def test_tls_context_with_a_client_certificate(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    settings = MqttSettings.model_validate(
+        {
+            "tls": {
+                "enabled": True,
+                "ca_file": pki["ca"],
+                "cert_file": pki["client"],
+                "key_file": pki["client_key"],
+            }
+        }
+    )
+    ctx = tls_context(settings)
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode is ssl.CERT_REQUIRED
+    assert tls_context(MqttSettings()) is None
+    broken = MqttSettings.model_validate(
+        {"tls": {"enabled": True, "ca_file": tmp_path / "missing-ca.pem"}}
+    )
+    with pytest.raises(ValueError, match=r"mqtt\.tls: cannot load certificates"):
+        tls_context(broken)
+
+
+def test_a_certificate_without_its_key_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text('[mqtt.tls]\nenabled = true\ncert_file = "/x.pem"\n')
+    with pytest.raises(ConfigError, match="cert_file and key_file go together"):
+        load_settings(config)
+
+
+def test_mqtt_typo_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text("[mqtt]\nenabeld = true\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.enabeld"):
+        load_settings(config)
+
+
+def test_rigpilot_run_refuses_an_unreadable_password_file_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text(f"""
+state_dir = "{tmp_path / "state"}"
+[mqtt]
+enabled = true
+password_file = "{tmp_path / "missing"}"
+""")
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"mqtt password file {tmp_path / 'missing'} cannot be read" in err

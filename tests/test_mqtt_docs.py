@@ -1,0 +1,62 @@
+"""The MQTT API document is generated from the code, and what is published matches it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from daemon.mqtt import asyncapi
+from daemon.mqtt.commands import COMMANDS
+from daemon.mqtt.state import Prices, fleet_state, rig_state
+from policies.economics import Economics
+from policies.values import Identity, Make, Mode, Observation, PowerSource
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_checked_in_asyncapi_document_is_current() -> None:
+    checked_in = (REPO / "docs" / "mqtt-asyncapi.json").read_text()
+    assert checked_in == asyncapi.render(), (
+        "docs/mqtt-asyncapi.json is stale: python -m daemon.mqtt.asyncapi > docs/mqtt-asyncapi.json"
+    )
+
+
+def test_every_command_has_a_request_and_a_response_channel() -> None:
+    doc = asyncapi.document()
+    assert doc["asyncapi"] == "3.0.0"
+    for name in COMMANDS:
+        assert doc["channels"][f"request_{name}"]["address"] == f"rigpilot/{{site}}/request/{name}"
+        op = doc["operations"][f"receive_{name}"]
+        assert op["reply"]["channel"] == {"$ref": f"#/channels/response_{name}"}
+    # Every $ref resolves.
+    text = json.dumps(doc)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/')[1:]}:
+        node = doc
+        for key in ref.split("/"):
+            node = node[key]
+
+
+def test_published_documents_have_exactly_the_documented_fields() -> None:
+    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
+    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    prices = Prices(45.0, 0.05, Economics())
+    doc = rig_state("10.0.0.7", ident, obs, None, prices)
+    assert set(doc) == set(asyncapi.RIG_STATE_SCHEMA["properties"])
+    fleet = fleet_state(
+        site="s",
+        at=1.0,
+        readings={"10.0.0.7": obs},
+        desired={},
+        entries={},
+        prices=prices,
+        not_responding=0,
+        dry_run=True,
+        policies=["breakeven"],
+        pins=0,
+        site_target=None,
+        manual_market={},
+    )
+    assert set(fleet) == set(asyncapi.FLEET_STATE_SCHEMA["properties"])
+    assert fleet["breakeven_hashprice_usd_per_ph_day"] == round(
+        3000 / 1000 * 24 * 0.05 / (100 / 1000 * 0.98), 3
+    )
