@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from broker import make_pki
+from pydantic import SecretStr
 
 from daemon.config import ConfigError, MqttSettings, load_settings
 from daemon.mqtt.bridge import resolve_password, tls_context
@@ -23,7 +24,10 @@ def test_password_from_setting_then_file_then_systemd_credential(tmp_path: Path)
     file = tmp_path / "pw"
     file.write_text("from-file\n")
     assert resolve_password(MqttSettings(password_file=file), env) == "from-file"
-    assert resolve_password(MqttSettings(password="direct", password_file=file), env) == "direct"
+    assert (
+        resolve_password(MqttSettings(password=SecretStr("direct"), password_file=file), env)
+        == "direct"
+    )
     assert resolve_password(MqttSettings(), {}) is None
 
 
