@@ -180,6 +180,12 @@ async def test_broker_killed_and_restarted_loses_and_repeats_no_command(
             json.dumps({"rig": a, "transaction": "A"}),
         )
         assert (await col.final("A"))["status"] == "done"
+        # Events (not retained) tell what was decided and sent, and why.
+        decided = [m.json() for m in col.on(topics.event("decision")) if m.json()["rig"] == a]
+        assert decided[-1]["mode"] == "sleep" and decided[-1]["by"] == "override"
+        sent = [m.json() for m in col.on(topics.event("command")) if m.json()["rig"] == a]
+        assert sent[-1]["mode"] == "sleep" and sent[-1]["result"] == "sent"
+        assert not any(m.retain for m in col.on(topics.event("command")))
 
         broker.kill()
         ticks_before = len(daemon.reports)
