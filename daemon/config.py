@@ -54,6 +54,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "LogSettings",
+    "MetricsSettings",
     "MqttSettings",
     "MqttTlsSettings",
     "RigConfig",
@@ -151,6 +152,16 @@ class MqttSettings(_Section):
         return value
 
 
+class MetricsSettings(_Section):
+    """``[metrics]``: the Prometheus endpoint (docs/metrics.md)."""
+
+    enabled: bool = False
+    address: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9464, ge=1, le=65535)
+    # One series per rig and metric: turn off for very large fleets to keep cardinality down.
+    per_rig: bool = True
+
+
 class RigConfig(_Section):
     """One ``[[rigs]]`` entry: a rig this instance owns."""
 
@@ -184,6 +195,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     state_dir: Path = Path("/var/lib/rigpilot")
     mqtt: MqttSettings = MqttSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # Safety invariant 5: no write command reaches any rig.
     dry_run: bool = False
     rigs: tuple[RigConfig, ...] = ()

@@ -59,6 +59,8 @@ class TickReport:
     desired: Mapping[RigId, Desired]
     readings: Mapping[RigId, Reading]
     results: Sequence[CommandResult]
+    observe_duration_s: float = 0.0  # the observation cycle's wall time
+    duration_s: float = 0.0  # the whole tick's wall time, observation included
 
     def summary(self) -> str:
         hp = (
@@ -115,7 +117,9 @@ class ControlLoop:
 
     async def tick(self) -> TickReport:
         """One full pass. Never raises for a rig's or a feed's failure."""
+        started = time.monotonic()
         cycle = await self.observer.cycle()
+        observed_s = time.monotonic() - started
         now = self.clock()
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
             self._market_state = await self._refresh_market(now)
@@ -143,7 +147,11 @@ class ControlLoop:
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
         self._audit(desired, cycle.readings, market, results, now)
-        report = self._report(now, cycle.readings, desired, results, market)
+        report = replace(
+            self._report(now, cycle.readings, desired, results, market),
+            observe_duration_s=observed_s,
+            duration_s=time.monotonic() - started,
+        )
         log.info("fleet.tick", summary=report.summary())
         return report
 
