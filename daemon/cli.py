@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "market": "show hashprice, power price and every model's break-even",
     "run": "run the controller daemon (add --dry-run to send no command)",
     "demo": "the daemon on a simulated fleet through the Feb 2026 market slide",
+    "status": "print the running daemon's fleet summary",
+    "config": "config check [FILE]: validate a configuration, print the effective one",
 }
 
 
@@ -68,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.fleet_cli import main_observe
 
         return main_observe(rest)
+    if args.command == "status":
+        from daemon.admin_cli import main_status
+
+        return main_status(rest)
+    if args.command == "config":
+        from daemon.admin_cli import main_config
+
+        return main_config(rest)
     if args.command == "demo":
         # A development tool that starts the simulator: it lives beside the daemon, in a
         # source checkout, so the daemon package never imports the simulator.

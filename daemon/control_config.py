@@ -50,5 +50,10 @@ class ControlSettings(BaseModel):
     command_timeout_s: float = Field(default=30.0, gt=0)
     confirm_deadline_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # On SIGTERM, how long the tick in flight may take to finish its commands before it is
+    # abandoned (commands already journaled are confirmed by observation after a restart).
+    stop_grace_s: float = Field(default=20.0, ge=0, le=300)
+    # The watchdog goes silent when no tick completed for this long (None: 3 ticks, >= 120 s).
+    wedged_after_s: float | None = Field(default=None, gt=0)
     guards: GuardSettings = GuardSettings()
     policy_params: dict[str, object] = Field(default_factory=dict)

@@ -17,7 +17,7 @@ import structlog
 from daemon.audit import AuditLog
 from daemon.market.service import Market, MarketState
 from daemon.observer import Observer
-from daemon.reconciler import Actuator, CommandResult, Outcome, Reconciler, Target
+from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import mode_points
 from policies.api import MarketView, Policy, RigView, Site
 from policies.combine import combine
@@ -108,6 +108,9 @@ class ControlLoop:
     clock: Callable[[], float] = time.time
     overrides: list[Override] = field(default_factory=list)
     site_target: SiteTarget | None = None
+    journal: Callable[[Sequence[Command], float], None] | None = None
+    """Called with the commands about to be sent, before sending (the durable store's
+    write-ahead journal); an exception there sends nothing this tick."""
     seed: int = 0
     guard_state: GuardState = field(default_factory=GuardState)
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
@@ -144,6 +147,12 @@ class ControlLoop:
             for r, d in desired.items()
         }
         commands = self.reconciler.plan(targets, cycle.readings, now)
+        if commands and self.journal is not None and not self.actuator.dry_run:
+            try:
+                self.journal(commands, now)
+            except Exception:
+                log.exception("journal.failed", commands=len(commands), note="nothing sent")
+                commands = []
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
         self._audit(desired, cycle.readings, market, results, now)
@@ -154,6 +163,10 @@ class ControlLoop:
         )
         log.info("fleet.tick", summary=report.summary())
         return report
+
+    def force_market_refresh(self) -> None:
+        """Refresh prices at the next tick (a reloaded configuration changed the sources)."""
+        self._market_at = float("-inf")
 
     async def _refresh_market(self, now: float) -> MarketState:
         """Refresh prices, but never let a slow feed hold up the tick: past

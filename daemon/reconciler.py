@@ -14,10 +14,12 @@ else, including the bookkeeping, runs exactly as live.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import structlog
 
@@ -173,6 +175,55 @@ class Reconciler:
         """Operator action: forget that a rig ignored its commands."""
         self.not_responding.pop(rig_id, None)
         self.pending.pop(rig_id, None)
+
+    def wait_for(self, commands: Sequence[Command], now: float) -> None:
+        """Record ``commands`` as sent *before* sending them (the durable store's write-ahead
+        journal uses this on a copy): a restart then waits for their confirmation instead of
+        sending them again."""
+        for cmd in commands:
+            target = Target(cmd.rig_id, cmd.mode, cmd.power_limit_w, cmd.reason, cmd.decided_by)
+            wait = self.confirm_deadline_s * 2 ** (cmd.attempt - 1)
+            self.pending[cmd.rig_id] = _Pending(target, cmd.attempt, now + wait)
+
+    def to_dict(self) -> dict[str, Any]:
+        """In-flight commands and rigs marked not responding, JSON-ready."""
+        return {
+            "pending": {
+                r: {**_target_dict(p.target), "attempts": p.attempts, "next_try_at": p.next_try_at}
+                for r, p in self.pending.items()
+                if math.isfinite(p.next_try_at)
+            },
+            "not_responding": {r: _target_dict(t) for r, t in self.not_responding.items()},
+        }
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Inverse of to_dict (replaces what is held); KeyError/ValueError if malformed."""
+        pending = {
+            str(r): _Pending(_target(r, d), int(d["attempts"]), float(d["next_try_at"]))
+            for r, d in dict(data.get("pending") or {}).items()
+        }
+        stuck = {str(r): _target(r, d) for r, d in dict(data.get("not_responding") or {}).items()}
+        self.pending, self.not_responding = pending, stuck
+
+
+def _target_dict(t: Target) -> dict[str, Any]:
+    return {
+        "mode": t.mode.value,
+        "power_limit_w": t.power_limit_w,
+        "reason": t.reason,
+        "decided_by": t.decided_by,
+    }
+
+
+def _target(rig_id: str, d: Mapping[str, Any]) -> Target:
+    limit = d.get("power_limit_w")
+    return Target(
+        str(rig_id),
+        Mode(d["mode"]),
+        None if limit is None else int(limit),
+        str(d.get("reason", "")),
+        str(d.get("decided_by", "")),
+    )
 
 
 def _same(a: Target, b: Target) -> bool:

@@ -13,23 +13,28 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import structlog
 
 from daemon.audit import AuditLog
-from daemon.config import ConfigError, Settings, load_settings
+from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
 from daemon.loop import ControlLoop, TickReport
 from daemon.market.config import build_market
-from daemon.mqtt.bridge import Bridge, resolve_password, tls_context
+from daemon.metrics import Metrics
+from daemon.mqtt.bridge import Bridge, package_version, resolve_password, tls_context
 from daemon.mqtt.commands import COMMANDS
 from daemon.mqtt.desk import CommandDesk
 from daemon.mqtt.topics import Topics
+from daemon.notify import Notifier
 from daemon.observer import Observer, ObserverSettings
+from daemon.persist import Persistence
 from daemon.reconciler import Actuator, Reconciler
-from drivers.inventory import Inventory
+from daemon.store import DB_NAME, Store, StoredInventory, StoreError
+from drivers.inventory import IdentifyFailure, Inventory
 from policies.api import Policy, Site
 from policies.registry import PolicyLoadError, load_policy
 
@@ -134,17 +139,35 @@ async def serve(
     ticks: int | None = None,
     on_tick: Callable[[TickReport], None] | None = None,
     stop: asyncio.Event | None = None,
+    *,
+    config_path: Path | None = None,
+    reload: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
+    force_dry_run: bool = False,
 ) -> int:
-    """Run ticks every ``control.tick_s`` until ``stop`` is set (or ``ticks`` have run)."""
+    """Run ticks every ``control.tick_s`` until ``stop`` is set (or ``ticks`` have run).
+
+    ``reload`` set: re-read ``config_path`` between ticks (SIGHUP). ``force_dry_run`` (the
+    ``--dry-run`` flag) keeps dry-run on whatever a reloaded configuration says.
+    """
     check_state_dir(settings.state_dir)
     load_policies(settings.control.policies)  # a typo fails now, not after identification
     if settings.mqtt.enabled:  # so does an unreadable password file or certificate
         resolve_password(settings.mqtt)
         tls_context(settings.mqtt)
     stop = stop or asyncio.Event()
-    inventory = Inventory(settings.state_dir / "inventory.json")
+    reload = reload or asyncio.Event()
+    notifier = notifier or Notifier()
+    try:
+        store = Store(settings.state_dir / DB_NAME)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    inventory = StoredInventory(store, legacy_file=settings.state_dir / "inventory.json")
     cached = inventory.load()
     addresses = [r.address for r in settings.rigs]
+    for address in [a for a in inventory.rigs if a not in set(addresses)]:
+        inventory.forget(address)  # no longer configured: not ours to control
+    notifier.status(f"identifying {len(addresses)} rigs ({cached} cached)")
     failures = await inventory.ensure(addresses)
     for f in failures:
         log.warning("rig.unidentified", address=f.address, reason=f.kind.value, detail=f.detail)
@@ -160,6 +183,27 @@ async def serve(
         loop = build_loop(settings, dry_run, client, inventory)
         poke = asyncio.Event()  # a command changed state: tick now rather than at the next beat
         bridge = build_bridge(settings, loop, poke.set) if settings.mqtt.enabled else None
+        desk = bridge.desk if bridge is not None else None
+        persistence = Persistence(store, loop, desk, package_version())
+        persistence.restore(loop.clock())
+        loop.journal = persistence.journal
+        if desk is not None:
+            desk.persist = persistence.save_commands
+        metrics = (
+            Metrics(
+                per_rig=settings.metrics.per_rig,
+                mqtt_connected=(lambda: bridge.connected) if bridge is not None else None,
+            )
+            if settings.metrics.enabled
+            else None
+        )
+        metrics_server = (
+            metrics.serve(settings.metrics.address, settings.metrics.port) if metrics else None
+        )
+        progress = _Progress(
+            settings.control.tick_s, wedged_after_s=settings.control.wedged_after_s or 0.0
+        )
+        watchdog = asyncio.create_task(_watchdog(notifier, progress, stop), name="watchdog")
         bridge_task = None
         if bridge is not None:
             bridge.start()
@@ -167,12 +211,37 @@ async def serve(
         count = 0
         try:
             while not stop.is_set() and (ticks is None or count < ticks):
+                if reload.is_set():  # SIGHUP: before the next tick, so it acts at once
+                    reload.clear()
+                    settings, failures = await _reload(
+                        settings,
+                        config_path,
+                        loop,
+                        desk,
+                        inventory,
+                        notifier,
+                        force_dry_run,
+                        failures,
+                        progress,
+                        client,
+                    )
                 started = time.monotonic()
                 poke.clear()
-                report = await loop.tick()
+                report = await _bounded_tick(loop, stop, settings.control.stop_grace_s)
+                if report is None:
+                    break  # stopping: the tick in flight was abandoned
                 count += 1
+                progress.ticked(report)
+                if count == 1:
+                    notifier.ready(report.summary())
+                    log.info("daemon.ready", note="first complete observation done")
+                else:
+                    notifier.status(report.summary())
                 if bridge is not None:
                     bridge.on_tick(report)
+                persistence.save_tick(report)
+                if metrics is not None:
+                    metrics.record_tick(report, loop, report.at)
                 if on_tick is not None:
                     on_tick(report)
                 if failures and count % REIDENTIFY_EVERY_TICKS == 0:
@@ -180,31 +249,187 @@ async def serve(
                     loop.observer.sync_drivers()
                 if ticks is not None and count >= ticks:
                     break
-                await _pause(settings.control.tick_s - (time.monotonic() - started), stop, poke)
+                await _pause(
+                    settings.control.tick_s - (time.monotonic() - started), stop, poke, reload
+                )
         finally:
             stop.set()
+            watchdog.cancel()
             if bridge_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(bridge_task, 10.0)
+            if metrics_server is not None:
+                metrics_server.close()
             if loop.audit is not None:
                 loop.audit.close()
+            store.close()
+            notifier.close()
     log.info("daemon.stopped", ticks=count, note="rigs left as they are")
     return 0
+
+
+async def _bounded_tick(
+    loop: ControlLoop, stop: asyncio.Event, grace_s: float
+) -> TickReport | None:
+    """One tick; when ``stop`` is set meanwhile, the tick gets ``grace_s`` more to finish its
+    commands, then is abandoned (None). Commands it already journaled are confirmed by
+    observation after the next start."""
+    tick = asyncio.ensure_future(loop.tick())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({tick, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not tick.done():
+            done, _ = await asyncio.wait({tick}, timeout=grace_s)
+            if not done:
+                tick.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await tick
+                log.warning("daemon.tick_abandoned", grace_s=grace_s)
+                return None
+        return tick.result()
+    finally:
+        stopper.cancel()
+
+
+@dataclass
+class _Progress:
+    """When the loop last completed a tick, for the watchdog."""
+
+    tick_s: float
+    last: float = field(default_factory=time.monotonic)
+    wedged_after_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.wedged_after_s = self.wedged_after_s or max(3 * self.tick_s, 120.0)
+
+    def ticked(self, report: TickReport) -> None:
+        self.last = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.last < self.wedged_after_s
+
+
+async def _watchdog(notifier: Notifier, progress: _Progress, stop: asyncio.Event) -> None:
+    """WATCHDOG=1 at half systemd's interval, but only while ticks complete: a wedged loop
+    goes silent and systemd restarts the daemon."""
+    if notifier.watchdog_s is None:
+        return
+    interval = notifier.watchdog_s / 2
+    silent = False
+    while not stop.is_set():
+        if progress.alive():
+            notifier.watchdog()
+            if silent:
+                log.info("watchdog.resumed")
+                silent = False
+        elif not silent:
+            log.error(
+                "watchdog.silent",
+                since_last_tick_s=round(time.monotonic() - progress.last, 1),
+                note="the control loop is not completing ticks; systemd will restart us",
+            )
+            silent = True
+        await asyncio.sleep(interval)
+
+
+async def _reload(
+    settings: Settings,
+    config_path: Path | None,
+    loop: ControlLoop,
+    desk: CommandDesk | None,
+    inventory: Inventory,
+    notifier: Notifier,
+    force_dry_run: bool,
+    failures: list[IdentifyFailure],
+    progress: _Progress,
+    client: httpx.AsyncClient,
+) -> tuple[Settings, list[IdentifyFailure]]:
+    """Apply a re-read configuration; an invalid one is refused and the running one kept."""
+    notifier.reloading()
+    try:
+        new = load_settings(config_path)
+        load_policies(new.control.policies)
+        if new.mqtt.enabled:
+            resolve_password(new.mqtt)
+            tls_context(new.mqtt)
+    except (ConfigError, ValueError) as exc:
+        log.error(
+            "config.reload_rejected",
+            path=str(config_path) if config_path else None,
+            error=str(exc),
+            note="the running configuration is kept",
+        )
+        notifier.ready("reload rejected; running configuration kept")
+        return settings, failures
+    restart_only = [
+        key
+        for key in ("state_dir", "site", "mqtt", "metrics", "log")
+        if getattr(new, key) != getattr(settings, key)
+    ]
+    changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(settings, k)]
+    control = new.control
+    economics = new.market.economics
+    loop.policies = load_policies(control.policies)
+    loop.site = Site(
+        name=settings.site.name,
+        economics=economics,
+        power_cap_kw=control.power_cap_kw,
+        params=dict(control.policy_params),
+    )
+    loop.guard_config = control.guards.to_config(economics)
+    loop.reconciler.confirm_deadline_s = control.confirm_deadline_s
+    loop.reconciler.max_attempts = control.max_attempts
+    loop.actuator.dry_run = force_dry_run or new.dry_run
+    loop.actuator.concurrency = control.command_concurrency
+    loop.actuator.timeout_s = control.command_timeout_s
+    loop.observer.settings = ObserverSettings(
+        concurrency=control.observe_concurrency, timeout_s=control.observe_timeout_s
+    )
+    if new.market != settings.market:
+        manual = loop.market.manual
+        loop.market = build_market(new.market, client)
+        loop.market.manual.update(manual)
+        loop.usd_per_unit = new.market.usd_per_unit
+        loop.market_refresh_s = new.market.refresh_s
+        loop.force_market_refresh()
+    progress.tick_s = control.tick_s
+    if new.rigs != settings.rigs:
+        addresses = [r.address for r in new.rigs]
+        for address in [a for a in inventory.rigs if a not in set(addresses)]:
+            inventory.forget(address)
+        failures = await inventory.ensure(addresses)
+        inventory.save()
+        loop.observer.sync_drivers()
+        if desk is not None:
+            desk.groups = {r.address: r.group for r in new.rigs}
+            desk.configured = frozenset(addresses)
+    if restart_only:
+        log.warning("config.needs_restart", sections=restart_only, note="kept as they were")
+        new = new.model_copy(update={k: getattr(settings, k) for k in restart_only})
+    log.info("config.reloaded", changed=changed, dry_run=loop.actuator.dry_run)
+    notifier.ready(f"configuration reloaded ({', '.join(changed) or 'no changes'})")
+    return new, failures
 
 
 MIN_TICK_GAP_S = 1.0
 
 
-async def _pause(wait_s: float, stop: asyncio.Event, poke: asyncio.Event) -> None:
-    """Wait for the next tick: ``wait_s``, or less when poked (never under MIN_TICK_GAP_S),
-    or until stopped."""
+async def _pause(
+    wait_s: float, stop: asyncio.Event, poke: asyncio.Event, reload: asyncio.Event
+) -> None:
+    """Wait for the next tick: ``wait_s``, or less when poked or asked to reload (never under
+    MIN_TICK_GAP_S), or until stopped."""
     deadline = time.monotonic() + max(wait_s, 0.0)
     await asyncio.sleep(min(MIN_TICK_GAP_S, max(wait_s, 0.0)))
-    while not stop.is_set() and not poke.is_set():
+    while not stop.is_set() and not poke.is_set() and not reload.is_set():
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(poke.wait())]
+        waiters = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(poke.wait()),
+            asyncio.ensure_future(reload.wait()),
+        ]
         try:
             await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -241,6 +466,14 @@ def build_bridge(settings: Settings, loop: ControlLoop, poke: Callable[[], None]
     )
 
 
+def with_state_directory(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """systemd's ``$STATE_DIRECTORY`` (the first, if several) unless ``state_dir`` is set."""
+    state_directory = env.get("STATE_DIRECTORY", "")
+    if state_directory and "state_dir" not in settings.model_fields_set:
+        return settings.model_copy(update={"state_dir": Path(state_directory.split(":")[0])})
+    return settings
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     try:
@@ -249,13 +482,33 @@ def main(argv: Sequence[str]) -> int:
         print(f"rigpilot run: {exc}", file=sys.stderr)
         return 2
     dry_run = args.dry_run or settings.dry_run
+    config_path = resolve_config_path(args.config)
+    settings = with_state_directory(settings, os.environ)
 
     async def go() -> int:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
+        notifier = Notifier()
+
+        def stopping() -> None:
+            if not stop.is_set():
+                notifier.stopping()
+                log.info("daemon.stopping", note="finishing the tick in flight, then saving")
+            stop.set()
+
         running = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            running.add_signal_handler(sig, stop.set)
-        return await serve(settings, dry_run, args.ticks, stop=stop)
+            running.add_signal_handler(sig, stopping)
+        running.add_signal_handler(signal.SIGHUP, reload.set)
+        return await serve(
+            settings,
+            dry_run,
+            args.ticks,
+            stop=stop,
+            config_path=config_path,
+            reload=reload,
+            notifier=notifier,
+            force_dry_run=args.dry_run,
+        )
 
     try:
         return asyncio.run(go())

@@ -78,7 +78,7 @@ def resolve_password(settings: MqttSettings, env: Mapping[str, str] = os.environ
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8").strip() or None  # empty: no password
     except OSError as exc:
         raise ValueError(f"mqtt password file {path} cannot be read: {exc.strerror}") from None
 

@@ -101,16 +101,42 @@ class CommandDesk:
     clock: Callable[[], float] = time.time
     on_change: Callable[[], None] = lambda: None
     """Called when a command changed state, so the loop can tick without waiting."""
+    persist: Callable[[], None] = lambda: None
+    """Called after every request, before its answers are returned for publishing: the
+    durable store commits what the answers acknowledge."""
     pins: dict[str, Pin] = field(default_factory=dict)
     waits: list[_Wait] = field(default_factory=list)
     _seen: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
+    _new_seen: list[tuple[str, str, float]] = field(default_factory=list)
     _last: TickReport | None = None
 
     # ---------------------------------------------------------------------------------------
     # Requests in
 
     def handle(self, env: Envelope) -> list[Answer]:
-        """Validate and apply one request; its immediate answers (none for a redelivery)."""
+        """Validate and apply one request; its immediate answers (none for a redelivery).
+
+        The state the answers acknowledge is persisted (``persist``) before they are returned.
+        """
+        answers = self._handle(env)
+        if answers:
+            try:
+                self.persist()
+            except Exception as exc:  # an answer must never claim what was not stored
+                log.exception("command.not_persisted", command=env.command)
+                body = answers[-1].body
+                return [
+                    self._answer(
+                        env,
+                        body.get("transaction"),
+                        "failed",
+                        f"applied but not stored durably ({type(exc).__name__}: {exc}); "
+                        "it will be lost on a restart",
+                    )
+                ]
+        return answers
+
+    def _handle(self, env: Envelope) -> list[Answer]:
         tx: str | None = None
         try:
             try:
@@ -152,7 +178,79 @@ class CommandDesk:
         if key in self._seen:
             return True
         self._seen[key] = now
+        self._new_seen.append((key[0], key[1], now))
         return False
+
+    def take_new_seen(self) -> list[tuple[str, str, float]]:
+        """Request ids remembered since the last call (for the durable store)."""
+        out, self._new_seen = self._new_seen, []
+        return out
+
+    def restore_seen(self, seen: Mapping[tuple[str, str], float]) -> None:
+        for key, at in sorted(seen.items(), key=lambda kv: kv[1]):
+            self._seen[key] = at
+
+    def to_dict(self) -> dict[str, Any]:
+        """Pins and the commands still waiting for their final answer, JSON-ready."""
+        return {
+            "pins": [
+                {"id": p.id, "transaction": p.transaction, "override": p.override.to_dict()}
+                for p in self.pins.values()
+            ],
+            "waits": [
+                {
+                    "command": w.command,
+                    "payload": w.envelope.payload.decode("utf-8", "replace"),
+                    "received_at": w.envelope.received_at,
+                    "response_topic": w.envelope.response_topic,
+                    "correlation_data": (
+                        w.envelope.correlation_data.hex() if w.envelope.correlation_data else None
+                    ),
+                    "transaction": w.transaction,
+                    "deadline": w.deadline,
+                    "started": w.started,
+                    "rigs": w.rigs,
+                    "mode": w.mode.value if w.mode else None,
+                    "power_limit_w": w.power_limit_w,
+                    "pin_id": w.pin_id,
+                    "kw": w.kw,
+                }
+                for w in self.waits
+            ],
+        }
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Inverse of to_dict; KeyError/ValueError on a malformed document."""
+        pins = {}
+        for p in data.get("pins") or []:
+            pin = Pin(str(p["id"]), Override.from_dict(p["override"]), p.get("transaction"))
+            pins[pin.id] = pin
+        waits = []
+        for w in data.get("waits") or []:
+            corr = w.get("correlation_data")
+            env = Envelope(
+                str(w["command"]),
+                str(w.get("payload", "")).encode(),
+                float(w["received_at"]),
+                w.get("response_topic"),
+                bytes.fromhex(corr) if corr else None,
+            )
+            waits.append(
+                _Wait(
+                    env,
+                    str(w["command"]),
+                    w.get("transaction"),
+                    float(w["deadline"]),
+                    float(w["started"]),
+                    [str(r) for r in w.get("rigs") or []],
+                    Mode(w["mode"]) if w.get("mode") else None,
+                    w.get("power_limit_w"),
+                    w.get("pin_id"),
+                    w.get("kw"),
+                )
+            )
+        self.pins, self.waits = pins, waits
+        self.loop.overrides = [p.override for p in self.pins.values()]
 
     def seen(self) -> dict[tuple[str, str], float]:
         """The remembered request ids and when they arrived (for the durable store)."""

@@ -1,0 +1,664 @@
+"""Prometheus metrics: what each tick saw and did, for scraping at ``/metrics`` (docs/metrics.md).
+
+- One registry of our own, never prometheus_client's global one, so two daemons (or tests) in
+  one process never collide.
+- :meth:`Metrics.record_tick` runs on the event loop after each tick and only takes a
+  snapshot of plain numbers (and bumps the counters and histograms); the exposition is built
+  from the last snapshot when Prometheus scrapes, on the HTTP server's thread. The snapshot is
+  replaced whole under a lock, so a scrape never sees half a tick, and a rig that leaves the
+  fleet leaves the exposition with the next tick.
+- Base units throughout: seconds, watts, degrees Celsius, hashes per second. Prices keep the
+  units they are traded in (USD per PH/s per day, USD per kWh, USD per day): money has no SI
+  base unit, and USD per joule would be a number nobody reads; the unit is in the name.
+- Per-rig series (``per_rig``) carry only ``rig`` and ``model`` so that arithmetic between
+  them (watts / hashes per second) needs no ``ignoring(...)``; make, firmware and driver are
+  on ``rigpilot_rig_info`` (value 1), to be joined with ``* on(rig) group_left(...)``.
+- Figures mirror what the MQTT bridge publishes: margin, curtailed watts and the fleet's
+  break-even come from daemon/mqtt/state.py, not a second copy of the arithmetic.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from daemon.mqtt.state import CURTAILED, Prices, curtailed_kw, fleet_state, margin_usd_per_day
+from policies.guards import Desired
+from policies.values import (
+    FailureKind,
+    Identity,
+    Mode,
+    Observation,
+    ObservationFailure,
+    PowerSource,
+    Reading,
+    RigId,
+)
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from daemon.loop import ControlLoop, TickReport
+    from drivers.base import RigDriver
+
+__all__ = ["DURATION_BUCKETS_S", "Metrics", "MetricsServer"]
+
+DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    30.0,
+    60.0,
+)
+"""Buckets of the observation and tick duration histograms (seconds)."""
+
+TH = 1e12  # hashes per second in one TH/s
+_MODES = tuple(m.value for m in Mode)
+_FAILURES = tuple(k.value for k in FailureKind)
+
+
+# -------------------------------------------------------------------------------------------
+# What one tick leaves behind (plain, immutable; rendered on the scrape thread)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rigs:
+    """What the per-rig series are rendered from: the tick's own immutable values, referenced
+    rather than copied, so that the per-rig work is done by the scrape, not the event loop."""
+
+    readings: Mapping[RigId, Reading]
+    desired: Mapping[RigId, Desired]
+    identities: Mapping[RigId, Identity]
+    stuck: frozenset[RigId]
+    prices: Prices
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    at: float
+    site: str
+    dry_run: bool
+    rigs: int
+    observed: int
+    hashing: int
+    curtailed: int
+    not_responding: int
+    power_estimated: int
+    held_back: int
+    unreadable: Mapping[str, int]
+    modes: Mapping[str, int]
+    desired_modes: Mapping[str, int]
+    hashrate_hs: float
+    power_w: float
+    curtailed_w: float
+    hashprice_usd_per_phs_day: float | None
+    power_price_usd_per_kwh: float | None
+    breakeven_usd_per_phs_day: float | None
+    quotes: tuple[tuple[str, str, float, float], ...]  # kind, source, age_s, ttl_s
+    sources: tuple[tuple[str, str, bool | None, float | None], ...]  # name, kind, ok, last
+    pins: int
+    site_target_w: float | None
+    site_power_cap_w: float | None
+    per_rig: _Rigs | None
+
+
+@dataclass(slots=True)
+class _Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((_le(bound), float(cumulative)))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
+# -------------------------------------------------------------------------------------------
+# The HTTP endpoint
+
+
+class MetricsServer:
+    """The ``/metrics`` HTTP server running on its own daemon thread; :meth:`close` stops it."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self._closed = False
+
+    @property
+    def server_port(self) -> int:
+        """The port actually bound (useful when asked for port 0)."""
+        return int(self._server.server_port)
+
+    @property
+    def server_address(self) -> str:
+        return str(self._server.server_address[0])
+
+    def close(self) -> None:
+        """Stop serving, release the socket and join the thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10.0)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------------------------------
+# The metrics
+
+
+class Metrics(Collector):
+    """rigpilot's Prometheus metrics, fed once per tick by :meth:`record_tick`.
+
+    ``per_rig=False`` leaves out every series labelled with a rig (for very large fleets);
+    the fleet totals and the per-mode counts stay. ``process`` adds the standard
+    ``process_*`` and ``python_*`` collectors to the registry. ``mqtt_connected``, if given,
+    is called at each scrape (on the HTTP thread: it must only read a flag).
+    """
+
+    def __init__(
+        self,
+        *,
+        per_rig: bool = True,
+        registry: CollectorRegistry | None = None,
+        process: bool = True,
+        mqtt_connected: Callable[[], bool] | None = None,
+    ) -> None:
+        self.per_rig = per_rig
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.mqtt_connected = mqtt_connected
+        self._version = _package_version()
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._last_desired: dict[RigId, tuple[Mode, int | None]] = {}
+        self._decisions: dict[tuple[str, str], int] = {}  # (by, mode)
+        self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
+        self._observe_s = _Histogram(DURATION_BUCKETS_S)
+        self._tick_s = _Histogram(DURATION_BUCKETS_S)
+        self.registry.register(self)
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    # ---------------------------------------------------------------------------------------
+    # Feeding
+
+    def record_tick(self, report: TickReport, loop: ControlLoop, now: float) -> None:
+        """Take what ``report`` (from ``loop``'s last tick) says, as of ``now``. Never raises
+        for a missing figure: what is unknown is left out of the exposition."""
+        drivers = loop.observer.drivers
+        stuck = loop.reconciler.not_responding
+        economics = loop.site.economics
+        prices = Prices(report.hashprice_usd_per_ph_day, report.power_price_usd_per_kwh, economics)
+        entries = {r: d.entry for r, d in drivers.items()}
+        dry = loop.actuator.dry_run
+        fleet = fleet_state(
+            site=loop.site.name,
+            at=report.at,
+            readings=report.readings,
+            desired=report.desired,
+            entries=entries,
+            prices=prices,
+            not_responding=report.not_responding,
+            dry_run=dry,
+            policies=(),
+            pins=0,
+            site_target=None,
+            manual_market={},
+        )
+        observed = [r for r in report.readings.values() if isinstance(r, Observation)]
+        unreadable = dict.fromkeys(_FAILURES, 0)
+        for reading in report.readings.values():
+            if isinstance(reading, ObservationFailure):
+                unreadable[reading.kind.value] += 1
+        modes = dict.fromkeys(_MODES, 0)
+        for obs in observed:
+            modes[obs.mode.value] += 1
+        desired_modes = dict.fromkeys(_MODES, 0)
+        for d in report.desired.values():
+            desired_modes[d.mode.value] += 1
+        market = loop.market.state(now)
+        quotes = tuple(
+            (kind.value, q.source, q.age_s(now), q.ttl_s)
+            for kind, q in sorted(market.quotes.items())
+        )
+        sources = tuple((s.name, s.kind.value, s.ok, s.last_success) for s in market.sources)
+        target = loop.site_target
+        cap_kw = loop.site.power_cap_kw
+        per_rig = None
+        if self.per_rig:
+            per_rig = _Rigs(
+                readings=report.readings,
+                desired=report.desired,
+                identities={r: d.identity for r, d in drivers.items()},
+                stuck=frozenset(stuck),
+                prices=prices,
+            )
+        snapshot = _Snapshot(
+            at=report.at,
+            site=loop.site.name,
+            dry_run=dry,
+            rigs=report.rigs,
+            observed=report.observed,
+            hashing=int(fleet["hashing"]),
+            curtailed=sum(1 for d in report.desired.values() if d.mode in CURTAILED),
+            not_responding=report.not_responding,
+            power_estimated=int(fleet["power_estimated_rigs"]),
+            held_back=sum(1 for d in report.desired.values() if d.held_back),
+            unreadable=unreadable,
+            modes=modes,
+            desired_modes=desired_modes,
+            hashrate_hs=report.hashrate_ths * TH,
+            power_w=report.power_kw * 1000.0,
+            curtailed_w=curtailed_kw(report.readings, report.desired, entries) * 1000.0,
+            hashprice_usd_per_phs_day=report.hashprice_usd_per_ph_day,
+            power_price_usd_per_kwh=report.power_price_usd_per_kwh,
+            breakeven_usd_per_phs_day=fleet["breakeven_hashprice_usd_per_ph_day"],
+            quotes=quotes,
+            sources=sources,
+            pins=sum(1 for o in loop.overrides if o.active(now)),
+            site_target_w=target.kw * 1000.0 if target is not None and target.active(now) else None,
+            site_power_cap_w=None if cap_kw is None else cap_kw * 1000.0,
+            per_rig=per_rig,
+        )
+        with self._lock:
+            self._snapshot = snapshot
+            self._count(report, drivers)
+            self._observe_s.observe(report.observe_duration_s)
+            self._tick_s.observe(report.duration_s)
+
+    def _count(self, report: TickReport, drivers: Mapping[RigId, RigDriver]) -> None:
+        """Decisions (a rig's desired state changed, as the audit log counts them) and
+        commands, by outcome. Called under the lock."""
+        for rig_id, d in report.desired.items():
+            key = (d.mode, d.power_limit_w)
+            if self._last_desired.get(rig_id) == key:
+                continue
+            self._last_desired[rig_id] = key
+            label = (d.decided_by, d.mode.value)
+            self._decisions[label] = self._decisions.get(label, 0) + 1
+        for rig_id in [r for r in self._last_desired if r not in report.desired]:
+            del self._last_desired[rig_id]  # left the fleet: a return counts as a decision
+        for result in report.results:
+            c = result.command
+            rig_driver = drivers.get(c.rig_id)
+            driver = rig_driver.identity.driver if rig_driver is not None else "unknown"
+            label3 = (result.outcome.value, driver, c.mode.value)
+            self._commands[label3] = self._commands.get(label3, 0) + 1
+
+    # ---------------------------------------------------------------------------------------
+    # Exposition
+
+    def render(self) -> bytes:
+        """The text exposition (Prometheus format 0.0.4) of this registry."""
+        return generate_latest(self.registry)
+
+    def serve(self, address: str, port: int) -> MetricsServer:
+        """Serve ``/metrics`` on ``address``:``port`` (0: any free port) from a daemon thread."""
+        server, thread = start_http_server(port, addr=address, registry=self.registry)
+        return MetricsServer(server, thread)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the families vary with the fleet; nothing to check at register()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snap = self._snapshot
+            decisions = dict(self._decisions)
+            commands = dict(self._commands)
+            observe_s = self._observe_s.family(
+                "rigpilot_observation_duration_seconds",
+                "Wall time of one observation cycle (every rig read once).",
+            )
+            tick_s = self._tick_s.family(
+                "rigpilot_tick_duration_seconds",
+                "Wall time of one control-loop tick, observation included.",
+            )
+        info = GaugeMetricFamily(
+            "rigpilot_build_info", "The running rigpilot's version (always 1).", labels=["version"]
+        )
+        info.add_metric([self._version], 1.0)
+        yield info
+        if self.mqtt_connected is not None:
+            yield _gauge(
+                "rigpilot_mqtt_connected",
+                "1 while the MQTT bridge is connected to its broker.",
+                1.0 if _safe(self.mqtt_connected) else 0.0,
+            )
+        decided = CounterMetricFamily(
+            "rigpilot_decisions",
+            "Changes of a rig's desired state, by the policy or guard that decided and the mode.",
+            labels=["by", "mode"],
+        )
+        for (by, mode), n in sorted(decisions.items()):
+            decided.add_metric([by, mode], float(n))
+        yield decided
+        commanded = CounterMetricFamily(
+            "rigpilot_commands",
+            "Commands to rigs, by outcome (sent, dry_run, failed, unsupported), driver and mode.",
+            labels=["outcome", "driver", "mode"],
+        )
+        for (outcome, driver, mode), n in sorted(commands.items()):
+            commanded.add_metric([outcome, driver, mode], float(n))
+        yield commanded
+        yield observe_s
+        yield tick_s
+        if snap is None:
+            return  # no tick yet: nothing observed to report
+        yield from _fleet(snap)
+        yield from _market(snap)
+        if snap.per_rig is not None:
+            yield from _per_rig(snap.per_rig)
+
+
+# -------------------------------------------------------------------------------------------
+# Rendering a snapshot (scrape thread)
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it: ``0.05``, ``1.0``, ``+Inf``."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def _package_version() -> str:
+    try:
+        return version("rigpilot")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def _safe(probe: Callable[[], bool]) -> bool:
+    try:
+        return bool(probe())
+    except Exception:  # a probe's bug must not break the scrape
+        return False
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[])
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
+
+
+def _fleet(s: _Snapshot) -> Iterator[Metric]:
+    yield _gauge("rigpilot_dry_run", "1 when the daemon sends no command (dry-run).", s.dry_run)
+    yield _gauge(
+        "rigpilot_last_tick_timestamp_seconds",
+        "When the last tick ran (POSIX seconds, the loop's clock).",
+        s.at,
+    )
+    site = GaugeMetricFamily("rigpilot_site_info", "The site this daemon runs.", labels=["site"])
+    site.add_metric([s.site], 1.0)
+    yield site
+    yield _gauge("rigpilot_fleet_rigs", "Rigs in the fleet.", s.rigs)
+    yield _gauge("rigpilot_fleet_rigs_observed", "Rigs read this tick.", s.observed)
+    yield _gauge(
+        "rigpilot_fleet_rigs_hashing", "Rigs read this tick that hash and draw power.", s.hashing
+    )
+    yield _gauge(
+        "rigpilot_fleet_rigs_curtailed",
+        "Rigs whose desired mode is below normal (sleep, low or a power limit).",
+        s.curtailed,
+    )
+    yield _gauge(
+        "rigpilot_fleet_rigs_not_responding",
+        "Rigs that ignored a command after every retry.",
+        s.not_responding,
+    )
+    yield _gauge(
+        "rigpilot_fleet_rigs_power_estimated",
+        "Rigs read this tick whose watts are estimated (they report none).",
+        s.power_estimated,
+    )
+    yield _gauge(
+        "rigpilot_fleet_rigs_held_back",
+        "Rigs a guard kept where they are this tick although a change was asked for.",
+        s.held_back,
+    )
+    unreadable = GaugeMetricFamily(
+        "rigpilot_fleet_rigs_unreadable",
+        "Rigs not read this tick, by reason.",
+        labels=["reason"],
+    )
+    for reason, n in s.unreadable.items():
+        unreadable.add_metric([reason], float(n))
+    yield unreadable
+    by_mode = GaugeMetricFamily(
+        "rigpilot_fleet_rigs_mode", "Rigs read this tick, by observed mode.", labels=["mode"]
+    )
+    for mode, n in s.modes.items():
+        by_mode.add_metric([mode], float(n))
+    yield by_mode
+    by_desired = GaugeMetricFamily(
+        "rigpilot_fleet_rigs_desired_mode", "Rigs by desired mode.", labels=["mode"]
+    )
+    for mode, n in s.desired_modes.items():
+        by_desired.add_metric([mode], float(n))
+    yield by_desired
+    yield _gauge(
+        "rigpilot_fleet_hashrate_hashes_per_second",
+        "Hashrate of the rigs read this tick.",
+        s.hashrate_hs,
+    )
+    yield _gauge(
+        "rigpilot_fleet_power_watts",
+        "Power drawn by the rigs read this tick (estimated watts included).",
+        s.power_w,
+    )
+    yield _gauge(
+        "rigpilot_fleet_curtailed_watts",
+        "Load shed by curtailment: normal-mode nameplate minus drawn, over curtailed rigs.",
+        s.curtailed_w,
+    )
+    yield _gauge("rigpilot_pins", "Active operator pins (overrides).", s.pins)
+    yield _gauge(
+        "rigpilot_site_target_watts",
+        "The control room's site power target (demand response); absent when none.",
+        s.site_target_w,
+    )
+    yield _gauge(
+        "rigpilot_site_power_cap_watts",
+        "The configured site power cap (control.power_cap_kw); absent when none.",
+        s.site_power_cap_w,
+    )
+
+
+def _market(s: _Snapshot) -> Iterator[Metric]:
+    yield _gauge(
+        "rigpilot_hashprice_usd_per_phs_day",
+        "Hashprice the policies used (USD per PH/s per day); absent when stale.",
+        s.hashprice_usd_per_phs_day,
+    )
+    yield _gauge(
+        "rigpilot_power_price_usd_per_kwh",
+        "Power price the policies used (USD per kWh, adders included); absent when stale.",
+        s.power_price_usd_per_kwh,
+    )
+    yield _gauge(
+        "rigpilot_fleet_breakeven_hashprice_usd_per_phs_day",
+        "Hashprice at which the hashing rigs, together, exactly pay for their power.",
+        s.breakeven_usd_per_phs_day,
+    )
+    age = GaugeMetricFamily(
+        "rigpilot_market_quote_age_seconds",
+        "Age of the best quote of each kind at the last tick (stale past its TTL).",
+        labels=["kind", "source"],
+    )
+    ttl = GaugeMetricFamily(
+        "rigpilot_market_quote_ttl_seconds",
+        "Time-to-live of the best quote of each kind.",
+        labels=["kind", "source"],
+    )
+    for kind, source, age_s, ttl_s in s.quotes:
+        age.add_metric([kind, source], age_s)
+        ttl.add_metric([kind, source], ttl_s)
+    yield age
+    yield ttl
+    up = GaugeMetricFamily(
+        "rigpilot_market_source_up",
+        "1 when the feed's last fetch succeeded, 0 when it failed; absent until tried.",
+        labels=["source", "kind"],
+    )
+    last = GaugeMetricFamily(
+        "rigpilot_market_source_last_success_timestamp_seconds",
+        "When the feed last gave a good value (POSIX seconds).",
+        labels=["source", "kind"],
+    )
+    for name, kind, ok, last_success in s.sources:
+        if ok is not None:
+            up.add_metric([name, kind], 1.0 if ok else 0.0)
+        if last_success is not None:
+            last.add_metric([name, kind], last_success)
+    yield up
+    yield last
+
+
+def _per_rig(rigs: _Rigs) -> Iterator[Metric]:
+    rm = ["rig", "model"]
+    info = GaugeMetricFamily(
+        "rigpilot_rig_info",
+        "A rig's identity (always 1): join on rig for make, firmware and driver.",
+        labels=["rig", "make", "model", "firmware", "driver"],
+    )
+    up = GaugeMetricFamily("rigpilot_rig_up", "1 when the rig was read this tick.", labels=rm)
+    stuck = GaugeMetricFamily(
+        "rigpilot_rig_not_responding",
+        "1 when the rig ignored a command after every retry.",
+        labels=rm,
+    )
+    hashrate = GaugeMetricFamily(
+        "rigpilot_rig_hashrate_hashes_per_second", "The rig's hashrate.", labels=rm
+    )
+    power = GaugeMetricFamily(
+        "rigpilot_rig_power_watts",
+        "Power the rig draws (see rigpilot_rig_power_estimated).",
+        labels=rm,
+    )
+    estimated = GaugeMetricFamily(
+        "rigpilot_rig_power_estimated",
+        "1 when rigpilot_rig_power_watts is estimated, 0 when measured (reported or metered).",
+        labels=rm,
+    )
+    chip = GaugeMetricFamily(
+        "rigpilot_rig_max_chip_temperature_celsius", "Hottest chip of the rig.", labels=rm
+    )
+    board = GaugeMetricFamily(
+        "rigpilot_rig_board_temperature_celsius",
+        "Temperature of each hashboard.",
+        labels=[*rm, "board"],
+    )
+    inlet = GaugeMetricFamily(
+        "rigpilot_rig_inlet_temperature_celsius", "Inlet temperature, where reported.", labels=rm
+    )
+    outlet = GaugeMetricFamily(
+        "rigpilot_rig_outlet_temperature_celsius",
+        "Outlet temperature, where reported.",
+        labels=rm,
+    )
+    mode = GaugeMetricFamily(
+        "rigpilot_rig_mode",
+        "The rig's observed mode (1, labelled with the mode).",
+        labels=[*rm, "mode"],
+    )
+    desired = GaugeMetricFamily(
+        "rigpilot_rig_desired_mode",
+        "The rig's desired mode (1, labelled with the mode and who decided it).",
+        labels=[*rm, "mode", "by"],
+    )
+    margin = GaugeMetricFamily(
+        "rigpilot_rig_margin_usd_per_day",
+        "Revenue minus power cost per day as observed now, at the tick's prices.",
+        labels=rm,
+    )
+    estimated_source = PowerSource.ESTIMATED
+    for rig_id, reading in rigs.readings.items():
+        obs = reading if isinstance(reading, Observation) else None
+        identity = obs.identity if obs is not None else rigs.identities.get(rig_id)
+        if identity is None:
+            identity = reading.identity if isinstance(reading, ObservationFailure) else None
+        model = identity.model if identity is not None else ""
+        key = [rig_id, model]
+        if identity is not None:
+            labels = [rig_id, identity.make.value, model, identity.firmware, identity.driver]
+        else:
+            labels = [rig_id, "", "", "", ""]
+        info.add_metric(labels, 1.0)
+        up.add_metric(key, 0.0 if obs is None else 1.0)
+        stuck.add_metric(key, 1.0 if rig_id in rigs.stuck else 0.0)
+        d = rigs.desired.get(rig_id)
+        if d is not None:
+            desired.add_metric([*key, d.mode.value, d.decided_by], 1.0)
+        if obs is None:
+            continue
+        hashrate.add_metric(key, obs.hashrate_ths * TH)
+        if obs.power_w is not None:
+            power.add_metric(key, obs.power_w)
+        if obs.power_source is not None:
+            estimated.add_metric(key, 1.0 if obs.power_source is estimated_source else 0.0)
+        if obs.max_chip_temp_c is not None:
+            chip.add_metric(key, obs.max_chip_temp_c)
+        for b in obs.boards:
+            if b.board_temp_c is not None:
+                board.add_metric([*key, str(b.index)], b.board_temp_c)
+        if obs.inlet_c is not None:
+            inlet.add_metric(key, obs.inlet_c)
+        if obs.outlet_c is not None:
+            outlet.add_metric(key, obs.outlet_c)
+        mode.add_metric([*key, obs.mode.value], 1.0)
+        value = margin_usd_per_day(obs, rigs.prices)
+        if value is not None:
+            margin.add_metric(key, value)
+    yield from (info, up, stuck, hashrate, power, estimated, chip, board, inlet, outlet)
+    yield from (mode, desired, margin)

@@ -1,0 +1,180 @@
+"""Ties the durable store to the running daemon: restore at start, save as state changes.
+
+What is saved when:
+- a control-room command: pins, site target, hand-set prices, waits and the request's id, before
+  its answer is published (``save_commands``);
+- commands to rigs: the reconciler with those commands as in flight, before they are sent
+  (``journal``);
+- every tick: the guards' state, the reconciler, the desk, recent command results and the
+  status line (``save_tick``), in one transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from daemon.loop import ControlLoop, SiteTarget, TickReport
+from daemon.mqtt.desk import SEEN_TTL_S, CommandDesk
+from daemon.reconciler import Command
+from daemon.store import Store
+from policies.guards import GuardState
+from policies.values import Quote, QuoteKind
+
+log = structlog.get_logger("store")
+
+
+def _quote_dict(q: Quote) -> dict[str, Any]:
+    return {
+        "kind": q.kind.value,
+        "value": q.value,
+        "unit": q.unit,
+        "source": q.source,
+        "observed_at": q.observed_at,
+        "ttl_s": q.ttl_s,
+        "detail": q.detail,
+    }
+
+
+def _quote(d: dict[str, Any]) -> Quote:
+    return Quote(
+        QuoteKind(d["kind"]),
+        float(d["value"]),
+        str(d["unit"]),
+        str(d["source"]),
+        float(d["observed_at"]),
+        float(d["ttl_s"]),
+        str(d.get("detail", "")),
+    )
+
+
+@dataclass
+class Persistence:
+    store: Store
+    loop: ControlLoop
+    desk: CommandDesk | None = None
+    version: str = ""
+
+    def restore(self, now: float) -> dict[str, int]:
+        """Load what the last run left; returns counts of what was restored (logged)."""
+        counts: dict[str, int] = {}
+        guards = self.store.get("guards")
+        if guards is not None:
+            try:
+                self.loop.guard_state = GuardState.from_dict(guards)
+                counts["guarded_rigs"] = len(self.loop.guard_state.rigs)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("store.guards_unusable", error=str(exc))
+        recon = self.store.get("reconciler")
+        if recon is not None:
+            try:
+                self.loop.reconciler.restore(recon)
+                counts["in_flight"] = len(self.loop.reconciler.pending)
+                counts["not_responding"] = len(self.loop.reconciler.not_responding)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("store.reconciler_unusable", error=str(exc))
+        state = self.store.get("loop") or {}
+        try:
+            target = state.get("site_target")
+            if target:
+                self.loop.site_target = SiteTarget(
+                    float(target["kw"]), float(target["until"]), str(target["by"])
+                )
+            for q in state.get("market_manual") or []:
+                quote = _quote(q)
+                if not quote.stale(now):
+                    self.loop.market.manual[quote.kind] = quote
+            counts["hand_set_prices"] = len(self.loop.market.manual)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("store.loop_state_unusable", error=str(exc))
+        if self.desk is not None:
+            desk = self.store.get("desk")
+            if desk is not None:
+                try:
+                    self.desk.restore(desk)
+                    counts["pins"] = len(self.desk.pins)
+                    counts["waiting_commands"] = len(self.desk.waits)
+                except (KeyError, ValueError, TypeError) as exc:
+                    log.warning("store.desk_unusable", error=str(exc))
+            seen = self.store.seen(now - SEEN_TTL_S)
+            self.desk.restore_seen(seen)
+            counts["command_ids"] = len(seen)
+            self.store.prune_seen(now - SEEN_TTL_S)
+        log.info("store.restored", path=str(self.store.path), **counts)
+        return counts
+
+    def _loop_doc(self) -> dict[str, Any]:
+        t = self.loop.site_target
+        return {
+            "site_target": {"kw": t.kw, "until": t.until, "by": t.by} if t else None,
+            "market_manual": [_quote_dict(q) for q in self.loop.market.manual.values()],
+        }
+
+    def save_commands(self) -> None:
+        """After a control-room request: what it changed, and its id."""
+        assert self.desk is not None
+        self.store.put(
+            {"desk": self.desk.to_dict(), "loop": self._loop_doc()},
+            seen=self.desk.take_new_seen(),
+        )
+
+    def journal(self, commands: Sequence[Command], now: float) -> None:
+        """Before sending: the reconciler as it will be once these are sent."""
+        ahead = copy.deepcopy(self.loop.reconciler)
+        ahead.wait_for(commands, now)
+        self.store.put({"reconciler": ahead.to_dict()})
+
+    def save_tick(self, report: TickReport) -> None:
+        docs: dict[str, Any] = {
+            "guards": self.loop.guard_state.to_dict(),
+            "reconciler": self.loop.reconciler.to_dict(),
+            "loop": self._loop_doc(),
+            "status": self.status(report),
+        }
+        seen: list[tuple[str, str, float]] = []
+        if self.desk is not None:
+            docs["desk"] = self.desk.to_dict()
+            seen = self.desk.take_new_seen()
+        self.store.put(docs, seen=seen)
+        if report.results:
+            self.store.add_commands(
+                (
+                    r.at,
+                    r.command.rig_id,
+                    r.command.mode.value,
+                    r.command.power_limit_w,
+                    r.command.attempt,
+                    r.outcome.value,
+                    r.detail,
+                    r.command.decided_by,
+                )
+                for r in report.results
+            )
+
+    def status(self, report: TickReport) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "written_at": time.time(),
+            "at": report.at,
+            "summary": report.summary(),
+            "rigs": report.rigs,
+            "observed": report.observed,
+            "hashrate_ths": round(report.hashrate_ths, 1),
+            "power_kw": round(report.power_kw, 2),
+            "curtailed": report.curtailed,
+            "not_responding": report.not_responding,
+            "hashprice_usd_per_ph_day": report.hashprice_usd_per_ph_day,
+            "power_price_usd_per_kwh": report.power_price_usd_per_kwh,
+            "dry_run": self.loop.actuator.dry_run,
+            "policies": [p.name for p in self.loop.policies],
+            "pins": len(self.desk.pins) if self.desk is not None else 0,
+            "site_target_kw": self.loop.site_target.kw if self.loop.site_target else None,
+            "tick_duration_s": round(report.duration_s, 3),
+        }
