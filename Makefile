@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-observe: $(STAMP)
 
 bench-decide: $(STAMP)
 	$(BIN)/python -m bench.decide
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 bench-curtail: $(STAMP)
 	$(BIN)/python -m bench.curtail

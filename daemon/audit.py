@@ -1,9 +1,10 @@
 """The audit log: one JSON line per decision and per command, in the state directory, rotated.
 
-Every line carries ``ts`` (POSIX seconds), ``kind`` (``decision`` or ``command``), ``rig``,
-``dry_run``, and the inputs that mattered. Lines are written whole and flushed, so a crash
-leaves at most the line being written incomplete; the log rotates by size, keeping ``backups``
-older files (``audit.jsonl.1`` is the newest of them).
+Every line carries ``ts`` (POSIX seconds), ``kind`` (``decision``, ``command_intent`` or
+``command``), ``rig``, ``dry_run``, and the inputs that mattered. A live command is written
+twice: ``command_intent`` just before it is sent, ``command`` with its result after. Lines are
+written whole and flushed, so a crash leaves at most the line being written incomplete; the log
+rotates by size, keeping ``backups`` older files (``audit.jsonl.1`` is the newest of them).
 """
 
 from __future__ import annotations

@@ -153,6 +153,24 @@ class ControlLoop:
             except Exception:
                 log.exception("journal.failed", commands=len(commands), note="nothing sent")
                 commands = []
+        if commands and self.audit is not None and not self.actuator.dry_run:
+            # Written (and flushed) before sending: a crash mid-send cannot leave a command the
+            # rig received missing from the audit log; its result line follows the send.
+            for c in commands:
+                self.audit.write(
+                    {
+                        "ts": now,
+                        "kind": "command_intent",
+                        "rig": c.rig_id,
+                        "dry_run": False,
+                        "policy": c.decided_by,
+                        "action": {
+                            "mode": c.mode.value,
+                            "power_limit_w": c.power_limit_w,
+                            "attempt": c.attempt,
+                        },
+                    }
+                )
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
         self._audit(desired, cycle.readings, market, results, now)

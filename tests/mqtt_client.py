@@ -48,6 +48,9 @@ class Collector:
 
     def _make(self) -> aiomqtt.Client:
         ctx = ssl.create_default_context(cafile=str(self.broker.pki["ca"]))
+        session: dict[str, Any] = (
+            {"clean_start": False} if self.v5 else {"clean_session": False}
+        )  # keep the session across reconnects, as a control-room client would
         return aiomqtt.Client(
             "127.0.0.1",
             self.broker.port,
@@ -56,9 +59,8 @@ class Collector:
             identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
             tls_context=ctx,
-            clean_start=not self.v5,
-            clean_session=None if self.v5 else False,
             keepalive=5,
+            **session,
         )
 
     async def _run(self) -> None:

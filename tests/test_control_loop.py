@@ -125,8 +125,12 @@ async def test_curtails_in_efficiency_order_and_comes_back_ramped(
     assert max(raised_per_tick) == 1, f"power-up must be ramped: {raised_per_tick}"
     assert all(m in (Mode.NORMAL, Mode.HIGH) for m in previous.values()), previous
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert {x["kind"] for x in lines} == {"decision", "command"}
+    assert {x["kind"] for x in lines} == {"decision", "command_intent", "command"}
     assert all({"ts", "rig", "policy", "dry_run"} <= set(x) for x in lines)
+    # Every command's result follows its intent, written before the send.
+    intents = [(x["rig"], x["action"]) for x in lines if x["kind"] == "command_intent"]
+    results = [(x["rig"], x["action"]) for x in lines if x["kind"] == "command"]
+    assert intents == results
 
 
 async def test_no_flapping_while_the_price_hovers_at_break_even(
@@ -206,7 +210,7 @@ value_per_kwh = 0.06
     assert await serve(settings, settings.dry_run, ticks=2, on_tick=reports.append) == 0
     assert len(reports) == 2 and reports[0].observed == 2
     assert all(d.mode in (Mode.LOW, Mode.SLEEP) for d in reports[-1].desired.values())
-    assert (tmp_path / "state" / "inventory.json").exists()
+    assert (tmp_path / "state" / "rigpilot.db").exists()  # the inventory cache, among others
     audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
     assert any(json.loads(x)["kind"] == "command" for x in audit)
     for k in ["s19jpro", "m50s"]:  # dry-run: nothing was written to the rigs

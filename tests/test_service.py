@@ -323,10 +323,11 @@ async def test_pins_command_ids_and_waits_survive_a_restart(sim: SimFleet, tmp_p
     persistence = Persistence(store, h.loop, desk)
     desk.persist = persistence.save_commands
     pin = json.dumps({"rig": addresses[0], "mode": "sleep", "for_s": 3600, "transaction": "p1"})
-    [answer] = desk.handle(Envelope("pin", pin.encode(), h.clock()))
+    [answer] = desk.commit(desk.handle(Envelope("pin", pin.encode(), h.clock())))
     assert answer.body["status"] == "done"
     curtail = json.dumps({"rig": addresses[1], "transaction": "c1"}).encode()
-    assert desk.handle(Envelope("curtail", curtail, h.clock()))[0].body["status"] == "accepted"
+    answers = desk.handle(Envelope("curtail", curtail, h.clock()))
+    assert desk.commit(answers)[0].body["status"] == "accepted"  # stored, then answered
     store.close()  # as if killed: nothing else was saved
 
     h2, _ = await harness(sim, tmp_path / "second", dry_run=False)

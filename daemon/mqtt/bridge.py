@@ -122,6 +122,7 @@ class Bridge:
     _retained: dict[str, bytes] = field(default_factory=dict)
     _dirty: dict[str, None] = field(default_factory=dict)  # ordered set of retained topics
     _answers: deque[_Out] = field(default_factory=deque)
+    _unstored: list[Answer] = field(default_factory=list)
     _events: deque[_Out] = field(default_factory=deque)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rig_keys: dict[RigId, tuple[Any, ...]] = field(default_factory=dict)
@@ -228,10 +229,14 @@ class Bridge:
         )
 
     def answer(self, answer: Answer) -> None:
+        """Queue ``answer``; it is published after the desk's state is committed."""
+        self._unstored.append(answer)
+        self._wake.set()
+
+    def _out(self, answer: Answer) -> _Out:
         env = answer.envelope
         topic = env.response_topic or self.topics.response(env.command)
-        self._answers.append(_Out(topic, _dumps(answer.body), 1, False, env.correlation_data))
-        self._wake.set()
+        return _Out(topic, _dumps(answer.body), 1, False, env.correlation_data)
 
     def _put(self, topic: str, doc: Mapping[str, Any]) -> None:
         self._retained[topic] = _dumps(doc)
@@ -420,7 +425,12 @@ class Bridge:
             await self.flush(client)
 
     async def flush(self, client: aiomqtt.Client) -> None:
-        """Publish answers first, then retained documents, then events."""
+        """Publish answers first (once what they acknowledge is stored), then retained
+        documents, then events."""
+        if self._unstored:
+            stored = self.desk.commit(self._unstored)
+            self._unstored = []
+            self._answers.extend(self._out(a) for a in stored)
         while self._answers:
             out = self._answers[0]
             await self._publish(client, out)

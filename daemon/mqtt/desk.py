@@ -102,8 +102,9 @@ class CommandDesk:
     on_change: Callable[[], None] = lambda: None
     """Called when a command changed state, so the loop can tick without waiting."""
     persist: Callable[[], None] = lambda: None
-    """Called after every request, before its answers are returned for publishing: the
-    durable store commits what the answers acknowledge."""
+    """Commits the desk's state durably; :meth:`commit` calls it before answers acknowledging
+    that state are published (once for a whole batch of requests)."""
+    dirty: bool = False
     pins: dict[str, Pin] = field(default_factory=dict)
     waits: list[_Wait] = field(default_factory=list)
     _seen: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
@@ -116,24 +117,35 @@ class CommandDesk:
     def handle(self, env: Envelope) -> list[Answer]:
         """Validate and apply one request; its immediate answers (none for a redelivery).
 
-        The state the answers acknowledge is persisted (``persist``) before they are returned.
+        Call :meth:`commit` before publishing the answers: they acknowledge state that must be
+        stored first.
         """
         answers = self._handle(env)
         if answers:
-            try:
-                self.persist()
-            except Exception as exc:  # an answer must never claim what was not stored
-                log.exception("command.not_persisted", command=env.command)
-                body = answers[-1].body
-                return [
-                    self._answer(
-                        env,
-                        body.get("transaction"),
-                        "failed",
-                        f"applied but not stored durably ({type(exc).__name__}: {exc}); "
-                        "it will be lost on a restart",
-                    )
-                ]
+            self.dirty = True
+        return answers
+
+    def commit(self, answers: list[Answer]) -> list[Answer]:
+        """Store the state ``answers`` acknowledge (one commit for all of them); returns the
+        answers to publish. If storing fails, each becomes "failed", saying so: an answer
+        never claims what a restart would lose."""
+        if not self.dirty:
+            return answers
+        try:
+            self.persist()
+        except Exception as exc:
+            log.exception("command.not_persisted", answers=len(answers))
+            return [
+                self._answer(
+                    a.envelope,
+                    a.body.get("transaction"),
+                    "failed",
+                    f"applied but not stored durably ({type(exc).__name__}: {exc}); "
+                    "it will be lost on a restart",
+                )
+                for a in answers
+            ]
+        self.dirty = False
         return answers
 
     def _handle(self, env: Envelope) -> list[Answer]:
@@ -729,8 +741,10 @@ class CommandDesk:
                     r: {
                         "mode": getattr(report.readings.get(r), "mode", Mode.UNKNOWN).value,
                         "desired": d.mode.value,
+                        "power_limit_w": d.power_limit_w,
                         "by": d.decided_by,
                         "reason": d.reason,
+                        "not_responding": r in self.loop.reconciler.not_responding,
                     }
                     for r, d in report.desired.items()
                 }
