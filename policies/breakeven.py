@@ -57,20 +57,25 @@ class BreakevenPolicy:
         overhead = terms.overhead
         sleep_mode, hashing_modes = Mode.SLEEP, HASHING_MODES
         keys: list[float] = []
-        made: list[tuple[RigId, Intent]] = []
+        ids: list[RigId] = []
+        made: list[Intent] = []
         for rig in fleet:
             modes = rig.modes
+            points = rig.points
             sleep_w = 0.0
-            if sleep_mode in modes:
-                for p in rig.points:
-                    if p.mode is sleep_mode:
-                        sleep_w = p.power_w
-                        break
+            if sleep_mode in modes and points:
+                if points[0].mode is sleep_mode:  # where mode_points puts it
+                    sleep_w = points[0].power_w
+                else:
+                    for p in points:
+                        if p.mode is sleep_mode:
+                            sleep_w = p.power_w
+                            break
             jth: float | None = None
             top = -math.inf
             best: ModePoint | None = None
             near = False  # another supported point within _TIE_USD of the top margin
-            for p in rig.points:
+            for p in points:
                 mode = p.mode
                 if mode not in modes:
                     continue
@@ -92,12 +97,14 @@ class BreakevenPolicy:
             if near:  # a near tie: settle it exactly as _best_point does
                 best = _best_point(list(supported_points(rig)), hashprice, price, terms)
             keys.append(-jth)
-            made.append((rig.rig_id, Intent(rig.rig_id, best.mode, (explain, rig), NAME)))
+            rig_id = rig.rig_id
+            ids.append(rig_id)
+            made.append(Intent(rig_id, best.mode, (explain, rig), NAME))
         if len(set(keys)) == len(keys):
             order = sorted(range(len(keys)), key=keys.__getitem__)
         else:  # equal efficiencies: ties by rig id, as curtailment_order
-            order = sorted(range(len(keys)), key=lambda i: (keys[i], made[i][0]))
-        return dict([made[i] for i in order])
+            order = sorted(range(len(keys)), key=lambda i: (keys[i], ids[i]))
+        return {ids[i]: made[i] for i in order}
 
 
 _TIE_USD = 2e-9

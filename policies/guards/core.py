@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from policies.api import Intent, MarketView, RigView
+from policies.economics import ModePoint, cost_per_day, revenue_usd_per_day
 from policies.guards.model import (
+    DWELL,
+    GUARD_NAMES,
+    HYSTERESIS,
     NO_INTENT,
     Desired,
     GuardConfig,
@@ -14,16 +18,17 @@ from policies.guards.model import (
     RigGuardState,
     Setting,
 )
-from policies.guards.power import is_raise
+from policies.guards.power import _EPS_W, FLOOR_MODES, is_raise
 from policies.guards.ramp import Rise, apply_ramp, make_rise
 from policies.guards.rig import (
     NO_INTENT_REASON,
+    SOURCE_HOLD,
     SOURCE_POLICY,
     Decision,
     Latch,
     decide_rig,
-    dwell_guard,
-    hysteresis_guard,
+    dwell_text,
+    hysteresis_text,
 )
 from policies.values import Mode, RigId
 
@@ -102,15 +107,17 @@ def apply_guards(
                         desired[rid] = Desired(rid, mode, limit_w, intent._reason, intent.policy)
                         continue
                     if temp is not None:
-                        decision = Decision(
-                            Setting(mode, limit_w), intent.policy, intent._reason, SOURCE_POLICY
+                        target = Setting(mode, limit_w)
+                        decision, rise = _asked_to_change(
+                            rig, intent, prior, hold, target, market, config, now
                         )
-                        decision = hysteresis_guard(decision, rig, hold, prior, market, config)
-                        decision = dwell_guard(decision, hold, prior, now, config)
+                        if rise is not None:
+                            rises.append(rise)
+                        elif decision.setting is hold:  # held: the rig's memory is unchanged
+                            desired[rid] = _desired(rid, decision)
+                            continue
                         desired[rid] = _PENDING
                         moved.append((rig, prior, hold, decision, None, prior.thermal_at))
-                        if is_raise(rig, hold, decision.setting):
-                            rises.append(make_rise(rig, hold, decision, market, config))
                         continue
         hold, decision, latch = decide_rig(rig, intent, overrides, prior, market, config, now)
         desired[rid] = _PENDING
@@ -128,6 +135,100 @@ def apply_guards(
 
 
 _PENDING = Desired("", Mode.UNKNOWN, None, "", "")  # keeps the fleet's order in ``desired``
+
+
+def _asked_to_change(
+    rig: RigView,
+    intent: Intent,
+    prior: RigGuardState,
+    hold: Setting,
+    target: Setting,
+    market: MarketView,
+    config: GuardConfig,
+    now: float,
+) -> tuple[Decision, Rise | None]:
+    """The chain for a rig with a fresh, cool reading, no override and no thermal latch, whose
+    policy asks to move it from ``hold`` to ``target`` with prices the stale guard lets through:
+    only hysteresis and dwell can hold it here (then the decision's setting is ``hold``
+    itself), and the ramp if it is a rise (then the Rise is returned too). The same arithmetic
+    as hysteresis_guard, dwell_guard, is_raise and make_rise, reading the rig's points once;
+    tests/test_guards.py checks it against the chain."""
+    hold_point = target_point = None
+    hold_mode, target_mode = hold.mode, target.mode
+    for p in rig.points:
+        if p.mode is hold_mode and hold_point is None:
+            hold_point = p
+        if p.mode is target_mode and target_point is None:
+            target_point = p
+    hold_w = _watts(hold, hold_point)
+    target_w = _watts(target, target_point)
+    hashprice = market.hashprice_usd_per_ph_day
+    price = market.power_price_usd_per_kwh
+    terms = config.economics
+    target_margin: float | None = None
+    if (
+        hashprice is not None
+        and price is not None
+        and target_point is not None
+        and target_mode is not Mode.LIMIT
+    ):
+        target_margin = revenue_usd_per_day(
+            target_point.hashrate_ths, hashprice, terms
+        ) - cost_per_day(target_point.power_w, price, terms)
+    previous = prior.previous
+    if (
+        previous is not None
+        and previous.mode is target_mode
+        and previous.power_limit_w == target.power_limit_w
+        and prior.changed_by not in GUARD_NAMES
+        and target_margin is not None
+        and hold_point is not None
+        and hold_mode is not Mode.LIMIT
+    ):
+        assert hashprice is not None and price is not None
+        gain = target_margin - (
+            revenue_usd_per_day(hold_point.hashrate_ths, hashprice, terms)
+            - cost_per_day(hold_point.power_w, price, terms)
+        )
+        band = config.hysteresis_usd_per_day
+        if abs(gain) <= band:
+            held = (hysteresis_text, (hold_mode, gain, band))
+            return Decision(hold, HYSTERESIS, held, SOURCE_HOLD, held_back=True), None
+    changed_at = prior.changed_at
+    if changed_at is not None:
+        elapsed = now - changed_at
+        if elapsed < config.min_dwell_s:
+            waits = (dwell_text, (elapsed, config.min_dwell_s))
+            return Decision(hold, DWELL, waits, SOURCE_HOLD, held_back=True), None
+    decision = Decision(target, intent.policy, intent._reason, SOURCE_POLICY)
+    if hold_w is None:
+        rising = target_mode not in FLOOR_MODES
+    elif target_w is None:
+        rising = True
+    else:
+        rising = target_w > hold_w + _EPS_W
+    if not rising:
+        return decision, None
+    after_w = target_w
+    if after_w is None:
+        after_w = max([config.default_rig_power_w, *(p.power_w for p in rig.points)])
+    kw = max(0.0, after_w - (hold_w or 0.0)) / 1000.0
+    score = None
+    if target_margin is not None and target_w:
+        score = target_margin / (target_w / 1000.0)
+    return decision, Rise(rig, hold, decision, kw, score)
+
+
+def _watts(setting: Setting, point: ModePoint | None) -> float | None:
+    # power_w(rig, setting), given the rig's point for the setting's mode
+    mode = setting.mode
+    if mode is Mode.OFF:
+        return 0.0
+    if mode is Mode.LIMIT:
+        return None if setting.power_limit_w is None else float(setting.power_limit_w)
+    if point is not None:
+        return point.power_w
+    return 0.0 if mode is Mode.SLEEP else None
 
 
 def _check_unique(fleet: Sequence[RigView]) -> None:

@@ -206,11 +206,17 @@ def hysteresis_guard(
     gain = wanted - current
     if abs(gain) > config.hysteresis_usd_per_day:
         return decision
-    reason = (
-        f"undoing the last change to {hold.mode.value} would move the margin only "
-        f"{gain:+.2f} USD/day (band ±{config.hysteresis_usd_per_day:.2f})"
+    why = (hold.mode, gain, config.hysteresis_usd_per_day)
+    return _held(decision, hold, HYSTERESIS, (hysteresis_text, why))
+
+
+def hysteresis_text(args: tuple[Mode, float, float]) -> str:
+    """The hysteresis guard's reason, from (the hold mode, the margin gain, the band)."""
+    mode, gain, band = args
+    return (
+        f"undoing the last change to {mode.value} would move the margin only "
+        f"{gain:+.2f} USD/day (band ±{band:.2f})"
     )
-    return _held(decision, hold, HYSTERESIS, reason)
 
 
 def dwell_guard(
