@@ -102,9 +102,9 @@ class BreakevenPolicy:
             made.append(Intent(rig_id, best.mode, (explain, rig), NAME))
         if len(set(keys)) == len(keys):
             order = sorted(range(len(keys)), key=keys.__getitem__)
-        else:  # equal efficiencies: ties by rig id, as curtailment_order
-            order = sorted(range(len(keys)), key=lambda i: (keys[i], ids[i]))
-        return {ids[i]: made[i] for i in order}
+            return {ids[i]: made[i] for i in order}
+        # Equal efficiencies (rigs of one model asleep share their rated points): ties by id.
+        return {ids[i]: made[i] for _, _, i in sorted(zip(keys, ids, range(len(ids)), strict=True))}
 
 
 _TIE_USD = 2e-9

@@ -11,6 +11,7 @@ from policies.guards.model import (
     GUARD_NAMES,
     HYSTERESIS,
     NO_INTENT,
+    OVERRIDE,
     Desired,
     GuardConfig,
     GuardState,
@@ -29,6 +30,8 @@ from policies.guards.rig import (
     decide_rig,
     dwell_text,
     hysteresis_text,
+    override_reason,
+    pick_override,
 )
 from policies.values import Mode, RigId
 
@@ -71,6 +74,7 @@ def apply_guards(
     limit_c = config.thermal_limit_c
     unknown, limit_mode = Mode.UNKNOWN, Mode.LIMIT
     prior_rigs = state.rigs
+    override_reasons: dict[int, str] = {}  # by id(): the overrides outlive this call
     desired: dict[RigId, Desired] = {}
     moved: list[tuple[RigView, RigGuardState | None, Setting, Decision, Mode | None, float | None]]
     moved = []
@@ -83,24 +87,30 @@ def apply_guards(
         intent = intents.get(rid)
         if intent is not None and (intent.rig_id != rid or intent.mode is unknown):
             intent = None  # ignored, as propose() and intents_for() do
-        if (
-            prior is not None
-            and prior.thermal_cap is None
-            and prior.setting.mode is not unknown
-            and (rid not in named_ids and rig.group not in named_groups)
-        ):
+        if prior is not None and prior.thermal_cap is None and prior.setting.mode is not unknown:
+            override = None
+            if rid in named_ids or rig.group in named_groups:
+                override = pick_override(rig, live, now)
             hold = prior.setting
             obs = rig.observation
             if obs is not None and now - obs.observed_at > ttl_s:
                 obs = None
             temp = obs.max_chip_temp_c if obs is not None else None
             if temp is None or temp < limit_c:
-                if intent is None:
+                if override is not None:
+                    pinned = Setting.of(override.mode, override.power_limit_w)
+                    if pinned == hold:  # pinned where it is: nothing else applies
+                        why = override_reasons.get(id(override))
+                        if why is None:
+                            why = override_reasons[id(override)] = override_reason(override)
+                        desired[rid] = Desired(rid, hold.mode, hold.power_limit_w, why, OVERRIDE)
+                        continue
+                elif intent is None:
                     desired[rid] = Desired(
                         rid, hold.mode, hold.power_limit_w, NO_INTENT_REASON, NO_INTENT
                     )
                     continue
-                if prices_fresh or intent.policy in exempt:
+                elif prices_fresh or intent.policy in exempt:
                     mode = intent.mode
                     limit_w = intent.power_limit_w if mode is limit_mode else None
                     if mode is hold.mode and limit_w == hold.power_limit_w:

@@ -117,13 +117,10 @@ def propose(
 ) -> Decision:
     """The starting decision: an active override, else the policy's intent, else hold."""
     if override is not None:
-        reason = f"operator override by {override.by} until {override.expires_at:.0f}"
-        if override.why:
-            reason += f": {override.why}"
         return Decision(
             Setting.of(override.mode, override.power_limit_w),
             OVERRIDE,
-            reason,
+            (override_reason, override),
             SOURCE_OVERRIDE,
             bypass_dwell=override.bypass_dwell,
         )
@@ -131,6 +128,14 @@ def propose(
         setting = Setting.of(intent.mode, intent.power_limit_w)
         return Decision(setting, intent.policy, intent._reason, SOURCE_POLICY)
     return Decision(hold, NO_INTENT, NO_INTENT_REASON, SOURCE_HOLD)
+
+
+def override_reason(override: Override) -> str:
+    """What an override's decision says: who, until when, and why."""
+    reason = f"operator override by {override.by} until {override.expires_at:.0f}"
+    if override.why:
+        reason += f": {override.why}"
+    return reason
 
 
 def _held(decision: Decision, hold: Setting, by: str, reason: str | LazyReason) -> Decision:
