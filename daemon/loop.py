@@ -121,7 +121,7 @@ class ControlLoop:
             self.seed,
         )
         targets = {
-            r: Target(r, d.mode, d.power_limit_w, d.reason, d.decided_by)
+            r: Target(r, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by)
             for r, d in desired.items()
         }
         commands = self.reconciler.plan(targets, cycle.readings, now)

@@ -24,6 +24,7 @@ import structlog
 from drivers.base import RigDriver, UnsupportedMode
 from drivers.pool import bounded_map
 from drivers.transport import DriverError
+from policies.api import LazyReason, reason_text
 from policies.values import Mode, Observation, Reading, RigId
 
 log = structlog.get_logger("reconciler")
@@ -36,7 +37,7 @@ class Target:
     rig_id: RigId
     mode: Mode
     power_limit_w: int | None
-    reason: str
+    reason: str | LazyReason  # formatted only for a command (reason_text)
     decided_by: str
 
 
@@ -144,7 +145,7 @@ class Reconciler:
                     rig_id,
                     target.mode,
                     target.power_limit_w,
-                    target.reason,
+                    reason_text(target.reason),
                     target.decided_by,
                     attempt,
                 )

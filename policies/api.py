@@ -105,6 +105,12 @@ class Intent:
         self._reason = text  # a cache of a pure function of immutable inputs: invisible
         return text
 
+    @property
+    def lazy_reason(self) -> str | LazyReason:
+        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
+        to keep an unread reason unformatted."""
+        return self._reason
+
     def _key(self) -> tuple[RigId, Mode, str, str, int | None]:
         return (self.rig_id, self.mode, self.reason, self.policy, self.power_limit_w)
 

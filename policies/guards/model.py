@@ -85,6 +85,12 @@ class Desired:
     def setting(self) -> Setting:
         return Setting(self.mode, self.power_limit_w)
 
+    @property
+    def lazy_reason(self) -> str | LazyReason:
+        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
+        to keep an unread reason unformatted."""
+        return self._reason
+
     def _key(self) -> tuple[RigId, Mode, int | None, str, str, bool]:
         return (
             self.rig_id,
