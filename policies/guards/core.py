@@ -241,14 +241,6 @@ def _watts(setting: Setting, point: ModePoint | None) -> float | None:
     return 0.0 if mode is Mode.SLEEP else None
 
 
-def _check_unique(fleet: Sequence[RigView]) -> None:
-    seen: set[RigId] = set()
-    for rig in fleet:
-        if rig.rig_id in seen:
-            raise ValueError(f"rig {rig.rig_id!r} appears twice in the fleet")
-        seen.add(rig.rig_id)
-
-
 def _desired(rig_id: RigId, decision: Decision) -> Desired:
     return Desired(
         rig_id=rig_id,
