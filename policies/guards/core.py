@@ -57,8 +57,9 @@ def apply_guards(
     rigs in ``fleet`` share an id.
     """
     # Most rigs, most ticks, are where the guards left them and no guard has anything to say:
-    # for those (no override, a hold setting, not hot or latched, and either no intent or one
-    # asking for the hold setting with usable prices) every guard keeps the decision, and the
+    # for those (a hold setting, not hot or latched, and an override pinning the rig at its
+    # hold setting, or no override and either no intent or one asking for the hold setting
+    # with usable prices) every guard keeps the decision, and the
     # rig's memory is its prior one, unchanged. They are answered without running the chain;
     # tests/test_guards.py checks this gives what the chain gives. A cool, freshly read rig
     # asked to change can only be stopped by hysteresis, dwell or the ramp, so only those run.
