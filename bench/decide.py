@@ -199,10 +199,19 @@ def main() -> int:
     parser.add_argument("--ticks", type=int, default=30)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="cProfile decide and guards")
+    parser.add_argument(
+        "--gc-default",
+        action="store_true",
+        help="keep CPython's default GC thresholds instead of the daemon's (daemon/gctune.py)",
+    )
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     rigs = make_fleet(args.rigs, rng)
+    if not args.gc_default:
+        from daemon.gctune import tune_gc
+
+        tune_gc()  # as `rigpilot run` does once its fleet is built
     terms = Economics(pool_fee=0.02)
     config = GuardConfig(min_dwell_s=60.0, economics=terms)
     policy, capper = BreakevenPolicy(), PowerCapPolicy()
@@ -298,6 +307,7 @@ def main() -> int:
         "combine_ms": round(statistics.median(combine_ms), 2),
         "baseline_ms": round(statistics.median(base_ms), 3),
         "target_ms": int(TARGET_MS),
+        "gc": "default" if args.gc_default else "daemon",
     }
     ok = statistics.median(total_ms) <= TARGET_MS
     print(

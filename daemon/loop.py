@@ -142,10 +142,7 @@ class ControlLoop:
             now,
             self.seed,
         )
-        targets = {
-            r: Target(r, d.mode, d.power_limit_w, d.reason, d.decided_by)
-            for r, d in desired.items()
-        }
+        targets = {r: self._target(d) for r, d in desired.items()}
         commands = self.reconciler.plan(targets, cycle.readings, now)
         if commands and self.journal is not None and not self.actuator.dry_run:
             try:
@@ -219,7 +216,7 @@ class ControlLoop:
         that draws no more power, with a note saying so."""
         driver = self.observer.drivers.get(d.rig_id)
         if driver is None or d.mode is Mode.UNKNOWN or d.mode in driver.capabilities.modes:
-            return Target(d.rig_id, d.mode, d.power_limit_w, d.reason, d.decided_by)
+            return Target(d.rig_id, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by)
         safe = nearest_safe(d.mode, driver.capabilities.modes)
         note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by)

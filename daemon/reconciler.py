@@ -26,6 +26,7 @@ import structlog
 from drivers.base import RigDriver, UnsupportedMode
 from drivers.pool import bounded_map
 from drivers.transport import DriverError
+from policies.api import LazyReason, reason_text
 from policies.values import Mode, Observation, Reading, RigId
 
 log = structlog.get_logger("reconciler")
@@ -38,7 +39,7 @@ class Target:
     rig_id: RigId
     mode: Mode
     power_limit_w: int | None
-    reason: str
+    reason: str | LazyReason  # formatted only for a command (reason_text)
     decided_by: str
 
 
@@ -146,7 +147,7 @@ class Reconciler:
                     rig_id,
                     target.mode,
                     target.power_limit_w,
-                    target.reason,
+                    reason_text(target.reason),
                     target.decided_by,
                     attempt,
                 )
@@ -210,7 +211,7 @@ def _target_dict(t: Target) -> dict[str, Any]:
     return {
         "mode": t.mode.value,
         "power_limit_w": t.power_limit_w,
-        "reason": t.reason,
+        "reason": reason_text(t.reason),
         "decided_by": t.decided_by,
     }
 

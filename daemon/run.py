@@ -22,6 +22,7 @@ import structlog
 
 from daemon.audit import AuditLog
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
+from daemon.gctune import tune_gc
 from daemon.loop import ControlLoop, TickReport
 from daemon.market.config import build_market
 from daemon.metrics import Metrics
@@ -200,6 +201,7 @@ async def serve(
         metrics_server = (
             metrics.serve(settings.metrics.address, settings.metrics.port) if metrics else None
         )
+        tune_gc()  # the long-lived heap is built: stop rescanning it (daemon/gctune.py)
         progress = _Progress(
             settings.control.tick_s, wedged_after_s=settings.control.wedged_after_s or 0.0
         )

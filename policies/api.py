@@ -8,9 +8,9 @@ only the differences.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from policies.economics import Economics, ModePoint
 from policies.values import Mode, Observation, RigId
@@ -53,15 +53,81 @@ class Site:
     params: Mapping[str, object] = field(default_factory=dict)  # per-policy settings
 
 
-@dataclass(frozen=True, slots=True)
-class Intent:
-    """What a policy wants for one rig, and why (shown to operators and in the audit log)."""
+LazyReason = tuple[Callable[[Any], str], Any]
+"""A reason given lazily: ``(explain, subject)``; the text is ``explain(subject)``, made only
+when someone reads it. ``explain`` must be pure (the same subject always gives the same text)
+and ``subject`` immutable, so when the text is made does not matter."""
 
-    rig_id: RigId
-    mode: Mode
-    reason: str
-    policy: str
-    power_limit_w: int | None = None
+
+def reason_text(reason: str | LazyReason) -> str:
+    """The text of a reason given either way."""
+    if isinstance(reason, str):
+        return reason
+    explain, subject = reason
+    return explain(subject)
+
+
+class Intent:
+    """What a policy wants for one rig, and why (shown to operators and in the audit log).
+
+    An immutable value (its attributes are ``Final``; do not assign them). ``reason`` is text,
+    or a :data:`LazyReason` ``(explain, subject)`` formatted only when ``intent.reason`` is
+    first read: a policy deciding for thousands of rigs per tick need not format a reason for
+    every rig, since only rigs whose desired state changes reach the audit log. Equality,
+    hashing and ``repr`` use the text, so a lazy reason is indistinguishable from a formatted
+    one.
+    """
+
+    __slots__ = ("_reason", "mode", "policy", "power_limit_w", "rig_id")
+
+    def __init__(
+        self,
+        rig_id: RigId,
+        mode: Mode,
+        reason: str | LazyReason,
+        policy: str,
+        power_limit_w: int | None = None,
+    ) -> None:
+        self.rig_id: Final = rig_id
+        self.mode: Final = mode
+        self._reason = reason
+        self.policy: Final = policy
+        self.power_limit_w: Final = power_limit_w
+
+    @property
+    def reason(self) -> str:
+        """The reason's text (formatted on first read when given lazily, then kept)."""
+        reason = self._reason
+        if isinstance(reason, str):
+            return reason
+        explain, subject = reason
+        text = explain(subject)
+        self._reason = text  # a cache of a pure function of immutable inputs: invisible
+        return text
+
+    @property
+    def lazy_reason(self) -> str | LazyReason:
+        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
+        to keep an unread reason unformatted."""
+        return self._reason
+
+    def _key(self) -> tuple[RigId, Mode, str, str, int | None]:
+        return (self.rig_id, self.mode, self.reason, self.policy, self.power_limit_w)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Intent)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Intent(rig_id={self.rig_id!r}, mode={self.mode!r}, reason={self.reason!r}, "
+            f"policy={self.policy!r}, power_limit_w={self.power_limit_w!r})"
+        )
 
 
 @runtime_checkable

@@ -40,17 +40,92 @@ class BreakevenPolicy:
     def decide(
         self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
     ) -> dict[RigId, Intent]:
-        """An intent for every rig with figures, in :func:`curtailment_order` (worst first)."""
+        """An intent for every rig with figures, in :func:`curtailment_order` (worst first).
+
+        Each intent is the one :func:`decide_rig` gives, with its reason made lazily (by
+        :func:`decide_rig` itself, when first read): per rig this only picks the best mode.
+        """
         hashprice = market.hashprice_usd_per_ph_day
         price = market.power_price_usd_per_kwh
         if hashprice is None or price is None:
             return {}
-        intents: dict[RigId, Intent] = {}
-        for rig in curtailment_order(fleet):
-            intent = decide_rig(rig, hashprice, price, site.economics)
-            if intent is not None:
-                intents[rig.rig_id] = intent
-        return intents
+        terms = site.economics
+        explain = _Explainer(hashprice, price, terms)
+        # The same float expressions as revenue_usd_per_day and cost_per_day, operand for
+        # operand, so margins (and their ties) are bit-identical to economics.best_mode's.
+        keep = 1.0 - terms.pool_fee
+        overhead = terms.overhead
+        sleep_mode, hashing_modes = Mode.SLEEP, HASHING_MODES
+        keys: list[float] = []
+        ids: list[RigId] = []
+        made: list[Intent] = []
+        for rig in fleet:
+            modes = rig.modes
+            points = rig.points
+            sleep_w = 0.0
+            if sleep_mode in modes and points:
+                if points[0].mode is sleep_mode:  # where mode_points puts it
+                    sleep_w = points[0].power_w
+                else:
+                    for p in points:
+                        if p.mode is sleep_mode:
+                            sleep_w = p.power_w
+                            break
+            jth: float | None = None
+            top = -math.inf
+            best: ModePoint | None = None
+            near = False  # another supported point within _TIE_USD of the top margin
+            for p in points:
+                mode = p.mode
+                if mode not in modes:
+                    continue
+                ths = p.hashrate_ths
+                watts = p.power_w
+                margin = ths / 1000.0 * hashprice * keep - watts / 1000.0 * 24.0 * price * overhead
+                if margin > top + _TIE_USD:
+                    top, best, near = margin, p, False
+                elif margin >= top - _TIE_USD:
+                    near = True
+                    if margin > top:  # noqa: PLR1730 (cheaper than max)
+                        top = margin
+                if mode in hashing_modes and ths > 0:
+                    value = (watts - sleep_w) / ths
+                    if jth is None or value < jth:
+                        jth = value
+            if jth is None or best is None:
+                continue  # no supported hashing point: no opinion
+            if near:  # a near tie: settle it exactly as _best_point does
+                best = _best_point(list(supported_points(rig)), hashprice, price, terms)
+            keys.append(-jth)
+            rig_id = rig.rig_id
+            ids.append(rig_id)
+            made.append(Intent(rig_id, best.mode, (explain, rig), NAME))
+        if len(set(keys)) == len(keys):
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            return {ids[i]: made[i] for i in order}
+        # Equal efficiencies (rigs of one model asleep share their rated points): ties by id.
+        return {ids[i]: made[i] for _, _, i in sorted(zip(keys, ids, range(len(ids)), strict=True))}
+
+
+_TIE_USD = 2e-9
+"""Margins further apart than this cannot be equal once rounded to 9 decimals (rounding moves
+a value by at most 0.5e-9): the best point is the top margin's unless another is this close."""
+
+
+class _Explainer:
+    """A tick's prices, to write a rig's reason when it is read: the one decide_rig writes."""
+
+    __slots__ = ("hashprice", "price", "terms")
+
+    def __init__(self, hashprice: float, price: float, terms: Economics) -> None:
+        self.hashprice = hashprice
+        self.price = price
+        self.terms = terms
+
+    def __call__(self, rig: RigView) -> str:
+        intent = decide_rig(rig, self.hashprice, self.price, self.terms)
+        assert intent is not None  # only asked for rigs that got an intent
+        return intent.reason
 
 
 def decide_rig(

@@ -36,15 +36,29 @@ def combine(
 
     combined: dict[RigId, Intent] = {}
     for rig_id, options in candidates.items():
+        if len(options) == 1:
+            combined[rig_id] = options[0]
+            continue
         rig = rigs.get(rig_id)
         winner = min(options, key=lambda i: power_order_key(rig, i.mode, i.power_limit_w))
-        combined[rig_id] = _annotate(winner, [i for i in options if i is not winner])
+        others = tuple(i for i in options if i is not winner)
+        if not others:
+            combined[rig_id] = winner
+            continue
+        # The note is written when the reason is read (most never are), from the intents.
+        combined[rig_id] = Intent(
+            winner.rig_id,
+            winner.mode,
+            (_annotated, (winner, others)),
+            winner.policy,
+            winner.power_limit_w,
+        )
     return combined
 
 
-def _annotate(winner: Intent, others: list[Intent]) -> Intent:
-    if not others:
-        return winner
+def _annotated(args: tuple[Intent, tuple[Intent, ...]]) -> str:
+    """The winner's reason with a note naming the overruled and the agreeing policies."""
+    winner, others = args
     same = (winner.mode, winner.power_limit_w)
     agreed = [i.policy for i in others if (i.mode, i.power_limit_w) == same]
     overruled = [
@@ -57,10 +71,4 @@ def _annotate(winner: Intent, others: list[Intent]) -> Intent:
         notes.append("overrules " + "; ".join(overruled))
     if agreed:
         notes.append("agreed by " + ", ".join(agreed))
-    return Intent(
-        rig_id=winner.rig_id,
-        mode=winner.mode,
-        reason=f"{winner.reason} [{' | '.join(notes)}]",
-        policy=winner.policy,
-        power_limit_w=winner.power_limit_w,
-    )
+    return f"{winner.reason} [{' | '.join(notes)}]"

@@ -268,3 +268,27 @@ def test_unknown_policy_is_named_before_anything_starts(
     assert main(["--config", str(config), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "control.policies: unknown policy 'brekeven'" in err and "breakeven" in err
+
+
+async def test_a_mode_the_rig_cannot_do_is_sent_as_the_nearest_safe_one(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    from policies.guards import Override
+
+    h, _ = await harness(sim, tmp_path, dry_run=False)
+    stock = sim.address("s19jpro")  # stock Antminer firmware: no power limit
+    h.loop.overrides = [
+        Override(
+            Mode.LIMIT,
+            h.clock.t + 3600,
+            "test",
+            "cap it",
+            frozenset({stock}),
+            power_limit_w=2000,
+        )
+    ]
+    report = await h.tick(hashprice=80.0)
+    assert report.desired[stock].mode is Mode.LIMIT
+    [sent] = [r for r in report.results if r.command.rig_id == stock]
+    assert sent.command.mode is Mode.LOW and sent.command.power_limit_w is None
+    assert "cannot do limit: low instead" in sent.command.reason

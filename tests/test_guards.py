@@ -32,6 +32,12 @@ from policies.guards import (
     Setting,
     apply_guards,
 )
+from policies.guards.core import _next_rig_state as next_rig_state
+from policies.guards.model import RampGrant
+from policies.guards.power import is_raise
+from policies.guards.ramp import Rise, first_rises, make_rise, order_rises, prune_log
+from policies.guards.ramp import _held as ramp_held
+from policies.guards.rig import Decision, decide_rig, intents_for
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 
 T0 = 1_700_000_000.0
@@ -296,6 +302,7 @@ def test_dwell_holds_a_second_change_and_lets_it_through_later() -> None:
         config=config, now=early,
     )  # fmt: skip
     assert (out["a"].mode, out["a"].decided_by, out["a"].held_back) == (Mode.SLEEP, DWELL, True)
+    assert out["a"].reason == "last change 599 s ago; minimum dwell 600 s"  # written lazily
     on_time = T0 + 600
     out, _ = run(
         [rig_at("a", Mode.SLEEP, on_time)], [want("a", Mode.NORMAL)], state=state2,
@@ -343,6 +350,11 @@ def test_ramp_lets_the_most_profitable_up_first_and_continues_next_tick() -> Non
     out, state = run(fleet, intents, config=config)
     assert [out[r].mode for r in ("rich", "mid", "poor")] == [Mode.NORMAL, Mode.NORMAL, Mode.SLEEP]
     assert (out["poor"].decided_by, out["poor"].held_back) == (RAMP, True)
+    assert out["poor"].reason == (  # written lazily
+        "power-up to normal (+3.23 kW, asked by breakeven) postponed by the ramp limit: "
+        "0.53 kW and 8 rigs left in the window"
+    )
+    assert out["rich"].reason == "breakeven wants normal"
     out, state = run(fleet, intents, config=config, state=state, now=T0 + 59)
     assert out["poor"].mode is Mode.SLEEP
     out, _ = run(fleet, intents, config=config, state=state, now=T0 + 60)
@@ -791,6 +803,102 @@ def test_deterministic_pure_and_persistable(sc: Scenario) -> None:
         assert restored == step.prior
         from_disk = apply_guards(*args, restored, sc.config, step.overrides, step.now, sc.seed)
         assert from_disk == (step.desired, step.state)
+
+
+def reference_guards(
+    intents: dict[RigId, Intent],
+    fleet: Sequence[RigView],
+    market: MarketView,
+    state: GuardState,
+    config: GuardConfig,
+    overrides: Sequence[Override],
+    now: float,
+    seed: int,
+) -> tuple[dict[RigId, Desired], GuardState]:
+    """``apply_guards`` as first written: every rig through the whole per-rig chain
+    (``decide_rig``), every rise ordered by ``order_rises``, no shortcut."""
+    per_rig = {}
+    rises = []
+    for rig in fleet:
+        prior = state.rigs.get(rig.rig_id)
+        hold, decision, latch = decide_rig(
+            rig, intents_for(intents, rig), overrides, prior, market, config, now
+        )
+        per_rig[rig.rig_id] = (prior, hold, decision, latch)
+        if is_raise(rig, hold, decision.setting):
+            rises.append(make_rise(rig, hold, decision, market, config))
+    kept = prune_log(state.ramp_log, now, config)
+    minute = [g for g in kept if g.at > now - 60.0]
+    kw_left = config.ramp_kw_per_min - sum(g.kw for g in minute)
+    rigs_left = config.ramp_rigs_per_window - sum(
+        1 for g in kept if g.at > now - config.ramp_rigs_window_s
+    )
+    ramped: dict[RigId, Decision] = {}
+    grants: list[RampGrant] = []
+    blocked = False
+    for rise in order_rises(rises, config, seed, now):
+        alone = not minute and not grants
+        if not blocked and rigs_left >= 1 and (rise.kw <= kw_left + 1e-9 or alone):
+            ramped[rise.rig.rig_id] = rise.decision
+            grants.append(RampGrant(now, rise.rig.rig_id, rise.kw))
+            kw_left -= rise.kw
+            rigs_left -= 1
+            continue
+        blocked = True
+        ramped[rise.rig.rig_id] = ramp_held(rise, kw_left, rigs_left)
+    desired = {}
+    rigs = dict(state.rigs)
+    for rid, (prior, hold, decision, latch) in per_rig.items():
+        final = ramped.get(rid, decision)
+        s = final.setting
+        desired[rid] = Desired(
+            rid, s.mode, s.power_limit_w, final.reason_text, final.decided_by, final.held_back
+        )
+        rigs[rid] = next_rig_state(prior, hold, final, latch, now)
+    return desired, GuardState(rigs=rigs, ramp_log=kept + tuple(grants))
+
+
+@PROPERTY
+@given(scenarios())
+def test_shortcuts_give_what_the_whole_chain_gives(sc: Scenario) -> None:
+    # apply_guards answers most rigs without the per-rig chain and orders only the rises the
+    # ramp can reach; over random runs it must equal the chain run for every rig, reasons
+    # (written lazily) included.
+    for step in simulate(sc):
+        want = reference_guards(
+            step.intents, step.fleet, step.market, step.prior, sc.config, step.overrides,
+            step.now, sc.seed,
+        )  # fmt: skip
+        assert (step.desired, step.state) == want
+        assert [d.reason for d in step.desired.values()] == [d.reason for d in want[0].values()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, 0.0, 0.01, 0.07, 0.3, 2.0, -0.5]),
+            st.booleans(),
+            st.floats(0.1, 5.0),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 45),
+    st.integers(0, 2**32),
+    st.sampled_from([0.05, 0.1, 1.0]),
+)
+def test_first_rises_are_the_front_of_the_full_order(
+    raw: list[tuple[float | None, bool, float]], count: int, seed: int, tie: float
+) -> None:
+    config = replace(QUIET, ramp_tie_usd_per_kw_day=tie)
+    rises = []
+    for i, (score, by_override, kw) in enumerate(raw):
+        rig = rig_at(f"r{(i * 7919) % 101:03d}-{i}", Mode.SLEEP, T0)
+        source = "override" if by_override else "policy"
+        decision = Decision(Setting(Mode.NORMAL), POLICY, "test", source)
+        rises.append(Rise(rig, Setting(Mode.SLEEP), decision, kw, score))
+    full = order_rises(rises, config, seed, T0)
+    assert first_rises(rises, count, config, seed, T0) == full[:count]
 
 
 def test_state_round_trips_through_json() -> None:

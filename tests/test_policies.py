@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 
 from policies import registry
 from policies.api import Intent, MarketView, Policy, RigView, Site
-from policies.breakeven import BreakevenPolicy, curtailment_j_per_th, curtailment_order
+from policies.breakeven import (
+    BreakevenPolicy,
+    curtailment_j_per_th,
+    curtailment_order,
+    decide_rig,
+)
 from policies.builtin import BUILTIN_POLICIES, expected_power_w, power_order_key
 from policies.combine import combine
 from policies.economics import Economics, ModePoint, breakeven
@@ -197,6 +202,86 @@ fleets = st.integers(0, 6).flatmap(
 )
 prices = st.floats(0.0, 0.5)
 hashprices = st.floats(0.0, 200.0)
+
+
+@st.composite
+def tied_rig_views(draw: st.DrawFn, rig_id: str) -> RigView:
+    """Rigs drawn from a few figures, so equal margins and equal efficiencies are common."""
+    present = draw(st.lists(st.sampled_from(HASHING), unique=True, max_size=3))
+    figures = st.tuples(st.sampled_from([50.0, 100.0]), st.sampled_from([1500.0, 3000.0]))
+    points = {m: draw(figures) for m in present}
+    chosen = draw(st.lists(st.sampled_from(present), unique=True)) if present else []
+    supported = frozenset({Mode.SLEEP, *chosen})
+    mode = draw(st.sampled_from(sorted(supported)))
+    return make_rig(rig_id, points, mode=mode, modes=supported)
+
+
+tied_fleets = st.integers(0, 8).flatmap(
+    lambda n: st.tuples(*[tied_rig_views(f"10.0.1.{i}") for i in range(n)]).map(list)
+)
+
+
+def reference_breakeven(
+    view: MarketView, fleet: Sequence[RigView], site: Site
+) -> dict[str, Intent]:
+    """``breakeven`` as first written: decide_rig for every rig, in curtailment order."""
+    hashprice, price = view.hashprice_usd_per_ph_day, view.power_price_usd_per_kwh
+    if hashprice is None or price is None:
+        return {}
+    out = {}
+    for rig in curtailment_order(fleet):
+        intent = decide_rig(rig, hashprice, price, site.economics)
+        if intent is not None:
+            out[rig.rig_id] = intent
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(fleets, tied_fleets),
+    st.one_of(hashprices, st.sampled_from([0.0, 30.0, 60.0])),
+    st.one_of(prices, st.sampled_from([0.0, 0.03, 0.06])),
+)
+def test_breakeven_decide_is_decide_rig_for_each_rig_in_curtailment_order(
+    fleet: list[RigView], hashprice: float, price: float
+) -> None:
+    # decide() picks modes in one pass, rounds margins only near a tie and writes reasons
+    # lazily; it must give exactly what decide_rig gives, in the same order, reasons included.
+    view, site = market(hashprice, price), Site(economics=TERMS)
+    got = BreakevenPolicy().decide(view, fleet, site, 0.0)
+    want = reference_breakeven(view, fleet, site)
+    assert list(got) == list(want)
+    assert [(i.mode, i.reason, i.policy) for i in got.values()] == [
+        (i.mode, i.reason, i.policy) for i in want.values()
+    ]
+
+
+def test_breakeven_lazy_reasons_keep_the_prices_of_their_own_tick() -> None:
+    fleet = [model_rig(i) for i in range(len(MODELS))]
+    policy, site = BreakevenPolicy(), Site(economics=TERMS)
+    early = policy.decide(market(60.0, 0.03), fleet, site, 0.0)
+    late = policy.decide(market(30.0, 0.08), fleet, site, 10.0)
+    rig = fleet[0]
+    assert "$60.00/PH/day" in early[rig.rig_id].reason  # read after the later tick
+    assert "$30.00/PH/day" in late[rig.rig_id].reason
+    assert early[rig.rig_id] == decide_rig(rig, 60.0, 0.03, TERMS)
+
+
+def test_a_lazy_reason_reads_like_text_and_is_formatted_once() -> None:
+    calls: list[int] = []
+
+    def explain(subject: int) -> str:
+        calls.append(subject)
+        return f"because {subject}"
+
+    lazy = Intent("a", Mode.LOW, (explain, 7), "p")
+    assert calls == []  # nothing formatted until read
+    assert lazy.reason == "because 7" and lazy.reason == "because 7"
+    assert calls == [7]
+    eager = Intent("a", Mode.LOW, "because 7", "p")
+    assert lazy == eager and hash(lazy) == hash(eager) and repr(lazy) == repr(eager)
+    assert lazy != Intent("a", Mode.LOW, "because 8", "p")
+    assert copy.deepcopy(lazy) == eager
 
 
 @given(fleets, hashprices, prices)

@@ -46,6 +46,24 @@ def test_only_differences_are_commanded_and_only_observed_rigs() -> None:
     assert [(c.rig_id, c.mode, c.attempt) for c in cmds] == [("a", Mode.SLEEP, 1)]
 
 
+def test_a_lazy_reason_is_written_only_for_a_command() -> None:
+    # The loop hands the guards' reasons on unformatted; only commands (and the audit) read them.
+    written: list[str] = []
+
+    def explain(rig: str) -> str:
+        written.append(rig)
+        return f"policy says sleep: {rig}"
+
+    readings: dict[str, Reading] = {
+        "a": obs("a", Mode.NORMAL),
+        "b": obs("b", Mode.SLEEP, mining=False),
+    }
+    targets = {r: Target(r, Mode.SLEEP, None, (explain, r), "breakeven") for r in "ab"}
+    cmds = Reconciler().plan(targets, readings, 0.0)
+    assert [(c.rig_id, c.reason) for c in cmds] == [("a", "policy says sleep: a")]
+    assert written == ["a"]  # b is already asleep: its reason was never needed
+
+
 def test_waits_for_confirmation_then_retries_then_gives_up() -> None:
     rec = Reconciler(confirm_deadline_s=60, max_attempts=3)
     readings: dict[str, Reading] = {"a": obs("a", Mode.NORMAL)}

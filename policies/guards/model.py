@@ -7,9 +7,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
-from policies.api import RigView
+from policies.api import LazyReason, RigView
 from policies.economics import Economics
 from policies.values import Mode, RigId
 
@@ -40,25 +40,82 @@ class Setting:
         return cls(mode, power_limit_w if mode is Mode.LIMIT else None)
 
 
-@dataclass(frozen=True, slots=True)
 class Desired:
     """What one rig should be doing after the guards, who decided it, and why.
 
     ``mode`` UNKNOWN means "leave the rig alone": nothing is known about it yet. ``held_back``
     is True when a change was asked for (by an override, a policy or the fail-safe) and a guard
     kept the rig where it is this tick; ``decided_by`` names that guard.
+
+    An immutable value (attributes ``Final``). ``reason`` may be given lazily, as for
+    :class:`policies.api.Intent`: it is formatted when first read, and equality, hashing and
+    ``repr`` use its text.
     """
 
-    rig_id: RigId
-    mode: Mode
-    power_limit_w: int | None
-    reason: str
-    decided_by: str
-    held_back: bool = False
+    __slots__ = ("_reason", "decided_by", "held_back", "mode", "power_limit_w", "rig_id")
+
+    def __init__(
+        self,
+        rig_id: RigId,
+        mode: Mode,
+        power_limit_w: int | None,
+        reason: str | LazyReason,
+        decided_by: str,
+        held_back: bool = False,
+    ) -> None:
+        self.rig_id: Final = rig_id
+        self.mode: Final = mode
+        self.power_limit_w: Final = power_limit_w
+        self._reason = reason
+        self.decided_by: Final = decided_by
+        self.held_back: Final = held_back
+
+    @property
+    def reason(self) -> str:
+        """The reason's text (formatted on first read when given lazily, then kept)."""
+        reason = self._reason
+        if isinstance(reason, str):
+            return reason
+        explain, subject = reason
+        text = explain(subject)
+        self._reason = text  # a cache of a pure function of immutable inputs: invisible
+        return text
 
     @property
     def setting(self) -> Setting:
         return Setting(self.mode, self.power_limit_w)
+
+    @property
+    def lazy_reason(self) -> str | LazyReason:
+        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
+        to keep an unread reason unformatted."""
+        return self._reason
+
+    def _key(self) -> tuple[RigId, Mode, int | None, str, str, bool]:
+        return (
+            self.rig_id,
+            self.mode,
+            self.power_limit_w,
+            self.reason,
+            self.decided_by,
+            self.held_back,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Desired)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Desired(rig_id={self.rig_id!r}, mode={self.mode!r}, "
+            f"power_limit_w={self.power_limit_w!r}, reason={self.reason!r}, "
+            f"decided_by={self.decided_by!r}, held_back={self.held_back!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from policies.api import MarketView, RigView
-from policies.economics import Economics, ModePoint, breakeven
+from policies.economics import Economics, ModePoint, cost_per_day, revenue_usd_per_day
 from policies.guards.model import Setting
 from policies.values import Mode
 
@@ -82,7 +82,10 @@ def margin_usd_per_day(
     point = point_for(rig, setting.mode)
     if hashprice is None or price is None or point is None or setting.mode is Mode.LIMIT:
         return None
-    return breakeven(point, hashprice, price, terms).margin_usd_per_day
+    # breakeven(point, ...).margin_usd_per_day, without building the BreakEven
+    return revenue_usd_per_day(point.hashrate_ths, hashprice, terms) - cost_per_day(
+        point.power_w, price, terms
+    )
 
 
 def lowest_setting(rig: RigView) -> Setting:

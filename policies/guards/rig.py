@@ -8,9 +8,10 @@ thermal. The site-wide ramp (``ramp.py``) runs after, on what would raise power.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Final
 
-from policies.api import Intent, MarketView, RigView
+from policies.api import Intent, LazyReason, MarketView, RigView, reason_text
 from policies.guards.model import (
     DWELL,
     GUARD_NAMES,
@@ -40,18 +41,34 @@ SOURCE_OVERRIDE = "override"
 SOURCE_POLICY = "policy"
 SOURCE_HOLD = "hold"
 SOURCE_FAILSAFE = "failsafe"
+NO_INTENT_REASON = "no policy intent: keeps its current mode"
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    """A rig's setting as the guards pass it along, with who set it and why."""
+    """A rig's setting as the guards pass it along, with who set it and why (an immutable value;
+    ``reason`` is text or a :data:`policies.api.LazyReason`, formatted only when read)."""
 
-    setting: Setting
-    decided_by: str
-    reason: str
-    source: str  # what asked for it: override, policy, failsafe, or hold
-    held_back: bool = False
-    bypass_dwell: bool = False
+    __slots__ = ("bypass_dwell", "decided_by", "held_back", "reason", "setting", "source")
+
+    def __init__(
+        self,
+        setting: Setting,
+        decided_by: str,
+        reason: str | LazyReason,
+        source: str,  # what asked for it: override, policy, failsafe, or hold
+        held_back: bool = False,
+        bypass_dwell: bool = False,
+    ) -> None:
+        self.setting: Final = setting
+        self.decided_by: Final = decided_by
+        self.reason: Final = reason
+        self.source: Final = source
+        self.held_back: Final = held_back
+        self.bypass_dwell: Final = bypass_dwell
+
+    @property
+    def reason_text(self) -> str:
+        return reason_text(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,23 +117,28 @@ def propose(
 ) -> Decision:
     """The starting decision: an active override, else the policy's intent, else hold."""
     if override is not None:
-        reason = f"operator override by {override.by} until {override.expires_at:.0f}"
-        if override.why:
-            reason += f": {override.why}"
         return Decision(
             Setting.of(override.mode, override.power_limit_w),
             OVERRIDE,
-            reason,
+            (override_reason, override),
             SOURCE_OVERRIDE,
             bypass_dwell=override.bypass_dwell,
         )
     if intent is not None and intent.mode is not Mode.UNKNOWN:
         setting = Setting.of(intent.mode, intent.power_limit_w)
-        return Decision(setting, intent.policy, intent.reason, SOURCE_POLICY)
-    return Decision(hold, NO_INTENT, "no policy intent: keeps its current mode", SOURCE_HOLD)
+        return Decision(setting, intent.policy, intent._reason, SOURCE_POLICY)
+    return Decision(hold, NO_INTENT, NO_INTENT_REASON, SOURCE_HOLD)
 
 
-def _held(decision: Decision, hold: Setting, by: str, reason: str) -> Decision:
+def override_reason(override: Override) -> str:
+    """What an override's decision says: who, until when, and why."""
+    reason = f"operator override by {override.by} until {override.expires_at:.0f}"
+    if override.why:
+        reason += f": {override.why}"
+    return reason
+
+
+def _held(decision: Decision, hold: Setting, by: str, reason: str | LazyReason) -> Decision:
     """``decision`` replaced by staying at ``hold``; later guards see nothing left to do."""
     moved = decision.setting != hold
     return Decision(hold, by, reason, SOURCE_HOLD, held_back=decision.held_back or moved)
@@ -189,11 +211,17 @@ def hysteresis_guard(
     gain = wanted - current
     if abs(gain) > config.hysteresis_usd_per_day:
         return decision
-    reason = (
-        f"undoing the last change to {hold.mode.value} would move the margin only "
-        f"{gain:+.2f} USD/day (band ±{config.hysteresis_usd_per_day:.2f})"
+    why = (hold.mode, gain, config.hysteresis_usd_per_day)
+    return _held(decision, hold, HYSTERESIS, (hysteresis_text, why))
+
+
+def hysteresis_text(args: tuple[Mode, float, float]) -> str:
+    """The hysteresis guard's reason, from (the hold mode, the margin gain, the band)."""
+    mode, gain, band = args
+    return (
+        f"undoing the last change to {mode.value} would move the margin only "
+        f"{gain:+.2f} USD/day (band ±{band:.2f})"
     )
-    return _held(decision, hold, HYSTERESIS, reason)
 
 
 def dwell_guard(
@@ -211,8 +239,13 @@ def dwell_guard(
     elapsed = now - prior.changed_at
     if elapsed >= config.min_dwell_s:
         return decision
-    reason = f"last change {elapsed:.0f} s ago; minimum dwell {config.min_dwell_s:.0f} s"
-    return _held(decision, hold, DWELL, reason)
+    return _held(decision, hold, DWELL, (dwell_text, (elapsed, config.min_dwell_s)))
+
+
+def dwell_text(args: tuple[float, float]) -> str:
+    """The dwell guard's reason, from (seconds since the last change, the minimum dwell)."""
+    elapsed, min_dwell_s = args
+    return f"last change {elapsed:.0f} s ago; minimum dwell {min_dwell_s:.0f} s"
 
 
 def update_latch(
@@ -280,8 +313,13 @@ def _hot(
     reason = f"max chip {temp:.0f} °C >= {config.thermal_limit_c:.0f} °C"
     if is_raise(rig, hold, target):
         return _held(decision, hold, THERMAL, reason + f": kept at {hold.mode.value}")
-    return replace(
-        decision, setting=target, decided_by=THERMAL, reason=reason + f": {target.mode.value}"
+    return Decision(
+        target,
+        THERMAL,
+        reason + f": {target.mode.value}",
+        decision.source,
+        decision.held_back,
+        decision.bypass_dwell,
     )
 
 
