@@ -15,12 +15,15 @@ Runs, in a private network namespace, for ``--minutes`` (default 10):
   SIGKILL and restart, daemon SIGTERM and restart, broker and daemon both killed.
 
 After each disruption, once the daemon is back, the clients and the market pause for a quiet
-window of two ticks, then: every healthy rig (no fault in the last two rotations) must be in
-the state the daemon wants it in. At the end:
+window of two ticks, then: every healthy rig must be in the state the daemon wants it in.
+Healthy: no fault within the reconciler's longest backoff (a command that reached a rig while
+it was faulty is retried only after that, by design), and not backing off after a send that
+failed outright. At the end:
 
 - no unhandled exception (no log record with a traceback, nothing on stderr but log lines);
-- every acknowledged command (answered ``accepted`` or ``done``) has exactly one final answer,
-  and no command was applied twice (``pin.added`` at most once per transaction);
+- every acknowledged command (answered ``accepted`` or ``done``) has exactly one final answer
+  (a resent command's final answer, repeated and marked so, is not a second one), and no
+  command was applied twice (``pin.added`` at most once per transaction);
 - the audit log is complete: no rig received more write requests (simulator counters) than its
   ``command_intent`` lines account for (at most two requests per command: a Whatsminer API v2
   wake-up is "set mode" then "power on"), and every result line has its intent;
@@ -80,6 +83,11 @@ TICK_S = 5.0
 WATCHDOG_S = 20.0
 SIM_SCALE = 30.0
 WRITES_PER_COMMAND = 2
+CONFIRM_DEADLINE_S = 15.0
+MAX_ATTEMPTS = 3
+# The longest a command that reached a faulty rig can wait before its next try (confirm
+# deadline doubling per attempt), plus a tick: a rig is healthy again only after that.
+RECOVERY_S = CONFIRM_DEADLINE_S * (2**MAX_ATTEMPTS - 1) + TICK_S
 CRASH_EVENTS = {
     "command.crashed",
     "rig.command_crashed",
@@ -339,13 +347,18 @@ class ControlRoom:
         return out
 
     async def _resend(self) -> None:
-        """A command with no answer at all after 15 s is sent again, same transaction."""
+        """A command with no answer at all after 15 s, or accepted but without a final answer
+        well past its timeout (lost with a broker), is sent again with the same transaction:
+        the daemon does not apply it twice, and repeats its final answer."""
         while True:
             await asyncio.sleep(5.0)
             answered = self.answers()
             now = time.monotonic()
             for s in list(self.sent.values()):
-                if s.tx in answered or now - s.last < 15.0 or s.sends >= 8:
+                got = answered.get(s.tx, [])
+                final = any(a["status"] != "accepted" for a in got)
+                quiet = now - s.last
+                if final or s.sends >= 8 or quiet < (15.0 if not got else 75.0):
                     continue
                 s.sends += 1
                 s.last = now
@@ -397,7 +410,8 @@ enabled = true
 ca_file = "{broker.pki["ca"]}"
 [control]
 tick_s = {TICK_S}
-confirm_deadline_s = 15
+confirm_deadline_s = {CONFIRM_DEADLINE_S}
+max_attempts = {MAX_ATTEMPTS}
 stop_grace_s = 5
 wedged_after_s = 15
 observe_timeout_s = 3
@@ -421,7 +435,7 @@ class Faults:
         self.control, self.rigs, self.rng = control, rigs, rng
         self.count = max(1, int(len(rigs) * share))
         self.current: dict[str, str] = {}
-        self.previous: set[str] = set()
+        self.history: list[tuple[float, set[str]]] = []  # (when cleared, rigs)
         self.kinds = itertools.cycle(FAULTS)
         self.applied: Counter[str] = Counter()
 
@@ -429,7 +443,7 @@ class Faults:
         for address, fault in self.current.items():
             if fault != "reboot":
                 self.control.clear_faults(address)
-        self.previous = set(self.current)
+        self.history.append((time.monotonic(), set(self.current)))
         chosen = self.rng.sample(self.rigs, self.count)
         self.current = {}
         for address in chosen:
@@ -446,7 +460,14 @@ class Faults:
             self.applied[fault] += 1
 
     def unhealthy(self) -> set[str]:
-        return set(self.current) | self.previous
+        """Rigs faulty now, or within RECOVERY_S: a command that reached a faulty rig (ignored,
+        refused, timed out) is retried only after the reconciler's backoff, by design."""
+        since = time.monotonic() - RECOVERY_S
+        out = set(self.current)
+        for cleared, rigs in self.history:
+            if cleared >= since:
+                out |= rigs
+        return out
 
 
 def sim_mode(state: dict[str, Any]) -> str:
@@ -476,6 +497,8 @@ async def converge_check(
             continue  # changed meanwhile (a pin expired): judged at the next check
         if want["desired"] == "unknown" or want["mode"] == "unknown" or want["not_responding"]:
             continue
+        if want.get("retry_at") is not None:
+            continue  # its last command failed (a fault just cleared): backing off, by design
         state = truth[address]
         checked += 1
         if want["desired"] == "limit":
@@ -624,11 +647,15 @@ def evaluate(
     # Commands.
     answers = room.answers()
     finals_per_tx = {
-        tx: [a for a in got if a["status"] != "accepted"] for tx, got in answers.items()
+        tx: [a for a in got if a["status"] != "accepted" and not a.get("repeated")]
+        for tx, got in answers.items()
     }
+    repeats = {tx: [a for a in got if a.get("repeated")] for tx, got in answers.items()}
     duplicates = [tx for tx, f in finals_per_tx.items() if len(f) > 1]
     acked = [tx for tx, got in answers.items() if got]
-    lost = [tx for tx in acked if not finals_per_tx.get(tx)]
+    # A final answer lost with a killed broker reaches the client when it asks again: the
+    # daemon repeats it (marked "repeated"); lost means the client never got one at all.
+    lost = [tx for tx in acked if not finals_per_tx.get(tx) and not repeats.get(tx)]
     unanswered = [tx for tx in room.sent if tx not in answers]
     pins = Counter(e.get("transaction") for e in logs if e.get("event") == "pin.added")
     applied_twice = [tx for tx, n in pins.items() if tx and n > 1]
@@ -684,6 +711,7 @@ def evaluate(
         "daemon_lives": len(daemon.lives),
         "commands_sent": len(room.sent),
         "commands_resent": sum(s.sends - 1 for s in room.sent.values()),
+        "final_answers_repeated": sum(1 for r in repeats.values() if r),
         "answers": dict(statuses),
         "acknowledged": len(acked),
         "never_answered": len(unanswered),
@@ -750,9 +778,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faulty", type=float, default=0.1)
     p.add_argument("--out", type=Path, default=None)
     opts = Options(**vars(p.parse_args(argv)))
-    from simulator.netns import ensure_private_netns
+    from simulator.netns import enter_private_netns
 
-    ensure_private_netns()
+    # Always a namespace of its own: the soak's simulator takes ports 80, 4028 and 4433 on every
+    # address, which another simulator in the caller's namespace (the test suite's) holds.
+    enter_private_netns()
     summary = asyncio.run(soak(opts))
     report(summary)
     return 0 if summary["ok"] else 1

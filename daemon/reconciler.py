@@ -73,6 +73,7 @@ class _Pending:
     target: Target
     attempts: int
     next_try_at: float  # until then, wait for an observation to confirm (or for a retry)
+    failed: bool = False  # the last send failed outright: waiting out the backoff
 
 
 def satisfied(target: Target, reading: Reading | None) -> bool:
@@ -170,7 +171,14 @@ class Reconciler:
                 wait = self.base_backoff_s * factor
             else:
                 wait = self.confirm_deadline_s * factor
-            self.pending[cmd.rig_id] = _Pending(target, cmd.attempt, result.at + wait)
+            self.pending[cmd.rig_id] = _Pending(
+                target, cmd.attempt, result.at + wait, result.outcome is Outcome.FAILED
+            )
+
+    def retrying_at(self, rig_id: RigId) -> float | None:
+        """When a rig whose last command failed outright will be tried again (None if not)."""
+        pending = self.pending.get(rig_id)
+        return pending.next_try_at if pending is not None and pending.failed else None
 
     def clear(self, rig_id: RigId) -> None:
         """Operator action: forget that a rig ignored its commands."""
@@ -190,7 +198,12 @@ class Reconciler:
         """In-flight commands and rigs marked not responding, JSON-ready."""
         return {
             "pending": {
-                r: {**_target_dict(p.target), "attempts": p.attempts, "next_try_at": p.next_try_at}
+                r: {
+                    **_target_dict(p.target),
+                    "attempts": p.attempts,
+                    "next_try_at": p.next_try_at,
+                    "failed": p.failed,
+                }
                 for r, p in self.pending.items()
                 if math.isfinite(p.next_try_at)
             },
@@ -200,7 +213,9 @@ class Reconciler:
     def restore(self, data: Mapping[str, Any]) -> None:
         """Inverse of to_dict (replaces what is held); KeyError/ValueError if malformed."""
         pending = {
-            str(r): _Pending(_target(r, d), int(d["attempts"]), float(d["next_try_at"]))
+            str(r): _Pending(
+                _target(r, d), int(d["attempts"]), float(d["next_try_at"]), bool(d.get("failed"))
+            )
             for r, d in dict(data.get("pending") or {}).items()
         }
         stuck = {str(r): _target(r, d) for r, d in dict(data.get("not_responding") or {}).items()}

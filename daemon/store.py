@@ -16,6 +16,7 @@ room answers are published only after the state they acknowledge is committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS docs (
     key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS seen (
-    command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (command, id)
+    command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT,
+    PRIMARY KEY (command, id)
 );
 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
 CREATE TABLE IF NOT EXISTS commands (
@@ -49,6 +51,10 @@ CREATE TABLE IF NOT EXISTS commands (
     detail TEXT NOT NULL, decided_by TEXT NOT NULL
 );
 """
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 class StoreError(Exception):
@@ -92,26 +98,41 @@ class Store:
             log.warning("store.document_unreadable", key=key, error=str(exc))
             return None
 
-    def put(self, docs: Mapping[str, Any], *, seen: Iterable[tuple[str, str, float]] = ()) -> None:
+    def put(
+        self,
+        docs: Mapping[str, Any],
+        *,
+        seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None]] = (),
+    ) -> None:
         """Write ``docs`` (and new processed-command ids) in one transaction."""
         now = time.time()
-        rows = [
-            (k, json.dumps(v, separators=(",", ":"), allow_nan=False), now) for k, v in docs.items()
-        ]
+        rows = [(k, _dumps(v), now) for k, v in docs.items()]
         with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", rows)
-            self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", list(seen))
+            self.db.executemany(
+                "INSERT INTO seen VALUES (?, ?, ?, ?) ON CONFLICT (command, id) DO UPDATE "
+                "SET answer = COALESCE(excluded.answer, seen.answer)",
+                [(c, i, at, None if a is None else _dumps(a)) for c, i, at, a in seen],
+            )
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
 
     # -- processed command ids ---------------------------------------------------------------
 
-    def seen(self, since: float) -> dict[tuple[str, str], float]:
+    def seen(self, since: float) -> dict[tuple[str, str], tuple[float, dict[str, Any] | None]]:
+        """Processed request ids since ``since``, with their final answers where given."""
         rows = self.db.execute(
-            "SELECT command, id, at FROM seen WHERE at >= ? ORDER BY at", (since,)
+            "SELECT command, id, at, answer FROM seen WHERE at >= ? ORDER BY at", (since,)
         ).fetchall()
-        return {(str(c), str(i)): float(a) for c, i, a in rows}
+        out: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
+        for c, i, at, answer in rows:
+            final = None
+            if answer is not None:
+                with contextlib.suppress(ValueError):
+                    final = json.loads(answer)
+            out[(str(c), str(i))] = (float(at), final)
+        return out
 
     def prune_seen(self, before: float) -> None:
         with self._tx():

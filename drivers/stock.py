@@ -94,6 +94,12 @@ async def _pyasic_call(what: str, call: Any, timeout_s: float) -> Any:
         raise DriverError(FailureKind.BAD_REPLY, f"{what}: {exc}") from None
     except OSError as exc:
         raise DriverError(FailureKind.UNREACHABLE, f"{what}: {exc}") from None
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # pyasic trips over replies that are not what the firmware sends (garbage, broken
+        # JSON, the wrong shape): that is the rig's bad reply, not a bug of ours.
+        raise DriverError(
+            FailureKind.BAD_REPLY, f"{what}: the rig's reply is malformed ({type(exc).__name__})"
+        ) from None
 
 
 def _web_errors(summary: dict[str, Any]) -> tuple[str, ...]:

@@ -386,3 +386,19 @@ async def test_dead_board_and_overheat_are_visible(sim: SimFleet, key: str) -> N
     assert hot.hashrate_ths == 0
     if key != "m60s-v3":  # API v3 status carries no error codes; get.device.info does
         assert hot.errors or hot.mode is Mode.UNKNOWN
+
+
+@pytest.mark.parametrize("key", ["s19jpro", "m30s", "m60s-v3"])
+async def test_a_rig_answering_garbage_to_a_command_is_a_bad_reply(
+    sim: SimFleet, key: str
+) -> None:
+    """pyasic trips over malformed replies (AttributeError, KeyError, ...): the driver turns
+    that into a clear DriverError naming the command, never a crash of ours."""
+    address = sim.address(key)
+    driver = driver_for(await identify(address))
+    await asyncio.to_thread(sim.control.set_fault, address, "malformed")
+    with pytest.raises(DriverError) as info:
+        await driver.apply(Mode.SLEEP, None, 5.0)
+    # Depending on the protocol, garbage is refused at once or read until the deadline.
+    assert info.value.kind in (FailureKind.BAD_REPLY, FailureKind.TIMEOUT)
+    assert "set mode sleep" in str(info.value)

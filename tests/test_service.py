@@ -336,7 +336,10 @@ async def test_pins_command_ids_and_waits_survive_a_restart(sim: SimFleet, tmp_p
     counts = Persistence(store2, h2.loop, desk2).restore(h.clock())
     assert counts["pins"] == 2 and counts["waiting_commands"] == 1 and counts["command_ids"] == 2
     assert {o.mode.value for o in h2.loop.overrides} == {"sleep"}
-    assert desk2.handle(Envelope("pin", pin.encode(), h.clock())) == []  # a redelivery
+    # A redelivery after the restart: not applied again, the stored final answer repeated.
+    [again] = desk2.handle(Envelope("pin", pin.encode(), h.clock()))
+    assert again.body == {**answer.body, "repeated": True}
+    assert len(desk2.pins) == 2
     report = await h2.tick(hashprice=80.0)
     for _ in range(5):
         answers = desk2.after_tick(report)

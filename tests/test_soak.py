@@ -21,6 +21,7 @@ def test_short_chaos_soak_holds_every_invariant(tmp_path: Path) -> None:
         timeout=900,
         check=False,
     )
+    assert (out / "soak.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "soak.json").read_text())
     kinds = {d["kind"] for d in summary["disruptions"]}
     assert kinds == {"broker_kill", "daemon_kill", "daemon_term", "both_kill"}, proc.stdout[-3000:]

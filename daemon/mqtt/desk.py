@@ -108,7 +108,8 @@ class CommandDesk:
     pins: dict[str, Pin] = field(default_factory=dict)
     waits: list[_Wait] = field(default_factory=list)
     _seen: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
-    _new_seen: list[tuple[str, str, float]] = field(default_factory=list)
+    _new_seen: list[tuple[str, str, float, dict[str, Any] | None]] = field(default_factory=list)
+    _finals: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _last: TickReport | None = None
 
     # ---------------------------------------------------------------------------------------
@@ -156,13 +157,13 @@ class CommandDesk:
             except c.Rejected as exc:
                 key = self._key(env, exc.transaction)
                 if key is not None and self._remember(key, env.received_at):
-                    return []
+                    return self._repeat(env, key)
                 raise
             tx = request.transaction
             key = self._key(env, tx)
             if key is not None and self._remember(key, env.received_at):
                 log.info("command.duplicate", command=env.command, transaction=tx)
-                return []
+                return self._repeat(env, key)
             return self._apply(env, request)
         except c.Rejected as exc:
             log.info("command.rejected", command=env.command, reason=exc.reason)
@@ -187,20 +188,34 @@ class CommandDesk:
             if now - at <= SEEN_TTL_S and len(self._seen) < SEEN_MAX:
                 break
             del self._seen[oldest_key]
+            self._finals.pop(oldest_key, None)
         if key in self._seen:
             return True
         self._seen[key] = now
-        self._new_seen.append((key[0], key[1], now))
+        self._new_seen.append((key[0], key[1], now, None))
         return False
 
-    def take_new_seen(self) -> list[tuple[str, str, float]]:
-        """Request ids remembered since the last call (for the durable store)."""
+    def _repeat(self, env: Envelope, key: tuple[str, str]) -> list[Answer]:
+        """A request seen before is not applied again. If its final answer exists, that same
+        answer is sent again, marked ``repeated`` (the first may have been lost with a broker);
+        if it is still in progress, its final answer is yet to come."""
+        final = self._finals.get(key)
+        if final is None:
+            return []
+        return [Answer(env, {**final, "repeated": True})]
+
+    def take_new_seen(self) -> list[tuple[str, str, float, dict[str, Any] | None]]:
+        """Request ids (and final answers) recorded since the last call (for the store)."""
         out, self._new_seen = self._new_seen, []
         return out
 
-    def restore_seen(self, seen: Mapping[tuple[str, str], float]) -> None:
-        for key, at in sorted(seen.items(), key=lambda kv: kv[1]):
+    def restore_seen(
+        self, seen: Mapping[tuple[str, str], tuple[float, dict[str, Any] | None]]
+    ) -> None:
+        for key, (at, final) in sorted(seen.items(), key=lambda kv: kv[1][0]):
             self._seen[key] = at
+            if final is not None:
+                self._finals[key] = final
 
     def to_dict(self) -> dict[str, Any]:
         """Pins and the commands still waiting for their final answer, JSON-ready."""
@@ -745,6 +760,7 @@ class CommandDesk:
                         "by": d.decided_by,
                         "reason": d.reason,
                         "not_responding": r in self.loop.reconciler.not_responding,
+                        "retry_at": self.loop.reconciler.retrying_at(r),
                     }
                     for r, d in report.desired.items()
                 }
@@ -770,4 +786,8 @@ class CommandDesk:
             body["result"] = dict(result)
         if status != "accepted":
             log.info("command.answered", command=env.command, transaction=tx, status=status)
+        key = self._key(env, tx)
+        if status != "accepted" and key is not None and key in self._seen:
+            self._finals[key] = body
+            self._new_seen.append((key[0], key[1], self._seen[key], body))
         return Answer(env, body)
