@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from passlib.hash import md5_crypt
+from passlib.utils import safe_crypt
 
 from drivers.transport import DriverError, decode, request
 from policies.values import FailureKind
@@ -52,9 +53,21 @@ _CRYPT_SALT = frozenset("./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq
 
 
 def md5_crypt_body(secret: str, salt: str) -> str:
-    """The third ``$`` field of ``md5_crypt(secret, salt)`` (``$1$<salt>$<body>``)."""
-    full: str = md5_crypt.using(salt=salt).hash(secret)
-    return full.split("$")[3]
+    """The third ``$`` field of ``md5_crypt(secret, salt)`` (``$1$<salt>$<body>``).
+
+    The C library's md5-crypt through passlib's ``safe_crypt``: one call, about a third of what
+    ``md5_crypt.hash`` costs (it calls crypt twice, 0.5 ms a hash here). passlib's own
+    implementation where the platform has no usable crypt.
+    """
+    config = "$1$" + salt
+    full = safe_crypt(secret, config)
+    if (
+        not isinstance(full, str)
+        or not full.startswith(config + "$")
+        or len(full) != len(config) + 23
+    ):
+        full = md5_crypt.using(salt=salt).hash(secret)
+    return str(full).split("$")[3]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import SimFleet
+from passlib.hash import md5_crypt
 from pyasic import settings as pyasic_settings
 from pyasic.rpc.btminer import (
     BTMinerRPCAPI,
@@ -54,6 +55,14 @@ def test_reference_vector() -> None:
     pwd_md5 = btminer.password_key("admin", "BQ5hoXV9").pwd_md5
     assert pwd_md5 == "RxmaDUO33TS7O26yeMHZ81"
     assert btminer.md5_crypt_body(pwd_md5 + "1234", "4hWWYqEf") == "sXsExc.OmHI5XaSxpolTh0"
+
+
+@pytest.mark.parametrize("salt", ["BQ5hoXV9", "4hWWYqEf", "a./Z", "x"])
+@pytest.mark.parametrize("secret", ["admin", "RxmaDUO33TS7O26yeMHZ811234", "pässwörd", ""])
+def test_md5_crypt_is_passlibs(secret: str, salt: str) -> None:
+    """The one-call crypt path gives what pyasic's passlib md5_crypt gives."""
+    expected = md5_crypt.using(salt=salt).hash(secret).split("$")[3]
+    assert btminer.md5_crypt_body(secret, salt) == expected
 
 
 @pytest.mark.parametrize(("cmd", "params"), PARAMS)
