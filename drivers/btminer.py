@@ -197,8 +197,8 @@ class BtminerSession:
 
     async def _fetch_token(self, password: str, deadline: float) -> Token:
         asked_at = self.clock()
-        raw = await _request(self.address, self.port, b'{"command":"get_token"}', deadline)
         try:
+            raw = await _request(self.address, self.port, b'{"command":"get_token"}', deadline)
             reply = decode(raw)
         except DriverError as exc:
             raise DriverError(exc.kind, f"get_token: {exc.detail}") from None

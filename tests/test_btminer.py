@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -135,6 +136,19 @@ async def test_token_the_rig_forgot_is_fetched_again_once(sim: SimFleet) -> None
     assert (await asyncio.to_thread(sim.control.rig, address))["mode"] == "high"
 
 
+async def test_kept_key_the_rig_cannot_decrypt_with_is_replaced_once(sim: SimFleet) -> None:
+    """23 on a kept token: the rig's salt (or password) changed since the token was made."""
+    address = sim.address("m30s+")
+    session = btminer.BtminerSession(address)
+    await session.command("set_low_power", {}, "admin", 5.0)
+    assert session.token is not None
+    session.token = replace(session.token, key=btminer.password_key("admin", "oldSALT1"))
+    await session.command("set_high_power", {}, "admin", 5.0)
+    seen = await counters(sim, address)
+    assert seen["by_command"]["get_token"] == 2 and seen["rejected"] == 1
+    assert (await asyncio.to_thread(sim.control.rig, address))["mode"] == "high"
+
+
 async def test_wrong_password_is_a_clear_error_without_retry(sim: SimFleet) -> None:
     address = sim.address("m30s")
     session = btminer.BtminerSession(address)
@@ -172,7 +186,7 @@ async def test_unreachable_and_hung_rigs(sim: SimFleet) -> None:
     await asyncio.to_thread(sim.control.set_fault, address, "hang")
     session = btminer.BtminerSession(address)
     started = time.monotonic()
-    with pytest.raises(DriverError) as info:
+    with pytest.raises(DriverError, match=r"^get_token: no answer") as info:
         await session.command("power_off", {"respbefore": "true"}, "admin", 0.5)
     assert info.value.kind is FailureKind.TIMEOUT
     assert time.monotonic() - started < 2.0
