@@ -1,8 +1,9 @@
 """The audit log: one JSON line per decision and per command, in the state directory, rotated.
 
-Every line carries ``ts`` (POSIX seconds), ``kind`` (``decision``, ``command_intent`` or
-``command``), ``rig``, ``dry_run``, and the inputs that mattered. A live command is written
-twice: ``command_intent`` just before it is sent, ``command`` with its result after. Lines are
+Every line carries ``ts`` (POSIX seconds), ``kind`` (``decision``, ``command_intent``,
+``command`` or ``confirmed``), ``rig``, ``dry_run``, and the inputs that mattered. A live command
+is written twice: ``command_intent`` just before it is sent, ``command`` with its result after;
+``confirmed`` is a rig seen in the state it was commanded to (after how many attempts). Lines are
 written whole and flushed, so a crash leaves at most the line being written incomplete; the log
 rotates by size, keeping ``backups`` older files (``audit.jsonl.1`` is the newest of them).
 """

@@ -317,6 +317,19 @@ class ControlLoop:
                     "detail": r.detail,
                 }
             )
+        for ok in self.reconciler.confirmed:  # the log has one summary line per tick
+            self.audit.write(
+                {
+                    "ts": now,
+                    "kind": "confirmed",
+                    "rig": ok.rig_id,
+                    "dry_run": dry,
+                    "policy": ok.decided_by,
+                    "observed": {"mode": ok.mode.value, "power_limit_w": ok.power_limit_w},
+                    "attempts": ok.attempts,
+                    "recovered": ok.recovered,
+                }
+            )
 
     def _report(
         self,

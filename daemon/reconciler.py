@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -76,6 +77,19 @@ class _Pending:
     failed: bool = False  # the last send failed outright: waiting out the backoff
 
 
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """A rig seen in its target state after a command (``attempts`` sends), or after it had
+    been marked not responding (``recovered``)."""
+
+    rig_id: RigId
+    mode: Mode
+    power_limit_w: int | None
+    attempts: int
+    recovered: bool
+    decided_by: str
+
+
 def satisfied(target: Target, reading: Reading | None) -> bool:
     """True when ``reading`` shows the rig in ``target``'s state."""
     if not isinstance(reading, Observation):
@@ -98,6 +112,9 @@ class Reconciler:
     max_attempts: int = 3
     pending: dict[RigId, _Pending] = field(default_factory=dict)
     not_responding: dict[RigId, Target] = field(default_factory=dict)
+    confirmed: list[Confirmation] = field(default_factory=list)
+    """What the last ``plan`` saw confirmed, rig by rig (for the audit log); the log gets one
+    summary line per plan, not one line per rig (a fleet-wide curtailment is 10,000 rigs)."""
 
     def plan(
         self, targets: Mapping[RigId, Target], readings: Mapping[RigId, Reading], now: float
@@ -108,16 +125,28 @@ class Reconciler:
         still waiting for confirmation, or one marked not responding for this same target.
         """
         commands: list[Command] = []
+        self.confirmed = []
         for rig_id, target in targets.items():
             if target.mode is Mode.UNKNOWN:
                 continue  # never observed: the guards say leave it alone (invariant 6)
             reading = readings.get(rig_id)
             pending = self.pending.get(rig_id)
             if satisfied(target, reading):
-                if pending is not None or rig_id in self.not_responding:
-                    log.info("rig.command_confirmed", rig=rig_id, mode=target.mode.value)
+                stuck = self.not_responding.pop(rig_id, None)
                 self.pending.pop(rig_id, None)
-                self.not_responding.pop(rig_id, None)
+                if pending is not None or stuck is not None:
+                    self.confirmed.append(
+                        Confirmation(
+                            rig_id,
+                            target.mode,
+                            target.power_limit_w,
+                            pending.attempts
+                            if pending is not None and _same(pending.target, target)
+                            else 0,
+                            stuck is not None,
+                            target.decided_by,
+                        )
+                    )
                 continue
             if not isinstance(reading, Observation):
                 continue  # observe before acting
@@ -153,6 +182,8 @@ class Reconciler:
                     attempt,
                 )
             )
+        if self.confirmed:
+            _log_confirmed(self.confirmed)
         return commands
 
     def record(self, results: Sequence[CommandResult]) -> None:
@@ -239,6 +270,21 @@ def _target(rig_id: str, d: Mapping[str, Any]) -> Target:
         None if limit is None else int(limit),
         str(d.get("reason", "")),
         str(d.get("decided_by", "")),
+    )
+
+
+def _log_confirmed(confirmed: Sequence[Confirmation]) -> None:
+    by_mode = Counter(c.mode.value for c in confirmed)
+    recovered = sum(1 for c in confirmed if c.recovered)
+    retried = sum(1 for c in confirmed if c.attempts > 1)
+    extra = {"rigs": [c.rig_id for c in confirmed]} if len(confirmed) <= 10 else {}
+    log.info(
+        "commands.confirmed",
+        confirmed=len(confirmed),
+        by_mode=dict(by_mode),
+        after_retry=retried,
+        recovered=recovered,
+        **extra,
     )
 
 

@@ -2,9 +2,10 @@
 
 Reads take one raw request per cycle (``drivers.transport``), decoded and checked by the
 parsers in ``drivers.parse``; what a cycle does not need (serials, pools, configuration) is read
-rarely or after a change. Commands go through pyasic, which knows the write protocols, but a
-``True`` from pyasic is never taken as done: the driver re-reads the authoritative setting on
-the next observation, and the caller confirms by observation.
+rarely or after a change. Commands are pyasic's (its configuration format for stock Antminers,
+its encrypted btminer API for Whatsminer v2, re-implemented byte for byte in ``drivers.btminer``
+with the token kept per rig), but an OK from a rig is never taken as done: the driver re-reads
+the authoritative setting on the next observation, and the caller confirms by observation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pyasic import settings as pyasic_settings
 from pyasic.config import MinerConfig, MiningModeConfig
 from pyasic.errors import APIError
 
-from drivers import catalogue, webdigest
+from drivers import btminer, catalogue, webdigest
 from drivers.base import ApplyResult, RigDriver
 from drivers.parse import Status, antminer_stats, whatsminer_summary, whatsminer_v3_status
 from drivers.pyasic_miner import miner_for
@@ -268,6 +269,10 @@ class WhatsminerV2(RigDriver):
         notes=('writes need the API unlocked on the rig ("can\'t access write cmd" otherwise)',),
     )
 
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(identity)
+        self.api = btminer.BtminerSession(identity.address, RPC_PORT)
+
     @property
     def capabilities(self) -> Capabilities:
         return self._CAPS
@@ -311,25 +316,28 @@ class WhatsminerV2(RigDriver):
         timeout_s: float,
     ) -> ApplyResult:
         self.check_supported(mode, power_limit_w)
-        rpc = miner_for(self.identity).rpc
-
-        async def send() -> None:
-            if mode is Mode.SLEEP:
-                await rpc.power_off(respbefore=True)
-                return
-            if mode is Mode.LIMIT:
-                assert power_limit_w is not None
-                await rpc.adjust_power_limit(power_limit_w)
-            else:
-                setter = {
-                    Mode.LOW: rpc.set_low_power,
-                    Mode.NORMAL: rpc.set_normal_power,
-                    Mode.HIGH: rpc.set_high_power,
-                }[mode]
-                await setter()
-            await rpc.power_on()
-
-        await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        # pyasic's commands, over drivers.btminer: the same encrypted frames, the token kept
+        # for its validity and fetched again when the rig has forgotten it.
+        password = str(pyasic_settings.get("default_whatsminer_rpc_password", "admin"))
+        deadline = time.monotonic() + timeout_s
+        steps: list[tuple[str, dict[str, str]]]
+        if mode is Mode.SLEEP:
+            steps = [("power_off", {"respbefore": "true"})]
+        elif mode is Mode.LIMIT:
+            assert power_limit_w is not None
+            steps = [("adjust_power_limit", {"power_limit": str(power_limit_w)}), ("power_on", {})]
+        else:
+            setter = {
+                Mode.LOW: "set_low_power",
+                Mode.NORMAL: "set_normal_power",
+                Mode.HIGH: "set_high_power",
+            }[mode]
+            steps = [(setter, {}), ("power_on", {})]
+        for cmd, params in steps:
+            try:
+                await self.api.command(cmd, params, password, deadline - time.monotonic())
+            except DriverError as exc:
+                raise DriverError(exc.kind, f"set mode {mode.value}: {exc.detail}") from None
         return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")
 
 

@@ -125,12 +125,17 @@ async def test_curtails_in_efficiency_order_and_comes_back_ramped(
     assert max(raised_per_tick) == 1, f"power-up must be ramped: {raised_per_tick}"
     assert all(m in (Mode.NORMAL, Mode.HIGH) for m in previous.values()), previous
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert {x["kind"] for x in lines} == {"decision", "command_intent", "command"}
+    assert {x["kind"] for x in lines} == {"decision", "command_intent", "command", "confirmed"}
     assert all({"ts", "rig", "policy", "dry_run"} <= set(x) for x in lines)
     # Every command's result follows its intent, written before the send.
     intents = [(x["rig"], x["action"]) for x in lines if x["kind"] == "command_intent"]
     results = [(x["rig"], x["action"]) for x in lines if x["kind"] == "command"]
     assert intents == results
+    # every rig's sleep was confirmed by observation, one audit line per rig
+    confirmed_asleep = {
+        x["rig"] for x in lines if x["kind"] == "confirmed" and x["observed"]["mode"] == "sleep"
+    }
+    assert confirmed_asleep == set(addresses)
 
 
 async def test_no_flapping_while_the_price_hovers_at_break_even(

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from conftest import SimFleet
+from structlog.testing import capture_logs
 
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
@@ -90,6 +91,41 @@ def test_confirmation_clears_the_pending_command() -> None:
     assert rec.pending
     assert rec.plan(targets, {"a": obs("a", Mode.SLEEP, mining=False)}, 10.0) == []
     assert not rec.pending and not rec.not_responding
+
+
+def test_confirmations_are_one_log_line_per_plan_with_the_rigs_kept_for_the_audit() -> None:
+    rec = Reconciler(confirm_deadline_s=60, max_attempts=1)
+    rigs = [f"r{i}" for i in range(12)]
+    targets = {r: target(r, Mode.SLEEP) for r in rigs}
+    awake: dict[str, Reading] = {r: obs(r, Mode.NORMAL) for r in rigs}
+    rec.record(sent(rec.plan(targets, awake, 0.0), 0.0))
+    rec.plan(targets, awake, 61.0)  # r0..r11 each had their one attempt: not responding
+    assert len(rec.not_responding) == 12
+    readings = dict(awake)
+    readings.update({r: obs(r, Mode.SLEEP, mining=False) for r in rigs[:3]})
+    rec.record(sent(rec.plan({"r3": target("r3", Mode.LOW)}, readings, 62.0), 62.0))
+    with capture_logs() as logs:
+        rec.plan(targets, readings, 63.0)
+    assert [x["event"] for x in logs] == ["commands.confirmed"]
+    assert logs[0]["confirmed"] == 3 and logs[0]["recovered"] == 3
+    assert logs[0]["rigs"] == ["r0", "r1", "r2"]  # named while few
+    assert [(c.rig_id, c.recovered) for c in rec.confirmed] == [(r, True) for r in rigs[:3]]
+
+    asleep: dict[str, Reading] = {r: obs(r, Mode.SLEEP, mining=False) for r in rigs}
+    with capture_logs() as logs:
+        rec.plan(targets, asleep, 64.0)
+    assert [x["event"] for x in logs] == ["commands.confirmed"]  # one line, not nine
+    assert logs[0]["confirmed"] == 9 and logs[0]["by_mode"] == {"sleep": 9}
+    assert "rigs" in logs[0]
+    assert len(rec.confirmed) == 9
+    assert rec.plan(targets, asleep, 65.0) == [] and rec.confirmed == []
+    rec2 = Reconciler()
+    many = {f"m{i}": target(f"m{i}", Mode.SLEEP) for i in range(20)}
+    rec2.record(sent(rec2.plan(many, {m: obs(m, Mode.NORMAL) for m in many}, 0.0), 0.0))
+    with capture_logs() as logs:
+        rec2.plan(many, {m: obs(m, Mode.SLEEP, mining=False) for m in many}, 1.0)
+    assert len(logs) == 1 and logs[0]["confirmed"] == 20 and "rigs" not in logs[0]
+    assert {c.attempts for c in rec2.confirmed} == {1}
 
 
 def test_failed_send_retries_sooner_and_dry_run_never_retries() -> None:
