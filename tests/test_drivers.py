@@ -389,9 +389,7 @@ async def test_dead_board_and_overheat_are_visible(sim: SimFleet, key: str) -> N
 
 
 @pytest.mark.parametrize("key", ["s19jpro", "m30s", "m60s-v3"])
-async def test_a_rig_answering_garbage_to_a_command_is_a_bad_reply(
-    sim: SimFleet, key: str
-) -> None:
+async def test_a_rig_answering_garbage_to_a_command_is_a_bad_reply(sim: SimFleet, key: str) -> None:
     """pyasic trips over malformed replies (AttributeError, KeyError, ...): the driver turns
     that into a clear DriverError naming the command, never a crash of ours."""
     address = sim.address(key)
