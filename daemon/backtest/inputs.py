@@ -122,9 +122,9 @@ def load_market(path: Path) -> Market:
         raise BacktestInputError(f"{name}: cannot read the market file: {exc}") from exc
     is_json = path.suffix.lower() == ".json"
     raw = _json_rows(name, text) if is_json else _csv_rows(name, text)
+    rows = [_row(name, where, cells) for where, cells in raw]
     if len(raw) < 2:
         raise BacktestInputError(f"{name}: need at least 2 rows, found {len(raw)}")
-    rows = [_row(name, where, cells) for where, cells in raw]
     interval = rows[1].t - rows[0].t
     for (where, _), prev, row in zip(raw[1:], rows, rows[1:], strict=False):
         step = row.t - prev.t
@@ -252,7 +252,7 @@ def _price(name: str, where: str, col: str, text: str, *, negative: bool) -> flo
         raise BacktestInputError(f"{name}: {where}: {col}: {text!r} is not a finite number")
     if value < 0 and not negative:
         raise BacktestInputError(f"{name}: {where}: {col}: {value:g} is negative")
-    if abs(value) > (100.0 if col == POWER_PRICE else 10_000.0):
+    if abs(value) > (10.0 if col == POWER_PRICE else 10_000.0):  # ERCOT caps at 5 USD/kWh
         raise BacktestInputError(
             f"{name}: {where}: {col}: {value:g} is implausible (wrong unit? "
             f"{'USD per kWh' if col == POWER_PRICE else 'USD per PH/s per day'})"
