@@ -178,6 +178,7 @@ class Unit:
     memory: RigGuardState | None = None
     pending: bool = False
     held_by: str = ""
+    guard_key: tuple[object, ...] | None = None  # the guards' inputs when they last held it
     view: RigView | None = None
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
@@ -495,9 +496,11 @@ class PolicyRun:
         for u in self.s.units:
             u.changed = False
         stale = prices[0] is None or prices[1] is None
-        busy = [u for u in self.s.units if self.config.exact or not self._quiet(u, stale)]
+        busy = [
+            u for u in self.s.units if self.config.exact or not self._quiet(u, stale, prices, now)
+        ]
         if busy:
-            self._guard(market, busy, now)
+            self._guard(market, busy, now, prices)
 
     def _moved(self, u: Unit, prices: tuple[float | None, float | None]) -> bool:
         """Whether ``breakeven``'s intent for ``u`` may differ at ``prices``."""
@@ -532,12 +535,22 @@ class PolicyRun:
             else:
                 self.intents[u.uid] = want
 
-    def _quiet(self, u: Unit, stale: bool) -> bool:
+    def _quiet(
+        self, u: Unit, stale: bool, prices: tuple[float | None, float | None], now: float
+    ) -> bool:
         """True when the guards' documented result for ``u`` is "stays as it is, same memory":
-        nothing asks it to change, no guard holds it back, it is neither hot nor latched."""
+        nothing asks it to change, no guard holds it back, it is neither hot nor latched; or
+        hysteresis (or a dwell not yet over) held it with exactly these inputs before."""
         mem = u.memory
-        if u.pending or mem is None or mem.thermal_cap is not None:
+        if mem is None or mem.thermal_cap is not None:
             return False
+        if u.pending:
+            if u.guard_key != self._guard_key(u, prices) or u.held_by not in (HYSTERESIS, DWELL):
+                return False
+            if u.held_by == HYSTERESIS:
+                return True
+            due = (mem.changed_at or 0.0) + self.config.guards.min_dwell_s
+            return now < due
         temp = round(u.phys.state.chip_temp_c, 1)
         if temp >= self.config.guards.thermal_limit_c:
             return False
@@ -618,7 +631,16 @@ class PolicyRun:
         self.s.touch(now)
         return parts
 
-    def _guard(self, market: MarketView, units: list[Unit], now: float) -> None:
+    def _guard_key(self, u: Unit, prices: tuple[float | None, float | None]) -> tuple[object, ...]:
+        return (prices, u.view_key, _intent_key(self.intents.get(u.uid)), u.memory, u.m)
+
+    def _guard(
+        self,
+        market: MarketView,
+        units: list[Unit],
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
         """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`)."""
         self.counters.guard_calls += 1
         self._views(units, now)
@@ -652,6 +674,7 @@ class PolicyRun:
                 u.memory = new_state.rigs.get(ids[0])
                 u.pending, u.held_by = d.held_back, d.decided_by
                 self._apply(u, d.mode, d.power_limit_w, now)
+                u.guard_key = self._guard_key(u, prices)
                 continue
             outcomes = [desired[rid] for rid in ids]
             rest = next((d for d in outcomes if d.held_back), outcomes[0])
@@ -672,6 +695,7 @@ class PolicyRun:
                 d = desired[rid]
                 part.memory = new_state.rigs.get(rid)
                 part.pending, part.held_by = d.held_back, d.decided_by
+                part.guard_key = None
                 if want := self.intents.get(u.uid):
                     self.intents[part.uid] = dataclasses.replace(want, rig_id=part.uid)
                 self._apply(part, d.mode, d.power_limit_w, now)
