@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail soak clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest backtest-sample soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ soak: $(STAMP)
 
 bench-curtail: $(STAMP)
 	$(BIN)/python -m bench.curtail
+
+bench-backtest: $(STAMP)
+	$(BIN)/python -m bench.backtest
+
+backtest-sample: $(STAMP)
+	$(BIN)/python -m scripts.make_backtest_sample
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -117,6 +117,9 @@ async def curtail(
     reconciler = Reconciler()
     actuator = Actuator(observer.drivers, dry_run=False, concurrency=concurrency)
     routine = await observer.cycle()  # the daemon's routine cycle before the trigger
+    from daemon.gctune import tune_gc
+
+    tune_gc()  # as `rigpilot run` does once its fleet is built (daemon/gctune.py)
     print(
         f"routine cycle before the trigger: {routine.ok} ok, {routine.failed} failed, "
         f"{routine.duration_s:.1f} s",

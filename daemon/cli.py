@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "demo": "the daemon on a simulated fleet through the Feb 2026 market slide",
     "status": "print the running daemon's fleet summary",
     "config": "config check [FILE]: validate a configuration, print the effective one",
+    "backtest": "replay a price history through the policies and guards, report the money",
 }
 
 
@@ -94,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.run import main as run_main
 
         return run_main(rest)
+    if args.command == "backtest":
+        from daemon.backtest.cli import main as backtest_main
+
+        return backtest_main(rest)
     if args.command == "market":
         from daemon.market_cli import main as market_main
 

@@ -1,0 +1,167 @@
+"""Backtest cost: one year at 5-minute resolution (105,120 rows) for 1,000 rigs.
+
+A synthetic, seeded year, built in memory: hashprice a slow random walk between about 25 and 55
+USD/PH/day with hourly noise; power price a daily cycle (3-5.5 ¢/kWh) with 5-minute noise, a
+scarcity spike about twice a week (to 0.3-2 USD/kWh, 10-90 minutes) and a windy night with
+negative prices about once a week. Every row has new prices (nothing repeats). Fleet: 400
+S19j Pro (health 0.90-1.00 in 3 buckets), 300 S21 (0.97-1.03, 3 buckets), 200 M30S+ at 30 °C
+ambient, 100 M60S: 8 classes. ``breakeven`` with the guards' defaults (dwell 600 s,
+hysteresis 0.25 USD/day, ramp 100 kW/min and 1 rig/s, 30 s ticks) unless flags say otherwise.
+
+Timed: ``replay`` (the policy run and both baselines, with the physics). Baseline, same run: a
+plain loop over the same rows applying the on/off threshold to 8 classes at constant power (the
+least any replay must do: touch every row). Reports are not timed.
+
+Ends with ``RESULT rows=... rigs=... wall_s=... baseline_s=... ticks=... decide_calls=...
+guard_calls=... peak_cohorts=... target_s=10 ok=yes|no``.
+
+Usage: python -m bench.backtest [--days 365] [--rigs-per-s 1.0] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import math
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from daemon.backtest.engine import ReplayConfig, replay  # noqa: E402
+from daemon.backtest.inputs import Fleet, Market, MarketRow, RigGroup  # noqa: E402
+from daemon.backtest.report import summary  # noqa: E402
+from policies.economics import Economics, cost_per_day, revenue_usd_per_day  # noqa: E402
+from policies.guards import GuardConfig  # noqa: E402
+from policies.registry import load_policy  # noqa: E402
+from simulator.models import MODELS  # noqa: E402
+
+TARGET_S = 10.0
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+STEP_S = 300
+
+
+def year(days: int, seed: int = 2026) -> Market:
+    rng = random.Random(seed)
+    rows = []
+    level = 40.0
+    hp_noise = 0.0
+    spike_left, spike_peak = 0, 0.0
+    for i in range(days * 288):
+        t = T0 + i * STEP_S
+        minute_of_day = (i % 288) * 5
+        hour = minute_of_day / 60.0
+        day = i // 288
+        if i % 12 == 0:
+            level += rng.gauss(0.0, 0.35) + 0.01 * (40.0 - level)
+            level = min(55.0, max(25.0, level))
+            hp_noise = rng.gauss(0.0, 0.4)
+        hp = level + hp_noise + rng.gauss(0.0, 0.05)
+        price = 0.030 + 0.025 * max(0.0, math.sin((hour - 6.0) / 14.0 * math.pi)) ** 1.5
+        price *= 1.0 + rng.gauss(0.0, 0.06)
+        if day % 7 == 3 and 1 <= hour < 5:
+            price = -0.005 - 0.02 * math.sin((hour - 1.0) / 4.0 * math.pi)
+        if spike_left == 0 and 16 <= hour < 20 and rng.random() < 2 / 7 / 48:
+            spike_left, spike_peak = rng.randint(2, 18), rng.uniform(0.3, 2.0)
+        if spike_left:
+            spike_left -= 1
+            price = max(price, spike_peak)
+        rows.append(MarketRow(t, round(hp, 3), round(price, 5)))
+    return Market("synthetic year", STEP_S, tuple(rows))
+
+
+def fleet() -> Fleet:
+    return Fleet(
+        "bench fleet",
+        (
+            RigGroup(MODELS["s19jpro"], 400, 0.95, 0.05, 3),
+            RigGroup(MODELS["s21"], 300, 1.0, 0.03, 3),
+            RigGroup(MODELS["m30s+"], 200, ambient_c=30.0),
+            RigGroup(MODELS["m60s"], 100),
+        ),
+    )
+
+
+def baseline(market: Market, points: list[tuple[float, float, int]], terms: Economics) -> float:
+    """The plain threshold loop: per row, per class, on iff its margin at normal is >= 0."""
+    profit = 0.0
+    dt_day = market.interval_s / 86_400.0
+    for row in market.rows:
+        hp, pp = row.hashprice_usd_per_ph_day or 0.0, row.power_price_usd_per_kwh or 0.0
+        for ths, w, n in points:
+            margin = revenue_usd_per_day(ths, hp, terms) - cost_per_day(w, pp, terms)
+            if margin >= 0:
+                profit += margin * n * dt_day
+    return profit
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--rigs-per-s", type=float, default=1.0, help="ramp_rigs_per_s")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    market = year(args.days)
+    rigs = fleet()
+    terms = Economics()
+    config = ReplayConfig(
+        ("breakeven",), GuardConfig(economics=terms, ramp_rigs_per_s=args.rigs_per_s)
+    )
+    policy = load_policy("breakeven")
+
+    points = [
+        (MODELS[k].hashrate_ths, MODELS[k].power_w, n)
+        for k, n in (("s19jpro", 400), ("s21", 300), ("m30s+", 200), ("m60s", 100))
+    ]
+    t = time.perf_counter()
+    baseline(market, points, terms)
+    base_s = time.perf_counter() - t
+
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    t = time.perf_counter()
+    outcome = replay(market, rigs, [policy], config)
+    wall = time.perf_counter() - t
+    if profiler is not None:
+        profiler.disable()
+    c = outcome.policy.counters
+    assert c is not None
+    pol, always, thr = summary(outcome)
+    print(
+        f"{len(market.rows)} rows ({args.days} days at 5 min), {rigs.rigs} rigs, breakeven, "
+        f"ramp {config.guards.ramp_rigs_per_s:g} rigs/s and {config.guards.ramp_kw_per_min:g} "
+        f"kW/min, {config.tick_s:g} s ticks"
+    )
+    print(
+        f"  replay {wall:.2f} s ({wall / len(market.rows) * 1e6:.1f} µs/row); baseline plain "
+        f"threshold loop {base_s:.3f} s"
+    )
+    print(
+        f"  {c.ticks} ticks, policies called {c.decide_calls}x, guards {c.guard_calls}x, "
+        f"at most {c.peak_units} cohorts, {c.views} views built"
+    )
+    for f in (pol, always, thr):
+        print(
+            f"  {f.name:<10} profit {f.profit_usd:>14,.0f} USD, {f.mode_changes_per_rig_mean:7.1f} "
+            f"changes/rig, ramp {f.steepest_ramp_kw_per_min:8.1f} kW/min"
+        )
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    ok = wall <= TARGET_S and args.days == 365
+    print(
+        f"RESULT rows={len(market.rows)} rigs={rigs.rigs} rigs_per_s={args.rigs_per_s:g} "
+        f"wall_s={wall:.2f} baseline_s={base_s:.3f} ticks={c.ticks} "
+        f"decide_calls={c.decide_calls} guard_calls={c.guard_calls} peak_cohorts={c.peak_units} "
+        f"target_s={TARGET_S:g} ok={'yes' if ok else 'no'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""``rigpilot backtest``: the command line (docs/backtest.md)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from daemon.backtest.engine import Outcome, ProgressFn, ReplayConfig, replay
+from daemon.backtest.inputs import BacktestInputError, load_fleet, load_market, parse_policies
+from daemon.backtest.report import Figures, summary, write_csv, write_report
+
+SWEEP_KEYS = {
+    "policy": "policies, '+' joins several (breakeven+power-cap)",
+    "hysteresis": "guards.hysteresis_usd_per_day",
+    "dwell": "guards.min_dwell_s",
+    "ramp_kw": "guards.ramp_kw_per_min",
+    "ramp_rigs": "guards.ramp_rigs_per_s",
+    "tick": "control.tick_s",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rigpilot backtest",
+        description=(
+            "Replay a hashprice and power-price history through the live policies and guards, "
+            "on the simulator's rig physics, and report what it would have earned against "
+            "always-on and a plain on/off threshold."
+        ),
+    )
+    p.add_argument(
+        "--market",
+        type=Path,
+        required=True,
+        help="CSV or JSON: time, hashprice_usd_per_ph_day, power_price_usd_per_kwh; rows 5 "
+        "minutes to 1 hour apart",
+    )
+    p.add_argument(
+        "--fleet",
+        type=Path,
+        required=True,
+        help="TOML or JSON [[rigs]] groups: model, count, optional health, health_spread, "
+        "health_buckets, ambient_c, group, modes (the rigpilot sim fleet format)",
+    )
+    p.add_argument(
+        "--policy",
+        required=True,
+        help="policy name, or several joined by '+' (breakeven+power-cap), as installed",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="a rigpilot configuration (as for rigpilot run): [control] tick, guards, "
+        "power_cap_kw, policy_params and [market] economics; default: built-in defaults",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for the report files")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="compare settings in one run (repeatable; every combination): "
+        + "; ".join(f"{k} ({v})" for k, v in SWEEP_KEYS.items()),
+    )
+    p.add_argument("--tick", type=float, help="seconds between ticks (default: control.tick_s, 30)")
+    p.add_argument("--seed", type=int, default=0, help="the ramp jitter's seed (default 0)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="call policies and guards at every tick, never skipping (slow; for checking)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress on the terminal")
+    return p
+
+
+def base_config(args: argparse.Namespace) -> ReplayConfig:
+    """The replay's settings: the configuration file's (or defaults), then the flags."""
+    from policies.api import Site
+    from policies.economics import Economics
+    from policies.guards import GuardConfig
+    from policies.registry import available_policies
+
+    policies = parse_policies(args.policy, available_policies())
+    if args.config is not None:
+        from daemon.config import ConfigError, load_settings
+
+        try:
+            settings = load_settings(args.config)
+        except ConfigError as exc:
+            raise BacktestInputError(f"{args.config}: {exc}") from exc
+        control = settings.control
+        economics = settings.market.economics
+        site = Site(
+            name=settings.site.name,
+            economics=economics,
+            power_cap_kw=control.power_cap_kw,
+            params=dict(control.policy_params),
+        )
+        guards = control.guards.to_config(economics)
+        tick = control.tick_s
+    else:
+        economics = Economics()
+        site, guards, tick = Site(economics=economics), GuardConfig(economics=economics), 30.0
+    if args.tick is not None:
+        if args.tick < 1:
+            raise BacktestInputError(f"--tick: {args.tick:g} s is below 1 s")
+        tick = args.tick
+    return ReplayConfig(policies, guards, site, tick, args.seed, args.exact)
+
+
+def parse_sweep(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    out: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or key not in SWEEP_KEYS:
+            raise BacktestInputError(
+                f"--sweep {item!r}: want KEY=V1,V2 with KEY one of {', '.join(SWEEP_KEYS)}"
+            )
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not vals:
+            raise BacktestInputError(f"--sweep {item!r}: no values")
+        if any(k == key for k, _ in out):
+            raise BacktestInputError(f"--sweep {key}: given twice")
+        out.append((key, vals))
+    return out
+
+
+def apply_setting(config: ReplayConfig, key: str, value: str) -> ReplayConfig:
+    """``config`` with one swept setting changed; BacktestInputError for a bad value."""
+    if key == "policy":
+        from policies.registry import available_policies
+
+        return dataclasses.replace(config, policies=parse_policies(value, available_policies()))
+    try:
+        number = float(value)
+    except ValueError:
+        raise BacktestInputError(f"--sweep {key}: {value!r} is not a number") from None
+    if key == "tick":
+        if number < 1:
+            raise BacktestInputError(f"--sweep tick: {value} s is below 1 s")
+        return dataclasses.replace(config, tick_s=number)
+    g = config.guards
+    try:
+        if key == "hysteresis":
+            guards = dataclasses.replace(g, hysteresis_usd_per_day=number)
+        elif key == "dwell":
+            guards = dataclasses.replace(g, min_dwell_s=number)
+        elif key == "ramp_kw":
+            guards = dataclasses.replace(g, ramp_kw_per_min=number)
+        else:
+            guards = dataclasses.replace(g, ramp_rigs_per_s=number)
+    except ValueError as exc:
+        raise BacktestInputError(f"--sweep {key}={value}: {exc}") from None
+    return dataclasses.replace(config, guards=guards)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of ``rigpilot backtest``; returns the exit status (2 on bad input)."""
+    stdout = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        market = load_market(args.market)
+        fleet = load_fleet(args.fleet)
+        config = base_config(args)
+        sweep = parse_sweep(args.sweep)
+        runs: list[tuple[str, ReplayConfig]] = []
+        for combo in itertools.product(*(vals for _, vals in sweep)):
+            cfg, parts = config, []
+            for (key, _), value in zip(sweep, combo, strict=True):
+                cfg = apply_setting(cfg, key, value)
+                parts.append(f"{key}={value}")
+            runs.append((" ".join(parts), cfg))
+    except BacktestInputError as exc:
+        print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
+        return 2
+    from policies.registry import PolicyLoadError, load_policy
+
+    print(
+        f"market {market.path}: {len(market.rows)} rows every {market.interval_s} s; "
+        f"fleet {fleet.path}: {fleet.rigs} rigs",
+        file=stdout,
+    )
+    if fleet.ignored:
+        print(f"  ignored (simulator-only): {', '.join(fleet.ignored)}", file=stdout)
+    results: list[tuple[str, ReplayConfig, Outcome]] = []
+    for n, (label, cfg) in enumerate(runs, start=1):
+        try:
+            policies = [load_policy(name) for name in cfg.policies]
+        except PolicyLoadError as exc:
+            print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
+            return 2
+        name = label or "+".join(cfg.policies)
+        started = time.perf_counter()
+        progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
+        outcome = replay(market, fleet, policies, cfg, progress)
+        wall = time.perf_counter() - started
+        if progress is not None:
+            print(file=sys.stderr)
+        target = args.out if len(runs) == 1 else args.out / f"run-{n:02d}"
+        notes = [f"sweep: {label}"] if label else []
+        write_report(outcome, target, f"rigpilot backtest: {name}", notes)
+        c = outcome.policy.counters
+        print(f"\n{name}: {wall:.1f} s, report in {target}/", file=stdout)
+        if c is not None:
+            print(
+                f"  {c.ticks} ticks, policies called {c.decide_calls}x, guards {c.guard_calls}x, "
+                f"at most {c.peak_units} cohorts",
+                file=stdout,
+            )
+        _table(summary(outcome), stdout)
+        results.append((label, cfg, outcome))
+    if len(runs) > 1:
+        _write_sweep(results, args.out, stdout)
+    return 0
+
+
+def _progress(label: str) -> ProgressFn:
+    tty = sys.stderr.isatty()
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        pct = done * 100 // total
+        if tty:
+            print(f"\r{label}: {pct:3d}% ({done}/{total} rows)", end="", file=sys.stderr)
+        elif pct // 10 != shown[0]:
+            shown[0] = pct // 10
+            print(f"{label}: {pct}% ({done}/{total} rows)", file=sys.stderr)
+
+    return report
+
+
+def _table(figs: Sequence[Figures], out: TextIO) -> None:
+    base = next(f.profit_usd for f in figs if f.name == "always-on")
+    print(
+        f"  {'strategy':<10} {'profit USD':>13} {'vs always-on':>13} {'energy MWh':>11} "
+        f"{'revenue USD':>13} {'power USD':>12} {'rig-h asleep':>12} {'changes/rig':>11} "
+        f"{'ramp kW/min':>11}",
+        file=out,
+    )
+    for f in figs:
+        print(
+            f"  {f.name:<10} {f.profit_usd:>13,.2f} {f.profit_usd - base:>+13,.2f} "
+            f"{f.energy_mwh:>11,.2f} {f.revenue_usd:>13,.2f} {f.cost_usd:>12,.2f} "
+            f"{f.rig_hours_asleep:>12,.1f} {f.mode_changes_per_rig_mean:>11.2f} "
+            f"{f.steepest_ramp_kw_per_min:>11,.1f}",
+            file=out,
+        )
+
+
+def _write_sweep(
+    results: Sequence[tuple[str, ReplayConfig, Outcome]], out_dir: Path, out: TextIO
+) -> None:
+    header = [
+        "run",
+        "settings",
+        "policies",
+        "hysteresis_usd_per_day",
+        "min_dwell_s",
+        "tick_s",
+        "profit_usd",
+        "profit_vs_always_on_usd",
+        "profit_vs_threshold_usd",
+        "energy_mwh",
+        "rig_hours_asleep",
+        "mode_changes_per_rig_mean",
+        "mode_changes_per_rig_max",
+        "steepest_ramp_kw_per_min",
+    ]
+    rows: list[list[object]] = []
+    print("\nsweep:", file=out)
+    for n, (label, cfg, outcome) in enumerate(results, start=1):
+        pol, always, thr = summary(outcome)
+        rows.append(
+            [
+                f"run-{n:02d}",
+                label,
+                "+".join(cfg.policies),
+                cfg.guards.hysteresis_usd_per_day,
+                cfg.guards.min_dwell_s,
+                cfg.tick_s,
+                round(pol.profit_usd, 2),
+                round(pol.profit_usd - always.profit_usd, 2),
+                round(pol.profit_usd - thr.profit_usd, 2),
+                round(pol.energy_mwh, 4),
+                round(pol.rig_hours_asleep, 2),
+                round(pol.mode_changes_per_rig_mean, 3),
+                pol.mode_changes_per_rig_max,
+                round(pol.steepest_ramp_kw_per_min, 2),
+            ]
+        )
+        print(
+            f"  run-{n:02d} {label:<42} profit {pol.profit_usd:>12,.2f} "
+            f"({pol.profit_usd - always.profit_usd:+,.2f} vs always-on, "
+            f"{pol.profit_usd - thr.profit_usd:+,.2f} vs threshold), "
+            f"{pol.mode_changes_per_rig_mean:.2f} changes/rig",
+            file=out,
+        )
+    write_csv(out_dir / "sweep.csv", header, rows)
+    print(f"  comparison in {out_dir / 'sweep.csv'}", file=out)

@@ -1,0 +1,342 @@
+"""``rigpilot backtest``: the replay, its baselines, its inputs and its report files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from daemon.backtest import cli
+from daemon.backtest.engine import Outcome, ReplayConfig, replay
+from daemon.backtest.inputs import (
+    BacktestInputError,
+    Fleet,
+    Market,
+    MarketRow,
+    RigGroup,
+    load_fleet,
+    load_market,
+)
+from daemon.backtest.report import PNGS, series_rows, summary, write_report
+from policies.registry import load_policy
+from simulator.models import MODELS
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_MARKET = REPO / "examples" / "backtest" / "feb2026.csv"
+SAMPLE_FLEET = REPO / "examples" / "backtest" / "fleet.toml"
+T0 = 1_769_904_000.0  # 2026-02-01T00:00:00Z
+
+
+def _slice(market: Market, rows: int) -> Market:
+    return replace(market, rows=market.rows[:rows])
+
+
+def _run(market: Market, fleet: Fleet, policies: str = "breakeven", **kw: object) -> Outcome:
+    config = ReplayConfig(policies=tuple(policies.split("+")), **kw)  # type: ignore[arg-type]
+    return replay(market, fleet, [load_policy(n) for n in config.policies], config)
+
+
+# ---------------------------------------------------------------------------------------------
+# the three "done when" tests
+
+
+@pytest.mark.slow
+def test_breakeven_never_earns_less_than_always_on_on_the_sample_data() -> None:
+    outcome = _run(load_market(SAMPLE_MARKET), load_fleet(SAMPLE_FLEET))
+    pol, always, _thr = summary(outcome)
+    assert pol.profit_usd >= always.profit_usd
+    # ... and not only at the end: the running totals, step by step.
+    p, a = outcome.policy.strategy, outcome.always_on.strategy
+    header, rows = series_rows(outcome)
+    cp, ca = header.index("policy_cum_profit_usd"), header.index("always_on_cum_profit_usd")
+    assert all(float(r[cp]) >= float(r[ca]) for r in rows)  # type: ignore[arg-type]
+    assert len(p.row_energy_ws) == len(a.row_energy_ws) == 8064
+
+
+def test_threshold_matches_a_hand_computed_result() -> None:
+    # One S21 (nameplate 200 TH/s, 3500 W; at steady normal its chips stay under 72 °C, so
+    # the physics draws exactly nameplate), hourly rows at 5 ¢/kWh, pool fee 2 %.
+    # Margin at normal = 0.2 PH x hp x 0.98 - 3.5 kW x 24 h x 0.05 = 0.196 hp - 4.2 USD/day:
+    # on at $50/PH/day (+5.60), off at $20 (-0.28). Going to sleep takes one physics step
+    # (frequency falls 0.25/s; a step draws the power it ends at), then 18 W.
+    rows = tuple(
+        MarketRow(T0 + 3600 * i, hp, 0.05) for i, hp in enumerate((50.0, 50.0, 20.0, 20.0))
+    )
+    market = Market("tiny", 3600, rows)
+    fleet = Fleet("one", (RigGroup(MODELS["s21"], 1),))
+    outcome = _run(market, fleet)
+    thr = outcome.threshold.strategy
+    revenue_on = 200 / 1000 * 50 * 0.98 / 24  # USD per hour at $50
+    cost_on = 3.5 * 0.05
+    cost_off = 0.018 * 0.05
+    assert sum(thr.rig_revenue) == pytest.approx(2 * revenue_on, rel=1e-9)
+    assert sum(thr.rig_cost) == pytest.approx(2 * cost_on + 2 * cost_off, rel=1e-9)
+    assert sum(thr.rig_energy_ws) / 3.6e6 == pytest.approx(2 * 3.5 + 2 * 0.018, rel=1e-9)
+    assert thr.rig_changes == [1]
+    assert thr.rig_asleep_s == [2 * 3600.0]
+    assert thr.row_hashing == [1, 1, 0, 0]
+    # always-on, by hand too: on throughout
+    a = outcome.always_on.strategy
+    revenue_20 = 200 / 1000 * 20 * 0.98 / 24
+    assert sum(a.rig_revenue) - sum(a.rig_cost) == pytest.approx(
+        2 * revenue_on + 2 * revenue_20 - 4 * cost_on, rel=1e-9
+    )
+
+
+def test_identical_inputs_give_identical_outputs(tmp_path: Path) -> None:
+    market = tmp_path / "m.csv"
+    lines = SAMPLE_MARKET.read_text().splitlines()
+    market.write_text("\n".join(lines[:600]) + "\n")  # two days, with a spike on Feb 1-2
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        argv = ["--market", str(market), "--fleet", str(SAMPLE_FLEET), "--policy", "breakeven"]
+        assert cli.main([*argv, "--out", str(out), "--quiet"], out=io.StringIO()) == 0
+        outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outs[0] == outs[1]
+    assert set(outs[0]) == {"series.csv", "rigs.csv", "summary.csv", "report.html", *PNGS}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replay is the live path
+
+
+def test_skipping_calls_changes_nothing() -> None:
+    """The fast path (cohorts, calls skipped where the result is known) equals calling the
+    policies and guards at every tick."""
+    market = _slice(load_market(SAMPLE_MARKET), 144)  # 12 hours
+    fleet = load_fleet(SAMPLE_FLEET)
+    fast = _run(market, fleet)
+    exact = _run(market, fleet, exact=True)
+    assert summary(fast) == summary(exact)
+    for a, b in ((fast.policy, exact.policy), (fast.threshold, exact.threshold)):
+        assert a.strategy.row_energy_ws == b.strategy.row_energy_ws
+        assert a.strategy.rig_changes == b.strategy.rig_changes
+    assert fast.policy.counters is not None and exact.policy.counters is not None
+    assert fast.policy.counters.guard_calls < exact.policy.counters.guard_calls
+
+
+def test_the_ramp_guard_paces_the_wake_up() -> None:
+    # 20 S21 asleep through a spike, then back: the threshold wakes all at once, the guards
+    # one rig per tick (ramp_rigs_per_s 1 at 30 s ticks).
+    prices = [0.05] * 3 + [2.0] * 3 + [0.05] * 12
+    rows = tuple(MarketRow(T0 + 300 * i, 50.0, p) for i, p in enumerate(prices))
+    outcome = _run(Market("spike", 300, rows), Fleet("f", (RigGroup(MODELS["s21"], 20),)))
+    pol = outcome.policy.strategy
+    assert pol.row_hashing[3] == 0
+    assert pol.row_hashing[-1] == 20
+    assert outcome.threshold.strategy.row_hashing[6] == 20
+    assert outcome.policy.ramp_kw_per_min < outcome.threshold.ramp_kw_per_min
+    assert outcome.policy.ramp_kw_per_min <= 2 * 3.5 + 0.1  # at most two rigs' boot+ramp a minute
+
+
+def test_control_path_does_not_import_the_simulator() -> None:
+    code = (
+        "import sys, daemon.loop, daemon.run, daemon.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulator'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: the file, the line or field, the problem
+
+
+def _market(tmp_path: Path, text: str, name: str = "m.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+HEAD = "time,hashprice_usd_per_ph_day,power_price_usd_per_kwh\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (HEAD + "2026-02-01T00:00:00Z,40,0.05\n2026-02-01T00:05:00Z,40\n", "line 3: 2 fields"),
+        (HEAD + "2026-02-01T00:00:00Z,forty,0.05\n", "line 2: hashprice_usd_per_ph_day: 'forty'"),
+        ("time,hashprice_usd_per_ph_day,price\n", "line 1: unknown column 'price'"),
+        ("time,hashprice_usd_per_ph_day\n", "line 1: missing column 'power_price_usd_per_kwh'"),
+        (
+            HEAD + "2026-02-01T00:05:00Z,40,0.05\n2026-02-01T00:00:00Z,40,0.05\n",
+            "line 3: time 2026-02-01T00:00:00Z is not after",
+        ),
+        (
+            HEAD
+            + "2026-02-01T00:00:00Z,40,0.05\n2026-02-01T00:05:00Z,40,0.05\n"
+            + "2026-02-01T00:20:00Z,40,0.05\n",
+            "line 4: gap or irregular step",
+        ),
+        (HEAD + "2026-02-01T00:00:00,40,0.05\n2026-02-01T00:05:00,40,0.05\n", "no time zone"),
+        (HEAD + "2026-02-01T00:00:00Z,40,0.05\n2026-02-01T00:01:00Z,40,0.05\n", "300 s"),
+        (HEAD + "2026-02-01T00:00:00Z,,0.05\n2026-02-01T00:05:00Z,40,0.05\n", "first row"),
+        (HEAD + "2026-02-01T00:00:00Z,40,50\n2026-02-01T00:05:00Z,40,0.05\n", "implausible"),
+        (HEAD + "2026-02-01T00:00:00Z,-4,0.05\n2026-02-01T00:05:00Z,40,0.05\n", "negative"),
+    ],
+)
+def test_bad_market_csv(tmp_path: Path, text: str, message: str) -> None:
+    path = _market(tmp_path, text)
+    with pytest.raises(BacktestInputError) as err:
+        load_market(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_market_json_and_its_errors(tmp_path: Path) -> None:
+    rows = [
+        {"time": T0 + 900 * i, "hashprice_usd_per_ph_day": 40, "power_price_usd_per_kwh": p}
+        for i, p in enumerate((0.05, None, -0.01))
+    ]
+    market = load_market(_market(tmp_path, json.dumps({"rows": rows}), "m.json"))
+    assert market.interval_s == 900
+    assert market.rows[1].power_price_usd_per_kwh is None  # an empty quote: stale, as live
+    rows[2]["power"] = 1
+    with pytest.raises(BacktestInputError, match=r"m\.json: rows\[2\]: unknown field 'power'"):
+        load_market(_market(tmp_path, json.dumps(rows), "m.json"))
+    with pytest.raises(BacktestInputError, match=r"m\.json: line 1: not valid JSON"):
+        load_market(_market(tmp_path, "[{", "m.json"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[rigs]]\nmodel = "s9"\ncount = 3\n', "rigs[0]: model: unknown model 's9'; known"),
+        ('[[rigs]]\nmodel = "s21"\ncount = 0\n', "rigs[0]: count: want a whole number"),
+        ('[[rigs]]\nmodel = "s21"\ncolour = "red"\n', "rigs[0]: unknown key 'colour'"),
+        ('[[rigs]]\nmodel = "s21"\nmodes = ["sleep", "turbo"]\n', "unknown mode 'turbo'"),
+        ('[[rigs]]\nmodel = "s21"\nhealth = 2\n', "rigs[0]: health: want a number"),
+        ("speed = 3\n", "unknown key 'speed'"),
+        ('[[rigs]\nmodel = "s21"\n', "not valid TOML"),
+    ],
+)
+def test_bad_fleet(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(BacktestInputError) as err:
+        load_fleet(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_the_simulator_fleet_example_is_accepted() -> None:
+    fleet = load_fleet(REPO / "docs" / "fleet.example.toml")
+    assert fleet.rigs == 47
+    assert "time_scale" in fleet.ignored
+    assert "rigs[4].faults" in fleet.ignored
+
+
+def test_health_spread_splits_a_group_evenly() -> None:
+    group = RigGroup(MODELS["s21"], 10, health=0.95, health_spread=0.05, health_buckets=3)
+    assert group.healths() == [(0.9, 3), (0.95, 3), (1.0, 4)]
+
+
+def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--market", str(SAMPLE_MARKET), "--fleet", str(SAMPLE_FLEET), "--out", str(tmp_path)]
+    assert cli.main([*args, "--policy", "brekeven"], out=io.StringIO()) == 2
+    assert "unknown policy 'brekeven'; installed policies: breakeven" in capsys.readouterr().err
+    assert cli.main([*args, "--policy", "breakeven", "--sweep", "speed=1"], out=io.StringIO()) == 2
+    assert "--sweep 'speed=1': want KEY=V1,V2" in capsys.readouterr().err
+    bad = _market(tmp_path, HEAD + "2026-02-01T00:00:00Z,40,0.05\nnope,40,0.05\n")
+    args[1] = str(bad)
+    assert cli.main([*args, "--policy", "breakeven"], out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: line 3: time: 'nope' is not an ISO 8601 time" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        chunks.append((kind, body))
+        pos += 12 + length
+    return chunks
+
+
+def test_report_files(tmp_path: Path) -> None:
+    outcome = _run(_slice(load_market(SAMPLE_MARKET), 300), load_fleet(SAMPLE_FLEET))
+    write_report(outcome, tmp_path, "test")
+    for name in PNGS:
+        chunks = _png_chunks((tmp_path / name).read_bytes())
+        kinds = [k for k, _ in chunks]
+        assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
+        width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
+        raw = zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT"))
+        assert (depth, colour) == (8, 2)
+        assert len(raw) == height * (1 + 3 * width)
+        assert len(set(raw)) > 3  # something was drawn
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 3
+    for external in ("<script", "<link", "src=", "url(", "@import", "https://"):
+        assert external not in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    with (tmp_path / "series.csv").open() as fh:
+        header = next(csv.reader(fh))
+    for col in (
+        "time",
+        "hashprice_usd_per_ph_day",
+        "fleet_breakeven_hashprice_usd_per_ph_day",
+        "policy_power_kw",
+        "policy_cum_profit_usd",
+        "always_on_profit_usd",
+        "threshold_rigs_hashing",
+    ):
+        assert col in header
+    with (tmp_path / "rigs.csv").open() as fh:
+        rigs = list(csv.DictReader(fh))
+    assert len(rigs) == 60
+    assert {"rig", "model", "mode_changes", "hours_asleep", "profit_usd"} <= set(rigs[0])
+    with (tmp_path / "summary.csv").open() as fh:
+        names = [r["strategy"] for r in csv.DictReader(fh)]
+    assert names == ["policy", "always-on", "threshold"]
+
+
+def test_sweep_compares_settings(tmp_path: Path) -> None:
+    market = tmp_path / "m.csv"
+    market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:150]) + "\n")
+    config = tmp_path / "rigpilot.toml"
+    config.write_text("[control]\npower_cap_kw = 150\n")
+    argv = ["--market", str(market), "--fleet", str(SAMPLE_FLEET), "--config", str(config)]
+    argv += ["--policy", "breakeven", "--out", str(tmp_path / "out"), "--quiet"]
+    argv += ["--sweep", "hysteresis=0,1", "--sweep", "policy=breakeven,breakeven+power-cap"]
+    shown = io.StringIO()
+    assert cli.main(argv, out=shown) == 0
+    with (tmp_path / "out" / "sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["settings"] for r in rows] == [
+        "hysteresis=0 policy=breakeven",
+        "hysteresis=0 policy=breakeven+power-cap",
+        "hysteresis=1 policy=breakeven",
+        "hysteresis=1 policy=breakeven+power-cap",
+    ]
+    assert (tmp_path / "out" / "run-04" / "report.html").exists()
+    assert "sweep:" in shown.getvalue()
+    # the cap holds the site at or under 150 kW once it has shed
+    with (tmp_path / "out" / "run-02" / "series.csv").open() as fh:
+        power = [float(r["policy_power_kw"]) for r in csv.DictReader(fh)]
+    assert max(power[3:]) <= 150.0 + 1e-6
+
+
+def test_rigpilot_backtest_help_is_listed() -> None:
+    from daemon.cli import build_parser
+
+    assert "backtest" in build_parser().format_help()
