@@ -352,6 +352,8 @@ class ControlRoom:
         the daemon does not apply it twice, and repeats its final answer."""
         while True:
             await asyncio.sleep(5.0)
+            if self.paused.is_set():
+                continue  # the quiet window is quiet
             answered = self.answers()
             now = time.monotonic()
             for s in list(self.sent.values()):
@@ -366,8 +368,8 @@ class ControlRoom:
                     self.market if s.tx.startswith("m-") else self.clients[0], s.command, s.body
                 )
 
-    async def status(self, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
-        """Every rig's observed and desired mode, asked of the daemon (request/response)."""
+    async def status(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The daemon's status with every rig's observed and desired mode (request/response)."""
         tx = f"check-{next(self.counter)}"
         body = {"rigs": True, "transaction": tx}
         deadline = time.monotonic() + timeout
@@ -376,9 +378,19 @@ class ControlRoom:
             for _ in range(50):
                 got = self.answers().get(tx)
                 if got:
-                    return dict(got[0]["result"].get("rigs", {}))
+                    return dict(got[0]["result"])
                 await asyncio.sleep(0.1)
         raise RuntimeError("the daemon did not answer status")
+
+    async def ticks(self, n: int, timeout: float = 120.0) -> None:
+        """Wait until the daemon has completed ``n`` more ticks (its own, however long)."""
+        seen = (await self.status()).get("at")
+        deadline = time.monotonic() + timeout
+        while n > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            at = (await self.status()).get("at")
+            if at is not None and at != seen:
+                seen, n = at, n - 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,22 +491,27 @@ async def converge_check(
 ) -> dict[str, Any]:
     """Quiet window of two ticks, then every healthy rig must be where the daemon wants it.
 
-    What the daemon wants is asked of it (``status`` with rigs) before and after reading the
-    rigs' true state; a rig whose desired state changed in between is not judged."""
+    What the daemon wants is asked of it (``status`` with rigs) a cycle before, just before and
+    just after reading the rigs' true state: a rig is judged when its desired state held for
+    that whole cycle (it had a full cycle to be commanded and confirmed)."""
     room.paused.set()
-    await asyncio.sleep(2 * TICK_S + 2.0)
-    before = await room.status()
+    await room.ticks(1)  # the daemon's cycles, however long they take
+    first = (await room.status()).get("rigs", {})
+    await room.ticks(1)
+    await asyncio.sleep(2.0)  # the last commands' effect on the rigs (30x simulated time)
+    before = (await room.status()).get("rigs", {})
     truth = {a: await asyncio.to_thread(control.rig, a) for a in rigs}
-    after = await room.status()
+    after = (await room.status()).get("rigs", {})
     bad = []
     checked = 0
     skip = faults.unhealthy()
     for address in rigs:
-        want, again = before.get(address), after.get(address)
-        if address in skip or want is None or again is None:
+        want, again, early = before.get(address), after.get(address), first.get(address)
+        if address in skip or want is None or again is None or early is None:
             continue
-        if (want["desired"], want["power_limit_w"]) != (again["desired"], again["power_limit_w"]):
-            continue  # changed meanwhile (a pin expired): judged at the next check
+        wanted = {(w["desired"], w["power_limit_w"]) for w in (early, want, again)}
+        if len(wanted) > 1:
+            continue  # the desired state changed within the last cycle: judged next time
         if want["desired"] == "unknown" or want["mode"] == "unknown" or want["not_responding"]:
             continue
         if want.get("retry_at") is not None:
