@@ -425,8 +425,9 @@ tick_s = {TICK_S}
 confirm_deadline_s = {CONFIRM_DEADLINE_S}
 max_attempts = {MAX_ATTEMPTS}
 stop_grace_s = 5
-wedged_after_s = 15
+wedged_after_s = 25
 observe_timeout_s = 3
+command_timeout_s = 10
 [control.guards]
 min_dwell_s = 0
 ramp_kw_per_min = 1000000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.economics import Economics
 from policies.guards import FailSafe, GuardConfig
@@ -56,4 +56,27 @@ class ControlSettings(BaseModel):
     # The watchdog goes silent when no tick completed for this long (None: 3 ticks, >= 120 s).
     wedged_after_s: float | None = Field(default=None, gt=0)
     guards: GuardSettings = GuardSettings()
+
+    def slowest_tick_s(self) -> float:
+        """The longest a healthy tick can take: the wait, a full observation deadline and a
+        full command deadline (a hung rig holds the tick that long, and no longer)."""
+        return self.tick_s + self.observe_timeout_s + self.command_timeout_s
+
+    def wedged_after(self) -> float:
+        """When the watchdog goes silent: as configured, else three ticks, at least 120 s,
+        and never before a slow but healthy tick could end."""
+        if self.wedged_after_s is not None:
+            return self.wedged_after_s
+        return max(3 * self.tick_s, 120.0, self.slowest_tick_s() + 30.0)
+
+    @model_validator(mode="after")
+    def _wedge_after_a_slow_tick(self) -> ControlSettings:
+        if self.wedged_after_s is not None and self.wedged_after_s < self.slowest_tick_s():
+            raise ValueError(
+                f"wedged_after_s ({self.wedged_after_s:g} s) must be at least tick_s + "
+                f"observe_timeout_s + command_timeout_s ({self.slowest_tick_s():g} s): a tick "
+                "waiting on a hung rig is slow, not wedged"
+            )
+        return self
+
     policy_params: dict[str, object] = Field(default_factory=dict)

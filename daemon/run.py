@@ -203,7 +203,7 @@ async def serve(
         )
         tune_gc()  # the long-lived heap is built: stop rescanning it (daemon/gctune.py)
         progress = _Progress(
-            settings.control.tick_s, wedged_after_s=settings.control.wedged_after_s or 0.0
+            settings.control.tick_s, wedged_after_s=settings.control.wedged_after()
         )
         watchdog = asyncio.create_task(_watchdog(notifier, progress, stop), name="watchdog")
         bridge_task = None
