@@ -502,6 +502,9 @@ async def converge_check(
     await asyncio.sleep(2.0)  # the last commands' effect on the rigs (30x simulated time)
     before = (await room.status()).get("rigs", {})
     truth = {a: await asyncio.to_thread(control.rig, a) for a in rigs}
+    # A tick may have sent new commands while the rigs were read: the next tick's desired
+    # states show it, so a rig is judged only if that one agrees too.
+    await room.ticks(1)
     after = (await room.status()).get("rigs", {})
     bad = []
     checked = 0
