@@ -159,9 +159,10 @@ class Bridge:
         interval = self.settings.state_interval_s
         stuck = loop.reconciler.not_responding
         dry = loop.actuator.dry_run
+        pinned = self.desk.pinned()
         for rig_id, reading in report.readings.items():
             desired = report.desired.get(rig_id)
-            pin = self.desk.pin_of(rig_id)
+            pin = pinned.get(rig_id)
             driver = drivers.get(rig_id)
             key = (
                 type(reading).__name__,

@@ -491,11 +491,9 @@ class CommandDesk:
         self.loop.overrides = [p.override for p in self.pins.values()]
         self.on_change()
 
-    def pin_of(self, rig_id: RigId) -> tuple[str, Override] | None:
-        for pin in self.pins.values():
-            if rig_id in pin.override.rig_ids:
-                return pin.id, pin.override
-        return None
+    def pinned(self) -> dict[RigId, tuple[str, Override]]:
+        """Each pinned rig's pin id and override (built once per tick, not searched per rig)."""
+        return {r: (p.id, p.override) for p in self.pins.values() for r in p.override.rig_ids}
 
     def _unpinned(self, env: Envelope, req: c.Request, rigs: Sequence[RigId], by: str) -> Answer:
         released = self._release(rigs)
