@@ -18,10 +18,14 @@ After each disruption, once the daemon is back, the clients and the market pause
 window of two ticks, then: every healthy rig must be in the state the daemon wants it in.
 Healthy: no fault within the reconciler's longest backoff (a command that reached a rig while
 it was faulty is retried only after that, by design), and not backing off after a send that
-failed outright. At the end:
+failed outright. At the end the clients stop sending new commands and, for up to 150 s, keep
+asking again for every answer they miss (an answer in flight when a broker is SIGKILLed is gone;
+asking again with the same ``transaction`` is how a client learns the outcome); then a last
+convergence check, and:
 
 - no unhandled exception (no log record with a traceback, nothing on stderr but log lines);
-- every acknowledged command (answered ``accepted`` or ``done``) has exactly one final answer
+- every command sent has its final answer (after resends), and every acknowledged command
+  (answered ``accepted`` or ``done``) has exactly one final answer
   (a resent command's final answer, repeated and marked so, is not a second one), and no
   command was applied twice (``pin.added`` at most once per transaction);
 - the audit log is complete: no rig received more write requests (simulator counters) than its
@@ -88,6 +92,12 @@ MAX_ATTEMPTS = 3
 # The longest a command that reached a faulty rig can wait before its next try (confirm
 # deadline doubling per attempt), plus a tick: a rig is healthy again only after that.
 RECOVERY_S = CONFIRM_DEADLINE_S * (2**MAX_ATTEMPTS - 1) + TICK_S
+COMMAND_TIMEOUT_S = 45.0
+RESEND_ACCEPTED_S = COMMAND_TIMEOUT_S + TICK_S + 10.0
+"""An accepted command's final answer is due within its timeout and a tick: past that (plus a
+margin) the client asks again."""
+DRAIN_S = 150.0
+"""At the end, how long the clients keep asking for the answers they miss."""
 CRASH_EVENTS = {
     "command.crashed",
     "rig.command_crashed",
@@ -251,6 +261,10 @@ class ControlRoom:
         self.market = Collector(broker, "operator", [], "soak-market")
         self.sent: dict[str, Sent] = {}
         self.paused = asyncio.Event()
+        """No new commands (a quiet window, or the drain at the end)."""
+        self.checking = asyncio.Event()
+        """A convergence check is running: not even resends."""
+        self.draining = False
         self.tasks: list[asyncio.Task[None]] = []
         self.counter = itertools.count(1)
         self.hashprices = itertools.cycle([22.0, 45.0, 70.0, 30.0, 55.0])
@@ -286,9 +300,14 @@ class ControlRoom:
         )
         if kind == "set":
             mode = self.rng.choice(["sleep", "normal", "low", "auto"])
-            return kind, {**self._target(), "mode": mode, "for_s": 120, "timeout_s": 45}
+            return kind, {
+                **self._target(),
+                "mode": mode,
+                "for_s": 120,
+                "timeout_s": COMMAND_TIMEOUT_S,
+            }
         if kind == "curtail":
-            return kind, {**self._target(), "for_s": 120, "timeout_s": 45}
+            return kind, {**self._target(), "for_s": 120, "timeout_s": COMMAND_TIMEOUT_S}
         if kind == "pin":
             mode = self.rng.choice(["sleep", "normal"])
             return kind, {"rig": self.rng.choice(self.rigs), "mode": mode, "for_s": 90}
@@ -351,8 +370,8 @@ class ControlRoom:
         well past its timeout (lost with a broker), is sent again with the same transaction:
         the daemon does not apply it twice, and repeats its final answer."""
         while True:
-            await asyncio.sleep(5.0)
-            if self.paused.is_set():
+            await asyncio.sleep(5.0 if not self.draining else 2.0)
+            if self.checking.is_set():
                 continue  # the quiet window is quiet
             answered = self.answers()
             now = time.monotonic()
@@ -360,13 +379,38 @@ class ControlRoom:
                 got = answered.get(s.tx, [])
                 final = any(a["status"] != "accepted" for a in got)
                 quiet = now - s.last
-                if final or s.sends >= 8 or quiet < (15.0 if not got else 75.0):
+                if final or s.sends >= 8 or quiet < (15.0 if not got else RESEND_ACCEPTED_S):
                     continue
                 s.sends += 1
                 s.last = now
                 await self._publish(
                     self.market if s.tx.startswith("m-") else self.clients[0], s.command, s.body
                 )
+
+    def outstanding(self) -> list[str]:
+        """Commands without a final answer yet (none at all, or only "accepted")."""
+        answered = self.answers()
+        return [
+            tx
+            for tx in self.sent
+            if not any(a["status"] != "accepted" for a in answered.get(tx, []))
+        ]
+
+    async def drain(self, budget_s: float) -> list[str]:
+        """No new commands; resend what is unanswered until every command has its final answer
+        or ``budget_s`` is spent; returns what is still outstanding. A client whose answer was
+        lost with a killed broker asks again: that is how it learns the outcome."""
+        self.paused.set()
+        self.draining = True
+        deadline = time.monotonic() + budget_s
+        try:
+            while time.monotonic() < deadline:
+                if not self.outstanding():
+                    break
+                await asyncio.sleep(1.0)
+        finally:
+            self.draining = False
+        return self.outstanding()
 
     async def status(self, timeout: float = 30.0) -> dict[str, Any]:
         """The daemon's status with every rig's observed and desired mode (request/response)."""
@@ -495,7 +539,20 @@ async def converge_check(
     What the daemon wants is asked of it (``status`` with rigs) a cycle before, just before and
     just after reading the rigs' true state: a rig is judged when its desired state held for
     that whole cycle (it had a full cycle to be commanded and confirmed)."""
+    was_paused = room.paused.is_set()
     room.paused.set()
+    room.checking.set()
+    try:
+        return await _converge_check(room, control, faults, rigs)
+    finally:
+        room.checking.clear()
+        if not was_paused:  # after the final check the room stays quiet
+            room.paused.clear()
+
+
+async def _converge_check(
+    room: ControlRoom, control: Any, faults: Faults, rigs: list[str]
+) -> dict[str, Any]:
     await room.ticks(1)  # the daemon's cycles, however long they take
     first = (await room.status()).get("rigs", {})
     await room.ticks(1)
@@ -528,7 +585,6 @@ async def converge_check(
             ok = sim_mode(state) == want["desired"]
         if not ok:
             bad.append(f"{address}: wants {want['desired']} ({want['by']}), is {sim_mode(state)}")
-    room.paused.clear()
     return {"checked": checked, "off_target": len(bad), "examples": bad[:5]}
 
 
@@ -612,8 +668,11 @@ async def soak(opts: Options) -> dict[str, Any]:
                 next_disruption = time.monotonic() + opts.disrupt_every_s
             await asyncio.sleep(1.0)
         # Drain: no new commands; every acknowledged one gets its final answer.
-        room.paused.set()
-        await asyncio.sleep(60.0 if opts.minutes >= 5 else 50.0)
+        outstanding = await room.drain(DRAIN_S)
+        print(
+            f"soak: drained; {len(outstanding)} command(s) still without a final answer",
+            flush=True,
+        )
         final_check = await converge_check(room, control, faults, rigs)
         code = daemon.stop("term")
         await room.stop()
@@ -715,6 +774,7 @@ def evaluate(
         "healthy rigs on target after every disruption": off_target == 0,
         "no unhandled exception": not crashes and stray == 0,
         "no acknowledged command lost": not lost,
+        "every command answered in the end": not unanswered,
         "no command answered twice": not duplicates,
         "no command applied twice": not applied_twice,
         "audit log complete": not audit_gaps and not results_without_intent,
