@@ -22,7 +22,8 @@ class GuardSettings(BaseModel):
     ramp_kw_per_min: float = Field(default=100.0, gt=0)
     ramp_rigs_per_s: float = Field(default=1.0, gt=0)
 
-    def to_config(self, economics: Economics) -> GuardConfig:
+    def to_config(self, economics: Economics, tick_s: float) -> GuardConfig:
+        """The guards' configuration; power-up starts are scheduled up to one tick ahead."""
         return GuardConfig(
             thermal_limit_c=self.thermal_limit_c,
             thermal_critical_c=self.thermal_critical_c,
@@ -33,6 +34,7 @@ class GuardSettings(BaseModel):
             ramp_kw_per_min=self.ramp_kw_per_min,
             ramp_rigs_per_s=self.ramp_rigs_per_s,
             economics=economics,
+            ramp_horizon_s=tick_s,
         )
 
 
@@ -58,9 +60,10 @@ class ControlSettings(BaseModel):
     guards: GuardSettings = GuardSettings()
 
     def slowest_tick_s(self) -> float:
-        """The longest a healthy tick can take: the wait, a full observation deadline and a
-        full command deadline (a hung rig holds the tick that long, and no longer)."""
-        return self.tick_s + self.observe_timeout_s + self.command_timeout_s
+        """The longest a healthy tick can take: the wait, a full observation deadline, the
+        power-up start slots (up to one tick ahead) and a full command deadline (a hung rig
+        holds the tick that long, and no longer)."""
+        return 2 * self.tick_s + self.observe_timeout_s + self.command_timeout_s
 
     def wedged_after(self) -> float:
         """When the watchdog goes silent: as configured, else three ticks, at least 120 s,
@@ -73,9 +76,9 @@ class ControlSettings(BaseModel):
     def _wedge_after_a_slow_tick(self) -> ControlSettings:
         if self.wedged_after_s is not None and self.wedged_after_s < self.slowest_tick_s():
             raise ValueError(
-                f"wedged_after_s ({self.wedged_after_s:g} s) must be at least tick_s + "
+                f"wedged_after_s ({self.wedged_after_s:g} s) must be at least 2 × tick_s + "
                 f"observe_timeout_s + command_timeout_s ({self.slowest_tick_s():g} s): a tick "
-                "waiting on a hung rig is slow, not wedged"
+                "spacing power-ups or waiting on a hung rig is slow, not wedged"
             )
         return self
 

@@ -216,10 +216,12 @@ class ControlLoop:
         that draws no more power, with a note saying so."""
         driver = self.observer.drivers.get(d.rig_id)
         if driver is None or d.mode is Mode.UNKNOWN or d.mode in driver.capabilities.modes:
-            return Target(d.rig_id, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by)
+            return Target(
+                d.rig_id, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by, d.start_at
+            )
         safe = nearest_safe(d.mode, driver.capabilities.modes)
         note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
-        return Target(d.rig_id, safe, None, d.reason + note, d.decided_by)
+        return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
 
     def _view(self, state: MarketState, now: float) -> MarketView:
         hp = state.fresh(QuoteKind.HASHPRICE)

@@ -14,10 +14,11 @@ else, including the bookkeeping, runs exactly as live.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -42,6 +43,7 @@ class Target:
     power_limit_w: int | None
     reason: str | LazyReason  # formatted only for a command (reason_text)
     decided_by: str
+    not_before: float | None = None  # a power-up's start slot from the ramp guard (None: now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class Command:
     reason: str
     decided_by: str
     attempt: int  # 1 for the first send of this target
+    not_before: float | None = None  # not sent before this time (the ramp's start slot)
 
 
 class Outcome(StrEnum):
@@ -180,6 +183,7 @@ class Reconciler:
                     reason_text(target.reason),
                     target.decided_by,
                     attempt,
+                    target.not_before,
                 )
             )
         if self.confirmed:
@@ -294,22 +298,39 @@ def _same(a: Target, b: Target) -> bool:
 
 @dataclass
 class Actuator:
-    """Sends commands through the rigs' drivers with bounded concurrency."""
+    """Sends commands through the rigs' drivers with bounded concurrency, each no earlier than
+    its ``not_before`` (the ramp guard's start slots: power-ups go out spaced, not at once)."""
 
     drivers: Mapping[RigId, RigDriver]
     dry_run: bool = True
     concurrency: int = 64
     timeout_s: float = 30.0
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    """Waits a duration measured in ``clock``'s seconds (the demo's clock runs faster)."""
 
     async def send(self, commands: Sequence[Command]) -> list[CommandResult]:
-        """Send every command (or, in dry-run, none) and report each outcome."""
-        return await bounded_map(list(commands), self._send_one, self.concurrency)
+        """Send every command (or, in dry-run, none) and report each outcome, in the order
+        given. Commands due now go first; the ones with a later start slot follow in slot
+        order, so waiting ones never hold up the others."""
+        if all(c.not_before is None for c in commands):
+            return await bounded_map(list(commands), self._send_one, self.concurrency)
+        order = sorted(
+            range(len(commands)),
+            key=lambda i: (commands[i].not_before is not None, commands[i].not_before or 0.0, i),
+        )
+        results = await bounded_map([commands[i] for i in order], self._send_one, self.concurrency)
+        out: list[CommandResult | None] = [None] * len(commands)
+        for i, result in zip(order, results, strict=True):
+            out[i] = result
+        return [r for r in out if r is not None]
 
     async def _send_one(self, cmd: Command) -> CommandResult:
         now = self.clock()
         if self.dry_run:
             return CommandResult(cmd, Outcome.DRY_RUN, "dry-run: not sent", now)
+        if cmd.not_before is not None and cmd.not_before > now:
+            await self.sleep(cmd.not_before - now)
         driver = self.drivers.get(cmd.rig_id)
         if driver is None:
             return CommandResult(cmd, Outcome.FAILED, "no driver for this rig", now)

@@ -116,7 +116,7 @@ def build_loop(
         market=build_market(settings.market, client),
         policies=policies,
         site=site,
-        guard_config=control.guards.to_config(economics),
+        guard_config=control.guards.to_config(economics, control.tick_s),
         reconciler=Reconciler(
             confirm_deadline_s=control.confirm_deadline_s, max_attempts=control.max_attempts
         ),
@@ -378,7 +378,7 @@ async def _reload(
         power_cap_kw=control.power_cap_kw,
         params=dict(control.policy_params),
     )
-    loop.guard_config = control.guards.to_config(economics)
+    loop.guard_config = control.guards.to_config(economics, control.tick_s)
     loop.reconciler.confirm_deadline_s = control.confirm_deadline_s
     loop.reconciler.max_attempts = control.max_attempts
     loop.actuator.dry_run = force_dry_run or new.dry_run

@@ -20,6 +20,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +93,15 @@ def render(report: object, tick: int, hashprice: float, power: float, clear: boo
     return "\n".join(lines)
 
 
+def site_sleep(site_s_per_wall_s: float) -> Callable[[float], Awaitable[None]]:
+    """A sleep measured in site seconds (the demo's clock runs faster than the wall)."""
+
+    async def sleep(site_s: float) -> None:
+        await asyncio.sleep(site_s / site_s_per_wall_s)
+
+    return sleep
+
+
 async def run(control: Path, live: bool, ticks: int, speed: float) -> None:
     from daemon.audit import AuditLog
     from daemon.loop import ControlLoop
@@ -127,10 +137,16 @@ async def run(control: Path, live: bool, ticks: int, speed: float) -> None:
         policies=[BreakevenPolicy()],
         site=Site(name="demo", economics=terms),
         guard_config=GuardConfig(
-            min_dwell_s=120, hysteresis_usd_per_day=0.25, ramp_kw_per_min=8.0, economics=terms
+            min_dwell_s=120,
+            hysteresis_usd_per_day=0.25,
+            ramp_kw_per_min=8.0,
+            economics=terms,
+            ramp_horizon_s=30.0,  # the tick: power-ups start 1 s of site time apart within it
         ),
         reconciler=Reconciler(confirm_deadline_s=180),
-        actuator=Actuator(observer.drivers, dry_run=not live, clock=clock),
+        actuator=Actuator(
+            observer.drivers, dry_run=not live, clock=clock, sleep=site_sleep(30.0 * speed)
+        ),
         audit=AuditLog(audit_path),
         market_refresh_s=0.0,
         clock=clock,

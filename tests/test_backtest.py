@@ -26,6 +26,7 @@ from daemon.backtest.inputs import (
     load_market,
 )
 from daemon.backtest.report import PNGS, series_rows, summary, write_report
+from policies.guards import GuardConfig
 from policies.registry import load_policy
 from simulator.models import MODELS
 
@@ -126,16 +127,31 @@ def test_skipping_calls_changes_nothing() -> None:
 
 def test_the_ramp_guard_paces_the_wake_up() -> None:
     # 20 S21 asleep through a spike, then back: the threshold wakes all at once, the guards
-    # one rig per tick (ramp_rigs_per_s 1 at 30 s ticks).
+    # as the kW budget allows (7.5 kW a minute: two S21, 3.5 kW each, a minute).
     prices = [0.05] * 3 + [2.0] * 3 + [0.05] * 12
     rows = tuple(MarketRow(T0 + 300 * i, 50.0, p) for i, p in enumerate(prices))
-    outcome = _run(Market("spike", 300, rows), Fleet("f", (RigGroup(MODELS["s21"], 20),)))
+    guards = GuardConfig(ramp_kw_per_min=7.5)
+    outcome = _run(
+        Market("spike", 300, rows), Fleet("f", (RigGroup(MODELS["s21"], 20),)), guards=guards
+    )
     pol = outcome.policy.strategy
     assert pol.row_hashing[3] == 0
     assert pol.row_hashing[-1] == 20
+    assert pol.row_hashing[6] < 20
     assert outcome.threshold.strategy.row_hashing[6] == 20
     assert outcome.policy.ramp_kw_per_min < outcome.threshold.ramp_kw_per_min
     assert outcome.policy.ramp_kw_per_min <= 2 * 3.5 + 0.1  # at most two rigs' boot+ramp a minute
+
+
+def test_the_rigs_budget_is_per_second_not_per_tick() -> None:
+    # With the kW budget out of the way, 1 rig/s at 30 s ticks wakes 20 rigs in one tick.
+    prices = [0.05] * 3 + [2.0] * 3 + [0.05] * 4
+    rows = tuple(MarketRow(T0 + 300 * i, 50.0, p) for i, p in enumerate(prices))
+    fleet = Fleet("f", (RigGroup(MODELS["s21"], 20),))
+    fast = _run(Market("spike", 300, rows), fleet)
+    assert fast.policy.strategy.row_hashing[6] == 20
+    slow = _run(Market("spike", 300, rows), fleet, guards=GuardConfig(ramp_rigs_per_s=1 / 30))
+    assert slow.policy.strategy.row_hashing[6] == 10  # one a tick: 10 ticks in the row
 
 
 def test_control_path_does_not_import_the_simulator() -> None:

@@ -14,6 +14,7 @@ import structlog
 from daemon import config
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
 from daemon.logsetup import configure_logging, get_logger
+from policies.economics import Economics
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "rigpilot.example.toml"
@@ -90,6 +91,18 @@ def test_defaults_without_file_or_env() -> None:
     assert s.log.json_output is None
     assert s.dry_run is False
     assert s.rigs == ()
+
+
+def test_power_ups_are_scheduled_up_to_one_tick_ahead(tmp_path: Path) -> None:
+    path = tmp_path / "rigpilot.toml"
+    path.write_text("[control]\ntick_s = 20\n[control.guards]\nramp_rigs_per_s = 2\n")
+    control = load_settings(path, NO_ENV).control
+    guards = control.guards.to_config(Economics(), control.tick_s)
+    assert (guards.ramp_horizon_s, guards.ramp_spacing_s) == (20.0, 0.5)
+    # A tick may now spend up to one more tick_s sending spaced power-ups: not wedged.
+    assert (
+        control.slowest_tick_s() == 2 * 20 + control.observe_timeout_s + control.command_timeout_s
+    )
 
 
 def test_example_config_loads_cleanly() -> None:

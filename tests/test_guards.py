@@ -5,6 +5,7 @@ temperatures) driven by a fake clock. docs/guards.md maps each invariant to its 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -352,7 +353,7 @@ def test_ramp_lets_the_most_profitable_up_first_and_continues_next_tick() -> Non
     assert (out["poor"].decided_by, out["poor"].held_back) == (RAMP, True)
     assert out["poor"].reason == (  # written lazily
         "power-up to normal (+3.23 kW, asked by breakeven) postponed by the ramp limit: "
-        "0.53 kW and 8 rigs left in the window"
+        "0.53 kW left in the minute and 8 start slots left this tick"
     )
     assert out["rich"].reason == "breakeven wants normal"
     out, state = run(fleet, intents, config=config, state=state, now=T0 + 59)
@@ -372,6 +373,26 @@ def test_ramp_counts_rigs_per_second() -> None:
         ups.append(sorted(r for r, d in out.items() if d.mode is Mode.LOW))
         fleet = [rig_at(r, out[r].mode, now) for r in out]
     assert [len(u) for u in ups] == [1, 1, 2, 2, 3]
+
+
+def test_ramp_spaces_power_ups_over_the_tick() -> None:
+    # 1 rig/s with 30 s ticks: 30 rigs a tick, starting 1 s apart, not one rig a tick.
+    config = replace(QUIET, ramp_rigs_per_s=1.0, ramp_horizon_s=30.0)
+    fleet = [rig_at(f"r{i:02d}", Mode.SLEEP, T0) for i in range(40)]
+    intents = [want(r.rig_id, Mode.LOW) for r in fleet]
+    out, state = run(fleet, intents, config=config)
+    up = sorted((d.start_at or T0) for d in out.values() if d.mode is Mode.LOW)
+    assert up == [T0 + k for k in range(30)]
+    assert [g.at for g in state.ramp_log] == up
+    assert sum(1 for d in out.values() if d.held_back and d.decided_by == RAMP) == 10
+    # The next tick (here an early one, 10 s later) starts where the last left off.
+    fleet = [rig_at(r, out[r].mode, T0 + 10) for r in out]
+    out, state = run(fleet, intents, config=config, state=state, now=T0 + 10)
+    assert [g.at for g in state.ramp_log][30:] == [T0 + 30 + k for k in range(10)]
+    assert all(d.mode is Mode.LOW and not d.held_back for d in out.values())
+    assert sorted(d.start_at for d in out.values() if d.start_at and d.start_at >= T0 + 30) == [
+        T0 + 30 + k for k in range(10)
+    ]
 
 
 def test_going_down_is_never_ramped() -> None:
@@ -440,8 +461,9 @@ def test_config_validation() -> None:
         GuardConfig(ramp_kw_per_min=0.0)
     with pytest.raises(ValueError, match="finite"):
         GuardConfig(min_dwell_s=float("nan"))
-    assert GuardConfig(ramp_rigs_per_s=0.25).ramp_rigs_window_s == 4.0
-    assert GuardConfig(ramp_rigs_per_s=2.5).ramp_rigs_per_window == 2
+    with pytest.raises(ValueError, match="ramp_horizon_s"):
+        GuardConfig(ramp_horizon_s=0.0)
+    assert GuardConfig(ramp_rigs_per_s=0.25).ramp_spacing_s == 4.0
 
 
 def test_duplicate_rig_ids_are_refused() -> None:
@@ -535,6 +557,7 @@ def configs(draw: st.DrawFn) -> GuardConfig:
         hysteresis_usd_per_day=draw(st.sampled_from([0.0, 0.25, 3.0])),
         ramp_kw_per_min=draw(st.floats(1.0, 20.0)),
         ramp_rigs_per_s=draw(st.sampled_from([0.1, 0.5, 1.0, 2.0, 5.0])),
+        ramp_horizon_s=draw(st.sampled_from([1.0, 2.5, 10.0])),
     )
 
 
@@ -739,18 +762,26 @@ def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
 @PROPERTY
 @given(scenarios())
 def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario) -> None:
+    # Every power-up starts at its slot (start_at, or the tick's time): the slots lie within
+    # the tick's horizon, are at least 1/ramp_rigs_per_s apart across ticks, and the kW started
+    # in any minute stay within the budget (or one rig goes alone).
     c = sc.config
     grants: list[tuple[float, float]] = []
     for step in simulate(sc):
         for rig in step.fleet:
             d, hold = step.desired[rig.rig_id], step.hold[rig.rig_id]
             if raises(rig, hold, d.setting):
-                grants.append((step.now, rise_kw(rig, hold, d.setting, c.default_rig_power_w)))
+                at = step.now if d.start_at is None else d.start_at
+                assert step.now <= at < step.now + c.ramp_horizon_s, (step.now, d)
+                grants.append((at, rise_kw(rig, hold, d.setting, c.default_rig_power_w)))
+            else:
+                assert d.start_at is None, d
+    grants.sort()
+    for (a, _), (b, _) in itertools.pairwise(grants):
+        assert b - a >= c.ramp_spacing_s - 1e-6, (a, b)
     for end, _ in grants:
         minute = [kw for at, kw in grants if end - 60.0 < at <= end]
         assert sum(minute) <= c.ramp_kw_per_min + 1e-6 or len(minute) == 1, (end, minute)
-        burst = [at for at, _ in grants if end - c.ramp_rigs_window_s < at <= end]
-        assert len(burst) <= c.ramp_rigs_per_window, (end, burst)
 
 
 @PROPERTY
@@ -830,17 +861,23 @@ def reference_guards(
     kept = prune_log(state.ramp_log, now, config)
     minute = [g for g in kept if g.at > now - 60.0]
     kw_left = config.ramp_kw_per_min - sum(g.kw for g in minute)
-    rigs_left = config.ramp_rigs_per_window - sum(
-        1 for g in kept if g.at > now - config.ramp_rigs_window_s
-    )
+    spacing = 1.0 / config.ramp_rigs_per_s
+    slot = max([now, *(g.at + spacing for g in kept)])
+    rigs_left = 0
+    while slot + rigs_left * spacing < now + config.ramp_horizon_s - 1e-9:
+        rigs_left += 1
     ramped: dict[RigId, Decision] = {}
     grants: list[RampGrant] = []
     blocked = False
     for rise in order_rises(rises, config, seed, now):
         alone = not minute and not grants
         if not blocked and rigs_left >= 1 and (rise.kw <= kw_left + 1e-9 or alone):
-            ramped[rise.rig.rig_id] = rise.decision
-            grants.append(RampGrant(now, rise.rig.rig_id, rise.kw))
+            at = slot + len(grants) * spacing
+            d = rise.decision
+            if at > now:
+                d = Decision(d.setting, d.decided_by, d.reason, d.source, start_at=at)
+            ramped[rise.rig.rig_id] = d
+            grants.append(RampGrant(at, rise.rig.rig_id, rise.kw))
             kw_left -= rise.kw
             rigs_left -= 1
             continue
@@ -852,7 +889,13 @@ def reference_guards(
         final = ramped.get(rid, decision)
         s = final.setting
         desired[rid] = Desired(
-            rid, s.mode, s.power_limit_w, final.reason_text, final.decided_by, final.held_back
+            rid,
+            s.mode,
+            s.power_limit_w,
+            final.reason_text,
+            final.decided_by,
+            final.held_back,
+            final.start_at,
         )
         rigs[rid] = next_rig_state(prior, hold, final, latch, now)
     return desired, GuardState(rigs=rigs, ramp_log=kept + tuple(grants))

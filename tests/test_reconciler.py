@@ -211,3 +211,51 @@ def test_unknown_target_means_leave_alone() -> None:
     rec = Reconciler()
     readings: dict[str, Reading] = {"a": obs("a", Mode.NORMAL)}
     assert rec.plan({"a": target("a", Mode.UNKNOWN)}, readings, 0.0) == []
+
+
+def test_a_target_s_start_slot_reaches_its_command() -> None:
+    rec = Reconciler()
+    slot = Target("a", Mode.NORMAL, None, "test", "breakeven", not_before=123.5)
+    cmds = rec.plan({"a": slot}, {"a": obs("a", Mode.SLEEP, mining=False)}, 100.0)
+    assert [c.not_before for c in cmds] == [123.5]
+
+
+async def test_power_ups_are_sent_at_their_start_slots_and_never_hold_up_the_rest(
+    sim: SimFleet,
+) -> None:
+    observer, addresses = await _fleet(sim, ["s19jpro", "s21", "m30s+", "m50s"])
+    writes = {
+        a: (await asyncio.to_thread(sim.control.rig, a))["counters"]["writes"] for a in addresses
+    }
+    await observer.cycle()
+    act = Actuator(observer.drivers, dry_run=False, concurrency=2)
+    t0 = time.time()
+    # Given late slots first: the actuator sends what is due now first, then slot by slot.
+    slots = [t0 + 1.5, t0 + 0.75, None, t0 + 0.5]
+    cmds = [
+        Command(a, Mode.LOW, None, "test", "breakeven", 1, not_before=s)
+        for a, s in zip(addresses, slots, strict=True)
+    ]
+    results = await act.send(cmds)
+    assert [r.command for r in results] == cmds  # answers keep the order given
+    assert all(r.outcome is Outcome.SENT for r in results), results
+    assert results[2].at - t0 < 0.5  # due now: not behind the two slots ahead of it
+    for r, s in zip(results, slots, strict=True):
+        if s is not None:
+            assert s <= r.at < s + 1.0, (r.command.rig_id, r.at - t0)
+    assert results[3].at <= results[1].at <= results[0].at
+    for address in addresses:
+        after = (await asyncio.to_thread(sim.control.rig, address))["counters"]["writes"]
+        assert after > writes[address], address
+    await act.send([Command(a, Mode.NORMAL, None, "test", "test", 1) for a in addresses])
+
+
+async def test_dry_run_does_not_wait_for_start_slots(sim: SimFleet) -> None:
+    observer, addresses = await _fleet(sim, ["s19jpro"])
+    await observer.cycle()
+    act = Actuator(observer.drivers, dry_run=True)
+    t0 = time.monotonic()
+    cmd = Command(addresses[0], Mode.LOW, None, "test", "breakeven", 1, time.time() + 30)
+    (result,) = await act.send([cmd])
+    assert result.outcome is Outcome.DRY_RUN
+    assert time.monotonic() - t0 < 5.0

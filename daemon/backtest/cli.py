@@ -102,7 +102,7 @@ def base_config(args: argparse.Namespace) -> ReplayConfig:
             power_cap_kw=control.power_cap_kw,
             params=dict(control.policy_params),
         )
-        guards = control.guards.to_config(economics)
+        guards = control.guards.to_config(economics, control.tick_s)
         tick = control.tick_s
     else:
         economics = Economics()

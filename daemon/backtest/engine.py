@@ -447,7 +447,10 @@ class PolicyRun:
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
         self.fleetwide = bool(names - PER_RIG_POLICIES)
-        self.rigs_per_window = config.guards.ramp_rigs_per_window
+        # The most power-ups one guards call can grant (its start slots within a tick), and
+        # one more to show who is held back.
+        g = config.guards
+        self.rigs_per_window = max(1, math.ceil(g.ramp_horizon_s / g.ramp_spacing_s - 1e-9))
 
     # -- views ------------------------------------------------------------------------------
     def _look(self) -> None:
@@ -831,6 +834,11 @@ def replay(
     """Run the policies, always-on and the plain threshold over ``market`` with ``fleet``.
 
     Deterministic: the same inputs give the same outcome."""
+    # As in the daemon, one tick schedules power-up starts up to the next tick. The replay
+    # starts a granted rig at the tick, not at its slot within the tick (docs/backtest.md).
+    config = dataclasses.replace(
+        config, guards=dataclasses.replace(config.guards, ramp_horizon_s=config.tick_s)
+    )
     classes = classes_of(fleet)
     prices = Prices.of(market)
     terms = config.economics

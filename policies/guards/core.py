@@ -250,6 +250,7 @@ def _desired(rig_id: RigId, decision: Decision) -> Desired:
         reason=decision.reason,
         decided_by=decision.decided_by,
         held_back=decision.held_back,
+        start_at=decision.start_at,
     )
 
 

@@ -45,14 +45,24 @@ class Desired:
 
     ``mode`` UNKNOWN means "leave the rig alone": nothing is known about it yet. ``held_back``
     is True when a change was asked for (by an override, a policy or the fail-safe) and a guard
-    kept the rig where it is this tick; ``decided_by`` names that guard.
+    kept the rig where it is this tick; ``decided_by`` names that guard. ``start_at`` is set on
+    a power-up the ramp granted a later start slot within the tick: the command is not to be
+    sent before that time (None: now).
 
     An immutable value (attributes ``Final``). ``reason`` may be given lazily, as for
     :class:`policies.api.Intent`: it is formatted when first read, and equality, hashing and
     ``repr`` use its text.
     """
 
-    __slots__ = ("_reason", "decided_by", "held_back", "mode", "power_limit_w", "rig_id")
+    __slots__ = (
+        "_reason",
+        "decided_by",
+        "held_back",
+        "mode",
+        "power_limit_w",
+        "rig_id",
+        "start_at",
+    )
 
     def __init__(
         self,
@@ -62,6 +72,7 @@ class Desired:
         reason: str | LazyReason,
         decided_by: str,
         held_back: bool = False,
+        start_at: float | None = None,
     ) -> None:
         self.rig_id: Final = rig_id
         self.mode: Final = mode
@@ -69,6 +80,7 @@ class Desired:
         self._reason = reason
         self.decided_by: Final = decided_by
         self.held_back: Final = held_back
+        self.start_at: Final = start_at
 
     @property
     def reason(self) -> str:
@@ -91,7 +103,7 @@ class Desired:
         to keep an unread reason unformatted."""
         return self._reason
 
-    def _key(self) -> tuple[RigId, Mode, int | None, str, str, bool]:
+    def _key(self) -> tuple[RigId, Mode, int | None, str, str, bool, float | None]:
         return (
             self.rig_id,
             self.mode,
@@ -99,6 +111,7 @@ class Desired:
             self.reason,
             self.decided_by,
             self.held_back,
+            self.start_at,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -114,7 +127,9 @@ class Desired:
         return (
             f"Desired(rig_id={self.rig_id!r}, mode={self.mode!r}, "
             f"power_limit_w={self.power_limit_w!r}, reason={self.reason!r}, "
-            f"decided_by={self.decided_by!r}, held_back={self.held_back!r})"
+            f"decided_by={self.decided_by!r}, held_back={self.held_back!r}"
+            + ("" if self.start_at is None else f", start_at={self.start_at!r}")
+            + ")"
         )
 
 
@@ -208,6 +223,9 @@ class GuardConfig:
     ramp_rigs_per_s: float = 1.0
     ramp_tie_usd_per_kw_day: float = 0.05
     default_rig_power_w: float = 3500.0
+    ramp_horizon_s: float = 1.0
+    """How far ahead one call may schedule power-up starts (the shell passes its tick
+    interval, so a tick uses the rigs-per-second budget until the next tick)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -222,6 +240,7 @@ class GuardConfig:
             "ramp_rigs_per_s",
             "ramp_tie_usd_per_kw_day",
             "default_rig_power_w",
+            "ramp_horizon_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value):
@@ -237,19 +256,15 @@ class GuardConfig:
             "ramp_rigs_per_s",
             "ramp_tie_usd_per_kw_day",
             "default_rig_power_w",
+            "ramp_horizon_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 
     @property
-    def ramp_rigs_window_s(self) -> float:
-        """The window the rig count is held over: 1 s, or 1/rate when under one rig a second."""
-        return max(1.0, 1.0 / self.ramp_rigs_per_s)
-
-    @property
-    def ramp_rigs_per_window(self) -> int:
-        """At most this many rigs go up within any ``ramp_rigs_window_s``."""
-        return max(1, math.floor(self.ramp_rigs_per_s * self.ramp_rigs_window_s + 1e-9))
+    def ramp_spacing_s(self) -> float:
+        """Power-up starts are at least this far apart: one rig per ``1/ramp_rigs_per_s``."""
+        return 1.0 / self.ramp_rigs_per_s
 
 
 RAMP_KW_WINDOW_S = 60.0
@@ -292,7 +307,8 @@ class RigGuardState:
 
 @dataclass(frozen=True, slots=True)
 class RampGrant:
-    """One power-up the ramp guard let through: when, which rig, how many kW."""
+    """One power-up the ramp guard let through: when it starts (its slot, possibly later in the
+    tick than the call's ``now``), which rig, how many kW."""
 
     at: float
     rig_id: RigId

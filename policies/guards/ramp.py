@@ -1,9 +1,13 @@
 """The power-up ramp: the whole site's rises share a kW-per-minute and a rigs-per-second budget.
 
-Both are sliding windows over the grants remembered in ``GuardState.ramp_log``: the kW granted in
-any 60 s never exceed ``ramp_kw_per_min`` (except one rig alone, larger than the whole budget,
-which may start once nothing else has gone up for a minute), and the rigs granted in any
-``ramp_rigs_window_s`` never exceed ``ramp_rigs_per_window``. Going down is never ramped.
+Rigs per second: power-ups start at least ``1/ramp_rigs_per_s`` apart. One call (one tick)
+schedules starts in slots from ``now`` (or one spacing after the last start already granted, if
+that is later) up to ``now + ramp_horizon_s``; a grant later than ``now`` carries its slot as
+``start_at``, and the shell sends that command no earlier. kW per minute: the kW of the grants
+in the last 60 s (slots already scheduled ahead included) never exceed ``ramp_kw_per_min``,
+except one rig alone, larger than the whole budget, which may start once nothing else has gone
+up for a minute. Both budgets are kept over the grants remembered in ``GuardState.ramp_log``.
+Going down is never ramped.
 """
 
 from __future__ import annotations
@@ -114,58 +118,86 @@ def first_rises(
 
 
 def prune_log(log: Sequence[RampGrant], now: float, config: GuardConfig) -> tuple[RampGrant, ...]:
-    """The grants still inside a window at ``now`` (later ones too, should the clock step back)."""
-    keep_s = max(RAMP_KW_WINDOW_S, config.ramp_rigs_window_s)
+    """The grants still inside a window at ``now`` (later ones too: slots scheduled ahead, or a
+    clock that stepped back)."""
+    keep_s = max(RAMP_KW_WINDOW_S, config.ramp_spacing_s)
     return tuple(g for g in log if g.at > now - keep_s)
+
+
+def start_slots(log: Sequence[RampGrant], config: GuardConfig, now: float) -> tuple[float, int]:
+    """(the first free start slot, how many slots this call may fill): slots are
+    ``ramp_spacing_s`` apart, from ``now`` or one spacing after the last start granted,
+    and before ``now + ramp_horizon_s``."""
+    spacing = config.ramp_spacing_s
+    first = now
+    if log:
+        first = max(now, max(g.at for g in log) + spacing)
+    room = now + config.ramp_horizon_s - first
+    return first, max(0, math.ceil(room / spacing - 1e-9))
 
 
 def apply_ramp(
     rises: Sequence[Rise], log: Sequence[RampGrant], config: GuardConfig, seed: int, now: float
 ) -> tuple[dict[str, Decision], tuple[RampGrant, ...]]:
-    """Grant rises in order while both budgets last; the first that does not fit and all after
-    it stay at their hold setting this tick (``held_back``). Returns (decision per rig, new log)."""
+    """Grant rises in order, each the next start slot, while both budgets last; the first that
+    does not fit and all after it stay at their hold setting this tick (``held_back``).
+    Returns (decision per rig, new log)."""
     kept = prune_log(log, now, config)
     in_minute = [g for g in kept if g.at > now - RAMP_KW_WINDOW_S]
     kw_left = config.ramp_kw_per_min - sum(g.kw for g in in_minute)
-    rigs_left = config.ramp_rigs_per_window - sum(
-        1 for g in kept if g.at > now - config.ramp_rigs_window_s
-    )
+    slot, slots_left = start_slots(kept, config, now)
+    spacing = config.ramp_spacing_s
     quiet_minute = not in_minute
     out: dict[str, Decision] = {}
     grants: list[RampGrant] = []
     blocked = False
-    # Every grant takes one of rigs_left, so the rises past the first rigs_left + 1 are held
-    # whatever their order: only that many need ordering.
-    ahead = first_rises(rises, max(rigs_left, 0) + 1, config, seed, now)
+    # Every grant takes a slot, so the rises past the first slots_left + 1 are held whatever
+    # their order: only that many need ordering.
+    ahead = first_rises(rises, slots_left + 1, config, seed, now)
     ordered = {r.rig.rig_id for r in ahead}
     for rise in ahead:
         alone = quiet_minute and not grants
         fits = rise.kw <= kw_left + _EPS_KW or alone
-        if not blocked and rigs_left >= 1 and fits:
-            out[rise.rig.rig_id] = rise.decision
-            grants.append(RampGrant(now, rise.rig.rig_id, rise.kw))
+        if not blocked and slots_left >= 1 and fits:
+            at = slot + len(grants) * spacing
+            out[rise.rig.rig_id] = _at(rise.decision, at) if at > now else rise.decision
+            grants.append(RampGrant(at, rise.rig.rig_id, rise.kw))
             kw_left -= rise.kw
-            rigs_left -= 1
+            slots_left -= 1
             continue
         blocked = True
-        out[rise.rig.rig_id] = _held(rise, kw_left, rigs_left)
+        out[rise.rig.rig_id] = _held(rise, kw_left, slots_left)
     for rise in rises:
         if rise.rig.rig_id not in ordered:
-            out[rise.rig.rig_id] = _held(rise, kw_left, rigs_left)
+            out[rise.rig.rig_id] = _held(rise, kw_left, slots_left)
     return out, kept + tuple(grants)
 
 
-def _held(rise: Rise, kw_left: float, rigs_left: int) -> Decision:
-    why = (rise.decision.setting.mode, rise.kw, rise.decision.decided_by, kw_left, rigs_left)
+def _at(decision: Decision, at: float) -> Decision:
+    """``decision``, to start at ``at``."""
+    return Decision(
+        decision.setting,
+        decision.decided_by,
+        decision.reason,
+        decision.source,
+        decision.held_back,
+        decision.bypass_dwell,
+        start_at=at,
+    )
+
+
+def _held(rise: Rise, kw_left: float, slots_left: int) -> Decision:
+    why = (rise.decision.setting.mode, rise.kw, rise.decision.decided_by, kw_left, slots_left)
     return Decision(rise.hold, RAMP, (ramp_text, why), SOURCE_HOLD, held_back=True)
 
 
 def ramp_text(args: tuple[Mode, float, str, float, int]) -> str:
     """The ramp's reason for a postponed rise, from (mode wanted, its kW, who asked, kW left,
-    rigs left)."""
-    mode, kw, asked_by, kw_left, rigs_left = args
+    start slots left)."""
+    mode, kw, asked_by, kw_left, slots_left = args
     return (
         f"power-up to {mode.value} (+{kw:.2f} kW, "
         f"asked by {asked_by}) postponed by the ramp limit: "
-        f"{max(kw_left, 0.0):.2f} kW and {max(rigs_left, 0)} rigs left in the window"
+        f"{max(kw_left, 0.0):.2f} kW left in the minute and {max(slots_left, 0)} start slots "
+        "left this tick"
     )

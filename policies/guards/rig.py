@@ -48,7 +48,15 @@ class Decision:
     """A rig's setting as the guards pass it along, with who set it and why (an immutable value;
     ``reason`` is text or a :data:`policies.api.LazyReason`, formatted only when read)."""
 
-    __slots__ = ("bypass_dwell", "decided_by", "held_back", "reason", "setting", "source")
+    __slots__ = (
+        "bypass_dwell",
+        "decided_by",
+        "held_back",
+        "reason",
+        "setting",
+        "source",
+        "start_at",
+    )
 
     def __init__(
         self,
@@ -58,6 +66,7 @@ class Decision:
         source: str,  # what asked for it: override, policy, failsafe, or hold
         held_back: bool = False,
         bypass_dwell: bool = False,
+        start_at: float | None = None,  # a ramp slot later in the tick (None: now)
     ) -> None:
         self.setting: Final = setting
         self.decided_by: Final = decided_by
@@ -65,6 +74,7 @@ class Decision:
         self.source: Final = source
         self.held_back: Final = held_back
         self.bypass_dwell: Final = bypass_dwell
+        self.start_at: Final = start_at
 
     @property
     def reason_text(self) -> str:
