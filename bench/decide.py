@@ -213,7 +213,8 @@ def main() -> int:
 
         tune_gc()  # as `rigpilot run` does once its fleet is built
     terms = Economics(pool_fee=0.02)
-    config = GuardConfig(min_dwell_s=60.0, economics=terms)
+    # As `rigpilot run` sets it: power-up start slots up to the next tick.
+    config = GuardConfig(min_dwell_s=60.0, economics=terms, ramp_horizon_s=TICK_S)
     policy, capper = BreakevenPolicy(), PowerCapPolicy()
     overrides = [
         Override(Mode.SLEEP, T0 + 1e6, "ops", "cooling work", group="row3"),

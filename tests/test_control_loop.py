@@ -155,6 +155,28 @@ async def test_no_flapping_while_the_price_hovers_at_break_even(
     assert max(changes.values()) <= 2, changes  # 16 ticks x 30 s = 8 min, dwell 5 min
 
 
+async def test_a_waking_rig_is_not_sent_back_while_it_boots(sim: SimFleet, tmp_path: Path) -> None:
+    # No dwell to hide it: a rig booting after a wake-up reports a fraction of its hashrate
+    # for a minute or two; judged on that, it would look unprofitable and be sent back down.
+    h, addresses = await harness(sim, tmp_path, dry_run=False, min_dwell_s=0.0)
+    for _ in range(3):
+        report = await h.tick(16)  # nothing pays: all asleep
+    assert all(report.desired[a].mode is Mode.SLEEP for a in addresses)
+    woke: dict[str, Mode] = {}
+    went_back: dict[str, list[str]] = {}
+    for _ in range(10):  # 5 minutes just above most rigs' break-even in low or normal
+        report = await h.tick(40)
+        for a in addresses:
+            d = report.desired[a]
+            if a not in woke:
+                if d.mode is not Mode.SLEEP:
+                    woke[a] = d.mode
+            elif d.mode is not woke[a]:
+                went_back.setdefault(a, []).append(f"{d.mode.value}: {d.reason}")
+    assert set(woke) == set(addresses)
+    assert not went_back, went_back
+
+
 async def test_dry_run_decides_like_live_and_writes_nothing(sim: SimFleet, tmp_path: Path) -> None:
     h, addresses = await harness(sim, tmp_path, dry_run=True)
     before = {
