@@ -49,6 +49,8 @@ from policies.guards import (
     Setting,
     apply_guards,
 )
+from policies.guards.power import is_raise
+from policies.guards.ramp import prune_log, start_slots
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 from simulator.models import ModelSpec
 
@@ -447,10 +449,6 @@ class PolicyRun:
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
         self.fleetwide = bool(names - PER_RIG_POLICIES)
-        # The most power-ups one guards call can grant (its start slots within a tick), and
-        # one more to show who is held back.
-        g = config.guards
-        self.rigs_per_window = max(1, math.ceil(g.ramp_horizon_s / g.ramp_spacing_s - 1e-9))
 
     # -- views ------------------------------------------------------------------------------
     def _look(self) -> None:
@@ -656,16 +654,35 @@ class PolicyRun:
         intents: dict[RigId, Intent] = {}
         memory: dict[RigId, RigGuardState] = {}
         shown: list[tuple[Unit, list[str]]] = []
+        guards = self.config.guards
+        # Only the ramp treats a cohort's rigs differently, and only for a power-up: it grants
+        # at most one rig per start slot left this tick, so that many plus one (to be held)
+        # are shown; the others stand behind the one held.
+        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
         for u in units:
-            assert u.view is not None
+            view = u.view
+            assert view is not None
             want = self.intents.get(u.uid)
             hold = u.memory.setting if u.memory is not None else u.setting
             n = 1
-            if want is not None and Setting.of(want.mode, want.power_limit_w) != hold:
-                n = min(u.m, self.rigs_per_window + 1)
+            if want is not None:
+                wanted = Setting.of(want.mode, want.power_limit_w)
+                if wanted != hold and is_raise(view, hold, wanted):
+                    n = min(u.m, slots + 1)
             ids = [u.uid] if n == 1 else [f"{u.uid}/{k}" for k in range(n)]
             for rid in ids:
-                fleet.append(u.view if rid == u.uid else dataclasses.replace(u.view, rig_id=rid))
+                fleet.append(
+                    view
+                    if rid == u.uid
+                    else RigView(
+                        rid,
+                        view.observation,
+                        view.modes,
+                        view.points,
+                        view.group,
+                        view.power_limit_range_w,
+                    )
+                )
                 if want is not None:
                     intents[rid] = want if rid == u.uid else _retarget(want, rid)
                 if u.memory is not None:
