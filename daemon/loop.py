@@ -179,6 +179,15 @@ class ControlLoop:
         log.info("fleet.tick", summary=report.summary())
         return report
 
+    def abandoned(self) -> None:
+        """The tick in progress was cancelled (the daemon is stopping): journal again with
+        only the commands whose send began. The others (power-ups still waiting for their
+        start slot) were never sent, so after a restart they are decided and ramped again
+        rather than awaited as if sent."""
+        if self.journal is None or self.actuator.dry_run:
+            return
+        self.journal(list(self.actuator.started), self.clock())
+
     def force_market_refresh(self) -> None:
         """Refresh prices at the next tick (a reloaded configuration changed the sources)."""
         self._market_at = float("-inf")

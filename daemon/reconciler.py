@@ -308,11 +308,15 @@ class Actuator:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     """Waits a duration measured in ``clock``'s seconds (the demo's clock runs faster)."""
+    started: list[Command] = field(default_factory=list)
+    """The commands of the last ``send`` that reached their driver (or all, in dry-run): if
+    that send is cancelled, the others were never sent."""
 
     async def send(self, commands: Sequence[Command]) -> list[CommandResult]:
         """Send every command (or, in dry-run, none) and report each outcome, in the order
         given. Commands due now go first; the ones with a later start slot follow in slot
         order, so waiting ones never hold up the others."""
+        self.started = []
         if all(c.not_before is None for c in commands):
             return await bounded_map(list(commands), self._send_one, self.concurrency)
         order = sorted(
@@ -331,6 +335,7 @@ class Actuator:
             return CommandResult(cmd, Outcome.DRY_RUN, "dry-run: not sent", now)
         if cmd.not_before is not None and cmd.not_before > now:
             await self.sleep(cmd.not_before - now)
+        self.started.append(cmd)
         driver = self.drivers.get(cmd.rig_id)
         if driver is None:
             return CommandResult(cmd, Outcome.FAILED, "no driver for this rig", now)

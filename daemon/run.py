@@ -274,8 +274,8 @@ async def _bounded_tick(
     loop: ControlLoop, stop: asyncio.Event, grace_s: float
 ) -> TickReport | None:
     """One tick; when ``stop`` is set meanwhile, the tick gets ``grace_s`` more to finish its
-    commands, then is abandoned (None). Commands it already journaled are confirmed by
-    observation after the next start."""
+    commands, then is abandoned (None). Commands whose send began stay journaled and are
+    confirmed by observation after the next start; the others are taken out of the journal."""
     tick = asyncio.ensure_future(loop.tick())
     stopper = asyncio.ensure_future(stop.wait())
     try:
@@ -286,7 +286,15 @@ async def _bounded_tick(
                 tick.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await tick
-                log.warning("daemon.tick_abandoned", grace_s=grace_s)
+                try:
+                    loop.abandoned()
+                except Exception:
+                    log.exception("journal.failed", note="unsent commands stay journaled")
+                log.warning(
+                    "daemon.tick_abandoned",
+                    grace_s=grace_s,
+                    sends_begun=len(loop.actuator.started),
+                )
                 return None
         return tick.result()
     finally:

@@ -319,3 +319,40 @@ async def test_a_mode_the_rig_cannot_do_is_sent_as_the_nearest_safe_one(
     [sent] = [r for r in report.results if r.command.rig_id == stock]
     assert sent.command.mode is Mode.LOW and sent.command.power_limit_w is None
     assert "cannot do limit: low instead" in sent.command.reason
+
+
+async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from daemon.reconciler import Command
+    from daemon.run import _bounded_tick
+
+    h, addresses = await harness(sim, tmp_path, dry_run=False)
+    # Start slots 2 s apart (site time = wall time here: the clock stands still in a tick).
+    h.loop.guard_config = replace(h.loop.guard_config, ramp_rigs_per_s=0.5, ramp_horizon_s=30.0)
+    for _ in range(3):
+        report = await h.tick(16)
+    assert all(report.desired[a].mode is Mode.SLEEP for a in addresses)
+    journaled: list[list[Command]] = []
+    h.loop.journal = lambda commands, now: journaled.append(list(commands))
+    writes = {
+        a: (await asyncio.to_thread(sim.control.rig, a))["counters"]["writes"] for a in addresses
+    }
+    h.hashprice.push(80, h.clock.t, "test")
+    h.power.push(0.05, h.clock.t, "test")
+    await h.loop.market.refresh(h.clock.t)  # a jump is taken once seen twice
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(1.0, stop.set)
+    abandoned = await _bounded_tick(h.loop, stop, grace_s=2.0)  # slots at +0, +2, +4 ... s
+    assert abandoned is None, "the tick was abandoned"
+    planned, kept = journaled
+    assert len(planned) == len(addresses)  # every rig raised, each at its own slot
+    assert 1 <= len(kept) < len(planned)
+    sent = set()
+    for a in addresses:
+        after = (await asyncio.to_thread(sim.control.rig, a))["counters"]["writes"]
+        if after > writes[a]:
+            sent.add(a)
+    assert {c.rig_id for c in kept} == sent  # journaled as in flight: exactly what was sent
