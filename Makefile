@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest backtest-sample soak clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics backtest-sample soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-curtail: $(STAMP)
 
 bench-backtest: $(STAMP)
 	$(BIN)/python -m bench.backtest
+
+bench-metrics: $(STAMP)
+	$(BIN)/python -m bench.metrics
 
 backtest-sample: $(STAMP)
 	$(BIN)/python -m scripts.make_backtest_sample

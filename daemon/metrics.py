@@ -20,21 +20,24 @@
 from __future__ import annotations
 
 import bisect
+import gzip
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from socketserver import ThreadingMixIn
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
-    start_http_server,
 )
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -43,6 +46,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from daemon.exposition import escape, gauge_family
 from daemon.mqtt.state import CURTAILED, Prices, curtailed_kw, fleet_state, margin_usd_per_day
 from policies.guards import Desired
 from policies.values import (
@@ -57,8 +61,6 @@ from policies.values import (
 )
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from daemon.loop import ControlLoop, TickReport
     from drivers.base import RigDriver
 
@@ -155,6 +157,19 @@ class _Histogram:
 # The HTTP endpoint
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
 class MetricsServer:
     """The ``/metrics`` HTTP server running on its own daemon thread; :meth:`close` stops it."""
 
@@ -220,6 +235,7 @@ class Metrics(Collector):
         self._version = _package_version()
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._rig_cache: tuple[_Rigs, bytes] | None = None
         self._last_desired: dict[RigId, tuple[Mode, int | None]] = {}
         self._decisions: dict[tuple[str, str], int] = {}  # (by, mode)
         self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
@@ -340,13 +356,58 @@ class Metrics(Collector):
     # ---------------------------------------------------------------------------------------
     # Exposition
 
-    def render(self) -> bytes:
-        """The text exposition (Prometheus format 0.0.4) of this registry."""
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> bytes:
+        """The exposition of this registry and the per-rig series, in the format ``accept`` (an
+        HTTP Accept header) asks for: OpenMetrics 1.0 or, by default, text format 0.0.4."""
+        return self._render(accept)[0]
+
+    def _render(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        body = encoder(self.registry)
+        rigs = self._rig_text()
+        if rigs:
+            if content_type.startswith("application/openmetrics-text"):
+                end = b"# EOF\n"
+                assert body.endswith(end)
+                body = body[: -len(end)] + rigs + end
+            else:
+                body += rigs
+        return body, content_type
+
+    def _rig_text(self) -> bytes:
+        """The per-rig series of the last snapshot, written once per snapshot (not per scrape)."""
+        with self._lock:
+            snap = self._snapshot
+            if snap is None or snap.per_rig is None:
+                return b""
+            cached = self._rig_cache
+            if cached is not None and cached[0] is snap.per_rig:
+                return cached[1]
+        text = _per_rig_text(snap.per_rig).encode()
+        with self._lock:
+            self._rig_cache = (snap.per_rig, text)
+        return text
 
     def serve(self, address: str, port: int) -> MetricsServer:
-        """Serve ``/metrics`` on ``address``:``port`` (0: any free port) from a daemon thread."""
-        server, thread = start_http_server(port, addr=address, registry=self.registry)
+        """Serve ``/metrics`` on ``address``:``port`` (0: any free port) from a daemon thread:
+        any path, content negotiated as :meth:`render` does, gzip when the client accepts it."""
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            if environ.get("PATH_INFO") == "/favicon.ico":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found"]
+            body, content_type = self._render(environ.get("HTTP_ACCEPT", ""))
+            headers = [("Content-Type", content_type)]
+            if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+                body = gzip.compress(body, compresslevel=1)
+                headers.append(("Content-Encoding", "gzip"))
+            start_response("200 OK", headers)
+            return [body]
+
+        server_class = _Server6 if ":" in address else _Server
+        server = make_server(address, port, app, server_class, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
         return MetricsServer(server, thread)
 
     def describe(self) -> Iterator[Metric]:
@@ -398,8 +459,7 @@ class Metrics(Collector):
             return  # no tick yet: nothing observed to report
         yield from _fleet(snap)
         yield from _market(snap)
-        if snap.per_rig is not None:
-            yield from _per_rig(snap.per_rig)
+        # The per-rig series are not collected here: render() appends them as text.
 
 
 # -------------------------------------------------------------------------------------------
@@ -565,100 +625,88 @@ def _market(s: _Snapshot) -> Iterator[Metric]:
     yield last
 
 
-def _per_rig(rigs: _Rigs) -> Iterator[Metric]:
-    rm = ["rig", "model"]
-    info = GaugeMetricFamily(
+_RIG_FAMILIES = (
+    (
         "rigpilot_rig_info",
         "A rig's identity (always 1): join on rig for make, firmware and driver.",
-        labels=["rig", "make", "model", "firmware", "driver"],
-    )
-    up = GaugeMetricFamily("rigpilot_rig_up", "1 when the rig was read this tick.", labels=rm)
-    stuck = GaugeMetricFamily(
-        "rigpilot_rig_not_responding",
-        "1 when the rig ignored a command after every retry.",
-        labels=rm,
-    )
-    hashrate = GaugeMetricFamily(
-        "rigpilot_rig_hashrate_hashes_per_second", "The rig's hashrate.", labels=rm
-    )
-    power = GaugeMetricFamily(
-        "rigpilot_rig_power_watts",
-        "Power the rig draws (see rigpilot_rig_power_estimated).",
-        labels=rm,
-    )
-    estimated = GaugeMetricFamily(
+    ),
+    ("rigpilot_rig_up", "1 when the rig was read this tick."),
+    ("rigpilot_rig_not_responding", "1 when the rig ignored a command after every retry."),
+    ("rigpilot_rig_hashrate_hashes_per_second", "The rig's hashrate."),
+    ("rigpilot_rig_power_watts", "Power the rig draws (see rigpilot_rig_power_estimated)."),
+    (
         "rigpilot_rig_power_estimated",
         "1 when rigpilot_rig_power_watts is estimated, 0 when measured (reported or metered).",
-        labels=rm,
-    )
-    chip = GaugeMetricFamily(
-        "rigpilot_rig_max_chip_temperature_celsius", "Hottest chip of the rig.", labels=rm
-    )
-    board = GaugeMetricFamily(
-        "rigpilot_rig_board_temperature_celsius",
-        "Temperature of each hashboard.",
-        labels=[*rm, "board"],
-    )
-    inlet = GaugeMetricFamily(
-        "rigpilot_rig_inlet_temperature_celsius", "Inlet temperature, where reported.", labels=rm
-    )
-    outlet = GaugeMetricFamily(
-        "rigpilot_rig_outlet_temperature_celsius",
-        "Outlet temperature, where reported.",
-        labels=rm,
-    )
-    mode = GaugeMetricFamily(
-        "rigpilot_rig_mode",
-        "The rig's observed mode (1, labelled with the mode).",
-        labels=[*rm, "mode"],
-    )
-    desired = GaugeMetricFamily(
+    ),
+    ("rigpilot_rig_max_chip_temperature_celsius", "Hottest chip of the rig."),
+    ("rigpilot_rig_board_temperature_celsius", "Temperature of each hashboard."),
+    ("rigpilot_rig_inlet_temperature_celsius", "Inlet temperature, where reported."),
+    ("rigpilot_rig_outlet_temperature_celsius", "Outlet temperature, where reported."),
+    ("rigpilot_rig_mode", "The rig's observed mode (1, labelled with the mode)."),
+    (
         "rigpilot_rig_desired_mode",
         "The rig's desired mode (1, labelled with the mode and who decided it).",
-        labels=[*rm, "mode", "by"],
-    )
-    margin = GaugeMetricFamily(
+    ),
+    (
         "rigpilot_rig_margin_usd_per_day",
         "Revenue minus power cost per day as observed now, at the tick's prices.",
-        labels=rm,
-    )
+    ),
+)
+
+
+def _per_rig_text(rigs: _Rigs) -> str:
+    """Every per-rig family as exposition text (see daemon/exposition.py)."""
+    out: list[list[tuple[str, float]]] = [[] for _ in _RIG_FAMILIES]
+    info, up, stuck, hashrate, power, estimated, chip, board, inlet, outlet = out[:10]
+    mode, desired, margin = out[10:]
     estimated_source = PowerSource.ESTIMATED
+    esc = escape
     for rig_id, reading in rigs.readings.items():
         obs = reading if isinstance(reading, Observation) else None
         identity = obs.identity if obs is not None else rigs.identities.get(rig_id)
         if identity is None:
             identity = reading.identity if isinstance(reading, ObservationFailure) else None
-        model = identity.model if identity is not None else ""
-        key = [rig_id, model]
+        rig = esc(rig_id)
+        model = esc(identity.model) if identity is not None else ""
+        head = f'{{rig="{rig}",model="{model}"'
+        key = head + "}"
         if identity is not None:
-            labels = [rig_id, identity.make.value, model, identity.firmware, identity.driver]
+            make, firmware, driver = identity.make.value, identity.firmware, identity.driver
+            info.append(
+                (
+                    f'{{rig="{rig}",make="{esc(make)}",model="{model}",'
+                    f'firmware="{esc(firmware)}",driver="{esc(driver)}"}}',
+                    1.0,
+                )
+            )
         else:
-            labels = [rig_id, "", "", "", ""]
-        info.add_metric(labels, 1.0)
-        up.add_metric(key, 0.0 if obs is None else 1.0)
-        stuck.add_metric(key, 1.0 if rig_id in rigs.stuck else 0.0)
+            info.append((f'{{rig="{rig}",make="",model="",firmware="",driver=""}}', 1.0))
+        up.append((key, 0.0 if obs is None else 1.0))
+        stuck.append((key, 1.0 if rig_id in rigs.stuck else 0.0))
         d = rigs.desired.get(rig_id)
         if d is not None:
-            desired.add_metric([*key, d.mode.value, d.decided_by], 1.0)
+            desired.append((f'{head},mode="{d.mode.value}",by="{esc(d.decided_by)}"}}', 1.0))
         if obs is None:
             continue
-        hashrate.add_metric(key, obs.hashrate_ths * TH)
+        hashrate.append((key, obs.hashrate_ths * TH))
         if obs.power_w is not None:
-            power.add_metric(key, obs.power_w)
+            power.append((key, obs.power_w))
         if obs.power_source is not None:
-            estimated.add_metric(key, 1.0 if obs.power_source is estimated_source else 0.0)
+            estimated.append((key, 1.0 if obs.power_source is estimated_source else 0.0))
         if obs.max_chip_temp_c is not None:
-            chip.add_metric(key, obs.max_chip_temp_c)
+            chip.append((key, obs.max_chip_temp_c))
         for b in obs.boards:
             if b.board_temp_c is not None:
-                board.add_metric([*key, str(b.index)], b.board_temp_c)
+                board.append((f'{head},board="{b.index}"}}', b.board_temp_c))
         if obs.inlet_c is not None:
-            inlet.add_metric(key, obs.inlet_c)
+            inlet.append((key, obs.inlet_c))
         if obs.outlet_c is not None:
-            outlet.add_metric(key, obs.outlet_c)
-        mode.add_metric([*key, obs.mode.value], 1.0)
+            outlet.append((key, obs.outlet_c))
+        mode.append((f'{head},mode="{obs.mode.value}"}}', 1.0))
         value = margin_usd_per_day(obs, rigs.prices)
         if value is not None:
-            margin.add_metric(key, value)
-    yield from (info, up, stuck, hashrate, power, estimated, chip, board, inlet, outlet)
-    yield from (mode, desired, margin)
+            margin.append((key, value))
+    return "".join(
+        gauge_family(name, doc, samples)
+        for (name, doc), samples in zip(_RIG_FAMILIES, out, strict=True)
+    )

@@ -439,3 +439,39 @@ async def test_before_the_first_tick_and_after_close() -> None:
         await asyncio.to_thread(
             urllib.request.urlopen, f"http://127.0.0.1:{port}/metrics", timeout=5
         )
+
+
+def test_label_values_are_escaped_as_the_exposition_format_requires() -> None:
+    from daemon.exposition import escape, gauge_family
+
+    odd = 'model "X" \\ one\nline'
+    text = gauge_family(
+        "rigpilot_test_value", "A test.", [(f'{{rig="r1",model="{escape(odd)}"}}', 2.5)]
+    )
+    (family,) = text_string_to_metric_families(text)
+    (sample,) = family.samples
+    assert sample.labels == {"rig": "r1", "model": odd}
+    assert (family.type, sample.value) == ("gauge", 2.5)
+
+
+async def test_scrapes_between_ticks_reuse_the_per_rig_text_and_gzip_is_honoured(
+    setup: Setup,
+) -> None:
+    import gzip
+
+    await setup.tick()
+    first = setup.metrics._rig_text()
+    assert first and setup.metrics._rig_text() is first  # written once per tick
+    url = f"http://127.0.0.1:{setup.server.server_port}/metrics"
+
+    def fetch_gzip() -> tuple[str | None, bytes]:
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.headers["Content-Encoding"], response.read()
+
+    encoding, raw = await asyncio.to_thread(fetch_gzip)
+    assert encoding == "gzip"
+    body = gzip.decompress(raw).decode()
+    assert parse(body).samples.keys() == (await scrape(setup.server)).samples.keys()
+    await setup.tick()
+    assert setup.metrics._rig_text() is not first  # a new tick, new text
