@@ -308,6 +308,9 @@ class Actuator:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     """Waits a duration measured in ``clock``'s seconds (the demo's clock runs faster)."""
+    max_wait_s: float = 300.0
+    """The longest a command waits for its start slot (the shell passes its tick): a wall
+    clock stepped back mid-tick must not hold a tick for the size of the step."""
     started: list[Command] = field(default_factory=list)
     """The commands of the last ``send`` that reached their driver (or all, in dry-run): if
     that send is cancelled, the others were never sent."""
@@ -334,7 +337,7 @@ class Actuator:
         if self.dry_run:
             return CommandResult(cmd, Outcome.DRY_RUN, "dry-run: not sent", now)
         if cmd.not_before is not None and cmd.not_before > now:
-            await self.sleep(cmd.not_before - now)
+            await self.sleep(min(cmd.not_before - now, self.max_wait_s))
         self.started.append(cmd)
         driver = self.drivers.get(cmd.rig_id)
         if driver is None:

@@ -126,6 +126,7 @@ def build_loop(
             concurrency=control.command_concurrency,
             timeout_s=control.command_timeout_s,
             clock=clock,
+            max_wait_s=control.tick_s,
         ),
         audit=AuditLog(settings.state_dir / "audit.jsonl"),
         usd_per_unit=settings.market.usd_per_unit,
@@ -392,6 +393,7 @@ async def _reload(
     loop.actuator.dry_run = force_dry_run or new.dry_run
     loop.actuator.concurrency = control.command_concurrency
     loop.actuator.timeout_s = control.command_timeout_s
+    loop.actuator.max_wait_s = control.tick_s
     loop.observer.settings = ObserverSettings(
         concurrency=control.observe_concurrency, timeout_s=control.observe_timeout_s
     )

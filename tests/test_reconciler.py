@@ -259,3 +259,21 @@ async def test_dry_run_does_not_wait_for_start_slots(sim: SimFleet) -> None:
     (result,) = await act.send([cmd])
     assert result.outcome is Outcome.DRY_RUN
     assert time.monotonic() - t0 < 5.0
+
+
+async def test_a_clock_stepped_back_does_not_hold_a_start_slot_for_the_step(sim: SimFleet) -> None:
+    observer, addresses = await _fleet(sim, ["s19jpro"])
+    await observer.cycle()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    t0 = time.time()
+    stepped_back = lambda: t0 - 3600.0  # noqa: E731 (the wall clock stepped back an hour)
+    act = Actuator(observer.drivers, dry_run=False, clock=stepped_back, sleep=sleep, max_wait_s=30)
+    cmd = Command(addresses[0], Mode.LOW, None, "test", "breakeven", 1, not_before=t0 + 5.0)
+    (result,) = await act.send([cmd])
+    assert result.outcome is Outcome.SENT
+    assert waits == [30.0]
+    await act.send([Command(addresses[0], Mode.NORMAL, None, "test", "test", 1)])
