@@ -161,11 +161,7 @@ class ControlLoop:
                         "rig": c.rig_id,
                         "dry_run": False,
                         "policy": c.decided_by,
-                        "action": {
-                            "mode": c.mode.value,
-                            "power_limit_w": c.power_limit_w,
-                            "attempt": c.attempt,
-                        },
+                        "action": _action_doc(c),
                     }
                 )
         results = await self.actuator.send(commands)
@@ -297,7 +293,7 @@ class ControlLoop:
                     "policy": d.decided_by,
                     "reason": d.reason,
                     "held_back": d.held_back,
-                    "desired": {"mode": d.mode.value, "power_limit_w": d.power_limit_w},
+                    "desired": _setting_doc(d.mode, d.power_limit_w, "start_at", d.start_at),
                     "observed": observed,
                     "inputs": {
                         "hashprice_usd_per_ph_day": market.hashprice_usd_per_ph_day,
@@ -319,11 +315,7 @@ class ControlLoop:
                     "dry_run": dry,
                     "policy": c.decided_by,
                     "reason": c.reason,
-                    "action": {
-                        "mode": c.mode.value,
-                        "power_limit_w": c.power_limit_w,
-                        "attempt": c.attempt,
-                    },
+                    "action": _action_doc(c),
                     "result": r.outcome.value,
                     "detail": r.detail,
                 }
@@ -367,3 +359,21 @@ class ControlLoop:
             readings=readings,
             results=results,
         )
+
+
+def _setting_doc(
+    mode: Mode, power_limit_w: int | None, slot_key: str, slot: float | None
+) -> dict[str, object]:
+    """A mode for the audit log, with its ramp start slot under ``slot_key`` when it has one."""
+    doc: dict[str, object] = {"mode": mode.value, "power_limit_w": power_limit_w}
+    if slot is not None:
+        doc[slot_key] = slot
+    return doc
+
+
+def _action_doc(c: Command) -> dict[str, object]:
+    """A command's action for the audit log (intent and result lines alike)."""
+    return {
+        **_setting_doc(c.mode, c.power_limit_w, "not_before", c.not_before),
+        "attempt": c.attempt,
+    }

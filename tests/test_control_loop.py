@@ -28,6 +28,7 @@ from policies.guards import GuardConfig
 from policies.values import Mode, QuoteKind
 
 KEYS = ["m30s+", "s19jpro", "m50s", "s19xp", "m60s", "s21"]  # worst J/TH first
+RANK = {Mode.SLEEP: 0, Mode.LOW: 1, Mode.NORMAL: 2, Mode.HIGH: 3}
 TERMS = Economics(pool_fee=0.02, overhead=1.0)
 
 
@@ -171,7 +172,7 @@ async def test_a_waking_rig_is_not_sent_back_while_it_boots(sim: SimFleet, tmp_p
             if a not in woke:
                 if d.mode is not Mode.SLEEP:
                     woke[a] = d.mode
-            elif d.mode is not woke[a]:
+            elif RANK.get(d.mode, 0) < RANK.get(woke[a], 0):  # sent back down, not a near-tie up
                 went_back.setdefault(a, []).append(f"{d.mode.value}: {d.reason}")
     assert set(woke) == set(addresses)
     assert not went_back, went_back
@@ -356,3 +357,8 @@ async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
         if after > writes[a]:
             sent.add(a)
     assert {c.rig_id for c in kept} == sent  # journaled as in flight: exactly what was sent
+    # The audit log's intents (written before sending) carry each power-up's start slot.
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    ups = [x for x in lines if x["kind"] == "command_intent" and x["action"]["mode"] != "sleep"]
+    slots = sorted(x["action"].get("not_before", h.clock.t) - h.clock.t for x in ups)
+    assert slots == [2.0 * k for k in range(len(addresses))], slots
