@@ -468,3 +468,51 @@ async def test_home_assistant_discovery_is_valid_and_reannounced(
             await wait_rig(sim, rig, "sleep", 15)
     finally:
         await daemon.close()
+
+
+async def test_an_answer_cut_off_before_its_puback_is_sent_again_marked_repeated(
+    tmp_path: Path,
+) -> None:
+    # The broker is frozen (SIGSTOP) while the bridge publishes an answer, and the publish is
+    # cancelled as a stopping daemon cancels it; the broker then wakes and delivers it. The
+    # next flush must not send it as a second, unmarked final answer.
+    import os
+    import signal
+    from typing import cast
+
+    from daemon.mqtt.bridge import Bridge, resolve_password, tls_context
+    from daemon.mqtt.desk import Answer, CommandDesk, Envelope
+
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    settings = daemon_settings(tmp_path / "d", broker, "cut", {})
+    topics = Topics("rigpilot", "cut")
+    # flush() reaches the desk only for answers still to be stored; these are stored already.
+    bridge = Bridge(settings.mqtt, topics, cast(CommandDesk, None))
+    col = Collector(broker, "operator", [f"{topics.root}/response/#"], "cut-watch")
+    client = bridge._client_for(resolve_password(settings.mqtt), tls_context(settings.mqtt))
+    try:
+        await col.__aenter__()
+        async with client:
+            env = Envelope("status", b"{}", time.time())
+            body = {"transaction": "T", "command": "status", "status": "done", "reason": ""}
+            bridge._answers.append(bridge._out(Answer(env, body)))
+            assert broker.proc is not None
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+            try:
+                flush = asyncio.create_task(bridge.flush(client))
+                await asyncio.sleep(1.0)  # written to the socket, no PUBACK
+                assert not flush.done()
+                flush.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await flush
+            finally:
+                os.kill(broker.proc.pid, signal.SIGCONT)
+            await bridge.flush(client)
+            await col.wait_for(lambda m: m.json().get("repeated") is True, 15)
+        got = col.answers("T")
+        assert [a.get("repeated", False) for a in got] == [False, True], got
+        assert {a["status"] for a in got} == {"done"}
+    finally:
+        await col.__aexit__(None, None, None)
+        broker.stop()

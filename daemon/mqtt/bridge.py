@@ -104,6 +104,16 @@ class _Out:
     qos: int = 1
     retain: bool = False
     correlation_data: bytes | None = None
+    answer: Mapping[str, Any] | None = None  # the body, for an answer to a request
+
+    def again(self) -> _Out:
+        """This message to send once more after a publish that may or may not have reached the
+        broker (cancelled or cut off before its PUBACK): an answer says ``"repeated": true``,
+        so the same final answer is never seen twice as if it were two."""
+        if self.answer is None or self.answer.get("repeated"):
+            return self
+        body = {**self.answer, "repeated": True}
+        return _Out(self.topic, _dumps(body), self.qos, self.retain, self.correlation_data, body)
 
 
 def _dumps(doc: Mapping[str, Any]) -> bytes:
@@ -237,7 +247,7 @@ class Bridge:
     def _out(self, answer: Answer) -> _Out:
         env = answer.envelope
         topic = env.response_topic or self.topics.response(env.command)
-        return _Out(topic, _dumps(answer.body), 1, False, env.correlation_data)
+        return _Out(topic, _dumps(answer.body), 1, False, env.correlation_data, answer.body)
 
     def _put(self, topic: str, doc: Mapping[str, Any]) -> None:
         self._retained[topic] = _dumps(doc)
@@ -434,6 +444,9 @@ class Bridge:
             self._answers.extend(self._out(a) for a in stored)
         while self._answers:
             out = self._answers[0]
+            # Should this publish not complete (connection lost, or the daemon stopping while it
+            # waits for the PUBACK), the broker may have it already: the next try is marked.
+            self._answers[0] = out.again()
             await self._publish(client, out)
             self._answers.popleft()
         while self._dirty:
