@@ -21,7 +21,16 @@ from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconci
 from daemon.rig_economics import mode_points
 from policies.api import MarketView, Policy, RigView, Site
 from policies.combine import combine
-from policies.guards import Desired, GuardConfig, GuardState, Override, apply_guards
+from policies.guards import (
+    Desired,
+    GuardConfig,
+    GuardState,
+    Override,
+    RampGrant,
+    Setting,
+    apply_guards,
+)
+from policies.guards.ramp import Send, ramp_sends
 from policies.power_cap import PowerCapPolicy
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
@@ -132,6 +141,7 @@ class ControlLoop:
         site, policies = self._site_and_policies(now)
         intents = combine([p.decide(market, fleet, site, now) for p in policies], fleet)
         self.overrides = [o for o in self.overrides if o.active(now)]
+        earlier_grants = self.guard_state.ramp_log
         desired, self.guard_state = apply_guards(
             intents,
             fleet,
@@ -144,6 +154,9 @@ class ControlLoop:
         )
         targets = {r: self._target(d) for r, d in desired.items()}
         commands = self.reconciler.plan(targets, cycle.readings, now)
+        commands = self._ramp_ungranted(
+            commands, earlier_grants, fleet, cycle.readings, market, now
+        )
         if commands and self.journal is not None and not self.actuator.dry_run:
             try:
                 self.journal(commands, now)
@@ -215,6 +228,61 @@ class ControlLoop:
         if not any(p.name == PowerCapPolicy.name for p in policies):
             policies.append(PowerCapPolicy())
         return site, policies
+
+    def _ramp_ungranted(
+        self,
+        commands: list[Command],
+        earlier_grants: Sequence[RampGrant],
+        fleet: Sequence[RigView],
+        readings: Mapping[RigId, Reading],
+        market: MarketView,
+        now: float,
+    ) -> list[Command]:
+        """Commands that raise a rig's power without a ramp grant from this tick's guards (a
+        retry of a power-up that failed or was not confirmed, or a rig found below its desired
+        setting by itself) go through the same ramp, after the guards' grants: each gets a
+        start slot, or waits for a later tick while the budget is spent. Without this, the
+        retries of a wake-up that failed together (a switch down) would all start at once."""
+        earlier = {id(g) for g in earlier_grants}
+        granted = {g.rig_id for g in self.guard_state.ramp_log if id(g) not in earlier}
+        views: dict[RigId, RigView] | None = None
+        sends: list[Send] = []
+        for c in commands:
+            obs = readings.get(c.rig_id)
+            if c.rig_id in granted or not isinstance(obs, Observation):
+                continue
+            if views is None:
+                views = {v.rig_id: v for v in fleet}
+            view = views.get(c.rig_id)
+            if view is None:
+                continue
+            seen = Setting.of(obs.mode, obs.power_limit_w)
+            sends.append(Send(view, seen, Setting.of(c.mode, c.power_limit_w), c.decided_by))
+        if not sends:
+            return commands
+        allowed, ramp_log = ramp_sends(
+            sends, self.guard_state.ramp_log, market, self.guard_config, self.seed, now
+        )
+        self.guard_state = replace(self.guard_state, ramp_log=ramp_log)
+        checked = {s.rig.rig_id for s in sends}
+        out: list[Command] = []
+        postponed: list[RigId] = []
+        for c in commands:
+            if c.rig_id not in checked:
+                out.append(c)
+            elif c.rig_id not in allowed:
+                postponed.append(c.rig_id)
+            else:
+                slot = allowed[c.rig_id]
+                out.append(c if slot is None or slot <= now else replace(c, not_before=slot))
+        if postponed:
+            log.info(
+                "commands.ramped",
+                postponed=len(postponed),
+                note="power-ups without a grant this tick wait for the ramp's budget",
+                **({"rigs": postponed} if len(postponed) <= 10 else {}),
+            )
+        return out
 
     def _target(self, d: Desired) -> Target:
         """The command target for ``d``: a mode the rig cannot do becomes the nearest mode

@@ -7,6 +7,7 @@ one wall second between ticks is the same 30 s for both.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -362,3 +363,39 @@ async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
     ups = [x for x in lines if x["kind"] == "command_intent" and x["action"]["mode"] != "sleep"]
     slots = sorted(x["action"].get("not_before", h.clock.t) - h.clock.t for x in ups)
     assert slots == [2.0 * k for k in range(len(addresses))], slots
+
+
+async def test_retried_power_ups_stay_within_the_ramp(sim: SimFleet, tmp_path: Path) -> None:
+    """A wake-up whose commands the rigs ignore is retried; the retries go through the same
+    ramp as new power-ups (4 kW a minute: one ~3.5 kW rig at a time, 60 s apart), instead of
+    going out at the tick their deadline passes, on top of the guards' new grants."""
+    h, addresses = await harness(sim, tmp_path, dry_run=False, ramp_kw_per_min=4.0)
+    for _ in range(3):
+        report = await h.tick(16)
+    assert all(report.desired[a].mode is Mode.SLEEP for a in addresses)
+    for _ in range(3):  # confirmed asleep
+        await h.tick(16)
+    for a in addresses:
+        assert (await asyncio.to_thread(sim.control.rig, a))["mode"] == "sleep"
+        await asyncio.to_thread(sim.control.set_fault, a, "ignore_writes")
+    start = h.clock.t
+    for _ in range(12):  # 6 min: every rig granted in turn, each ignores it, some retried
+        await h.tick(80)
+    for a in addresses:
+        await asyncio.to_thread(sim.control.clear_faults, a)
+    for _ in range(40):
+        await h.tick(80)
+        modes = [(await asyncio.to_thread(sim.control.rig, a))["mode"] for a in addresses]
+        if all(m in ("normal", "high") for m in modes):
+            break
+    assert all(m in ("normal", "high") for m in modes), f"every rig wakes in the end: {modes}"
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    ups = [
+        x
+        for x in lines
+        if x["kind"] == "command" and x["ts"] >= start and x["action"]["mode"] != "sleep"
+    ]
+    assert any(x["action"]["attempt"] > 1 for x in ups), "no power-up was retried"
+    starts = sorted(x["action"].get("not_before", x["ts"]) for x in ups)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 60.0, f"power-ups (retries included) less than a minute apart: {gaps}"

@@ -36,7 +36,15 @@ from policies.guards import (
 from policies.guards.core import _next_rig_state as next_rig_state
 from policies.guards.model import RampGrant
 from policies.guards.power import is_raise
-from policies.guards.ramp import Rise, first_rises, make_rise, order_rises, prune_log
+from policies.guards.ramp import (
+    Rise,
+    Send,
+    first_rises,
+    make_rise,
+    order_rises,
+    prune_log,
+    ramp_sends,
+)
 from policies.guards.ramp import _held as ramp_held
 from policies.guards.rig import Decision, decide_rig, intents_for
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
@@ -393,6 +401,36 @@ def test_ramp_spaces_power_ups_over_the_tick() -> None:
     assert sorted(d.start_at for d in out.values() if d.start_at and d.start_at >= T0 + 30) == [
         T0 + 30 + k for k in range(10)
     ]
+
+
+def test_resends_take_the_slots_and_kw_the_guards_left() -> None:
+    # A tick's guards granted 5 rigs (slots T0..T0+4, 5 × 3.235 kW); three retried power-ups
+    # and one retried curtailment are then offered: the retries queue behind the grants, and
+    # the kW budget (20 kW a minute) stops the second; a lowering always goes.
+    config = replace(QUIET, ramp_rigs_per_s=1.0, ramp_horizon_s=30.0, ramp_kw_per_min=20.0)
+    fleet = [rig_at(f"r{i}", Mode.SLEEP, T0) for i in range(5)]
+    _, state = run(fleet, [want(r.rig_id, Mode.NORMAL) for r in fleet], config=config)
+    assert [g.at for g in state.ramp_log] == [T0 + k for k in range(5)]
+    up = [
+        Send(rig_at(f"x{i}", Mode.SLEEP, T0), Setting(Mode.SLEEP), Setting(Mode.NORMAL), POLICY)
+        for i in range(3)
+    ]
+    down = Send(rig_at("y", Mode.HIGH, T0), Setting(Mode.HIGH), Setting(Mode.SLEEP), POLICY)
+    allowed, log = ramp_sends([*up, down], state.ramp_log, PRICES, config, 7, T0)
+    assert allowed.pop("y") is None  # a lowering is never ramped
+    assert len(allowed) == 1 and list(allowed.values()) == [T0 + 5]
+    assert log[:5] == state.ramp_log and [g.at for g in log[5:]] == [T0 + 5]
+    # A minute later the budget is back: the two left go, one second apart.
+    later = T0 + 61
+    rest = [s for s in up if s.rig.rig_id not in allowed]
+    allowed, log = ramp_sends(rest, log, PRICES, config, 7, later)
+    assert sorted(v or later for v in allowed.values()) == [later, later + 1]
+    # An operator's pin goes first (the guards' order), and an unobserved setting is a raise.
+    pinned = Send(rig_at("z", Mode.SLEEP, T0), Setting(Mode.UNKNOWN), Setting(Mode.LOW), OVERRIDE)
+    allowed, _ = ramp_sends(
+        [*rest, pinned], log, PRICES, replace(config, ramp_kw_per_min=3.0), 7, later + 120
+    )
+    assert list(allowed) == ["z"]
 
 
 def test_going_down_is_never_ramped() -> None:

@@ -20,9 +20,16 @@ from collections.abc import Sequence
 from typing import Final
 
 from policies.api import MarketView, RigView
-from policies.guards.model import RAMP, RAMP_KW_WINDOW_S, GuardConfig, RampGrant, Setting
-from policies.guards.power import margin_usd_per_day, power_up_kw, power_w
-from policies.guards.rig import SOURCE_HOLD, SOURCE_OVERRIDE, Decision
+from policies.guards.model import (
+    OVERRIDE,
+    RAMP,
+    RAMP_KW_WINDOW_S,
+    GuardConfig,
+    RampGrant,
+    Setting,
+)
+from policies.guards.power import is_raise, margin_usd_per_day, power_up_kw, power_w
+from policies.guards.rig import SOURCE_HOLD, SOURCE_OVERRIDE, SOURCE_POLICY, Decision
 from policies.values import Mode
 
 _EPS_KW = 1e-9
@@ -201,3 +208,54 @@ def ramp_text(args: tuple[Mode, float, str, float, int]) -> str:
         f"{max(kw_left, 0.0):.2f} kW left in the minute and {max(slots_left, 0)} start slots "
         "left this tick"
     )
+
+
+class Send:
+    """A command the shell is about to send to a rig the guards did not ramp this tick (a
+    retry, or a rig that fell below its desired setting by itself): what it asks for, from
+    what the rig was last seen doing."""
+
+    __slots__ = ("decided_by", "observed", "rig", "target")
+
+    def __init__(self, rig: RigView, observed: Setting, target: Setting, decided_by: str) -> None:
+        self.rig: Final = rig
+        self.observed: Final = observed
+        self.target: Final = target
+        self.decided_by: Final = decided_by
+
+
+def ramp_sends(
+    sends: Sequence[Send],
+    log: Sequence[RampGrant],
+    market: MarketView,
+    config: GuardConfig,
+    seed: int,
+    now: float,
+) -> tuple[dict[str, float | None], tuple[RampGrant, ...]]:
+    """The same ramp, for power-ups the guards did not grant: a resend after a failed or
+    unconfirmed power-up, or a rig seen below its desired setting without any command. Each
+    one that raises power (from what was observed) takes a start slot and kW from what the
+    budgets have left after this tick's grants (pass the guards' new ``ramp_log``), in the
+    guards' order; the first misfit and all after it wait for a later tick. Sends that do not
+    raise power always go.
+
+    Returns ({rig id: start time, None for now} of the sends that may go this tick, new log):
+    a send not in the result is postponed.
+    """
+    out: dict[str, float | None] = {}
+    rises: list[Rise] = []
+    for send in sends:
+        rig = send.rig
+        if not is_raise(rig, send.observed, send.target):
+            out[rig.rig_id] = None
+            continue
+        source = SOURCE_OVERRIDE if send.decided_by == OVERRIDE else SOURCE_POLICY
+        decision = Decision(send.target, send.decided_by, "", source)
+        rises.append(make_rise(rig, send.observed, decision, market, config))
+    if not rises:
+        return out, tuple(log)
+    ramped, new_log = apply_ramp(rises, log, config, seed, now)
+    for rig_id, decision in ramped.items():
+        if not decision.held_back:
+            out[rig_id] = decision.start_at
+    return out, new_log
