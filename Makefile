@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics backtest-sample soak clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics bench-persist backtest-sample soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-backtest: $(STAMP)
 
 bench-metrics: $(STAMP)
 	$(BIN)/python -m bench.metrics
+
+bench-persist: $(STAMP)
+	$(BIN)/python -m bench.persist
 
 backtest-sample: $(STAMP)
 	$(BIN)/python -m scripts.make_backtest_sample

@@ -5,8 +5,8 @@ What is saved when:
   its answer is published (``save_commands``);
 - commands to rigs: the reconciler with those commands as in flight, before they are sent
   (``journal``);
-- every tick: the guards' state, the reconciler, the desk, recent command results and the
-  status line (``save_tick``), in one transaction.
+- every tick: the guards' state (the rigs whose state changed, a row each), the reconciler, the
+  desk, recent command results and the status line (``save_tick``), in one transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -24,10 +24,22 @@ from daemon.loop import ControlLoop, SiteTarget, TickReport
 from daemon.mqtt.desk import SEEN_TTL_S, CommandDesk
 from daemon.reconciler import Command
 from daemon.store import Store
-from policies.guards import GuardState
+from policies.guards import GuardState, RigGuardState
 from policies.values import Quote, QuoteKind
 
 log = structlog.get_logger("store")
+
+
+def _guard_rows(rows: Mapping[str, Any]) -> dict[str, RigGuardState]:
+    """The rigs' guard states from their rows; a row that is not one is skipped, and named
+    (that rig starts from what it is observed doing, as on a first start)."""
+    rigs: dict[str, RigGuardState] = {}
+    for rig_id, row in rows.items():
+        try:
+            rigs[rig_id] = RigGuardState.from_dict(row)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("store.guard_row_unusable", rig=rig_id, error=repr(exc))
+    return rigs
 
 
 def _quote_dict(q: Quote) -> dict[str, Any]:
@@ -60,16 +72,31 @@ class Persistence:
     loop: ControlLoop
     desk: CommandDesk | None = None
     version: str = ""
+    _saved_rigs: Mapping[str, RigGuardState] = field(default_factory=dict)
+    """The rigs' guard states as last committed (the objects themselves)."""
+    _stored: set[str] = field(default_factory=set)
+    """The rigs the store has a guard-state row for."""
 
     def restore(self, now: float) -> dict[str, int]:
         """Load what the last run left; returns counts of what was restored (logged)."""
         counts: dict[str, int] = {}
         guards = self.store.get("guards")
-        if guards is not None:
+        rows = self.store.guard_rigs()
+        self._stored = set(rows)
+        if guards is not None or rows:
             try:
-                self.loop.guard_state = GuardState.from_dict(guards)
+                doc = dict(guards or {"version": 1, "ramp_log": []})
+                legacy = "rigs" in doc  # an older rigpilot kept every rig in the document
+                if not legacy:
+                    doc["rigs"] = {}
+                restored = GuardState.from_dict(doc)
+                if not legacy:
+                    restored = replace(restored, rigs=_guard_rows(rows))
+                self.loop.guard_state = restored
                 counts["guarded_rigs"] = len(self.loop.guard_state.rigs)
-            except (KeyError, ValueError, TypeError) as exc:
+                # After an older rigpilot's document, the first save writes every rig.
+                self._saved_rigs = {} if legacy else dict(self.loop.guard_state.rigs)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("store.guards_unusable", error=str(exc))
         recon = self.store.get("reconciler")
         if recon is not None:
@@ -130,9 +157,23 @@ class Persistence:
         ahead.wait_for(commands, now)
         self.store.put({"reconciler": ahead.to_dict()})
 
+    def _guard_changes(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+        """The guards' document (without its rigs), the rigs whose state changed since the
+        last save, and the rigs gone from it. The guards return the same object for a rig
+        whose state did not change, so one identity check per rig finds the changes."""
+        state = self.loop.guard_state
+        saved = self._saved_rigs
+        changed = {
+            rid: rig.to_dict() for rid, rig in state.rigs.items() if saved.get(rid) is not rig
+        }
+        gone = [rid for rid in self._stored if rid not in state.rigs]
+        doc = state.to_dict(rigs=False)
+        return doc, changed, gone
+
     def save_tick(self, report: TickReport) -> None:
+        guards, changed, gone = self._guard_changes()
         docs: dict[str, Any] = {
-            "guards": self.loop.guard_state.to_dict(),
+            "guards": guards,
             "reconciler": self.loop.reconciler.to_dict(),
             "loop": self._loop_doc(),
             "status": self.status(report),
@@ -141,7 +182,9 @@ class Persistence:
         if self.desk is not None:
             docs["desk"] = self.desk.to_dict()
             seen = self.desk.take_new_seen()
-        self.store.put(docs, seen=seen)
+        self.store.put(docs, seen=seen, guard_rigs=changed, guard_rigs_gone=gone)
+        self._saved_rigs = dict(self.loop.guard_state.rigs)  # only once it is committed
+        self._stored = set(self._saved_rigs)
         if report.results:
             self.store.add_commands(
                 (

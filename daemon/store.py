@@ -4,7 +4,8 @@
 - operator pins, the site target, hand-set prices, and the control-room commands still waiting
   for their final answer;
 - the ids of processed commands (a redelivery after a restart is still recognised);
-- the guards' state (dwell timers, thermal cool-downs, the ramp's log);
+- the guards' state (dwell timers, thermal cool-downs, the ramp's log): a row per rig, written
+  only when that rig's state changed (a 10,000-rig site rewrites a few rows a tick, not all);
 - the reconciler's in-flight commands: written **before** a command is sent, so a daemon killed
   mid-send does not send it again after the restart, but waits for the observation;
 - recent commands, and the last tick's status for ``rigpilot status``.
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS docs (
     key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS guard_rigs (rig TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (
     command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT,
     PRIMARY KEY (command, id)
@@ -103,17 +105,38 @@ class Store:
         docs: Mapping[str, Any],
         *,
         seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None]] = (),
+        guard_rigs: Mapping[str, Mapping[str, Any]] | None = None,
+        guard_rigs_gone: Iterable[str] = (),
     ) -> None:
-        """Write ``docs`` (and new processed-command ids) in one transaction."""
+        """Write ``docs``, new processed-command ids, and the rigs' guard states that changed
+        (``guard_rigs``; the ones in ``guard_rigs_gone`` are deleted), in one transaction."""
         now = time.time()
         rows = [(k, _dumps(v), now) for k, v in docs.items()]
         with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", rows)
+            if guard_rigs:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO guard_rigs VALUES (?, ?)",
+                    [(r, _dumps(v)) for r, v in guard_rigs.items()],
+                )
+            self.db.executemany(
+                "DELETE FROM guard_rigs WHERE rig=?", [(r,) for r in guard_rigs_gone]
+            )
             self.db.executemany(
                 "INSERT INTO seen VALUES (?, ?, ?, ?) ON CONFLICT (command, id) DO UPDATE "
                 "SET answer = COALESCE(excluded.answer, seen.answer)",
                 [(c, i, at, None if a is None else _dumps(a)) for c, i, at, a in seen],
             )
+
+    def guard_rigs(self) -> dict[str, dict[str, Any]]:
+        """Every rig's stored guard state (a row that is not JSON is skipped, and logged)."""
+        out: dict[str, dict[str, Any]] = {}
+        for rig, value in self.db.execute("SELECT rig, value FROM guard_rigs"):
+            try:
+                out[str(rig)] = json.loads(value)
+            except ValueError as exc:
+                log.warning("store.guard_row_unreadable", rig=rig, error=str(exc))
+        return out
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)

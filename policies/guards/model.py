@@ -322,13 +322,14 @@ class GuardState:
     rigs: Mapping[RigId, RigGuardState] = field(default_factory=dict)
     ramp_log: tuple[RampGrant, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``from_dict`` of it equals this state."""
-        return {
-            "version": 1,
-            "rigs": {rid: self.rigs[rid].to_dict() for rid in sorted(self.rigs)},
-            "ramp_log": [{"at": g.at, "rig_id": g.rig_id, "kw": g.kw} for g in self.ramp_log],
-        }
+    def to_dict(self, rigs: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` of it equals this state. ``rigs=False`` leaves the
+        rigs out (a store that keeps them a row each adds them back as ``"rigs"``)."""
+        doc: dict[str, Any] = {"version": 1}
+        if rigs:
+            doc["rigs"] = {rid: self.rigs[rid].to_dict() for rid in sorted(self.rigs)}
+        doc["ramp_log"] = [{"at": g.at, "rig_id": g.rig_id, "kw": g.kw} for g in self.ramp_log]
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GuardState:
