@@ -142,6 +142,13 @@ class ControlLoop:
         intents = combine([p.decide(market, fleet, site, now) for p in policies], fleet)
         self.overrides = [o for o in self.overrides if o.active(now)]
         earlier_grants = self.guard_state.ramp_log
+        as_of = self.guard_state.as_of
+        if as_of is not None and now < as_of:
+            log.warning(
+                "clock.stepped_back",
+                by_s=round(as_of - now, 3),
+                note="the guards' dwell, cool-down and ramp times are shifted back as much",
+            )
         desired, self.guard_state = apply_guards(
             intents,
             fleet,

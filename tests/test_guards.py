@@ -433,6 +433,70 @@ def test_resends_take_the_slots_and_kw_the_guards_left() -> None:
     assert list(allowed) == ["z"]
 
 
+DAY = 86_400.0
+
+
+def test_a_clock_stepped_back_does_not_stretch_the_dwell() -> None:
+    # Changed at T0 (dwell 600 s); the next tick's clock reads a day earlier. The dwell
+    # counts from the step (as if no time had passed), not until the clock is back at T0.
+    config = replace(QUIET, min_dwell_s=600.0)
+    _, state = run([rig_at("r", Mode.NORMAL, T0)], [want("r", Mode.LOW)], config=config)
+    assert state.rigs["r"].changed_at == T0 and state.as_of == T0
+    back = T0 - DAY
+    out, state = run(
+        [rig_at("r", Mode.LOW, back)],
+        [want("r", Mode.SLEEP)],
+        config=config,
+        state=state,
+        now=back,
+    )
+    assert out["r"].decided_by == DWELL and state.rigs["r"].changed_at == back
+    out, _ = run(
+        [rig_at("r", Mode.LOW, back + 600)],
+        [want("r", Mode.SLEEP)],
+        config=config,
+        state=state,
+        now=back + 600,
+    )
+    assert out["r"].mode is Mode.SLEEP
+
+
+def test_a_clock_stepped_back_does_not_stretch_the_thermal_cool_down() -> None:
+    # Tripped at T0; asleep and without chip temperatures it may resume after the 300 s
+    # cool-down, counted across a step back of a day.
+    _, state = run([rig_at("r", Mode.NORMAL, T0, temp_c=99.0)], [want("r", Mode.NORMAL)])
+    assert state.rigs["r"].thermal_at == T0
+    back = T0 - DAY  # the first tick after the step counts as right after the last one
+    asleep = make_rig("r", observe("r", Mode.SLEEP, back, temp_c=None))
+    _, state = run([asleep], [want("r", Mode.NORMAL)], state=state, now=back)
+    assert state.rigs["r"].thermal_cap is Mode.SLEEP and state.rigs["r"].thermal_at == back
+    asleep = make_rig("r", observe("r", Mode.SLEEP, back + 300, temp_c=None))
+    _, state = run([asleep], [want("r", Mode.NORMAL)], state=state, now=back + 300)
+    assert state.rigs["r"].thermal_cap is None, "cooled 300 s after the trip, step or not"
+
+
+def test_a_clock_stepped_back_does_not_stretch_the_ramp() -> None:
+    # The minute's kW are spent at T0; a day earlier by the clock, the budget is back a minute
+    # later, and the start slots continue from the step, not from T0.
+    config = replace(QUIET, ramp_kw_per_min=4.0, ramp_rigs_per_s=1.0, ramp_horizon_s=30.0)
+    _, state = run([rig_at("a", Mode.SLEEP, T0)], [want("a", Mode.NORMAL)], config=config)
+    assert [g.at for g in state.ramp_log] == [T0]
+    back = T0 - DAY
+    fleet = [rig_at("a", Mode.NORMAL, back), rig_at("b", Mode.SLEEP, back)]
+    intents = [want("a", Mode.NORMAL), want("b", Mode.NORMAL)]
+    out, state = run(fleet, intents, config=config, state=state, now=back)
+    assert out["b"].decided_by == RAMP and [g.at for g in state.ramp_log] == [back]
+    out, state = run(fleet, intents, config=config, state=state, now=back + 61)
+    assert out["b"].mode is Mode.NORMAL and not out["b"].held_back
+
+
+def test_guard_state_documents_keep_as_of() -> None:
+    _, state = run([rig_at("r", Mode.NORMAL, T0)], [want("r", Mode.LOW)])
+    again = GuardState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state and again.as_of == T0
+    assert GuardState.from_dict({"rigs": {}, "ramp_log": []}).as_of is None
+
+
 def test_going_down_is_never_ramped() -> None:
     config = replace(QUIET, ramp_kw_per_min=1.0, ramp_rigs_per_s=0.01)
     fleet = [rig_at(f"r{i}", Mode.HIGH, T0) for i in range(5)]

@@ -54,7 +54,8 @@ def apply_guards(
     price never lets a policy drive a change (the fail-safe applies instead); a rig without a
     fresh observation is only moved by an override lowering its power. Pure and deterministic:
     same arguments, same result; nothing passed in is modified. Raises ValueError when two
-    rigs in ``fleet`` share an id.
+    rigs in ``fleet`` share an id. A ``now`` earlier than the last call's (``state.as_of``: the
+    clock stepped back) first shifts the state's remembered times back by the same amount.
     """
     # Most rigs, most ticks, are where the guards left them and no guard has anything to say:
     # for those (a hold setting, not hot or latched, and an override pinning the rig at its
@@ -64,6 +65,8 @@ def apply_guards(
     # tests/test_guards.py checks this gives what the chain gives. A cool, freshly read rig
     # asked to change can only be stopped by hysteresis, dwell or the ramp, so only those run.
     # Everything else goes through decide_rig.
+    if state.as_of is not None and now < state.as_of:  # the clock stepped back
+        state = state.shifted(now - state.as_of)
     live = [o for o in overrides if o.active(now)]
     named_ids = frozenset().union(*(o.rig_ids for o in live))
     named_groups = {o.group for o in live if o.group}
@@ -142,7 +145,7 @@ def apply_guards(
         final = ramped.get(rid, decision)
         desired[rid] = _desired(rid, final)
         rigs[rid] = _next_rig_state(prior, hold, final, Latch(cap, at), now)
-    return desired, GuardState(rigs=rigs, ramp_log=ramp_log)
+    return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
 
 
 _PENDING = Desired("", Mode.UNKNOWN, None, "", "")  # keeps the fleet's order in ``desired``

@@ -321,6 +321,33 @@ class GuardState:
 
     rigs: Mapping[RigId, RigGuardState] = field(default_factory=dict)
     ramp_log: tuple[RampGrant, ...] = ()
+    as_of: float | None = field(default=None, compare=False)
+    """The ``now`` of the call that returned this state (None: not known). A later call with
+    an earlier ``now`` means the clock stepped back: see :meth:`shifted`."""
+
+    def shifted(self, delta_s: float) -> GuardState:
+        """Every time this state remembers moved by ``delta_s``: when the clock steps back by
+        d, the guards shift their memory by -d, as if no time had passed between the two calls,
+        so a dwell, a thermal cool-down or the ramp's minute lasts what it should from there,
+        instead of until the clock catches up with times now in the future (hours, after a bad
+        clock is corrected)."""
+
+        def moved(t: float | None) -> float | None:
+            return None if t is None else t + delta_s
+
+        rigs = {
+            rid: RigGuardState(
+                r.setting,
+                moved(r.changed_at),
+                r.previous,
+                r.changed_by,
+                r.thermal_cap,
+                moved(r.thermal_at),
+            )
+            for rid, r in self.rigs.items()
+        }
+        log = tuple(RampGrant(g.at + delta_s, g.rig_id, g.kw) for g in self.ramp_log)
+        return GuardState(rigs, log, moved(self.as_of))
 
     def to_dict(self, rigs: bool = True) -> dict[str, Any]:
         """A JSON-ready dict; ``from_dict`` of it equals this state. ``rigs=False`` leaves the
@@ -329,6 +356,8 @@ class GuardState:
         if rigs:
             doc["rigs"] = {rid: self.rigs[rid].to_dict() for rid in sorted(self.rigs)}
         doc["ramp_log"] = [{"at": g.at, "rig_id": g.rig_id, "kw": g.kw} for g in self.ramp_log]
+        if self.as_of is not None:
+            doc["as_of"] = self.as_of
         return doc
 
     @classmethod
@@ -340,7 +369,7 @@ class GuardState:
         log = tuple(
             RampGrant(float(g["at"]), str(g["rig_id"]), float(g["kw"])) for g in data["ramp_log"]
         )
-        return cls(rigs=rigs, ramp_log=log)
+        return cls(rigs=rigs, ramp_log=log, as_of=_opt_float(data.get("as_of")))
 
 
 def _setting_dict(setting: Setting) -> dict[str, Any]:
