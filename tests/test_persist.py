@@ -59,6 +59,14 @@ def state_of(rigs: int) -> GuardState:
     )
 
 
+def saver(path: Path, state: GuardState) -> tuple[Store, ControlLoop, Persistence]:
+    """A store, a loop holding ``state``, and the persistence between them."""
+    store = Store(path)
+    loop = make_loop()
+    loop.guard_state = state
+    return store, loop, Persistence(store, loop)
+
+
 def restored(path: Path) -> GuardState:
     store = Store(path)
     try:
@@ -71,10 +79,7 @@ def restored(path: Path) -> GuardState:
 
 def test_only_changed_rigs_are_written_and_a_restart_gets_the_same_state(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
-    store = Store(path)
-    loop = make_loop()
-    persistence = Persistence(store, loop)
-    loop.guard_state = state_of(1000)
+    store, loop, persistence = saver(path, state_of(1000))
     persistence.save_tick(report())
     assert restored(path) == loop.guard_state
     # A tick changes three rigs and forgets one; the other 996 keep the very same objects.
@@ -95,10 +100,7 @@ def test_only_changed_rigs_are_written_and_a_restart_gets_the_same_state(tmp_pat
 
 def test_a_save_that_fails_is_written_in_full_by_the_next(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
-    store = Store(path)
-    loop = make_loop()
-    persistence = Persistence(store, loop)
-    loop.guard_state = state_of(50)
+    store, loop, persistence = saver(path, state_of(50))
     persistence.save_tick(report())
     changed = {
         rid: replace(r, setting=Setting(Mode.HIGH)) for rid, r in loop.guard_state.rigs.items()
@@ -133,10 +135,7 @@ def test_an_older_rigpilots_document_is_adopted_and_rewritten_as_rows(tmp_path: 
 
 def test_unreadable_rows_are_named_and_skipped(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
-    store = Store(path)
-    loop = make_loop()
-    persistence = Persistence(store, loop)
-    loop.guard_state = state_of(5)
+    store, _, persistence = saver(path, state_of(5))
     persistence.save_tick(report())
     store.db.execute("UPDATE guard_rigs SET value='{not json' WHERE rig='10.0.0.2'")
     store.db.execute("""UPDATE guard_rigs SET value='{"mode": "warp"}' WHERE rig='10.0.0.3'""")
