@@ -625,6 +625,10 @@ class Step:
     state: GuardState
     hold: dict[RigId, Setting] = field(default_factory=dict)
     fresh: dict[RigId, Observation | None] = field(default_factory=dict)
+    resent: dict[RigId, tuple[Setting, float]] = field(default_factory=dict)
+    """With ``simulate(..., resend=True)``: power-ups sent again through ``ramp_sends`` as the
+    shell does, to rigs seen below their desired setting without a grant this tick: what each
+    was seen doing, and when it starts."""
 
 
 TEMPS = st.one_of(
@@ -742,9 +746,11 @@ def view(spec: RigSpec, rt: RigTick, last: Setting | None, now: float, ttl: floa
     return make_rig(spec.rig_id, obs, spec.modes, spec.group, spec.scale)
 
 
-def simulate(sc: Scenario) -> Iterator[Step]:
+def simulate(sc: Scenario, resend: bool = False) -> Iterator[Step]:
     """Run the scenario tick by tick: each rig follows its last desired setting unless the
-    scenario says it drifted, was unreadable, or is read late."""
+    scenario says it drifted, was unreadable, or is read late. With ``resend``, a rig seen
+    fresh below its desired setting, and not granted this tick, is sent its setting again
+    through ``ramp_sends`` (a retry, or a rig that fell asleep by itself), as the shell does."""
     state, now = GuardState(), T0
     last: dict[RigId, Setting] = {}
     for tick in sc.ticks:
@@ -768,9 +774,30 @@ def simulate(sc: Scenario) -> Iterator[Step]:
         step.desired, step.state = apply_guards(
             intents, fleet, market, state, sc.config, sc.overrides, now, sc.seed
         )
+        if resend:
+            _resend(step, sc)
         yield step
         state = step.state
         last = {r: d.setting for r, d in step.desired.items()}
+
+
+def _resend(step: Step, sc: Scenario) -> None:
+    earlier = {id(g) for g in step.prior.ramp_log}
+    granted = {g.rig_id for g in step.state.ramp_log if id(g) not in earlier}
+    sends = []
+    for rig in step.fleet:
+        obs, d = step.fresh[rig.rig_id], step.desired[rig.rig_id]
+        if obs is None or rig.rig_id in granted or d.mode is Mode.UNKNOWN:
+            continue
+        seen = Setting.of(obs.mode, obs.power_limit_w)
+        if seen != d.setting:
+            sends.append(Send(rig, seen, d.setting, d.decided_by))
+    allowed, log = ramp_sends(sends, step.state.ramp_log, step.market, sc.config, sc.seed, step.now)
+    step.state = replace(step.state, ramp_log=log)
+    for send in sends:
+        if send.rig.rig_id in allowed and raises(send.rig, send.observed, send.target):
+            at = allowed[send.rig.rig_id]
+            step.resent[send.rig.rig_id] = (send.observed, step.now if at is None else at)
 
 
 def hold_of(last: Setting | None, fresh: Observation | None) -> Setting:
@@ -861,15 +888,18 @@ def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
             changed_at[rid] = step.now
 
 
+@pytest.mark.parametrize("resend", [False, True], ids=["guards", "guards+resends"])
 @PROPERTY
-@given(scenarios())
-def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario) -> None:
+@given(sc=scenarios())
+def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario, resend: bool) -> None:
     # Every power-up starts at its slot (start_at, or the tick's time): the slots lie within
     # the tick's horizon, are at least 1/ramp_rigs_per_s apart across ticks, and the kW started
-    # in any minute stay within the budget (or one rig goes alone).
+    # in any minute stay within the budget (or one rig goes alone). With resends, the shell's
+    # power-ups without a grant from the guards (retries, rigs that fell below their setting)
+    # share the same budgets.
     c = sc.config
     grants: list[tuple[float, float]] = []
-    for step in simulate(sc):
+    for step in simulate(sc, resend):
         for rig in step.fleet:
             d, hold = step.desired[rig.rig_id], step.hold[rig.rig_id]
             if raises(rig, hold, d.setting):
@@ -878,6 +908,10 @@ def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario) -> None
                 grants.append((at, rise_kw(rig, hold, d.setting, c.default_rig_power_w)))
             else:
                 assert d.start_at is None, d
+            if rig.rig_id in step.resent:
+                seen, at = step.resent[rig.rig_id]
+                assert step.now <= at < step.now + c.ramp_horizon_s, (step.now, at)
+                grants.append((at, rise_kw(rig, seen, d.setting, c.default_rig_power_w)))
     grants.sort()
     for (a, _), (b, _) in itertools.pairwise(grants):
         assert b - a >= c.ramp_spacing_s - 1e-6, (a, b)
