@@ -52,6 +52,9 @@ class ControlSettings(BaseModel):
     command_timeout_s: float = Field(default=30.0, gt=0)
     confirm_deadline_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # A rig marked not responding is sent its target once more every this many seconds until
+    # it is seen in it (0: never; the control room's `retry` command clears the mark at once).
+    not_responding_retry_s: float = Field(default=1800.0, ge=0)
     # On SIGTERM, how long the tick in flight may take to finish its commands before it is
     # abandoned (commands already journaled are confirmed by observation after a restart).
     stop_grace_s: float = Field(default=20.0, ge=0, le=300)

@@ -113,8 +113,15 @@ class Reconciler:
     confirm_deadline_s: float = 300.0  # a wake-up takes minutes; doubled on each retry
     base_backoff_s: float = 30.0  # after a send that failed outright; doubled on each retry
     max_attempts: int = 3
+    stuck_retry_s: float = 1800.0
+    """A rig marked not responding is sent its target once more this long after it was marked
+    (and after each such try) until it is seen in it: a rig whose control came back wakes up
+    without an operator. 0: never (left to an operator's ``retry``)."""
     pending: dict[RigId, _Pending] = field(default_factory=dict)
     not_responding: dict[RigId, Target] = field(default_factory=dict)
+    stuck_since: dict[RigId, float] = field(default_factory=dict)
+    """When each rig marked not responding was last sent its target (inf: never again, the
+    rig said it cannot do it)."""
     confirmed: list[Confirmation] = field(default_factory=list)
     """What the last ``plan`` saw confirmed, rig by rig (for the audit log); the log gets one
     summary line per plan, not one line per rig (a fleet-wide curtailment is 10,000 rigs)."""
@@ -136,6 +143,7 @@ class Reconciler:
             pending = self.pending.get(rig_id)
             if satisfied(target, reading):
                 stuck = self.not_responding.pop(rig_id, None)
+                self.stuck_since.pop(rig_id, None)
                 self.pending.pop(rig_id, None)
                 if pending is not None or stuck is not None:
                     self.confirmed.append(
@@ -156,14 +164,22 @@ class Reconciler:
             stuck = self.not_responding.get(rig_id)
             if stuck is not None:
                 if _same(stuck, target):
+                    since = self.stuck_since.setdefault(rig_id, now)
+                    if not self.stuck_retry_s or now < since + self.stuck_retry_s:
+                        continue
+                    self.stuck_since[rig_id] = now  # one more try; still marked until seen
+                    log.info("rig.not_responding_retry", rig=rig_id, mode=target.mode.value)
+                    commands.append(self._command(target, self.max_attempts + 1))
                     continue
                 del self.not_responding[rig_id]  # a new target: try again
+                self.stuck_since.pop(rig_id, None)
             if pending is not None and _same(pending.target, target):
                 if now < pending.next_try_at:
                     continue
                 if pending.attempts >= self.max_attempts:
                     self.pending.pop(rig_id)
                     self.not_responding[rig_id] = target
+                    self.stuck_since[rig_id] = now
                     log.warning(
                         "rig.not_responding",
                         rig=rig_id,
@@ -175,20 +191,22 @@ class Reconciler:
                 attempt = pending.attempts + 1
             else:
                 attempt = 1
-            commands.append(
-                Command(
-                    rig_id,
-                    target.mode,
-                    target.power_limit_w,
-                    reason_text(target.reason),
-                    target.decided_by,
-                    attempt,
-                    target.not_before,
-                )
-            )
+            commands.append(self._command(target, attempt))
         if self.confirmed:
             _log_confirmed(self.confirmed)
         return commands
+
+    @staticmethod
+    def _command(target: Target, attempt: int) -> Command:
+        return Command(
+            target.rig_id,
+            target.mode,
+            target.power_limit_w,
+            reason_text(target.reason),
+            target.decided_by,
+            attempt,
+            target.not_before,
+        )
 
     def record(self, results: Sequence[CommandResult]) -> None:
         """Remember what was sent, so the next ticks wait for confirmation or retry."""
@@ -198,7 +216,10 @@ class Reconciler:
             if result.outcome is Outcome.UNSUPPORTED:
                 self.pending.pop(cmd.rig_id, None)
                 self.not_responding[cmd.rig_id] = target  # do not ask again for the same
+                self.stuck_since[cmd.rig_id] = math.inf
                 continue
+            if cmd.rig_id in self.not_responding:
+                continue  # a try of a rig marked not responding: it stays marked until seen
             factor = 2 ** (cmd.attempt - 1)
             if result.outcome is Outcome.DRY_RUN:
                 wait = float("inf")  # nothing was sent: do not "retry" until the target changes
@@ -218,6 +239,7 @@ class Reconciler:
     def clear(self, rig_id: RigId) -> None:
         """Operator action: forget that a rig ignored its commands."""
         self.not_responding.pop(rig_id, None)
+        self.stuck_since.pop(rig_id, None)
         self.pending.pop(rig_id, None)
 
     def wait_for(self, commands: Sequence[Command], now: float) -> None:
@@ -242,7 +264,10 @@ class Reconciler:
                 for r, p in self.pending.items()
                 if math.isfinite(p.next_try_at)
             },
-            "not_responding": {r: _target_dict(t) for r, t in self.not_responding.items()},
+            "not_responding": {
+                r: {**_target_dict(t), **_since(self.stuck_since.get(r))}
+                for r, t in self.not_responding.items()
+            },
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
@@ -253,8 +278,12 @@ class Reconciler:
             )
             for r, d in dict(data.get("pending") or {}).items()
         }
-        stuck = {str(r): _target(r, d) for r, d in dict(data.get("not_responding") or {}).items()}
-        self.pending, self.not_responding = pending, stuck
+        marked = dict(data.get("not_responding") or {})
+        stuck = {str(r): _target(r, d) for r, d in marked.items()}
+        since = {
+            str(r): _since_from(d) for r, d in marked.items() if "since" in d or d.get("never")
+        }
+        self.pending, self.not_responding, self.stuck_since = pending, stuck, since
 
 
 def _target_dict(t: Target) -> dict[str, Any]:
@@ -264,6 +293,17 @@ def _target_dict(t: Target) -> dict[str, Any]:
         "reason": reason_text(t.reason),
         "decided_by": t.decided_by,
     }
+
+
+def _since(at: float | None) -> dict[str, Any]:
+    """When a rig marked not responding was last tried, for JSON (which has no infinity)."""
+    if at is None:
+        return {}
+    return {"never": True} if math.isinf(at) else {"since": at}
+
+
+def _since_from(d: Mapping[str, Any]) -> float:
+    return math.inf if d.get("never") else float(d["since"])
 
 
 def _target(rig_id: str, d: Mapping[str, Any]) -> Target:

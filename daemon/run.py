@@ -118,7 +118,9 @@ def build_loop(
         site=site,
         guard_config=control.guards.to_config(economics, control.tick_s),
         reconciler=Reconciler(
-            confirm_deadline_s=control.confirm_deadline_s, max_attempts=control.max_attempts
+            confirm_deadline_s=control.confirm_deadline_s,
+            max_attempts=control.max_attempts,
+            stuck_retry_s=control.not_responding_retry_s,
         ),
         actuator=Actuator(
             observer.drivers,
@@ -390,6 +392,7 @@ async def _reload(
     loop.guard_config = control.guards.to_config(economics, control.tick_s)
     loop.reconciler.confirm_deadline_s = control.confirm_deadline_s
     loop.reconciler.max_attempts = control.max_attempts
+    loop.reconciler.stuck_retry_s = control.not_responding_retry_s
     loop.actuator.dry_run = force_dry_run or new.dry_run
     loop.actuator.concurrency = control.command_concurrency
     loop.actuator.timeout_s = control.command_timeout_s

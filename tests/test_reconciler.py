@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from conftest import SimFleet
@@ -84,6 +85,40 @@ def test_waits_for_confirmation_then_retries_then_gives_up() -> None:
     assert [(c.mode, c.attempt) for c in cmds] == [(Mode.LOW, 1)]
 
 
+def test_a_rig_marked_not_responding_is_tried_again_now_and_then_until_seen() -> None:
+    rec = Reconciler(confirm_deadline_s=60, max_attempts=1, stuck_retry_s=1800)
+    targets = {"a": target("a", Mode.NORMAL)}
+    asleep: dict[str, Reading] = {"a": obs("a", Mode.SLEEP, mining=False)}
+    rec.record(sent(rec.plan(targets, asleep, 0.0), 0.0))
+    assert rec.plan(targets, asleep, 60.0) == [] and "a" in rec.not_responding  # marked at 60
+    tries = []
+    for now in range(90, 4000, 30):
+        with capture_logs() as logs:
+            cmds = rec.plan(targets, asleep, float(now))
+        rec.record(sent(cmds, float(now)))
+        tries += [(now, c.attempt) for c in cmds]
+        assert ("rig.not_responding_retry" in {e["event"] for e in logs}) == bool(cmds)
+        assert "a" in rec.not_responding  # still reported while it does not follow
+    assert tries == [(1860, 2), (3660, 2)]  # every 30 min, one send each
+    # Persisted with when it was last tried: a restart does not try at once.
+    again = Reconciler(stuck_retry_s=1800)
+    again.restore(json.loads(json.dumps(rec.to_dict())))
+    assert again.plan(targets, asleep, 3700.0) == []
+    assert [c.rig_id for c in again.plan(targets, asleep, 5460.0)] == ["a"]
+    # Seen in its target at last: confirmed as recovered, the mark is gone.
+    assert rec.plan(targets, {"a": obs("a", Mode.NORMAL)}, 4000.0) == []
+    assert rec.confirmed[0].recovered and not rec.not_responding and not rec.stuck_since
+
+
+def test_not_responding_retry_can_be_turned_off() -> None:
+    rec = Reconciler(confirm_deadline_s=60, max_attempts=1, stuck_retry_s=0)
+    targets = {"a": target("a", Mode.NORMAL)}
+    asleep: dict[str, Reading] = {"a": obs("a", Mode.SLEEP, mining=False)}
+    rec.record(sent(rec.plan(targets, asleep, 0.0), 0.0))
+    assert rec.plan(targets, asleep, 60.0) == []
+    assert rec.plan(targets, asleep, 1e7) == [] and "a" in rec.not_responding
+
+
 def test_confirmation_clears_the_pending_command() -> None:
     rec = Reconciler(confirm_deadline_s=60)
     targets = {"a": target("a", Mode.SLEEP)}
@@ -152,6 +187,9 @@ def test_unsupported_mode_is_not_asked_again() -> None:
     cmds = rec.plan(targets, readings, 0.0)
     rec.record(sent(cmds, 0.0, Outcome.UNSUPPORTED))
     assert rec.plan(targets, readings, 1e6) == []
+    again = Reconciler()  # not even now and then, after a restart
+    again.restore(json.loads(json.dumps(rec.to_dict())))
+    assert again.plan(targets, readings, 1e7) == []
 
 
 async def _fleet(sim: SimFleet, keys: list[str]) -> tuple[Observer, list[str]]:
