@@ -167,8 +167,7 @@ class Reconciler:
                     since = self.stuck_since.setdefault(rig_id, now)
                     if not self.stuck_retry_s or now < since + self.stuck_retry_s:
                         continue
-                    self.stuck_since[rig_id] = now  # one more try; still marked until seen
-                    log.info("rig.not_responding_retry", rig=rig_id, mode=target.mode.value)
+                    # One more try (``record`` notes when it went); still marked until seen.
                     commands.append(self._command(target, self.max_attempts + 1))
                     continue
                 del self.not_responding[rig_id]  # a new target: try again
@@ -218,8 +217,15 @@ class Reconciler:
                 self.not_responding[cmd.rig_id] = target  # do not ask again for the same
                 self.stuck_since[cmd.rig_id] = math.inf
                 continue
-            if cmd.rig_id in self.not_responding:
-                continue  # a try of a rig marked not responding: it stays marked until seen
+            if cmd.rig_id in self.not_responding:  # it stays marked until seen in its target
+                self.stuck_since[cmd.rig_id] = result.at
+                log.info(
+                    "rig.not_responding_retry",
+                    rig=cmd.rig_id,
+                    mode=cmd.mode.value,
+                    outcome=result.outcome.value,
+                )
+                continue
             factor = 2 ** (cmd.attempt - 1)
             if result.outcome is Outcome.DRY_RUN:
                 wait = float("inf")  # nothing was sent: do not "retry" until the target changes
