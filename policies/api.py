@@ -67,7 +67,33 @@ def reason_text(reason: str | LazyReason) -> str:
     return explain(subject)
 
 
-class Intent:
+class HasLazyReason:
+    """A value whose ``reason`` may be given lazily (:data:`LazyReason`): formatted on first
+    read, then kept. A cache of a pure function of immutable inputs, so invisible."""
+
+    __slots__ = ("_reason",)
+
+    _reason: str | LazyReason
+
+    @property
+    def reason(self) -> str:
+        """The reason's text (formatted on first read when given lazily, then kept)."""
+        reason = self._reason
+        if isinstance(reason, str):
+            return reason
+        explain, subject = reason
+        text = explain(subject)
+        self._reason = text
+        return text
+
+    @property
+    def lazy_reason(self) -> str | LazyReason:
+        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
+        to keep an unread reason unformatted."""
+        return self._reason
+
+
+class Intent(HasLazyReason):
     """What a policy wants for one rig, and why (shown to operators and in the audit log).
 
     An immutable value (its attributes are ``Final``; do not assign them). ``reason`` is text,
@@ -78,7 +104,7 @@ class Intent:
     one.
     """
 
-    __slots__ = ("_reason", "mode", "policy", "power_limit_w", "rig_id")
+    __slots__ = ("mode", "policy", "power_limit_w", "rig_id")
 
     def __init__(
         self,
@@ -93,23 +119,6 @@ class Intent:
         self._reason = reason
         self.policy: Final = policy
         self.power_limit_w: Final = power_limit_w
-
-    @property
-    def reason(self) -> str:
-        """The reason's text (formatted on first read when given lazily, then kept)."""
-        reason = self._reason
-        if isinstance(reason, str):
-            return reason
-        explain, subject = reason
-        text = explain(subject)
-        self._reason = text  # a cache of a pure function of immutable inputs: invisible
-        return text
-
-    @property
-    def lazy_reason(self) -> str | LazyReason:
-        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
-        to keep an unread reason unformatted."""
-        return self._reason
 
     def _key(self) -> tuple[RigId, Mode, str, str, int | None]:
         return (self.rig_id, self.mode, self.reason, self.policy, self.power_limit_w)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from policies.api import LazyReason, RigView
+from policies.api import HasLazyReason, LazyReason, RigView
 from policies.economics import Economics
 from policies.values import Mode, RigId
 
@@ -40,7 +40,7 @@ class Setting:
         return cls(mode, power_limit_w if mode is Mode.LIMIT else None)
 
 
-class Desired:
+class Desired(HasLazyReason):
     """What one rig should be doing after the guards, who decided it, and why.
 
     ``mode`` UNKNOWN means "leave the rig alone": nothing is known about it yet. ``held_back``
@@ -55,7 +55,6 @@ class Desired:
     """
 
     __slots__ = (
-        "_reason",
         "decided_by",
         "held_back",
         "mode",
@@ -83,25 +82,8 @@ class Desired:
         self.start_at: Final = start_at
 
     @property
-    def reason(self) -> str:
-        """The reason's text (formatted on first read when given lazily, then kept)."""
-        reason = self._reason
-        if isinstance(reason, str):
-            return reason
-        explain, subject = reason
-        text = explain(subject)
-        self._reason = text  # a cache of a pure function of immutable inputs: invisible
-        return text
-
-    @property
     def setting(self) -> Setting:
         return Setting(self.mode, self.power_limit_w)
-
-    @property
-    def lazy_reason(self) -> str | LazyReason:
-        """The reason as given (or as formatted since): pass this on, rather than ``reason``,
-        to keep an unread reason unformatted."""
-        return self._reason
 
     def _key(self) -> tuple[RigId, Mode, int | None, str, str, bool, float | None]:
         return (
