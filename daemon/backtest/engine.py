@@ -42,6 +42,8 @@ from policies.economics import Economics, cost_per_day, revenue_usd_per_day
 from policies.guards import (
     DWELL,
     HYSTERESIS,
+    RAMP,
+    Desired,
     FailSafe,
     GuardConfig,
     GuardState,
@@ -647,83 +649,151 @@ class PolicyRun:
         now: float,
         prices: tuple[float | None, float | None],
     ) -> None:
-        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`)."""
+        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`), power-ups
+        shown rig by rig (:meth:`_shown`).
+
+        The guards decide each rig by the per-rig chain, and only the ramp looks across rigs,
+        at the rises (docs/guards.md, "How a tick is computed"). So when some cohort would be
+        shown rig by rig, all are first shown one rig each: a cohort whose outcome is not a rise
+        (held by hysteresis or the dwell, a step down, nothing to do) has its answer, the same
+        as in one call with everything. If a cohort to be shown rig by rig is among the rises,
+        the rises are asked again, alone, with the ramp's memory from before the first call:
+        the ramp sees exactly the rises it would have seen in one call. ``exact`` makes the one
+        call."""
         self.counters.guard_calls += 1
         self._views(units, now)
+        guards = self.config.guards
+        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
+        wide = {u.uid for u in units if len(self._shown(u, slots)) > 1}
+        if self.config.exact or not wide:
+            self._guard_once(market, units, now, prices, slots)
+            return
+        log = self.ramp_log
+        desired, state = self._call(market, [(u, [u.uid]) for u in units], now)
+        rises = [u for u in units if _is_rise(u, desired[u.uid], state.rigs.get(u.uid), now)]
+        again = {u.uid for u in rises} if any(u.uid in wide for u in rises) else set()
+        for u in units:
+            if u.uid not in again:
+                self._take(u, desired[u.uid], state.rigs.get(u.uid), now, prices)
+        if again:
+            self.counters.guard_calls += 1
+            self.ramp_log = log
+            self._guard_once(market, rises, now, prices, slots)
+
+    def _guard_once(
+        self,
+        market: MarketView,
+        units: list[Unit],
+        now: float,
+        prices: tuple[float | None, float | None],
+        slots: int,
+    ) -> None:
+        """One ``apply_guards`` call over ``units``, power-ups shown rig by rig."""
+        shown = [(u, self._shown(u, slots)) for u in units]
+        desired, state = self._call(market, shown, now)
+        for u, ids in shown:
+            if len(ids) == 1:
+                self._take(u, desired[ids[0]], state.rigs.get(ids[0]), now, prices)
+            else:
+                self._take_split(u, ids, desired, state, now)
+
+    def _shown(self, u: Unit, slots: int) -> list[str]:
+        """The ids ``u`` is shown to the guards under. Only the ramp treats a cohort's rigs
+        differently, and only for a power-up: it grants at most one rig per start slot left
+        this tick, so that many plus one (to be held) are shown; the others stand behind the
+        one held."""
+        want = self.intents.get(u.uid)
+        if want is None or slots == 0 or u.m == 1 or u.view is None:
+            return [u.uid]
+        hold = u.memory.setting if u.memory is not None else u.setting
+        wanted = Setting.of(want.mode, want.power_limit_w)
+        if wanted == hold or not is_raise(u.view, hold, wanted):
+            return [u.uid]
+        n = min(u.m, slots + 1)
+        return [f"{u.uid}/{k}" for k in range(n)]
+
+    def _call(
+        self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
+    ) -> tuple[dict[RigId, Desired], GuardState]:
+        """``apply_guards`` over the cohorts as shown; keeps the new ramp log."""
         fleet: list[RigView] = []
         intents: dict[RigId, Intent] = {}
         memory: dict[RigId, RigGuardState] = {}
-        shown: list[tuple[Unit, list[str]]] = []
-        guards = self.config.guards
-        # Only the ramp treats a cohort's rigs differently, and only for a power-up: it grants
-        # at most one rig per start slot left this tick, so that many plus one (to be held)
-        # are shown; the others stand behind the one held.
-        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
-        for u in units:
+        for u, ids in shown:
             view = u.view
             assert view is not None
             want = self.intents.get(u.uid)
-            hold = u.memory.setting if u.memory is not None else u.setting
-            n = 1
-            if want is not None:
-                wanted = Setting.of(want.mode, want.power_limit_w)
-                if wanted != hold and is_raise(view, hold, wanted):
-                    n = min(u.m, slots + 1)
-            ids = [u.uid] if n == 1 else [f"{u.uid}/{k}" for k in range(n)]
             for rid in ids:
-                fleet.append(
-                    view
-                    if rid == u.uid
-                    else RigView(
-                        rid,
-                        view.observation,
-                        view.modes,
-                        view.points,
-                        view.group,
-                        view.power_limit_range_w,
+                if rid == u.uid:
+                    fleet.append(view)
+                else:
+                    fleet.append(
+                        RigView(
+                            rid,
+                            view.observation,
+                            view.modes,
+                            view.points,
+                            view.group,
+                            view.power_limit_range_w,
+                        )
                     )
-                )
                 if want is not None:
                     intents[rid] = want if rid == u.uid else _retarget(want, rid)
                 if u.memory is not None:
                     memory[rid] = u.memory
-            shown.append((u, ids))
         state = GuardState(rigs=memory, ramp_log=self.ramp_log)
         desired, new_state = apply_guards(
             intents, fleet, market, state, self.config.guards, (), now, self.config.seed
         )
         self.ramp_log = new_state.ramp_log
-        for u, ids in shown:
-            if len(ids) == 1:
-                d = desired[ids[0]]
-                u.memory = new_state.rigs.get(ids[0])
-                u.pending, u.held_by = d.held_back, d.decided_by
-                self._apply(u, d.mode, d.power_limit_w, now)
-                u.guard_key = self._guard_key(u, prices)
-                continue
-            outcomes = [desired[rid] for rid in ids]
-            rest = next((d for d in outcomes if d.held_back), outcomes[0])
-            rest_id = ids[outcomes.index(rest)]
-            # Rigs not shown stand behind one that was held back (all alike), or the first.
-            groups: dict[tuple[object, ...], list[int]] = {}
-            firsts_by: dict[tuple[object, ...], str] = {}
-            for k, rid in enumerate(ids):
-                d = desired[rid]
-                key = (d.mode, d.power_limit_w, d.held_back, new_state.rigs.get(rid))
-                groups.setdefault(key, []).append(k)
-                firsts_by.setdefault(key, rid)
-                if rid == rest_id:
-                    groups[key].extend(range(len(ids), u.m))
-            firsts = list(firsts_by.values())
-            parts = self._split(u, list(groups.values()), now)
-            for part, rid in zip(parts, firsts, strict=True):
-                d = desired[rid]
-                part.memory = new_state.rigs.get(rid)
-                part.pending, part.held_by = d.held_back, d.decided_by
-                part.guard_key = None
-                if want := self.intents.get(u.uid):
-                    self.intents[part.uid] = _retarget(want, part.uid)
-                self._apply(part, d.mode, d.power_limit_w, now)
+        return desired, new_state
+
+    def _take(
+        self,
+        u: Unit,
+        d: Desired,
+        memory: RigGuardState | None,
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """The guards' answer for a cohort shown as one rig."""
+        u.memory = memory
+        u.pending, u.held_by = d.held_back, d.decided_by
+        self._apply(u, d.mode, d.power_limit_w, now)
+        u.guard_key = self._guard_key(u, prices)
+
+    def _take_split(
+        self,
+        u: Unit,
+        ids: list[str],
+        desired: Mapping[RigId, Desired],
+        new_state: GuardState,
+        now: float,
+    ) -> None:
+        """The guards' answers for a cohort shown rig by rig: split by outcome."""
+        outcomes = [desired[rid] for rid in ids]
+        rest = next((d for d in outcomes if d.held_back), outcomes[0])
+        rest_id = ids[outcomes.index(rest)]
+        # Rigs not shown stand behind one that was held back (all alike), or the first.
+        groups: dict[tuple[object, ...], list[int]] = {}
+        firsts_by: dict[tuple[object, ...], str] = {}
+        for k, rid in enumerate(ids):
+            d = desired[rid]
+            key = (d.mode, d.power_limit_w, d.held_back, new_state.rigs.get(rid))
+            groups.setdefault(key, []).append(k)
+            firsts_by.setdefault(key, rid)
+            if rid == rest_id:
+                groups[key].extend(range(len(ids), u.m))
+        firsts = list(firsts_by.values())
+        parts = self._split(u, list(groups.values()), now)
+        for part, rid in zip(parts, firsts, strict=True):
+            d = desired[rid]
+            part.memory = new_state.rigs.get(rid)
+            part.pending, part.held_by = d.held_back, d.decided_by
+            part.guard_key = None
+            if want := self.intents.get(u.uid):
+                self.intents[part.uid] = _retarget(want, part.uid)
+            self._apply(part, d.mode, d.power_limit_w, now)
 
     def _apply(self, u: Unit, mode: Mode, limit: int | None, now: float) -> None:
         """What the reconciler and the rig do with a desired mode."""
@@ -796,6 +866,17 @@ class PolicyRun:
             self.s.units = keep
             self.s.touch(now)
         self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+
+
+def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> bool:
+    """Whether the guards' answer ``d`` for ``u`` went through the ramp: held by it, or a change
+    that raises power (``is_raise`` from the setting the guards held, as they judge it)."""
+    if d.decided_by == RAMP or d.start_at is not None:
+        return True
+    if memory is None or memory.changed_at != now or memory.previous is None:
+        return False
+    assert u.view is not None
+    return is_raise(u.view, memory.previous, memory.setting)
 
 
 def _intent_key(intent: Intent | None) -> tuple[object, ...] | None:

@@ -1,0 +1,57 @@
+"""The replay's shortcuts against ``--exact`` on a market and fleet that exercise them: new
+prices every row (hysteresis re-asked), cohorts of many rigs woken by a tight ramp (power-ups
+shown rig by rig, split and merged again), several classes competing for the ramp."""
+
+from __future__ import annotations
+
+from bench.backtest import year
+from daemon.backtest.engine import Outcome, ReplayConfig, replay
+from daemon.backtest.inputs import Fleet, Market, RigGroup
+from daemon.backtest.report import summary
+from policies.guards import GuardConfig
+from policies.registry import load_policy
+from simulator.models import MODELS
+
+FLEET = Fleet(
+    "mixed",
+    (
+        RigGroup(MODELS["s19jpro"], 40, 0.95, 0.05, 2),
+        RigGroup(MODELS["s21"], 30),
+        RigGroup(MODELS["m30s+"], 20, ambient_c=30.0),
+    ),
+)
+
+
+def _run(market: Market, exact: bool, **guards: float) -> Outcome:
+    config = ReplayConfig(guards=GuardConfig(**guards), exact=exact)  # type: ignore[arg-type]
+    return replay(market, FLEET, [load_policy("breakeven")], config)
+
+
+def _same(fast: Outcome, exact: Outcome) -> None:
+    assert summary(fast) == summary(exact)
+    for a, b in ((fast.policy, exact.policy), (fast.threshold, exact.threshold)):
+        s, t = a.strategy, b.strategy
+        assert s.row_energy_ws == t.row_energy_ws
+        assert s.row_hash_ths_s == t.row_hash_ths_s
+        assert s.row_hashing == t.row_hashing
+        assert s.rig_changes == t.rig_changes
+        assert s.rig_revenue == t.rig_revenue
+        assert s.rig_cost == t.rig_cost
+        assert a.ramp_kw_per_min == b.ramp_kw_per_min
+
+
+def test_fast_equals_exact_with_a_tight_ramp() -> None:
+    market = year(2)  # two days: a negative-price night and daily swings, new prices each row
+    fast = _run(market, False, ramp_kw_per_min=20.0)
+    exact = _run(market, True, ramp_kw_per_min=20.0)
+    _same(fast, exact)
+    assert fast.policy.counters is not None and exact.policy.counters is not None
+    assert fast.policy.counters.ticks < exact.policy.counters.ticks
+    assert sum(fast.policy.strategy.rig_changes) > 0
+
+
+def test_fast_equals_exact_with_slow_starts() -> None:
+    market = year(2)
+    fast = _run(market, False, ramp_rigs_per_s=0.2)
+    exact = _run(market, True, ramp_rigs_per_s=0.2)
+    _same(fast, exact)
