@@ -4,14 +4,16 @@ shown rig by rig, split and merged again), several classes competing for the ram
 
 from __future__ import annotations
 
+import dataclasses
+
 from bench.backtest import year
-from daemon.backtest.engine import Outcome, ReplayConfig, replay
+from daemon.backtest.engine import Outcome, ReplayConfig, _observed_at, replay
 from daemon.backtest.inputs import Fleet, Market, RigGroup
 from daemon.backtest.physics import RigPhysics, _state_key
 from daemon.backtest.report import summary
 from policies.guards import GuardConfig, Setting
 from policies.registry import load_policy
-from policies.values import Mode
+from policies.values import Mode, Observation
 from simulator.models import MODELS
 
 FLEET = Fleet(
@@ -95,3 +97,9 @@ def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
     assert direct[3]  # settled on the way
     assert _wake(base, t0 + 4200.0, cached=True) == direct
     assert _wake(base, t0 + 7800.0, cached=True) == direct
+
+
+def test_an_observation_read_again_keeps_every_other_field() -> None:
+    values = {f.name: f"v{n}" for n, f in enumerate(dataclasses.fields(Observation))}
+    obs = Observation(**values)  # type: ignore[arg-type]
+    assert _observed_at(obs, 5.0) == dataclasses.replace(obs, observed_at=5.0)

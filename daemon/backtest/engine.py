@@ -173,7 +173,7 @@ class Account:
     changes: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Unit:
     """Identical rigs (``members``) sharing one physical state and one commanded setting."""
 
@@ -430,6 +430,28 @@ def _observation(u: Unit, now: float) -> Observation:
     )
 
 
+def _observed_at(obs: Observation, now: float) -> Observation:
+    """``obs`` read again at ``now`` (``dataclasses.replace`` without its introspection)."""
+    return Observation(
+        obs.identity,
+        now,
+        obs.hashrate_ths,
+        obs.power_w,
+        obs.power_source,
+        obs.mode,
+        obs.mining,
+        obs.boards,
+        obs.max_chip_temp_c,
+        obs.inlet_c,
+        obs.outlet_c,
+        obs.ambient_c,
+        obs.fan_rpm,
+        obs.power_limit_w,
+        obs.errors,
+        obs.uptime_s,
+    )
+
+
 class PolicyRun:
     """The live decision path over cohorts (see the module docstring)."""
 
@@ -479,7 +501,7 @@ class PolicyRun:
                 )
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
-                obs = dataclasses.replace(view.observation, observed_at=now)
+                obs = _observed_at(view.observation, now)
                 view = RigView(u.uid, obs, u.cls.modes, view.points, group=u.cls.group)
             u.view = view
             out.append(view)
@@ -771,9 +793,7 @@ class PolicyRun:
         now: float,
     ) -> None:
         """The guards' answers for a cohort shown rig by rig: split by outcome."""
-        outcomes = [desired[rid] for rid in ids]
-        rest = next((d for d in outcomes if d.held_back), outcomes[0])
-        rest_id = ids[outcomes.index(rest)]
+        rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
         # Rigs not shown stand behind one that was held back (all alike), or the first.
         groups: dict[tuple[object, ...], list[int]] = {}
         firsts_by: dict[tuple[object, ...], str] = {}
