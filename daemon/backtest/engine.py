@@ -254,15 +254,24 @@ class Strategy:
             u.acct.low_s += dt
 
     def flush(self, u: Unit) -> None:
-        """Credit ``u``'s per-rig accounts to each of its rigs."""
+        """Credit ``u``'s per-rig accounts to each of its rigs. A zero is not added: the totals
+        start at +0.0 and can never be -0.0 (x - x is +0.0), so adding ±0.0 changes nothing."""
         a = u.acct
-        for i in u.members:
-            self.rig_energy_ws[i] += a.energy_ws
-            self.rig_revenue[i] += a.revenue_usd
-            self.rig_cost[i] += a.cost_usd
-            self.rig_asleep_s[i] += a.asleep_s
-            self.rig_low_s[i] += a.low_s
-            self.rig_changes[i] += a.changes
+        members = u.members
+        for totals, value in (
+            (self.rig_energy_ws, a.energy_ws),
+            (self.rig_revenue, a.revenue_usd),
+            (self.rig_cost, a.cost_usd),
+            (self.rig_asleep_s, a.asleep_s),
+            (self.rig_low_s, a.low_s),
+        ):
+            if value:
+                for i in members:
+                    totals[i] += value
+        if a.changes:
+            changes = self.rig_changes
+            for i in members:
+                changes[i] += a.changes
         u.acct = Account()
 
     # -- the settled set's rates, for the row series ---------------------------------------
@@ -469,6 +478,9 @@ class PolicyRun:
         self.ramp_log = GuardState().ramp_log
         self.intents: dict[RigId, Intent] = {}
         self.intents_market: tuple[float | None, float | None] | None = None
+        # breakeven's best mode by a cohort's points, at the prices _best_at
+        self._best_at: tuple[float | None, float | None] | None = None
+        self._best: dict[tuple[tuple[Mode, float, float], ...], Mode | None] = {}
         names = {p.name for p in self.policies}
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
@@ -538,7 +550,12 @@ class PolicyRun:
         hp, pp = prices
         if hp is None or pp is None:
             return want is not None
-        best = _best_mode(u.points, hp, pp, self.config.economics)
+        if self._best_at != prices:
+            self._best_at, self._best = prices, {}
+        if u.points in self._best:
+            best = self._best[u.points]
+        else:
+            best = self._best[u.points] = _best_mode(u.points, hp, pp, self.config.economics)
         return (None if want is None else want.mode) is not best
 
     def _decide(self, market: MarketView, units: list[Unit], now: float) -> None:
