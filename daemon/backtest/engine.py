@@ -188,6 +188,7 @@ class Unit:
     pending: bool = False
     held_by: str = ""
     guard_key: tuple[object, ...] | None = None  # the guards' inputs when they last held it
+    rise_key: tuple[object, ...] | None = None  # ... when the ramp last held it back
     view: RigView | None = None
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
@@ -697,14 +698,18 @@ class PolicyRun:
         (held by hysteresis or the dwell, a step down, nothing to do) has its answer, the same
         as in one call with everything. If a cohort to be shown rig by rig is among the rises,
         the rises are asked again, alone, with the ramp's memory from before the first call:
-        the ramp sees exactly the rises it would have seen in one call. ``exact`` makes the one
-        call."""
+        the ramp sees exactly the rises it would have seen in one call. The one call is always
+        right, the first one only saves showing copies of cohorts that are held before the ramp;
+        so it is skipped when every cohort to be shown rig by rig was held back by the ramp
+        with the same inputs last time (a rise again: hysteresis and the dwell let it through
+        then, and the dwell only runs out). ``exact`` makes the one call."""
         self.counters.guard_calls += 1
         self._views(units, now)
         guards = self.config.guards
         slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
         wide = {u.uid for u in units if len(self._shown(u, slots)) > 1}
-        if self.config.exact or not wide:
+        known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
+        if self.config.exact or not wide or known:
             self._guard_once(market, units, now, prices, slots)
             return
         log = self.ramp_log
@@ -734,7 +739,7 @@ class PolicyRun:
             if len(ids) == 1:
                 self._take(u, desired[ids[0]], state.rigs.get(ids[0]), now, prices)
             else:
-                self._take_split(u, ids, desired, state, now)
+                self._take_split(u, ids, desired, state, now, prices)
 
     def _shown(self, u: Unit, slots: int) -> list[str]:
         """The ids ``u`` is shown to the guards under. Only the ramp treats a cohort's rigs
@@ -800,6 +805,7 @@ class PolicyRun:
         u.pending, u.held_by = d.held_back, d.decided_by
         self._apply(u, d.mode, d.power_limit_w, now)
         u.guard_key = self._guard_key(u, prices)
+        u.rise_key = u.guard_key if d.decided_by == RAMP else None
 
     def _take_split(
         self,
@@ -808,6 +814,7 @@ class PolicyRun:
         desired: Mapping[RigId, Desired],
         new_state: GuardState,
         now: float,
+        prices: tuple[float | None, float | None],
     ) -> None:
         """The guards' answers for a cohort shown rig by rig: split by outcome."""
         rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
@@ -831,6 +838,7 @@ class PolicyRun:
             if want := self.intents.get(u.uid):
                 self.intents[part.uid] = _retarget(want, part.uid)
             self._apply(part, d.mode, d.power_limit_w, now)
+            part.rise_key = self._guard_key(part, prices) if d.decided_by == RAMP else None
 
     def _apply(self, u: Unit, mode: Mode, limit: int | None, now: float) -> None:
         """What the reconciler and the rig do with a desired mode."""
