@@ -707,10 +707,11 @@ class PolicyRun:
         self._views(units, now)
         guards = self.config.guards
         slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
-        wide = {u.uid for u in units if len(self._shown(u, slots)) > 1}
+        shown = {u.uid: self._shown(u, slots) for u in units}
+        wide = {uid for uid, ids in shown.items() if len(ids) > 1}
         known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
         if self.config.exact or not wide or known:
-            self._guard_once(market, units, now, prices, slots)
+            self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices)
             return
         log = self.ramp_log
         desired, state = self._call(market, [(u, [u.uid]) for u in units], now)
@@ -722,18 +723,16 @@ class PolicyRun:
         if again:
             self.counters.guard_calls += 1
             self.ramp_log = log
-            self._guard_once(market, rises, now, prices, slots)
+            self._guard_once(market, [(u, shown[u.uid]) for u in rises], now, prices)
 
     def _guard_once(
         self,
         market: MarketView,
-        units: list[Unit],
+        shown: list[tuple[Unit, list[str]]],
         now: float,
         prices: tuple[float | None, float | None],
-        slots: int,
     ) -> None:
-        """One ``apply_guards`` call over ``units``, power-ups shown rig by rig."""
-        shown = [(u, self._shown(u, slots)) for u in units]
+        """One ``apply_guards`` call over the cohorts, each shown under its ids."""
         desired, state = self._call(market, shown, now)
         for u, ids in shown:
             if len(ids) == 1:
