@@ -65,6 +65,11 @@ _SLEEPING = (Mode.SLEEP, Mode.OFF)
 _DAY_S = 86_400.0
 
 
+def _copy_id(uid: str, k: int) -> RigId:
+    """The id of the ``k``-th rig of cohort ``uid`` shown rig by rig."""
+    return f"{uid}/{k}"
+
+
 def _retarget(intent: Intent, rig_id: str) -> Intent:
     """``intent`` for another rig of the same cohort (Intent is an immutable slots class)."""
     return Intent(rig_id, intent.mode, intent.lazy_reason, intent.policy, intent.power_limit_w)
@@ -189,6 +194,7 @@ class Unit:
     held_by: str = ""
     guard_key: tuple[object, ...] | None = None  # the guards' inputs when they last held it
     rise_key: tuple[object, ...] | None = None  # ... when the ramp last held it back
+    intent_copies: tuple[Intent, list[Intent]] | None = None  # see PolicyRun._intent_copies
     view: RigView | None = None
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
@@ -753,7 +759,7 @@ class PolicyRun:
         if wanted == hold or not is_raise(u.view, hold, wanted):
             return [u.uid]
         n = min(u.m, slots + 1)
-        return [f"{u.uid}/{k}" for k in range(n)]
+        return [_copy_id(u.uid, k) for k in range(n)]
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
@@ -766,30 +772,40 @@ class PolicyRun:
             view = u.view
             assert view is not None
             want = self.intents.get(u.uid)
-            for rid in ids:
-                if rid == u.uid:
-                    fleet.append(view)
-                else:
-                    fleet.append(
-                        RigView(
-                            rid,
-                            view.observation,
-                            view.modes,
-                            view.points,
-                            view.group,
-                            view.power_limit_range_w,
-                        )
-                    )
+            mem = u.memory
+            if len(ids) == 1:  # as itself
+                fleet.append(view)
                 if want is not None:
-                    intents[rid] = want if rid == u.uid else _retarget(want, rid)
-                if u.memory is not None:
-                    memory[rid] = u.memory
+                    intents[u.uid] = want
+                if mem is not None:
+                    memory[u.uid] = mem
+                continue
+            copies = self._intent_copies(u, want, len(ids)) if want is not None else None
+            obs, modes, points, group = view.observation, view.modes, view.points, view.group
+            limits = view.power_limit_range_w
+            for k, rid in enumerate(ids):
+                fleet.append(RigView(rid, obs, modes, points, group, limits))
+                if copies is not None:
+                    intents[rid] = copies[k]
+                if mem is not None:
+                    memory[rid] = mem
         state = GuardState(rigs=memory, ramp_log=self.ramp_log)
         desired, new_state = apply_guards(
             intents, fleet, market, state, self.config.guards, (), now, self.config.seed
         )
         self.ramp_log = new_state.ramp_log
         return desired, new_state
+
+    def _intent_copies(self, u: Unit, want: Intent, n: int) -> list[Intent]:
+        """``want`` for the first ``n`` of the ids ``u`` is shown under rig by rig (kept while
+        its intent is the same object: intents are immutable)."""
+        kept = u.intent_copies
+        if kept is None or kept[0] is not want:
+            kept = u.intent_copies = (want, [])
+        copies = kept[1]
+        while len(copies) < n:
+            copies.append(_retarget(want, _copy_id(u.uid, len(copies))))
+        return copies
 
     def _take(
         self,
@@ -818,16 +834,19 @@ class PolicyRun:
         """The guards' answers for a cohort shown rig by rig: split by outcome."""
         rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
         # Rigs not shown stand behind one that was held back (all alike), or the first.
+        rigs = new_state.rigs
         groups: dict[tuple[object, ...], list[int]] = {}
-        firsts_by: dict[tuple[object, ...], str] = {}
+        firsts: list[str] = []
         for k, rid in enumerate(ids):
             d = desired[rid]
-            key = (d.mode, d.power_limit_w, d.held_back, new_state.rigs.get(rid))
-            groups.setdefault(key, []).append(k)
-            firsts_by.setdefault(key, rid)
+            key = (d.mode, d.power_limit_w, d.held_back, rigs.get(rid))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+                firsts.append(rid)
+            group.append(k)
             if rid == rest_id:
-                groups[key].extend(range(len(ids), u.m))
-        firsts = list(firsts_by.values())
+                group.extend(range(len(ids), u.m))
         parts = self._split(u, list(groups.values()), now)
         for part, rid in zip(parts, firsts, strict=True):
             d = desired[rid]
