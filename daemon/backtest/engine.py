@@ -853,7 +853,8 @@ class PolicyRun:
             part.memory = new_state.rigs.get(rid)
             part.pending, part.held_by = d.held_back, d.decided_by
             part.guard_key = None
-            if want := self.intents.get(u.uid):
+            want = self.intents.get(u.uid)
+            if want is not None and part is not u:  # u keeps its own (and its copies)
                 self.intents[part.uid] = _retarget(want, part.uid)
             self._apply(part, d.mode, d.power_limit_w, now)
             part.rise_key = self._guard_key(part, prices) if d.decided_by == RAMP else None
