@@ -195,6 +195,7 @@ class Unit:
     guard_key: tuple[object, ...] | None = None  # the guards' inputs when they last held it
     rise_key: tuple[object, ...] | None = None  # ... when the ramp last held it back
     intent_copies: tuple[Intent, list[Intent]] | None = None  # see PolicyRun._intent_copies
+    temp_c: float = 0.0  # chip temperature as observed (rounded), at the last look
     view: RigView | None = None
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
@@ -501,6 +502,7 @@ class PolicyRun:
                 continue
             u.stale_view = False
             key = (u.setting, u.phys.hashing, *u.phys.key()[1:])
+            u.temp_c = round(u.phys.state.chip_temp_c, 1)
             if key != u.view_key:
                 u.view_key = key
                 u.view = None
@@ -605,7 +607,7 @@ class PolicyRun:
                 return True
             due = (mem.changed_at or 0.0) + self.config.guards.min_dwell_s
             return now < due
-        temp = round(u.phys.state.chip_temp_c, 1)
+        temp = u.temp_c
         if temp >= self.config.guards.thermal_limit_c:
             return False
         want = self.intents.get(u.uid)
@@ -954,14 +956,16 @@ def _best_mode(
     the lower power; no intent without a hashing point), by the core's arithmetic."""
     if not any(m in _HASHING and ths > 0 for m, ths, _ in points):
         return None
-    best = min(
-        points,
-        key=lambda p: (
-            -round(revenue_usd_per_day(p[1], hp, terms) - cost_per_day(p[2], pp, terms), 9),
-            p[2],
-        ),
-    )
-    return best[0]
+    best: Mode | None = None
+    best_key = (math.inf, math.inf)
+    for mode, ths, watts in points:  # the first smallest, as min() would pick
+        key = (
+            -round(revenue_usd_per_day(ths, hp, terms) - cost_per_day(watts, pp, terms), 9),
+            watts,
+        )
+        if best is None or key < best_key:
+            best, best_key = mode, key
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
