@@ -42,6 +42,8 @@ from policies.economics import Economics, cost_per_day, revenue_usd_per_day
 from policies.guards import (
     DWELL,
     HYSTERESIS,
+    RAMP,
+    Desired,
     FailSafe,
     GuardConfig,
     GuardState,
@@ -61,6 +63,11 @@ CLOCK_FREE_POLICIES = frozenset({"breakeven", "power-cap"})
 _HASHING = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
 _SLEEPING = (Mode.SLEEP, Mode.OFF)
 _DAY_S = 86_400.0
+
+
+def _copy_id(uid: str, k: int) -> RigId:
+    """The id of the ``k``-th rig of cohort ``uid`` shown rig by rig."""
+    return f"{uid}/{k}"
 
 
 def _retarget(intent: Intent, rig_id: str) -> Intent:
@@ -171,7 +178,7 @@ class Account:
     changes: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Unit:
     """Identical rigs (``members``) sharing one physical state and one commanded setting."""
 
@@ -186,6 +193,9 @@ class Unit:
     pending: bool = False
     held_by: str = ""
     guard_key: tuple[object, ...] | None = None  # the guards' inputs when they last held it
+    rise_key: tuple[object, ...] | None = None  # ... when the ramp last held it back
+    intent_copies: tuple[Intent, list[Intent]] | None = None  # see PolicyRun._intent_copies
+    temp_c: float = 0.0  # chip temperature as observed (rounded), at the last look
     view: RigView | None = None
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
@@ -252,15 +262,24 @@ class Strategy:
             u.acct.low_s += dt
 
     def flush(self, u: Unit) -> None:
-        """Credit ``u``'s per-rig accounts to each of its rigs."""
+        """Credit ``u``'s per-rig accounts to each of its rigs. A zero is not added: the totals
+        start at +0.0 and can never be -0.0 (x - x is +0.0), so adding ±0.0 changes nothing."""
         a = u.acct
-        for i in u.members:
-            self.rig_energy_ws[i] += a.energy_ws
-            self.rig_revenue[i] += a.revenue_usd
-            self.rig_cost[i] += a.cost_usd
-            self.rig_asleep_s[i] += a.asleep_s
-            self.rig_low_s[i] += a.low_s
-            self.rig_changes[i] += a.changes
+        members = u.members
+        for totals, value in (
+            (self.rig_energy_ws, a.energy_ws),
+            (self.rig_revenue, a.revenue_usd),
+            (self.rig_cost, a.cost_usd),
+            (self.rig_asleep_s, a.asleep_s),
+            (self.rig_low_s, a.low_s),
+        ):
+            if value:
+                for i in members:
+                    totals[i] += value
+        if a.changes:
+            changes = self.rig_changes
+            for i in members:
+                changes[i] += a.changes
         u.acct = Account()
 
     # -- the settled set's rates, for the row series ---------------------------------------
@@ -428,6 +447,28 @@ def _observation(u: Unit, now: float) -> Observation:
     )
 
 
+def _observed_at(obs: Observation, now: float) -> Observation:
+    """``obs`` read again at ``now`` (``dataclasses.replace`` without its introspection)."""
+    return Observation(
+        obs.identity,
+        now,
+        obs.hashrate_ths,
+        obs.power_w,
+        obs.power_source,
+        obs.mode,
+        obs.mining,
+        obs.boards,
+        obs.max_chip_temp_c,
+        obs.inlet_c,
+        obs.outlet_c,
+        obs.ambient_c,
+        obs.fan_rpm,
+        obs.power_limit_w,
+        obs.errors,
+        obs.uptime_s,
+    )
+
+
 class PolicyRun:
     """The live decision path over cohorts (see the module docstring)."""
 
@@ -445,6 +486,9 @@ class PolicyRun:
         self.ramp_log = GuardState().ramp_log
         self.intents: dict[RigId, Intent] = {}
         self.intents_market: tuple[float | None, float | None] | None = None
+        # breakeven's best mode by a cohort's points, at the prices _best_at
+        self._best_at: tuple[float | None, float | None] | None = None
+        self._best: dict[tuple[tuple[Mode, float, float], ...], Mode | None] = {}
         names = {p.name for p in self.policies}
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
@@ -458,6 +502,7 @@ class PolicyRun:
                 continue
             u.stale_view = False
             key = (u.setting, u.phys.hashing, *u.phys.key()[1:])
+            u.temp_c = round(u.phys.state.chip_temp_c, 1)
             if key != u.view_key:
                 u.view_key = key
                 u.view = None
@@ -477,7 +522,7 @@ class PolicyRun:
                 )
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
-                obs = dataclasses.replace(view.observation, observed_at=now)
+                obs = _observed_at(view.observation, now)
                 view = RigView(u.uid, obs, u.cls.modes, view.points, group=u.cls.group)
             u.view = view
             out.append(view)
@@ -514,7 +559,12 @@ class PolicyRun:
         hp, pp = prices
         if hp is None or pp is None:
             return want is not None
-        best = _best_mode(u.points, hp, pp, self.config.economics)
+        if self._best_at != prices:
+            self._best_at, self._best = prices, {}
+        if u.points in self._best:
+            best = self._best[u.points]
+        else:
+            best = self._best[u.points] = _best_mode(u.points, hp, pp, self.config.economics)
         return (None if want is None else want.mode) is not best
 
     def _decide(self, market: MarketView, units: list[Unit], now: float) -> None:
@@ -557,7 +607,7 @@ class PolicyRun:
                 return True
             due = (mem.changed_at or 0.0) + self.config.guards.min_dwell_s
             return now < due
-        temp = round(u.phys.state.chip_temp_c, 1)
+        temp = u.temp_c
         if temp >= self.config.guards.thermal_limit_c:
             return False
         want = self.intents.get(u.uid)
@@ -647,83 +697,169 @@ class PolicyRun:
         now: float,
         prices: tuple[float | None, float | None],
     ) -> None:
-        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`)."""
+        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`), power-ups
+        shown rig by rig (:meth:`_shown`).
+
+        The guards decide each rig by the per-rig chain, and only the ramp looks across rigs,
+        at the rises (docs/guards.md, "How a tick is computed"). So when some cohort would be
+        shown rig by rig, all are first shown one rig each: a cohort whose outcome is not a rise
+        (held by hysteresis or the dwell, a step down, nothing to do) has its answer, the same
+        as in one call with everything. If a cohort to be shown rig by rig is among the rises,
+        the rises are asked again, alone, with the ramp's memory from before the first call:
+        the ramp sees exactly the rises it would have seen in one call. The one call is always
+        right, the first one only saves showing copies of cohorts that are held before the ramp;
+        so it is skipped when every cohort to be shown rig by rig was held back by the ramp
+        with the same inputs last time (a rise again: hysteresis and the dwell let it through
+        then, and the dwell only runs out). ``exact`` makes the one call."""
         self.counters.guard_calls += 1
         self._views(units, now)
+        guards = self.config.guards
+        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
+        shown = {u.uid: self._shown(u, slots) for u in units}
+        wide = {uid for uid, ids in shown.items() if len(ids) > 1}
+        known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
+        if self.config.exact or not wide or known:
+            self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices)
+            return
+        log = self.ramp_log
+        desired, state = self._call(market, [(u, [u.uid]) for u in units], now)
+        rises = [u for u in units if _is_rise(u, desired[u.uid], state.rigs.get(u.uid), now)]
+        again = {u.uid for u in rises} if any(u.uid in wide for u in rises) else set()
+        for u in units:
+            if u.uid not in again:
+                self._take(u, desired[u.uid], state.rigs.get(u.uid), now, prices)
+        if again:
+            self.counters.guard_calls += 1
+            self.ramp_log = log
+            self._guard_once(market, [(u, shown[u.uid]) for u in rises], now, prices)
+
+    def _guard_once(
+        self,
+        market: MarketView,
+        shown: list[tuple[Unit, list[str]]],
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """One ``apply_guards`` call over the cohorts, each shown under its ids."""
+        desired, state = self._call(market, shown, now)
+        for u, ids in shown:
+            if len(ids) == 1:
+                self._take(u, desired[ids[0]], state.rigs.get(ids[0]), now, prices)
+            else:
+                self._take_split(u, ids, desired, state, now, prices)
+
+    def _shown(self, u: Unit, slots: int) -> list[str]:
+        """The ids ``u`` is shown to the guards under. Only the ramp treats a cohort's rigs
+        differently, and only for a power-up: it grants at most one rig per start slot left
+        this tick, so that many plus one (to be held) are shown; the others stand behind the
+        one held."""
+        want = self.intents.get(u.uid)
+        if want is None or slots == 0 or u.m == 1 or u.view is None:
+            return [u.uid]
+        hold = u.memory.setting if u.memory is not None else u.setting
+        wanted = Setting.of(want.mode, want.power_limit_w)
+        if wanted == hold or not is_raise(u.view, hold, wanted):
+            return [u.uid]
+        n = min(u.m, slots + 1)
+        return [_copy_id(u.uid, k) for k in range(n)]
+
+    def _call(
+        self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
+    ) -> tuple[dict[RigId, Desired], GuardState]:
+        """``apply_guards`` over the cohorts as shown; keeps the new ramp log."""
         fleet: list[RigView] = []
         intents: dict[RigId, Intent] = {}
         memory: dict[RigId, RigGuardState] = {}
-        shown: list[tuple[Unit, list[str]]] = []
-        guards = self.config.guards
-        # Only the ramp treats a cohort's rigs differently, and only for a power-up: it grants
-        # at most one rig per start slot left this tick, so that many plus one (to be held)
-        # are shown; the others stand behind the one held.
-        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
-        for u in units:
+        for u, ids in shown:
             view = u.view
             assert view is not None
             want = self.intents.get(u.uid)
-            hold = u.memory.setting if u.memory is not None else u.setting
-            n = 1
-            if want is not None:
-                wanted = Setting.of(want.mode, want.power_limit_w)
-                if wanted != hold and is_raise(view, hold, wanted):
-                    n = min(u.m, slots + 1)
-            ids = [u.uid] if n == 1 else [f"{u.uid}/{k}" for k in range(n)]
-            for rid in ids:
-                fleet.append(
-                    view
-                    if rid == u.uid
-                    else RigView(
-                        rid,
-                        view.observation,
-                        view.modes,
-                        view.points,
-                        view.group,
-                        view.power_limit_range_w,
-                    )
-                )
+            mem = u.memory
+            if len(ids) == 1:  # as itself
+                fleet.append(view)
                 if want is not None:
-                    intents[rid] = want if rid == u.uid else _retarget(want, rid)
-                if u.memory is not None:
-                    memory[rid] = u.memory
-            shown.append((u, ids))
+                    intents[u.uid] = want
+                if mem is not None:
+                    memory[u.uid] = mem
+                continue
+            copies = self._intent_copies(u, want, len(ids)) if want is not None else None
+            obs, modes, points, group = view.observation, view.modes, view.points, view.group
+            limits = view.power_limit_range_w
+            for k, rid in enumerate(ids):
+                fleet.append(RigView(rid, obs, modes, points, group, limits))
+                if copies is not None:
+                    intents[rid] = copies[k]
+                if mem is not None:
+                    memory[rid] = mem
         state = GuardState(rigs=memory, ramp_log=self.ramp_log)
         desired, new_state = apply_guards(
             intents, fleet, market, state, self.config.guards, (), now, self.config.seed
         )
         self.ramp_log = new_state.ramp_log
-        for u, ids in shown:
-            if len(ids) == 1:
-                d = desired[ids[0]]
-                u.memory = new_state.rigs.get(ids[0])
-                u.pending, u.held_by = d.held_back, d.decided_by
-                self._apply(u, d.mode, d.power_limit_w, now)
-                u.guard_key = self._guard_key(u, prices)
-                continue
-            outcomes = [desired[rid] for rid in ids]
-            rest = next((d for d in outcomes if d.held_back), outcomes[0])
-            rest_id = ids[outcomes.index(rest)]
-            # Rigs not shown stand behind one that was held back (all alike), or the first.
-            groups: dict[tuple[object, ...], list[int]] = {}
-            firsts_by: dict[tuple[object, ...], str] = {}
-            for k, rid in enumerate(ids):
-                d = desired[rid]
-                key = (d.mode, d.power_limit_w, d.held_back, new_state.rigs.get(rid))
-                groups.setdefault(key, []).append(k)
-                firsts_by.setdefault(key, rid)
-                if rid == rest_id:
-                    groups[key].extend(range(len(ids), u.m))
-            firsts = list(firsts_by.values())
-            parts = self._split(u, list(groups.values()), now)
-            for part, rid in zip(parts, firsts, strict=True):
-                d = desired[rid]
-                part.memory = new_state.rigs.get(rid)
-                part.pending, part.held_by = d.held_back, d.decided_by
-                part.guard_key = None
-                if want := self.intents.get(u.uid):
-                    self.intents[part.uid] = _retarget(want, part.uid)
-                self._apply(part, d.mode, d.power_limit_w, now)
+        return desired, new_state
+
+    def _intent_copies(self, u: Unit, want: Intent, n: int) -> list[Intent]:
+        """``want`` for the first ``n`` of the ids ``u`` is shown under rig by rig (kept while
+        its intent is the same object: intents are immutable)."""
+        kept = u.intent_copies
+        if kept is None or kept[0] is not want:
+            kept = u.intent_copies = (want, [])
+        copies = kept[1]
+        while len(copies) < n:
+            copies.append(_retarget(want, _copy_id(u.uid, len(copies))))
+        return copies
+
+    def _take(
+        self,
+        u: Unit,
+        d: Desired,
+        memory: RigGuardState | None,
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """The guards' answer for a cohort shown as one rig."""
+        u.memory = memory
+        u.pending, u.held_by = d.held_back, d.decided_by
+        self._apply(u, d.mode, d.power_limit_w, now)
+        u.guard_key = self._guard_key(u, prices)
+        u.rise_key = u.guard_key if d.decided_by == RAMP else None
+
+    def _take_split(
+        self,
+        u: Unit,
+        ids: list[str],
+        desired: Mapping[RigId, Desired],
+        new_state: GuardState,
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """The guards' answers for a cohort shown rig by rig: split by outcome."""
+        rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
+        # Rigs not shown stand behind one that was held back (all alike), or the first.
+        rigs = new_state.rigs
+        groups: dict[tuple[object, ...], list[int]] = {}
+        firsts: list[str] = []
+        for k, rid in enumerate(ids):
+            d = desired[rid]
+            key = (d.mode, d.power_limit_w, d.held_back, rigs.get(rid))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+                firsts.append(rid)
+            group.append(k)
+            if rid == rest_id:
+                group.extend(range(len(ids), u.m))
+        parts = self._split(u, list(groups.values()), now)
+        for part, rid in zip(parts, firsts, strict=True):
+            d = desired[rid]
+            part.memory = new_state.rigs.get(rid)
+            part.pending, part.held_by = d.held_back, d.decided_by
+            part.guard_key = None
+            want = self.intents.get(u.uid)
+            if want is not None and part is not u:  # u keeps its own (and its copies)
+                self.intents[part.uid] = _retarget(want, part.uid)
+            self._apply(part, d.mode, d.power_limit_w, now)
+            part.rise_key = self._guard_key(part, prices) if d.decided_by == RAMP else None
 
     def _apply(self, u: Unit, mode: Mode, limit: int | None, now: float) -> None:
         """What the reconciler and the rig do with a desired mode."""
@@ -798,6 +934,17 @@ class PolicyRun:
         self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
 
 
+def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> bool:
+    """Whether the guards' answer ``d`` for ``u`` went through the ramp: held by it, or a change
+    that raises power (``is_raise`` from the setting the guards held, as they judge it)."""
+    if d.decided_by == RAMP or d.start_at is not None:
+        return True
+    if memory is None or memory.changed_at != now or memory.previous is None:
+        return False
+    assert u.view is not None
+    return is_raise(u.view, memory.previous, memory.setting)
+
+
 def _intent_key(intent: Intent | None) -> tuple[object, ...] | None:
     return None if intent is None else (intent.mode, intent.power_limit_w, intent.policy)
 
@@ -809,14 +956,16 @@ def _best_mode(
     the lower power; no intent without a hashing point), by the core's arithmetic."""
     if not any(m in _HASHING and ths > 0 for m, ths, _ in points):
         return None
-    best = min(
-        points,
-        key=lambda p: (
-            -round(revenue_usd_per_day(p[1], hp, terms) - cost_per_day(p[2], pp, terms), 9),
-            p[2],
-        ),
-    )
-    return best[0]
+    best: Mode | None = None
+    best_key = (math.inf, math.inf)
+    for mode, ths, watts in points:  # the first smallest, as min() would pick
+        key = (
+            -round(revenue_usd_per_day(ths, hp, terms) - cost_per_day(watts, pp, terms), 9),
+            watts,
+        )
+        if best is None or key < best_key:
+            best, best_key = mode, key
+    return best
 
 
 # ---------------------------------------------------------------------------------------------

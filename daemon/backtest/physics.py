@@ -9,6 +9,12 @@ has at its end) and hashes, and stops integrating once the state has settled (th
 frequency at their target, the chip temperature moving less than 0.001 °C per step): from then
 on power and hashrate are constant until the next command, which is what makes a year cheap.
 
+A transition's stretch between two ticks is a pure function of the starting state (its time
+aside), the target and the stretch's length, when the times are whole seconds (then every step
+lands on a whole second and no sum depends on the start time). Such segments are integrated
+once and replayed for every later rig in the same state: the fleet's many identical wake-ups
+and sleeps cost a dictionary lookup each, with the same floats (tests/test_backtest_fast.py).
+
 Health scales hashrate only (a worn rig hashes less for the same power).
 """
 
@@ -121,6 +127,45 @@ class RigPhysics:
             dt = t_end - s.t
             s.t = t_end
             return self.power_w * dt, s.hashrate_ths * self.health * dt
+        if not (s.t.is_integer() and t_end.is_integer()):
+            return self._integrate(t_end, sink, weight)
+        # Whole seconds: every step lands on a whole second, so a segment's arithmetic does not
+        # depend on when it starts, and identical rigs' identical segments are replayed.
+        key = (self.spec.key, self.health, self.target, t_end - s.t, *_state_key(s))
+        seg = _SEGMENTS.get(key)
+        if seg is None:
+            seg = self._record(t_end)
+            if len(_SEGMENTS) >= _SEGMENTS_MAX:
+                _SEGMENTS.clear()
+            _SEGMENTS[key] = seg
+        else:
+            _set_state(s, seg.end)
+            self.power_w = s.power_w
+            self.settled = seg.settled
+        if sink is not None:
+            t0 = t_end - seg.span
+            for offset, new_w, old_w in seg.levels:
+                sink(t0 + offset, (new_w - old_w) * weight)
+        s.t = t_end
+        return seg.energy, seg.hashes
+
+    def _record(self, t_end: float) -> Segment:
+        """Integrate to ``t_end`` (whole seconds), noting what a replay of it needs."""
+        s = self.state
+        t0 = s.t
+        levels: list[tuple[float, float, float]] = []
+
+        def note(t: float, _dw: float) -> None:
+            levels.append((t - t0, s.power_w, self.power_w))  # (when, new level, old level)
+
+        energy, hashes = self._integrate(t_end, note, 1.0)
+        return Segment(t_end - t0, _state_key(s), self.settled, energy, hashes, tuple(levels))
+
+    def _integrate(
+        self, t_end: float, sink: PowerSink | None, weight: float
+    ) -> tuple[float, float]:
+        """The physics' own steps of at most ``STEP_S`` to ``t_end``, until settled."""
+        s = self.state
         energy = hashes = 0.0
         while s.t < t_end - 1e-9:
             t0 = s.t
@@ -161,3 +206,47 @@ class RigPhysics:
             round(s.chip_temp_c, 1),
             round(s.hashrate_ths, 3),
         )
+
+
+StateKey = tuple[float, sp.Phase, float, float, float, float, float, float, float, int]
+
+
+def _state_key(s: sp.PhysState) -> StateKey:
+    """Everything of ``s`` but its time that the physics' steps read or write."""
+    return (
+        s.ambient_c,
+        s.phase,
+        s.freq,
+        s.boot_left_s,
+        s.chip_temp_c,
+        s.fan_pct,
+        s.power_w,
+        s.hashrate_ths,
+        s.thermal_extra_c,
+        len(s.dead_boards),
+    )
+
+
+def _set_state(s: sp.PhysState, end: StateKey) -> None:
+    """``s`` as recorded at a segment's end (its ambient, heat and boards are the key's)."""
+    s.phase, s.freq, s.boot_left_s, s.chip_temp_c = end[1], end[2], end[3], end[4]
+    s.fan_pct, s.power_w, s.hashrate_ths = end[5], end[6], end[7]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of a transition, integrated once: how long, the state at its end, whether it
+    settled, per-rig energy (W·s) and hashes (TH/s·s), and the power levels met on the way
+    (seconds from its start, new level, old level), for the ramp meter."""
+
+    span: float
+    end: StateKey
+    settled: bool
+    energy: float
+    hashes: float
+    levels: tuple[tuple[float, float, float], ...]
+
+
+_SEGMENTS: dict[tuple[object, ...], Segment] = {}
+"""Segments by (model, health, target, length, starting state): a pure function of its key."""
+_SEGMENTS_MAX = 200_000
