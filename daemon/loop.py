@@ -26,11 +26,10 @@ from policies.guards import (
     GuardConfig,
     GuardState,
     Override,
-    RampGrant,
     Setting,
     apply_guards,
 )
-from policies.guards.ramp import Send, ramp_sends
+from policies.guards.ramp import Send, new_grants, ramp_sends
 from policies.power_cap import PowerCapPolicy
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
@@ -141,8 +140,8 @@ class ControlLoop:
         site, policies = self._site_and_policies(now)
         intents = combine([p.decide(market, fleet, site, now) for p in policies], fleet)
         self.overrides = [o for o in self.overrides if o.active(now)]
-        earlier_grants = self.guard_state.ramp_log
-        as_of = self.guard_state.as_of
+        before = self.guard_state
+        as_of = before.as_of
         if as_of is not None and now < as_of:
             log.warning(
                 "clock.stepped_back",
@@ -162,7 +161,7 @@ class ControlLoop:
         targets = {r: self._target(d) for r, d in desired.items()}
         commands = self.reconciler.plan(targets, cycle.readings, now)
         commands = self._ramp_ungranted(
-            commands, earlier_grants, fleet, cycle.readings, market, now
+            commands, new_grants(before, self.guard_state), fleet, cycle.readings, market, now
         )
         if commands and self.journal is not None and not self.actuator.dry_run:
             try:
@@ -239,7 +238,7 @@ class ControlLoop:
     def _ramp_ungranted(
         self,
         commands: list[Command],
-        earlier_grants: Sequence[RampGrant],
+        granted: frozenset[RigId],
         fleet: Sequence[RigView],
         readings: Mapping[RigId, Reading],
         market: MarketView,
@@ -250,8 +249,6 @@ class ControlLoop:
         setting by itself) go through the same ramp, after the guards' grants: each gets a
         start slot, or waits for a later tick while the budget is spent. Without this, the
         retries of a wake-up that failed together (a switch down) would all start at once."""
-        earlier = {id(g) for g in earlier_grants}
-        granted = {g.rig_id for g in self.guard_state.ramp_log if id(g) not in earlier}
         views: dict[RigId, RigView] | None = None
         sends: list[Send] = []
         for c in commands:

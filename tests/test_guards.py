@@ -41,6 +41,7 @@ from policies.guards.ramp import (
     Send,
     first_rises,
     make_rise,
+    new_grants,
     order_rises,
     prune_log,
     ramp_sends,
@@ -497,6 +498,25 @@ def test_guard_state_documents_keep_as_of() -> None:
     assert GuardState.from_dict({"rigs": {}, "ramp_log": []}).as_of is None
 
 
+def test_new_grants_are_told_apart_from_earlier_ones_even_across_a_clock_step() -> None:
+    # The shell ramps every power-up without a grant this tick: it must know which rigs the
+    # guards just granted, also in the tick where the clock stepped back and the guards
+    # shifted their log.
+    config = replace(QUIET, ramp_rigs_per_s=1.0, ramp_horizon_s=30.0)
+    first = [rig_at("a", Mode.SLEEP, T0)]
+    _, s1 = run(first, [want("a", Mode.NORMAL)], config=config)
+    assert new_grants(GuardState(), s1) == {"a"}
+    both = [rig_at("a", Mode.NORMAL, T0 + 30), rig_at("b", Mode.SLEEP, T0 + 30)]
+    intents = [want("a", Mode.NORMAL), want("b", Mode.NORMAL)]
+    _, s2 = run(both, intents, config=config, state=s1, now=T0 + 30)
+    assert new_grants(s1, s2) == {"b"}
+    back = T0 - DAY
+    both = [rig_at("a", Mode.NORMAL, back), rig_at("b", Mode.NORMAL, back)]
+    both.append(rig_at("c", Mode.SLEEP, back))
+    _, s3 = run(both, [*intents, want("c", Mode.NORMAL)], config=config, state=s2, now=back)
+    assert new_grants(s2, s3) == {"c"}  # a and b's shifted grants are not new
+
+
 def test_going_down_is_never_ramped() -> None:
     config = replace(QUIET, ramp_kw_per_min=1.0, ramp_rigs_per_s=0.01)
     fleet = [rig_at(f"r{i}", Mode.HIGH, T0) for i in range(5)]
@@ -782,8 +802,7 @@ def simulate(sc: Scenario, resend: bool = False) -> Iterator[Step]:
 
 
 def _resend(step: Step, sc: Scenario) -> None:
-    earlier = {id(g) for g in step.prior.ramp_log}
-    granted = {g.rig_id for g in step.state.ramp_log if id(g) not in earlier}
+    granted = new_grants(step.prior, step.state)
     sends = []
     for rig in step.fleet:
         obs, d = step.fresh[rig.rig_id], step.desired[rig.rig_id]

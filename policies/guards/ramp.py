@@ -25,6 +25,7 @@ from policies.guards.model import (
     RAMP,
     RAMP_KW_WINDOW_S,
     GuardConfig,
+    GuardState,
     RampGrant,
     Setting,
 )
@@ -208,6 +209,16 @@ def ramp_text(args: tuple[Mode, float, str, float, int]) -> str:
         f"{max(kw_left, 0.0):.2f} kW left in the minute and {max(slots_left, 0)} start slots "
         "left this tick"
     )
+
+
+def new_grants(before: GuardState, after: GuardState) -> frozenset[str]:
+    """The rigs ``apply_guards`` granted a power-up in the call that took ``before`` to
+    ``after``: the grants in ``after``'s log that were not in ``before``'s (compared as values,
+    after the same shift the call applies when the clock stepped back)."""
+    if after.as_of is not None and before.as_of is not None and after.as_of < before.as_of:
+        before = before.shifted(after.as_of - before.as_of)
+    earlier = set(before.ramp_log)
+    return frozenset(g.rig_id for g in after.ramp_log if g not in earlier)
 
 
 class Send:
