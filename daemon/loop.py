@@ -29,6 +29,7 @@ from policies.guards import (
     Setting,
     apply_guards,
 )
+from policies.guards.power import FLOOR_MODES
 from policies.guards.ramp import Send, new_grants, ramp_sends
 from policies.power_cap import PowerCapPolicy
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
@@ -255,6 +256,8 @@ class ControlLoop:
             obs = readings.get(c.rig_id)
             if c.rig_id in granted or not isinstance(obs, Observation):
                 continue
+            if c.mode in FLOOR_MODES and obs.mode is not Mode.OFF:
+                continue  # into sleep/off from anything but off: never a raise (a curtailment)
             if views is None:
                 views = {v.rig_id: v for v in fleet}
             view = views.get(c.rig_id)

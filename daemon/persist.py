@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,7 +74,7 @@ class Persistence:
     version: str = ""
     _saved_rigs: Mapping[str, RigGuardState] = field(default_factory=dict)
     """The rigs' guard states as last committed (the objects themselves)."""
-    _stored: set[str] = field(default_factory=set)
+    _stored: Collection[str] = field(default_factory=set)
     """The rigs the store has a guard-state row for."""
 
     def restore(self, now: float) -> dict[str, int]:
@@ -183,8 +183,10 @@ class Persistence:
             docs["desk"] = self.desk.to_dict()
             seen = self.desk.take_new_seen()
         self.store.put(docs, seen=seen, guard_rigs=changed, guard_rigs_gone=gone)
-        self._saved_rigs = dict(self.loop.guard_state.rigs)  # only once it is committed
-        self._stored = set(self._saved_rigs)
+        # Only once it is committed. The guards never modify a state they returned, so the
+        # mapping itself is kept, not a copy.
+        self._saved_rigs = self.loop.guard_state.rigs
+        self._stored = self._saved_rigs.keys()
         if report.results:
             self.store.add_commands(
                 (
