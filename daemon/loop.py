@@ -20,6 +20,7 @@ from daemon.observer import Observer
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import mode_points
 from policies.api import MarketView, Policy, RigView, Site
+from policies.columns import FleetViews
 from policies.combine import combine
 from policies.guards import (
     Desired,
@@ -313,7 +314,9 @@ class ControlLoop:
             power_price_source=pp.source if pp else "",
         )
 
-    def _fleet(self, readings: Mapping[RigId, Reading]) -> list[RigView]:
+    def _fleet(self, readings: Mapping[RigId, Reading]) -> FleetViews:
+        """Every rig as the policies and guards see it, with the columns they read
+        (policies/columns.py)."""
         views = []
         for rig_id, driver in self.observer.drivers.items():
             reading = readings.get(rig_id)
@@ -328,7 +331,7 @@ class ControlLoop:
                     rig_id, obs, caps.modes, points, power_limit_range_w=caps.power_limit_range_w
                 )
             )
-        return views
+        return FleetViews(views)
 
     def _audit(
         self,

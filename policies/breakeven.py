@@ -11,10 +11,20 @@ order the audit log shows them in.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from policies.api import Intent, MarketView, RigView, Site
 from policies.builtin import HASHING_MODES, point_for, rig_label, supported_points
+from policies.columns import (
+    MODE_CODES,
+    NONE,
+    POINT_MODES,
+    SLEEP,
+    FleetViews,
+    IntentColumns,
+)
 from policies.economics import (
     BreakEven,
     Economics,
@@ -39,7 +49,7 @@ class BreakevenPolicy:
 
     def decide(
         self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
-    ) -> dict[RigId, Intent]:
+    ) -> Mapping[RigId, Intent]:
         """An intent for every rig with figures, in :func:`curtailment_order` (worst first).
 
         Each intent is the one :func:`decide_rig` gives, with its reason made lazily (by
@@ -51,60 +61,125 @@ class BreakevenPolicy:
             return {}
         terms = site.economics
         explain = _Explainer(hashprice, price, terms)
-        # The same float expressions as revenue_usd_per_day and cost_per_day, operand for
-        # operand, so margins (and their ties) are bit-identical to economics.best_mode's.
-        keep = 1.0 - terms.pool_fee
-        overhead = terms.overhead
-        sleep_mode, hashing_modes = Mode.SLEEP, HASHING_MODES
+        if isinstance(fleet, FleetViews):
+            columns = _decide_columns(fleet, hashprice, price, terms, explain)
+            if columns is not None:
+                return columns
         keys: list[float] = []
         ids: list[RigId] = []
         made: list[Intent] = []
         for rig in fleet:
-            modes = rig.modes
-            points = rig.points
-            sleep_w = 0.0
-            if sleep_mode in modes and points:
-                if points[0].mode is sleep_mode:  # where mode_points puts it
-                    sleep_w = points[0].power_w
-                else:
-                    for p in points:
-                        if p.mode is sleep_mode:
-                            sleep_w = p.power_w
-                            break
-            jth: float | None = None
-            top = -math.inf
-            best: ModePoint | None = None
-            near = False  # another supported point within _TIE_USD of the top margin
-            for p in points:
-                mode = p.mode
-                if mode not in modes:
-                    continue
-                ths = p.hashrate_ths
-                watts = p.power_w
-                margin = ths / 1000.0 * hashprice * keep - watts / 1000.0 * 24.0 * price * overhead
-                if margin > top + _TIE_USD:
-                    top, best, near = margin, p, False
-                elif margin >= top - _TIE_USD:
-                    near = True
-                    if margin > top:  # noqa: PLR1730 (cheaper than max)
-                        top = margin
-                if mode in hashing_modes and ths > 0:
-                    value = (watts - sleep_w) / ths
-                    if jth is None or value < jth:
-                        jth = value
-            if jth is None or best is None:
+            picked = _pick(rig, hashprice, price, terms)
+            if picked is None:
                 continue  # no supported hashing point: no opinion
-            if near:  # a near tie: settle it exactly as _best_point does
-                best = _best_point(list(supported_points(rig)), hashprice, price, terms)
-            keys.append(-jth)
+            key, best = picked
+            keys.append(key)
             rig_id = rig.rig_id
             ids.append(rig_id)
-            made.append(Intent(rig_id, best.mode, (explain, rig), NAME))
+            made.append(Intent(rig_id, best, (explain, rig), NAME))
         if len(set(keys)) == len(keys):
             order = sorted(range(len(keys)), key=keys.__getitem__)
             return {ids[i]: made[i] for i in order}
         # Equal efficiencies (rigs of one model asleep share their rated points): ties by id.
         return {ids[i]: made[i] for _, _, i in sorted(zip(keys, ids, range(len(ids)), strict=True))}
+
+
+def _pick(
+    rig: RigView, hashprice: float, price: float, terms: Economics
+) -> tuple[float, Mode] | None:
+    """(the rig's curtailment key, minus its J/TH; its best mode), or None without a supported
+    hashing point: the per-rig core of :meth:`BreakevenPolicy.decide`."""
+    # The same float expressions as revenue_usd_per_day and cost_per_day, operand for
+    # operand, so margins (and their ties) are bit-identical to economics.best_mode's.
+    keep = 1.0 - terms.pool_fee
+    overhead = terms.overhead
+    sleep_mode, hashing_modes = Mode.SLEEP, HASHING_MODES
+    modes = rig.modes
+    points = rig.points
+    sleep_w = 0.0
+    if sleep_mode in modes and points:
+        if points[0].mode is sleep_mode:  # where mode_points puts it
+            sleep_w = points[0].power_w
+        else:
+            for p in points:
+                if p.mode is sleep_mode:
+                    sleep_w = p.power_w
+                    break
+    jth: float | None = None
+    top = -math.inf
+    best: ModePoint | None = None
+    near = False  # another supported point within _TIE_USD of the top margin
+    for p in points:
+        mode = p.mode
+        if mode not in modes:
+            continue
+        ths = p.hashrate_ths
+        watts = p.power_w
+        margin = ths / 1000.0 * hashprice * keep - watts / 1000.0 * 24.0 * price * overhead
+        if margin > top + _TIE_USD:
+            top, best, near = margin, p, False
+        elif margin >= top - _TIE_USD:
+            near = True
+            if margin > top:  # noqa: PLR1730 (cheaper than max)
+                top = margin
+        if mode in hashing_modes and ths > 0:
+            value = (watts - sleep_w) / ths
+            if jth is None or value < jth:
+                jth = value
+    if jth is None or best is None:
+        return None
+    if near:  # a near tie: settle it exactly as _best_point does
+        best = _best_point(list(supported_points(rig)), hashprice, price, terms)
+    return -jth, best.mode
+
+
+def _decide_columns(
+    fleet: FleetViews, hashprice: float, price: float, terms: Economics, explain: _Explainer
+) -> IntentColumns | None:
+    """:meth:`BreakevenPolicy.decide` over the fleet's columns: the same intents, in the same
+    order (tests/test_columns.py). None when a value is not finite or two rigs share an id
+    (the per-rig loop then decides, with Python's own rules for those)."""
+    c = fleet.columns
+    if not c.unique:
+        return None
+    n = len(c)
+    keep = 1.0 - terms.pool_fee
+    overhead = terms.overhead
+    # Operand for operand the per-rig expression, so every margin is the same double.
+    margin = c.ths / 1000.0 * hashprice * keep - c.watts / 1000.0 * 24.0 * price * overhead
+    cand = c.has_point & c.supported[:POINT_MODES] & c.regular
+    if not (np.isfinite(margin[cand]).all() and np.isfinite(c.ths[cand]).all()):
+        return None
+    m = np.where(cand, margin, -np.inf)
+    best = m.argmax(axis=0)
+    cols = np.arange(n)
+    top = m[best, cols]
+    m[best, cols] = -np.inf
+    near = m.max(axis=0) >= top - _TIE_USD  # another point close enough to need the exact tie
+    sleep_w = np.where(c.supported[SLEEP] & c.has_point[SLEEP], c.watts[SLEEP], 0.0)
+    hashing = cand[1:POINT_MODES] & (c.ths[1:POINT_MODES] > 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        per_th = (c.watts[1:POINT_MODES] - sleep_w) / c.ths[1:POINT_MODES]
+    jth = np.where(hashing, per_th, np.inf).min(axis=0)
+    valid = hashing.any(axis=0)
+    codes = np.where(valid, best, NONE).astype(np.int64)
+    keys = -jth
+    views = fleet.views
+    for i in np.flatnonzero(valid & near).tolist():
+        rig = views[i]
+        codes[i] = MODE_CODES[
+            _best_point(list(supported_points(rig)), hashprice, price, terms).mode
+        ]
+    for i in np.flatnonzero(~c.regular).tolist():
+        picked = _pick(views[i], hashprice, price, terms)
+        if picked is None:
+            codes[i] = NONE
+        else:
+            keys[i], mode = picked
+            codes[i] = MODE_CODES[mode]
+    chosen = np.flatnonzero(codes >= 0)
+    order = chosen[np.lexsort((c.id_rank[chosen], keys[chosen]))]
+    return IntentColumns(fleet, codes, order, NAME, lambda i: (explain, views[i]))
 
 
 _TIE_USD = 2e-9

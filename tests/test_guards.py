@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -125,7 +125,7 @@ def run(
     overrides: Sequence[Override] = (),
     now: float = T0,
     seed: int = 7,
-) -> tuple[dict[RigId, Desired], GuardState]:
+) -> tuple[Mapping[RigId, Desired], GuardState]:
     return apply_guards(
         {i.rig_id: i for i in intents},
         fleet,
@@ -641,7 +641,7 @@ class Step:
     intents: dict[RigId, Intent]
     overrides: tuple[Override, ...]
     prior: GuardState
-    desired: dict[RigId, Desired]
+    desired: Mapping[RigId, Desired]
     state: GuardState
     hold: dict[RigId, Setting] = field(default_factory=dict)
     fresh: dict[RigId, Observation | None] = field(default_factory=dict)

@@ -765,7 +765,7 @@ class PolicyRun:
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
-    ) -> tuple[dict[RigId, Desired], GuardState]:
+    ) -> tuple[Mapping[RigId, Desired], GuardState]:
         """``apply_guards`` over the cohorts as shown; keeps the new ramp log."""
         fleet: list[RigView] = []
         intents: dict[RigId, Intent] = {}

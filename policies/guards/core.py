@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from policies.api import Intent, MarketView, RigView
+from policies.columns import FleetViews
 from policies.economics import ModePoint, cost_per_day, revenue_usd_per_day
 from policies.guards.model import (
     DWELL,
@@ -45,7 +46,7 @@ def apply_guards(
     overrides: Sequence[Override],
     now: float,
     seed: int,
-) -> tuple[dict[RigId, Desired], GuardState]:
+) -> tuple[Mapping[RigId, Desired], GuardState]:
     """Turn policy intents into the desired setting of every rig in ``fleet``.
 
     Promises (docs/guards.md): thermal protection outranks overrides and policies that would
@@ -67,6 +68,10 @@ def apply_guards(
     # Everything else goes through decide_rig.
     if state.as_of is not None and now < state.as_of:  # the clock stepped back
         state = state.shifted(now - state.as_of)
+    if isinstance(fleet, FleetViews) and fleet.columns.unique:
+        from policies.guards.columnar import apply_columns
+
+        return apply_columns(intents, fleet, market, state, config, overrides, now, seed)
     live = [o for o in overrides if o.active(now)]
     named_ids = frozenset().union(*(o.rig_ids for o in live))
     named_groups = {o.group for o in live if o.group}

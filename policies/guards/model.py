@@ -306,6 +306,9 @@ class GuardState:
     as_of: float | None = field(default=None, compare=False)
     """The ``now`` of the call that returned this state (None: not known). A later call with
     an earlier ``now`` means the clock stepped back: see :meth:`shifted`."""
+    columns: object = field(default=None, compare=False, repr=False)
+    """``rigs`` as columns for the fleet of the call that returned this state (see
+    ``policies.guards.columnar``), for the next call to start from; not part of the value."""
 
     def shifted(self, delta_s: float) -> GuardState:
         """Every time this state remembers moved by ``delta_s``: when the clock steps back by
