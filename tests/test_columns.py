@@ -22,7 +22,7 @@ from test_guards import (
     rig_specs,
     scenarios,
     settings_for,
-    view,
+    tick_inputs,
 )
 
 from bench.decide import make_fleet, observe
@@ -67,16 +67,7 @@ def run_both(sc: Scenario, columns_intents: bool = False) -> None:
     last: dict[RigId, Setting] = {}
     for tick in sc.ticks:
         now += tick.dt_s
-        fleet = [
-            view(s, rt, last.get(s.rig_id), now, sc.config.observation_ttl_s)
-            for s, rt in zip(sc.specs, tick.rigs, strict=True)
-        ]
-        intents = {
-            s.rig_id: Intent(s.rig_id, rt.intent.mode, "test", "breakeven", rt.intent.power_limit_w)
-            for s, rt in zip(sc.specs, tick.rigs, strict=True)
-            if rt.intent is not None
-        }
-        market = MarketView(tick.hashprice, tick.power_price)
+        fleet, intents, market = tick_inputs(sc, tick, last, now, "breakeven")
         args = (market, state, sc.config, sc.overrides, now, sc.seed)
         want = apply_guards(intents, fleet, *args)
         got = apply_guards(intents, FleetViews(fleet), *args)

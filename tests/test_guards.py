@@ -115,6 +115,23 @@ def want(rid: RigId, mode: Mode, limit_w: int | None = None) -> Intent:
     return Intent(rid, mode, f"{POLICY} wants {mode.value}", POLICY, limit_w)
 
 
+def tick_inputs(
+    sc: Scenario, tick: Tick, last: Mapping[RigId, Setting], now: float, policy: str = POLICY
+) -> tuple[list[RigView], dict[RigId, Intent], MarketView]:
+    """A scenario tick as the guards are given it: the fleet as seen at ``now`` (each rig at
+    its ``last`` desired setting unless the tick says otherwise), the intents, the market."""
+    fleet = [
+        view(s, rt, last.get(s.rig_id), now, sc.config.observation_ttl_s)
+        for s, rt in zip(sc.specs, tick.rigs, strict=True)
+    ]
+    intents = {
+        s.rig_id: Intent(s.rig_id, rt.intent.mode, "test", policy, rt.intent.power_limit_w)
+        for s, rt in zip(sc.specs, tick.rigs, strict=True)
+        if rt.intent is not None
+    }
+    return fleet, intents, MarketView(tick.hashprice, tick.power_price)
+
+
 def run(
     fleet: Sequence[RigView],
     intents: Sequence[Intent] = (),
@@ -775,16 +792,7 @@ def simulate(sc: Scenario, resend: bool = False) -> Iterator[Step]:
     last: dict[RigId, Setting] = {}
     for tick in sc.ticks:
         now += tick.dt_s
-        fleet = [
-            view(s, rt, last.get(s.rig_id), now, sc.config.observation_ttl_s)
-            for s, rt in zip(sc.specs, tick.rigs, strict=True)
-        ]
-        intents = {
-            s.rig_id: Intent(s.rig_id, rt.intent.mode, "test", POLICY, rt.intent.power_limit_w)
-            for s, rt in zip(sc.specs, tick.rigs, strict=True)
-            if rt.intent is not None
-        }
-        market = MarketView(tick.hashprice, tick.power_price)
+        fleet, intents, market = tick_inputs(sc, tick, last, now)
         step = Step(now, fleet, market, intents, sc.overrides, state, {}, state)
         for rig in fleet:
             obs = rig.observation

@@ -88,6 +88,7 @@ class MemoryColumns:
     fleet order (``ids``): what the column path reads of each rig's ``RigGuardState``."""
 
     __slots__ = (
+        "arrays",
         "by_guard",
         "cap_none",
         "changed_at",
@@ -108,6 +109,7 @@ class MemoryColumns:
     ) -> None:
         self.rigs: Final = rigs
         self.ids: Final = ids
+        self.arrays: Final = columns
         (
             self.has,
             self.mode,
@@ -145,19 +147,7 @@ class MemoryColumns:
         changes: Sequence[tuple[int, RigGuardState]],
     ) -> MemoryColumns:
         """These columns for ``rigs``, which differ from ``self.rigs`` at ``changes``."""
-        cols = tuple(
-            a.copy()
-            for a in (
-                self.has,
-                self.mode,
-                self.limit_none,
-                self.changed_at,
-                self.prev,
-                self.prev_limit_none,
-                self.by_guard,
-                self.cap_none,
-            )
-        )
+        cols = tuple(a.copy() for a in self.arrays)
         for i, memory in changes:
             for col, value in zip(cols, _row(memory), strict=True):
                 col[i] = value
