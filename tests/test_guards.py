@@ -662,6 +662,10 @@ class Step:
     state: GuardState
     hold: dict[RigId, Setting] = field(default_factory=dict)
     fresh: dict[RigId, Observation | None] = field(default_factory=dict)
+    elapsed: float = 0.0
+    """Time that really passed since the start: the clock's forward steps only (a step back,
+    like an NTP correction, takes no time), which is what dwell, cool-down and the ramp
+    measure."""
     resent: dict[RigId, tuple[Setting, float]] = field(default_factory=dict)
     """With ``simulate(..., resend=True)``: power-ups sent again through ``ramp_sends`` as the
     shell does, to rigs seen below their desired setting without a grant this tick: what each
@@ -748,6 +752,12 @@ def sometimes_stale(prices: st.SearchStrategy[float]) -> st.SearchStrategy[float
     return st.tuples(st.integers(0, 5), prices).map(lambda t: None if t[0] == 0 else t[1])
 
 
+# Time between ticks; about one tick in twelve the clock is stepped back instead (an NTP
+# correction, a VM restored), by a little or by an hour.
+FORWARD_S = st.sampled_from([0.0, 0.4, 1.0, 3.0, 20.0, 61.0, 300.0, 900.0])
+clock_steps = st.one_of(*[FORWARD_S] * 11, st.sampled_from([-0.5, -30.0, -700.0, -3600.0]))
+
+
 @st.composite
 def scenarios(draw: st.DrawFn, max_ticks: int = 40) -> Scenario:
     n = draw(st.integers(1, 6))
@@ -756,13 +766,13 @@ def scenarios(draw: st.DrawFn, max_ticks: int = 40) -> Scenario:
     for _ in range(draw(st.integers(1, max_ticks))):
         ticks.append(
             Tick(
-                dt_s=draw(st.sampled_from([0.0, 0.4, 1.0, 3.0, 20.0, 61.0, 300.0, 900.0])),
+                dt_s=draw(clock_steps),
                 hashprice=draw(sometimes_stale(st.floats(20.0, 90.0))),
                 power_price=draw(sometimes_stale(st.floats(-0.02, 0.12))),
                 rigs=tuple(draw(rig_ticks(s)) for s in specs),
             )
         )
-    span = sum(t.dt_s for t in ticks) + 1.0
+    span = sum(max(t.dt_s, 0.0) for t in ticks) + 1.0
     overrides = tuple(draw(st.lists(overrides_for(specs, span), max_size=2)))
     return Scenario(draw(configs()), specs, overrides, tuple(ticks), draw(st.integers(0, 2**32)))
 
@@ -788,12 +798,13 @@ def simulate(sc: Scenario, resend: bool = False) -> Iterator[Step]:
     scenario says it drifted, was unreadable, or is read late. With ``resend``, a rig seen
     fresh below its desired setting, and not granted this tick, is sent its setting again
     through ``ramp_sends`` (a retry, or a rig that fell asleep by itself), as the shell does."""
-    state, now = GuardState(), T0
+    state, now, elapsed = GuardState(), T0, 0.0
     last: dict[RigId, Setting] = {}
     for tick in sc.ticks:
         now += tick.dt_s
+        elapsed += max(tick.dt_s, 0.0)
         fleet, intents, market = tick_inputs(sc, tick, last, now)
-        step = Step(now, fleet, market, intents, sc.overrides, state, {}, state)
+        step = Step(now, fleet, market, intents, sc.overrides, state, {}, state, elapsed=elapsed)
         for rig in fleet:
             obs = rig.observation
             fresh = obs if obs is not None and obs.observed_at == now else None
@@ -876,7 +887,7 @@ def test_invariant_1_thermal_outranks_economics_and_operator_raises(sc: Scenario
             if d.decided_by == THERMAL:
                 assert not raises(rig, hold, d.setting), "thermal never raises"
             if obs is not None and temp is not None and temp >= c.thermal_limit_c:
-                latched[rid] = step.now
+                latched[rid] = step.elapsed
                 has_low = any(p.mode is Mode.LOW for p in rig.points)
                 target = Mode.LOW if has_low and temp < c.thermal_critical_c else Mode.SLEEP
                 assert not raises(rig, hold, d.setting), (rid, temp, d)
@@ -888,7 +899,7 @@ def test_invariant_1_thermal_outranks_economics_and_operator_raises(sc: Scenario
             if rid in latched and obs is not None:
                 cooled = temp is not None and temp < c.thermal_resume_c
                 idle = temp is None and not obs.mining
-                if cooled or (idle and step.now - latched[rid] >= c.thermal_cooldown_s):
+                if cooled or (idle and step.elapsed - latched[rid] >= c.thermal_cooldown_s):
                     del latched[rid]
             if rid in latched or (obs is not None and temp is None and obs.mining):
                 assert not raises(rig, hold, d.setting), (rid, d)
@@ -911,8 +922,8 @@ def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
             if d.setting == step.hold[rid]:
                 continue
             if rid in changed_at and not exempt_from_dwell(step, rig, d):
-                assert step.now - changed_at[rid] >= sc.config.min_dwell_s, (rid, d)
-            changed_at[rid] = step.now
+                assert step.elapsed - changed_at[rid] >= sc.config.min_dwell_s, (rid, d)
+            changed_at[rid] = step.elapsed
 
 
 @pytest.mark.parametrize("resend", [False, True], ids=["guards", "guards+resends"])
@@ -923,7 +934,8 @@ def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario, resend:
     # the tick's horizon, are at least 1/ramp_rigs_per_s apart across ticks, and the kW started
     # in any minute stay within the budget (or one rig goes alone). With resends, the shell's
     # power-ups without a grant from the guards (retries, rigs that fell below their setting)
-    # share the same budgets.
+    # share the same budgets. Slots are compared in elapsed time (a slot is ``at - now`` after
+    # the tick), since the clock may step back between ticks.
     c = sc.config
     grants: list[tuple[float, float]] = []
     for step in simulate(sc, resend):
@@ -932,13 +944,15 @@ def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario, resend:
             if raises(rig, hold, d.setting):
                 at = step.now if d.start_at is None else d.start_at
                 assert step.now <= at < step.now + c.ramp_horizon_s, (step.now, d)
-                grants.append((at, rise_kw(rig, hold, d.setting, c.default_rig_power_w)))
+                kw = rise_kw(rig, hold, d.setting, c.default_rig_power_w)
+                grants.append((step.elapsed + at - step.now, kw))
             else:
                 assert d.start_at is None, d
             if rig.rig_id in step.resent:
                 seen, at = step.resent[rig.rig_id]
                 assert step.now <= at < step.now + c.ramp_horizon_s, (step.now, at)
-                grants.append((at, rise_kw(rig, seen, d.setting, c.default_rig_power_w)))
+                kw = rise_kw(rig, seen, d.setting, c.default_rig_power_w)
+                grants.append((step.elapsed + at - step.now, kw))
     grants.sort()
     for (a, _), (b, _) in itertools.pairwise(grants):
         assert b - a >= c.ramp_spacing_s - 1e-6, (a, b)
@@ -1010,7 +1024,10 @@ def reference_guards(
     seed: int,
 ) -> tuple[dict[RigId, Desired], GuardState]:
     """``apply_guards`` as first written: every rig through the whole per-rig chain
-    (``decide_rig``), every rise ordered by ``order_rises``, no shortcut."""
+    (``decide_rig``), every rise ordered by ``order_rises``, no shortcut; after a clock step
+    back, on the state shifted as documented."""
+    if state.as_of is not None and now < state.as_of:
+        state = state.shifted(now - state.as_of)
     per_rig = {}
     rises = []
     for rig in fleet:
