@@ -13,35 +13,18 @@ from pathlib import Path
 import pytest
 import structlog
 
+from bench.persist import make_loop, tick_report
 from daemon.loop import ControlLoop, TickReport
-from daemon.market.service import Market
-from daemon.observer import Observer
 from daemon.persist import Persistence
-from daemon.reconciler import Actuator, Reconciler
 from daemon.store import DB_NAME, Store
-from drivers.inventory import Inventory
-from policies.api import Site
-from policies.guards import GuardConfig, GuardState, RampGrant, RigGuardState, Setting
+from policies.guards import GuardState, RampGrant, RigGuardState, Setting
 from policies.values import Mode
 
 T0 = 1_800_000_000.0
 
 
-def make_loop() -> ControlLoop:
-    observer = Observer(Inventory())
-    return ControlLoop(
-        observer=observer,
-        market=Market({}),
-        policies=[],
-        site=Site(),
-        guard_config=GuardConfig(),
-        reconciler=Reconciler(),
-        actuator=Actuator(observer.drivers),
-    )
-
-
 def report() -> TickReport:
-    return TickReport(T0, 0, 0, 0.0, 0.0, 0, 0, 0, None, None, {}, {}, [])
+    return tick_report(T0)
 
 
 def state_of(rigs: int) -> GuardState:
