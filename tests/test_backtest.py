@@ -352,6 +352,34 @@ def test_sweep_compares_settings(tmp_path: Path) -> None:
     assert max(power[3:]) <= 150.0 + 1e-6
 
 
+def test_a_sweep_in_parallel_writes_what_one_after_the_other_writes(tmp_path: Path) -> None:
+    # --jobs 2 replays the runs in two worker processes; every file of every run, the
+    # comparison and the terminal summary must be what --jobs 1 gives, byte for byte.
+    market = tmp_path / "m.csv"
+    market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:200]) + "\n")
+    argv = ["--market", str(market), "--fleet", str(SAMPLE_FLEET), "--policy", "breakeven"]
+    argv += ["--quiet", "--sweep", "hysteresis=0,0.5,1", "--sweep", "dwell=0,600"]
+    shown = {}
+    for jobs in ("1", "2"):
+        out = io.StringIO()
+        assert cli.main([*argv, "--out", str(tmp_path / jobs), "--jobs", jobs], out=out) == 0
+        text = out.getvalue().replace(str(tmp_path / jobs), "OUT")
+        shown[jobs] = [ln for ln in text.splitlines() if " s, report in " not in ln]
+    assert shown["1"] == shown["2"]
+    files = sorted(
+        p.relative_to(tmp_path / "1") for p in (tmp_path / "1").rglob("*") if p.is_file()
+    )
+    assert len(files) > 6 * 3 and Path("sweep.csv") in files
+    for name in files:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+def test_jobs_below_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--market", str(SAMPLE_MARKET), "--fleet", str(SAMPLE_FLEET), "--policy", "breakeven"]
+    assert cli.main([*argv, "--out", str(tmp_path), "--jobs", "0"], out=io.StringIO()) == 2
+    assert "--jobs: 0 is below 1" in capsys.readouterr().err
+
+
 def test_rigpilot_backtest_help_is_listed() -> None:
     from daemon.cli import build_parser
 

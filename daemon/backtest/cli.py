@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TextIO
 
-from daemon.backtest.engine import Outcome, ProgressFn, ReplayConfig, replay
-from daemon.backtest.inputs import BacktestInputError, load_fleet, load_market, parse_policies
+from daemon.backtest.engine import Counters, ProgressFn, ReplayConfig, replay
+from daemon.backtest.inputs import (
+    BacktestInputError,
+    Fleet,
+    Market,
+    load_fleet,
+    load_market,
+    parse_policies,
+)
 from daemon.backtest.report import Figures, summary, write_csv, write_report
 
 SWEEP_KEYS = {
@@ -75,8 +84,59 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="call policies and guards at every tick, never skipping (slow; for checking)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="sweep runs replayed at once, one process each (default: one per CPU this "
+        "process may use, at most one per run; 1: one after the other)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on the terminal")
     return p
+
+
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What one run of a sweep reports back: its figures, not the whole replay."""
+
+    label: str
+    config: ReplayConfig
+    name: str
+    out: Path
+    wall_s: float
+    counters: Counters | None
+    figures: list[Figures]
+
+
+def run_one(
+    label: str,
+    cfg: ReplayConfig,
+    market: Market,
+    fleet: Fleet,
+    out: Path,
+    progress: ProgressFn | None,
+) -> RunResult:
+    """Replay one setting and write its report into ``out``; also the body of a sweep's
+    worker process (everything it takes and returns pickles)."""
+    from policies.registry import load_policy
+
+    policies = [load_policy(name) for name in cfg.policies]
+    name = label or "+".join(cfg.policies)
+    started = time.perf_counter()
+    outcome = replay(market, fleet, policies, cfg, progress)
+    wall = time.perf_counter() - started
+    if progress is not None:
+        print(file=sys.stderr)
+    notes = [f"sweep: {label}"] if label else []
+    write_report(outcome, out, f"rigpilot backtest: {name}", notes)
+    return RunResult(label, cfg, name, out, wall, outcome.policy.counters, summary(outcome))
 
 
 def base_config(args: argparse.Namespace) -> ReplayConfig:
@@ -177,10 +237,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 cfg = apply_setting(cfg, key, value)
                 parts.append(f"{key}={value}")
             runs.append((" ".join(parts), cfg))
+        if args.jobs is not None and args.jobs < 1:
+            raise BacktestInputError(f"--jobs: {args.jobs} is below 1")
     except BacktestInputError as exc:
         print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
         return 2
     from policies.registry import PolicyLoadError, load_policy
+
+    for name in sorted({n for _, cfg in runs for n in cfg.policies}):
+        try:
+            load_policy(name)
+        except PolicyLoadError as exc:
+            print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
+            return 2
 
     print(
         f"market {market.path}: {len(market.rows)} rows every {market.interval_s} s; "
@@ -189,36 +258,56 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     )
     if fleet.ignored:
         print(f"  ignored (simulator-only): {', '.join(fleet.ignored)}", file=stdout)
-    results: list[tuple[str, ReplayConfig, Outcome]] = []
-    for n, (label, cfg) in enumerate(runs, start=1):
-        try:
-            policies = [load_policy(name) for name in cfg.policies]
-        except PolicyLoadError as exc:
-            print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
-            return 2
-        name = label or "+".join(cfg.policies)
-        started = time.perf_counter()
-        progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
-        outcome = replay(market, fleet, policies, cfg, progress)
-        wall = time.perf_counter() - started
-        if progress is not None:
-            print(file=sys.stderr)
-        target = args.out if len(runs) == 1 else args.out / f"run-{n:02d}"
-        notes = [f"sweep: {label}"] if label else []
-        write_report(outcome, target, f"rigpilot backtest: {name}", notes)
-        c = outcome.policy.counters
-        print(f"\n{name}: {wall:.1f} s, report in {target}/", file=stdout)
-        if c is not None:
-            print(
-                f"  {c.ticks} ticks, policies called {c.decide_calls}x, guards {c.guard_calls}x, "
-                f"at most {c.peak_units} cohorts",
-                file=stdout,
-            )
-        _table(summary(outcome), stdout)
-        results.append((label, cfg, outcome))
+
+    base: Path = args.out
+
+    def out_dir(n: int) -> Path:
+        return base if len(runs) == 1 else base / f"run-{n:02d}"
+
+    jobs = min(len(runs), args.jobs if args.jobs is not None else cpus())
+    results: list[RunResult] = []
+    if jobs <= 1:
+        for n, (label, cfg) in enumerate(runs, start=1):
+            name = label or "+".join(cfg.policies)
+            progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
+            result = run_one(label, cfg, market, fleet, out_dir(n), progress)
+            _shown(result, stdout)
+            results.append(result)
+    else:
+        if not args.quiet:
+            print(f"{len(runs)} runs, {jobs} at a time", file=sys.stderr)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {
+                pool.submit(run_one, label, cfg, market, fleet, out_dir(n), None): n
+                for n, (label, cfg) in enumerate(runs, start=1)
+            }
+            done: dict[int, RunResult] = {}
+            for future in as_completed(futures):
+                n = futures[future]
+                done[n] = result = future.result()
+                if not args.quiet:
+                    print(
+                        f"[{n}/{len(runs)}] {result.name}: done in {result.wall_s:.1f} s",
+                        file=sys.stderr,
+                    )
+        for n in sorted(done):  # shown in run order, whatever order they finished in
+            _shown(done[n], stdout)
+            results.append(done[n])
     if len(runs) > 1:
         _write_sweep(results, args.out, stdout)
     return 0
+
+
+def _shown(result: RunResult, out: TextIO) -> None:
+    print(f"\n{result.name}: {result.wall_s:.1f} s, report in {result.out}/", file=out)
+    c = result.counters
+    if c is not None:
+        print(
+            f"  {c.ticks} ticks, policies called {c.decide_calls}x, guards {c.guard_calls}x, "
+            f"at most {c.peak_units} cohorts",
+            file=out,
+        )
+    _table(result.figures, out)
 
 
 def _progress(label: str) -> ProgressFn:
@@ -254,9 +343,7 @@ def _table(figs: Sequence[Figures], out: TextIO) -> None:
         )
 
 
-def _write_sweep(
-    results: Sequence[tuple[str, ReplayConfig, Outcome]], out_dir: Path, out: TextIO
-) -> None:
+def _write_sweep(results: Sequence[RunResult], out_dir: Path, out: TextIO) -> None:
     header = [
         "run",
         "settings",
@@ -275,8 +362,9 @@ def _write_sweep(
     ]
     rows: list[list[object]] = []
     print("\nsweep:", file=out)
-    for n, (label, cfg, outcome) in enumerate(results, start=1):
-        pol, always, thr = summary(outcome)
+    for n, result in enumerate(results, start=1):
+        label, cfg = result.label, result.config
+        pol, always, thr = result.figures
         rows.append(
             [
                 f"run-{n:02d}",
