@@ -236,6 +236,7 @@ def main() -> int:
     total_ms: list[float] = []
     base_ms: list[float] = []
     columns_ms: list[float] = []
+    read_ms: list[float] = []
     per_rig_ms: list[float] = []
     same = True
     changes: dict[str, int] = {}
@@ -268,6 +269,11 @@ def main() -> int:
         if profiler is not None:
             profiler.disable()
         total_ms.append(decide_ms[-1] + guards_ms[-1])
+        # The loop reads every rig's Desired (targets, audit): built here from the columns.
+        t = time.perf_counter()
+        for _ in desired.values():
+            pass
+        read_ms.append(ms(t))
 
         # The per-rig path, same inputs: its time, and the same answer.
         t = time.perf_counter()
@@ -321,6 +327,7 @@ def main() -> int:
     print(line("per-rig path (decide+guards)", per_rig_ms, args.rigs))
     print(line("(shell: build views)", build_ms, args.rigs))
     print(line("(shell: their columns)", columns_ms, args.rigs))
+    print(line("(shell: read every Desired)", read_ms, args.rigs))
     if not args.no_check:
         print(f"  every tick's intents, desired states and memory equal the per-rig path's: {same}")
     if profiler is not None:
@@ -339,6 +346,7 @@ def main() -> int:
         "baseline_ms": round(statistics.median(base_ms), 3),
         "per_rig_ms": round(statistics.median(per_rig_ms), 2),
         "columns_ms": round(statistics.median(columns_ms), 2),
+        "read_desired_ms": round(statistics.median(read_ms), 2),
         "target_ms": int(TARGET_MS),
         "gc": "default" if args.gc_default else "daemon",
     }
