@@ -112,11 +112,11 @@ def main_config(argv: Sequence[str]) -> int:
 def semantic_problems(settings: Settings) -> list[str]:
     """What load_settings cannot see but `rigpilot run` would refuse."""
     from daemon.mqtt.bridge import resolve_password, tls_context
-    from daemon.run import load_policies
+    from daemon.run import load_policies, site_of
 
     problems = []
     try:
-        load_policies(settings.control.policies)
+        load_policies(settings.control.policies, site_of(settings))
     except ValueError as exc:
         problems.append(str(exc))
     if settings.mqtt.enabled:

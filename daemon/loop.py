@@ -122,6 +122,9 @@ class ControlLoop:
     """Called with the commands about to be sent, before sending (the durable store's
     write-ahead journal); an exception there sends nothing this tick."""
     seed: int = 0
+    groups: Mapping[RigId, str] = field(default_factory=dict)
+    """Each rig's operator-defined group (``[[rigs]] group``), as the policies and guards see
+    it in ``RigView.group`` (schedule windows and overrides by group)."""
     guard_state: GuardState = field(default_factory=GuardState)
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
@@ -318,6 +321,7 @@ class ControlLoop:
         """Every rig as the policies and guards see it, with the columns they read
         (policies/columns.py)."""
         views = []
+        groups = self.groups
         for rig_id, driver in self.observer.drivers.items():
             reading = readings.get(rig_id)
             if isinstance(reading, Observation):
@@ -328,7 +332,12 @@ class ControlLoop:
             points = tuple(mode_points(basis, caps.modes, driver.entry)) if basis else ()
             views.append(
                 RigView(
-                    rig_id, obs, caps.modes, points, power_limit_range_w=caps.power_limit_range_w
+                    rig_id,
+                    obs,
+                    caps.modes,
+                    points,
+                    groups.get(rig_id, ""),
+                    caps.power_limit_range_w,
                 )
             )
         return FleetViews(views)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -36,7 +37,7 @@ from daemon.persist import Persistence
 from daemon.reconciler import Actuator, Reconciler
 from daemon.store import DB_NAME, Store, StoredInventory, StoreError
 from drivers.inventory import IdentifyFailure, Inventory
-from policies.api import Policy, Site
+from policies.api import Policy, Site, check_site
 from policies.registry import PolicyLoadError, load_policy
 
 log = structlog.get_logger("daemon")
@@ -78,12 +79,32 @@ def check_state_dir(path: Path) -> None:
         )
 
 
-def load_policies(names: Sequence[str]) -> list[Policy]:
-    """The configured policies; ValueError naming ``control.policies`` and the bad name."""
+def load_policies(names: Sequence[str], site: Site | None = None) -> list[Policy]:
+    """The configured policies; ValueError naming ``control.policies`` and the bad name.
+    With ``site``: each policy's own check of its settings too (``policies.api.check_site``),
+    a ValueError naming ``control.policy_params`` and the problem."""
     try:
-        return [load_policy(name) for name in names]
+        policies = [load_policy(name) for name in names]
     except PolicyLoadError as exc:
         raise ValueError(f"control.policies: {exc}") from None
+    if site is not None:
+        for policy in policies:
+            try:
+                check_site(policy, site)
+            except ValueError as exc:
+                raise ValueError(f"control.policy_params ({policy.name}): {exc}") from None
+    return policies
+
+
+def site_of(settings: Settings) -> Site:
+    """The site the policies are given, from the configuration."""
+    control = settings.control
+    return Site(
+        name=settings.site.name,
+        economics=settings.market.economics,
+        power_cap_kw=control.power_cap_kw,
+        params=dict(control.policy_params),
+    )
 
 
 def build_loop(
@@ -104,13 +125,8 @@ def build_loop(
     )
     observer.sync_drivers()
     economics = settings.market.economics
-    policies = load_policies(control.policies)
-    site = Site(
-        name=settings.site.name,
-        economics=economics,
-        power_cap_kw=control.power_cap_kw,
-        params=dict(control.policy_params),
-    )
+    site = site_of(settings)
+    policies = load_policies(control.policies, site)
     return ControlLoop(
         observer=observer,
         market=build_market(settings.market, client),
@@ -133,6 +149,7 @@ def build_loop(
         audit=AuditLog(settings.state_dir / "audit.jsonl"),
         usd_per_unit=settings.market.usd_per_unit,
         market_refresh_s=settings.market.refresh_s,
+        groups={r.address: r.group for r in settings.rigs},
         clock=clock,
     )
 
@@ -155,7 +172,8 @@ async def serve(
     ``--dry-run`` flag) keeps dry-run on whatever a reloaded configuration says.
     """
     check_state_dir(settings.state_dir)
-    load_policies(settings.control.policies)  # a typo fails now, not after identification
+    # a typo fails now, not after identification
+    load_policies(settings.control.policies, site_of(settings))
     if settings.mqtt.enabled:  # so does an unreadable password file or certificate
         resolve_password(settings.mqtt)
         tls_context(settings.mqtt)
@@ -361,7 +379,7 @@ async def _reload(
     notifier.reloading()
     try:
         new = load_settings(config_path)
-        load_policies(new.control.policies)
+        load_policies(new.control.policies, site_of(new))
         if new.mqtt.enabled:
             resolve_password(new.mqtt)
             tls_context(new.mqtt)
@@ -382,13 +400,8 @@ async def _reload(
     changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(settings, k)]
     control = new.control
     economics = new.market.economics
-    loop.policies = load_policies(control.policies)
-    loop.site = Site(
-        name=settings.site.name,
-        economics=economics,
-        power_cap_kw=control.power_cap_kw,
-        params=dict(control.policy_params),
-    )
+    loop.site = dataclasses.replace(site_of(new), name=settings.site.name)  # [site] needs a restart
+    loop.policies = load_policies(control.policies, loop.site)
     loop.guard_config = control.guards.to_config(economics, control.tick_s)
     loop.reconciler.confirm_deadline_s = control.confirm_deadline_s
     loop.reconciler.max_attempts = control.max_attempts
@@ -415,6 +428,7 @@ async def _reload(
         failures = await inventory.ensure(addresses)
         inventory.save()
         loop.observer.sync_drivers()
+        loop.groups = {r.address: r.group for r in new.rigs}
         if desk is not None:
             desk.groups = {r.address: r.group for r in new.rigs}
             desk.configured = frozenset(addresses)

@@ -150,3 +150,13 @@ class Policy(Protocol):
     ) -> Mapping[RigId, Intent]:
         """An intent for each rig it has an opinion on; rigs left out keep their state."""
         ...
+
+
+def check_site(policy: Policy, site: Site) -> None:
+    """Run the policy's optional ``check(site)``: a policy with settings in ``site.params``
+    may define it to raise ValueError naming a setting it cannot use, so that the daemon
+    refuses the configuration at start-up, on reload and in ``rigpilot config check`` rather
+    than failing every tick. Policies without it accept any site."""
+    check = getattr(policy, "check", None)
+    if check is not None:
+        check(site)

@@ -143,6 +143,11 @@ class SchedulePolicy:
 
     name = NAME
 
+    def check(self, site: Site) -> None:
+        """Raise ScheduleError (a ValueError) naming the window and field that cannot be
+        used; run before the daemon starts, so that ``decide`` never raises on settings."""
+        parse_schedule(site.params.get(PARAMS_KEY))
+
     def decide(
         self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
     ) -> dict[RigId, Intent]:

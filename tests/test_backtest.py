@@ -374,6 +374,22 @@ def test_a_sweep_in_parallel_writes_what_one_after_the_other_writes(tmp_path: Pa
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
 
 
+def test_a_schedule_it_cannot_use_is_refused_before_replaying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "rigpilot.toml"
+    config.write_text(
+        '[control]\n[[control.policy_params.schedule]]\nname = "4cp"\nstart = "16:00"\n'
+        'end = "17:30"\nmode = "sleep"\ntimezone = "Texas/Houston"\n'
+    )
+    argv = ["--market", str(SAMPLE_MARKET), "--fleet", str(SAMPLE_FLEET), "--config", str(config)]
+    argv += ["--policy", "breakeven+schedule", "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli.main(argv, out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert "policy_params (schedule): schedule window 1 ('4cp')" in err and "Texas/Houston" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_jobs_below_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--market", str(SAMPLE_MARKET), "--fleet", str(SAMPLE_FLEET), "--policy", "breakeven"]
     assert cli.main([*argv, "--out", str(tmp_path), "--jobs", "0"], out=io.StringIO()) == 2

@@ -11,6 +11,7 @@ import itertools
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import SimFleet
 
@@ -246,6 +247,76 @@ value_per_kwh = 0.06
         assert (await asyncio.to_thread(sim.control.rig, sim.address(k)))["mode"] == "normal"
 
 
+async def test_a_schedule_window_for_a_group_applies_to_that_group_only(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    # The groups in [[rigs]] reach the policies: a schedule window for "row-a" sleeps the rig
+    # of row-a and leaves row-b's alone, in the daemon as wired from a config file; a reload
+    # that moves a rig to another group moves it out of the window.
+    from daemon.config import Settings, load_settings
+    from daemon.notify import Notifier
+    from daemon.run import _Progress, _reload, build_loop
+
+    a, b = sim.address("s19jpro"), sim.address("m50s")
+
+    def config_text(group_of_b: str) -> str:
+        return f"""
+state_dir = "{tmp_path / "state"}"
+dry_run = true
+[control]
+tick_s = 1
+policies = ["schedule"]
+[[control.policy_params.schedule]]
+name = "row-a maintenance"
+start = "00:00"
+end = "24:00"
+mode = "sleep"
+timezone = "UTC"
+groups = ["row-a"]
+[[market.hashprice]]
+type = "fixed"
+value = 60.0
+[[market.power]]
+type = "fixed"
+value_per_kwh = 0.03
+[[rigs]]
+address = "{a}"
+group = "row-a"
+[[rigs]]
+address = "{b}"
+group = "{group_of_b}"
+"""
+
+    config = tmp_path / "rigpilot.toml"
+    config.write_text(config_text("row-b"))
+    settings = load_settings(config)
+    inventory = Inventory()
+    await inventory.ensure([a, b])
+    async with httpx.AsyncClient() as client:
+        loop = build_loop(settings, True, client, inventory)
+        report = await loop.tick()
+        assert report.desired[a].mode is Mode.SLEEP
+        assert report.desired[a].decided_by == "schedule"
+        assert report.desired[b].mode is Mode.NORMAL  # no window: it keeps what it does
+        assert report.desired[b].decided_by != "schedule"
+        progress = _Progress(tick_s=1.0)
+
+        async def reload(text: str) -> Settings:
+            config.write_text(text)  # then SIGHUP
+            new, _ = await _reload(
+                settings, config, loop, None, inventory, Notifier({}), True, [], progress, client
+            )
+            return new
+
+        # A reload with a schedule that cannot be used is refused; the running one stays.
+        assert await reload(config_text("row-a").replace('"UTC"', '"Mars/Olympus"')) == settings
+        assert (await loop.tick()).desired[b].mode is Mode.NORMAL
+        settings = await reload(config_text("row-a"))  # b moved to row-a
+        report = await loop.tick()
+        assert report.desired[b].mode is Mode.SLEEP
+        assert report.desired[b].decided_by == "schedule"
+
+
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     from daemon.run import check_state_dir
 
@@ -297,6 +368,24 @@ def test_unknown_policy_is_named_before_anything_starts(
     assert main(["--config", str(config), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "control.policies: unknown policy 'brekeven'" in err and "breakeven" in err
+
+
+def test_a_bad_schedule_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Checked at start-up, not found by the first tick (which would then fail every tick).
+    from daemon.run import main
+
+    config = tmp_path / "rigpilot.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}"\n[control]\npolicies = ["schedule"]\n'
+        '[[control.policy_params.schedule]]\nname = "4cp"\nstart = "16:00"\nend = "17:30"\n'
+        'mode = "nap"\ntimezone = "America/Chicago"\n'
+    )
+    assert main(["--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "control.policy_params (schedule): schedule window 1 ('4cp')" in err
+    assert "nap" in err
 
 
 async def test_a_mode_the_rig_cannot_do_is_sent_as_the_nearest_safe_one(

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies import registry
-from policies.api import Intent, MarketView, Policy, RigView, Site
+from policies.api import Intent, MarketView, Policy, RigView, Site, check_site
 from policies.breakeven import (
     BreakevenPolicy,
     curtailment_j_per_th,
@@ -749,21 +749,25 @@ def test_registry_loads_the_example_plugin_without_installing_it(
     assert {k: i.mode for k, i in night.items()} == {"10.0.0.1": Mode.SLEEP}
     assert night["10.0.0.1"].reason == "quiet hours 22:00-07:00 Europe/Berlin (now 01:30)"
     assert policy.decide(market(), fleet, site, ts("2026-07-01T10:00:00+00:00")) == {}
+    check_site(policy, site)  # good settings pass the plugin's own check
+    bad = Site(
+        params={"quiet-hours": {"groups": [], "start": "late", "end": "07:00", "timezone": "UTC"}}
+    )
     with pytest.raises(ValueError, match="quiet-hours: bad start"):
-        policy.decide(
-            market(),
-            fleet,
-            Site(
-                params={
-                    "quiet-hours": {
-                        "groups": [],
-                        "start": "late",
-                        "end": "07:00",
-                        "timezone": "UTC",
-                    }
-                }
-            ),
-            0.0,
+        policy.decide(market(), fleet, bad, 0.0)
+    with pytest.raises(ValueError, match="quiet-hours: bad start"):
+        check_site(policy, bad)  # what start-up, reload and `config check` call
+    with pytest.raises(ValueError, match="quiet-hours: settings must be a table"):
+        check_site(policy, Site())
+
+
+def test_check_site_asks_the_policies_that_have_settings() -> None:
+    check_site(BreakevenPolicy(), Site(params={"schedule": "anything"}))  # no check: accepts
+    check_site(SchedulePolicy(), Site())  # no windows: fine
+    with pytest.raises(ValueError, match=r"schedule window 1 \('x'\): bad start '25:00'"):
+        check_site(
+            SchedulePolicy(),
+            Site(params={"schedule": [{"name": "x", "start": "25:00", "end": "26:00"}]}),
         )
 
 

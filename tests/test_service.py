@@ -448,6 +448,17 @@ def test_config_check_prints_the_effective_configuration_masked(
         ('[control]\npolicies = ["brakeeven"]\n', "unknown policy 'brakeeven'"),
         ('[mqtt]\nenabled = true\npassword_file = "/nonexistent/pw"\n', "cannot be read"),
         ("not toml ==", "TOML"),
+        (
+            '[control]\npolicies = ["schedule"]\n[[control.policy_params.schedule]]\n'
+            'start = "16:00"\nend = "17:30"\nmode = "sleep"\n',
+            "control.policy_params (schedule): schedule window 1 ('window 1'): timezone must",
+        ),
+        (
+            '[control]\npolicies = ["breakeven", "schedule"]\n'
+            '[[control.policy_params.schedule]]\nstart = "16:00"\nend = "25:00"\n'
+            'mode = "sleep"\ntimezone = "UTC"\n',
+            "end",
+        ),
     ],
 )
 def test_config_check_names_the_problem(

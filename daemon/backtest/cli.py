@@ -242,14 +242,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except BacktestInputError as exc:
         print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
         return 2
+    from policies.api import check_site
     from policies.registry import PolicyLoadError, load_policy
 
-    for name in sorted({n for _, cfg in runs for n in cfg.policies}):
-        try:
-            load_policy(name)
-        except PolicyLoadError as exc:
-            print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
-            return 2
+    for _, cfg in runs:  # unknown names and unusable policy settings stop it here, not mid-run
+        for name in cfg.policies:
+            try:
+                check_site(load_policy(name), cfg.site)
+            except PolicyLoadError as exc:
+                print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
+                return 2
+            except ValueError as exc:
+                print(f"rigpilot backtest: error: policy_params ({name}): {exc}", file=sys.stderr)
+                return 2
 
     print(
         f"market {market.path}: {len(market.rows)} rows every {market.interval_s} s; "

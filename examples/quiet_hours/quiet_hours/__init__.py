@@ -31,6 +31,12 @@ class QuietHours:
 
     name = "quiet-hours"
 
+    def check(self, site: Site) -> None:
+        """Raise QuietHoursError naming a setting that cannot be used. Optional for a plugin:
+        rigpilot calls it at start-up, on reload and in ``rigpilot config check``, so that a
+        typo stops the daemon there instead of failing every tick."""
+        _settings(site.params.get(self.name))
+
     def decide(
         self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
     ) -> dict[RigId, Intent]:
