@@ -19,7 +19,7 @@ from daemon.market.service import Market, MarketState
 from daemon.observer import Observer
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import mode_points
-from policies.api import MarketView, Policy, RigView, Site
+from policies.api import Intent, MarketView, Policy, RigView, Site
 from policies.columns import FleetViews
 from policies.combine import combine
 from policies.guards import (
@@ -71,6 +71,7 @@ class TickReport:
     results: Sequence[CommandResult]
     observe_duration_s: float = 0.0  # the observation cycle's wall time
     duration_s: float = 0.0  # the whole tick's wall time, observation included
+    failed_policies: tuple[str, ...] = ()  # raised this tick: no policy moved any rig
 
     def summary(self) -> str:
         hp = (
@@ -83,10 +84,15 @@ class TickReport:
             if self.power_price_usd_per_kwh is None
             else f"${self.power_price_usd_per_kwh:.4f}/kWh"
         )
+        failed = (
+            f"; policy failed: {', '.join(self.failed_policies)} (holding)"
+            if self.failed_policies
+            else ""
+        )
         return (
             f"{self.observed}/{self.rigs} rigs read, {self.hashrate_ths / 1000:.2f} PH/s, "
             f"{self.power_kw:.0f} kW, {self.curtailed} curtailed, {self.commands} commands, "
-            f"{self.not_responding} not responding; hashprice {hp}, power {pp}"
+            f"{self.not_responding} not responding; hashprice {hp}, power {pp}{failed}"
         )
 
 
@@ -129,6 +135,7 @@ class ControlLoop:
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
     _market_at: float = float("-inf")
+    _failing: set[str] = field(default_factory=set)
     _market_state: MarketState | None = None
 
     async def tick(self) -> TickReport:
@@ -143,7 +150,7 @@ class ControlLoop:
         market = self._view(self.market.state(now), now)
         fleet = self._fleet(cycle.readings)
         site, policies = self._site_and_policies(now)
-        intents = combine([p.decide(market, fleet, site, now) for p in policies], fleet)
+        intents, failed = self._decide(policies, market, fleet, site, now)
         self.overrides = [o for o in self.overrides if o.active(now)]
         before = self.guard_state
         as_of = before.as_of
@@ -195,6 +202,7 @@ class ControlLoop:
             self._report(now, cycle.readings, desired, results, market),
             observe_duration_s=observed_s,
             duration_s=time.monotonic() - started,
+            failed_policies=failed,
         )
         log.info("fleet.tick", summary=report.summary())
         return report
@@ -220,6 +228,39 @@ class ControlLoop:
         except TimeoutError:
             log.warning("market.refresh_slow", timeout_s=self.market_timeout_s)
             return self.market.state(now)
+
+    def _decide(
+        self,
+        policies: Sequence[Policy],
+        market: MarketView,
+        fleet: Sequence[RigView],
+        site: Site,
+        now: float,
+    ) -> tuple[Mapping[RigId, Intent], tuple[str, ...]]:
+        """Every policy's intents, combined. A policy that raises (a plugin's bug, settings it
+        cannot use) makes the tick hold: no policy moves any rig, since without its opinion
+        the others could raise power it would have kept down (a schedule's 4CP window, a
+        cap). The guards still act (thermal protection, overrides) and the next tick tries
+        again. Logged when a policy starts failing, with the error, and when it recovers."""
+        opinions: list[Mapping[RigId, Intent]] = []
+        failed: list[str] = []
+        for policy in policies:
+            try:
+                opinions.append(policy.decide(market, fleet, site, now))
+            except Exception:
+                failed.append(policy.name)
+                if policy.name not in self._failing:
+                    log.exception(
+                        "policy.failed",
+                        policy=policy.name,
+                        note="no policy moves any rig until it decides again; guards still act",
+                    )
+        for name in sorted(self._failing - set(failed)):
+            log.info("policy.recovered", policy=name)
+        self._failing = set(failed)
+        if failed:
+            return {}, tuple(failed)
+        return combine(opinions, fleet), ()
 
     def _site_and_policies(self, now: float) -> tuple[Site, Sequence[Policy]]:
         """The site and policies for this tick: an active site target (demand response) caps

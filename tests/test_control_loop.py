@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import SimFleet
+from structlog.testing import capture_logs
 
 from daemon.audit import AuditLog
 from daemon.loop import ControlLoop, TickReport
@@ -23,11 +25,11 @@ from daemon.market.service import Market
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Reconciler
 from drivers.inventory import Inventory
-from policies.api import Site
+from policies.api import Intent, MarketView, RigView, Site
 from policies.breakeven import BreakevenPolicy
 from policies.economics import Economics
 from policies.guards import GuardConfig
-from policies.values import Mode, QuoteKind
+from policies.values import Mode, QuoteKind, RigId
 
 KEYS = ["m30s+", "s19jpro", "m50s", "s19xp", "m60s", "s21"]  # worst J/TH first
 RANK = {Mode.SLEEP: 0, Mode.LOW: 1, Mode.NORMAL: 2, Mode.HIGH: 3}
@@ -139,6 +141,54 @@ async def test_curtails_in_efficiency_order_and_comes_back_ramped(
         x["rig"] for x in lines if x["kind"] == "confirmed" and x["observed"]["mode"] == "sleep"
     }
     assert confirmed_asleep == set(addresses)
+
+
+class Exploding:
+    """A plugin with a bug that shows only sometimes: raises while ``broken``."""
+
+    name = "exploding"
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def decide(
+        self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
+    ) -> dict[RigId, Intent]:
+        if self.broken:
+            raise ZeroDivisionError("the plugin's bug")
+        return {}
+
+
+async def test_a_policy_that_raises_holds_the_fleet_and_the_daemon_goes_on(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    # A failing policy must not crash the daemon (every tick would, a crash loop), and must not
+    # be dropped either (without its opinion the others could raise power it kept down): the
+    # tick holds every rig where the guards last put it, logs the failure once, and the
+    # fleet moves again when the policy recovers.
+    h, addresses = await harness(sim, tmp_path, dry_run=False)
+    plugin = Exploding()
+    h.loop.policies = [BreakevenPolicy(), plugin]
+    for _ in range(3):
+        report = await h.tick(16)  # nothing pays: every rig to sleep
+    asleep = {a: report.desired[a].setting for a in addresses}
+    assert all(s.mode is Mode.SLEEP for s in asleep.values())
+    plugin.broken = True
+    with capture_logs() as logs:
+        for _ in range(3):
+            report = await h.tick(80)  # everything pays again, but a policy is failing
+            assert report.failed_policies == ("exploding",)
+            assert "policy failed: exploding (holding)" in report.summary()
+            assert {a: report.desired[a].setting for a in addresses} == asleep
+            assert report.commands == 0
+        plugin.broken = False
+        for _ in range(3):
+            report = await h.tick(80)
+    assert report.failed_policies == ()
+    assert any(report.desired[a].mode is not Mode.SLEEP for a in addresses), "woken again"
+    failed = [x for x in logs if x["event"] == "policy.failed"]
+    assert len(failed) == 1 and failed[0]["policy"] == "exploding" and failed[0]["exc_info"]
+    assert [x["policy"] for x in logs if x["event"] == "policy.recovered"] == ["exploding"]
 
 
 async def test_no_flapping_while_the_price_hovers_at_break_even(
