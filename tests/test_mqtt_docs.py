@@ -51,12 +51,14 @@ def test_published_documents_have_exactly_the_documented_fields() -> None:
         prices=prices,
         not_responding=0,
         dry_run=True,
-        policies=["breakeven"],
+        policies=["breakeven", "exploding"],
         pins=0,
         site_target=None,
         manual_market={},
+        failed_policies=("exploding",),
     )
     assert set(fleet) == set(asyncapi.FLEET_STATE_SCHEMA["properties"])
+    assert fleet["failed_policies"] == ["exploding"]  # JSON-ready: a list
     assert fleet["breakeven_hashprice_usd_per_ph_day"] == round(
         3000 / 1000 * 24 * 0.05 / (100 / 1000 * 0.98), 3
     )

@@ -92,6 +92,11 @@ FLEET_STATE_SCHEMA: dict[str, Any] = {
         "breakeven_hashprice_usd_per_ph_day": _NUM,
         "dry_run": {"type": "boolean"},
         "policies": {"type": "array", "items": {"type": "string"}},
+        "failed_policies": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "policies that raised this tick: the fleet is held until they decide",
+        },
         "pins": {"type": "integer"},
         "site_target": {"type": ["object", "null"]},
         "manual_market": {"type": "object"},

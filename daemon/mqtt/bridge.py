@@ -226,6 +226,7 @@ class Bridge:
                 not_responding=report.not_responding,
                 dry_run=dry,
                 policies=[p.name for p in loop.policies],
+                failed_policies=report.failed_policies,
                 pins=len(self.desk.pins),
                 site_target=(
                     {"kw": loop.site_target.kw, "until": loop.site_target.until}

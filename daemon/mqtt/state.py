@@ -150,6 +150,7 @@ def fleet_state(
     manual_market: Mapping[str, Any],
     hashprice_source: str = "",
     power_price_source: str = "",
+    failed_policies: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The retained fleet summary."""
     observed = [r for r in readings.values() if isinstance(r, Observation)]
@@ -184,6 +185,7 @@ def fleet_state(
         "breakeven_hashprice_usd_per_ph_day": _r(be, 3),
         "dry_run": dry_run,
         "policies": list(policies),
+        "failed_policies": list(failed_policies),
         "pins": pins,
         "site_target": dict(site_target) if site_target else None,
         "manual_market": dict(manual_market),
