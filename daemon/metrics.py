@@ -126,6 +126,7 @@ class _Snapshot:
     quotes: tuple[tuple[str, str, float, float], ...]  # kind, source, age_s, ttl_s
     sources: tuple[tuple[str, str, bool | None, float | None], ...]  # name, kind, ok, last
     pins: int
+    policies: tuple[tuple[str, bool], ...]  # (name, failed this tick)
     site_target_w: float | None
     site_power_cap_w: float | None
     per_rig: _Rigs | None
@@ -324,6 +325,12 @@ class Metrics(Collector):
             quotes=quotes,
             sources=sources,
             pins=sum(1 for o in loop.overrides if o.active(now)),
+            policies=tuple(
+                (name, name in report.failed_policies)
+                for name in dict.fromkeys(
+                    [*(p.name for p in loop.policies), *report.failed_policies]
+                )
+            ),
             site_target_w=target.kw * 1000.0 if target is not None and target.active(now) else None,
             site_power_cap_w=None if cap_kw is None else cap_kw * 1000.0,
             per_rig=per_rig,
@@ -502,6 +509,14 @@ def _fleet(s: _Snapshot) -> Iterator[Metric]:
     site = GaugeMetricFamily("rigpilot_site_info", "The site this daemon runs.", labels=["site"])
     site.add_metric([s.site], 1.0)
     yield site
+    failing = GaugeMetricFamily(
+        "rigpilot_policy_failing",
+        "1 when the policy raised this tick (the fleet is held: no policy moves any rig).",
+        labels=["policy"],
+    )
+    for name, failed in s.policies:
+        failing.add_metric([name], 1.0 if failed else 0.0)
+    yield failing
     yield _gauge("rigpilot_fleet_rigs", "Rigs in the fleet.", s.rigs)
     yield _gauge("rigpilot_fleet_rigs_observed", "Rigs read this tick.", s.observed)
     yield _gauge(

@@ -47,6 +47,7 @@ UNIT_SUFFIXES = (
 UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_dry_run",
     "rigpilot_pins",
+    "rigpilot_policy_failing",
     "rigpilot_mqtt_connected",
     "rigpilot_fleet_rigs",
     "rigpilot_fleet_rigs_observed",
@@ -315,6 +316,27 @@ async def test_a_rig_that_leaves_the_fleet_leaves_the_exposition(setup: Setup) -
     assert after.value("rigpilot_fleet_rigs") == len(s.addresses) - 1
     rigs = {x.labels["rig"] for x in after.matching("rigpilot_rig_info")}
     assert rigs == set(s.addresses) - {gone}
+
+
+async def test_a_failing_policy_is_exposed_until_it_decides_again(setup: Setup) -> None:
+    from test_control_loop import Exploding
+
+    s = setup
+    plugin = Exploding()
+    s.h.loop.policies = [*s.h.loop.policies, plugin]
+    await s.tick()
+    m = await scrape(s.server)
+    assert m.value("rigpilot_policy_failing", policy="breakeven") == 0
+    assert m.value("rigpilot_policy_failing", policy="exploding") == 0
+    plugin.broken = True
+    report = await s.tick()
+    assert report.failed_policies == ("exploding",)
+    m = await scrape(s.server)
+    assert m.value("rigpilot_policy_failing", policy="exploding") == 1
+    assert m.value("rigpilot_policy_failing", policy="breakeven") == 0
+    plugin.broken = False
+    await s.tick()
+    assert (await scrape(s.server)).value("rigpilot_policy_failing", policy="exploding") == 0
 
 
 async def test_per_rig_off_has_no_rig_labels_and_keeps_the_totals(setup: Setup) -> None:
