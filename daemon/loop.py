@@ -20,7 +20,7 @@ from daemon.observer import Observer
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import mode_points
 from policies.api import Intent, MarketView, Policy, RigView, Site
-from policies.columns import FleetViews
+from policies.columns import FleetViews, IntentColumns
 from policies.combine import combine
 from policies.guards import (
     Desired,
@@ -246,13 +246,14 @@ class ControlLoop:
         failed: list[str] = []
         for policy in policies:
             try:
-                opinions.append(policy.decide(market, fleet, site, now))
-            except Exception:
+                opinions.append(_checked(policy.name, policy.decide(market, fleet, site, now)))
+            except Exception as exc:
                 failed.append(policy.name)
                 if policy.name not in self._failing:
                     log.exception(
                         "policy.failed",
                         policy=policy.name,
+                        error=f"{type(exc).__name__}: {exc}",
                         note="no policy moves any rig until it decides again; guards still act",
                     )
         for name in sorted(self._failing - set(failed)):
@@ -487,6 +488,23 @@ class ControlLoop:
             readings=readings,
             results=results,
         )
+
+
+def _checked(name: str, opinion: object) -> Mapping[RigId, Intent]:
+    """A policy's answer, if it is what the API promises (a mapping of rig ids to Intents);
+    TypeError naming the policy and the problem otherwise. The built-in column intents are
+    trusted as they are (reading them would build every Intent)."""
+    if isinstance(opinion, IntentColumns):
+        return opinion
+    if not isinstance(opinion, Mapping):
+        raise TypeError(f"policy {name!r} returned {type(opinion).__name__}, not a mapping")
+    for rig_id, intent in opinion.items():
+        if not isinstance(intent, Intent):
+            raise TypeError(
+                f"policy {name!r} returned {type(intent).__name__} for rig {rig_id!r}, "
+                "not an Intent"
+            )
+    return opinion
 
 
 def _setting_doc(

@@ -150,12 +150,15 @@ class Exploding:
 
     def __init__(self) -> None:
         self.broken = False
+        self.garbage = False
 
     def decide(
         self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
     ) -> dict[RigId, Intent]:
         if self.broken:
             raise ZeroDivisionError("the plugin's bug")
+        if self.garbage:  # a plugin that answers with something that is not an Intent
+            return {rig.rig_id: "sleep" for rig in fleet}  # type: ignore[misc]
         return {}
 
 
@@ -188,7 +191,15 @@ async def test_a_policy_that_raises_holds_the_fleet_and_the_daemon_goes_on(
     assert any(report.desired[a].mode is not Mode.SLEEP for a in addresses), "woken again"
     failed = [x for x in logs if x["event"] == "policy.failed"]
     assert len(failed) == 1 and failed[0]["policy"] == "exploding" and failed[0]["exc_info"]
+    assert failed[0]["error"] == "ZeroDivisionError: the plugin's bug"
     assert [x["policy"] for x in logs if x["event"] == "policy.recovered"] == ["exploding"]
+    # An answer that is not a mapping of Intents is a failure too, named as such.
+    plugin.garbage = True
+    with capture_logs() as logs:
+        report = await h.tick(16)
+    assert report.failed_policies == ("exploding",) and report.commands == 0
+    (garbage,) = [x for x in logs if x["event"] == "policy.failed"]
+    assert garbage["error"].startswith("TypeError: policy 'exploding' returned str for rig")
 
 
 async def test_no_flapping_while_the_price_hovers_at_break_even(
