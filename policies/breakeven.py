@@ -165,12 +165,13 @@ def _decide_columns(
     codes = np.where(valid, best, NONE).astype(np.int64)
     keys = -jth
     views = fleet.views
-    for i in np.flatnonzero(valid & near).tolist():
+    regular = c.regular
+    for i in np.flatnonzero(valid & near & regular).tolist():  # irregular ones: _pick, below
         rig = views[i]
         codes[i] = MODE_CODES[
             _best_point(list(supported_points(rig)), hashprice, price, terms).mode
         ]
-    for i in np.flatnonzero(~c.regular).tolist():
+    for i in np.flatnonzero(~regular).tolist():
         picked = _pick(views[i], hashprice, price, terms)
         if picked is None:
             codes[i] = NONE
