@@ -246,7 +246,9 @@ class ControlLoop:
         failed: list[str] = []
         for policy in policies:
             try:
-                opinions.append(_checked(policy.name, policy.decide(market, fleet, site, now)))
+                opinions.append(
+                    checked_opinion(policy.name, policy.decide(market, fleet, site, now))
+                )
             except Exception as exc:
                 failed.append(policy.name)
                 if policy.name not in self._failing:
@@ -490,7 +492,7 @@ class ControlLoop:
         )
 
 
-def _checked(name: str, opinion: object) -> Mapping[RigId, Intent]:
+def checked_opinion(name: str, opinion: object) -> Mapping[RigId, Intent]:
     """A policy's answer, if it is what the API promises (a mapping of rig ids to Intents);
     TypeError naming the policy and the problem otherwise. The built-in column intents are
     trusted as they are (reading them would build every Intent)."""

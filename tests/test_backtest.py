@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import struct
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.backtest import cli
-from daemon.backtest.engine import Outcome, ReplayConfig, replay
+from daemon.backtest.engine import Outcome, PolicyFailed, ReplayConfig, replay
 from daemon.backtest.inputs import (
     BacktestInputError,
     Fleet,
@@ -269,6 +270,75 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli.main([*args, "--policy", "breakeven"], out=io.StringIO()) == 2
     err = capsys.readouterr().err
     assert f"{bad}: line 3: time: 'nope' is not an ISO 8601 time" in err
+
+
+EXPLODING = """
+from policies.api import Intent
+
+
+class Exploding:
+    name = "exploding"
+
+    def decide(self, market, fleet, site, now):
+        if now >= 1_769_904_000.0 + 3600:  # an hour into February 2026: the plugin's bug
+            raise ZeroDivisionError("the plugin's bug")
+        return {}
+
+
+class Garbage:
+    name = "garbage"
+
+    def decide(self, market, fleet, site, now):
+        return {rig.rig_id: "sleep" for rig in fleet}
+"""
+
+
+def _plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two broken plugins, registered as installed ones are (an entry point each)."""
+    from importlib.metadata import EntryPoint
+
+    from policies import registry
+
+    (tmp_path / "broken_plugins.py").write_text(EXPLODING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = [
+        EntryPoint(name, f"broken_plugins:{cls}", registry.GROUP)
+        for name, cls in (("exploding", "Exploding"), ("garbage", "Garbage"))
+    ]
+    monkeypatch.setattr(
+        registry, "entry_points", lambda *, group: found if group == registry.GROUP else []
+    )
+    monkeypatch.delitem(sys.modules, "broken_plugins", raising=False)
+
+
+def test_a_policy_that_fails_mid_replay_stops_its_run_with_a_named_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "src").mkdir()
+    _plugins(tmp_path / "src", monkeypatch)
+    path = tmp_path / "two-hours.csv"  # the sample's first two hours
+    path.write_text("".join(SAMPLE_MARKET.read_text().splitlines(keepends=True)[:25]))
+    args = ["--market", str(path), "--fleet", str(SAMPLE_FLEET), "--quiet", "--jobs", "1"]
+    out = tmp_path / "out"
+    argv = [*args, "--policy", "breakeven", "--sweep", "policy=breakeven,exploding"]
+    assert cli.main([*argv, "--out", str(out)], out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: [2/2] policy=exploding: policy 'exploding' failed at 2026-02-01T01:00:00Z in the "
+        "replay: ZeroDivisionError: the plugin's bug" in err
+    )
+    assert "1 of 2 runs failed" in err
+    assert (out / "run-01" / "summary.csv").exists(), "the run that finished keeps its report"
+    assert not (out / "run-02" / "summary.csv").exists() and not (out / "sweep.csv").exists()
+    # An answer that is not a mapping of Intents fails the same way, named as the loop names it.
+    assert cli.main([*args, "--policy", "garbage", "--out", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err
+    assert "policy 'garbage' failed at 2026-02-01T00:00:00Z in the replay: TypeError: " in err
+    assert "policy 'garbage' returned str for rig" in err
+    # The failure crosses to the parent of a --jobs worker intact.
+    exc = PolicyFailed("exploding", T0, "ZeroDivisionError: x")
+    again = pickle.loads(pickle.dumps(exc))
+    assert str(again) == str(exc) and again.policy == "exploding"
 
 
 # ---------------------------------------------------------------------------------------------

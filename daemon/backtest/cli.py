@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TextIO
 
-from daemon.backtest.engine import Counters, ProgressFn, ReplayConfig, replay
+from daemon.backtest.engine import Counters, PolicyFailed, ProgressFn, ReplayConfig, replay
 from daemon.backtest.inputs import (
     BacktestInputError,
     Fleet,
@@ -222,7 +222,8 @@ def apply_setting(config: ReplayConfig, key: str, value: str) -> ReplayConfig:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Entry point of ``rigpilot backtest``; returns the exit status (2 on bad input)."""
+    """Entry point of ``rigpilot backtest``; returns the exit status (2 on bad input, 1 when a
+    policy failed during a replay)."""
     stdout = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
@@ -271,11 +272,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
     jobs = min(len(runs), args.jobs if args.jobs is not None else cpus())
     results: list[RunResult] = []
+    failed: dict[int, PolicyFailed] = {}
     if jobs <= 1:
         for n, (label, cfg) in enumerate(runs, start=1):
             name = label or "+".join(cfg.policies)
             progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
-            result = run_one(label, cfg, market, fleet, out_dir(n), progress)
+            try:
+                result = run_one(label, cfg, market, fleet, out_dir(n), progress)
+            except PolicyFailed as exc:
+                failed[n] = exc
+                _failed(n, len(runs), name, exc)
+                continue
             _shown(result, stdout)
             results.append(result)
     else:
@@ -289,7 +296,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             done: dict[int, RunResult] = {}
             for future in as_completed(futures):
                 n = futures[future]
-                done[n] = result = future.result()
+                try:
+                    done[n] = result = future.result()
+                except PolicyFailed as exc:
+                    failed[n] = exc
+                    _failed(n, len(runs), runs[n - 1][0] or "+".join(runs[n - 1][1].policies), exc)
+                    continue
                 if not args.quiet:
                     print(
                         f"[{n}/{len(runs)}] {result.name}: done in {result.wall_s:.1f} s",
@@ -298,9 +310,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         for n in sorted(done):  # shown in run order, whatever order they finished in
             _shown(done[n], stdout)
             results.append(done[n])
+    if failed:  # the runs that finished keep their reports; no sweep table without them all
+        print(
+            f"rigpilot backtest: {len(failed)} of {len(runs)} runs failed: a policy failed "
+            "(see above); the other runs' reports are written",
+            file=sys.stderr,
+        )
+        return 1
     if len(runs) > 1:
         _write_sweep(results, args.out, stdout)
     return 0
+
+
+def _failed(n: int, total: int, name: str, exc: PolicyFailed) -> None:
+    print(f"\nrigpilot backtest: error: [{n}/{total}] {name}: {exc}", file=sys.stderr)
 
 
 def _shown(result: RunResult, out: TextIO) -> None:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daemon.backtest.inputs import MAKE_MODES, Fleet, Market
 from daemon.backtest.physics import RigPhysics
-from daemon.loop import nearest_safe
+from daemon.loop import checked_opinion, nearest_safe
 from daemon.rig_economics import mode_points
 from drivers import catalogue
 from policies.api import Intent, MarketView, Policy, RigView, Site
@@ -63,6 +64,30 @@ CLOCK_FREE_POLICIES = frozenset({"breakeven", "power-cap"})
 _HASHING = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
 _SLEEPING = (Mode.SLEEP, Mode.OFF)
 _DAY_S = 86_400.0
+
+
+class PolicyFailed(Exception):
+    """A policy raised, or answered with something that is not a mapping of Intents, during the
+    replay. The live loop would hold the fleet and log it; a replay with a policy that fails
+    says nothing about that policy, so it stops, naming the policy, when and why."""
+
+    def __init__(self, policy: str, at: float, error: str) -> None:
+        super().__init__(policy, at, error)
+        self.policy, self.at, self.error = policy, at, error
+
+    def __str__(self) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))
+        return f"policy {self.policy!r} failed at {when} in the replay: {self.error}"
+
+
+def _ask(
+    policy: Policy, market: MarketView, views: Sequence[RigView], site: Site, now: float
+) -> Mapping[RigId, Intent]:
+    """``policy.decide``, checked as the live loop checks it; PolicyFailed if it fails."""
+    try:
+        return checked_opinion(policy.name, policy.decide(market, views, site, now))
+    except Exception as exc:
+        raise PolicyFailed(policy.name, now, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _copy_id(uid: str, k: int) -> RigId:
@@ -580,7 +605,7 @@ class PolicyRun:
             units = list(self.s.units)
         views = self._views(units, now)
         per_policy: list[Mapping[RigId, Intent]] = [
-            fleetwide[p.name] if p.name in fleetwide else p.decide(market, views, site, now)
+            fleetwide[p.name] if p.name in fleetwide else _ask(p, market, views, site, now)
             for p in self.policies
         ]
         intents = combine(per_policy, views)
@@ -634,7 +659,7 @@ class PolicyRun:
                 rid = f"{u.uid}.{k}"
                 expanded.append(dataclasses.replace(u.view, rig_id=rid))
                 owner[rid] = (u, k)
-        raw = policy.decide(market, expanded, self.config.site, now)
+        raw = _ask(policy, market, expanded, self.config.site, now)
         by_unit: dict[str, list[Intent | None]] = {u.uid: [None] * u.m for u in self.s.units}
         for rid, intent in raw.items():
             if rid in owner:
