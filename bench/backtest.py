@@ -15,7 +15,12 @@ least any replay must do: touch every row). Reports are not timed.
 Ends with ``RESULT rows=... rigs=... wall_s=... baseline_s=... ticks=... decide_calls=...
 guard_calls=... peak_cohorts=... target_s=10 ok=yes|no``.
 
-Usage: python -m bench.backtest [--days 365] [--rigs-per-s 1.0] [--profile]
+``--breakdown`` also prints where the replay's time goes: inside ``apply_guards`` (the live
+guards' own work), in the replay's guard path around it (cohorts shown rig by rig, splits), in
+the policies' path, and everything else (views, skipping checks, physics, accounts), each timed
+with a wrapper around that function.
+
+Usage: python -m bench.backtest [--days 365] [--rigs-per-s 1.0] [--profile] [--breakdown]
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--rigs-per-s", type=float, default=1.0, help="ramp_rigs_per_s")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="time the replay's parts")
     args = parser.parse_args()
 
     market = year(args.days)
@@ -122,6 +128,7 @@ def main() -> int:
     baseline(market, points, terms)
     base_s = time.perf_counter() - t
 
+    spent = _timed_parts() if args.breakdown else None
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
@@ -153,6 +160,14 @@ def main() -> int:
         )
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    if spent is not None:
+        guards, path, decide = spent["apply_guards"], spent["guard path"], spent["policies"]
+        rest = wall - path - decide
+        print(
+            f"  breakdown: apply_guards {guards:.2f} s ({guards / wall:.0%}), the replay's guard "
+            f"path around it {path - guards:.2f} s ({(path - guards) / wall:.0%}), policies "
+            f"{decide:.2f} s ({decide / wall:.0%}), the rest {rest:.2f} s ({rest / wall:.0%})"
+        )
     ok = wall <= TARGET_S and args.days == 365
     print(
         f"RESULT rows={len(market.rows)} rigs={rigs.rigs} rigs_per_s={args.rigs_per_s:g} "
@@ -161,6 +176,30 @@ def main() -> int:
         f"target_s={TARGET_S:g} ok={'yes' if ok else 'no'}"
     )
     return 0 if ok else 1
+
+
+def _timed_parts() -> dict[str, float]:
+    """Wrap the replay's parts with timers; returns the running totals (seconds)."""
+    from daemon.backtest import engine
+
+    spent = {"apply_guards": 0.0, "guard path": 0.0, "policies": 0.0}
+
+    def timed(owner: object, name: str, part: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - started
+
+        setattr(owner, name, wrapper)
+
+    timed(engine, "apply_guards", "apply_guards")
+    timed(engine.PolicyRun, "_guard", "guard path")
+    timed(engine.PolicyRun, "_decide", "policies")
+    return spent
 
 
 if __name__ == "__main__":
