@@ -128,7 +128,7 @@ def run_one(
     from policies.registry import load_policy
 
     policies = [load_policy(name) for name in cfg.policies]
-    name = label or "+".join(cfg.policies)
+    name = _run_name(label, cfg)
     started = time.perf_counter()
     outcome = replay(market, fleet, policies, cfg, progress)
     wall = time.perf_counter() - started
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     failed: dict[int, PolicyFailed] = {}
     if jobs <= 1:
         for n, (label, cfg) in enumerate(runs, start=1):
-            name = label or "+".join(cfg.policies)
+            name = _run_name(label, cfg)
             progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
             try:
                 result = run_one(label, cfg, market, fleet, out_dir(n), progress)
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                     done[n] = result = future.result()
                 except PolicyFailed as exc:
                     failed[n] = exc
-                    _failed(n, len(runs), runs[n - 1][0] or "+".join(runs[n - 1][1].policies), exc)
+                    _failed(n, len(runs), _run_name(*runs[n - 1]), exc)
                     continue
                 if not args.quiet:
                     print(
@@ -320,6 +320,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if len(runs) > 1:
         _write_sweep(results, args.out, stdout)
     return 0
+
+
+def _run_name(label: str, cfg: ReplayConfig) -> str:
+    """What a run is called: its sweep settings, or its policies."""
+    return label or "+".join(cfg.policies)
 
 
 def _failed(n: int, total: int, name: str, exc: PolicyFailed) -> None:

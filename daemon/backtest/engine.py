@@ -28,11 +28,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from daemon.backtest.inputs import MAKE_MODES, Fleet, Market
+from daemon.backtest.inputs import MAKE_MODES, Fleet, Market, iso_utc
 from daemon.backtest.physics import RigPhysics
 from daemon.loop import checked_opinion, nearest_safe
 from daemon.rig_economics import mode_points
@@ -76,8 +75,7 @@ class PolicyFailed(Exception):
         self.policy, self.at, self.error = policy, at, error
 
     def __str__(self) -> str:
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))
-        return f"policy {self.policy!r} failed at {when} in the replay: {self.error}"
+        return f"policy {self.policy!r} failed at {iso_utc(self.at)} in the replay: {self.error}"
 
 
 def _ask(

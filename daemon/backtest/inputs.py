@@ -130,13 +130,13 @@ def load_market(path: Path) -> Market:
         step = row.t - prev.t
         if step <= 0:
             raise BacktestInputError(
-                f"{name}: {where}: time {_iso(row.t)} is not after {_iso(prev.t)} "
+                f"{name}: {where}: time {iso_utc(row.t)} is not after {iso_utc(prev.t)} "
                 "(timestamps must increase)"
             )
         if step != interval:
             raise BacktestInputError(
-                f"{name}: {where}: gap or irregular step: {_iso(row.t)} follows {_iso(prev.t)} "
-                f"({step:g} s), expected one row every {interval:g} s"
+                f"{name}: {where}: gap or irregular step: {iso_utc(row.t)} follows "
+                f"{iso_utc(prev.t)} ({step:g} s), expected one row every {interval:g} s"
             )
     if not (MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S) or interval != int(interval):
         raise BacktestInputError(
@@ -260,7 +260,8 @@ def _price(name: str, where: str, col: str, text: str, *, negative: bool) -> flo
     return value
 
 
-def _iso(t: float) -> str:
+def iso_utc(t: float) -> str:
+    """``t`` (Unix seconds) as the ISO 8601 UTC time the inputs and reports use."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

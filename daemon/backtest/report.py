@@ -7,10 +7,10 @@ import csv
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.backtest.engine import Outcome, Prices, Replay
+from daemon.backtest.inputs import iso_utc
 from daemon.backtest.png import RGB, chart_png, short, ticks
 
 SERIES_CSV = "series.csv"
@@ -78,10 +78,6 @@ def summary(outcome: Outcome) -> list[Figures]:
     return [figures(r) for r in (outcome.policy, outcome.always_on, outcome.threshold)]
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
     """The per-step fleet series: prices, then per strategy power, energy, money and rigs."""
     prices = Prices.of(outcome.market)
@@ -118,7 +114,7 @@ def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
         hp, pp = prices.hp[i], prices.pp[i]
         be = p_w / 1000.0 * 24.0 * pp * terms.overhead / (h_ths / 1000.0 * (1 - terms.pool_fee))
         out: list[object] = [
-            _iso(row.t),
+            iso_utc(row.t),
             "" if row.hashprice_usd_per_ph_day is None else row.hashprice_usd_per_ph_day,
             "" if row.power_price_usd_per_kwh is None else row.power_price_usd_per_kwh,
             round(be, 4),
@@ -367,7 +363,7 @@ def write_report(outcome: Outcome, out: Path, title: str, notes: Sequence[str] =
 def html_page(outcome: Outcome, title: str, made: Sequence[Chart], notes: Sequence[str]) -> str:
     figs = summary(outcome)
     header, rows = summary_rows(figs)
-    start, end = _iso(outcome.market.start), _iso(outcome.market.end)
+    start, end = iso_utc(outcome.market.start), iso_utc(outcome.market.end)
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
     for r in rows:
         table += "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
