@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import random
 import socket
 import subprocess
 import time
@@ -34,10 +35,37 @@ USERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000  # clear of the well-known ports and of the simulator's (80, 4028, 4433...)
+
+
+def ephemeral_range(source: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unknown)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = (int(part) for part in source.read_text().split())
+        return low, high
+    return 32768, 60999
+
+
+def free_port(*, attempts: int = 200) -> int:
+    """A free listening port outside the kernel's ephemeral range.
+
+    A port the kernel handed out (``bind(0)``) lies inside that range. While a broker on it is
+    down for a restart, any outgoing connection (the daemon polling rigs, a client reconnecting
+    to the broker, which can even connect to itself) may take it as its local port, and the
+    restarted broker then fails with "Address already in use". Below the range, only a listener
+    can hold the port.
+    """
+    low, high = ephemeral_range()
+    candidates = range(LOWEST_PORT, low) if low > LOWEST_PORT else range(high + 1, 65536)
+    for port in random.sample(candidates, min(attempts, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port among {attempts} tries in {candidates}")
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -157,26 +185,48 @@ class Broker:
             ]
         (self.folder / "mosquitto.conf").write_text("\n".join(lines) + "\n")
 
-    def start(self) -> None:
-        log = (self.folder / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
+    def start(self, *, timeout: float = 10.0) -> None:
+        """Start mosquitto and wait until it listens.
+
+        A port still held for a moment after a kill ("Address already in use") is waited out
+        for up to ``timeout`` seconds, as systemd's restart would; any other early exit is an
+        error.
+        """
+        log_path = self.folder / "mosquitto.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            logged = log_path.stat().st_size if log_path.exists() else 0
+            with log_path.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if self._wait_listening(deadline):
+                return
+            with log_path.open("rb") as log:
+                log.seek(logged)
+                said = log.read().decode(errors="replace")
+            if "Address already in use" not in said or time.monotonic() >= deadline:
+                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}): {said[-2000:]}")
+            time.sleep(0.2)
+
+    def _wait_listening(self, deadline: float) -> bool:
+        """True once the broker accepts connections, False if it exited first."""
+        assert self.proc is not None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    "mosquitto exited: " + (self.folder / "mosquitto.log").read_text()[-2000:]
-                )
+                return False
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
-                return
+                return True
             time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1)  # one started just before the deadline may be failing right now
+            return False
+        raise RuntimeError(f"mosquitto did not start listening on port {self.port}")
 
     def kill(self) -> None:
         """SIGKILL: the broker dies as in a crash (no will is lost: the clients see a reset)."""
