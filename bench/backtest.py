@@ -20,7 +20,13 @@ guards' own work), in the replay's guard path around it (cohorts shown rig by ri
 the policies' path, and everything else (views, skipping checks, physics, accounts), each timed
 with a wrapper around that function.
 
+``--ramp-audit`` also prints the most kW the guards granted in any 60 s window (the power-ups
+the replay kept, at their start slots) next to the budget, and fails the run above it. The
+steepest ramp in the summary is measured on the physics (the fleet's 1-minute mean power), and a
+rig drawing more than its catalogue figure makes it exceed the budget by that much.
+
 Usage: python -m bench.backtest [--days 365] [--rigs-per-s 1.0] [--profile] [--breakdown]
+       [--ramp-audit]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -110,6 +117,9 @@ def main() -> int:
     parser.add_argument("--rigs-per-s", type=float, default=1.0, help="ramp_rigs_per_s")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="time the replay's parts")
+    parser.add_argument(
+        "--ramp-audit", action="store_true", help="the most kW granted in any 60 s window"
+    )
     args = parser.parse_args()
 
     market = year(args.days)
@@ -129,6 +139,7 @@ def main() -> int:
     base_s = time.perf_counter() - t
 
     spent = _timed_parts() if args.breakdown else None
+    starts = _kept_starts() if args.ramp_audit else None
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
@@ -168,7 +179,16 @@ def main() -> int:
             f"path around it {path - guards:.2f} s ({(path - guards) / wall:.0%}), policies "
             f"{decide:.2f} s ({decide / wall:.0%}), the rest {rest:.2f} s ({rest / wall:.0%})"
         )
-    ok = wall <= TARGET_S and args.days == 365
+    within = True
+    if starts is not None:
+        budget = config.guards.ramp_kw_per_min
+        peak = peak_kw_in_minute(starts)
+        within = peak <= budget + 1e-6
+        print(
+            f"  ramp audit: {len(starts)} power-ups granted; the most kW granted in any 60 s "
+            f"{peak:.2f} (budget {budget:g}): {'within' if within else 'OVER THE BUDGET'}"
+        )
+    ok = wall <= TARGET_S and args.days == 365 and within
     print(
         f"RESULT rows={len(market.rows)} rigs={rigs.rigs} rigs_per_s={args.rigs_per_s:g} "
         f"wall_s={wall:.2f} baseline_s={base_s:.3f} ticks={c.ticks} "
@@ -176,6 +196,36 @@ def main() -> int:
         f"target_s={TARGET_S:g} ok={'yes' if ok else 'no'}"
     )
     return 0 if ok else 1
+
+
+def _kept_starts() -> dict[tuple[float, str], float]:
+    """Collect the power-ups the replay keeps (its ramp memory after each guard step):
+    (start slot, rig id) -> kW."""
+    from daemon.backtest import engine
+
+    kept: dict[tuple[float, str], float] = {}
+    guard = engine.PolicyRun._guard
+
+    def keep(run: engine.PolicyRun, *args: Any) -> None:
+        guard(run, *args)
+        kept.update(((g.at, g.rig_id), g.kw) for g in run.ramp_log)
+
+    setattr(engine.PolicyRun, "_guard", keep)  # noqa: B010 (mypy would reject assigning a wrapper)
+    return kept
+
+
+def peak_kw_in_minute(starts: dict[tuple[float, str], float]) -> float:
+    """The most kW started in any window (t - 60 s, t]."""
+    ordered = sorted((at, kw) for (at, _), kw in starts.items())
+    peak = total = 0.0
+    first = 0
+    for at, kw in ordered:
+        total += kw
+        while ordered[first][0] <= at - 60.0:
+            total -= ordered[first][1]
+            first += 1
+        peak = max(peak, total)
+    return peak
 
 
 def _timed_parts() -> dict[str, float]:

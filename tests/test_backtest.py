@@ -12,10 +12,11 @@ import sys
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from daemon.backtest import cli
+from daemon.backtest import cli, engine
 from daemon.backtest.engine import Outcome, PolicyFailed, ReplayConfig, replay
 from daemon.backtest.inputs import (
     BacktestInputError,
@@ -142,6 +143,35 @@ def test_the_ramp_guard_paces_the_wake_up() -> None:
     assert outcome.threshold.strategy.row_hashing[6] == 20
     assert outcome.policy.ramp_kw_per_min < outcome.threshold.ramp_kw_per_min
     assert outcome.policy.ramp_kw_per_min <= 2 * 3.5 + 0.1  # at most two rigs' boot+ramp a minute
+
+
+def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cohorts are shown to the guards rig by rig for a power-up, and asked twice when some are
+    # held before the ramp (the first call's grants are dropped). Whatever the replay keeps must
+    # still be one ramp: the kW granted in any 60 s stay within the budget.
+    prices = [0.05] * 3 + [2.0] * 3 + [0.05] * 12
+    rows = tuple(MarketRow(T0 + 300 * i, 50.0, p) for i, p in enumerate(prices))
+    fleet = Fleet(
+        "f", (RigGroup(MODELS["s21"], 60, 0.95, 0.05, 3), RigGroup(MODELS["s19jpro"], 60))
+    )
+    kept: dict[tuple[float, str], float] = {}
+    guard = engine.PolicyRun._guard
+
+    def keep(run: engine.PolicyRun, *args: Any) -> None:
+        guard(run, *args)
+        kept.update(((g.at, g.rig_id), g.kw) for g in run.ramp_log)
+
+    monkeypatch.setattr(engine.PolicyRun, "_guard", keep)
+    budget = 20.0
+    outcome = _run(Market("spike", 300, rows), fleet, guards=GuardConfig(ramp_kw_per_min=budget))
+    assert outcome.policy.strategy.row_hashing[-1] == 120  # every rig woke, through the ramp
+    starts = sorted(kept.items())
+    assert len(starts) >= 120
+    for (end, _), _kw in starts:
+        minute = [kw for (at, _), kw in starts if end - 60.0 < at <= end]
+        assert sum(minute) <= budget + 1e-6, (end, minute)
 
 
 def test_the_rigs_budget_is_per_second_not_per_tick() -> None:
