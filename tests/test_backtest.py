@@ -12,11 +12,11 @@ import sys
 import zlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from daemon.backtest import cli, engine
+from bench.backtest import kept_starts
+from daemon.backtest import cli
 from daemon.backtest.engine import Outcome, PolicyFailed, ReplayConfig, replay
 from daemon.backtest.inputs import (
     BacktestInputError,
@@ -156,14 +156,7 @@ def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute(
     fleet = Fleet(
         "f", (RigGroup(MODELS["s21"], 60, 0.95, 0.05, 3), RigGroup(MODELS["s19jpro"], 60))
     )
-    kept: dict[tuple[float, str], float] = {}
-    guard = engine.PolicyRun._guard
-
-    def keep(run: engine.PolicyRun, *args: Any) -> None:
-        guard(run, *args)
-        kept.update(((g.at, g.rig_id), g.kw) for g in run.ramp_log)
-
-    monkeypatch.setattr(engine.PolicyRun, "_guard", keep)
+    kept = kept_starts(monkeypatch.setattr)
     budget = 20.0
     outcome = _run(Market("spike", 300, rows), fleet, guards=GuardConfig(ramp_kw_per_min=budget))
     assert outcome.policy.strategy.row_hashing[-1] == 120  # every rig woke, through the ramp
