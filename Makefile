@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m scripts.demo --live
+	$(BIN)/rigpilot demo --live
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

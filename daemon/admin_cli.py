@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,16 @@ def main_config(argv: Sequence[str]) -> int:
     )
     check.add_argument("file", nargs="?", type=Path, default=None)
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    sub.add_parser(
+        "example",
+        help="print the commented example configuration shipped with rigpilot",
+        description="Print the commented example configuration (every section, with defaults "
+        "and explanations) to start /etc/rigpilot/rigpilot.toml from.",
+    )
     args = p.parse_args(argv)
+    if args.action == "example":
+        print(example_config(), end="")
+        return 0
     path = resolve_config_path(args.file)
     settings = _settings(args.file, "rigpilot config check")
     if settings is None:
@@ -107,6 +117,11 @@ def main_config(argv: Sequence[str]) -> int:
         print(f"# effective configuration ({source}); secrets masked")
         print(to_toml(doc), end="")
     return 0
+
+
+def example_config() -> str:
+    """The example configuration installed with the package (daemon/rigpilot.example.toml)."""
+    return resources.files("daemon").joinpath("rigpilot.example.toml").read_text("utf-8")
 
 
 def semantic_problems(settings: Settings) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from daemon import __version__
 
@@ -80,16 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return main_config(rest)
     if args.command == "demo":
-        # A development tool that starts the simulator: it lives beside the daemon, in a
-        # source checkout, so the daemon package never imports the simulator.
-        checkout = Path(__file__).resolve().parents[1]
-        if (checkout / "scripts" / "demo.py").exists():
-            sys.path.insert(0, str(checkout))
-        try:
-            from scripts.demo import main as demo_main
-        except ImportError:
-            print("rigpilot demo runs from a source checkout: make demo", file=sys.stderr)
-            return 2
+        # Starts the simulator: reached only from here, lazily, so `rigpilot run` never loads
+        # the simulator (docs/architecture.md).
+        from daemon.demo import main as demo_main
+
         return demo_main(rest)
     if args.command == "run":
         from daemon.run import main as run_main

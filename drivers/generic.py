@@ -36,7 +36,7 @@ _INCLUDE = [
     "uptime",
 ]
 
-# What pyasic 0.79 can do per firmware (../shared/reference/protocols.md).
+# What pyasic 0.79 can do per firmware (docs/reference/protocols.md).
 FIRMWARE_CAPS: dict[str, Capabilities] = {
     "BOS+": Capabilities(
         frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),

@@ -1,4 +1,4 @@
-"""Break-even arithmetic: pure functions over plain numbers (../shared/reference/economics.md).
+"""Break-even arithmetic: pure functions over plain numbers (docs/reference/economics.md).
 
 J/TH equals W per TH/s, so a rig's daily energy is power_w × 24 h. Revenue is hashprice
 × hashrate × (1 − pool fee); cost is energy × power price × overhead (cooling/PUE/hosting).

@@ -26,7 +26,7 @@ class Make(StrEnum):
 
 
 class Mode(StrEnum):
-    """Operating modes (ARCHITECTURE.md): what a rig is told to do, and what it is seen doing."""
+    """Operating modes (docs/architecture.md): what a rig is told to do, and is seen doing."""
 
     SLEEP = "sleep"  # hashboards off, control board up
     LOW = "low"

@@ -2,7 +2,7 @@
 
 Deterministic (seeded): running it again writes the same bytes.
 
-Hashprice is computed with the formula of ../shared/reference/economics.md from public figures:
+Hashprice is computed with the formula of docs/reference/economics.md from public figures:
 
 - difficulty 141.6 T until the adjustment of Feb 7-8 (here Feb 7 18:00 UTC), 125.86 T (-11.16 %)
   until Feb 19-20 (here Feb 19 18:00 UTC), then 144.4 T (+14.73 %);

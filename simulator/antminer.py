@@ -13,7 +13,7 @@ JSON body at ``/kaonsu/v1/brief``). The CGIs under ``/cgi-bin/`` are the ones py
 ``get_system_info``, ``get_network_info``, ``summary``, ``stats``, ``get_miner_conf``,
 ``get_blink_status`` (reads) and ``set_miner_conf``, ``blink``, ``reboot`` (writes).
 
-Shapes follow the captures in ``shared/reference/captures/antminer/v2020``; values come from
+Shapes follow the real firmware replies in ``tests/fixtures/captures/antminer/v2020``; values from
 :meth:`SimRig.snapshot`. Counters on ``rig.counters``:
 
 - one RPC request is one read (however many ``+``-joined commands it holds);

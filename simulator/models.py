@@ -1,7 +1,7 @@
 """Catalogue of the rig models the simulator can impersonate.
 
 The simulator imports nothing of rigpilot's, so it keeps its own small table. Nameplate figures
-come from ../shared/reference/economics.md (and the makers' spec sheets where that table is
+come from docs/reference/economics.md (and the makers' spec sheets where that table is
 silent, e.g. the M30S+); identity strings are what real firmware reports, as pyasic 0.79 reads
 them (see docs/simulator.md).
 """
@@ -45,7 +45,7 @@ class ModelSpec:
         return self.power_w / self.hashrate_ths
 
 
-_ECON = "shared/reference/economics.md"
+_ECON = "docs/reference/economics.md"
 
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec

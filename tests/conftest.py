@@ -28,7 +28,6 @@ from simulator.client import SimControl
 from simulator.netns import ensure_private_netns
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 V3_FIRMWARE = "20251209.16.Rel2"
 SIM_TIME_SCALE = 30.0
 

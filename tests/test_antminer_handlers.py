@@ -1,6 +1,6 @@
 """The stock Antminer protocol handlers, called directly (no sockets).
 
-Shapes are checked against the real captures in ``shared/reference/captures/antminer/v2020``;
+Shapes are checked against the real captures in ``tests/fixtures/captures/antminer/v2020``;
 the web UI is driven through httpx's own DigestAuth over a MockTransport, so the digest
 handshake is the one pyasic uses.
 """
@@ -24,7 +24,7 @@ from simulator.physics import Mode, Phase
 from simulator.protocol import HttpRequest, HttpResponse
 from simulator.rig import Fault, SimClock, SimRig
 
-CAPTURES = Path(__file__).resolve().parents[1].parent / "shared/reference/captures/antminer/v2020"
+CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures" / "antminer" / "v2020"
 ANTMINERS = [key for key, spec in MODELS.items() if spec.make == "antminer"]
 
 

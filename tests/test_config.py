@@ -17,7 +17,7 @@ from daemon.logsetup import configure_logging, get_logger
 from policies.economics import Economics
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "docs" / "rigpilot.example.toml"
+EXAMPLE = REPO / "daemon" / "rigpilot.example.toml"
 NO_ENV: dict[str, str] = {}
 
 

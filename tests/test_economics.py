@@ -39,7 +39,7 @@ def point(mode: Mode, ths: float, watts: float) -> ModePoint:
     ],
 )
 def test_economics_md_breakeven_table(ths: float, watts: float, expected: float) -> None:
-    # ../shared/reference/economics.md: break-even $/kWh at $0.0349/TH/day, no fee, no overhead
+    # docs/reference/economics.md: break-even $/kWh at $0.0349/TH/day, no fee, no overhead
     be = breakeven_power_price(point(Mode.NORMAL, ths, watts), 34.9, NO_FEE)
     assert be == pytest.approx(expected, abs=0.0006)
 

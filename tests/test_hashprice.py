@@ -36,7 +36,7 @@ from policies.hashprice import (
 from policies.values import Quote, QuoteKind
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FEEDS = REPO.parent / "shared" / "reference" / "feeds"
+FEEDS = REPO / "tests" / "fixtures" / "feeds"
 OUR_FEEDS = Path(__file__).resolve().parent / "data" / "feeds"
 
 FEB_DIFFICULTY = 125.86e12
@@ -239,13 +239,9 @@ def load(path: Path) -> Any:
 
 
 def serve_recorded_mempool(srv: FeedServer) -> None:
-    srv.routes[MEMPOOL_PATHS.hashrate] = file_reply(
-        SHARED_FEEDS / "mempool_mining_hashrate_3d.json"
-    )
-    srv.routes[MEMPOOL_PATHS.reward_stats] = file_reply(
-        SHARED_FEEDS / "mempool_reward_stats_144.json"
-    )
-    srv.routes[MEMPOOL_PATHS.prices] = file_reply(SHARED_FEEDS / "mempool_prices.json")
+    srv.routes[MEMPOOL_PATHS.hashrate] = file_reply(FEEDS / "mempool_mining_hashrate_3d.json")
+    srv.routes[MEMPOOL_PATHS.reward_stats] = file_reply(FEEDS / "mempool_reward_stats_144.json")
+    srv.routes[MEMPOOL_PATHS.prices] = file_reply(FEEDS / "mempool_prices.json")
     srv.routes[MEMPOOL_PATHS.tip_height] = Reply(b"736655", content_type="text/plain")
 
 
@@ -476,7 +472,7 @@ BRAIINS = "/v1.0/hashrate-stats"
 
 
 async def test_braiins_recorded_payload(server: FeedServer, client: httpx.AsyncClient) -> None:
-    server.routes[BRAIINS] = file_reply(SHARED_FEEDS / "braiins_insights_hashrate_stats.json")
+    server.routes[BRAIINS] = file_reply(FEEDS / "braiins_insights_hashrate_stats.json")
     quote = await braiins(server, client).fetch(FEB_NOW)
     assert quote.value == pytest.approx(39.0)  # 0.039 USD/TH/day
     assert quote.unit == "USD/PH/day"
@@ -491,7 +487,7 @@ async def test_braiins_feb_2026(server: FeedServer, client: httpx.AsyncClient) -
 
 
 def braiins_with(key: str, value: Any) -> Reply:
-    payload = load(SHARED_FEEDS / "braiins_insights_hashrate_stats.json")
+    payload = load(FEEDS / "braiins_insights_hashrate_stats.json")
     payload[key] = value
     return json_reply(payload)
 
@@ -562,7 +558,7 @@ async def test_luxor_recorded_placeholder_is_refused(
     server: FeedServer, client: httpx.AsyncClient
 ) -> None:
     # The documented example's 0.1 is a placeholder: per PH/s it is not a market value.
-    server.routes[LUXOR] = file_reply(SHARED_FEEDS / "luxor_hashprice_current.json")
+    server.routes[LUXOR] = file_reply(FEEDS / "luxor_hashprice_current.json")
     with pytest.raises(FeedError, match=r"implausible priceUSD .*per TH/s"):
         await luxor(server, client).fetch(FEB_NOW)
 

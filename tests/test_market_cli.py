@@ -13,7 +13,6 @@ from daemon.market.hashprice import MEMPOOL_PATHS
 from daemon.market_cli import main
 
 FEEDS = Path(__file__).resolve().parent / "data" / "feeds"
-SHARED_FEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "feeds"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The observer's own parsers, field by field against pyasic's parse of the same reply.
 
-Run on the real captures (../shared/reference/captures) and on the simulator's replies for every
+Run on the real captures (tests/fixtures/captures) and on the simulator's replies for every
 model and mode; then every hostile reply must give a BAD_REPLY error that names the field.
 """
 
@@ -24,7 +24,7 @@ from simulator.models import MODELS, lookup
 from simulator.physics import Mode as SimMode
 from simulator.rig import Fault, SimClock, SimRig
 
-CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "captures"
+CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures"
 
 
 class FrozenClock(SimClock):

@@ -39,8 +39,7 @@ from daemon.market.tou import (
 )
 from policies.values import QuoteKind
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FEEDS = SHARED / "reference" / "feeds"
+FEEDS = Path(__file__).resolve().parent / "fixtures" / "feeds"
 DATA = Path(__file__).resolve().parent / "data" / "feeds"
 
 

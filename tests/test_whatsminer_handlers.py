@@ -26,8 +26,7 @@ from simulator.physics import Mode
 from simulator.protocol import HttpRequest
 from simulator.rig import Fault, SimClock, SimRig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = SHARED / "reference" / "captures" / "whatsminer"
+CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures" / "whatsminer"
 V3_FIRMWARE = "20251209.16.Rel2"
 
 

@@ -1,4 +1,4 @@
-"""``make demo`` / ``rigpilot demo``: the daemon on a simulated fleet through the Feb 2026 slide.
+"""``rigpilot demo`` (``make demo``): the daemon on a simulated fleet through the Feb 2026 slide.
 
 Starts ``rigpilot sim`` with a mixed fleet of 12 rigs (one hung, one slow) in a private network
 namespace, then runs rigpilot's control loop against it — observer, market, breakeven policy,
@@ -10,7 +10,11 @@ Dry-run by default (decisions are made and logged, nothing is sent); ``--live`` 
 simulated rigs. The simulator runs 30x real time and the loop's clock advances 30 s per tick,
 so each tick shown is 30 seconds of site time.
 
-    python -m scripts.demo [--live] [--speed 1.0] [--ticks 48] [--keep-running]
+    rigpilot demo [--live] [--speed 1.0] [--ticks 48] [--keep-running]
+
+Part of the installed package, so it runs without a source checkout. It is the one module of
+``daemon`` besides the backtest that imports the simulator, and only ``daemon/cli.py`` reaches
+it, lazily, for this command (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 FLEET = [
     "--antminer", "s19jpro:2", "--antminer", "s19xp:2", "--antminer", "s21:2",
@@ -191,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         help="leave the simulator up afterwards (Ctrl-C to stop)",
     )
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     from simulator import launch
     from simulator.netns import ensure_private_netns
 
