@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from passlib.hash import md5_crypt
-from passlib.utils import safe_crypt
 
 from drivers.transport import DriverError, decode, request
 from policies.values import FailureKind
@@ -49,25 +47,57 @@ CODE_DENIED = 45  # "can't access write cmd": the write API is locked on the rig
 CODE_TOKEN_CHECK = 135  # "check token err": unknown or expired token
 CODE_TOKEN_MAX = 136  # "token over max times": 32 live tokens already issued
 
-_CRYPT_SALT = frozenset("./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_CRYPT64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_CRYPT_SALT = frozenset(_CRYPT64)
+
+
+# Which digest bytes make each 4-character group of the md5-crypt body (the last byte, 11,
+# alone makes the final 2 characters).
+_MD5_CRYPT_GROUPS = ((0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5))
+# Its 1,000 rounds: (odd round, index into the middles: 2 for the salt + 1 for pw).
+_MD5_CRYPT_ROUNDS = tuple((i & 1, 2 * (i % 3 != 0) + (i % 7 != 0)) for i in range(1000))
 
 
 def md5_crypt_body(secret: str, salt: str) -> str:
     """The third ``$`` field of ``md5_crypt(secret, salt)`` (``$1$<salt>$<body>``).
 
-    The C library's md5-crypt through passlib's ``safe_crypt``: one call, about a third of what
-    ``md5_crypt.hash`` costs (it calls crypt twice, 0.5 ms a hash here). passlib's own
-    implementation where the platform has no usable crypt.
+    Poul-Henning Kamp's md5-crypt, written out here so it needs neither the C library's
+    ``crypt`` nor Python's ``crypt`` module (removed in 3.13): the secret is UTF-8, the salt
+    at most its first 8 characters. ``tests/test_btminer.py`` checks it against passlib's
+    ``md5_crypt``, which pyasic uses, on fixed and drawn inputs.
     """
-    config = "$1$" + salt
-    full = safe_crypt(secret, config)
-    if (
-        not isinstance(full, str)
-        or not full.startswith(config + "$")
-        or len(full) != len(config) + 23
-    ):
-        full = md5_crypt.using(salt=salt).hash(secret)
-    return str(full).split("$")[3]
+    pw = secret.encode("utf-8")
+    salt_b = salt.encode("utf-8")[:8]
+    alternate = hashlib.md5(pw + salt_b + pw).digest()
+    ctx = hashlib.md5(pw + b"$1$" + salt_b)
+    for left in range(len(pw), 0, -16):
+        ctx.update(alternate[: min(16, left)])
+    bits = len(pw)
+    while bits:
+        ctx.update(b"\0" if bits & 1 else pw[:1])
+        bits >>= 1
+    digest = ctx.digest()
+    # Round i hashes pw or the digest, then the salt unless i % 3 == 0, then pw unless
+    # i % 7 == 0, then the digest or pw: one md5 call per round over a precomputed middle.
+    md5 = hashlib.md5
+    middles = (b"", pw, salt_b, salt_b + pw)
+    for odd, which in _MD5_CRYPT_ROUNDS:
+        middle = middles[which]
+        digest = md5(pw + middle + digest).digest() if odd else md5(digest + middle + pw).digest()
+    out = []
+    for a, b, c in _MD5_CRYPT_GROUPS:
+        out.append(_crypt64((digest[a] << 16) | (digest[b] << 8) | digest[c], 4))
+    out.append(_crypt64(digest[11], 2))
+    return "".join(out)
+
+
+def _crypt64(value: int, chars: int) -> str:
+    """``chars`` characters of crypt's base-64 alphabet, least significant 6 bits first."""
+    out = []
+    for _ in range(chars):
+        out.append(_CRYPT64[value & 0x3F])
+        value >>= 6
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)

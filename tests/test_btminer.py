@@ -11,10 +11,13 @@ import asyncio
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import SimFleet
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from passlib.hash import md5_crypt
 from pyasic import settings as pyasic_settings
 from pyasic.rpc.btminer import (
@@ -29,6 +32,8 @@ from drivers.identify import driver_for, identify
 from drivers.stock import WhatsminerV2
 from drivers.transport import DriverError, decode, request
 from policies.values import FailureKind, Mode
+
+REPO = Path(__file__).resolve().parents[1]
 
 PARAMS = [
     ("power_off", {"respbefore": "true"}),
@@ -61,7 +66,20 @@ def test_reference_vector() -> None:
 @pytest.mark.parametrize("salt", ["BQ5hoXV9", "4hWWYqEf", "a./Z", "x"])
 @pytest.mark.parametrize("secret", ["admin", "RxmaDUO33TS7O26yeMHZ811234", "pässwörd", ""])
 def test_md5_crypt_is_passlibs(secret: str, salt: str) -> None:
-    """The one-call crypt path gives what pyasic's passlib md5_crypt gives."""
+    """Our md5-crypt gives what pyasic's passlib md5_crypt gives."""
+    expected = md5_crypt.using(salt=salt).hash(secret).split("$")[3]
+    assert btminer.md5_crypt_body(secret, salt) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=70
+    ),
+    salt=st.text(alphabet=sorted(btminer._CRYPT_SALT), min_size=1, max_size=8),
+)
+def test_md5_crypt_is_passlibs_on_drawn_inputs(secret: str, salt: str) -> None:
+    """Every secret length crosses the 16-byte blocks and the bit loop differently."""
     expected = md5_crypt.using(salt=salt).hash(secret).split("$")[3]
     assert btminer.md5_crypt_body(secret, salt) == expected
 
