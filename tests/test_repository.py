@@ -97,3 +97,37 @@ def test_every_capture_and_feed_has_its_origin_beside_it() -> None:
         assert feed.name in readme, (
             f"tests/fixtures/README.md does not say where {feed.name} is from"
         )
+
+
+def test_every_module_the_package_imports_is_declared() -> None:
+    """A module imported directly must be a declared dependency, not one that happens to come
+    with another (httpx with pyasic, paho with aiomqtt): a dependency may drop it any day."""
+    import ast
+    import sys
+    import tomllib
+    from importlib import metadata
+
+    declared = {
+        re.split(r"[=<>;!~ \[]", spec, maxsplit=1)[0].lower().replace("_", "-")
+        for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    ours = {"daemon", "drivers", "policies", "simulator"}
+    providers = metadata.packages_distributions()
+    undeclared: dict[str, str] = {}
+    for package in sorted(ours):
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in ours or top in sys.stdlib_module_names:
+                        continue
+                    dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
+                    if not dists & declared:
+                        undeclared[top] = str(path.relative_to(REPO))
+    assert undeclared == {}
