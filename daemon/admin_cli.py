@@ -12,14 +12,26 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
+from daemon.control_config import ControlSettings
+from daemon.lifecycle import is_running
 from daemon.store import StoreError, read_status
 
-EXIT_STALE = 3  # as systemctl status: "not running"
+EXIT_STOPPED = 3  # as systemctl status: "not running"
+EXIT_STALE = 4  # running, but no tick completed within the watchdog's deadline
+EXIT_NEVER_RAN = 5  # no daemon has run on this state directory
+
+STATUS_EPILOG = """exit status:
+  0  running: the last tick is fresh (or the daemon is starting)
+  2  the configuration or the state database cannot be read
+  3  stopped: stopped cleanly, or its process is gone (killed, crashed)
+  4  stale: the process runs but has completed no tick within the watchdog's deadline
+  5  never ran: no daemon has written a status in this state directory"""
 
 
 def _settings(path: Path | None, prog: str) -> Settings | None:
@@ -30,38 +42,76 @@ def _settings(path: Path | None, prog: str) -> Settings | None:
         return None
 
 
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def main_status(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="rigpilot status",
-        description="Print the running daemon's fleet summary (from its state database).",
+        description="Print the daemon's state and fleet summary (from its state database).",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, default=None, help="configuration file (for state_dir)")
     p.add_argument("--state-dir", type=Path, default=None, help="override the state directory")
     p.add_argument("--json", action="store_true", help="the whole status document as JSON")
     args = p.parse_args(argv)
     state_dir = args.state_dir
-    tick_s = 30.0
+    control = ControlSettings()
     if state_dir is None:
         settings = _settings(args.config, "rigpilot status")
         if settings is None:
             return 2
-        state_dir, tick_s = settings.state_dir, settings.control.tick_s
+        state_dir, control = settings.state_dir, settings.control
     try:
         status, written = read_status(state_dir)
+        process, _ = read_status(state_dir, "process")
     except StoreError as exc:
         print(f"rigpilot status: {exc}", file=sys.stderr)
         return 2
-    if status is None or written is None:
-        print(f"rigpilot status: no status in {state_dir}: the daemon has not completed a tick")
-        return EXIT_STALE
-    age = time.time() - written
-    # A tick can legitimately take a while on a large fleet; three missed beats is stale.
-    stale = age > max(3 * tick_s, 90.0)
-    if args.json:
-        print(json.dumps({**status, "age_s": round(age, 1), "stale": stale}, indent=2))
+    if status is None and process is None:
+        print(f"rigpilot status: no daemon has run on {state_dir}")
+        return EXIT_NEVER_RAN
+    now = time.time()
+    # An older rigpilot wrote no process document: its status line names the PID.
+    proc = process or {"pid": (status or {}).get("pid")}
+    pid = proc.get("pid")
+    wedged_after_s = float(proc.get("wedged_after_s") or control.wedged_after())
+    started_at = proc.get("started_at")
+    ticked = written is not None and (started_at is None or written >= started_at)
+    age = now - written if ticked and written is not None else None
+    if proc.get("stopped_at") is not None:
+        state, exit_code = "stopped", EXIT_STOPPED
+        how = f"STOPPED at {_utc(proc['stopped_at'])} (a clean stop)"
+    elif not isinstance(pid, int) or not is_running(pid, proc.get("pid_start")):
+        state, exit_code = "stopped", EXIT_STOPPED
+        how = f"STOPPED: process {pid} is gone (killed or crashed; it did not stop cleanly)"
+    elif age is None:
+        state, exit_code = "starting", 0
+        since = f" for {now - started_at:.0f} s" if started_at is not None else ""
+        how = f"starting{since}: no tick completed yet"
+    elif age > wedged_after_s:
+        state, exit_code = "stale", EXIT_STALE
+        how = f"STALE: running, but no tick completed for {age:.0f} s: is it wedged?"
     else:
-        mode = "DRY-RUN" if status.get("dry_run") else "live"
-        print(f"rigpilot {status.get('version', '')} pid {status.get('pid')} ({mode})")
+        state, exit_code = "running", 0
+        how = "running"
+    if args.json:
+        doc = {
+            **(status or {}),
+            "state": state,
+            "age_s": None if written is None else round(now - written, 1),
+            "stale": state == "stale",
+            "process": process,
+        }
+        print(json.dumps(doc, indent=2))
+        return exit_code
+    shown = status or {}
+    mode = "DRY-RUN" if shown.get("dry_run") else "live"
+    version = proc.get("version") or shown.get("version", "")
+    print(f"rigpilot {version} pid {pid} ({mode}): {how}")
+    if status is not None and written is not None:
         print(f"  {status.get('summary', '')}")
         extra = [f"policies: {', '.join(status.get('policies') or [])}"]
         if status.get("pins"):
@@ -69,10 +119,17 @@ def main_status(argv: Sequence[str]) -> int:
         if status.get("site_target_kw") is not None:
             extra.append(f"site target {status['site_target_kw']:g} kW")
         print("  " + "; ".join(extra))
-        print(
-            f"  last tick {age:.0f} s ago" + (" - STALE: is the daemon running?" if stale else "")
-        )
-    return EXIT_STALE if stale else 0
+        print(f"  last tick {now - written:.0f} s ago")
+    reload = proc.get("last_reload")
+    if reload:
+        if reload.get("ok"):
+            changed = ", ".join(reload.get("changed") or []) or "no changes"
+            print(f"  last reload {_utc(reload['at'])}: applied ({changed})")
+        else:
+            error = "\n    ".join(str(reload.get("error")).splitlines())
+            print(f"  last reload {_utc(reload['at'])}: REJECTED, the running configuration")
+            print(f"    was kept: {error}")
+    return exit_code
 
 
 def main_config(argv: Sequence[str]) -> int:
@@ -125,22 +182,17 @@ def example_config() -> str:
 
 
 def semantic_problems(settings: Settings) -> list[str]:
-    """What load_settings cannot see but `rigpilot run` would refuse."""
-    from daemon.mqtt.bridge import resolve_password, tls_context
-    from daemon.run import load_policies, site_of
+    """What load_settings cannot see but `rigpilot run` would refuse: the daemon's own
+    validation (daemon/prepare.py), which builds every source, policy and guard."""
+    import httpx
 
-    problems = []
-    try:
-        load_policies(settings.control.policies, site_of(settings))
-    except ValueError as exc:
-        problems.append(str(exc))
-    if settings.mqtt.enabled:
-        for check in (resolve_password, tls_context):
-            try:
-                check(settings.mqtt)
-            except ValueError as exc:
-                problems.append(str(exc))
-    return problems
+    from daemon.prepare import ConfigProblems, prepare
+
+    try:  # the sources are only built, never asked: nothing is fetched
+        prepare(settings, httpx.AsyncClient())
+    except ConfigProblems as exc:
+        return list(exc.problems)
+    return []
 
 
 def effective(settings: Settings) -> dict[str, Any]:

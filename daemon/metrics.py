@@ -242,6 +242,7 @@ class Metrics(Collector):
         self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
         self._observe_s = _Histogram(DURATION_BUCKETS_S)
         self._tick_s = _Histogram(DURATION_BUCKETS_S)
+        self._reload: tuple[bool, float | None] | None = None  # (ok, last success)
         self.registry.register(self)
         if process:
             ProcessCollector(registry=self.registry)
@@ -250,6 +251,12 @@ class Metrics(Collector):
 
     # ---------------------------------------------------------------------------------------
     # Feeding
+
+    def record_reload(self, ok: bool, at: float) -> None:
+        """A configuration was loaded (at start, ``ok``) or reloaded at ``at``."""
+        with self._lock:
+            last_ok = self._reload[1] if self._reload is not None else None
+            self._reload = (ok, at if ok else last_ok)
 
     def record_tick(self, report: TickReport, loop: ControlLoop, now: float) -> None:
         """Take what ``report`` (from ``loop``'s last tick) says, as of ``now``. Never raises
@@ -425,6 +432,7 @@ class Metrics(Collector):
             snap = self._snapshot
             decisions = dict(self._decisions)
             commands = dict(self._commands)
+            reload = self._reload
             observe_s = self._observe_s.family(
                 "rigpilot_observation_duration_seconds",
                 "Wall time of one observation cycle (every rig read once).",
@@ -443,6 +451,18 @@ class Metrics(Collector):
                 "rigpilot_mqtt_connected",
                 "1 while the MQTT bridge is connected to its broker.",
                 1.0 if _safe(self.mqtt_connected) else 0.0,
+            )
+        if reload is not None:
+            yield _gauge(
+                "rigpilot_config_last_reload_successful",
+                "1 when the last configuration load or reload (SIGHUP) was applied, 0 when "
+                "it was rejected (the configuration before it still runs).",
+                1.0 if reload[0] else 0.0,
+            )
+            yield _gauge(
+                "rigpilot_config_last_reload_success_timestamp_seconds",
+                "When the configuration running now was loaded (Unix time).",
+                reload[1],
             )
         decided = CounterMetricFamily(
             "rigpilot_decisions",

@@ -17,28 +17,29 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import structlog
 
 from daemon.audit import AuditLog
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
+from daemon.control_config import ControlSettings
 from daemon.gctune import tune_gc
+from daemon.lifecycle import Reload, process_doc
 from daemon.loop import ControlLoop, TickReport
-from daemon.market.config import build_market
 from daemon.metrics import Metrics
-from daemon.mqtt.bridge import Bridge, package_version, resolve_password, tls_context
+from daemon.mqtt.bridge import Bridge, package_version
 from daemon.mqtt.commands import COMMANDS
 from daemon.mqtt.desk import CommandDesk
 from daemon.mqtt.topics import Topics
 from daemon.notify import Notifier
 from daemon.observer import Observer, ObserverSettings
 from daemon.persist import Persistence
+from daemon.prepare import Prepared, prepare
 from daemon.reconciler import Actuator, Reconciler
 from daemon.store import DB_NAME, Store, StoredInventory, StoreError
 from drivers.inventory import IdentifyFailure, Inventory
-from policies.api import Policy, Site, check_site
-from policies.registry import PolicyLoadError, load_policy
 
 log = structlog.get_logger("daemon")
 
@@ -79,42 +80,17 @@ def check_state_dir(path: Path) -> None:
         )
 
 
-def load_policies(names: Sequence[str], site: Site | None = None) -> list[Policy]:
-    """The configured policies; ValueError naming ``control.policies`` and the bad name.
-    With ``site``: each policy's own check of its settings too (``policies.api.check_site``),
-    a ValueError naming ``control.policy_params`` and the problem."""
-    try:
-        policies = [load_policy(name) for name in names]
-    except PolicyLoadError as exc:
-        raise ValueError(f"control.policies: {exc}") from None
-    if site is not None:
-        for policy in policies:
-            try:
-                check_site(policy, site)
-            except ValueError as exc:
-                raise ValueError(f"control.policy_params ({policy.name}): {exc}") from None
-    return policies
-
-
-def site_of(settings: Settings) -> Site:
-    """The site the policies are given, from the configuration."""
-    control = settings.control
-    return Site(
-        name=settings.site.name,
-        economics=settings.market.economics,
-        power_cap_kw=control.power_cap_kw,
-        params=dict(control.policy_params),
-    )
-
-
 def build_loop(
     settings: Settings,
     dry_run: bool,
     client: httpx.AsyncClient,
     inventory: Inventory,
     clock: Callable[[], float] = time.time,
+    prepared: Prepared | None = None,
 ) -> ControlLoop:
-    """Wire the control loop from the configuration (raises ValueError naming a bad setting)."""
+    """Wire the control loop from the configuration, as ``prepared`` from it (raises
+    ValueError naming a bad setting)."""
+    prepared = prepared or prepare(settings, client)
     control = settings.control
     observer = Observer(
         inventory,
@@ -124,15 +100,12 @@ def build_loop(
         clock=clock,
     )
     observer.sync_drivers()
-    economics = settings.market.economics
-    site = site_of(settings)
-    policies = load_policies(control.policies, site)
     return ControlLoop(
         observer=observer,
-        market=build_market(settings.market, client),
-        policies=policies,
-        site=site,
-        guard_config=control.guards.to_config(economics, control.tick_s),
+        market=prepared.market,
+        policies=prepared.policies,
+        site=prepared.site,
+        guard_config=prepared.guard_config,
         reconciler=Reconciler(
             confirm_deadline_s=control.confirm_deadline_s,
             max_attempts=control.max_attempts,
@@ -172,18 +145,23 @@ async def serve(
     ``--dry-run`` flag) keeps dry-run on whatever a reloaded configuration says.
     """
     check_state_dir(settings.state_dir)
-    # a typo fails now, not after identification
-    load_policies(settings.control.policies, site_of(settings))
-    if settings.mqtt.enabled:  # so does an unreadable password file or certificate
-        resolve_password(settings.mqtt)
-        tls_context(settings.mqtt)
+    client = httpx.AsyncClient(headers={"User-Agent": "rigpilot"})
+    try:  # every setting is built now, not after identification (daemon/prepare.py)
+        prepared = prepare(settings, client)
+    except ValueError:
+        await client.aclose()
+        raise
     stop = stop or asyncio.Event()
     reload = reload or asyncio.Event()
     notifier = notifier or Notifier()
     try:
         store = Store(settings.state_dir / DB_NAME)
     except StoreError as exc:
+        await client.aclose()
         raise ValueError(str(exc)) from None
+    # for `rigpilot status` (daemon/lifecycle.py)
+    lifecycle = process_doc(package_version(), settings.control.wedged_after())
+    _save_lifecycle(store, lifecycle)
     inventory = StoredInventory(store, legacy_file=settings.state_dir / "inventory.json")
     cached = inventory.load()
     addresses = [r.address for r in settings.rigs]
@@ -201,8 +179,8 @@ async def serve(
         dry_run=dry_run,
         policies=settings.control.policies,
     )
-    async with httpx.AsyncClient(headers={"User-Agent": "rigpilot"}) as client:
-        loop = build_loop(settings, dry_run, client, inventory)
+    async with client:
+        loop = build_loop(settings, dry_run, client, inventory, prepared=prepared)
         poke = asyncio.Event()  # a command changed state: tick now rather than at the next beat
         bridge = build_bridge(settings, loop, poke.set) if settings.mqtt.enabled else None
         desk = bridge.desk if bridge is not None else None
@@ -222,10 +200,23 @@ async def serve(
         metrics_server = (
             metrics.serve(settings.metrics.address, settings.metrics.port) if metrics else None
         )
+        if bridge is not None:
+            bridge.info["last_reload"] = None
+        if metrics is not None:
+            metrics.record_reload(True, lifecycle["started_at"])
+
+        def reloaded(outcome: Reload) -> None:
+            """Say how a reload went: status, MQTT bridge/info, metrics (the log says it)."""
+            lifecycle["last_reload"] = outcome.to_dict()
+            lifecycle["wedged_after_s"] = progress.wedged_after_s
+            _save_lifecycle(store, lifecycle)
+            if bridge is not None:
+                bridge.update_info(last_reload=outcome.to_dict())
+            if metrics is not None:
+                metrics.record_reload(outcome.ok, outcome.at)
+
         tune_gc()  # the long-lived heap is built: stop rescanning it (daemon/gctune.py)
-        progress = _Progress(
-            settings.control.tick_s, wedged_after_s=settings.control.wedged_after()
-        )
+        progress = _Progress.of(settings.control)
         watchdog = asyncio.create_task(_watchdog(notifier, progress, stop), name="watchdog")
         bridge_task = None
         if bridge is not None:
@@ -247,6 +238,7 @@ async def serve(
                         failures,
                         progress,
                         client,
+                        on_outcome=reloaded,
                     )
                 started = time.monotonic()
                 poke.clear()
@@ -285,6 +277,8 @@ async def serve(
                 metrics_server.close()
             if loop.audit is not None:
                 loop.audit.close()
+            lifecycle["stopped_at"] = time.time()
+            _save_lifecycle(store, lifecycle)
             store.close()
             notifier.close()
     log.info("daemon.stopped", ticks=count, note="rigs left as they are")
@@ -322,16 +316,28 @@ async def _bounded_tick(
         stopper.cancel()
 
 
+def _save_lifecycle(store: Store, lifecycle: dict[str, Any]) -> None:
+    """Store the ``process`` document; a failure is logged, never raised (it only informs)."""
+    try:
+        store.put({"process": lifecycle})
+    except Exception as exc:
+        log.error("store.process_doc_failed", error=repr(exc))
+
+
 @dataclass
 class _Progress:
-    """When the loop last completed a tick, for the watchdog."""
+    """When the loop last completed a tick, and how long without one is wedged (the
+    configuration's ``control.wedged_after()``, followed on reload), for the watchdog."""
 
-    tick_s: float
+    wedged_after_s: float
     last: float = field(default_factory=time.monotonic)
-    wedged_after_s: float = 0.0
 
-    def __post_init__(self) -> None:
-        self.wedged_after_s = self.wedged_after_s or max(3 * self.tick_s, 120.0)
+    @classmethod
+    def of(cls, control: ControlSettings) -> _Progress:
+        return cls(control.wedged_after())
+
+    def follow(self, control: ControlSettings) -> None:
+        self.wedged_after_s = control.wedged_after()
 
     def ticked(self, report: TickReport) -> None:
         self.last = time.monotonic()
@@ -374,22 +380,27 @@ async def _reload(
     failures: list[IdentifyFailure],
     progress: _Progress,
     client: httpx.AsyncClient,
+    *,
+    on_outcome: Callable[[Reload], None] | None = None,
 ) -> tuple[Settings, list[IdentifyFailure]]:
-    """Apply a re-read configuration; an invalid one is refused and the running one kept."""
+    """Apply a re-read configuration. Everything it configures is built first, by the same
+    validation as start-up and ``config check`` (daemon/prepare.py); a configuration that
+    fails anywhere is refused, the running one kept, and the daemon carries on. ``on_outcome``
+    is told how it went."""
     notifier.reloading()
     try:
-        new = load_settings(config_path)
-        load_policies(new.control.policies, site_of(new))
-        if new.mqtt.enabled:
-            resolve_password(new.mqtt)
-            tls_context(new.mqtt)
-    except (ConfigError, ValueError) as exc:
+        new = with_state_directory(load_settings(config_path), os.environ)
+        prepared = prepare(new, client)
+    except Exception as exc:  # whatever fails, the running configuration stays
+        error = str(exc) if isinstance(exc, ConfigError | ValueError) else repr(exc)
         log.error(
             "config.reload_rejected",
             path=str(config_path) if config_path else None,
-            error=str(exc),
+            error=error,
             note="the running configuration is kept",
         )
+        if on_outcome is not None:
+            on_outcome(Reload(ok=False, at=time.time(), error=error))
         notifier.ready("reload rejected; running configuration kept")
         return settings, failures
     restart_only = [
@@ -399,10 +410,9 @@ async def _reload(
     ]
     changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(settings, k)]
     control = new.control
-    economics = new.market.economics
-    loop.site = dataclasses.replace(site_of(new), name=settings.site.name)  # [site] needs a restart
-    loop.policies = load_policies(control.policies, loop.site)
-    loop.guard_config = control.guards.to_config(economics, control.tick_s)
+    loop.site = dataclasses.replace(prepared.site, name=settings.site.name)  # [site]: restart
+    loop.policies = prepared.policies
+    loop.guard_config = prepared.guard_config
     loop.reconciler.confirm_deadline_s = control.confirm_deadline_s
     loop.reconciler.max_attempts = control.max_attempts
     loop.reconciler.stuck_retry_s = control.not_responding_retry_s
@@ -413,14 +423,14 @@ async def _reload(
     loop.observer.settings = ObserverSettings(
         concurrency=control.observe_concurrency, timeout_s=control.observe_timeout_s
     )
-    if new.market != settings.market:
+    if new.market != settings.market:  # else the running sources keep their cached quotes
         manual = loop.market.manual
-        loop.market = build_market(new.market, client)
+        loop.market = prepared.market
         loop.market.manual.update(manual)
         loop.usd_per_unit = new.market.usd_per_unit
         loop.market_refresh_s = new.market.refresh_s
         loop.force_market_refresh()
-    progress.tick_s = control.tick_s
+    progress.follow(control)
     if new.rigs != settings.rigs:
         addresses = [r.address for r in new.rigs]
         for address in [a for a in inventory.rigs if a not in set(addresses)]:
@@ -436,6 +446,8 @@ async def _reload(
         log.warning("config.needs_restart", sections=restart_only, note="kept as they were")
         new = new.model_copy(update={k: getattr(settings, k) for k in restart_only})
     log.info("config.reloaded", changed=changed, dry_run=loop.actuator.dry_run)
+    if on_outcome is not None:
+        on_outcome(Reload(ok=True, at=time.time(), changed=tuple(changed)))
     notifier.ready(f"configuration reloaded ({', '.join(changed) or 'no changes'})")
     return new, failures
 

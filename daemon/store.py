@@ -201,15 +201,16 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
-def read_status(state_dir: Path) -> tuple[dict[str, Any] | None, float | None]:
-    """The last status document the daemon wrote, and when (read-only; (None, None) if none)."""
+def read_status(state_dir: Path, key: str = "status") -> tuple[dict[str, Any] | None, float | None]:
+    """The last status document (or the document ``key``) the daemon wrote, and when
+    (read-only; (None, None) if none)."""
     path = state_dir / DB_NAME
     if not path.exists():
         return None, None
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            row = db.execute("SELECT value, updated_at FROM docs WHERE key='status'").fetchone()
+            row = db.execute("SELECT value, updated_at FROM docs WHERE key=?", (key,)).fetchone()
         finally:
             db.close()
     except sqlite3.Error as exc:

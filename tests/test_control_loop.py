@@ -360,7 +360,7 @@ group = "{group_of_b}"
         assert report.desired[a].decided_by == "schedule"
         assert report.desired[b].mode is Mode.NORMAL  # no window: it keeps what it does
         assert report.desired[b].decided_by != "schedule"
-        progress = _Progress(tick_s=1.0)
+        progress = _Progress.of(settings.control)
 
         async def reload(text: str) -> Settings:
             config.write_text(text)  # then SIGHUP

@@ -49,6 +49,7 @@ UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_pins",
     "rigpilot_policy_failing",
     "rigpilot_mqtt_connected",
+    "rigpilot_config_last_reload_successful",
     "rigpilot_fleet_rigs",
     "rigpilot_fleet_rigs_observed",
     "rigpilot_fleet_rigs_hashing",
@@ -138,6 +139,7 @@ class Setup:
 async def setup(sim: SimFleet, tmp_path: Path) -> AsyncIterator[Setup]:
     h, addresses = await harness(sim, tmp_path, dry_run=False)
     metrics = Metrics(per_rig=True)
+    metrics.record_reload(True, h.clock())  # as the daemon does once it has loaded its config
     server = metrics.serve("127.0.0.1", 0)
     try:
         yield Setup(h, addresses, metrics, server)
@@ -361,6 +363,7 @@ async def test_names_units_and_types_follow_prometheus_conventions(setup: Setup)
     report = await s.tick()
     ours = Metrics(process=False, mqtt_connected=lambda: True)
     ours.record_tick(report, s.h.loop, report.at)
+    ours.record_reload(True, report.at)
     m = parse(ours.render().decode())
     assert m.value("rigpilot_mqtt_connected") == 1
     assert len(m.families) >= 40
@@ -438,6 +441,7 @@ async def test_the_doc_describes_every_metric(setup: Setup) -> None:
     doc = DOC.read_text()
     ours = Metrics(process=False, mqtt_connected=lambda: True)
     ours.record_tick(report, s.h.loop, report.at)
+    ours.record_reload(True, report.at)
     families = parse(ours.render().decode()).families
     exposed = {n + "_total" if f.type == "counter" else n for n, f in families.items()}
     undocumented = sorted(n for n in exposed if f"`{n}`" not in doc)

@@ -406,21 +406,27 @@ async def test_rigpilot_status_reads_the_running_daemons_summary(
     from daemon.run import serve
 
     config = write_config(tmp_path / "r.toml", sim, keys=KEYS[:2])
-    assert main_status(["--config", str(config)]) == 3  # nothing has run yet
-    assert "has not completed a tick" in capsys.readouterr().out
+    assert main_status(["--config", str(config)]) == 5  # nothing has run yet
+    assert "no daemon has run" in capsys.readouterr().out
     settings = load_settings(config)
-    assert await serve(settings, True, ticks=2) == 0
-    assert main_status(["--config", str(config)]) == 0
-    out = capsys.readouterr().out
-    assert "2/2 rigs read" in out and "DRY-RUN" in out
-    assert main_status(["--state-dir", str(settings.state_dir), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["observed"] == 2 and doc["stale"] is False
-    db = Store(settings.state_dir / DB_NAME)  # the daemon stopped long ago
-    db.db.execute("UPDATE docs SET updated_at = updated_at - 3600 WHERE key='status'")
-    db.close()
-    assert main_status(["--config", str(config)]) == 3
-    assert "STALE" in capsys.readouterr().out
+    stop = asyncio.Event()
+    outs: list[tuple[int, str]] = []
+
+    def on_tick(report: TickReport) -> None:
+        if len(outs) < 2:
+            outs.append((main_status(["--config", str(config)]), capsys.readouterr().out))
+            outs.append((main_status(["--state-dir", str(settings.state_dir), "--json"]), ""))
+            outs[-1] = (outs[-1][0], capsys.readouterr().out)
+            stop.set()
+
+    assert await serve(settings, True, on_tick=on_tick, stop=stop) == 0
+    (code, out), (json_code, json_out) = outs
+    assert code == 0 and "2/2 rigs read" in out and "DRY-RUN" in out, out
+    doc = json.loads(json_out)
+    assert json_code == 0 and doc["observed"] == 2 and doc["stale"] is False
+    assert doc["state"] == "running"
+    assert main_status(["--config", str(config)]) == 3  # stopped since
+    assert "STOPPED" in capsys.readouterr().out
 
 
 def test_config_check_prints_the_effective_configuration_masked(

@@ -177,10 +177,14 @@ def _power_source(cfg: PowerSourceConfig, client: httpx.AsyncClient, currency: s
     if isinstance(cfg, FixedPowerConfig):
         return pw.FixedPrice(cfg.value_per_kwh, currency=currency, name=cfg.name or "fixed-power")
     if isinstance(cfg, TouConfig):
-        windows = [
-            tou.TouWindow.parse(w.days, w.start, w.end, w.price_per_kwh, name=w.name)
-            for w in cfg.windows
-        ]
+        windows = []
+        for j, w in enumerate(cfg.windows):
+            try:
+                windows.append(
+                    tou.TouWindow.parse(w.days, w.start, w.end, w.price_per_kwh, name=w.name)
+                )
+            except ValueError as exc:
+                raise ValueError(f"windows[{j}]: {exc}") from None
         return tou.TimeOfUse(
             windows,
             cfg.tz,

@@ -154,6 +154,11 @@ class Bridge:
             ):
                 self._put(topic, config)
 
+    def update_info(self, **fields: Any) -> None:
+        """Change fields of the retained info document (e.g. ``last_reload``) and publish it."""
+        self.info.update(fields)
+        self._put(self.topics.info, {**self.info, "version": self._version})
+
     def on_tick(self, report: TickReport) -> None:
         """Publish what this tick saw and decided, and answer the commands it settles."""
         for answer in self.desk.after_tick(report):
