@@ -6,11 +6,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics bench-persist backtest-sample soak clean
 
+# pip runs --quiet (its output is hundreds of lines); these echo lines say what is going on.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "make setup: creating the virtual environment $(VENV) with $(PYTHON) ($$($(PYTHON) --version 2>&1))"
 	$(PYTHON) -m venv $(VENV)
+	@echo "make setup: installing rigpilot and the exact dependency versions of constraints.txt into $(VENV)"
+	@echo "make setup: this takes a minute or two and prints nothing more unless something fails"
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+	@echo "make setup: done; next: make demo (a simulated fleet), make test"
 
 setup: $(STAMP)
 

@@ -143,7 +143,10 @@ def main_config(argv: Sequence[str]) -> int:
         help="validate a configuration and print the effective one, secrets masked",
         description="Validate FILE (default: $RIGPILOT_CONFIG, then /etc/rigpilot/rigpilot.toml)"
         " with the RIGPILOT_* environment applied, as `rigpilot run` would; print the "
-        "effective configuration with secrets masked. Exit status 2 names every problem.",
+        "effective configuration with secrets masked. Exit status 2 names every problem. "
+        "Warnings (the exit status stays 0) name what would not work as meant under the "
+        "shipped systemd unit: a file its dynamic user could not read, a secret every local "
+        "user can read, no rigs, no power price source.",
     )
     check.add_argument("file", nargs="?", type=Path, default=None)
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
@@ -161,6 +164,10 @@ def main_config(argv: Sequence[str]) -> int:
     settings = _settings(args.file, "rigpilot config check")
     if settings is None:
         return 2
+    from daemon.config_warnings import config_warnings
+
+    for warning in config_warnings(settings, path):
+        print(f"rigpilot config check: warning: {warning}", file=sys.stderr)
     problems = semantic_problems(settings)
     for problem in problems:
         print(f"rigpilot config check: {problem}", file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import select
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -21,38 +24,113 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rigpilot",
-        description="Controller daemon for Bitcoin ASIC mining fleets.",
-    )
-    p.add_argument("--version", action="version", version=f"rigpilot {__version__}")
+# A program killed by SIGPIPE is reported by the shell as 128 + 13; exiting with that status
+# when stdout's reader went away (`rigpilot observe ... | head`) keeps the convention, so
+# `set -o pipefail` scripts see the same as with any other Unix tool.
+EXIT_BROKEN_PIPE = 141
+
+EPILOG = """\
+The global options (--log-level, --log-json) may also follow COMMAND.
+
+exit status: 0 done; 1 nothing answered (observe: no rig could be read; scan: no rig found;
+market: a price with sources configured could not be had); 2 invalid command line or
+configuration; 3 partial or stale (observe: some rigs could not be read; status: the daemon's
+summary is stale or missing); 141 stdout was closed early (a pipe into head): the rest of the
+output is dropped quietly, as the shell reports a program ended by SIGPIPE. COMMAND --help
+says more."""
+
+
+def _add_global_options(p: argparse.ArgumentParser, default: object = None) -> None:
+    """--log-level and --log-json; ``default=argparse.SUPPRESS`` leaves unset ones out."""
     p.add_argument(
         "--log-level",
-        default="info",
+        default="info" if default is None else default,
         choices=("debug", "info", "warning", "error"),
         help="default: info",
     )
     p.add_argument(
         "--log-json",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=default,
         help="JSON log lines (default: JSON unless stderr is a terminal)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rigpilot",
+        description="Controller daemon for Bitcoin ASIC mining fleets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"rigpilot {__version__}")
+    _add_global_options(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
+def split_global_options(
+    args: argparse.Namespace, rest: Sequence[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    """Take the global options given after the subcommand out of ``rest`` (the subcommand's
+    arguments) into ``args``; a value given there wins over one given before the subcommand.
+    Nothing after a ``--`` is taken."""
+    cut = list(rest).index("--") if "--" in rest else len(rest)
+    trailing = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_global_options(trailing, default=argparse.SUPPRESS)
+    found, left = trailing.parse_known_args(list(rest[:cut]))
+    return argparse.Namespace(**{**vars(args), **vars(found)}), [*left, *rest[cut:]]
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout (or stderr) is a pipe or socket whose reading end has been closed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):
+            continue
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            continue
+        poll = select.poll()
+        poll.register(fd, 0)  # POLLERR and POLLHUP are always reported
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0)):
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rigpilot`` console script; returns the exit status."""
+    """Entry point of the ``rigpilot`` console script; returns the exit status.
+
+    When the reader of stdout goes away (``rigpilot market --json | head``) the command stops
+    quietly with :data:`EXIT_BROKEN_PIPE` instead of a BrokenPipeError traceback. A
+    BrokenPipeError from anything else (a socket) is not hidden.
+    """
+    try:
+        status = _dispatch(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a broken pipe is a traceback
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # As the Python documentation advises: point stdout at /dev/null so that the flush at
+        # exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    args, rest = split_global_options(args, rest)
     from daemon.logsetup import configure_logging
 
     configure_logging(level=args.log_level, json=args.log_json, stream=sys.stderr)

@@ -46,6 +46,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from daemon.control_config import ControlSettings
 from daemon.logsetup import REDACTED, is_secret_key
 from daemon.market.config import MarketSettings
+from daemon.rig_address import check_rig_address
 
 __all__ = [
     "CONFIG_PATH_ENV_VAR",
@@ -165,7 +166,7 @@ class MetricsSettings(_Section):
 class RigConfig(_Section):
     """One ``[[rigs]]`` entry: a rig this instance owns."""
 
-    address: str = Field(min_length=1, description="IP address or host name of the rig")
+    address: str = Field(min_length=1, description="IPv4 or IPv6 address of the rig")
     # None: detect the rig's make and firmware.
     driver: str | None = None
     # Operator-defined group (row, container, PDU): commands can address a whole group.
@@ -175,6 +176,11 @@ class RigConfig(_Section):
     @classmethod
     def _strip_address(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        return check_rig_address(value)
 
 
 class Settings(BaseSettings):

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from daemon import aio
 from daemon.observer import Observer, ObserverSettings
+from daemon.rig_address import check_rig_address
 from drivers.inventory import IdentifyFailure, Inventory, InventoryError, scan
 from policies.values import Identity, Observation, ObservationFailure, Reading
 
@@ -22,7 +23,9 @@ def _cache(args: argparse.Namespace) -> Path | None:
 
 def scan_parser(prog: str = "rigpilot scan") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Find and identify the rigs in address ranges."
+        prog=prog,
+        description="Find and identify the rigs in address ranges.",
+        epilog="exit status: 0 at least one rig identified; 1 none found; 2 invalid arguments",
     )
     p.add_argument("ranges", nargs="+", metavar="CIDR", help="e.g. 10.0.4.0/24 or 10.0.4.17")
     p.add_argument("--json", action="store_true", help="one JSON object per rig per line")
@@ -34,11 +37,21 @@ def scan_parser(prog: str = "rigpilot scan") -> argparse.ArgumentParser:
     return p
 
 
+def _rig_address(text: str) -> str:
+    try:
+        return check_rig_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def observe_parser(prog: str = "rigpilot observe") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Identify rigs (or use the cache) and read each one once."
+        prog=prog,
+        description="Identify rigs (or use the cache) and read each one once.",
+        epilog="exit status: 0 every rig read; 1 no rig could be read; 2 invalid arguments; "
+        "3 some rigs could not be read (each is listed with the reason)",
     )
-    p.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS", type=_rig_address)
     p.add_argument("--json", action="store_true", help="one JSON object per rig per line")
     p.add_argument("--concurrency", type=int, default=256, help="rigs read at once (256)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to read one rig (5)")
@@ -85,13 +98,13 @@ def main_scan(argv: Sequence[str], out: TextIO | None = None) -> int:
             inventory.put(result)
         print(_identity_line(result, args.json), file=out)
     inventory.save()
+    found = sum(isinstance(r, Identity) for r in results)
     if not args.json:
-        found = sum(isinstance(r, Identity) for r in results)
         print(
             f"{found} rig(s) identified, {len(results) - found} answering but not identified",
             file=out,
         )
-    return 0
+    return 0 if found else 1
 
 
 def _reading_line(reading: Reading, as_json: bool) -> str:
@@ -153,4 +166,12 @@ def main_observe(argv: Sequence[str], out: TextIO | None = None) -> int:
         for r in readings
     ):
         print("* estimated power (the rig reports none)", file=out)
-    return 0
+    return observe_status(readings)
+
+
+def observe_status(readings: Sequence[Reading]) -> int:
+    """0: every rig read; 1: none could be; 3: some could not be."""
+    read = sum(isinstance(r, Observation) for r in readings)
+    if read == 0:
+        return 1
+    return 0 if read == len(readings) else 3

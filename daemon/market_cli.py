@@ -27,6 +27,8 @@ def parser(prog: str = "rigpilot market") -> argparse.ArgumentParser:
         description="Fetch the hashprice and power price from the configured sources (in "
         "priority order) and print them with their source and age, and the break-even of "
         "every catalogue model in each mode.",
+        epilog="exit status: 0 every price with a source configured was had; 1 one could not "
+        "be had (all its sources failed: each is listed); 2 invalid configuration",
     )
     p.add_argument(
         "--config",
@@ -198,4 +200,12 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         print(json.dumps(doc), file=out)
     else:
         _print_table(doc, out)
-    return 0
+    return market_status(state)
+
+
+def market_status(state: MarketState) -> int:
+    """1 when a price that has sources configured could not be had (or none at all), else 0."""
+    kinds = {s.kind for s in state.sources}
+    had = [kind for kind in QuoteKind if state.quote(kind) is not None]
+    missing = [kind for kind in kinds if state.quote(kind) is None]
+    return 1 if missing or not had else 0

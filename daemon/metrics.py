@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import bisect
+import errno
 import gzip
 import socket
 import threading
@@ -211,6 +212,29 @@ class MetricsServer:
 
 # -------------------------------------------------------------------------------------------
 # The metrics
+
+
+def listen_error(address: str, port: int, exc: OSError) -> str:
+    """One line for an operator: why ``[metrics]`` cannot listen, and what to do."""
+    where = f"[metrics] port {port} on address {address}"
+    if isinstance(exc, socket.gaierror):  # its errno is a resolver code, not an OS one
+        return f"{where}: not a usable address ({exc.strerror}): fix [metrics] address"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: already in use (another program, or another rigpilot, listens there): "
+            "stop it or choose another [metrics] port (RIGPILOT_METRICS__PORT)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {address} is not an address of this machine: set [metrics] address "
+            "to one of its addresses (127.0.0.1 for this machine only, 0.0.0.0 for all)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"{where}: permission denied (ports below 1024 need privileges the service "
+            "does not have): choose a [metrics] port of 1024 or above"
+        )
+    return f"{where}: cannot listen: {exc.strerror or exc}: fix [metrics] or disable it"
 
 
 class Metrics(Collector):
@@ -419,7 +443,10 @@ class Metrics(Collector):
             return [body]
 
         server_class = _Server6 if ":" in address else _Server
-        server = make_server(address, port, app, server_class, handler_class=_QuietHandler)
+        try:
+            server = make_server(address, port, app, server_class, handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ValueError(listen_error(address, port, exc)) from None
         thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
         thread.start()
         return MetricsServer(server, thread)

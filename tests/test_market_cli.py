@@ -135,7 +135,9 @@ usd_per_unit = 1.08
 type = "awattar"
 """,
     )
-    assert main(["--config", str(config)]) == 0  # same currency: no fx needed
+    # same currency: no fx needed, so no configuration error (exit 2); with no network here,
+    # neither price can be had (exit 1)
+    assert main(["--config", str(config)]) == 1
     config = write_config(
         tmp_path,
         """

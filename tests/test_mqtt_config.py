@@ -55,8 +55,46 @@ def test_tls_context_with_a_client_certificate(tmp_path: Path) -> None:
     broken = MqttSettings.model_validate(
         {"tls": {"enabled": True, "ca_file": tmp_path / "missing-ca.pem"}}
     )
-    with pytest.raises(ValueError, match=r"mqtt\.tls: cannot load certificates"):
+    with pytest.raises(ValueError, match=r"mqtt\.tls\.ca_file .*missing-ca\.pem cannot be read"):
         tls_context(broken)
+
+
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        ("missing ca", r"mqtt\.tls\.ca_file {ca} cannot be read: No such file"),
+        ("missing cert", r"mqtt\.tls\.cert_file {cert} cannot be read: No such file"),
+        ("missing key", r"mqtt\.tls\.key_file {key} cannot be read: No such file"),
+        ("garbage ca", r"mqtt\.tls\.ca_file {ca}: not a PEM CA certificate"),
+        ("garbage cert", r"mqtt\.tls\.cert_file {cert}: not a PEM certificate"),
+        ("garbage key", r"mqtt\.tls\.key_file {key}: not a PEM private key"),
+        ("other key", r"mqtt\.tls\.key_file {key} is not the key of mqtt\.tls\.cert_file {cert}"),
+    ],
+)
+def test_tls_errors_name_the_file_and_what_is_wrong(tmp_path: Path, case: str, expect: str) -> None:
+    pki = make_pki(tmp_path)
+    files = {"ca": pki["ca"], "cert": pki["client"], "key": pki["client_key"]}
+    what, name = case.split()
+    if what == "missing":
+        files[name] = tmp_path / f"no-{name}.pem"
+    elif what == "garbage":
+        files[name] = tmp_path / f"garbage-{name}.pem"
+        files[name].write_text("not PEM at all\n")
+    else:
+        files["key"] = pki["server_key"]  # a real key, of another certificate
+    settings = MqttSettings.model_validate(
+        {
+            "tls": {
+                "enabled": True,
+                "ca_file": files["ca"],
+                "cert_file": files["cert"],
+                "key_file": files["key"],
+            }
+        }
+    )
+    pattern = expect.format(**{k: re.escape(str(v)) for k, v in files.items()})
+    with pytest.raises(ValueError, match=pattern):
+        tls_context(settings)
 
 
 def test_a_certificate_without_its_key_is_a_config_error(tmp_path: Path) -> None:

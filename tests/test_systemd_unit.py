@@ -120,7 +120,9 @@ def contract_problems(text: str) -> list[str]:
     expect(s, "KillMode", "mixed")
     expect(s, "DynamicUser", "yes")
 
-    # The watchdog is fed once per tick: allow at least three ticks before killing the daemon.
+    # WATCHDOG=1 comes every WatchdogSec/2 from the event loop; the daemon judges slow ticks
+    # itself (wedged_after_s). WatchdogSec is the grace for an event loop blocked outright:
+    # keep it generous, at least three default ticks.
     tick_s = ControlSettings.model_fields["tick_s"].default
     watchdog = [seconds(v) for v in s.get("WatchdogSec", [])]
     if not watchdog or watchdog[-1] < 3 * tick_s:

@@ -88,13 +88,50 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     tls = settings.tls
     if not tls.enabled:
         return None
+    files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
+    for key, path in files.items():
+        if path is not None:
+            _check_readable(f"mqtt.tls.{key}", path)
     try:
         ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file is not None and tls.key_file is not None:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"mqtt.tls: cannot load certificates: {exc}") from None
+        raise ValueError(
+            f"mqtt.tls.ca_file {tls.ca_file}: not a PEM CA certificate ({_ssl_reason(exc)})"
+        ) from None
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(_cert_chain_error(tls.cert_file, tls.key_file, exc)) from None
     return ctx
+
+
+def _check_readable(key: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        hint = ""
+        if str(path).startswith("/run/credentials/"):
+            hint = " (a systemd credential: it exists only while the service runs)"
+        raise ValueError(f"{key} {path} cannot be read: {exc.strerror or exc}{hint}") from None
+
+
+def _ssl_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc.strerror or exc)
+
+
+def _cert_chain_error(cert: Path, key: Path, exc: OSError) -> str:
+    """Which of the client certificate and key is wrong, as far as the files tell."""
+    reason = _ssl_reason(exc)
+    if reason == "KEY_VALUES_MISMATCH":
+        return f"mqtt.tls.key_file {key} is not the key of mqtt.tls.cert_file {cert}"
+    if b"-----BEGIN CERTIFICATE-----" not in cert.read_bytes():
+        return f"mqtt.tls.cert_file {cert}: not a PEM certificate ({reason})"
+    if b"PRIVATE KEY-----" not in key.read_bytes():
+        return f"mqtt.tls.key_file {key}: not a PEM private key ({reason})"
+    return f"mqtt.tls.cert_file {cert} / key_file {key}: cannot be loaded ({reason})"
 
 
 @dataclass(frozen=True, slots=True)
