@@ -81,7 +81,7 @@ def test_every_subcommand_takes_the_global_options_after_it(
         status = exc.code
     err = capsys.readouterr().err
     assert "unrecognized arguments" not in err
-    assert status == {"config": 0, "status": 3, "market": 0, "observe": 2, "scan": 2}[command]
+    assert status == {"config": 0, "status": 5, "market": 0, "observe": 2, "scan": 2}[command]
 
 
 def test_split_global_options() -> None:
