@@ -149,6 +149,16 @@ class AntminerStock(RigDriver):
         self.alive_at_conf: tuple[bool, ...] = ()
         self.conf_read_at = float("-inf")
         self.conf_due = True
+        self.web: webdigest.WebSession | None = None
+        self.web_port = webdigest.WEB_PORT
+        self.rpc_port = RPC_PORT
+
+    def _web(self) -> webdigest.WebSession:
+        """The rig's web session (one connection per burst, the digest challenge kept)."""
+        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
+        if self.web is None or self.web.password != password:
+            self.web = webdigest.WebSession(self.identity.address, "root", password, self.web_port)
+        return self.web
 
     @property
     def capabilities(self) -> Capabilities:
@@ -156,7 +166,9 @@ class AntminerStock(RigDriver):
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         deadline = time.monotonic() + timeout_s
-        reply = await request(self.identity.address, RPC_PORT, b'{"command":"stats"}', timeout_s)
+        reply = await request(
+            self.identity.address, self.rpc_port, b'{"command":"stats"}', timeout_s
+        )
         status = antminer_stats(decode(reply), self.expected_boards)
         self.check_fingerprint(status.fingerprint)
         note: tuple[str, ...] = ()
@@ -189,11 +201,16 @@ class AntminerStock(RigDriver):
         return tuple(b.alive for b in status.boards)
 
     async def _read_conf(self, timeout_s: float, now: float) -> None:
-        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
+        web = self._web()
         try:
-            conf = await webdigest.get_json(
-                self.identity.address, "/cgi-bin/get_miner_conf.cgi", "root", password, timeout_s
-            )
+            await self._read_conf_on(web, timeout_s, now)
+        finally:
+            await web.release()
+
+    async def _read_conf_on(self, web: webdigest.WebSession, timeout_s: float, now: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            conf = await web.get_json("/cgi-bin/get_miner_conf.cgi", timeout_s)
         except DriverError as exc:
             raise DriverError(exc.kind, f"get_miner_conf: {exc.detail}") from None
         if "bitmain-work-mode" not in conf:
@@ -204,8 +221,8 @@ class AntminerStock(RigDriver):
         # Stock firmware reports its error codes only in the web summary: read them with the
         # configuration (first read, after a command, when the hashrate or boards change).
         try:
-            summary = await webdigest.get_json(
-                self.identity.address, "/cgi-bin/summary.cgi", "root", password, timeout_s
+            summary = await web.get_json(
+                "/cgi-bin/summary.cgi", max(0.05, deadline - time.monotonic())
             )
         except DriverError:
             return  # the mode is what matters; errors are refreshed on the next read
@@ -223,27 +240,23 @@ class AntminerStock(RigDriver):
             Mode.LOW: MiningModeConfig.low,
             Mode.NORMAL: MiningModeConfig.normal,
         }[mode]()
-        # What pyasic's get_config + send_config do, over our keep-alive digest client (one
-        # request each instead of four): pyasic still knows the format both ways.
-        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
-        address = self.identity.address
+        # What pyasic's get_config + send_config do, over the rig's web session (one
+        # connection, the digest challenge remembered): pyasic still knows the format both ways.
+        web = self._web()
         deadline = time.monotonic() + timeout_s
         try:
-            conf = await webdigest.get_json(
-                address, "/cgi-bin/get_miner_conf.cgi", "root", password, timeout_s
-            )
+            conf = await web.get_json("/cgi-bin/get_miner_conf.cgi", timeout_s)
             config = MinerConfig.from_am_modern(conf)
             config.mining_mode = wanted
-            reply = await webdigest.post_json(
-                address,
+            reply = await web.post_json(
                 "/cgi-bin/set_miner_conf.cgi",
                 config.as_am_modern(),
-                "root",
-                password,
                 max(0.1, deadline - time.monotonic()),
             )
         except DriverError as exc:
             raise DriverError(exc.kind, f"set mode {mode.value}: {exc.detail}") from None
+        finally:
+            await web.release()
         self.conf_due = True  # an OK from stock firmware is no proof: look, don't trust
         return ApplyResult(
             True,
