@@ -8,6 +8,7 @@ selection function, so a restart or a command costs no detection at all.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from pyasic.miners.factory import MINER_CLASSES, MinerFactory, MinerTypes
@@ -45,6 +46,18 @@ def classify(miner: Any, version: str | None) -> dict[str, str] | None:
                         "pyasic_model": key,
                         "pyasic_version": version,
                     }
+    # A model pyasic does not list: its factory chose the make's fallback class
+    # ("AntminerUnknown", "WhatsminerUnknown"), which the make and no model rebuild.
+    for mtype, classes in MINER_CLASSES.items():
+        fallback = classes.get(None)
+        if fallback is not None and isinstance(miner, fallback):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pyasic's "partially supported" warning
+                rebuilt = MinerFactory._select_miner_from_classes(
+                    address, miner_model=None, miner_type=mtype, version=version or None
+                )
+            if _signature(rebuilt) == wanted:
+                return {"pyasic_type": mtype.name, "pyasic_model": "", "pyasic_version": version}
     return None
 
 
@@ -68,7 +81,7 @@ def miner_for(identity: Identity) -> Any:
     if miner is None:
         miner = MinerFactory._select_miner_from_classes(
             identity.address,
-            miner_model=key[2],
+            miner_model=key[2] or None,  # "": a model pyasic does not list (its fallback class)
             miner_type=MinerTypes[key[1]],
             version=key[3] or None,
         )

@@ -79,6 +79,7 @@ def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> O
         power_limit_w=status.power_limit_w,
         errors=status.errors,
         uptime_s=status.uptime_s,
+        model_unknown=driver.entry is None,
     )
 
 
@@ -118,13 +119,27 @@ def _web_errors(summary: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def _web_watts(stats: dict[str, Any]) -> float | None:
+    """The wall power newer stock firmware (2023+) reports in its web ``stats``
+    (``STATS[0].watt``); None when it does not."""
+    try:
+        watt = stats["STATS"][0]["watt"]
+    except (LookupError, TypeError):
+        return None
+    if isinstance(watt, bool) or not isinstance(watt, int | float) or not 0 < watt < 100_000:
+        return None
+    return float(watt)
+
+
 class AntminerStock(RigDriver):
     """Stock Bitmain firmware: cgminer RPC for status, the web UI for configuration.
 
-    The RPC says nothing about the configured mode, and the web UI costs two HTTP requests
-    with digest auth, so the mode is read from ``get_miner_conf`` only at first, after a
-    command, every CONF_REFRESH_S, and when the hashrate contradicts the known mode. Stock
+    The RPC says nothing about the configured mode, and the web UI costs HTTP requests with
+    digest auth, so the mode is read from ``get_miner_conf`` only at first, after a command,
+    every CONF_REFRESH_S, and when the hashrate contradicts the known mode. Older stock
     firmware reports no watts: power is estimated from the model, mode and measured hashrate.
+    Newer firmware reports them in its web ``stats`` (seen with the configuration): on those
+    rigs each observation also reads ``stats.cgi`` (one request) and the reported watts win.
     """
 
     name = "antminer-stock"
@@ -150,6 +165,8 @@ class AntminerStock(RigDriver):
         self.conf_read_at = float("-inf")
         self.conf_due = True
         self.web: webdigest.WebSession | None = None
+        self.reports_watts = False  # the firmware's web stats carry "watt" (seen at a conf read)
+        self.watts: float | None = None
         self.web_port = webdigest.WEB_PORT
         self.rpc_port = RPC_PORT
 
@@ -160,9 +177,18 @@ class AntminerStock(RigDriver):
             self.web = webdigest.WebSession(self.identity.address, "root", password, self.web_port)
         return self.web
 
+    _CAPS_WATTS = replace(
+        _CAPS,
+        reports_power=True,
+        notes=(
+            "this firmware reports its power in the web stats",
+            *_CAPS.notes[1:],
+        ),
+    )
+
     @property
     def capabilities(self) -> Capabilities:
-        return self._CAPS
+        return self._CAPS_WATTS if self.reports_watts else self._CAPS
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         deadline = time.monotonic() + timeout_s
@@ -183,6 +209,10 @@ class AntminerStock(RigDriver):
                 # The status read succeeded: report it, with the mode as last known (or
                 # unknown) and why, rather than failing the whole observation.
                 note = (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
+        elif self.reports_watts:
+            note = await self._read_watts(deadline)
+        if self.reports_watts and self.watts is not None:
+            status = replace(status, power_w=self.watts)
         obs = _observation(self, status, self.known_mode or Mode.UNKNOWN, now)
         errors = self.web_errors + note
         return replace(obs, errors=obs.errors + errors) if errors else obs
@@ -227,6 +257,30 @@ class AntminerStock(RigDriver):
         except DriverError:
             return  # the mode is what matters; errors are refreshed on the next read
         self.web_errors = _web_errors(summary)
+        left = deadline - time.monotonic()
+        if left > 0.05:
+            try:
+                stats = await web.get_json("/cgi-bin/stats.cgi", left)
+            except DriverError:
+                self.watts = None
+                return
+            self.watts = _web_watts(stats)
+            self.reports_watts = self.watts is not None
+
+    async def _read_watts(self, deadline: float) -> tuple[str, ...]:
+        """This cycle's reported watts (web ``stats``); a note when they cannot be read."""
+        web = self._web()
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                raise DriverError(FailureKind.TIMEOUT, "no time left in the deadline")
+            self.watts = _web_watts(await web.get_json("/cgi-bin/stats.cgi", left))
+        except DriverError as exc:
+            self.watts = None
+            return (f"power not read: stats {exc.kind.value}: {exc.detail}",)
+        finally:
+            await web.release()
+        return () if self.watts is not None else ("power not read: stats without watt",)
 
     async def apply(
         self,

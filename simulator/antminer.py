@@ -762,6 +762,8 @@ def _cgi_stats(rig: SimRig, req: HttpRequest) -> HttpResponse:
         "freq-level": int(st.freq_level) if st.freq_level.isdigit() else 100,
         "chain": chains,
     }
+    if rig.spec.web_watt:
+        stats["watt"] = round(snap.power_w)
     return _json({"STATUS": _web_status("stats", when), "INFO": _web_info(rig), "STATS": [stats]})
 
 
