@@ -73,6 +73,7 @@ class WebSession:
         self.max_body = max_body
         self._auth = httpx.DigestAuth(user, password)
         self._conn: _Connection | None = None
+        self._requests: dict[tuple[str, str], httpx.Request] = {}
         self._base = f"http://{host}" if port == WEB_PORT else f"http://{host}:{port}"
         self._host_header = host if port == WEB_PORT else f"{host}:{port}"
 
@@ -144,24 +145,43 @@ class WebSession:
     async def _authenticated(
         self, method: str, uri: str, body: bytes | None
     ) -> tuple[int, httpx.Headers, bytes]:
-        """Run httpx's digest flow over our connection: the request, and again on a 401."""
-        headers = {"Host": self._host_header, "Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        request = httpx.Request(method, self._base + uri, headers=headers, content=body)
+        """Run httpx's digest flow over our connection: the request, and again on a 401.
+
+        The flow needs only the method and the URI (no auth-int), so one bodiless
+        ``httpx.Request`` per method and URI stands for every request sent there.
+        """
+        request = self._requests.get((method, uri))
+        if request is None:
+            request = self._requests[method, uri] = httpx.Request(method, self._base + uri)
+        request.headers.pop("Authorization", None)
         flow = self._auth.sync_auth_flow(request)
-        request = next(flow)
-        while True:
-            status, reply_headers, reply = await self._exchange(request, body)
-            response = httpx.Response(status, headers=reply_headers, request=request)
-            try:
-                request = flow.send(response)
-            except StopIteration:
-                return status, response.headers, reply
+        try:
+            request = next(flow)
+            status, raw, reply = await self._exchange(method, uri, body, request)
+            if status == 401:
+                challenge = httpx.Response(401, headers=raw, request=request)
+                try:
+                    request = flow.send(challenge)
+                except StopIteration:
+                    return status, challenge.headers, reply
+                status, raw, reply = await self._exchange(method, uri, body, request)
+        finally:
+            flow.close()
+        return status, httpx.Headers(raw), reply
 
     async def _exchange(
-        self, request: httpx.Request, body: bytes | None
+        self, method: str, uri: str, body: bytes | None, auth: httpx.Request
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = [(b"Host", self._host_header.encode()), (b"Accept", b"application/json")]
+        authorization = auth.headers.get("Authorization")
+        if authorization is not None:
+            headers.append((b"Authorization", authorization.encode()))
+        if body is not None:
+            headers += [
+                (b"Content-Type", b"application/json"),
+                (b"Content-Length", str(len(body)).encode()),
+            ]
+        request = h11.Request(method=method, target=uri, headers=headers)
         for attempt in (1, 2):
             conn = self._conn
             if conn is None:
@@ -178,17 +198,11 @@ class WebSession:
         raise AssertionError("unreachable")
 
     async def _roundtrip(
-        self, conn: _Connection, request: httpx.Request, body: bytes | None
+        self, conn: _Connection, request: h11.Request, body: bytes | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         machine = conn.h11
         reused, conn.used = conn.used, True
-        out = machine.send(
-            h11.Request(
-                method=request.method,
-                target=request.url.raw_path,
-                headers=request.headers.raw,
-            )
-        )
+        out = machine.send(request)
         if body is not None:
             out += machine.send(h11.Data(data=body))
         out += machine.send(h11.EndOfMessage())
@@ -216,7 +230,7 @@ class WebSession:
                 if size > self.max_body:
                     raise DriverError(
                         FailureKind.BAD_REPLY,
-                        f"web UI {request.url.raw_path.decode()}: reply over {self.max_body} bytes",
+                        f"web UI {request.target.decode()}: reply over {self.max_body} bytes",
                     )
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
