@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from drivers import catalogue
+from drivers.pyasic_miner import NotClassified
 from drivers.transport import DriverError, RigChanged
 from policies.values import Capabilities, FailureKind, Identity, Mode, Observation
 
@@ -17,7 +18,7 @@ _T = TypeVar("_T")
 
 def _contained(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
     """``method``, with any exception but DriverError, UnsupportedMode and cancellation turned
-    into a DriverError: a LookupError from a missing pyasic classification is UNKNOWN_MINER
+    into a DriverError: a missing pyasic classification (NotClassified) is UNKNOWN_MINER
     (re-identify the rig), anything else BAD_REPLY naming the exception."""
 
     @functools.wraps(method)
@@ -26,12 +27,8 @@ def _contained(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[
             return await method(self, *args, **kwargs)
         except (DriverError, UnsupportedMode):
             raise
-        except LookupError as exc:
-            if "classification" in str(exc):
-                raise DriverError(FailureKind.UNKNOWN_MINER, f"{exc}: re-identify it") from None
-            raise DriverError(
-                FailureKind.BAD_REPLY, f"{self.name}: {type(exc).__name__}: {exc}"
-            ) from None
+        except NotClassified as exc:
+            raise DriverError(FailureKind.UNKNOWN_MINER, f"{exc}: re-identify it") from None
         except Exception as exc:
             raise DriverError(
                 FailureKind.BAD_REPLY, f"{self.name}: {type(exc).__name__}: {exc}"

@@ -18,6 +18,10 @@ from policies.values import Identity
 _CACHE: dict[tuple[str, str, str, str, str], Any] = {}
 
 
+class NotClassified(LookupError):
+    """The identity carries no pyasic classification: the rig must be identified again."""
+
+
 def _signature(miner: Any) -> tuple[str, ...]:
     # pyasic builds some classes at run time (BTMiner picks its V2/V3 base by firmware date),
     # so compare the whole ancestry by name, not the class object.
@@ -64,7 +68,7 @@ def classify(miner: Any, version: str | None) -> dict[str, str] | None:
 def miner_for(identity: Identity) -> Any:
     """A pyasic miner object for ``identity``, rebuilt from its cached classification.
 
-    Raises LookupError when the identity carries no classification (re-identify the rig).
+    Raises NotClassified when the identity carries no classification (re-identify the rig).
     """
     extra = identity.extra
     try:
@@ -76,7 +80,7 @@ def miner_for(identity: Identity) -> Any:
             identity.firmware,
         )
     except KeyError:
-        raise LookupError(f"{identity.address}: no cached pyasic classification") from None
+        raise NotClassified(f"{identity.address}: no cached pyasic classification") from None
     miner = _CACHE.get(key)
     if miner is None:
         miner = MinerFactory._select_miner_from_classes(
