@@ -94,16 +94,41 @@ class Confirmation:
 
 
 def satisfied(target: Target, reading: Reading | None) -> bool:
-    """True when ``reading`` shows the rig in ``target``'s state."""
+    """True when ``reading`` shows the rig in ``target``'s state.
+
+    A power limit is a setting on top of the power mode, not a mode a rig reports (a
+    Whatsminer keeps its normal/low/high power mode under ``adjust_power_limit``; pyasic's
+    ``set_power_limit`` sets Braiins' power target): ``limit W`` is shown by the reported power
+    limit W while the rig runs, in whatever power mode (``Mode.LIMIT`` itself is accepted too).
+    """
     if not isinstance(reading, Observation):
         return False
+    if target.mode is Mode.LIMIT:
+        return reading.power_limit_w == target.power_limit_w and reading.mode not in (
+            Mode.SLEEP,
+            Mode.UNKNOWN,
+        )
     if reading.mode is not target.mode:
         return False
-    if target.mode is Mode.LIMIT:
-        return reading.power_limit_w == target.power_limit_w
     if target.mode is Mode.SLEEP:
         return not reading.mining
     return True
+
+
+def shown(target: Target, reading: Reading | None) -> str:
+    """What ``reading`` shows of ``target``'s kind of state, for messages ("normal",
+    "normal at power limit 3600 W")."""
+    if not isinstance(reading, Observation):
+        return "nothing"
+    if target.mode is Mode.LIMIT and reading.mode not in (Mode.SLEEP, Mode.UNKNOWN):
+        limit = "no" if reading.power_limit_w is None else f"{reading.power_limit_w} W"
+        return f"{reading.mode.value} at power limit {limit}"
+    return reading.mode.value
+
+
+def wanted(mode: Mode, power_limit_w: int | None) -> str:
+    """The target as messages name it ("sleep", "limit (power limit 2800 W)")."""
+    return f"limit (power limit {power_limit_w} W)" if mode is Mode.LIMIT else mode.value
 
 
 @dataclass

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import abc
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from drivers import catalogue
-from drivers.transport import RigChanged
-from policies.values import Capabilities, Identity, Mode, Observation
+from drivers.pyasic_miner import NotClassified
+from drivers.transport import DriverError, RigChanged
+from policies.values import Capabilities, FailureKind, Identity, Mode, Observation
+
+_T = TypeVar("_T")
+
+
+def _contained(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """``method``, with any exception but DriverError, UnsupportedMode and cancellation turned
+    into a DriverError: a missing pyasic classification (NotClassified) is UNKNOWN_MINER
+    (re-identify the rig), anything else BAD_REPLY naming the exception."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RigDriver, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return await method(self, *args, **kwargs)
+        except (DriverError, UnsupportedMode):
+            raise
+        except NotClassified as exc:
+            raise DriverError(FailureKind.UNKNOWN_MINER, f"{exc}: re-identify it") from None
+        except Exception as exc:
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"{self.name}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    return wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +57,20 @@ class UnsupportedMode(ValueError):
 
 
 class RigDriver(abc.ABC):
-    """Speaks to one rig. Instances keep per-rig state (e.g. what mode was last confirmed)."""
+    """Speaks to one rig. Instances keep per-rig state (e.g. what mode was last confirmed).
+
+    Every failure of ``observe`` and ``apply`` leaves them as a DriverError with a kind and a
+    detail (or UnsupportedMode): whatever else a subclass's code raises on a reply it did not
+    expect is turned into one here, for every driver (see :func:`_contained`).
+    """
 
     name: str = "abstract"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in ("observe", "apply"):
+            if method in cls.__dict__:
+                setattr(cls, method, _contained(cls.__dict__[method]))
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity

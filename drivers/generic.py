@@ -110,6 +110,7 @@ class PyasicGeneric(RigDriver):
                 str(e.error_message if hasattr(e, "error_message") else e) for e in data.errors
             ),
             uptime_s=data.uptime,
+            model_unknown=self.entry is None,
         )
 
     async def apply(

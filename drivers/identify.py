@@ -9,6 +9,7 @@ from typing import Any
 import pyasic
 from pyasic.miners.backends.antminer import AntminerModern
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
+from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
 from drivers.base import RigDriver
 from drivers.generic import PyasicGeneric
@@ -90,12 +91,17 @@ async def _why_not_found(address: str, timeout_s: float) -> DriverError:
 async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
     firmware_kind = str(miner.firmware)
     model = str(miner.raw_model or "unknown")
-    if isinstance(miner, AntminerModern) and firmware_kind == "Stock":
+    # A model pyasic does not list gets its fallback class (BMMiner-based "AntminerUnknown"):
+    # stock firmware all the same, read by the stock driver, not through pyasic's guesses.
+    stock_antminer = (AntminerModern, MINER_CLASSES[MinerTypes.ANTMINER][None])
+    if isinstance(miner, stock_antminer) and firmware_kind == "Stock":
         status = antminer_stats(
             decode(await request(address, RPC_PORT, b'{"command":"stats"}', timeout_s))
         )
         extra = _extra(miner, None, firmware_kind, status.fingerprint)
         firmware = status.fingerprint.split("|", 1)[1] or firmware_kind
+        if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
+            model = status.fingerprint.split("|", 1)[0].removeprefix("Antminer ") or model
         serial = await _quiet(miner.get_serial_number())
         mac = await _quiet(miner.get_mac())
         return Identity(

@@ -108,6 +108,9 @@ def pad_boards(boards: list[Board], expected: int | None) -> list[Board]:
     return sorted(boards, key=lambda b: b.index)
 
 
+_RATE_UNITS = {"GH": 1000.0, "TH": 1.0, "MH": 1e6}  # divisors to TH/s
+
+
 def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) -> Status:
     """Stock Antminer RPC ``stats``: boards, temperatures, fans, uptime, model and firmware.
 
@@ -120,7 +123,11 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
     if len(stats) < 2:
         raise _bad("STATS", "expected the version block and the device block")
     head, dev = stats[0], stats[1]
-    hashrate = _num(dev, "GHS 5s", "STATS[1]") / 1000.0
+    # "GHS 5s" and chain_rateN are in rate_unit (GH on every firmware seen; TH/MH accepted)
+    per_ths = _RATE_UNITS.get(str(dev.get("rate_unit", "GH")).upper().removesuffix("/S"))
+    if per_ths is None:
+        raise _bad("STATS[1].rate_unit", f"unknown unit {dev.get('rate_unit')!r}")
+    hashrate = _num(dev, "GHS 5s", "STATS[1]") / per_ths
     offset = -1
     for base in range(1, 16, 5):
         for n in range(5):
@@ -140,7 +147,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
         boards.append(
             Board(
                 index=i - offset,
-                hashrate_ths=(rate or 0.0) / 1000.0,
+                hashrate_ths=(rate or 0.0) / per_ths,
                 board_temp_c=max(pcb_temps) if pcb_temps else None,
                 chip_temp_c=max(chip_temps) if chip_temps else None,
                 chips=chips,

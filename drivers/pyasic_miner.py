@@ -8,6 +8,7 @@ selection function, so a restart or a command costs no detection at all.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from pyasic.miners.factory import MINER_CLASSES, MinerFactory, MinerTypes
@@ -15,6 +16,10 @@ from pyasic.miners.factory import MINER_CLASSES, MinerFactory, MinerTypes
 from policies.values import Identity
 
 _CACHE: dict[tuple[str, str, str, str, str], Any] = {}
+
+
+class NotClassified(LookupError):
+    """The identity carries no pyasic classification: the rig must be identified again."""
 
 
 def _signature(miner: Any) -> tuple[str, ...]:
@@ -45,13 +50,25 @@ def classify(miner: Any, version: str | None) -> dict[str, str] | None:
                         "pyasic_model": key,
                         "pyasic_version": version,
                     }
+    # A model pyasic does not list: its factory chose the make's fallback class
+    # ("AntminerUnknown", "WhatsminerUnknown"), which the make and no model rebuild.
+    for mtype, classes in MINER_CLASSES.items():
+        fallback = classes.get(None)
+        if fallback is not None and isinstance(miner, fallback):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pyasic's "partially supported" warning
+                rebuilt = MinerFactory._select_miner_from_classes(
+                    address, miner_model=None, miner_type=mtype, version=version or None
+                )
+            if _signature(rebuilt) == wanted:
+                return {"pyasic_type": mtype.name, "pyasic_model": "", "pyasic_version": version}
     return None
 
 
 def miner_for(identity: Identity) -> Any:
     """A pyasic miner object for ``identity``, rebuilt from its cached classification.
 
-    Raises LookupError when the identity carries no classification (re-identify the rig).
+    Raises NotClassified when the identity carries no classification (re-identify the rig).
     """
     extra = identity.extra
     try:
@@ -63,12 +80,12 @@ def miner_for(identity: Identity) -> Any:
             identity.firmware,
         )
     except KeyError:
-        raise LookupError(f"{identity.address}: no cached pyasic classification") from None
+        raise NotClassified(f"{identity.address}: no cached pyasic classification") from None
     miner = _CACHE.get(key)
     if miner is None:
         miner = MinerFactory._select_miner_from_classes(
             identity.address,
-            miner_model=key[2],
+            miner_model=key[2] or None,  # "": a model pyasic does not list (its fallback class)
             miner_type=MinerTypes[key[1]],
             version=key[3] or None,
         )

@@ -79,6 +79,7 @@ def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> O
         power_limit_w=status.power_limit_w,
         errors=status.errors,
         uptime_s=status.uptime_s,
+        model_unknown=driver.entry is None,
     )
 
 
@@ -118,13 +119,27 @@ def _web_errors(summary: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def _web_watts(stats: dict[str, Any]) -> float | None:
+    """The wall power newer stock firmware (2023+) reports in its web ``stats``
+    (``STATS[0].watt``); None when it does not."""
+    try:
+        watt = stats["STATS"][0]["watt"]
+    except (LookupError, TypeError):
+        return None
+    if isinstance(watt, bool) or not isinstance(watt, int | float) or not 0 < watt < 100_000:
+        return None
+    return float(watt)
+
+
 class AntminerStock(RigDriver):
     """Stock Bitmain firmware: cgminer RPC for status, the web UI for configuration.
 
-    The RPC says nothing about the configured mode, and the web UI costs two HTTP requests
-    with digest auth, so the mode is read from ``get_miner_conf`` only at first, after a
-    command, every CONF_REFRESH_S, and when the hashrate contradicts the known mode. Stock
+    The RPC says nothing about the configured mode, and the web UI costs HTTP requests with
+    digest auth, so the mode is read from ``get_miner_conf`` only at first, after a command,
+    every CONF_REFRESH_S, and when the hashrate contradicts the known mode. Older stock
     firmware reports no watts: power is estimated from the model, mode and measured hashrate.
+    Newer firmware reports them in its web ``stats`` (seen with the configuration): on those
+    rigs each observation also reads ``stats.cgi`` (one request) and the reported watts win.
     """
 
     name = "antminer-stock"
@@ -149,14 +164,37 @@ class AntminerStock(RigDriver):
         self.alive_at_conf: tuple[bool, ...] = ()
         self.conf_read_at = float("-inf")
         self.conf_due = True
+        self.web: webdigest.WebSession | None = None
+        self.reports_watts = False  # the firmware's web stats carry "watt" (seen at a conf read)
+        self.watts: float | None = None
+        self.web_port = webdigest.WEB_PORT
+        self.rpc_port = RPC_PORT
+
+    def _web(self) -> webdigest.WebSession:
+        """The rig's web session (one connection per burst, the digest challenge kept)."""
+        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
+        if self.web is None or self.web.password != password:
+            self.web = webdigest.WebSession(self.identity.address, "root", password, self.web_port)
+        return self.web
+
+    _CAPS_WATTS = replace(
+        _CAPS,
+        reports_power=True,
+        notes=(
+            "this firmware reports its power in the web stats",
+            *_CAPS.notes[1:],
+        ),
+    )
 
     @property
     def capabilities(self) -> Capabilities:
-        return self._CAPS
+        return self._CAPS_WATTS if self.reports_watts else self._CAPS
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         deadline = time.monotonic() + timeout_s
-        reply = await request(self.identity.address, RPC_PORT, b'{"command":"stats"}', timeout_s)
+        reply = await request(
+            self.identity.address, self.rpc_port, b'{"command":"stats"}', timeout_s
+        )
         status = antminer_stats(decode(reply), self.expected_boards)
         self.check_fingerprint(status.fingerprint)
         note: tuple[str, ...] = ()
@@ -171,6 +209,10 @@ class AntminerStock(RigDriver):
                 # The status read succeeded: report it, with the mode as last known (or
                 # unknown) and why, rather than failing the whole observation.
                 note = (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
+        elif self.reports_watts:
+            note = await self._read_watts(deadline)
+        if self.reports_watts and self.watts is not None:
+            status = replace(status, power_w=self.watts)
         obs = _observation(self, status, self.known_mode or Mode.UNKNOWN, now)
         errors = self.web_errors + note
         return replace(obs, errors=obs.errors + errors) if errors else obs
@@ -189,11 +231,16 @@ class AntminerStock(RigDriver):
         return tuple(b.alive for b in status.boards)
 
     async def _read_conf(self, timeout_s: float, now: float) -> None:
-        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
+        web = self._web()
         try:
-            conf = await webdigest.get_json(
-                self.identity.address, "/cgi-bin/get_miner_conf.cgi", "root", password, timeout_s
-            )
+            await self._read_conf_on(web, timeout_s, now)
+        finally:
+            await web.release()
+
+    async def _read_conf_on(self, web: webdigest.WebSession, timeout_s: float, now: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            conf = await web.get_json("/cgi-bin/get_miner_conf.cgi", timeout_s)
         except DriverError as exc:
             raise DriverError(exc.kind, f"get_miner_conf: {exc.detail}") from None
         if "bitmain-work-mode" not in conf:
@@ -204,12 +251,36 @@ class AntminerStock(RigDriver):
         # Stock firmware reports its error codes only in the web summary: read them with the
         # configuration (first read, after a command, when the hashrate or boards change).
         try:
-            summary = await webdigest.get_json(
-                self.identity.address, "/cgi-bin/summary.cgi", "root", password, timeout_s
+            summary = await web.get_json(
+                "/cgi-bin/summary.cgi", max(0.05, deadline - time.monotonic())
             )
         except DriverError:
             return  # the mode is what matters; errors are refreshed on the next read
         self.web_errors = _web_errors(summary)
+        left = deadline - time.monotonic()
+        if left > 0.05:
+            try:
+                stats = await web.get_json("/cgi-bin/stats.cgi", left)
+            except DriverError:
+                self.watts = None
+                return
+            self.watts = _web_watts(stats)
+            self.reports_watts = self.watts is not None
+
+    async def _read_watts(self, deadline: float) -> tuple[str, ...]:
+        """This cycle's reported watts (web ``stats``); a note when they cannot be read."""
+        web = self._web()
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                raise DriverError(FailureKind.TIMEOUT, "no time left in the deadline")
+            self.watts = _web_watts(await web.get_json("/cgi-bin/stats.cgi", left))
+        except DriverError as exc:
+            self.watts = None
+            return (f"power not read: stats {exc.kind.value}: {exc.detail}",)
+        finally:
+            await web.release()
+        return () if self.watts is not None else ("power not read: stats without watt",)
 
     async def apply(
         self,
@@ -223,27 +294,23 @@ class AntminerStock(RigDriver):
             Mode.LOW: MiningModeConfig.low,
             Mode.NORMAL: MiningModeConfig.normal,
         }[mode]()
-        # What pyasic's get_config + send_config do, over our keep-alive digest client (one
-        # request each instead of four): pyasic still knows the format both ways.
-        password = str(pyasic_settings.get("default_antminer_web_password", "root"))
-        address = self.identity.address
+        # What pyasic's get_config + send_config do, over the rig's web session (one
+        # connection, the digest challenge remembered): pyasic still knows the format both ways.
+        web = self._web()
         deadline = time.monotonic() + timeout_s
         try:
-            conf = await webdigest.get_json(
-                address, "/cgi-bin/get_miner_conf.cgi", "root", password, timeout_s
-            )
+            conf = await web.get_json("/cgi-bin/get_miner_conf.cgi", timeout_s)
             config = MinerConfig.from_am_modern(conf)
             config.mining_mode = wanted
-            reply = await webdigest.post_json(
-                address,
+            reply = await web.post_json(
                 "/cgi-bin/set_miner_conf.cgi",
                 config.as_am_modern(),
-                "root",
-                password,
                 max(0.1, deadline - time.monotonic()),
             )
         except DriverError as exc:
             raise DriverError(exc.kind, f"set mode {mode.value}: {exc.detail}") from None
+        finally:
+            await web.release()
         self.conf_due = True  # an OK from stock firmware is no proof: look, don't trust
         return ApplyResult(
             True,

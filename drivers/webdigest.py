@@ -1,201 +1,258 @@
-"""A small HTTP client for the stock Antminer web UI: GET a CGI with digest auth, cheaply.
+"""The stock Antminer web UI over HTTP as HTTP is: h11 framing, httpx digest auth, one connection.
 
-pyasic opens a new httpx client per call, so each read costs a 401 challenge plus the
-authenticated request and several milliseconds of CPU. Here one keep-alive connection carries
-both, and the server's nonce is remembered per rig, so later reads are one request (a stale
-nonce earns a fresh 401 and one retry). The reply's meaning is still pyasic's business: the
-caller hands the decoded JSON to pyasic's config parser.
+Real firmware's lighttpd runs the ``cgi-bin/*.cgi`` shell scripts, which print no
+Content-Length: on HTTP/1.1 lighttpd sends their replies chunked, on HTTP/1.0 it closes the
+connection. Reading HTTP is therefore not ours to write: h11 (the HTTP/1.1 state machine under
+httpx) frames every message (Content-Length, chunked with extensions and trailers,
+close-delimited, HTTP/1.0, ``Connection: close``, keep-alive), and ``httpx.DigestAuth``
+answers the challenge (it remembers it, so a later request is sent authenticated at once: one
+request instead of a 401 and a retry; a stale nonce earns a fresh 401 and one retry).
+
+Why not ``httpx.AsyncClient`` itself: measured against the simulator (docs/benchmarks.md), a
+command's GET + POST cost 1.7-2.0 ms of CPU through the client against 0.4-0.5 ms here, and a
+10,000-rig curtailment is CPU-bound on its sends. What is left to this module is the socket:
+one connection per rig, kept alive across the requests of a burst (the configuration and the
+summary; the configuration read and the write of a command) and closed by :meth:`release`
+after it (web reads come minutes apart, lighttpd drops idle connections after seconds, and
+10,000 idle sockets would only hold file descriptors). A kept-alive connection the server has
+dropped is noticed and the request sent once more on a new one. Every body, a 401's included,
+is capped at :data:`MAX_BODY` as it arrives, headers at h11's 16 KiB, and every call has a
+deadline. The replies' meaning is still pyasic's business: the caller hands the decoded JSON
+to pyasic's config parser.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
-from dataclasses import dataclass
 from typing import Any
+
+import h11
+import httpx
 
 from drivers.transport import DriverError
 from policies.values import FailureKind
 
 MAX_BODY = 1024 * 1024
+WEB_PORT = 80
+_READ = 64 * 1024
 
 
-@dataclass(slots=True)
-class _Challenge:
-    realm: str
-    nonce: str
-    qop: str
-    opaque: str | None
-    nc: int = 0
+class _Dropped(Exception):
+    """The server closed a kept-alive connection before answering anything on it."""
 
 
-_NONCES: dict[str, _Challenge] = {}
+class _Connection:
+    """One TCP connection and its h11 state machine."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.used = False
+
+    def close(self) -> None:
+        self.writer.transport.abort()
 
 
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+class WebSession:
+    """One rig's web UI: digest credentials, the remembered challenge, one connection."""
 
+    def __init__(
+        self,
+        host: str,
+        user: str,
+        password: str,
+        port: int = WEB_PORT,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.max_body = max_body
+        self._auth = httpx.DigestAuth(user, password)
+        self._conn: _Connection | None = None
+        self._requests: dict[tuple[str, str], httpx.Request] = {}
+        self._base = f"http://{host}" if port == WEB_PORT else f"http://{host}:{port}"
+        self._host_header = host if port == WEB_PORT else f"{host}:{port}"
 
-def _parse_challenge(header: str) -> _Challenge:
-    if not header.lower().startswith("digest "):
-        raise DriverError(
-            FailureKind.BAD_REPLY,
-            f"web UI asks for {header.split(' ', maxsplit=1)[0]!r} auth, not digest",
-        )
-    fields: dict[str, str] = {}
-    for part in _split_params(header[7:]):
-        key, _, value = part.partition("=")
-        fields[key.strip().lower()] = value.strip().strip('"')
-    if "nonce" not in fields or "realm" not in fields:
-        raise DriverError(FailureKind.BAD_REPLY, "digest challenge without realm or nonce")
-    qop = fields.get("qop", "")
-    return _Challenge(
-        fields["realm"], fields["nonce"], "auth" if "auth" in qop else "", fields.get("opaque")
-    )
+    async def release(self) -> None:
+        """Close the connection (the remembered challenge stays); the next call opens one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
+    async def get_json(self, uri: str, timeout_s: float) -> dict[str, Any]:
+        """GET ``uri`` with digest auth and return its JSON object, within ``timeout_s``.
 
-def _split_params(text: str) -> list[str]:
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append("".join(current))
-            current = []
+        Raises DriverError: TIMEOUT, UNREACHABLE, or BAD_REPLY (wrong credentials, an HTTP
+        error status, a body over the cap, a broken framing, non-JSON).
+        """
+        return await self.request_json("GET", uri, None, timeout_s)
+
+    async def post_json(
+        self, uri: str, payload: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """POST ``payload`` as JSON to ``uri`` with digest auth; the reply's JSON object."""
+        return await self.request_json("POST", uri, json.dumps(payload).encode(), timeout_s)
+
+    async def request_json(
+        self, method: str, uri: str, body: bytes | None, timeout_s: float
+    ) -> dict[str, Any]:
+        """One request (two on a new or stale challenge); errors as :meth:`get_json`."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                status, headers, reply = await self._authenticated(method, uri, body)
+        except TimeoutError:
+            await self.release()  # whatever the connection was doing, it is not reusable
+            raise DriverError(
+                FailureKind.TIMEOUT, f"web UI: no answer within {timeout_s:.1f} s"
+            ) from None
+        except DriverError:
+            await self.release()
+            raise
+        except h11.RemoteProtocolError as exc:
+            await self.release()
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"web UI {uri}: broken HTTP reply ({exc})"
+            ) from None
+        except OSError as exc:
+            await self.release()
+            raise DriverError(
+                FailureKind.UNREACHABLE, f"web UI: {exc or type(exc).__name__}"
+            ) from None
+        if status == 401:
+            offered = headers.get("www-authenticate", "")
+            if offered and not offered.lower().startswith("digest "):
+                scheme = offered.split(" ", maxsplit=1)[0]
+                raise DriverError(
+                    FailureKind.BAD_REPLY, f"web UI asks for {scheme!r} auth, not digest"
+                )
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"web UI refused the credentials for user {self.user!r}"
+            )
+        if status != 200:
+            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
+        try:
+            value = json.loads(reply)
+        except (ValueError, UnicodeDecodeError):
+            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not JSON") from None
+        if not isinstance(value, dict):
+            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not a JSON object")
+        return value
+
+    async def _authenticated(
+        self, method: str, uri: str, body: bytes | None
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Run httpx's digest flow over our connection: the request, and again on a 401.
+
+        The flow needs only the method and the URI (no auth-int), so one bodiless
+        ``httpx.Request`` per method and URI stands for every request sent there.
+        """
+        request = self._requests.get((method, uri))
+        if request is None:
+            request = self._requests[method, uri] = httpx.Request(method, self._base + uri)
+        request.headers.pop("Authorization", None)
+        flow = self._auth.sync_auth_flow(request)
+        try:
+            request = next(flow)
+            status, raw, reply = await self._exchange(method, uri, body, request)
+            if status == 401:
+                challenge = httpx.Response(401, headers=raw, request=request)
+                try:
+                    request = flow.send(challenge)
+                except StopIteration:
+                    return status, challenge.headers, reply
+                status, raw, reply = await self._exchange(method, uri, body, request)
+        finally:
+            flow.close()
+        return status, httpx.Headers(raw), reply
+
+    async def _exchange(
+        self, method: str, uri: str, body: bytes | None, auth: httpx.Request
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = [(b"Host", self._host_header.encode()), (b"Accept", b"application/json")]
+        authorization = auth.headers.get("Authorization")
+        if authorization is not None:
+            headers.append((b"Authorization", authorization.encode()))
+        if body is not None:
+            headers += [
+                (b"Content-Type", b"application/json"),
+                (b"Content-Length", str(len(body)).encode()),
+            ]
+        request = h11.Request(method=method, target=uri, headers=headers)
+        for attempt in (1, 2):
+            conn = self._conn
+            if conn is None:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                conn = self._conn = _Connection(reader, writer)
+            try:
+                return await self._roundtrip(conn, request, body)
+            except _Dropped:
+                await self.release()
+                if attempt == 2:
+                    raise h11.RemoteProtocolError(
+                        "the server closed the connection without answering"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def _roundtrip(
+        self, conn: _Connection, request: h11.Request, body: bytes | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        machine = conn.h11
+        reused, conn.used = conn.used, True
+        out = machine.send(request)
+        if body is not None:
+            out += machine.send(h11.Data(data=body))
+        out += machine.send(h11.EndOfMessage())
+        conn.writer.write(out)
+        status: int | None = None
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = machine.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await conn.reader.read(_READ)
+                except ConnectionError:
+                    if reused and status is None:
+                        raise _Dropped from None
+                    raise
+                if not data and reused and status is None:
+                    raise _Dropped  # nothing answered on a kept-alive connection
+                machine.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, list(event.headers)
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.max_body:
+                    raise DriverError(
+                        FailureKind.BAD_REPLY,
+                        f"web UI {request.target.decode()}: reply over {self.max_body} bytes",
+                    )
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("the connection closed before a reply")
+            # h11.InformationalResponse (100 Continue): nothing to do but read on
+        assert status is not None
+        if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
+            machine.start_next_cycle()  # kept alive: the next request goes on this connection
         else:
-            current.append(ch)
-    if current:
-        parts.append("".join(current))
-    return parts
-
-
-def _authorization(ch: _Challenge, user: str, password: str, uri: str, method: str = "GET") -> str:
-    ch.nc += 1
-    ha1 = _md5(f"{user}:{ch.realm}:{password}")
-    ha2 = _md5(f"{method}:{uri}")
-    cnonce = os.urandom(8).hex()
-    nc = f"{ch.nc:08x}"
-    if ch.qop:
-        response = _md5(f"{ha1}:{ch.nonce}:{nc}:{cnonce}:{ch.qop}:{ha2}")
-    else:
-        response = _md5(f"{ha1}:{ch.nonce}:{ha2}")
-    header = (
-        f'Digest username="{user}", realm="{ch.realm}", nonce="{ch.nonce}", '
-        f'uri="{uri}", response="{response}", algorithm=MD5'
-    )
-    if ch.qop:
-        header += f', qop={ch.qop}, nc={nc}, cnonce="{cnonce}"'
-    if ch.opaque:
-        header += f', opaque="{ch.opaque}"'
-    return header
-
-
-async def _exchange(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    host: str,
-    uri: str,
-    auth: str | None,
-    method: str = "GET",
-    body: bytes | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    lines = [f"{method} {uri} HTTP/1.1", f"Host: {host}", "Accept: application/json"]
-    if auth:
-        lines.append(f"Authorization: {auth}")
-    if body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise DriverError(FailureKind.BAD_REPLY, f"web UI: bad status line {status_line!r}")
-    headers = {}
-    for line in header_lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
-    if length > MAX_BODY:
-        raise DriverError(FailureKind.BAD_REPLY, "web UI reply too large")
-    body = await reader.readexactly(length) if length else b""
-    return int(parts[1]), headers, body
+            await self.release()  # Connection: close, HTTP/1.0, or a close-delimited body
+        return status, headers, b"".join(chunks)
 
 
 async def get_json(
-    host: str, uri: str, user: str, password: str, timeout_s: float, port: int = 80
+    host: str, uri: str, user: str, password: str, timeout_s: float, port: int = WEB_PORT
 ) -> dict[str, Any]:
-    """GET ``uri`` with digest auth and return its JSON object, within ``timeout_s``.
-
-    Raises DriverError: TIMEOUT, UNREACHABLE, or BAD_REPLY (wrong credentials, non-JSON).
-    """
-    return await request_json(host, uri, user, password, timeout_s, port=port)
-
-
-async def post_json(
-    host: str,
-    uri: str,
-    payload: dict[str, Any],
-    user: str,
-    password: str,
-    timeout_s: float,
-    port: int = 80,
-) -> dict[str, Any]:
-    """POST ``payload`` as JSON to ``uri`` with digest auth; the reply's JSON object."""
-    body = json.dumps(payload).encode()
-    return await request_json(host, uri, user, password, timeout_s, "POST", body, port)
-
-
-async def request_json(
-    host: str,
-    uri: str,
-    user: str,
-    password: str,
-    timeout_s: float,
-    method: str = "GET",
-    body: bytes | None = None,
-    port: int = 80,
-) -> dict[str, Any]:
-    """One digest-authenticated request on one connection (two if the nonce is new);
-    errors as :func:`get_json`."""
-    writer: asyncio.StreamWriter | None = None
+    """One GET on a session of its own (opened and closed here); errors as
+    :meth:`WebSession.get_json`. Drivers keep a :class:`WebSession` per rig instead."""
+    session = WebSession(host, user, password, port)
     try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
-            challenge = _NONCES.get(host)
-            auth = _authorization(challenge, user, password, uri, method) if challenge else None
-            status, headers, reply = await _exchange(reader, writer, host, uri, auth, method, body)
-            if status == 401:
-                challenge = _parse_challenge(headers.get("www-authenticate", ""))
-                _NONCES[host] = challenge
-                auth = _authorization(challenge, user, password, uri, method)
-                status, headers, reply = await _exchange(
-                    reader, writer, host, uri, auth, method, body
-                )
-                if status == 401:
-                    _NONCES.pop(host, None)
-                    raise DriverError(
-                        FailureKind.BAD_REPLY, f"web UI refused the credentials for user {user!r}"
-                    )
-    except TimeoutError:
-        raise DriverError(
-            FailureKind.TIMEOUT, f"web UI: no answer within {timeout_s:.1f} s"
-        ) from None
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        raise DriverError(FailureKind.UNREACHABLE, f"web UI: {exc}") from None
+        return await session.get_json(uri, timeout_s)
     finally:
-        if writer is not None:
-            writer.transport.abort()
-    if status != 200:
-        raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
-    try:
-        value = json.loads(reply)
-    except (ValueError, UnicodeDecodeError):
-        raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not JSON") from None
-    if not isinstance(value, dict):
-        raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not a JSON object")
-    return value
+        await session.release()

@@ -130,6 +130,8 @@ class Observation:
     power_limit_w: int | None = None
     errors: tuple[str, ...] = ()
     uptime_s: int | None = None
+    model_unknown: bool = False
+    """The model is not in the catalogue: read as reported, power never estimated."""
 
     @property
     def rig_id(self) -> RigId:
@@ -157,6 +159,7 @@ class Observation:
             "mode": self.mode.value,
             "mining": self.mining,
             "errors": list(self.errors),
+            "model_unknown": self.model_unknown,
             "power_limit_w": self.power_limit_w,
             "inlet_c": self.inlet_c,
             "outlet_c": self.outlet_c,

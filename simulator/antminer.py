@@ -631,8 +631,9 @@ def _authorized(rig: SimRig, req: HttpRequest, header: str) -> bool:
 
 # ---- web UI (port 80) ----------------------------------------------------------------------------
 
-_JSON = {"Content-Type": "application/json"}
-_HTML = {"Content-Type": "text/html"}
+SERVER = "lighttpd/1.4.48"  # a 1.4.x as stock firmware ships; the exact release is not captured
+_JSON = {"Content-Type": "application/json", "Server": SERVER}
+_HTML = {"Content-Type": "text/html", "Server": SERVER}
 _UNAUTHORIZED_BODY = (
     b"<!DOCTYPE html>\n<html><head><title>401 Unauthorized</title></head>"
     b"<body><h1>401 Unauthorized</h1></body></html>\n"
@@ -649,11 +650,11 @@ _INDEX_BODY = (
 
 
 def _json(obj: object) -> HttpResponse:
-    return HttpResponse(200, _dumps(obj), dict(_JSON), "OK")
+    return HttpResponse(200, _dumps(obj), dict(_JSON), "OK", dynamic=True)
 
 
 def _raw_json(body: bytes) -> HttpResponse:
-    return HttpResponse(200, body, dict(_JSON), "OK")
+    return HttpResponse(200, body, dict(_JSON), "OK", dynamic=True)
 
 
 def _web_status(msg: str, when: int) -> dict[str, Any]:
@@ -761,6 +762,8 @@ def _cgi_stats(rig: SimRig, req: HttpRequest) -> HttpResponse:
         "freq-level": int(st.freq_level) if st.freq_level.isdigit() else 100,
         "chain": chains,
     }
+    if rig.spec.web_watt:
+        stats["watt"] = round(snap.power_w)
     return _json({"STATUS": _web_status("stats", when), "INFO": _web_info(rig), "STATS": [stats]})
 
 

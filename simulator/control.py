@@ -174,13 +174,13 @@ class _ControlConn(asyncio.Protocol):
                 parsed = parse_request(self.buf)
             except HttpError as exc:
                 resp = _json(exc.status, {"error": str(exc)})
-                self.transport.write(format_response(resp, False))
+                self.transport.write(format_response(resp, False)[0])
                 self.transport.close()
                 return
             if parsed is None:
                 return
             req, keep_alive = parsed
-            self.transport.write(format_response(self.api.handle(req), keep_alive))
+            self.transport.write(format_response(self.api.handle(req), keep_alive)[0])
             if not keep_alive:
                 self.transport.close()
                 return

@@ -2,10 +2,15 @@
 
 Strict where real servers are strict (request line, header syntax, Content-Length), with keep-alive
 so one httpx client can do its 401 challenge and the authenticated request on one connection.
+Replies are framed as the firmware's server frames them: a CGI's output (``dynamic``) goes out
+chunked on HTTP/1.1 and close-delimited on HTTP/1.0, as lighttpd sends it, unless the rig is
+given another framing (``simulator.rig.HTTP_FRAMINGS``); everything else with Content-Length.
+The status line answers in the request's HTTP version, as lighttpd does.
 """
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from http import HTTPStatus
 
 from simulator.protocol import HttpRequest, HttpResponse
@@ -59,19 +64,54 @@ def parse_request(buf: bytearray) -> tuple[HttpRequest, bool] | None:
     conn = headers.get("connection", "").lower()
     keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
     return HttpRequest(
-        method=method, path=path, query=query, headers=headers, body=body
+        method=method, path=path, query=query, headers=headers, body=body, version=version
     ), keep_alive
 
 
-def format_response(resp: HttpResponse, keep_alive: bool) -> bytes:
-    """Serialise ``resp`` with Content-Length and a Connection header."""
+def format_response(
+    resp: HttpResponse, keep_alive: bool, version: str = "HTTP/1.1", framing: str = "length"
+) -> tuple[bytes, bool]:
+    """Serialise ``resp`` for a request of HTTP ``version``; returns (bytes, keep_alive after).
+
+    ``framing`` applies to ``dynamic`` replies only (see ``simulator.rig.HTTP_FRAMINGS``).
+    """
     reason = resp.reason or _reason(resp.status)
-    lines = [f"HTTP/1.1 {resp.status} {reason}"]
-    headers = {"Content-Length": str(len(resp.body)), **resp.headers}
+    status_version = "HTTP/1.0" if version == "HTTP/1.0" or framing == "http10" else "HTTP/1.1"
+    if not resp.dynamic or framing == "length":
+        how = "length"
+    elif framing == "chunked" and version == "HTTP/1.1":
+        how = "chunked"
+    else:  # lighttpd cannot chunk for HTTP/1.0; "close" and "http10" never can
+        how, keep_alive = "close", False
+    headers = {**resp.headers}
     headers.setdefault("Content-Type", "text/html")
-    headers["Connection"] = "keep-alive" if keep_alive else "close"
+    if how == "length":
+        headers["Content-Length"] = str(len(resp.body))
+        body = resp.body
+    elif how == "chunked":
+        headers["Transfer-Encoding"] = "chunked"
+        body = _chunked(resp.body)
+    else:
+        body = resp.body
+    headers["Date"] = formatdate(usegmt=True)
+    if status_version == "HTTP/1.0":
+        if keep_alive:
+            headers["Connection"] = "keep-alive"
+    else:
+        headers["Connection"] = "keep-alive" if keep_alive else "close"
+    lines = [f"{status_version} {resp.status} {reason}"]
     lines.extend(f"{k}: {v}" for k, v in headers.items())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, keep_alive
+
+
+def _chunked(body: bytes, size: int = 4096) -> bytes:
+    """``body`` as chunks of at most ``size`` bytes (a CGI's writes reach lighttpd so)."""
+    out = bytearray()
+    for start in range(0, len(body), size):
+        piece = body[start : start + size]
+        out += b"%x\r\n" % len(piece) + piece + b"\r\n"
+    out += b"0\r\n\r\n"
+    return bytes(out)
 
 
 def _reason(status: int) -> str:

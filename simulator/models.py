@@ -39,6 +39,9 @@ class ModelSpec:
     """Nominal chip frequency in normal mode."""
     source: str
     """Where the nameplate figures come from."""
+    web_watt: bool = False
+    """Antminer: the firmware reports its wall power in the web ``stats`` (``watt``), as
+    stock firmware from 2023 on does."""
 
     @property
     def efficiency_j_per_th(self) -> float:
@@ -107,6 +110,22 @@ MODELS: dict[str, ModelSpec] = {
             _ECON,
         ),
         ModelSpec(
+            "s21xphyd",
+            "antminer",
+            "S21 XP Hyd.",
+            "Antminer S21 XP Hyd.",
+            473,
+            5676,
+            3,
+            160,
+            4,
+            "Thu Jan  8 15:44:15 CST 2026",
+            495,
+            "RPC capture antminer/v2023_07 (total_rateideal 473 TH/s, 160 chips, 495 MHz); "
+            "Bitmain spec sheet 12 J/TH",
+            web_watt=True,
+        ),
+        ModelSpec(
             "m30s+",
             "whatsminer",
             "M30S+ V40",
@@ -161,6 +180,20 @@ MODELS: dict[str, ModelSpec] = {
             "20240624.18.REL",
             625,
             _ECON,
+        ),
+        ModelSpec(
+            "m66s",
+            "whatsminer",
+            "M66S VK30",
+            "M66SVK30",
+            298,
+            5513,
+            3,
+            264,
+            0,
+            "20251209.16.Rel2",
+            625,
+            "MicroBT spec sheet: 298 TH/s at 18.5 J/TH (immersion)",
         ),
     )
 }

@@ -22,6 +22,7 @@ class HttpRequest:
     query: str
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    version: str = "HTTP/1.1"  # the request line's
 
 
 @dataclass(slots=True)
@@ -30,6 +31,10 @@ class HttpResponse:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    dynamic: bool = False
+    """A CGI's output, which carries no length of its own: the server frames it (lighttpd:
+    chunked on HTTP/1.1, close-delimited on HTTP/1.0). Static pages and the server's own
+    errors and challenges go out with Content-Length."""
 
 
 RpcHandler = Callable[[SimRig, Any], bytes]

@@ -28,6 +28,12 @@ from simulator.physics import (
 REBOOT_S = 90.0  # simulated seconds a rebooting rig is unreachable
 
 
+HTTP_FRAMINGS = ("chunked", "length", "close", "http10")
+"""How a web UI frames a CGI reply: ``chunked`` (lighttpd, the default: chunked on HTTP/1.1,
+close-delimited on HTTP/1.0), ``length`` (Content-Length), ``close`` (HTTP/1.1 without a
+length, then close), ``http10`` (an HTTP/1.0 status line, no length, then close)."""
+
+
 class Fault(StrEnum):
     """Faults a rig can be given at start or at run time (see docs/simulator.md)."""
 
@@ -44,6 +50,8 @@ class Fault(StrEnum):
     )
     OVERHEAT = "overheat"  # blocked airflow: heat the fans cannot remove (``extra_c``)
     DEAD_BOARD = "dead_board"  # hashboard ``board`` (0-based) is dead
+    HTTP_FRAMING = "http_framing"  # web UI: CGI replies framed as ``framing`` says, not as
+    # lighttpd does (see simulator.httpwire.FRAMINGS)
 
 
 class SimClock:
@@ -168,6 +176,13 @@ class SimRig:
             params["extra_c"] = float(params.get("extra_c", 45.0))
         if fault is Fault.SLOW:
             params["delay_s"] = float(params.get("delay_s", 5.0))
+        if fault is Fault.HTTP_FRAMING:
+            framing = str(params.get("framing", "length"))
+            if framing not in HTTP_FRAMINGS:
+                raise ValueError(
+                    f"framing must be one of {', '.join(HTTP_FRAMINGS)}, got {framing!r}"
+                )
+            params["framing"] = framing
         self._sync()
         self.faults[fault] = params
         self._apply_fault_physics()

@@ -192,14 +192,17 @@ class HttpConn(_Conn):
                 parsed = parse_request(self.buf)
             except HttpError as exc:
                 body = f"<html><body><h1>{exc.status}</h1>{exc}</body></html>".encode()
-                self.deliver(format_response(HttpResponse(exc.status, body), False), close=True)
+                payload, _ = format_response(HttpResponse(exc.status, body), False)
+                self.deliver(payload, close=True)
                 self.dead = True
                 return
             if parsed is None:
                 return
             request, keep_alive = parsed
             response = handler(rig, request)
-            self.deliver(format_response(response, keep_alive), close=not keep_alive)
+            framing = rig.faults.get(Fault.HTTP_FRAMING, {}).get("framing", "chunked")
+            payload, keep_alive = format_response(response, keep_alive, request.version, framing)
+            self.deliver(payload, close=not keep_alive)
 
 
 class FramedConn(_Conn):

@@ -50,6 +50,11 @@ FLEET_ARGS = [
     "m60s:1",
     "--whatsminer",
     f"m60s@{V3_FIRMWARE}:1",
+    # models the catalogue does not know (tests/test_unknown_models.py)
+    "--antminer",
+    "s21xphyd:1",
+    "--whatsminer",
+    "m66s:1",
 ]
 
 

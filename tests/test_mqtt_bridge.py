@@ -48,6 +48,17 @@ def sub_process(broker: Broker, user: str, topic: str, count: int) -> subprocess
     )
 
 
+def _render(template: str, value: str) -> str:
+    """Home Assistant's rendering of a command template, for the two constructs used."""
+    out = template.replace("{{ value }}", value)
+    cond = '{% if value == "limit" %}'
+    if cond in out:
+        head, rest = out.split(cond)
+        inner, tail = rest.split("{% endif %}")
+        out = head + (inner if value == "limit" else "") + tail
+    return out
+
+
 async def wait_rig(sim: SimFleet, address: str, mode: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -460,6 +471,23 @@ async def test_home_assistant_discovery_is_valid_and_reannounced(
             await col.wait_for(lambda m: m.topic in configs, 10, after=mark)
             again = {m.topic for m in col.messages[mark:] if m.topic in configs}
             assert again == set(configs)
+            # The mode select offers every mode the rig can be put in: limit on the
+            # Whatsminers (a power limit on top of the power mode), not on the stock S19j Pro.
+            options = {
+                json.loads(_render(p["command_template"], "sleep"))["rig"]: p
+                for t, p in configs.items()
+                if "/select/" in t and t.endswith("_mode/config")
+            }
+            assert options[sim.address("s19jpro")]["options"] == ["auto", "sleep", "low", "normal"]
+            assert options[sim.address("m50s")]["options"][-1] == "limit"
+            assert options[sim.address("m60s-v3")]["options"] == [
+                "auto",
+                "sleep",
+                "normal",
+                "limit",
+            ]
+            as_limit = _render(options[sim.address("m50s")]["command_template"], "limit")
+            assert c.SetCommand.model_validate_json(as_limit).power_limit_w == 6000
             # The mode select commands through request/set with its template.
             select = next(p for t, p in configs.items() if "/select/" in t)
             rig = json.loads(select["command_template"].replace("{{ value }}", "sleep"))["rig"]
@@ -516,3 +544,48 @@ async def test_an_answer_cut_off_before_its_puback_is_sent_again_marked_repeated
     finally:
         await col.__aexit__(None, None, None)
         broker.stop()
+
+
+@pytest.mark.parametrize("key", ["m30s+", "m60s-v3"])
+async def test_a_whatsminer_power_limit_is_done_once_the_rig_shows_it(
+    broker: Broker, sim: SimFleet, tmp_path: Path, key: str
+) -> None:
+    """On a Whatsminer a power limit is a setting on top of the power mode: ``limit 2800 W`` is
+    done when the rig reports that limit, whatever its power mode (API v2 and v3)."""
+    target = sim.address(key)
+    site = "lim-" + key.replace("+", "p")
+    settings = daemon_settings(tmp_path, broker, site, {target: "row-w"})
+    topics = Topics("rigpilot", site)
+    daemon = await start_daemon(settings)
+    try:
+        async with Collector(broker, "operator", [topics.response("set")], site) as col:
+            assert col.client is not None
+            body = {
+                "rig": target,
+                "mode": "limit",
+                "power_limit_w": 2800,
+                "for_s": 600,
+                "transaction": "lim-1",
+            }
+            await col.client.publish(topics.request("set"), json.dumps(body), qos=1)
+            shown_at = None
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                if shown_at is None:
+                    rig = await asyncio.to_thread(sim.control.rig, target)
+                    if rig["power_limit_w"] == 2800:
+                        shown_at = time.monotonic()
+                answers = col.answers("lim-1")
+                if answers and answers[-1]["status"] != "accepted":
+                    break
+                await asyncio.sleep(0.1)
+            answers = col.answers("lim-1")
+            assert [a["status"] for a in answers] == ["accepted", "done"], answers
+            assert shown_at is not None
+            # one observation (the daemon's tick is 1 s) after the rig showed the limit
+            assert time.monotonic() - shown_at < 4.0
+            assert "power limit 2800 W" in answers[-1]["reason"]
+            rig = await asyncio.to_thread(sim.control.rig, target)
+            assert rig["power_limit_w"] == 2800 and rig["mining"]
+    finally:
+        await daemon.close()

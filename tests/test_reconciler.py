@@ -319,3 +319,23 @@ async def test_a_clock_stepped_back_does_not_hold_a_start_slot_for_the_step(sim:
     assert result.outcome is Outcome.SENT
     assert waits == [30.0]
     await act.send([Command(addresses[0], Mode.NORMAL, None, "test", "test", 1)])
+
+
+def test_a_power_limit_is_shown_by_the_reported_limit_in_any_power_mode() -> None:
+    from dataclasses import replace
+
+    from daemon.reconciler import satisfied, shown
+
+    want = Target("w1", Mode.LIMIT, 2800, "pin", "desk")
+    at_limit = replace(obs("w1", Mode.NORMAL), power_limit_w=2800)
+    assert satisfied(want, at_limit)  # a Whatsminer keeps its power mode under a limit
+    assert satisfied(want, replace(at_limit, mode=Mode.LOW))
+    assert satisfied(want, replace(at_limit, mode=Mode.LIMIT))
+    assert not satisfied(want, replace(at_limit, power_limit_w=3600))
+    assert not satisfied(want, replace(at_limit, power_limit_w=None))
+    asleep = replace(obs("w1", Mode.SLEEP, mining=False), power_limit_w=2800)
+    assert not satisfied(want, asleep)  # the limit is set, but the rig is not running
+    assert shown(want, replace(at_limit, power_limit_w=3600)) == "normal at power limit 3600 W"
+    assert shown(want, asleep) == "sleep"
+    # nothing is sent to a rig already at its limit
+    assert Reconciler().plan({"w1": want}, {"w1": at_limit}, 0.0) == []

@@ -30,7 +30,7 @@ from daemon.market.hashprice import PushedHashprice
 from daemon.market.power import PushedPrice
 from daemon.mqtt import commands as c
 from daemon.mqtt.topics import rig_key
-from daemon.reconciler import Target, satisfied
+from daemon.reconciler import Target, satisfied, shown, wanted
 from drivers.base import UnsupportedMode
 from policies.guards import Override
 from policies.values import Mode, QuoteKind, RigId
@@ -692,17 +692,18 @@ class CommandDesk:
             text = (
                 f"dry-run: {len(live)} rig(s) decided {wait.mode.value}; nothing sent"
                 if dry
-                else f"{len(live)} rig(s) observed in {wait.mode.value}"
+                else f"{len(live)} rig(s) observed in {wanted(wait.mode, wait.power_limit_w)}"
             )
             if superseded:
                 text += f"; {len(superseded)} superseded by a later command"
             return self._answer(wait.envelope, wait.transaction, "done", text, result)
         if now < wait.deadline and len(stuck) < len(pending):
             return None
-        reasons = [self._why_not(r, report) for r in pending]
+        reasons = [self._why_not(r, report, wait) for r in pending]
         result["not_confirmed"] = pending[:1000]
         head = (
-            f"{len(pending)} of {len(wait.rigs)} rig(s) not observed in {wait.mode.value}"
+            f"{len(pending)} of {len(wait.rigs)} rig(s) not observed in "
+            f"{wanted(wait.mode, wait.power_limit_w)}"
             + (" (not responding to commands)" if len(stuck) == len(pending) else "")
             + f" after {now - wait.started:.0f} s: "
         )
@@ -710,7 +711,7 @@ class CommandDesk:
             wait.envelope, wait.transaction, "failed", head + "; ".join(reasons[:LISTED]), result
         )
 
-    def _why_not(self, rig_id: RigId, report: TickReport) -> str:
+    def _why_not(self, rig_id: RigId, report: TickReport, wait: _Wait) -> str:
         reading = report.readings.get(rig_id)
         if rig_id in self.loop.reconciler.not_responding:
             return f"{rig_id}: not responding to commands"
@@ -720,7 +721,9 @@ class CommandDesk:
         d = report.desired.get(rig_id)
         if d is not None and d.held_back:
             return f"{rig_id}: held by {d.decided_by}: {d.reason}"
-        return f"{rig_id}: observed {reading.mode.value}"
+        assert wait.mode is not None
+        target = Target(rig_id, wait.mode, wait.power_limit_w, "", "")
+        return f"{rig_id}: observed {shown(target, reading)}"
 
     # ---------------------------------------------------------------------------------------
 

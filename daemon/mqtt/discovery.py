@@ -16,7 +16,10 @@ from policies.values import Capabilities, Identity, Mode
 HA_PIN_S: Final = 30 * 86400
 """How long a mode chosen in Home Assistant holds (the longest pin allowed); ``auto`` ends it."""
 
-SELECT_MODES: Final = (Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH)
+SELECT_MODES: Final = (Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH, Mode.LIMIT)
+"""The select offers each of these the rig's capabilities include; ``limit`` (a power limit on
+top of the power mode) only with a limit range, and chosen there it asks for the top of the
+range: the Power limit number sets the watts."""
 
 
 def _object_id(text: str) -> str:
@@ -57,6 +60,23 @@ def _set_template(rig_id: str, mode_expr: str, extra: str = "") -> str:
         + f', "for_s": {HA_PIN_S}, "by": "home-assistant"'
         + "}"
     )
+
+
+def _select_modes(caps: Capabilities) -> list[Mode]:
+    return [
+        m
+        for m in SELECT_MODES
+        if m in caps.modes and (m is not Mode.LIMIT or caps.power_limit_range_w is not None)
+    ]
+
+
+def _limit_part(caps: Capabilities) -> str:
+    """The select's ``limit`` choice needs watts: the top of the rig's range."""
+    if Mode.LIMIT not in _select_modes(caps):
+        return ""
+    assert caps.power_limit_range_w is not None
+    top = caps.power_limit_range_w[1]
+    return '{% if value == "limit" %}, "power_limit_w": ' + str(top) + "{% endif %}"
 
 
 def rig_configs(
@@ -166,9 +186,9 @@ def rig_configs(
             title="Mode",
             state_topic=state,
             command_topic=request,
-            options=["auto", *(m.value for m in SELECT_MODES if m in caps.modes)],
+            options=["auto", *(m.value for m in _select_modes(caps))],
             value_template="{{ value_json.pinned.mode if value_json.pinned else 'auto' }}",
-            command_template=_set_template(rig_id, '"{{ value }}"'),
+            command_template=_set_template(rig_id, '"{{ value }}"', _limit_part(caps)),
         ),
     ]
     if caps.power_limit and caps.power_limit_range_w is not None:
