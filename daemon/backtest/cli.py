@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--market",
         type=Path,
         required=True,
-        help="CSV or JSON: time, hashprice_usd_per_ph_day, power_price_usd_per_kwh; rows 5 "
-        "minutes to 1 hour apart",
+        help="CSV or JSON (UTF-8, a byte-order mark allowed): time, hashprice_usd_per_ph_day, "
+        "power_price_usd_per_kwh (or power_price_usd_per_mwh); rows 5 minutes to 1 hour apart",
     )
     p.add_argument(
         "--fleet",
