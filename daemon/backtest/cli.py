@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import os
 import sys
 import time
@@ -22,7 +23,17 @@ from daemon.backtest.inputs import (
     load_market,
     parse_policies,
 )
-from daemon.backtest.report import Figures, summary, write_csv, write_report
+from daemon.backtest.report import (
+    DEFAULT_SPIKE_USD_PER_KWH,
+    Figures,
+    SpikeRule,
+    Spikes,
+    money,
+    spikes_of,
+    summary,
+    write_csv,
+    write_report,
+)
 
 SWEEP_KEYS = {
     "policy": "policies, '+' joins several (breakeven+power-cap)",
@@ -90,8 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep runs replayed at once, one process each (default: one per CPU this "
         "process may use, at most one per run; 1: one after the other)",
     )
+    spikes = p.add_mutually_exclusive_group()
+    spikes.add_argument(
+        "--spike-price",
+        type=float,
+        metavar="USD_PER_KWH",
+        help="a market row is a price spike when its power price is at least this (default "
+        f"{DEFAULT_SPIKE_USD_PER_KWH:g}); the report splits the gain against always-on into "
+        "spikes, low hashprice and the cost of changes",
+    )
+    spikes.add_argument(
+        "--spike-top",
+        type=float,
+        metavar="PCT",
+        help="instead: the top PCT %% of the rows by power price are the spikes",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on the terminal")
     return p
+
+
+def spike_rule(args: argparse.Namespace) -> SpikeRule:
+    """The spike rule from ``--spike-price`` or ``--spike-top``; BacktestInputError if bad."""
+    if args.spike_top is not None:
+        if not 0 < args.spike_top <= 100:
+            raise BacktestInputError(f"--spike-top: {args.spike_top:g} is not a percentage 0..100")
+        return SpikeRule(top_pct=args.spike_top)
+    if args.spike_price is not None:
+        if not math.isfinite(args.spike_price):
+            raise BacktestInputError(f"--spike-price: {args.spike_price} is not a number")
+        return SpikeRule(price_usd_per_kwh=args.spike_price)
+    return SpikeRule()
 
 
 def cpus() -> int:
@@ -113,6 +152,7 @@ class RunResult:
     wall_s: float
     counters: Counters | None
     figures: list[Figures]
+    spikes: Spikes
 
 
 def run_one(
@@ -122,6 +162,7 @@ def run_one(
     fleet: Fleet,
     out: Path,
     progress: ProgressFn | None,
+    rule: SpikeRule | None = None,
 ) -> RunResult:
     """Replay one setting and write its report into ``out``; also the body of a sweep's
     worker process (everything it takes and returns pickles)."""
@@ -135,8 +176,11 @@ def run_one(
     if progress is not None:
         print(file=sys.stderr)
     notes = [f"sweep: {label}"] if label else []
-    write_report(outcome, out, f"rigpilot backtest: {name}", notes)
-    return RunResult(label, cfg, name, out, wall, outcome.policy.counters, summary(outcome))
+    rule = rule or SpikeRule()
+    write_report(outcome, out, f"rigpilot backtest: {name}", notes, rule)
+    spikes, _ = spikes_of(outcome, rule)
+    figs = summary(outcome, rule)
+    return RunResult(label, cfg, name, out, wall, outcome.policy.counters, figs, spikes)
 
 
 def base_config(args: argparse.Namespace) -> ReplayConfig:
@@ -240,6 +284,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             runs.append((" ".join(parts), cfg))
         if args.jobs is not None and args.jobs < 1:
             raise BacktestInputError(f"--jobs: {args.jobs} is below 1")
+        rule = spike_rule(args)
     except BacktestInputError as exc:
         print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
         return 2
@@ -278,7 +323,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             name = _run_name(label, cfg)
             progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
             try:
-                result = run_one(label, cfg, market, fleet, out_dir(n), progress)
+                result = run_one(label, cfg, market, fleet, out_dir(n), progress, rule)
             except PolicyFailed as exc:
                 failed[n] = exc
                 _failed(n, len(runs), name, exc)
@@ -290,7 +335,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print(f"{len(runs)} runs, {jobs} at a time", file=sys.stderr)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {
-                pool.submit(run_one, label, cfg, market, fleet, out_dir(n), None): n
+                pool.submit(run_one, label, cfg, market, fleet, out_dir(n), None, rule): n
                 for n, (label, cfg) in enumerate(runs, start=1)
             }
             done: dict[int, RunResult] = {}
@@ -341,6 +386,7 @@ def _shown(result: RunResult, out: TextIO) -> None:
             file=out,
         )
     _table(result.figures, out)
+    _gains(result.figures, result.spikes, out)
 
 
 def _progress(label: str) -> ProgressFn:
@@ -372,6 +418,26 @@ def _table(figs: Sequence[Figures], out: TextIO) -> None:
             f"{f.energy_mwh:>11,.2f} {f.revenue_usd:>13,.2f} {f.cost_usd:>12,.2f} "
             f"{f.rig_hours_asleep:>12,.1f} {f.mode_changes_per_rig_mean:>11.2f} "
             f"{f.steepest_ramp_kw_per_min:>11,.1f}",
+            file=out,
+        )
+
+
+def _gains(figs: Sequence[Figures], spikes: Spikes, out: TextIO) -> None:
+    """Where each strategy's gain against always-on came from."""
+    base = next(f for f in figs if f.name == "always-on")
+    print(f"  gain against always-on, by source (spikes: {spikes.describe()}):", file=out)
+    print(
+        f"  {'strategy':<10} {'vs always-on':>13} {'from spikes':>13} {'low hashprice':>14} "
+        f"{'changes cost':>13}",
+        file=out,
+    )
+    for f in figs:
+        if f is base:
+            continue
+        print(
+            f"  {f.name:<10} {money(f.profit_usd - base.profit_usd):>+13,.2f} "
+            f"{money(f.gain_spikes_usd):>+13,.2f} {money(f.gain_low_hashprice_usd):>+14,.2f} "
+            f"{money(f.cost_of_changes_usd):>13,.2f}",
             file=out,
         )
 

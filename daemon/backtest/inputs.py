@@ -244,7 +244,7 @@ def _row(name: str, where: str, cells: Mapping[str, str]) -> MarketRow:
     t = _time(name, where, cells[TIME])
     if POWER_PRICE_MWH in cells:
         per_mwh = _price(name, where, POWER_PRICE_MWH, cells[POWER_PRICE_MWH], negative=True)
-        power = None if per_mwh is None else per_mwh / 1000.0
+        power = None if per_mwh is None else round(per_mwh / 1000.0, 9)  # 12.34 -> 0.01234
     else:
         power = _price(name, where, POWER_PRICE, cells[POWER_PRICE], negative=True)
     return MarketRow(t, _price(name, where, HASHPRICE, cells[HASHPRICE], negative=False), power)
