@@ -166,3 +166,45 @@ def test_write_report_takes_the_spike_rule(tmp_path: Path, february: Outcome) ->
         rows = {r["strategy"]: r for r in csv.DictReader(fh)}
     assert rows["policy"]["gain_from_spikes_usd"] == "0.0"
     assert rows["always-on"]["cost_of_changes_usd"] == "0.0"
+
+
+# ---------------------------------------------------------------------------------------------
+# honest sweeps
+
+
+def test_a_sweep_flags_inert_and_identical_runs_with_the_reason(tmp_path: Path) -> None:
+    market = tmp_path / "m.csv"
+    market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:150]) + "\n")
+    argv = ["--market", str(market), "--fleet", str(SAMPLE_FLEET), "--policy", "breakeven"]
+    argv += ["--out", str(tmp_path / "out"), "--quiet", "--jobs", "1"]
+    argv += ["--sweep", "policy=breakeven,power-cap,breakeven+power-cap"]
+    shown = io.StringIO()
+    assert cli.main(argv, out=shown) == 0
+    with (tmp_path / "out" / "sweep.csv").open() as fh:
+        flags = [r["flag"] for r in csv.DictReader(fh)]
+    no_cap = "power-cap: no power cap configured ([control] power_cap_kw)"
+    assert flags == [
+        "",
+        f"inert: the policy never acted, the run equals always-on ({no_cap})",
+        f"identical to run-01 ({no_cap})",
+    ]
+    text = shown.getvalue()
+    assert f"[identical to run-01 ({no_cap})]" in text
+    assert f"note: inert: the policy never acted, the run equals always-on ({no_cap})" in text
+
+
+def test_a_sweep_with_a_cap_flags_nothing(tmp_path: Path) -> None:
+    market = tmp_path / "m.csv"
+    market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:150]) + "\n")
+    config = tmp_path / "rigpilot.toml"
+    config.write_text("[control]\npower_cap_kw = 150\n")
+    argv = ["--market", str(market), "--fleet", str(SAMPLE_FLEET), "--policy", "breakeven"]
+    argv += ["--out", str(tmp_path / "out"), "--quiet", "--jobs", "1", "--config", str(config)]
+    argv += ["--sweep", "policy=breakeven,power-cap"]
+    assert cli.main(argv, out=io.StringIO()) == 0
+    with (tmp_path / "out" / "sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["flag"] for r in rows] == ["", ""]
+    with (tmp_path / "out" / "run-02" / "summary.csv").open() as fh:
+        pol = next(csv.DictReader(fh))
+    assert rows[1]["cost_of_changes_usd"] == pol["cost_of_changes_usd"]

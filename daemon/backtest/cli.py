@@ -387,6 +387,9 @@ def _shown(result: RunResult, out: TextIO) -> None:
         )
     _table(result.figures, out)
     _gains(result.figures, result.spikes, out)
+    flag = run_flag(result)
+    if flag:
+        print(f"  note: {flag}", file=out)
 
 
 def _progress(label: str) -> ProgressFn:
@@ -420,6 +423,44 @@ def _table(figs: Sequence[Figures], out: TextIO) -> None:
             f"{f.steepest_ramp_kw_per_min:>11,.1f}",
             file=out,
         )
+
+
+def inert_reasons(cfg: ReplayConfig) -> list[str]:
+    """Settings that leave a configured policy with nothing to do (it answers no intents)."""
+    reasons = []
+    if "power-cap" in cfg.policies and cfg.site.power_cap_kw is None:
+        reasons.append("power-cap: no power cap configured ([control] power_cap_kw)")
+    if "schedule" in cfg.policies and not cfg.site.params.get("schedule"):
+        reasons.append("schedule: no schedule windows configured (policy_params.schedule)")
+    return reasons
+
+
+def run_flag(result: RunResult) -> str:
+    """ "inert: ..." when the policy never changed a rig's mode (the run is always-on), else ""."""
+    if result.figures[0].mode_changes:
+        return ""
+    why = "; ".join(inert_reasons(result.config)) or "its settings never asked for a change"
+    return f"inert: the policy never acted, the run equals always-on ({why})"
+
+
+def sweep_flags(results: Sequence[RunResult]) -> list[str]:
+    """Per run of a sweep: why it is not a result of its own (inert, or the same figures as an
+    earlier run, with the setting that made no difference when it is known), or ""."""
+    flags = []
+    for n, result in enumerate(results):
+        flag = run_flag(result)
+        twin = next((k for k in range(n) if results[k].figures[0] == result.figures[0]), None)
+        if twin is not None:
+            same = f"identical to run-{twin + 1:02d}"
+            reasons = [
+                r
+                for r in inert_reasons(result.config)
+                if r not in inert_reasons(results[twin].config)
+            ]
+            same += f" ({'; '.join(reasons)})" if reasons else ""
+            flag = f"{flag}; {same}" if flag else same
+        flags.append(flag)
+    return flags
 
 
 def _gains(figs: Sequence[Figures], spikes: Spikes, out: TextIO) -> None:
@@ -458,12 +499,18 @@ def _write_sweep(results: Sequence[RunResult], out_dir: Path, out: TextIO) -> No
         "mode_changes_per_rig_mean",
         "mode_changes_per_rig_max",
         "steepest_ramp_kw_per_min",
+        "gain_from_spikes_usd",
+        "gain_from_low_hashprice_usd",
+        "cost_of_changes_usd",
+        "flag",
     ]
     rows: list[list[object]] = []
     print("\nsweep:", file=out)
+    flags = sweep_flags(results)
     for n, result in enumerate(results, start=1):
         label, cfg = result.label, result.config
         pol, always, thr = result.figures
+        flag = flags[n - 1]
         rows.append(
             [
                 f"run-{n:02d}",
@@ -480,13 +527,18 @@ def _write_sweep(results: Sequence[RunResult], out_dir: Path, out: TextIO) -> No
                 round(pol.mode_changes_per_rig_mean, 3),
                 pol.mode_changes_per_rig_max,
                 round(pol.steepest_ramp_kw_per_min, 2),
+                money(pol.gain_spikes_usd),
+                money(pol.gain_low_hashprice_usd),
+                money(pol.cost_of_changes_usd),
+                flag,
             ]
         )
         print(
             f"  run-{n:02d} {label:<42} profit {pol.profit_usd:>12,.2f} "
             f"({pol.profit_usd - always.profit_usd:+,.2f} vs always-on, "
             f"{pol.profit_usd - thr.profit_usd:+,.2f} vs threshold), "
-            f"{pol.mode_changes_per_rig_mean:.2f} changes/rig",
+            f"{pol.mode_changes_per_rig_mean:.2f} changes/rig, "
+            f"changes cost {money(pol.cost_of_changes_usd):,.2f}" + (f"  [{flag}]" if flag else ""),
             file=out,
         )
     write_csv(out_dir / "sweep.csv", header, rows)
