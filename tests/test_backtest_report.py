@@ -5,16 +5,20 @@ in docs/backtest.md regenerated from the data."""
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
+import struct
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from daemon.backtest import cli
+from daemon.backtest.charts import MAX_POINTS, downsample, tick_label
 from daemon.backtest.engine import Outcome, ReplayConfig, replay
 from daemon.backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
-from daemon.backtest.report import SpikeRule, spikes_of, summary, write_report
+from daemon.backtest.report import PNGS, SpikeRule, charts, spikes_of, summary, write_report
 from policies.registry import load_policy
 from simulator.models import MODELS
 
@@ -224,3 +228,117 @@ def test_the_docs_sample_block_is_what_the_code_prints() -> None:
     assert replaced(doc, fresh) == doc, "docs/backtest.md drifted: run make backtest-docs"
     drifted = doc.replace(BEGIN + "\n```\n", BEGIN + "\n```\nstale figures\n", 1)
     assert replaced(drifted, fresh) == doc  # the script puts a drifted block right
+
+
+# ---------------------------------------------------------------------------------------------
+# charts made to be read (their data checked against series.csv, in plain Python)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def _series(path: Path) -> dict[str, list[float]]:
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: [float(r[k]) for r in rows] for k in rows[0] if k != "time"}
+
+
+def _svg_texts(svg: str) -> list[str]:
+    return [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+
+
+def test_every_chart_draws_the_csv_with_title_dates_units_and_legend(
+    tmp_path: Path, february: Outcome
+) -> None:
+    write_report(february, tmp_path, "t")
+    series = _series(tmp_path / "series.csv")
+    specs = charts(february)
+    assert [s.stem + ".png" for s in specs] == list(PNGS)
+    for spec in specs:
+        assert "2026-02-01 to 2026-03-01 (UTC)" in spec.title
+        assert len(spec.times) == len(spec.lines[0].values) <= MAX_POINTS
+        for line in spec.lines:
+            assert line.values == downsample(series[line.column]), line.column
+        # the PNG carries the title; the page's SVG has it, the axes' labels, the legend
+        title = next(
+            body
+            for kind, body in _png_chunks((tmp_path / f"{spec.stem}.png").read_bytes())
+            if kind == b"tEXt" and body.startswith(b"Title\x00")
+        )
+        assert title == b"Title\x00" + spec.title.encode()
+    page = (tmp_path / "report.html").read_text()
+    svgs = re.findall(r"<svg.*?</svg>", page, re.S)
+    assert len(svgs) == 3
+    for spec, svg in zip(specs, svgs, strict=True):
+        texts = _svg_texts(svg)
+        assert spec.title in texts
+        assert "date (UTC)" in texts and spec.y_label in texts
+        assert {line.label for line in spec.lines} <= set(texts)
+        assert "Feb" in texts and "09" in texts  # dated ticks, not only the first and last
+        assert not [t for t in texts if re.fullmatch(r"[-\u2212]0(\.0*)?", t)]  # no "-0"
+
+
+def test_the_hashprice_chart_keeps_the_slide_visible(february: Outcome) -> None:
+    spec = charts(february)[0]
+    hp = spec.lines[0].values
+    assert spec.y_top is not None and max(hp) < spec.y_top < 60  # not ~1,400
+    assert spec.y_bottom == 0.0  # negative break-even (negative prices) marked at the bottom
+    for line in spec.lines[1:]:
+        above = [i for i, v in enumerate(line.values) if v > spec.y_top]
+        below = [i for i, v in enumerate(line.values) if v < 0]
+        assert spec.clipped.get(line.column, []) == above
+        assert spec.clipped_below.get(line.column, []) == below
+    assert sum(len(v) for v in spec.clipped.values()) > 0
+    assert any("drawn as triangles at the top edge" in n for n in spec.notes)
+    # the slide: the drawn hashprice goes from about 44 to about 27
+    assert hp[0] > 43 and hp[-1] < 28
+
+
+def test_identical_lines_are_called_out(tmp_path: Path) -> None:
+    # Power always cheap: nothing ever sleeps, so the policy and the threshold are always-on.
+    rows = tuple(MarketRow(T0 + 300 * i, 40.0, 0.03) for i in range(40))
+    outcome = _run(Market("cheap", 300, rows), Fleet("f", (RigGroup(MODELS["s21"], 2),)))
+    for spec in charts(outcome)[1:]:
+        assert spec.notes == [
+            "policy = always-on = threshold on this run (the same line; always-on, threshold "
+            "dashed)"
+        ]
+        assert [line.dashed for line in spec.lines] == [False, True, True]
+    # ... and where only two are equal, only those two are named.
+    spiky = tuple(MarketRow(T0 + 300 * i, 40.0, 2.0 if i == 5 else 0.03) for i in range(40))
+    outcome = _run(Market("spike", 300, spiky), Fleet("f", (RigGroup(MODELS["s21"], 2),)))
+    assert charts(outcome)[1].notes == []  # all three differ
+    write_report(outcome, tmp_path, "t")
+    assert "on this run (the same line" not in (tmp_path / "report.html").read_text()
+
+
+def test_tick_labels_never_read_minus_zero() -> None:
+    assert [tick_label(v) for v in (-0.0, -1e-12, 0.0)] == ["0", "0", "0"]
+    assert tick_label(2500.0) == "2,500"
+    assert tick_label(-12.5) == "-12.5"
+    assert tick_label(1_250_000.0) == "1.25M"
+
+
+def test_the_summary_tables_fit_a_1280_px_page(february: Outcome, tmp_path: Path) -> None:
+    # Without a browser: each table's widest cell per column at 13 px sans-serif (at most
+    # 8 px a character) plus padding and borders, within the page's 960 px body.
+    write_report(february, tmp_path, "t")
+    page = (tmp_path / "report.html").read_text()
+    assert "max-width:960px" in page
+    for table in re.findall(r"<table>.*?</table>", page, re.S):
+        cells = [
+            [
+                max(len(html.unescape(p)) for p in re.split(r"<br>", c))
+                for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)
+            ]
+            for row in re.findall(r"<tr>(.*?)</tr>", table)
+        ]
+        widths = [max(col) for col in zip(*cells, strict=True)]
+        assert sum(8 * w + 14 for w in widths) <= 960, widths

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.backtest.charts import ChartSpec, chart_specs, render
 from daemon.backtest.engine import Outcome, Prices, Replay
 from daemon.backtest.inputs import iso_utc
-from daemon.backtest.png import RGB, chart_png, short, ticks
 
 SERIES_CSV = "series.csv"
 RIGS_CSV = "rigs.csv"
@@ -20,23 +20,7 @@ SUMMARY_CSV = "summary.csv"
 HTML = "report.html"
 PNGS = ("hashprice.png", "power.png", "profit.png")
 STRATEGIES = ("policy", "always-on", "threshold")
-COLORS: dict[str, RGB] = {
-    "policy": (31, 119, 180),
-    "always-on": (127, 127, 127),
-    "threshold": (255, 127, 14),
-    "hashprice": (0, 0, 0),
-}
-_MODEL_COLORS: tuple[RGB, ...] = (
-    (214, 39, 40),
-    (44, 160, 44),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (23, 190, 207),
-    (188, 189, 34),
-    (255, 152, 150),
-)
-MAX_POINTS = 1500
+COLORS = {"policy": "#1f77b4", "always-on": "#7f7f7f", "threshold": "#ff7f0e"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +184,14 @@ def series_rows(
         "fleet_breakeven_hashprice_usd_per_ph_day",
         "power_spike",
     ]
+    # ... and each model's, from its rigs' steady figures at normal.
+    per_model: dict[str, tuple[float, float]] = {}
+    for u in a.units:
+        w, ths = per_model.get(u.cls.spec.key, (0.0, 0.0))
+        per_model[u.cls.spec.key] = (w + u.phys.power_w * u.m, ths + u.phys.hashrate_ths * u.m)
+    model_cols = model_columns(outcome)
+    model_rates = [per_model[key] for key in sorted(per_model)]
+    header += [col for _, col in model_cols]
     for name in STRATEGIES:
         p = name.replace("-", "_")
         header += [
@@ -225,6 +217,10 @@ def series_rows(
             "" if row.power_price_usd_per_kwh is None else row.power_price_usd_per_kwh,
             _r(be, 4),
             int(spike[i]),
+        ]
+        out += [
+            _r(w / 1000.0 * 24.0 * pp * terms.overhead / (ths / 1000.0 * (1 - terms.pool_fee)), 4)
+            for w, ths in model_rates
         ]
         for k, r in enumerate(reps):
             s = r.strategy
@@ -363,114 +359,35 @@ def gain_sentence(f: Figures, base: Figures, spikes: Spikes) -> str:
 # charts
 
 
-def _downsample(values: Sequence[float], points: int = MAX_POINTS) -> list[float]:
-    """Bucket means, at most ``points`` of them."""
-    n = len(values)
-    if n <= points:
-        return list(values)
-    out = []
-    for b in range(points):
-        lo, hi = b * n // points, (b + 1) * n // points
-        chunk = values[lo:hi]
-        out.append(sum(chunk) / len(chunk))
-    return out
-
-
-Chart = tuple[str, str, list[tuple[str, RGB, list[float]]]]
-
-
-def charts(outcome: Outcome) -> list[Chart]:
-    """(file stem, title, series) for the three charts."""
-    header, rows = series_rows(outcome)
-    col = {name: i for i, name in enumerate(header)}
-    prices = Prices.of(outcome.market)
-    terms = outcome.config.economics
-    hp_line: list[tuple[str, RGB, list[float]]] = [
-        ("hashprice", COLORS["hashprice"], _downsample(prices.hp))
-    ]
-    models: dict[str, tuple[float, float]] = {}
-    for u in outcome.always_on.strategy.units:
-        p, h = models.get(u.cls.spec.model, (0.0, 0.0))
-        models[u.cls.spec.model] = (p + u.phys.power_w * u.m, h + u.phys.hashrate_ths * u.m)
-    for k, (model, (p_w, h_ths)) in enumerate(sorted(models.items())[: len(_MODEL_COLORS)]):
-        be = [
-            p_w / 1000.0 * 24.0 * pp * terms.overhead / (h_ths / 1000.0 * (1 - terms.pool_fee))
-            for pp in prices.pp
-        ]
-        hp_line.append((f"break-even {model}", _MODEL_COLORS[k], _downsample(be)))
-    power = [
-        (n, COLORS[n], _downsample([_num(r[col[f"{_p(n)}_power_kw"]]) for r in rows]))
-        for n in STRATEGIES
-    ]
-    profit = [
-        (n, COLORS[n], _downsample([_num(r[col[f"{_p(n)}_cum_profit_usd"]]) for r in rows]))
-        for n in STRATEGIES
-    ]
+def model_columns(outcome: Outcome) -> list[tuple[str, str]]:
+    """(model name, its break-even column in series.csv), one per model in the fleet."""
+    models = sorted(
+        {u.cls.spec.key: u.cls.spec.model for u in outcome.always_on.strategy.units}.items()
+    )
     return [
-        ("hashprice", "Hashprice against break-even at normal (USD/PH/day)", hp_line),
-        ("power", "Fleet power (kW)", power),
-        ("profit", "Cumulative profit (USD)", profit),
+        (model, f"breakeven_{key.replace('+', 'plus')}_usd_per_ph_day") for key, model in models
     ]
+
+
+def charts(outcome: Outcome, rule: SpikeRule | None = None) -> list[ChartSpec]:
+    """The report's three charts, their data taken from the series.csv columns."""
+    header, rows = series_rows(outcome, rule)
+    cols: dict[str, list[float]] = {name: [] for name in header[1:]}
+    names = header[1:]
+    prices = Prices.of(outcome.market)
+    for r, hp, pp in zip(rows, prices.hp, prices.pp, strict=True):
+        for name, value in zip(names, r[1:], strict=True):
+            cols[name].append(float(value) if isinstance(value, int | float) else math.nan)
+        # empty price cells are drawn at the price the money is counted at (the last known)
+        cols["hashprice_usd_per_ph_day"][-1] = hp
+        cols["power_price_usd_per_kwh"][-1] = pp
+    times = [row.t for row in outcome.market.rows]
+    strategies = [(n, _p(n), COLORS[n]) for n in STRATEGIES]
+    return chart_specs(cols, times, outcome.market.end, model_columns(outcome), strategies)
 
 
 def _p(name: str) -> str:
     return name.replace("-", "_")
-
-
-def _num(value: object) -> float:
-    assert isinstance(value, int | float)
-    return float(value)
-
-
-def svg_chart(
-    title: str, series: Sequence[tuple[str, RGB, Sequence[float]]], start: str, end: str
-) -> str:
-    """An inline SVG line chart with a y axis, gridlines and a legend."""
-    w, h, left, right, top, bottom = 900, 320, 70, 10, 28, 40
-    values = [v for _, _, ys in series for v in ys]
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 1.0, hi + 1.0
-    pw, ph = w - left - right, h - top - bottom
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
-        f'role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{left}" y="18" font-size="14" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for t in ticks(lo, hi):
-        y = top + (hi - t) / (hi - lo) * ph
-        parts.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#e1e1e1"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
-            f"{short(t)}</text>"
-        )
-    parts.append(
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>'
-        f'<line x1="{left}" y1="{top + ph}" x2="{w - right}" y2="{top + ph}" stroke="#333"/>'
-        f'<text x="{left}" y="{h - 22}" font-size="11">{start}</text>'
-        f'<text x="{w - right}" y="{h - 22}" font-size="11" text-anchor="end">{end}</text>'
-    )
-    for name, color, ys in series:
-        n = len(ys)
-        pts = " ".join(
-            f"{left + (i / (n - 1) * pw if n > 1 else 0):.1f},{top + (hi - v) / (hi - lo) * ph:.1f}"
-            for i, v in enumerate(ys)
-        )
-        rgb = "rgb({},{},{})".format(*color)
-        parts.append(
-            f'<polyline fill="none" stroke="{rgb}" stroke-width="1.3" points="{pts}">'
-            f"<title>{html.escape(name)}</title></polyline>"
-        )
-    x = left
-    for name, color, _ in series:
-        rgb = "rgb({},{},{})".format(*color)
-        parts.append(
-            f'<rect x="{x}" y="{h - 14}" width="12" height="4" fill="{rgb}"/>'
-            f'<text x="{x + 16}" y="{h - 9}" font-size="11">{html.escape(name)}</text>'
-        )
-        x += 24 + 7 * len(name)
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def write_report(
@@ -490,15 +407,25 @@ def write_report(
     ):
         write_csv(out / name, header, rows)
         written.append(out / name)
-    made = charts(outcome)
-    for stem, chart_title, series in made:
-        path = out / f"{stem}.png"
-        path.write_bytes(chart_png(series, chart_title))
+    made = charts(outcome, rule)
+    for spec in made:
+        path = out / f"{spec.stem}.png"
+        path.write_bytes(render(spec, "png"))
         written.append(path)
     path = out / HTML
     path.write_text(html_page(outcome, title, made, notes, rule), encoding="utf-8")
     written.append(path)
     return written
+
+
+def _inline_svg(data: bytes) -> str:
+    """matplotlib's SVG document as an element for the page (its XML prologue and RDF
+    metadata dropped: the page says what the chart is)."""
+    text = data.decode("utf-8")
+    text = text[text.index("<svg") :]
+    head, _, rest = text.partition(" <metadata>")
+    _, sep, tail = rest.partition("</metadata>\n")
+    return head + tail if sep else text
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -571,7 +498,7 @@ def summary_tables(figs: Sequence[Figures]) -> str:
 def html_page(
     outcome: Outcome,
     title: str,
-    made: Sequence[Chart],
+    made: Sequence[ChartSpec],
     notes: Sequence[str],
     rule: SpikeRule | None = None,
 ) -> str:
@@ -598,14 +525,14 @@ def html_page(
         f"{cfg.economics.pool_fee:g}, overhead {cfg.economics.overhead:g}",
         *(html.escape(n) for n in notes),
     ]
-    svgs = "".join(f"<figure>{svg_chart(t, s, start, end)}</figure>" for _, t, s in made)
+    svgs = "".join(f"<figure>{_inline_svg(render(spec, 'svg'))}</figure>" for spec in made)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:960px}"
         "table{border-collapse:collapse;font-size:13px;margin:0 0 1em}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "th{background:#f4f4f4}figure{margin:1em 0}"
+        "th{background:#f4f4f4}figure{margin:1em 0}figure svg{max-width:100%;height:auto}"
         "</style></head><body>"
         f"<h1>{html.escape(title)}</h1><ul>"
         + "".join(f"<li>{f}</li>" for f in facts)
