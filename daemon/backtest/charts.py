@@ -90,7 +90,16 @@ def chart_specs(
     (label, break-even column); ``strategies``: (label, column prefix, colour)."""
     x = bucket_starts(times)
     span = f"{_day(times[0])} to {_day(end)} (UTC)"
-    palette = ("#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+    palette = (  # one colour per simulator model (eight)
+        "#d62728",
+        "#2ca02c",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#17becf",
+        "#bcbd22",
+        "#ff9896",
+    )
 
     hp = Line(
         "hashprice",

@@ -347,11 +347,11 @@ def money(value: float) -> float:
 def gain_sentence(f: Figures, base: Figures, spikes: Spikes) -> str:
     """Where one strategy's profit against always-on came from, in words."""
     return (
-        f"{f.name}: {f.profit_usd - base.profit_usd:+,.2f} USD against always-on = "
-        f"{f.gain_spikes_usd:+,.2f} from the price spikes ({spikes.describe()}) "
-        f"{f.gain_low_hashprice_usd:+,.2f} from running lower or asleep the rest of the time "
-        f"(hashprice low against the power price) - {f.cost_of_changes_usd:,.2f} the changes "
-        "cost (hashes lost booting and ramping, power drawn while slowing)"
+        f"{f.name}: {money(f.profit_usd - base.profit_usd):+,.2f} USD against always-on = "
+        f"{money(f.gain_spikes_usd):+,.2f} from the price spikes ({spikes.describe()}) "
+        f"{money(f.gain_low_hashprice_usd):+,.2f} from running lower or asleep the rest of the "
+        f"time (hashprice low against the power price) - {money(f.cost_of_changes_usd):,.2f} "
+        "the changes cost (hashes lost booting and ramping, power drawn while slowing)"
     )
 
 
