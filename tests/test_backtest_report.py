@@ -342,3 +342,15 @@ def test_the_summary_tables_fit_a_1280_px_page(february: Outcome, tmp_path: Path
         ]
         widths = [max(col) for col in zip(*cells, strict=True)]
         assert sum(8 * w + 14 for w in widths) <= 960, widths
+
+
+def test_a_single_inert_run_says_why(tmp_path: Path) -> None:
+    market = tmp_path / "m.csv"
+    market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:60]) + "\n")
+    argv = ["--market", str(market), "--fleet", str(SAMPLE_FLEET), "--policy", "schedule"]
+    shown = io.StringIO()
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--quiet"], out=shown) == 0
+    assert (
+        "note: inert: the policy never acted, the run equals always-on (schedule: no schedule "
+        "windows configured (policy_params.schedule))"
+    ) in shown.getvalue()
