@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics bench-persist backtest-sample soak clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics bench-persist backtest-sample backtest-docs soak clean
 
 # pip runs --quiet (its output is hundreds of lines); these echo lines say what is going on.
 $(STAMP): pyproject.toml constraints.txt
@@ -60,6 +60,9 @@ bench-persist: $(STAMP)
 
 backtest-sample: $(STAMP)
 	$(BIN)/python -m scripts.make_backtest_sample
+
+backtest-docs: $(STAMP)
+	$(BIN)/python -m scripts.backtest_docs --write
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

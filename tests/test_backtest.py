@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -249,6 +250,67 @@ def test_market_json_and_its_errors(tmp_path: Path) -> None:
         load_market(_market(tmp_path, "[{", "m.json"))
 
 
+def test_a_market_saved_by_excel_is_read_as_written_by_hand(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts with a byte-order mark and ends lines with CRLF; a price
+    # column in USD/MWh, named as such, is converted to USD/kWh.
+    plain = HEAD + "2026-02-01T00:00:00Z,40,0.05\n2026-02-01T00:05:00Z,41.5,-0.012\n"
+    want = load_market(_market(tmp_path, plain, "plain.csv")).rows
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbf" + plain.replace("\n", "\r\n").encode())
+    assert load_market(excel).rows == want
+    mwh = plain.replace("_per_kwh", "_per_mwh").replace(",0.05", ",50").replace("-0.012", "-12")
+    assert load_market(_market(tmp_path, mwh, "mwh.csv")).rows == want
+    crlf_mwh = tmp_path / "both.csv"
+    crlf_mwh.write_bytes(b"\xef\xbb\xbf" + mwh.replace("\n", "\r\n").encode())
+    assert load_market(crlf_mwh).rows == want
+    rows = [
+        {"time": T0, "hashprice_usd_per_ph_day": 40, "power_price_usd_per_mwh": 50},
+        {"time": T0 + 300, "hashprice_usd_per_ph_day": 41.5, "power_price_usd_per_mwh": -12},
+    ]
+    bom_json = tmp_path / "m.json"
+    bom_json.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    assert load_market(bom_json).rows == want
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_bytes(b"\xef\xbb\xbf" + b'[[rigs]]\r\nmodel = "s21"\r\ncount = 2\r\n')
+    assert load_fleet(fleet).rigs == 2
+
+
+MWH_HEAD = "time,hashprice_usd_per_ph_day,power_price_usd_per_mwh\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            (HEAD.strip() + ",power_price_usd_per_mwh\n2026-02-01T00:00:00Z,40,0.05,50\n").encode(),
+            "line 1: both 'power_price_usd_per_kwh' and 'power_price_usd_per_mwh'",
+        ),
+        (
+            (MWH_HEAD + "2026-02-01T00:00:00Z,40,50000\n2026-02-01T00:05:00Z,40,50\n").encode(),
+            "line 2: power_price_usd_per_mwh: 50000 is implausible (wrong unit? USD per MWh)",
+        ),
+        (
+            (MWH_HEAD + "2026-02-01T00:00:00Z,40,\n2026-02-01T00:05:00Z,40,50\n").encode(),
+            "line 2: power_price_usd_per_mwh: the first row needs a value",
+        ),
+        (
+            (HEAD + "2026-02-01T00:00:00Z,40,55\n2026-02-01T00:05:00Z,40,50\n").encode(),
+            "a price in USD/MWh goes in a column power_price_usd_per_mwh",
+        ),
+        ("\ufeffprice,time\r\n".encode(), "line 1: unknown column 'price'"),
+        ("time,x\n".encode("utf-16"), "UTF-16 (Excel's 'Unicode Text'); save it as UTF-8"),
+        ((HEAD + "2026-02-01T00:00:00Z,40,0.05\n").encode("latin-1") + b"\xe9\n", "not UTF-8"),
+    ],
+)
+def test_market_files_as_saved_keep_clear_errors(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes(data)
+    with pytest.raises(BacktestInputError) as err:
+        load_market(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -390,14 +452,16 @@ def test_report_files(tmp_path: Path) -> None:
         assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
         width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
         raw = zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT"))
-        assert (depth, colour) == (8, 2)
-        assert len(raw) == height * (1 + 3 * width)
+        assert (depth, colour) == (8, 6)  # RGBA, as matplotlib writes it
+        assert len(raw) == height * (1 + 4 * width)
         assert len(set(raw)) > 3  # something was drawn
     page = (tmp_path / "report.html").read_text()
     assert page.count("<svg") == 3
-    for external in ("<script", "<link", "src=", "url(", "@import", "https://"):
+    for external in ("<script", "<link", "src=", "@import", "https://"):
         assert external not in page
-    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert page.count("url(") == page.count("url(#")  # references within the page only
+    namespaces = re.sub(r'xmlns(:\w+)?="http://[^"]*"', "", page)
+    assert "http://" not in namespaces
     with (tmp_path / "series.csv").open() as fh:
         header = next(csv.reader(fh))
     for col in (

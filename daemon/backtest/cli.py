@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import os
 import sys
 import time
@@ -22,7 +23,17 @@ from daemon.backtest.inputs import (
     load_market,
     parse_policies,
 )
-from daemon.backtest.report import Figures, summary, write_csv, write_report
+from daemon.backtest.report import (
+    DEFAULT_SPIKE_USD_PER_KWH,
+    Figures,
+    SpikeRule,
+    Spikes,
+    money,
+    spikes_of,
+    summary,
+    write_csv,
+    write_report,
+)
 
 SWEEP_KEYS = {
     "policy": "policies, '+' joins several (breakeven+power-cap)",
@@ -47,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--market",
         type=Path,
         required=True,
-        help="CSV or JSON: time, hashprice_usd_per_ph_day, power_price_usd_per_kwh; rows 5 "
-        "minutes to 1 hour apart",
+        help="CSV or JSON (UTF-8, a byte-order mark allowed): time, hashprice_usd_per_ph_day, "
+        "power_price_usd_per_kwh (or power_price_usd_per_mwh); rows 5 minutes to 1 hour apart",
     )
     p.add_argument(
         "--fleet",
@@ -90,8 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep runs replayed at once, one process each (default: one per CPU this "
         "process may use, at most one per run; 1: one after the other)",
     )
+    spikes = p.add_mutually_exclusive_group()
+    spikes.add_argument(
+        "--spike-price",
+        type=float,
+        metavar="USD_PER_KWH",
+        help="a market row is a price spike when its power price is at least this (default "
+        f"{DEFAULT_SPIKE_USD_PER_KWH:g}); the report splits the gain against always-on into "
+        "spikes, low hashprice and the cost of changes",
+    )
+    spikes.add_argument(
+        "--spike-top",
+        type=float,
+        metavar="PCT",
+        help="instead: the top PCT %% of the rows by power price are the spikes",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on the terminal")
     return p
+
+
+def spike_rule(args: argparse.Namespace) -> SpikeRule:
+    """The spike rule from ``--spike-price`` or ``--spike-top``; BacktestInputError if bad."""
+    if args.spike_top is not None:
+        if not 0 < args.spike_top <= 100:
+            raise BacktestInputError(f"--spike-top: {args.spike_top:g} is not a percentage 0..100")
+        return SpikeRule(top_pct=args.spike_top)
+    if args.spike_price is not None:
+        if not math.isfinite(args.spike_price):
+            raise BacktestInputError(f"--spike-price: {args.spike_price} is not a number")
+        return SpikeRule(price_usd_per_kwh=args.spike_price)
+    return SpikeRule()
 
 
 def cpus() -> int:
@@ -113,6 +152,7 @@ class RunResult:
     wall_s: float
     counters: Counters | None
     figures: list[Figures]
+    spikes: Spikes
 
 
 def run_one(
@@ -122,6 +162,7 @@ def run_one(
     fleet: Fleet,
     out: Path,
     progress: ProgressFn | None,
+    rule: SpikeRule | None = None,
 ) -> RunResult:
     """Replay one setting and write its report into ``out``; also the body of a sweep's
     worker process (everything it takes and returns pickles)."""
@@ -135,8 +176,11 @@ def run_one(
     if progress is not None:
         print(file=sys.stderr)
     notes = [f"sweep: {label}"] if label else []
-    write_report(outcome, out, f"rigpilot backtest: {name}", notes)
-    return RunResult(label, cfg, name, out, wall, outcome.policy.counters, summary(outcome))
+    rule = rule or SpikeRule()
+    write_report(outcome, out, f"rigpilot backtest: {name}", notes, rule)
+    spikes, _ = spikes_of(outcome, rule)
+    figs = summary(outcome, rule)
+    return RunResult(label, cfg, name, out, wall, outcome.policy.counters, figs, spikes)
 
 
 def base_config(args: argparse.Namespace) -> ReplayConfig:
@@ -240,6 +284,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             runs.append((" ".join(parts), cfg))
         if args.jobs is not None and args.jobs < 1:
             raise BacktestInputError(f"--jobs: {args.jobs} is below 1")
+        rule = spike_rule(args)
     except BacktestInputError as exc:
         print(f"rigpilot backtest: error: {exc}", file=sys.stderr)
         return 2
@@ -278,7 +323,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             name = _run_name(label, cfg)
             progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
             try:
-                result = run_one(label, cfg, market, fleet, out_dir(n), progress)
+                result = run_one(label, cfg, market, fleet, out_dir(n), progress, rule)
             except PolicyFailed as exc:
                 failed[n] = exc
                 _failed(n, len(runs), name, exc)
@@ -290,7 +335,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print(f"{len(runs)} runs, {jobs} at a time", file=sys.stderr)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {
-                pool.submit(run_one, label, cfg, market, fleet, out_dir(n), None): n
+                pool.submit(run_one, label, cfg, market, fleet, out_dir(n), None, rule): n
                 for n, (label, cfg) in enumerate(runs, start=1)
             }
             done: dict[int, RunResult] = {}
@@ -341,6 +386,10 @@ def _shown(result: RunResult, out: TextIO) -> None:
             file=out,
         )
     _table(result.figures, out)
+    _gains(result.figures, result.spikes, out)
+    flag = run_flag(result)
+    if flag:
+        print(f"  note: {flag}", file=out)
 
 
 def _progress(label: str) -> ProgressFn:
@@ -376,6 +425,64 @@ def _table(figs: Sequence[Figures], out: TextIO) -> None:
         )
 
 
+def inert_reasons(cfg: ReplayConfig) -> list[str]:
+    """Settings that leave a configured policy with nothing to do (it answers no intents)."""
+    reasons = []
+    if "power-cap" in cfg.policies and cfg.site.power_cap_kw is None:
+        reasons.append("power-cap: no power cap configured ([control] power_cap_kw)")
+    if "schedule" in cfg.policies and not cfg.site.params.get("schedule"):
+        reasons.append("schedule: no schedule windows configured (policy_params.schedule)")
+    return reasons
+
+
+def run_flag(result: RunResult) -> str:
+    """ "inert: ..." when the policy never changed a rig's mode (the run is always-on), else ""."""
+    if result.figures[0].mode_changes:
+        return ""
+    why = "; ".join(inert_reasons(result.config)) or "its settings never asked for a change"
+    return f"inert: the policy never acted, the run equals always-on ({why})"
+
+
+def sweep_flags(results: Sequence[RunResult]) -> list[str]:
+    """Per run of a sweep: why it is not a result of its own (inert, or the same figures as an
+    earlier run, with the setting that made no difference when it is known), or ""."""
+    flags = []
+    for n, result in enumerate(results):
+        flag = run_flag(result)
+        twin = next((k for k in range(n) if results[k].figures[0] == result.figures[0]), None)
+        if twin is not None:
+            same = f"identical to run-{twin + 1:02d}"
+            reasons = [
+                r
+                for r in inert_reasons(result.config)
+                if r not in inert_reasons(results[twin].config)
+            ]
+            same += f" ({'; '.join(reasons)})" if reasons else ""
+            flag = f"{flag}; {same}" if flag else same
+        flags.append(flag)
+    return flags
+
+
+def _gains(figs: Sequence[Figures], spikes: Spikes, out: TextIO) -> None:
+    """Where each strategy's gain against always-on came from."""
+    base = next(f for f in figs if f.name == "always-on")
+    print(f"  gain against always-on, by source (spikes: {spikes.describe()}):", file=out)
+    print(
+        f"  {'strategy':<10} {'vs always-on':>13} {'from spikes':>13} {'low hashprice':>14} "
+        f"{'changes cost':>13}",
+        file=out,
+    )
+    for f in figs:
+        if f is base:
+            continue
+        print(
+            f"  {f.name:<10} {money(f.profit_usd - base.profit_usd):>+13,.2f} "
+            f"{money(f.gain_spikes_usd):>+13,.2f} {money(f.gain_low_hashprice_usd):>+14,.2f} "
+            f"{money(f.cost_of_changes_usd):>13,.2f}",
+            file=out,
+        )
+
+
 def _write_sweep(results: Sequence[RunResult], out_dir: Path, out: TextIO) -> None:
     header = [
         "run",
@@ -392,12 +499,18 @@ def _write_sweep(results: Sequence[RunResult], out_dir: Path, out: TextIO) -> No
         "mode_changes_per_rig_mean",
         "mode_changes_per_rig_max",
         "steepest_ramp_kw_per_min",
+        "gain_from_spikes_usd",
+        "gain_from_low_hashprice_usd",
+        "cost_of_changes_usd",
+        "flag",
     ]
     rows: list[list[object]] = []
     print("\nsweep:", file=out)
+    flags = sweep_flags(results)
     for n, result in enumerate(results, start=1):
         label, cfg = result.label, result.config
         pol, always, thr = result.figures
+        flag = flags[n - 1]
         rows.append(
             [
                 f"run-{n:02d}",
@@ -414,13 +527,18 @@ def _write_sweep(results: Sequence[RunResult], out_dir: Path, out: TextIO) -> No
                 round(pol.mode_changes_per_rig_mean, 3),
                 pol.mode_changes_per_rig_max,
                 round(pol.steepest_ramp_kw_per_min, 2),
+                money(pol.gain_spikes_usd),
+                money(pol.gain_low_hashprice_usd),
+                money(pol.cost_of_changes_usd),
+                flag,
             ]
         )
         print(
             f"  run-{n:02d} {label:<42} profit {pol.profit_usd:>12,.2f} "
             f"({pol.profit_usd - always.profit_usd:+,.2f} vs always-on, "
             f"{pol.profit_usd - thr.profit_usd:+,.2f} vs threshold), "
-            f"{pol.mode_changes_per_rig_mean:.2f} changes/rig",
+            f"{pol.mode_changes_per_rig_mean:.2f} changes/rig, "
+            f"changes cost {money(pol.cost_of_changes_usd):,.2f}" + (f"  [{flag}]" if flag else ""),
             file=out,
         )
     write_csv(out_dir / "sweep.csv", header, rows)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daemon.backtest.inputs import MAKE_MODES, Fleet, Market, iso_utc
-from daemon.backtest.physics import RigPhysics
+from daemon.backtest.physics import RigPhysics, steady_rates
 from daemon.loop import checked_opinion, nearest_safe
 from daemon.rig_economics import mode_points
 from drivers import catalogue
@@ -249,7 +249,8 @@ class Strategy:
         self.row_energy_ws: list[float] = []
         self.row_hash_ths_s: list[float] = []
         self.row_hashing: list[int] = []
-        self._row_e = self._row_h = 0.0
+        self.row_change_cost: list[float] = []  # USD: transitions against their steady target
+        self._row_e = self._row_h = self._row_c = 0.0
         self._seg_start = prices.start
         self._settled_p = self._settled_h = 0.0
         self._dirty = True
@@ -344,7 +345,14 @@ class Strategy:
         for u in self.units:
             if u.phys.settled:
                 continue
+            dt = t - u.since
             e, h = u.phys.run(t, sink, u.m)
+            # The change's cost: what the rigs would have made at their target's steady state
+            # over the stretch, less what they made (hashes lost booting, power still drawn).
+            sw, sh = steady_rates(u.cls.spec, u.phys.health, u.cls.ambient_c, u.phys.target)
+            self._row_c += (
+                (sh * dt - h) * hp * self.fee_k - (sw * dt - e) * pp * self.cost_k
+            ) * u.m
             a = u.acct
             a.energy_ws += e
             a.revenue_usd += h * hp * self.fee_k
@@ -369,7 +377,8 @@ class Strategy:
         self.row_energy_ws.append(self._row_e)
         self.row_hash_ths_s.append(self._row_h)
         self.row_hashing.append(sum(u.m for u in self.units if u.setting.mode not in _SLEEPING))
-        self._row_e = self._row_h = 0.0
+        self.row_change_cost.append(self._row_c)
+        self._row_e = self._row_h = self._row_c = 0.0
 
     def finish(self, t: float) -> None:
         for u in self.units:

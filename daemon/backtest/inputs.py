@@ -22,7 +22,9 @@ from simulator.models import MODELS, ModelSpec
 TIME = "time"
 HASHPRICE = "hashprice_usd_per_ph_day"
 POWER_PRICE = "power_price_usd_per_kwh"
+POWER_PRICE_MWH = "power_price_usd_per_mwh"  # accepted instead, divided by 1,000 on reading
 COLUMNS = (TIME, HASHPRICE, POWER_PRICE)
+ACCEPTED = (*COLUMNS, POWER_PRICE_MWH)
 MIN_INTERVAL_S = 300
 MAX_INTERVAL_S = 3600
 
@@ -113,13 +115,12 @@ class Fleet:
 def load_market(path: Path) -> Market:
     """Read a market history: CSV with a header, or JSON (a list of row objects, or an object
     with ``rows``). Columns: ``time`` (ISO 8601 with a zone, or POSIX seconds),
-    ``hashprice_usd_per_ph_day``, ``power_price_usd_per_kwh`` (an empty cell or null: no quote).
-    Rows must be strictly increasing, one interval apart, the interval 5 minutes to an hour."""
+    ``hashprice_usd_per_ph_day``, ``power_price_usd_per_kwh`` or ``power_price_usd_per_mwh``
+    (converted to USD/kWh; an empty cell or null: no quote). UTF-8, with or without a
+    byte-order mark (Excel's "CSV UTF-8"), any line ends. Rows must be strictly increasing, one
+    interval apart, the interval 5 minutes to an hour."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BacktestInputError(f"{name}: cannot read the market file: {exc}") from exc
+    text = _read_text(name, path, "market")
     is_json = path.suffix.lower() == ".json"
     raw = _json_rows(name, text) if is_json else _csv_rows(name, text)
     rows = [_row(name, where, cells) for where, cells in raw]
@@ -145,11 +146,53 @@ def load_market(path: Path) -> Market:
         )
     for col, value in (
         (HASHPRICE, rows[0].hashprice_usd_per_ph_day),
-        (POWER_PRICE, rows[0].power_price_usd_per_kwh),
+        (
+            POWER_PRICE_MWH if POWER_PRICE_MWH in raw[0][1] else POWER_PRICE,
+            rows[0].power_price_usd_per_kwh,
+        ),
     ):
         if value is None:
             raise BacktestInputError(f"{name}: {raw[0][0]}: {col}: the first row needs a value")
     return Market(name, int(interval), tuple(rows))
+
+
+def _read_text(name: str, path: Path, what: str) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped (Excel writes one)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BacktestInputError(f"{name}: cannot read the {what} file: {exc}") from exc
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise BacktestInputError(
+            f"{name}: the {what} file is UTF-16 (Excel's 'Unicode Text'); save it as UTF-8 "
+            "(Excel: 'CSV UTF-8')"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BacktestInputError(
+            f"{name}: the {what} file is not UTF-8 (byte {exc.start}: {exc.reason})"
+        ) from exc
+    # Universal line ends, as reading in text mode: CRLF (Windows) and CR become LF.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_COLUMNS_ARE = f"columns are {', '.join(COLUMNS)} (or {POWER_PRICE_MWH} instead of the last)"
+
+
+def _columns_problem(names: Sequence[str]) -> str | None:
+    """What is wrong with a header (or a JSON row's fields), or None."""
+    unknown = [c for c in names if c not in ACCEPTED]
+    if unknown:
+        return f"unknown column {unknown[0]!r}; {_COLUMNS_ARE}"
+    if POWER_PRICE in names and POWER_PRICE_MWH in names:
+        return f"both {POWER_PRICE!r} and {POWER_PRICE_MWH!r}; give the power price once"
+    missing = [
+        c for c in COLUMNS if c not in names and not (c == POWER_PRICE and POWER_PRICE_MWH in names)
+    ]
+    if missing:
+        return f"missing column {missing[0]!r}; {_COLUMNS_ARE}"
+    return None
 
 
 def _csv_rows(name: str, text: str) -> list[tuple[str, dict[str, str]]]:
@@ -165,18 +208,9 @@ def _csv_rows(name: str, text: str) -> list[tuple[str, dict[str, str]]]:
         cells = [c.strip() for c in raw_cells]
         if header is None:
             header = cells
-            unknown = [c for c in header if c not in COLUMNS]
-            if unknown:
-                raise BacktestInputError(
-                    f"{name}: line {lineno}: unknown column {unknown[0]!r}; "
-                    f"columns are {', '.join(COLUMNS)}"
-                )
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise BacktestInputError(
-                    f"{name}: line {lineno}: missing column {missing[0]!r}; "
-                    f"columns are {', '.join(COLUMNS)}"
-                )
+            problem = _columns_problem(header)
+            if problem:
+                raise BacktestInputError(f"{name}: line {lineno}: {problem}")
             continue
         if len(cells) != len(header):
             raise BacktestInputError(
@@ -199,25 +233,21 @@ def _json_rows(name: str, text: str) -> list[tuple[str, dict[str, str]]]:
         where = f"rows[{i}]"
         if not isinstance(item, dict):
             raise BacktestInputError(f"{name}: {where}: want an object, got {item!r}")
-        unknown = [k for k in item if k not in COLUMNS]
-        if unknown:
-            raise BacktestInputError(
-                f"{name}: {where}: unknown field {unknown[0]!r}; fields are {', '.join(COLUMNS)}"
-            )
-        missing = [k for k in COLUMNS if k not in item]
-        if missing:
-            raise BacktestInputError(f"{name}: {where}: missing field {missing[0]!r}")
+        problem = _columns_problem(list(item))
+        if problem:
+            raise BacktestInputError(f"{name}: {where}: {problem.replace('column', 'field')}")
         out.append((where, {k: "" if v is None else str(v) for k, v in item.items()}))
     return out
 
 
 def _row(name: str, where: str, cells: Mapping[str, str]) -> MarketRow:
     t = _time(name, where, cells[TIME])
-    return MarketRow(
-        t,
-        _price(name, where, HASHPRICE, cells[HASHPRICE], negative=False),
-        _price(name, where, POWER_PRICE, cells[POWER_PRICE], negative=True),
-    )
+    if POWER_PRICE_MWH in cells:
+        per_mwh = _price(name, where, POWER_PRICE_MWH, cells[POWER_PRICE_MWH], negative=True)
+        power = None if per_mwh is None else round(per_mwh / 1000.0, 9)  # 12.34 -> 0.01234
+    else:
+        power = _price(name, where, POWER_PRICE, cells[POWER_PRICE], negative=True)
+    return MarketRow(t, _price(name, where, HASHPRICE, cells[HASHPRICE], negative=False), power)
 
 
 def _time(name: str, where: str, text: str) -> float:
@@ -252,12 +282,19 @@ def _price(name: str, where: str, col: str, text: str, *, negative: bool) -> flo
         raise BacktestInputError(f"{name}: {where}: {col}: {text!r} is not a finite number")
     if value < 0 and not negative:
         raise BacktestInputError(f"{name}: {where}: {col}: {value:g} is negative")
-    if abs(value) > (10.0 if col == POWER_PRICE else 10_000.0):  # ERCOT caps at 5 USD/kWh
+    limit, unit = _PLAUSIBLE[col]
+    if abs(value) > limit:
         raise BacktestInputError(
-            f"{name}: {where}: {col}: {value:g} is implausible (wrong unit? "
-            f"{'USD per kWh' if col == POWER_PRICE else 'USD per PH/s per day'})"
+            f"{name}: {where}: {col}: {value:g} is implausible (wrong unit? {unit})"
         )
     return value
+
+
+_PLAUSIBLE = {  # ERCOT caps at 5 USD/kWh: beyond twice that, the unit is almost surely wrong
+    HASHPRICE: (10_000.0, "USD per PH/s per day"),
+    POWER_PRICE: (10.0, "USD per kWh; a price in USD/MWh goes in a column power_price_usd_per_mwh"),
+    POWER_PRICE_MWH: (10_000.0, "USD per MWh"),
+}
 
 
 def iso_utc(t: float) -> str:
@@ -279,10 +316,7 @@ def load_fleet(path: Path) -> Fleet:
     or JSON, ``[[rigs]]`` groups of ``model`` and ``count`` with optional ``health``,
     ``health_spread``, ``health_buckets``, ``ambient_c``, ``group`` and ``modes``."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BacktestInputError(f"{name}: cannot read the fleet file: {exc}") from exc
+    text = _read_text(name, path, "fleet")
     data: Any
     if path.suffix.lower() == ".json":
         try:

@@ -52,6 +52,24 @@ def target_for(spec: ModelSpec, setting: Setting) -> float:
     return sp.target_freq(_SIM_MODE[setting.mode], limit, 0, spec, spec.boards)
 
 
+def steady_rates(
+    spec: ModelSpec, health: float, ambient_c: float, target: float
+) -> tuple[float, float]:
+    """(watts, TH/s) a rig settles at when the firmware aims at ``target``: what a change
+    would deliver at once if waking, ramping and slowing down took no time. The replay prices
+    its changes against it (the cost of a change: hashes not made, power still drawn)."""
+    key = (spec.key, health, ambient_c, target)
+    rates = _STEADY.get(key)
+    if rates is None:
+        state = sp.PhysState(t=0.0, ambient_c=ambient_c)
+        sp.advance(state, spec, target, 2 * PRESETTLE_S)
+        rates = _STEADY[key] = (state.power_w, state.hashrate_ths * health)
+    return rates
+
+
+_STEADY: dict[tuple[str, float, float, float], tuple[float, float]] = {}
+
+
 PowerSink = Callable[[float, float], None]
 """Called with (time a new power level starts, the change in watts) for the ramp meter."""
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.backtest.charts import ChartSpec, chart_specs, render
 from daemon.backtest.engine import Outcome, Prices, Replay
 from daemon.backtest.inputs import iso_utc
-from daemon.backtest.png import RGB, chart_png, short, ticks
 
 SERIES_CSV = "series.csv"
 RIGS_CSV = "rigs.csv"
@@ -19,23 +20,7 @@ SUMMARY_CSV = "summary.csv"
 HTML = "report.html"
 PNGS = ("hashprice.png", "power.png", "profit.png")
 STRATEGIES = ("policy", "always-on", "threshold")
-COLORS: dict[str, RGB] = {
-    "policy": (31, 119, 180),
-    "always-on": (127, 127, 127),
-    "threshold": (255, 127, 14),
-    "hashprice": (0, 0, 0),
-}
-_MODEL_COLORS: tuple[RGB, ...] = (
-    (214, 39, 40),
-    (44, 160, 44),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (23, 190, 207),
-    (188, 189, 34),
-    (255, 152, 150),
-)
-MAX_POINTS = 1500
+COLORS = {"policy": "#1f77b4", "always-on": "#7f7f7f", "threshold": "#ff7f0e"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +38,74 @@ class Figures:
     mode_changes_per_rig_max: int
     mode_changes_per_rig_mean: float
     steepest_ramp_kw_per_min: float
+    # Where the profit against always-on came from (they add up to it; 0 for always-on):
+    gain_spikes_usd: float = 0.0  # rows of spike prices: asleep while power cost more
+    gain_low_hashprice_usd: float = 0.0  # every other row: lower modes, sleep, the slide
+    cost_of_changes_usd: float = 0.0  # hashes lost booting and ramping, power drawn slowing
 
 
-def figures(r: Replay) -> Figures:
+DEFAULT_SPIKE_USD_PER_KWH = 0.20
+
+
+@dataclass(frozen=True, slots=True)
+class SpikeRule:
+    """Which rows count as price spikes: power at or above ``price_usd_per_kwh``, or, when
+    ``top_pct`` is set, the top ``top_pct`` % of the rows by power price (ties included)."""
+
+    price_usd_per_kwh: float = DEFAULT_SPIKE_USD_PER_KWH
+    top_pct: float | None = None
+
+    def threshold(self, power_prices: Sequence[float]) -> float:
+        if self.top_pct is None:
+            return self.price_usd_per_kwh
+        ranked = sorted(power_prices, reverse=True)
+        k = max(1, math.ceil(len(ranked) * self.top_pct / 100.0))
+        return ranked[min(k, len(ranked)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Spikes:
+    """The spike rows of one history under a rule: how they were chosen and how many."""
+
+    rule: str  # "power >= 0.2 USD/kWh" or "top 1 % of power prices (>= 0.397 USD/kWh)"
+    threshold_usd_per_kwh: float
+    rows: int
+    hours: float
+
+    def describe(self) -> str:
+        return f"{self.rule}: {self.rows} rows, {self.hours:.1f} h"
+
+
+def spikes_of(outcome: Outcome, rule: SpikeRule) -> tuple[Spikes, list[bool]]:
+    """The rule applied to the history's power prices (a stale quote counts at the last)."""
+    pp = Prices.of(outcome.market).pp
+    cut = rule.threshold(pp)
+    flags = [p >= cut for p in pp]
+    text = (
+        f"power >= {cut:g} USD/kWh"
+        if rule.top_pct is None
+        else f"top {rule.top_pct:g} % of power prices (>= {cut:g} USD/kWh)"
+    )
+    n = sum(flags)
+    return Spikes(text, cut, n, n * outcome.market.interval_s / 3600.0), flags
+
+
+def row_profits(outcome: Outcome, r: Replay) -> list[float]:
+    """Each market row's profit (USD) of one strategy, at that row's prices."""
+    prices = Prices.of(outcome.market)
+    terms = outcome.config.economics
+    fee_k = (1.0 - terms.pool_fee) / 1000.0 / 86_400.0
+    cost_k = terms.overhead / 3.6e6
+    s = r.strategy
+    return [
+        h * hp * fee_k - e * pp * cost_k
+        for e, h, hp, pp in zip(
+            s.row_energy_ws, s.row_hash_ths_s, prices.hp, prices.pp, strict=True
+        )
+    ]
+
+
+def figures(r: Replay, split: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Figures:
     s = r.strategy
     rigs = len(s.rig_changes)
     rev, cost = sum(s.rig_revenue), sum(s.rig_cost)
@@ -71,15 +121,53 @@ def figures(r: Replay) -> Figures:
         max(s.rig_changes, default=0),
         sum(s.rig_changes) / rigs if rigs else 0.0,
         r.ramp_kw_per_min,
+        *split,
     )
 
 
-def summary(outcome: Outcome) -> list[Figures]:
-    return [figures(r) for r in (outcome.policy, outcome.always_on, outcome.threshold)]
+def summary(outcome: Outcome, rule: SpikeRule | None = None) -> list[Figures]:
+    """Policy, always-on and threshold, each with its gain against always-on split by source.
+
+    The split, per market row: the strategy's profit less always-on's, plus what its changes
+    cost in that row (so: as if every change took effect at once), is credited to the spikes
+    when the row's power price is a spike (``rule``), else to the low hashprice; the changes'
+    cost (the engine's ``row_change_cost``: each transition against its target's steady state,
+    on the replay's physics) is the third part. The low-hashprice part is the remainder of the
+    total, so the three add up to the profit against always-on exactly."""
+    _, flags = spikes_of(outcome, rule or SpikeRule())
+    base_rows = row_profits(outcome, outcome.always_on)
+    base = figures(outcome.always_on)
+    out = []
+    for r in (outcome.policy, outcome.always_on, outcome.threshold):
+        if r is outcome.always_on:
+            out.append(base)
+            continue
+        plain = figures(r)
+        changes = sum(r.strategy.row_change_cost)
+        spikes = (
+            sum(
+                p - b + c
+                for p, b, c, spike in zip(
+                    row_profits(outcome, r),
+                    base_rows,
+                    r.strategy.row_change_cost,
+                    flags,
+                    strict=True,
+                )
+                if spike
+            )
+            + 0.0
+        )  # a float even with no spike rows
+        gain = plain.profit_usd - base.profit_usd
+        out.append(figures(r, (spikes, gain - spikes + changes, changes)))
+    return out
 
 
-def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
+def series_rows(
+    outcome: Outcome, rule: SpikeRule | None = None
+) -> tuple[list[str], list[list[object]]]:
     """The per-step fleet series: prices, then per strategy power, energy, money and rigs."""
+    _, spike = spikes_of(outcome, rule or SpikeRule())
     prices = Prices.of(outcome.market)
     terms = outcome.config.economics
     fee_k = (1.0 - terms.pool_fee) / 1000.0 / 86_400.0
@@ -94,7 +182,16 @@ def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
         "hashprice_usd_per_ph_day",
         "power_price_usd_per_kwh",
         "fleet_breakeven_hashprice_usd_per_ph_day",
+        "power_spike",
     ]
+    # ... and each model's, from its rigs' steady figures at normal.
+    per_model: dict[str, tuple[float, float]] = {}
+    for u in a.units:
+        w, ths = per_model.get(u.cls.spec.key, (0.0, 0.0))
+        per_model[u.cls.spec.key] = (w + u.phys.power_w * u.m, ths + u.phys.hashrate_ths * u.m)
+    model_cols = model_columns(outcome)
+    model_rates = [per_model[key] for key in sorted(per_model)]
+    header += [col for _, col in model_cols]
     for name in STRATEGIES:
         p = name.replace("-", "_")
         header += [
@@ -106,6 +203,7 @@ def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
             f"{p}_profit_usd",
             f"{p}_cum_profit_usd",
             f"{p}_rigs_hashing",
+            f"{p}_change_cost_usd",
         ]
     reps = (outcome.policy, outcome.always_on, outcome.threshold)
     cum = [0.0, 0.0, 0.0]
@@ -117,7 +215,12 @@ def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
             iso_utc(row.t),
             "" if row.hashprice_usd_per_ph_day is None else row.hashprice_usd_per_ph_day,
             "" if row.power_price_usd_per_kwh is None else row.power_price_usd_per_kwh,
-            round(be, 4),
+            _r(be, 4),
+            int(spike[i]),
+        ]
+        out += [
+            _r(w / 1000.0 * 24.0 * pp * terms.overhead / (ths / 1000.0 * (1 - terms.pool_fee)), 4)
+            for w, ths in model_rates
         ]
         for k, r in enumerate(reps):
             s = r.strategy
@@ -125,17 +228,23 @@ def series_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
             rev, cost = h * hp * fee_k, e * pp * cost_k
             cum[k] += rev - cost
             out += [
-                round(e / dt / 1000.0, 3),
-                round(h / dt / 1000.0, 4),
-                round(e / 3.6e6, 4),
-                round(rev, 4),
-                round(cost, 4),
-                round(rev - cost, 4),
-                round(cum[k], 4),
+                _r(e / dt / 1000.0, 3),
+                _r(h / dt / 1000.0, 4),
+                _r(e / 3.6e6, 4),
+                _r(rev, 4),
+                _r(cost, 4),
+                _r(rev - cost, 4),
+                _r(cum[k], 4),
                 s.row_hashing[i],
+                _r(s.row_change_cost[i], 4),
             ]
         rows.append(out)
     return header, rows
+
+
+def _r(value: float, digits: int) -> float:
+    """Rounded, never -0.0."""
+    return round(value, digits) + 0.0
 
 
 def rig_rows(outcome: Outcome) -> tuple[list[str], list[list[object]]]:
@@ -202,6 +311,9 @@ def summary_rows(figs: Sequence[Figures]) -> tuple[list[str], list[list[object]]
         "mode_changes_per_rig_max",
         "mode_changes_per_rig_mean",
         "steepest_ramp_kw_per_min",
+        "gain_from_spikes_usd",
+        "gain_from_low_hashprice_usd",
+        "cost_of_changes_usd",
     ]
     base = next(f.profit_usd for f in figs if f.name == "always-on")
     rows: list[list[object]] = [
@@ -218,156 +330,188 @@ def summary_rows(figs: Sequence[Figures]) -> tuple[list[str], list[list[object]]
             f.mode_changes_per_rig_max,
             round(f.mode_changes_per_rig_mean, 3),
             round(f.steepest_ramp_kw_per_min, 2),
+            money(f.gain_spikes_usd),
+            money(f.gain_low_hashprice_usd),
+            money(f.cost_of_changes_usd),
         ]
         for f in figs
     ]
     return header, rows
 
 
+def money(value: float) -> float:
+    """Rounded to the cent, never -0.0 (a cost of -0.001 is 0.0, not "-0.0")."""
+    return _r(value, 2)
+
+
+def gain_sentence(f: Figures, base: Figures, spikes: Spikes) -> str:
+    """Where one strategy's profit against always-on came from, in words."""
+    return (
+        f"{f.name}: {money(f.profit_usd - base.profit_usd):+,.2f} USD against always-on = "
+        f"{money(f.gain_spikes_usd):+,.2f} from the price spikes ({spikes.describe()}) "
+        f"{money(f.gain_low_hashprice_usd):+,.2f} from running lower or asleep the rest of the "
+        f"time (hashprice low against the power price) - {money(f.cost_of_changes_usd):,.2f} "
+        "the changes cost (hashes lost booting and ramping, power drawn while slowing)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # charts
 
 
-def _downsample(values: Sequence[float], points: int = MAX_POINTS) -> list[float]:
-    """Bucket means, at most ``points`` of them."""
-    n = len(values)
-    if n <= points:
-        return list(values)
-    out = []
-    for b in range(points):
-        lo, hi = b * n // points, (b + 1) * n // points
-        chunk = values[lo:hi]
-        out.append(sum(chunk) / len(chunk))
-    return out
-
-
-Chart = tuple[str, str, list[tuple[str, RGB, list[float]]]]
-
-
-def charts(outcome: Outcome) -> list[Chart]:
-    """(file stem, title, series) for the three charts."""
-    header, rows = series_rows(outcome)
-    col = {name: i for i, name in enumerate(header)}
-    prices = Prices.of(outcome.market)
-    terms = outcome.config.economics
-    hp_line: list[tuple[str, RGB, list[float]]] = [
-        ("hashprice", COLORS["hashprice"], _downsample(prices.hp))
-    ]
-    models: dict[str, tuple[float, float]] = {}
-    for u in outcome.always_on.strategy.units:
-        p, h = models.get(u.cls.spec.model, (0.0, 0.0))
-        models[u.cls.spec.model] = (p + u.phys.power_w * u.m, h + u.phys.hashrate_ths * u.m)
-    for k, (model, (p_w, h_ths)) in enumerate(sorted(models.items())[: len(_MODEL_COLORS)]):
-        be = [
-            p_w / 1000.0 * 24.0 * pp * terms.overhead / (h_ths / 1000.0 * (1 - terms.pool_fee))
-            for pp in prices.pp
-        ]
-        hp_line.append((f"break-even {model}", _MODEL_COLORS[k], _downsample(be)))
-    power = [
-        (n, COLORS[n], _downsample([_num(r[col[f"{_p(n)}_power_kw"]]) for r in rows]))
-        for n in STRATEGIES
-    ]
-    profit = [
-        (n, COLORS[n], _downsample([_num(r[col[f"{_p(n)}_cum_profit_usd"]]) for r in rows]))
-        for n in STRATEGIES
-    ]
+def model_columns(outcome: Outcome) -> list[tuple[str, str]]:
+    """(model name, its break-even column in series.csv), one per model in the fleet."""
+    models = sorted(
+        {u.cls.spec.key: u.cls.spec.model for u in outcome.always_on.strategy.units}.items()
+    )
     return [
-        ("hashprice", "Hashprice against break-even at normal (USD/PH/day)", hp_line),
-        ("power", "Fleet power (kW)", power),
-        ("profit", "Cumulative profit (USD)", profit),
+        (model, f"breakeven_{key.replace('+', 'plus')}_usd_per_ph_day") for key, model in models
     ]
+
+
+def charts(outcome: Outcome, rule: SpikeRule | None = None) -> list[ChartSpec]:
+    """The report's three charts, their data taken from the series.csv columns."""
+    header, rows = series_rows(outcome, rule)
+    cols: dict[str, list[float]] = {name: [] for name in header[1:]}
+    names = header[1:]
+    prices = Prices.of(outcome.market)
+    for r, hp, pp in zip(rows, prices.hp, prices.pp, strict=True):
+        for name, value in zip(names, r[1:], strict=True):
+            cols[name].append(float(value) if isinstance(value, int | float) else math.nan)
+        # empty price cells are drawn at the price the money is counted at (the last known)
+        cols["hashprice_usd_per_ph_day"][-1] = hp
+        cols["power_price_usd_per_kwh"][-1] = pp
+    times = [row.t for row in outcome.market.rows]
+    strategies = [(n, _p(n), COLORS[n]) for n in STRATEGIES]
+    return chart_specs(cols, times, outcome.market.end, model_columns(outcome), strategies)
 
 
 def _p(name: str) -> str:
     return name.replace("-", "_")
 
 
-def _num(value: object) -> float:
-    assert isinstance(value, int | float)
-    return float(value)
-
-
-def svg_chart(
-    title: str, series: Sequence[tuple[str, RGB, Sequence[float]]], start: str, end: str
-) -> str:
-    """An inline SVG line chart with a y axis, gridlines and a legend."""
-    w, h, left, right, top, bottom = 900, 320, 70, 10, 28, 40
-    values = [v for _, _, ys in series for v in ys]
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 1.0, hi + 1.0
-    pw, ph = w - left - right, h - top - bottom
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
-        f'role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{left}" y="18" font-size="14" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for t in ticks(lo, hi):
-        y = top + (hi - t) / (hi - lo) * ph
-        parts.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#e1e1e1"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
-            f"{short(t)}</text>"
-        )
-    parts.append(
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>'
-        f'<line x1="{left}" y1="{top + ph}" x2="{w - right}" y2="{top + ph}" stroke="#333"/>'
-        f'<text x="{left}" y="{h - 22}" font-size="11">{start}</text>'
-        f'<text x="{w - right}" y="{h - 22}" font-size="11" text-anchor="end">{end}</text>'
-    )
-    for name, color, ys in series:
-        n = len(ys)
-        pts = " ".join(
-            f"{left + (i / (n - 1) * pw if n > 1 else 0):.1f},{top + (hi - v) / (hi - lo) * ph:.1f}"
-            for i, v in enumerate(ys)
-        )
-        rgb = "rgb({},{},{})".format(*color)
-        parts.append(
-            f'<polyline fill="none" stroke="{rgb}" stroke-width="1.3" points="{pts}">'
-            f"<title>{html.escape(name)}</title></polyline>"
-        )
-    x = left
-    for name, color, _ in series:
-        rgb = "rgb({},{},{})".format(*color)
-        parts.append(
-            f'<rect x="{x}" y="{h - 14}" width="12" height="4" fill="{rgb}"/>'
-            f'<text x="{x + 16}" y="{h - 9}" font-size="11">{html.escape(name)}</text>'
-        )
-        x += 24 + 7 * len(name)
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def write_report(outcome: Outcome, out: Path, title: str, notes: Sequence[str] = ()) -> list[Path]:
+def write_report(
+    outcome: Outcome,
+    out: Path,
+    title: str,
+    notes: Sequence[str] = (),
+    rule: SpikeRule | None = None,
+) -> list[Path]:
     """Every report file into ``out`` (created); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (header, rows) in (
-        (SERIES_CSV, series_rows(outcome)),
+        (SERIES_CSV, series_rows(outcome, rule)),
         (RIGS_CSV, rig_rows(outcome)),
-        (SUMMARY_CSV, summary_rows(summary(outcome))),
+        (SUMMARY_CSV, summary_rows(summary(outcome, rule))),
     ):
         write_csv(out / name, header, rows)
         written.append(out / name)
-    made = charts(outcome)
-    for stem, chart_title, series in made:
-        path = out / f"{stem}.png"
-        path.write_bytes(chart_png(series, chart_title))
+    made = charts(outcome, rule)
+    for spec in made:
+        path = out / f"{spec.stem}.png"
+        path.write_bytes(render(spec, "png"))
         written.append(path)
     path = out / HTML
-    path.write_text(html_page(outcome, title, made, notes), encoding="utf-8")
+    path.write_text(html_page(outcome, title, made, notes, rule), encoding="utf-8")
     written.append(path)
     return written
 
 
-def html_page(outcome: Outcome, title: str, made: Sequence[Chart], notes: Sequence[str]) -> str:
-    figs = summary(outcome)
-    header, rows = summary_rows(figs)
-    start, end = iso_utc(outcome.market.start), iso_utc(outcome.market.end)
-    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+def _inline_svg(data: bytes) -> str:
+    """matplotlib's SVG document as an element for the page (its XML prologue and RDF
+    metadata dropped: the page says what the chart is)."""
+    text = data.decode("utf-8")
+    text = text[text.index("<svg") :]
+    head, _, rest = text.partition(" <metadata>")
+    _, sep, tail = rest.partition("</metadata>\n")
+    return head + tail if sep else text
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
     for r in rows:
-        table += "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
-    table += "</table>"
+        out += "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
+    return out + "</table>"
+
+
+def summary_tables(figs: Sequence[Figures]) -> str:
+    """The summary as two tables narrow enough for a 1,280 px page: money, then operations."""
+    base = next(f for f in figs if f.name == "always-on")
+
+    def usd(v: float, sign: bool = False) -> str:
+        return f"{money(v):+,.2f}" if sign else f"{money(v):,.2f}"
+
+    money_table = _html_table(
+        [
+            "strategy",
+            "profit<br>USD",
+            "vs always-on<br>USD",
+            "from spikes<br>USD",
+            "from low hashprice<br>USD",
+            "cost of changes<br>USD",
+            "revenue<br>USD",
+            "power cost<br>USD",
+            "energy<br>MWh",
+        ],
+        [
+            [
+                f.name,
+                usd(f.profit_usd),
+                usd(f.profit_usd - base.profit_usd, sign=True),
+                usd(f.gain_spikes_usd, sign=True),
+                usd(f.gain_low_hashprice_usd, sign=True),
+                usd(f.cost_of_changes_usd),
+                usd(f.revenue_usd),
+                usd(f.cost_usd),
+                f"{f.energy_mwh:,.2f}",
+            ]
+            for f in figs
+        ],
+    )
+    ops_table = _html_table(
+        [
+            "strategy",
+            "rig-hours<br>asleep",
+            "rig-hours<br>low",
+            "mode<br>changes",
+            "changes per rig<br>max",
+            "changes per rig<br>mean",
+            "steepest ramp<br>kW/min",
+        ],
+        [
+            [
+                f.name,
+                f"{f.rig_hours_asleep:,.1f}",
+                f"{f.rig_hours_low:,.1f}",
+                f"{f.mode_changes:,}",
+                f"{f.mode_changes_per_rig_max:,}",
+                f"{f.mode_changes_per_rig_mean:.2f}",
+                f"{f.steepest_ramp_kw_per_min:,.1f}",
+            ]
+            for f in figs
+        ],
+    )
+    return money_table + ops_table
+
+
+def html_page(
+    outcome: Outcome,
+    title: str,
+    made: Sequence[ChartSpec],
+    notes: Sequence[str],
+    rule: SpikeRule | None = None,
+) -> str:
+    figs = summary(outcome, rule)
+    spikes, _ = spikes_of(outcome, rule or SpikeRule())
+    base = next(f for f in figs if f.name == "always-on")
+    gains = "".join(
+        f"<li>{html.escape(gain_sentence(f, base, spikes))}</li>" for f in figs if f is not base
+    )
+    start, end = iso_utc(outcome.market.start), iso_utc(outcome.market.end)
+    table = (
+        summary_tables(figs) + f"<p>Where the gain against always-on came from:</p><ul>{gains}</ul>"
+    )
     cfg = outcome.config
     g = cfg.guards
     facts = [
@@ -381,14 +525,14 @@ def html_page(outcome: Outcome, title: str, made: Sequence[Chart], notes: Sequen
         f"{cfg.economics.pool_fee:g}, overhead {cfg.economics.overhead:g}",
         *(html.escape(n) for n in notes),
     ]
-    svgs = "".join(f"<figure>{svg_chart(t, s, start, end)}</figure>" for _, t, s in made)
+    svgs = "".join(f"<figure>{_inline_svg(render(spec, 'svg'))}</figure>" for spec in made)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:960px}"
-        "table{border-collapse:collapse;font-size:13px}"
+        "table{border-collapse:collapse;font-size:13px;margin:0 0 1em}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "th{background:#f4f4f4}figure{margin:1em 0}"
+        "th{background:#f4f4f4}figure{margin:1em 0}figure svg{max-width:100%;height:auto}"
         "</style></head><body>"
         f"<h1>{html.escape(title)}</h1><ul>"
         + "".join(f"<li>{f}</li>" for f in facts)
