@@ -384,6 +384,12 @@ class ControlLoop:
                     caps.power_limit_range_w,
                 )
             )
+        for rig_id in readings:
+            if rig_id not in self.observer.drivers:
+                # Never identified (observer.py): unread, no model, no mode it can be put in.
+                # The policies and guards treat it as any unread rig without mode points
+                # (power-cap counts it at the most any rig of the fleet draws).
+                views.append(RigView(rig_id, None, frozenset(), (), groups.get(rig_id, "")))
         return FleetViews(views)
 
     def _audit(

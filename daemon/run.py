@@ -187,7 +187,7 @@ async def serve(
     inventory = StoredInventory(store, legacy_file=settings.state_dir / "inventory.json")
     cached = inventory.load()
     addresses = [r.address for r in settings.rigs]
-    for address in [a for a in inventory.rigs if a not in set(addresses)]:
+    for address in [a for a in inventory.addresses() if a not in set(addresses)]:
         inventory.forget(address)  # no longer configured: not ours to control
     notifier.status(f"identifying {len(addresses)} rigs ({cached} cached)")
     failures = await inventory.ensure(addresses)
@@ -423,7 +423,7 @@ async def _reload(
     progress.tick_s = control.tick_s
     if new.rigs != settings.rigs:
         addresses = [r.address for r in new.rigs]
-        for address in [a for a in inventory.rigs if a not in set(addresses)]:
+        for address in [a for a in inventory.addresses() if a not in set(addresses)]:
             inventory.forget(address)
         failures = await inventory.ensure(addresses)
         inventory.save()
