@@ -35,6 +35,7 @@ from daemon.notify import Notifier
 from daemon.observer import Observer, ObserverSettings
 from daemon.persist import Persistence
 from daemon.reconciler import Actuator, Reconciler
+from daemon.statelock import state_lock
 from daemon.store import DB_NAME, Store, StoredInventory, StoreError
 from drivers.inventory import IdentifyFailure, Inventory
 from policies.api import Policy, Site, check_site
@@ -540,7 +541,8 @@ def main(argv: Sequence[str]) -> int:
         )
 
     try:
-        return asyncio.run(go())
+        with state_lock(settings.state_dir):  # one controller per state directory
+            return asyncio.run(go())
     except ValueError as exc:
         print(f"rigpilot run: {exc}", file=sys.stderr)
         return 2
