@@ -62,6 +62,8 @@ def main_status(argv: Sequence[str]) -> int:
         mode = "DRY-RUN" if status.get("dry_run") else "live"
         print(f"rigpilot {status.get('version', '')} pid {status.get('pid')} ({mode})")
         print(f"  {status.get('summary', '')}")
+        if status.get("conflict"):  # another instance announces this site (docs/mqtt.md)
+            print(f"  CONFLICT: {status['conflict']}")
         extra = [f"policies: {', '.join(status.get('policies') or [])}"]
         if status.get("pins"):
             extra.append(f"{status['pins']} operator pin(s)")

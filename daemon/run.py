@@ -232,6 +232,7 @@ async def serve(
         if bridge is not None:
             bridge.start()
             bridge_task = asyncio.create_task(bridge.run(stop), name="mqtt")
+            await bridge.checked()  # another instance of this site? (before any command)
         count = 0
         try:
             while not stop.is_set() and (ticks is None or count < ticks):
