@@ -88,6 +88,20 @@ def unusable(path: Path, problem: str) -> StoreError:
     )
 
 
+def failed(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The one-line error for an SQLite error on the state database: a file SQLite cannot
+    open or write (permissions, a directory in its place, a full disk) is not damage, and
+    moving it aside would not help."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "malformed" not in text:
+        return StoreError(
+            f"state database {path} cannot be opened or written ({text}): check that it is a "
+            f"file the daemon's user can read and write, in a directory it can write "
+            f"({path.parent}), on a disk with room"
+        )
+    return unusable(path, text)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -98,7 +112,7 @@ class Store:
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise unusable(path, str(exc)) from None
+            raise failed(path, exc) from None
         try:
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -107,7 +121,7 @@ class Store:
             self._migrate()
         except sqlite3.Error as exc:
             self.db.close()
-            raise unusable(path, str(exc)) from None
+            raise failed(path, exc) from None
         except StoreError:
             self.db.close()
             raise
@@ -172,7 +186,7 @@ class Store:
         try:
             yield
         except sqlite3.Error as exc:
-            raise unusable(self.path, str(exc)) from None
+            raise failed(self.path, exc) from None
 
     def put(
         self,

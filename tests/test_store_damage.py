@@ -183,3 +183,13 @@ def test_a_newer_rigpilots_file_is_refused_with_one_line(tmp_path: Path) -> None
         Store(path)
     text = str(err.value)
     assert "\n" not in text and str(path) in text and "newer rigpilot" in text
+
+
+def test_a_file_sqlite_cannot_open_is_not_called_damaged(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    path.mkdir()  # something that is not a file where the database should be
+    with pytest.raises(StoreError) as err:
+        Store(path)
+    text = str(err.value)
+    assert "\n" not in text and str(path) in text
+    assert "cannot be opened or written" in text and "move it aside" not in text
