@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,6 @@ from test_service import KEYS, start, wait_log, write_config
 
 from daemon.admin_cli import main_status
 from daemon.config import Settings, load_settings
-from daemon.mqtt.bridge import HOST
 from daemon.mqtt.topics import Topics
 from daemon.reconciler import Outcome
 from daemon.statelock import LOCK_NAME
@@ -204,7 +204,13 @@ async def test_an_instance_that_died_without_a_word_is_waited_out_then_the_site_
 
     gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
     await gone.wait()  # its PID no longer exists
-    local = {**ghost, "host": HOST, "pid": gone.pid, "at": time.time(), "heartbeat_s": 600.0}
+    local = {
+        **ghost,
+        "host": socket.gethostname(),
+        "pid": gone.pid,
+        "at": time.time(),
+        "heartbeat_s": 600.0,
+    }
     await announce(broker, topics, local)
     await asyncio.to_thread(sim.control.reset, rigs[0])
     settings = instance_settings(
