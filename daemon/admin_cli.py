@@ -113,6 +113,8 @@ def main_status(argv: Sequence[str]) -> int:
     print(f"rigpilot {version} pid {pid} ({mode}): {how}")
     if status is not None and written is not None:
         print(f"  {status.get('summary', '')}")
+        if status.get("conflict"):  # another instance announces this site (docs/mqtt.md)
+            print(f"  CONFLICT: {status['conflict']}")
         extra = [f"policies: {', '.join(status.get('policies') or [])}"]
         if status.get("pins"):
             extra.append(f"{status['pins']} operator pin(s)")

@@ -130,7 +130,7 @@ class MqttSettings(_Section):
     # "mqtt_password" ($CREDENTIALS_DIRECTORY); there is no command-line option for it.
     password: SecretStr | None = None
     password_file: Path | None = None
-    # None: "rigpilot-<site>". Fixed, so the broker keeps the session (queued commands).
+    # None: "rigpilot-<site>-<host>". Fixed, so the broker keeps the session (queued commands).
     client_id: str | None = Field(default=None, min_length=1, max_length=64)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     base_topic: str = Field(default="rigpilot", min_length=1)

@@ -132,6 +132,9 @@ class ControlLoop:
     """Each rig's operator-defined group (``[[rigs]] group``), as the policies and guards see
     it in ``RigView.group`` (schedule windows and overrides by group)."""
     guard_state: GuardState = field(default_factory=GuardState)
+    conflict: str | None = None
+    """Another live instance announces this site (set by the MQTT bridge): shown by
+    ``rigpilot status`` and the metrics until it is gone."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
     _market_at: float = float("-inf")
@@ -175,13 +178,13 @@ class ControlLoop:
         commands = self._ramp_ungranted(
             commands, new_grants(before, self.guard_state), fleet, cycle.readings, market, now
         )
-        if commands and self.journal is not None and not self.actuator.dry_run:
+        if commands and self.journal is not None and self.actuator.sends:
             try:
                 self.journal(commands, now)
             except Exception:
                 log.exception("journal.failed", commands=len(commands), note="nothing sent")
                 commands = []
-        if commands and self.audit is not None and not self.actuator.dry_run:
+        if commands and self.audit is not None and self.actuator.sends:
             # Written (and flushed) before sending: a crash mid-send cannot leave a command the
             # rig received missing from the audit log; its result line follows the send.
             for c in commands:
@@ -212,9 +215,16 @@ class ControlLoop:
         only the commands whose send began. The others (power-ups still waiting for their
         start slot) were never sent, so after a restart they are decided and ramped again
         rather than awaited as if sent."""
-        if self.journal is None or self.actuator.dry_run:
+        if self.journal is None or not self.actuator.sends:
             return
         self.journal(list(self.actuator.started), self.clock())
+
+    def hold_commands(self, why: str | None) -> None:
+        """Hold every command, saying ``why`` (another instance commands the site), or send
+        again (None): then the commands held meanwhile are sent at the next tick."""
+        if why is None and self.actuator.hold is not None:
+            self.reconciler.forget_unsent()
+        self.actuator.hold = why
 
     def force_market_refresh(self) -> None:
         """Refresh prices at the next tick (a reloaded configuration changed the sources)."""
@@ -384,6 +394,12 @@ class ControlLoop:
                     caps.power_limit_range_w,
                 )
             )
+        for rig_id in readings:
+            if rig_id not in self.observer.drivers:
+                # Never identified (observer.py): unread, no model, no mode it can be put in.
+                # The policies and guards treat it as any unread rig without mode points
+                # (power-cap counts it at the most any rig of the fleet draws).
+                views.append(RigView(rig_id, None, frozenset(), (), groups.get(rig_id, "")))
         return FleetViews(views)
 
     def _audit(
@@ -394,7 +410,7 @@ class ControlLoop:
         results: Sequence[CommandResult],
         now: float,
     ) -> None:
-        dry = self.actuator.dry_run
+        dry = not self.actuator.sends
         for rig_id, d in desired.items():
             key = (d.mode, d.power_limit_w)
             if self._last_desired.get(rig_id) == key:

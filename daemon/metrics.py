@@ -108,6 +108,8 @@ class _Snapshot:
     at: float
     site: str
     dry_run: bool
+    held: bool
+    conflict: bool
     rigs: int
     observed: int
     hashing: int
@@ -290,7 +292,7 @@ class Metrics(Collector):
         economics = loop.site.economics
         prices = Prices(report.hashprice_usd_per_ph_day, report.power_price_usd_per_kwh, economics)
         entries = {r: d.entry for r, d in drivers.items()}
-        dry = loop.actuator.dry_run
+        dry = not loop.actuator.sends
         fleet = fleet_state(
             site=loop.site.name,
             at=report.at,
@@ -337,6 +339,8 @@ class Metrics(Collector):
             at=report.at,
             site=loop.site.name,
             dry_run=dry,
+            held=loop.actuator.hold is not None,
+            conflict=loop.conflict is not None,
             rigs=report.rigs,
             observed=report.observed,
             hashing=int(fleet["hashing"]),
@@ -548,6 +552,16 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
 
 def _fleet(s: _Snapshot) -> Iterator[Metric]:
     yield _gauge("rigpilot_dry_run", "1 when the daemon sends no command (dry-run).", s.dry_run)
+    yield _gauge(
+        "rigpilot_commands_held",
+        "1 while commands are held because another instance commands this site (dry-run).",
+        s.held,
+    )
+    yield _gauge(
+        "rigpilot_site_conflict",
+        "1 while another live rigpilot instance announces this site on the broker.",
+        s.conflict,
+    )
     yield _gauge(
         "rigpilot_last_tick_timestamp_seconds",
         "When the last tick ran (POSIX seconds, the loop's clock).",

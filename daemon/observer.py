@@ -12,6 +12,10 @@
 - A rig whose replies say it changed (firmware update, another rig at its address) is
   re-identified and its new identity cached.
 - Failures and recoveries are logged once per transition, not every cycle.
+- A configured rig that was never identified (dead or hung since the start) is still read
+  every cycle, as a failure (the identification's reason, and since when), so it is counted,
+  shown, exported and alerted on like any unreadable rig. It has no driver, so it is never
+  commanded; ``rigpilot run`` keeps trying to identify it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 from tenacity import (
@@ -106,7 +111,11 @@ class Observer:
     async def cycle(self, addresses: Iterable[str] | None = None) -> Cycle:
         """Observe every rig (or ``addresses``), each within the per-rig deadline."""
         self.sync_drivers()
-        targets = list(self.drivers) if addresses is None else list(addresses)
+        if addresses is None:
+            unknown = self.inventory.unidentified
+            targets = [*self.drivers, *(a for a in unknown if a not in self.drivers)]
+        else:
+            targets = list(addresses)
         started = self.clock()
         t0 = time.monotonic()
         readings = await bounded_map(targets, self._observe_one, self.settings.concurrency)
@@ -117,9 +126,7 @@ class Observer:
         health = self.health.setdefault(address, _Health())
         driver = self.drivers.get(address)
         if driver is None:
-            return ObservationFailure(
-                address, FailureKind.UNKNOWN_MINER, "not in the inventory", now
-            )
+            return self._unidentified(address, now)
         if health.consecutive >= self.settings.open_after and now < health.retry_at:
             return ObservationFailure(
                 address,
@@ -170,6 +177,23 @@ class Observer:
                     raise DriverError(FailureKind.TIMEOUT, "deadline spent on retries")
                 return await driver.observe(left, now)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _unidentified(self, address: str, now: float) -> ObservationFailure:
+        """The reading of a rig without a driver: why it could not be identified, since when."""
+        unknown = self.inventory.unidentified.get(address)
+        if unknown is None:
+            return ObservationFailure(
+                address, FailureKind.UNKNOWN_MINER, "not in the inventory", now
+            )
+        since = datetime.fromtimestamp(unknown.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return ObservationFailure(
+            address,
+            unknown.failure.kind,
+            f"never identified (since {since}, {unknown.attempts} tries): {unknown.failure.detail}",
+            now,
+            None,
+            unknown.attempts,
+        )
 
     def _failed(
         self,

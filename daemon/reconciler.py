@@ -267,6 +267,12 @@ class Reconciler:
         pending = self.pending.get(rig_id)
         return pending.next_try_at if pending is not None and pending.failed else None
 
+    def forget_unsent(self) -> None:
+        """Forget the commands that were never sent (dry-run or held), which wait for their
+        target to change: once commands are sent again, they go at the next tick."""
+        for rig_id in [r for r, p in self.pending.items() if p.next_try_at == math.inf]:
+            del self.pending[rig_id]
+
     def clear(self, rig_id: RigId) -> None:
         """Operator action: forget that a rig ignored its commands."""
         self.not_responding.pop(rig_id, None)
@@ -385,6 +391,15 @@ class Actuator:
     started: list[Command] = field(default_factory=list)
     """The commands of the last ``send`` that reached their driver (or all, in dry-run): if
     that send is cancelled, the others were never sent."""
+    hold: str | None = None
+    """Why commands are held although the configuration is live (another instance commands
+    this site: daemon/mqtt/bridge.py). While set, every command is handled as in dry-run;
+    ``dry_run`` itself stays what the configuration says."""
+
+    @property
+    def sends(self) -> bool:
+        """True when commands really go to the rigs: not dry-run, and not held."""
+        return not self.dry_run and self.hold is None
 
     async def send(self, commands: Sequence[Command]) -> list[CommandResult]:
         """Send every command (or, in dry-run, none) and report each outcome, in the order
@@ -407,6 +422,8 @@ class Actuator:
         now = self.clock()
         if self.dry_run:
             return CommandResult(cmd, Outcome.DRY_RUN, "dry-run: not sent", now)
+        if self.hold is not None:
+            return CommandResult(cmd, Outcome.DRY_RUN, f"held: {self.hold}", now)
         if cmd.not_before is not None and cmd.not_before > now:
             await self.sleep(min(cmd.not_before - now, self.max_wait_s))
         self.started.append(cmd)

@@ -38,6 +38,7 @@ from daemon.observer import Observer, ObserverSettings
 from daemon.persist import Persistence
 from daemon.prepare import Prepared, prepare
 from daemon.reconciler import Actuator, Reconciler
+from daemon.statelock import state_lock
 from daemon.store import DB_NAME, Store, StoredInventory, StoreError
 from drivers.inventory import IdentifyFailure, Inventory
 
@@ -165,7 +166,7 @@ async def serve(
     inventory = StoredInventory(store, legacy_file=settings.state_dir / "inventory.json")
     cached = inventory.load()
     addresses = [r.address for r in settings.rigs]
-    for address in [a for a in inventory.rigs if a not in set(addresses)]:
+    for address in [a for a in inventory.addresses() if a not in set(addresses)]:
         inventory.forget(address)  # no longer configured: not ours to control
     notifier.status(f"identifying {len(addresses)} rigs ({cached} cached)")
     failures = await inventory.ensure(addresses)
@@ -222,6 +223,7 @@ async def serve(
         if bridge is not None:
             bridge.start()
             bridge_task = asyncio.create_task(bridge.run(stop), name="mqtt")
+            await bridge.checked()  # another instance of this site? (before any command)
         count = 0
         try:
             while not stop.is_set() and (ticks is None or count < ticks):
@@ -433,7 +435,7 @@ async def _reload(
     progress.follow(control)
     if new.rigs != settings.rigs:
         addresses = [r.address for r in new.rigs]
-        for address in [a for a in inventory.rigs if a not in set(addresses)]:
+        for address in [a for a in inventory.addresses() if a not in set(addresses)]:
             inventory.forget(address)
         failures = await inventory.ensure(addresses)
         inventory.save()
@@ -552,7 +554,8 @@ def main(argv: Sequence[str]) -> int:
         )
 
     try:
-        return asyncio.run(go())
+        with state_lock(settings.state_dir):  # one controller per state directory
+            return asyncio.run(go())
     except ValueError as exc:
         print(f"rigpilot run: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,10 @@
   mid-send does not send it again after the restart, but waits for the observation;
 - recent commands, and the last tick's status for ``rigpilot status``.
 
+At start the file is checked (``PRAGMA quick_check``) and brought to the current schema by the
+ordered steps of ``MIGRATIONS`` (``PRAGMA user_version``); a damaged file, or any SQLite error
+while it is opened and read at start, is one line (StoreError) naming the file and what to do.
+
 Every write is one transaction in WAL mode with ``synchronous=FULL``: after ``commit`` returns
 it survives SIGKILL and power loss, and a crash mid-write leaves the previous version. Control
 room answers are published only after the state they acknowledge is committed.
@@ -21,7 +25,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,35 +36,70 @@ from policies.values import Identity
 
 log = structlog.get_logger("store")
 
-SCHEMA_VERSION: Final = 1
 DB_NAME: Final = "rigpilot.db"
 RECENT_COMMANDS: Final = 10_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS docs (
-    key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS guard_rigs (rig TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (
-    command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT,
-    PRIMARY KEY (command, id)
-);
-CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
-CREATE TABLE IF NOT EXISTS commands (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, rig TEXT NOT NULL,
-    mode TEXT NOT NULL, power_limit_w INTEGER, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,
-    detail TEXT NOT NULL, decided_by TEXT NOT NULL
-);
-"""
+_SCHEMA_V1: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS docs ("
+    " key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS guard_rigs (rig TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS seen ("
+    " command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT,"
+    " PRIMARY KEY (command, id))",
+    "CREATE INDEX IF NOT EXISTS seen_at ON seen (at)",
+    "CREATE TABLE IF NOT EXISTS commands ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, rig TEXT NOT NULL,"
+    " mode TEXT NOT NULL, power_limit_w INTEGER, attempt INTEGER NOT NULL,"
+    " outcome TEXT NOT NULL, detail TEXT NOT NULL, decided_by TEXT NOT NULL)",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1,)
+"""The schema's steps, in order: ``MIGRATIONS[i]`` takes a file from ``PRAGMA user_version``
+``i`` to ``i + 1``. A new schema adds a step (never edits one), so every older file is brought
+up to date. Version 0 is a new, empty file, or one written before ``user_version`` was used: an
+older rigpilot wrote exactly schema 1 (and said so in ``meta``), and step 1 only creates what is
+missing (``IF NOT EXISTS``), so such a file is adopted as version 1 unchanged."""
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+LOST_WITH_THE_FILE: Final = (
+    "what the rigs cannot tell it: the operator pins, the site target, hand-set prices and "
+    "control-room commands still awaiting their answer"
+)
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-class StoreError(Exception):
-    """The state database cannot be used; the message names the file and the problem."""
+class StoreError(ValueError):
+    """The state database cannot be used; the message is one line naming the file, the
+    problem and what to do."""
+
+
+def unusable(path: Path, problem: str) -> StoreError:
+    """The one-line error for a state database that cannot be used, saying what to do."""
+    problem = " ".join(problem.replace("*** in database main ***", "").split())
+    return StoreError(
+        f"state database {path} cannot be used ({problem}): move it aside with its -wal and "
+        f"-shm files (e.g. `mv {path} {path}.damaged`) and start again: rigpilot then starts "
+        f"fresh and re-learns the fleet from the rigs, losing only {LOST_WITH_THE_FILE}"
+    )
+
+
+def failed(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The one-line error for an SQLite error on the state database: a file SQLite cannot
+    open or write (permissions, a directory in its place, a full disk) is not damage, and
+    moving it aside would not help."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "malformed" not in text:
+        return StoreError(
+            f"state database {path} cannot be opened or written ({text}): check that it is a "
+            f"file the daemon's user can read and write, in a directory it can write "
+            f"({path.parent}), on a disk with room"
+        )
+    return unusable(path, text)
 
 
 class Store:
@@ -68,21 +107,60 @@ class Store:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"state directory {path.parent} cannot be created: {exc}") from None
+        try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise failed(path, exc) from None
+        try:
+            self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(_SCHEMA)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"state database {path} has schema {row[0]}, this rigpilot expects "
-                    f"{SCHEMA_VERSION}"
-                )
+            self._check()
+            self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"state database {path} cannot be used: {exc}") from None
+            self.db.close()
+            raise failed(path, exc) from None
+        except StoreError:
+            self.db.close()
+            raise
+
+    def _check(self) -> None:
+        """``PRAGMA quick_check``: a damaged file is refused at start, not found out later."""
+        problems = [str(r[0]) for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise unusable(self.path, f"damaged: {problems[0]}{more}")
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one step per transaction (see MIGRATIONS)."""
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"state database {self.path} has schema {version}, written by a newer rigpilot "
+                f"(this one knows up to {SCHEMA_VERSION}): run the newer rigpilot, or move the "
+                f"file aside to start fresh, losing {LOST_WITH_THE_FILE}"
+            )
+        if version == 0 and self._has_table("meta"):  # an older rigpilot's file
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and row[0] != "1":
+                raise unusable(self.path, f"unknown schema {row[0]!r} in its meta table")
+        for step in range(version, SCHEMA_VERSION):
+            with self._tx():
+                for statement in MIGRATIONS[step]:
+                    self.db.execute(statement)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(step + 1),)
+                )
+                self.db.execute(f"PRAGMA user_version={step + 1}")
+            log.info("store.schema", path=str(self.path), version=step + 1, was=version)
+
+    def _has_table(self, name: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        return row is not None
 
     def close(self) -> None:
         self.db.close()
@@ -91,14 +169,24 @@ class Store:
 
     def get(self, key: str) -> Any | None:
         """The JSON document stored under ``key`` (None if absent or unreadable, logged)."""
-        row = self.db.execute("SELECT value FROM docs WHERE key=?", (key,)).fetchone()
+        with self._reading():
+            row = self.db.execute("SELECT value FROM docs WHERE key=?", (key,)).fetchone()
         if row is None:
             return None
         try:
             return json.loads(row[0])
         except ValueError as exc:
-            log.warning("store.document_unreadable", key=key, error=str(exc))
+            log.warning("store.document_unreadable", path=str(self.path), key=key, error=str(exc))
             return None
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """An SQLite error while reading (damage the start-up check could not see) becomes the
+        one-line StoreError naming the file and what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise failed(self.path, exc) from None
 
     def put(
         self,
@@ -131,11 +219,15 @@ class Store:
     def guard_rigs(self) -> dict[str, dict[str, Any]]:
         """Every rig's stored guard state (a row that is not JSON is skipped, and logged)."""
         out: dict[str, dict[str, Any]] = {}
-        for rig, value in self.db.execute("SELECT rig, value FROM guard_rigs"):
+        with self._reading():
+            rows = self.db.execute("SELECT rig, value FROM guard_rigs").fetchall()
+        for rig, value in rows:
             try:
                 out[str(rig)] = json.loads(value)
             except ValueError as exc:
-                log.warning("store.guard_row_unreadable", rig=rig, error=str(exc))
+                log.warning(
+                    "store.guard_row_unreadable", path=str(self.path), rig=rig, error=str(exc)
+                )
         return out
 
     def _tx(self) -> _Transaction:
@@ -145,9 +237,10 @@ class Store:
 
     def seen(self, since: float) -> dict[tuple[str, str], tuple[float, dict[str, Any] | None]]:
         """Processed request ids since ``since``, with their final answers where given."""
-        rows = self.db.execute(
-            "SELECT command, id, at, answer FROM seen WHERE at >= ? ORDER BY at", (since,)
-        ).fetchall()
+        with self._reading():
+            rows = self.db.execute(
+                "SELECT command, id, at, answer FROM seen WHERE at >= ? ORDER BY at", (since,)
+            ).fetchall()
         out: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         for c, i, at, answer in rows:
             final = None

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,16 @@ class IdentifyFailure:
     address: str
     kind: FailureKind
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unidentified:
+    """A configured rig that has never been identified: no driver, so never commanded, but
+    still one of the fleet (observed as failing, counted, shown and alerted on)."""
+
+    failure: IdentifyFailure  # the last attempt's
+    since: float  # the first failed attempt (clock time)
+    attempts: int
 
 
 class InventoryError(ValueError):
@@ -65,9 +76,14 @@ def expand(ranges: Iterable[str]) -> list[str]:
 class Inventory:
     """Known rigs by address, backed by an optional cache file."""
 
-    def __init__(self, cache_path: Path | None = None) -> None:
+    def __init__(
+        self, cache_path: Path | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.cache_path = cache_path
+        self.clock = clock
         self.rigs: dict[str, Identity] = {}
+        self.unidentified: dict[str, Unidentified] = {}
+        """Addresses :meth:`ensure` was asked for and could not identify (yet)."""
 
     def load(self) -> int:
         """Read the cache; returns how many identities it held. A missing file is empty; a
@@ -102,9 +118,15 @@ class Inventory:
 
     def put(self, identity: Identity) -> None:
         self.rigs[identity.address] = identity
+        self.unidentified.pop(identity.address, None)
 
     def forget(self, address: str) -> None:
         self.rigs.pop(address, None)
+        self.unidentified.pop(address, None)
+
+    def addresses(self) -> list[str]:
+        """Every address this inventory holds: identified rigs, then unidentified ones."""
+        return [*self.rigs, *(a for a in self.unidentified if a not in self.rigs)]
 
     async def ensure(
         self, addresses: Iterable[str], concurrency: int = 64, timeout_s: float = 10.0
@@ -113,11 +135,18 @@ class Inventory:
         missing = [a for a in addresses if a not in self.rigs]
         results = await identify_many(missing, concurrency, timeout_s)
         failures = []
+        now = self.clock()
         for result in results:
             if isinstance(result, Identity):
                 self.put(result)
             else:
                 failures.append(result)
+                prior = self.unidentified.get(result.address)
+                self.unidentified[result.address] = Unidentified(
+                    result,
+                    prior.since if prior is not None else now,
+                    (prior.attempts if prior is not None else 0) + 1,
+                )
         if missing:
             self.save()
         return failures

@@ -46,6 +46,8 @@ UNIT_SUFFIXES = (
 )
 UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_dry_run",
+    "rigpilot_commands_held",
+    "rigpilot_site_conflict",
     "rigpilot_pins",
     "rigpilot_policy_failing",
     "rigpilot_mqtt_connected",

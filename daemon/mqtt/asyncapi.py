@@ -122,7 +122,8 @@ ANSWER_SCHEMA: dict[str, Any] = {
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Not retained. decision: a rig's desired state changed; command: a command "
-    "was sent (or not, in dry-run); fault: a rig stopped or resumed answering.",
+    "was sent (or not, in dry-run); fault: a rig stopped or resumed answering; instance: "
+    "another instance announcing the same site was found or is gone (who commands the site).",
 }
 
 
@@ -156,7 +157,10 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         },
         "events": {
             "address": "rigpilot/{site}/event/{kind}",
-            "parameters": {**site, "kind": {"enum": ["decision", "command", "fault"]}},
+            "parameters": {
+                **site,
+                "kind": {"enum": ["decision", "command", "fault", "instance"]},
+            },
             "messages": {"event": {"$ref": "#/components/messages/event"}},
         },
     }

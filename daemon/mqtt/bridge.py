@@ -10,17 +10,27 @@
   reconnect every retained document is published again. Answers are kept until published;
   events are dropped (and counted) when more than ``EVENT_QUEUE_MAX`` wait.
 - Connection loss is logged once, and its recovery once; retries back off with jitter.
+- One controller per site: the retained ``bridge/info`` carries this process's instance id and
+  start time and is published again every ``heartbeat_s``. The bridge listens to its site's
+  ``bridge/info`` and ``bridge/state``: another instance heard there (a second machine running
+  the same site) is reported loudly by both, and the one started later holds every command
+  (it runs as in dry-run, publishes no state and takes no request) until the other is gone: its
+  info says it stopped, or it is not heard for ``GONE_AFTER_BEATS`` of its heartbeats (one
+  more heartbeat only, once the site's availability went ``offline``: its last will).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
+import socket
 import ssl
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +67,10 @@ BACKOFF_MIN_S: Final = 1.0
 BACKOFF_MAX_S: Final = 60.0
 CREDENTIAL_NAME: Final = "mqtt_password"
 MAX_RESPONSE_TOPIC: Final = 256
+HEARTBEAT_S: Final = 10.0
+GONE_AFTER_BEATS: Final = 3
+CHECK_TIMEOUT_S: Final = 5.0
+HOST: Final = socket.gethostname()
 
 
 def package_version() -> str:
@@ -134,6 +148,13 @@ def _cert_chain_error(cert: Path, key: Path, exc: OSError) -> str:
     return f"mqtt.tls.cert_file {cert} / key_file {key}: cannot be loaded ({reason})"
 
 
+def default_client_id(site: str) -> str:
+    """``rigpilot-<site>-<host>``: fixed across restarts (the broker keeps the session), and
+    not the same for two machines running the same site, which would take the id from each
+    other in turn (both are then detected: see "One controller per site")."""
+    return f"rigpilot-{site}-{HOST}"[:64]
+
+
 @dataclass(frozen=True, slots=True)
 class _Out:
     topic: str
@@ -153,8 +174,46 @@ class _Out:
         return _Out(self.topic, _dumps(body), self.qos, self.retain, self.correlation_data, body)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
 def _dumps(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another instance heard announcing this site."""
+
+    instance: str
+    started_at: float
+    host: str
+    pid: int | None
+    heartbeat_s: float
+    heard: float  # time.monotonic() when last heard (a retained copy: as of its own "at")
+
+    def rank(self) -> tuple[float, str]:
+        """Who commands: the earliest started; equal times, the smaller instance id."""
+        return (self.started_at, self.instance)
+
+    def describe(self) -> str:
+        pid = f" pid {self.pid}" if self.pid is not None else ""
+        return f"{self.host}{pid} (instance {self.instance[:8]}, started {self.started_at:.0f})"
 
 
 @dataclass
@@ -178,13 +237,24 @@ class Bridge:
     _announced: set[RigId] = field(default_factory=set)
     _client: aiomqtt.Client | None = None
     _version: str = field(default_factory=package_version)
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: float | None = None  # None: the clock when built
+    heartbeat_s: float = HEARTBEAT_S
+    peers: dict[str, Peer] = field(default_factory=dict)
+    standby: bool = False
+    """Another instance started earlier commands this site: hold every command."""
+    _checked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.started_at is None:
+            self.started_at = self.clock()
 
     # ---------------------------------------------------------------------------------------
     # Documents (called from the loop; never blocks, never raises for the broker)
 
     def start(self) -> None:
         """Publish the bridge's info (retained) once the connection is up."""
-        self._put(self.topics.info, {**self.info, "version": self._version})
+        self._put(self.topics.info, self._info_doc())
         if self.settings.discovery:
             for topic, config in discovery.fleet_configs(
                 self.topics, self._version, self.settings.discovery_prefix
@@ -194,12 +264,14 @@ class Bridge:
     def update_info(self, **fields: Any) -> None:
         """Change fields of the retained info document (e.g. ``last_reload``) and publish it."""
         self.info.update(fields)
-        self._put(self.topics.info, {**self.info, "version": self._version})
+        self._put(self.topics.info, self._info_doc())
 
     def on_tick(self, report: TickReport) -> None:
         """Publish what this tick saw and decided, and answer the commands it settles."""
         for answer in self.desk.after_tick(report):
             self.answer(answer)
+        if self.standby:
+            return  # the instance that commands the site publishes its state
         loop = self.desk.loop
         prices = Prices(
             report.hashprice_usd_per_ph_day,
@@ -210,7 +282,7 @@ class Bridge:
         now = report.at
         interval = self.settings.state_interval_s
         stuck = loop.reconciler.not_responding
-        dry = loop.actuator.dry_run
+        dry = not loop.actuator.sends
         pinned = self.desk.pinned()
         for rig_id, reading in report.readings.items():
             desired = report.desired.get(rig_id)
@@ -332,6 +404,12 @@ class Bridge:
         """One incoming message; never raises."""
         topic = message.topic.value
         try:
+            if topic == self.topics.info:
+                self._on_info(message)
+                return
+            if topic == self.topics.availability:
+                self._on_availability(message)
+                return
             if self.settings.discovery and topic == f"{self.settings.discovery_prefix}/status":
                 if bytes(message.payload or b"").strip().lower() == b"online":
                     log.info("mqtt.homeassistant_online")
@@ -344,6 +422,9 @@ class Bridge:
     def _request(self, topic: str, message: aiomqtt.Message) -> None:
         prefix = self.topics.root + "/request/"
         if not topic.startswith(prefix):
+            return
+        if self.standby:  # the instance that commands the site answers it
+            log.warning("mqtt.request_ignored", topic=topic[:200], note="standby instance")
             return
         name = topic[len(prefix) :][:64]
         payload = message.payload
@@ -391,7 +472,7 @@ class Bridge:
             s.port,
             username=s.username,
             password=password,
-            identifier=s.client_id or f"rigpilot-{self.topics.site}",
+            identifier=s.client_id or default_client_id(self.topics.site),
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True),
             clean_start=False,
@@ -445,7 +526,14 @@ class Bridge:
         await client.subscribe(self.topics.requests, qos=1)
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
-        await client.publish(self.topics.availability, b"online", qos=1, retain=True)
+        # The site's info and availability first: their retained copies arrive before the echo
+        # of our own info, so once that echo is read, every instance announced is known.
+        await client.subscribe(self.topics.info, qos=1)
+        await client.subscribe(self.topics.availability, qos=1)
+        info = self._retained[self.topics.info] = _dumps(self._info_doc())
+        await client.publish(self.topics.info, info, qos=1, retain=True)
+        if not self.standby:
+            await client.publish(self.topics.availability, b"online", qos=1, retain=True)
         self.connected = True
         for topic in self._retained:  # everything again: the broker may have lost it
             self._dirty[topic] = None
@@ -458,19 +546,20 @@ class Bridge:
 
         reader = asyncio.create_task(read())
         writer = asyncio.create_task(self._write(client))
+        beat = asyncio.create_task(self._heartbeat())
         stopper = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait(
-                {reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED
+                {reader, writer, beat, stopper}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
                 if task is not stopper:
                     task.result()  # re-raise the connection error
                     raise aiomqtt.MqttError("message stream ended")
         finally:
-            for task in (reader, writer, stopper):
+            for task in (reader, writer, beat, stopper):
                 task.cancel()
-            await asyncio.gather(reader, writer, stopper, return_exceptions=True)
+            await asyncio.gather(reader, writer, beat, stopper, return_exceptions=True)
 
     async def _write(self, client: aiomqtt.Client) -> None:
         while True:
@@ -521,10 +610,160 @@ class Bridge:
         )
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
-        """Clean stop: flush answers (bounded), then say "offline" (the will does not fire)."""
+        """Clean stop: flush answers (bounded), say this instance stopped (so another one of
+        the site takes over at once), then "offline" (the will does not fire)."""
         try:
             await asyncio.wait_for(self.flush(client), 5.0)
         except (TimeoutError, aiomqtt.MqttError):
             log.warning("mqtt.flush_incomplete", answers=len(self._answers))
+        stopped = _dumps({**self._info_doc(), "stopped": True})
+        await client.publish(self.topics.info, stopped, qos=1, retain=True, timeout=5)
         await client.publish(self.topics.availability, b"offline", qos=1, retain=True, timeout=5)
         log.info("mqtt.offline_published")
+
+    # ---------------------------------------------------------------------------------------
+    # One controller per site
+
+    def _info_doc(self) -> dict[str, Any]:
+        return {
+            **self.info,
+            "version": self._version,
+            "instance": self.instance,
+            "started_at": self.started_at,
+            "host": HOST,
+            "pid": os.getpid(),
+            "heartbeat_s": self.heartbeat_s,
+            "at": self.clock(),
+            "standby": self.standby,
+            "others": [p.describe() for p in self.peers.values()],
+        }
+
+    async def checked(self, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
+        """Wait until the site's announced instances are known (the broker delivered them
+        and the echo of our own info), at most ``timeout_s``; False if the broker could not
+        be asked in time (then nothing is known: the daemon starts as the only instance)."""
+        try:
+            await asyncio.wait_for(self._checked.wait(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "mqtt.instances_unchecked",
+                timeout_s=timeout_s,
+                note="the broker did not answer: another instance of this site cannot be seen",
+            )
+            return False
+        return True
+
+    def _on_info(self, message: aiomqtt.Message) -> None:
+        try:
+            doc = json.loads(_payload(message))
+            instance = str(doc["instance"])
+        except (ValueError, TypeError, KeyError):
+            return  # empty (cleared), or from a rigpilot without instance ids
+        if instance == self.instance:
+            self._checked.set()
+            return
+        if doc.get("stopped"):
+            if self.peers.pop(instance, None) is not None:
+                log.info("mqtt.instance_stopped", other=instance[:8])
+            self._evaluate()
+            return
+        now = time.monotonic()
+        heard = now
+        pid = doc.get("pid")
+        if message.retain:  # kept by the broker: as old as it says (never newer than now)
+            heard = now - max(0.0, self.clock() - float(doc.get("at") or 0.0))
+            if doc.get("host") == HOST and isinstance(pid, int) and not _alive(pid):
+                return  # a process of this machine that died (killed with the broker)
+        self.peers[instance] = Peer(
+            instance,
+            float(doc.get("started_at") or 0.0),
+            str(doc.get("host") or "?"),
+            int(pid) if isinstance(pid, int) else None,
+            float(doc.get("heartbeat_s") or HEARTBEAT_S),
+            heard,
+        )
+        self._evaluate()
+
+    def _on_availability(self, message: aiomqtt.Message) -> None:
+        """``offline`` on the site's availability: the last will of an instance that died or
+        lost its link. Every instance known is then gone unless heard again within one more
+        of its heartbeats (one that only lost its link reconnects and announces itself)."""
+        if _payload(message).strip() != b"offline" or not self.peers:
+            return
+        log.info("mqtt.instances_offline", others=len(self.peers))
+        now = time.monotonic()
+        for peer in list(self.peers.values()):
+            last_chance = now - (GONE_AFTER_BEATS - 1) * peer.heartbeat_s
+            self.peers[peer.instance] = dataclasses.replace(
+                peer, heard=min(peer.heard, last_chance)
+            )
+        self._evaluate()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            self._evaluate()
+            self._put(self.topics.info, self._info_doc())
+            if not self.standby:  # a stopped or dead instance's "offline" is not ours
+                self._retained[self.topics.availability] = b"online"
+                self._dirty[self.topics.availability] = None
+
+    def _evaluate(self) -> None:
+        """Forget instances not heard for GONE_AFTER_BEATS of their heartbeats, then decide
+        who commands; report every change loudly."""
+        now = time.monotonic()
+        for peer in list(self.peers.values()):
+            if now - peer.heard > GONE_AFTER_BEATS * peer.heartbeat_s:
+                log.warning("mqtt.instance_gone", other=peer.describe(), note="not heard")
+                del self.peers[peer.instance]
+        me = (self.started_at or 0.0, self.instance)
+        first = min(self.peers.values(), key=Peer.rank, default=None)
+        standby = first is not None and first.rank() < me
+        conflict = None
+        if self.peers:
+            others = ", ".join(p.describe() for p in self.peers.values())
+            role = (
+                f"this instance holds its commands; {first.describe()} commands the site"
+                if standby and first is not None
+                else "this instance commands the site; the other holds its commands"
+            )
+            conflict = f"another rigpilot announces site {self.topics.site!r}: {others}; {role}"
+        loop = self.desk.loop
+        took_over = self.standby and not standby
+        changed = standby != self.standby or (conflict is None) != (loop.conflict is None)
+        self.standby = standby
+        loop.conflict = conflict
+        loop.hold_commands(
+            f"another instance commands site {self.topics.site!r}: {first.describe()}"
+            if standby and first is not None
+            else None
+        )
+        if not changed:
+            return
+        if conflict is not None:
+            log.error("mqtt.another_instance", problem=conflict, standby=standby)
+        else:
+            log.warning("mqtt.instance_conflict_over", note="this instance commands the site")
+        self._event(
+            "instance",
+            {
+                "instance": self.instance,
+                "host": HOST,
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "standby": standby,
+                "conflict": conflict,
+                "others": [p.describe() for p in self.peers.values()],
+                "at": self.clock(),
+            },
+        )
+        self._put(self.topics.info, self._info_doc())
+        if standby:  # the availability is the commanding instance's to say
+            self._retained.pop(self.topics.availability, None)
+            self._dirty.pop(self.topics.availability, None)
+        else:
+            self._retained[self.topics.availability] = b"online"
+            self._dirty[self.topics.availability] = None
+        if took_over:  # everything this instance knows, in place of the other's
+            for topic in self._retained:
+                self._dirty[topic] = None

@@ -629,7 +629,7 @@ class CommandDesk:
 
     def _settle(self, wait: _Wait, report: TickReport) -> Answer | None:
         now = report.at
-        dry = self.loop.actuator.dry_run
+        dry = not self.loop.actuator.sends
         if wait.kw is not None:
             if dry:
                 return self._answer(
