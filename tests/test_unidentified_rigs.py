@@ -107,7 +107,8 @@ async def test_a_rig_dead_from_the_start_is_counted_shown_exported_and_published
     assert fault["problem"].startswith("unreachable: never identified")
 
     # rigpilot status, from the state database the daemon wrote.
-    assert main_status(["--state-dir", str(settings.state_dir)]) == 0
+    # (the daemon was stopped cleanly above: exit 3, with its last fleet summary)
+    assert main_status(["--state-dir", str(settings.state_dir)]) == 3
     assert "3/4 rigs read" in capsys.readouterr().out
 
 
