@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from drivers import catalogue
+from drivers import catalogue, parse
 from drivers.transport import RigChanged
 from policies.values import Capabilities, Identity, Mode, Observation
 
@@ -40,6 +40,8 @@ class RigDriver(abc.ABC):
         self.entry = catalogue.lookup(identity.make.value, identity.model)
         self.expected_boards: int | None = self.entry.hashboards if self.entry else None
         """Hashboards the model has: a board the firmware stops listing is reported dead."""
+        self.bounds = parse.bounds_for(self.entry)
+        """The most this rig can plausibly hash and draw (a reading beyond is implausible)."""
 
     @property
     @abc.abstractmethod

@@ -22,7 +22,13 @@ from pyasic.errors import APIError
 
 from drivers import btminer, catalogue, webdigest
 from drivers.base import ApplyResult, RigDriver
-from drivers.parse import Status, antminer_stats, whatsminer_summary, whatsminer_v3_status
+from drivers.parse import (
+    Status,
+    antminer_stats,
+    plausible,
+    whatsminer_summary,
+    whatsminer_v3_status,
+)
 from drivers.pyasic_miner import miner_for
 from drivers.transport import (
     BTMINER_STOPPED,
@@ -60,6 +66,7 @@ def _power(
 
 
 def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> Observation:
+    status = plausible(status, driver.bounds)  # raises IMPLAUSIBLE for an impossible hashrate
     identity = driver.identity
     power, source = _power(driver.entry, status, mode)
     return Observation(

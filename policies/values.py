@@ -53,6 +53,7 @@ class FailureKind(StrEnum):
     BAD_REPLY = "bad_reply"  # answered, but not what its firmware answers (garbage, bad JSON)
     UNKNOWN_MINER = "unknown_miner"  # nothing pyasic recognises at this address
     CIRCUIT_OPEN = "circuit_open"  # skipped: failing repeatedly, retried later with backoff
+    IMPLAUSIBLE = "implausible"  # answered, with a hashrate no such rig can have (a lie)
 
 
 @dataclass(frozen=True, slots=True)
