@@ -17,6 +17,7 @@ from typing import Any
 
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
 from daemon.store import StoreError, read_status
+from policies.values import rig_text
 
 EXIT_STALE = 3  # as systemctl status: "not running"
 
@@ -61,7 +62,7 @@ def main_status(argv: Sequence[str]) -> int:
     else:
         mode = "DRY-RUN" if status.get("dry_run") else "live"
         print(f"rigpilot {status.get('version', '')} pid {status.get('pid')} ({mode})")
-        print(f"  {status.get('summary', '')}")
+        print(f"  {rig_text(status.get('summary', ''), 2000)}")
         extra = [f"policies: {', '.join(status.get('policies') or [])}"]
         if status.get("pins"):
             extra.append(f"{status['pins']} operator pin(s)")

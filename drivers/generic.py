@@ -23,6 +23,7 @@ from policies.values import (
     Mode,
     Observation,
     PowerSource,
+    rig_text,
 )
 
 _INCLUDE = [
@@ -104,7 +105,8 @@ class PyasicGeneric(RigDriver):
                 power_limit_w=data.wattage_limit,
                 ambient_c=data.env_temp,
                 errors=tuple(
-                    str(e.error_message if hasattr(e, "error_message") else e) for e in data.errors
+                    rig_text(e.error_message if hasattr(e, "error_message") else e)
+                    for e in data.errors
                 ),
             ),
             self.bounds,

@@ -22,11 +22,11 @@ from drivers import webdigest
 from drivers.base import RigDriver
 from drivers.detect import detect, within
 from drivers.generic import PyasicGeneric
-from drivers.parse import antminer_stats, whatsminer_summary
+from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
 from drivers.stock import RPC_PORT, V3_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
 from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_framed, request
-from policies.values import FailureKind, Identity, Make
+from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
     cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric)
@@ -103,13 +103,13 @@ async def _why_not_found(address: str, timeout_s: float) -> DriverError:
 
 async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
     firmware_kind = str(miner.firmware)
-    model = str(miner.raw_model or "unknown")
+    model = rig_text(miner.raw_model or "unknown", MAX_DETAIL)
     if isinstance(miner, AntminerModern) and firmware_kind == "Stock":
         status = antminer_stats(
             decode(await request(address, RPC_PORT, b'{"command":"stats"}', timeout_s))
         )
         extra = _extra(miner, None, firmware_kind, status.fingerprint)
-        firmware = status.fingerprint.split("|", 1)[1] or firmware_kind
+        firmware = rig_text(status.fingerprint.split("|", 1)[1], MAX_DETAIL) or firmware_kind
         # pyasic's serial and MAC: "serinum" and "macaddr" of the web UI's get_system_info.
         info = await _quiet(_antminer_system_info(address, timeout_s))
         return Identity(
@@ -165,6 +165,11 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         )
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
+    if miner.raw_model is None:
+        # pyasic took a word in some reply for a firmware but could not name the model: a rig
+        # must at least answer ``version`` properly (JSON, a success status) to be one.
+        reply = decode(await request(address, RPC_PORT, b'{"command":"version"}', timeout_s))
+        cgminer_section(reply, "VERSION")
     return Identity(
         address,
         _MAKES.get(firmware_kind, Make.OTHER),
@@ -204,7 +209,7 @@ def _field(obj: dict[str, Any] | None, key: str) -> str | None:
     value = obj.get(key) if obj else None
     if value is None or isinstance(value, dict | list) or value == "":
         return None
-    return str(value)[:MAX_DETAIL]
+    return rig_text(value, MAX_DETAIL)
 
 
 def _extra(

@@ -14,7 +14,7 @@ from typing import Any
 
 from drivers.catalogue import ModelEntry
 from drivers.transport import DriverError
-from policies.values import Board, FailureKind, Mode
+from policies.values import Board, FailureKind, Mode, rig_text
 
 # Plausible ranges (docs/drivers.md, "Plausibility"). A value outside them is a broken sensor or a
 # lying firmware, never a reading to act on.
@@ -73,11 +73,18 @@ def _section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
         and isinstance(status[0], dict)
         and status[0].get("STATUS") not in ("S", "I")
     ):
-        raise _bad(name, f"rig answered {status[0].get('STATUS')}: {status[0].get('Msg')}")
+        said = rig_text(f"{status[0].get('STATUS')}: {status[0].get('Msg')}")
+        raise _bad(name, f"rig answered {said}")
     section = reply.get(name)
     if not isinstance(section, list) or not all(isinstance(x, dict) for x in section):
         raise _bad(name)
     return section
+
+
+def cgminer_section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """Section ``name`` of a cgminer-style reply; DriverError(BAD_REPLY) naming what is wrong
+    (an error status with the rig's message, a missing section)."""
+    return _section(reply, name)
 
 
 def _num(obj: dict[str, Any], key: str, where: str) -> float:
@@ -200,7 +207,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
         fan_rpm=fans,
         uptime_s=None if elapsed is None else int(elapsed),
         mining=hashrate > 0,
-        fingerprint=f"{head.get('Type', '')}|{head.get('CompileTime', '')}",
+        fingerprint=rig_text(f"{head.get('Type', '')}|{head.get('CompileTime', '')}"),
     )
 
 
@@ -245,7 +252,7 @@ def whatsminer_summary(reply: dict[str, Any], expected_boards: int | None = None
     fans = _fans(s.get(key) for key in ("Fan Speed In", "Fan Speed Out"))
     count = s.get("Error Code Count")
     errors = tuple(
-        str(s[key])
+        rig_text(s[key])
         for i in range(count if isinstance(count, int) and 0 < count < 100 else 0)
         if (key := f"Error Code {i}") in s
     )
@@ -262,7 +269,9 @@ def whatsminer_summary(reply: dict[str, Any], expected_boards: int | None = None
         mining=hashrate > 0,
         ambient_c=_opt_num(s, "Env Temp"),
         errors=errors,
-        fingerprint=f"{s.get('MAC', '')}|{str(s.get('Firmware Version', '')).strip(chr(39))}",
+        fingerprint=rig_text(
+            f"{s.get('MAC', '')}|{str(s.get('Firmware Version', '')).strip(chr(39))}"
+        ),
     )
 
 
@@ -273,7 +282,7 @@ def whatsminer_v3_status(reply: dict[str, Any], expected_boards: int | None = No
     """
     code = reply.get("code")
     if code != 0:
-        raise _bad("code", f"rig answered {code}: {reply.get('msg')}")
+        raise _bad("code", f"rig answered {rig_text(code)}: {rig_text(reply.get('msg'))}")
     msg = reply.get("msg")
     if not isinstance(msg, dict) or not isinstance(msg.get("summary"), dict):
         raise _bad("msg.summary")

@@ -44,6 +44,7 @@ from policies.values import (
     Mode,
     Observation,
     PowerSource,
+    rig_text,
 )
 
 RPC_PORT = 4028
@@ -119,7 +120,7 @@ def _web_errors(summary: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(items, list):
         return ()
     return tuple(
-        str(i.get("msg") or i.get("code"))
+        rig_text(i.get("msg") or i.get("code"))
         for i in items
         if isinstance(i, dict) and i.get("status") not in ("s", None)
     )
@@ -256,7 +257,7 @@ class AntminerStock(RigDriver):
             True,
             mode,
             None,
-            f"set_miner_conf answered {reply.get('msg')!r}; confirm by observation",
+            f"set_miner_conf answered {rig_text(repr(reply.get('msg')))}; confirm by observation",
         )
 
 
@@ -399,5 +400,5 @@ class WhatsminerV3(RigDriver):
 
         reply = await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
         if isinstance(reply, dict) and reply.get("code") not in (0, None):
-            raise DriverError(FailureKind.BAD_REPLY, f"rig refused: {reply.get('msg')}")
+            raise DriverError(FailureKind.BAD_REPLY, f"rig refused: {rig_text(reply.get('msg'))}")
         return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")

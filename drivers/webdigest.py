@@ -119,7 +119,10 @@ async def _exchange(
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
+    raw_length = headers.get("content-length", "0") or "0"
+    length = int(raw_length) if raw_length.isdigit() else -1
+    if length < 0:
+        raise DriverError(FailureKind.BAD_REPLY, f"web UI: bad Content-Length {raw_length[:40]!r}")
     if length > MAX_BODY:
         raise DriverError(FailureKind.BAD_REPLY, "web UI reply too large")
     body = await reader.readexactly(length) if length else b""
