@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import structlog
@@ -232,10 +233,15 @@ async def serve(
             bridge.start()
             bridge_task = asyncio.create_task(bridge.run(stop), name="mqtt")
         count = 0
+        # Rigs that could not be identified are tried again every REIDENTIFY_EVERY_TICKS ticks,
+        # in the background: a rig that takes its whole identify deadline never delays a tick.
+        reidentify: asyncio.Task[list[IdentifyFailure]] | None = None
         try:
             while not stop.is_set() and (ticks is None or count < ticks):
                 if reload.is_set():  # SIGHUP: before the next tick, so it acts at once
                     reload.clear()
+                    await _stop_task(reidentify)  # the reload identifies afresh
+                    reidentify = None
                     settings, failures = await _reload(
                         settings,
                         config_path,
@@ -267,9 +273,12 @@ async def serve(
                     metrics.record_tick(report, loop, report.at)
                 if on_tick is not None:
                     on_tick(report)
-                if failures and count % REIDENTIFY_EVERY_TICKS == 0:
-                    failures = await inventory.ensure([f.address for f in failures])
+                if reidentify is not None and reidentify.done():
+                    failures, reidentify = reidentify.result(), None
                     loop.observer.sync_drivers()
+                if failures and reidentify is None and count % REIDENTIFY_EVERY_TICKS == 0:
+                    retry = [f.address for f in failures]
+                    reidentify = asyncio.create_task(inventory.ensure(retry), name="reidentify")
                 if ticks is not None and count >= ticks:
                     break
                 await _pause(
@@ -277,6 +286,7 @@ async def serve(
                 )
         finally:
             stop.set()
+            await _stop_task(reidentify)
             watchdog.cancel()
             if bridge_task is not None:
                 with contextlib.suppress(Exception):
@@ -289,6 +299,14 @@ async def serve(
             notifier.close()
     log.info("daemon.stopped", ticks=count, note="rigs left as they are")
     return 0
+
+
+async def _stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait for it (identification stops within a second of its cancel)."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 5.0)
 
 
 async def _bounded_tick(
