@@ -1,8 +1,9 @@
 """Hostile rigs for the tests: servers that speak just enough of the miner protocols to be
 taken for a rig, then misbehave. Written for the tests (the simulator models honest rigs).
 
-Each rig listens on its own loopback address (the tests run in a private network namespace, so
-any 127.x.y.z is free) on port 4028, and optionally on port 80. Behaviours on 4028:
+Each rig listens on its own loopback address on port 4028, and optionally on 4433 (the same
+behaviour) and 80. The simulator holds 0.0.0.0:4028 for every 127.x address, so the tests put
+hostile rigs on the IPv6 loopback ``::1``. Behaviours:
 
 - ``endless``: after the request, bytes forever (until the client hangs up);
 - ``huge``: a 50 MB reply, then close;
@@ -34,6 +35,7 @@ class HostileRig:
     behaviour: str
     replies: dict[str, bytes] = field(default_factory=dict)
     web: bytes | None = None  # a whole HTTP response for port 80, or None for no web UI
+    v3: bool = False  # also on 4433 (btminer API v3), with the same behaviour
 
 
 async def _read_command(reader: asyncio.StreamReader) -> str:
@@ -67,6 +69,10 @@ class HostileServer:
             self.servers.append(
                 await asyncio.start_server(functools.partial(self._rpc, rig), rig.address, 4028)
             )
+            if rig.v3:
+                self.servers.append(
+                    await asyncio.start_server(functools.partial(self._rpc, rig), rig.address, 4433)
+                )
             if rig.web is not None:
                 self.servers.append(
                     await asyncio.start_server(functools.partial(self._web, rig), rig.address, 80)

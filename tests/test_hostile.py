@@ -268,3 +268,29 @@ def test_rig_text_is_escaped_in_the_mqtt_state_and_the_decision_reasons() -> Non
     assert "\x1b" not in text["error"] and "\\x1b]0;pwned" in text["error"]
     assert "\x1b" not in text["desired"]["reason"]
     assert "\x1b" not in decision_event(desired, 0.0, True)["reason"]
+
+
+@pytest.mark.parametrize("behaviour", ["endless", "huge"])
+async def test_an_oversized_v3_reply_is_a_bad_reply_not_unreachable(behaviour: str) -> None:
+    identity = Identity(ENDLESS, Make.WHATSMINER, "M60S VK40", "fw", "whatsminer-v3")
+    with hostile(HostileRig(ENDLESS, behaviour, v3=True)), pytest.raises(DriverError) as failed:
+        await driver_for(identity).observe(3.0, time.time())
+    assert failed.value.kind is FailureKind.BAD_REPLY
+    assert failed.value.detail == "reply larger than 4 MiB"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "kind"), [("endless", "bad_reply"), ("huge", "bad_reply"), ("trickle", "timeout")]
+)
+def test_observe_names_each_hostile_rig_within_its_deadline(
+    tmp_path: Path, behaviour: str, kind: str
+) -> None:
+    state = cached(tmp_path, WHATSMINER)
+    out = io.StringIO()
+    start = time.monotonic()
+    with hostile(HostileRig(ENDLESS, behaviour)):
+        argv = [ENDLESS, "--json", "--timeout", "2", "--state-dir", str(state)]
+        assert main_observe(argv, out) == 0
+    assert time.monotonic() - start < 2 + 1
+    line = json.loads(out.getvalue())
+    assert (line["ok"], line["error"]) == (False, kind), line
