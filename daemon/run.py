@@ -191,7 +191,17 @@ async def serve(
     for address in [a for a in inventory.rigs if a not in set(addresses)]:
         inventory.forget(address)  # no longer configured: not ours to control
     notifier.status(f"identifying {len(addresses)} rigs ({cached} cached)")
-    failures = await inventory.ensure(addresses)
+    identifying = asyncio.ensure_future(inventory.ensure(addresses))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({identifying, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not identifying.done():  # SIGTERM while identifying: stop now, not after every rig
+        await _stop_task(identifying)
+        store.close()
+        notifier.close()
+        log.info("daemon.stopped", ticks=0, note="stopped while identifying; rigs left as they are")
+        return 0
+    failures = identifying.result()
     for f in failures:
         log.warning("rig.unidentified", address=f.address, reason=f.kind.value, detail=f.detail)
     log.info(

@@ -294,3 +294,32 @@ def test_observe_names_each_hostile_rig_within_its_deadline(
     assert time.monotonic() - start < 2 + 1
     line = json.loads(out.getvalue())
     assert (line["ok"], line["error"]) == (False, kind), line
+
+
+async def test_sigterm_while_identifying_a_hostile_rig_ends_the_daemon_at_once(
+    tmp_path: Path,
+) -> None:
+    from test_service import NotifySocket, log_events, start
+
+    config = tmp_path / "rigpilot.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\ndry_run = true\n[[rigs]]\naddress = "{ENDLESS}"\n'
+    )
+    notify = NotifySocket(tmp_path)
+    try:
+        with hostile(HostileRig(ENDLESS, "trickle")):  # identification takes about 5 s
+            proc = start(config, {"NOTIFY_SOCKET": str(notify.path)})
+            try:
+                await notify.wait("STATUS", 1, 60, containing="identifying")
+                mark = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait, 10) == 0
+                assert time.monotonic() - mark < 2.0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        notify.close()
+    stopped = [e for e in log_events(config) if e.get("event") == "daemon.stopped"]
+    assert stopped and stopped[0]["note"].startswith("stopped while identifying")
