@@ -20,11 +20,12 @@ from drivers.identify import identify, probe
 from drivers.pool import bounded_map
 from drivers.stock import RPC_PORT
 from drivers.transport import DriverError
-from policies.values import FailureKind, Identity
+from policies.values import FailureKind, Identity, rig_text
 
 log = structlog.get_logger("inventory")
 
 CACHE_VERSION = 1
+_CRASHED: set[str] = set()  # addresses whose last identification crashed (traceback logged)
 MAX_SCAN_ADDRESSES = 1 << 18  # a /14; a larger range is almost certainly a typo
 
 
@@ -142,12 +143,18 @@ async def identify_many(
 
     async def one(address: str) -> Identity | IdentifyFailure:
         try:
-            return await identify(address, timeout_s)
+            identity = await identify(address, timeout_s)
         except DriverError as exc:
+            _CRASHED.discard(address)
             return IdentifyFailure(address, exc.kind, exc.detail)
         except Exception as exc:  # whatever a rig answers must not end the scan
-            log.exception("rig.identify_crashed", address=address)
-            return IdentifyFailure(address, FailureKind.BAD_REPLY, f"{type(exc).__name__}: {exc}")
+            if address not in _CRASHED:  # the traceback once per transition, not every retry
+                log.exception("rig.identify_crashed", address=address)
+            _CRASHED.add(address)
+            detail = rig_text(f"{type(exc).__name__}: {exc}")
+            return IdentifyFailure(address, FailureKind.BAD_REPLY, detail)
+        _CRASHED.discard(address)
+        return identity
 
     return await bounded_map(addresses, one, concurrency)
 

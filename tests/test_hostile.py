@@ -323,3 +323,22 @@ async def test_sigterm_while_identifying_a_hostile_rig_ends_the_daemon_at_once(
         notify.close()
     stopped = [e for e in log_events(config) if e.get("event") == "daemon.stopped"]
     assert stopped and stopped[0]["note"].startswith("stopped while identifying")
+
+
+async def test_a_crashing_identification_logs_its_traceback_once_per_transition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Injected (no rig reply reaches a crash any more): retried every 10 ticks, the crash is
+    reported each time and its traceback logged once."""
+    from drivers import inventory
+
+    async def crash(address: str, timeout_s: float) -> Identity:
+        raise RuntimeError("identify bug \x1b[2J")
+
+    monkeypatch.setattr(inventory, "identify", crash)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            (failure,) = await inventory.identify_many([ENDLESS], 1, 1.0)
+            assert isinstance(failure, inventory.IdentifyFailure)
+            assert failure.detail == "RuntimeError: identify bug \\x1b[2J"
+    assert [e["event"] for e in logs].count("rig.identify_crashed") == 1
