@@ -21,6 +21,7 @@ from daemon.config import ConfigError, Settings, load_settings, resolve_config_p
 from daemon.control_config import ControlSettings
 from daemon.lifecycle import is_running
 from daemon.store import StoreError, read_status
+from policies.values import rig_text
 
 EXIT_STOPPED = 3  # as systemctl status: "not running"
 EXIT_STALE = 4  # running, but no tick completed within the watchdog's deadline
@@ -112,9 +113,9 @@ def main_status(argv: Sequence[str]) -> int:
     version = proc.get("version") or shown.get("version", "")
     print(f"rigpilot {version} pid {pid} ({mode}): {how}")
     if status is not None and written is not None:
-        print(f"  {status.get('summary', '')}")
+        print(f"  {rig_text(status.get('summary', ''), 2000)}")
         if status.get("conflict"):  # another instance announces this site (docs/mqtt.md)
-            print(f"  CONFLICT: {status['conflict']}")
+            print(f"  CONFLICT: {rig_text(status['conflict'], 2000)}")
         extra = [f"policies: {', '.join(status.get('policies') or [])}"]
         if status.get("pins"):
             extra.append(f"{status['pins']} operator pin(s)")

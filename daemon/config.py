@@ -47,6 +47,7 @@ from daemon.control_config import ControlSettings
 from daemon.logsetup import REDACTED, is_secret_key
 from daemon.market.config import MarketSettings
 from daemon.rig_address import check_rig_address
+from daemon.settings_base import Section
 
 __all__ = [
     "CONFIG_PATH_ENV_VAR",
@@ -74,8 +75,8 @@ CONFIG_PATH_ENV_VAR: Final = "RIGPILOT_CONFIG"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(Section):
+    pass
 
 
 class SiteSettings(_Section):
@@ -135,7 +136,7 @@ class MqttSettings(_Section):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     base_topic: str = Field(default="rigpilot", min_length=1)
     # A rig's retained state is republished when it changes, and at least this often.
-    state_interval_s: float = Field(default=60.0, ge=1)
+    state_interval_s: float = Field(default=60.0, ge=1, le=86400)
     # How long set/curtail/site_target wait for the fleet before answering "failed".
     command_timeout_s: float = Field(default=600.0, gt=0, le=86400)
     # Home Assistant MQTT discovery (a device per rig): for home and small sites.
@@ -195,6 +196,7 @@ class Settings(BaseSettings):
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     site: SiteSettings = SiteSettings()
@@ -588,12 +590,12 @@ def _issue_from_settings_error(exc: SettingsError, environ: Mapping[str, str]) -
         return ConfigIssue("(unknown)", "environment", str(exc))
     field = match["field"]
     _, var = _env_depth(environ, (field,))
+    # The value is never shown: a JSON object may hold secrets under any key, and the parser
+    # cannot say which while the JSON is broken. Where it broke (line, column) is enough.
     cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-    secret = is_secret_key(field)
-    value = None if var is None else _render_value(environ[var], secret)
+    size = "" if var is None else f"; the value ({len(environ[var])} characters) is not shown"
     return ConfigIssue(
         field,
         f"environment variable {var or _env_name([field])}",
-        f"expected a JSON value{cause}",
-        value,
+        f"expected a JSON value{cause}{size}",
     )

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from daemon.settings_base import Section
 from policies.economics import Economics
 from policies.guards import FailSafe, GuardConfig
 
 
-class GuardSettings(BaseModel):
+class GuardSettings(Section):
     """``[control.guards]``: see docs/guards.md for each setting."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     thermal_limit_c: float = Field(default=90.0, gt=40, lt=130)
     thermal_critical_c: float = Field(default=95.0, gt=40, lt=130)
     thermal_resume_c: float = Field(default=80.0, gt=20, lt=130)
     stale_failsafe: FailSafe = FailSafe.HOLD
-    min_dwell_s: float = Field(default=600.0, ge=0)
+    min_dwell_s: float = Field(default=600.0, ge=0, le=86400)
     hysteresis_usd_per_day: float = Field(default=0.25, ge=0)
     ramp_kw_per_min: float = Field(default=100.0, gt=0)
     ramp_rigs_per_s: float = Field(default=1.0, gt=0)
@@ -38,28 +37,26 @@ class GuardSettings(BaseModel):
         )
 
 
-class ControlSettings(BaseModel):
+class ControlSettings(Section):
     """``[control]``: the loop's pace, its policies and its guards."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tick_s: float = Field(default=30.0, ge=1)
+    tick_s: float = Field(default=30.0, ge=1, le=3600)
     policies: tuple[str, ...] = ("breakeven",)
     power_cap_kw: float | None = Field(default=None, gt=0)
-    observe_timeout_s: float = Field(default=5.0, gt=0)
+    observe_timeout_s: float = Field(default=5.0, gt=0, le=60)
     observe_concurrency: int = Field(default=256, ge=1, le=4096)
     command_concurrency: int = Field(default=256, ge=1, le=4096)
-    command_timeout_s: float = Field(default=30.0, gt=0)
-    confirm_deadline_s: float = Field(default=300.0, gt=0)
+    command_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    confirm_deadline_s: float = Field(default=300.0, gt=0, le=86400)
     max_attempts: int = Field(default=3, ge=1, le=20)
     # A rig marked not responding is sent its target once more every this many seconds until
     # it is seen in it (0: never; the control room's `retry` command clears the mark at once).
-    not_responding_retry_s: float = Field(default=1800.0, ge=0)
+    not_responding_retry_s: float = Field(default=1800.0, ge=0, le=86400)
     # On SIGTERM, how long the tick in flight may take to finish its commands before it is
     # abandoned (commands already journaled are confirmed by observation after a restart).
     stop_grace_s: float = Field(default=20.0, ge=0, le=300)
     # The watchdog goes silent when no tick completed for this long (None: 3 ticks, >= 120 s).
-    wedged_after_s: float | None = Field(default=None, gt=0)
+    wedged_after_s: float | None = Field(default=None, gt=0, le=86400)
     guards: GuardSettings = GuardSettings()
 
     def slowest_tick_s(self) -> float:

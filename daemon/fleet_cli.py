@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +14,28 @@ from daemon import aio
 from daemon.observer import Observer, ObserverSettings
 from daemon.rig_address import check_rig_address
 from drivers.inventory import IdentifyFailure, Inventory, InventoryError, scan
-from policies.values import Identity, Observation, ObservationFailure, Reading
+from policies.values import Identity, Observation, ObservationFailure, Reading, rig_text
 
 
 def _cache(args: argparse.Namespace) -> Path | None:
     state: Path | None = args.state_dir
     return None if state is None else state / "inventory.json"
+
+
+MAX_TIMEOUT_S = 60.0
+
+
+def _seconds(text: str) -> float:
+    """A deadline in seconds: a finite number above 0 and at most MAX_TIMEOUT_S."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(
+            f"{text} s: give a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}"
+        )
+    return value
 
 
 def scan_parser(prog: str = "rigpilot scan") -> argparse.ArgumentParser:
@@ -30,7 +47,9 @@ def scan_parser(prog: str = "rigpilot scan") -> argparse.ArgumentParser:
     p.add_argument("ranges", nargs="+", metavar="CIDR", help="e.g. 10.0.4.0/24 or 10.0.4.17")
     p.add_argument("--json", action="store_true", help="one JSON object per rig per line")
     p.add_argument("--concurrency", type=int, default=256, help="probes in flight (256)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to identify one rig")
+    p.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds to identify one rig (10, <= 60)"
+    )
     p.add_argument(
         "--state-dir", type=Path, default=None, help="cache identities in STATE_DIR/inventory.json"
     )
@@ -54,7 +73,9 @@ def observe_parser(prog: str = "rigpilot observe") -> argparse.ArgumentParser:
     p.add_argument("addresses", nargs="+", metavar="ADDRESS", type=_rig_address)
     p.add_argument("--json", action="store_true", help="one JSON object per rig per line")
     p.add_argument("--concurrency", type=int, default=256, help="rigs read at once (256)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to read one rig (5)")
+    p.add_argument(
+        "--timeout", type=_seconds, default=5.0, help="seconds to read one rig (5, <= 60)"
+    )
     p.add_argument(
         "--state-dir", type=Path, default=None, help="cache identities in STATE_DIR/inventory.json"
     )
@@ -72,12 +93,14 @@ def _identity_line(identity: Identity | IdentifyFailure, as_json: bool) -> str:
                     "detail": identity.detail,
                 }
             )
-        return f"{identity.address:<15} {'-':<11} {identity.kind.value}: {identity.detail}"
+        return (
+            f"{identity.address:<15} {'-':<11} {identity.kind.value}: {rig_text(identity.detail)}"
+        )
     if as_json:
         return json.dumps({**identity.as_dict(), "ok": True})
     return (
-        f"{identity.address:<15} {identity.make.value:<11} {identity.model:<12} "
-        f"{identity.driver:<15} {identity.firmware}"
+        f"{identity.address:<15} {identity.make.value:<11} {rig_text(identity.model):<12} "
+        f"{identity.driver:<15} {rig_text(identity.firmware)}"
     )
 
 
@@ -112,17 +135,17 @@ def _reading_line(reading: Reading, as_json: bool) -> str:
         return json.dumps(reading.as_dict())
     if isinstance(reading, ObservationFailure):
         ident = reading.identity
-        model = ident.model if ident else "-"
-        return f"{reading.address:<15} {model:<12} {reading.kind.value}: {reading.detail}"
+        model = rig_text(ident.model) if ident else "-"
+        return f"{reading.address:<15} {model:<12} {reading.kind.value}: {rig_text(reading.detail)}"
     assert isinstance(reading, Observation)
     power = "-" if reading.power_w is None else f"{reading.power_w:.0f}"
     if reading.power_source is not None and reading.power_source.value == "estimated":
         power += "*"
     temp = "-" if reading.max_chip_temp_c is None else f"{reading.max_chip_temp_c:.0f}"
-    errors = ",".join(reading.errors) or "-"
+    errors = ",".join(rig_text(e) for e in reading.errors) or "-"
     return (
         f"{reading.rig_id:<15} "
-        f"{reading.identity.model:<12} {reading.hashrate_ths:8.1f} {power:>6} {temp:>5} "
+        f"{rig_text(reading.identity.model):<12} {reading.hashrate_ths:8.1f} {power:>6} {temp:>5} "
         f"{reading.mode.value:<7} {'yes' if reading.mining else 'no':<6} {errors}"
     )
 

@@ -118,6 +118,7 @@ class _Snapshot:
     power_estimated: int
     held_back: int
     unreadable: Mapping[str, int]
+    implausible: int
     modes: Mapping[str, int]
     desired_modes: Mapping[str, int]
     hashrate_hs: float
@@ -349,6 +350,7 @@ class Metrics(Collector):
             power_estimated=int(fleet["power_estimated_rigs"]),
             held_back=sum(1 for d in report.desired.values() if d.held_back),
             unreadable=unreadable,
+            implausible=sum(any(e.startswith("implausible ") for e in o.errors) for o in observed),
             modes=modes,
             desired_modes=desired_modes,
             hashrate_hs=report.hashrate_ths * TH,
@@ -611,6 +613,11 @@ def _fleet(s: _Snapshot) -> Iterator[Metric]:
     for reason, n in s.unreadable.items():
         unreadable.add_metric([reason], float(n))
     yield unreadable
+    yield _gauge(
+        "rigpilot_fleet_rigs_implausible",
+        "Rigs read this tick with a field refused as implausible (named in the rig's errors).",
+        s.implausible,
+    )
     by_mode = GaugeMetricFamily(
         "rigpilot_fleet_rigs_mode", "Rigs read this tick, by observed mode.", labels=["mode"]
     )

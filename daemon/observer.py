@@ -40,7 +40,7 @@ from drivers.identify import driver_for, identify
 from drivers.inventory import Inventory
 from drivers.pool import bounded_map
 from drivers.transport import DriverError, RigChanged
-from policies.values import FailureKind, Observation, ObservationFailure, Reading
+from policies.values import FailureKind, Observation, ObservationFailure, Reading, rig_text
 
 log = structlog.get_logger("observer")
 
@@ -51,6 +51,7 @@ class _Health:
     retry_at: float = 0.0
     backoff_s: float = 0.0
     last_kind: FailureKind | None = None
+    crashed: bool = False  # the last failure was a driver crash (its traceback already logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,15 +149,18 @@ class Observer:
         except RigChanged as exc:
             return await self._reidentify(address, exc, now)
         except DriverError as exc:
+            health.crashed = False
             return self._failed(address, health, exc.kind, exc.detail, now, driver)
         except Exception as exc:  # a driver bug must not take the cycle down
-            log.exception("rig.observe_crashed", address=address)
-            return self._failed(
-                address, health, FailureKind.BAD_REPLY, f"{type(exc).__name__}: {exc}", now, driver
-            )
+            if not health.crashed:  # the traceback once per transition, not every cycle
+                log.exception("rig.observe_crashed", address=address)
+            health.crashed = True
+            detail = rig_text(f"{type(exc).__name__}: {exc}")
+            return self._failed(address, health, FailureKind.BAD_REPLY, detail, now, driver)
         if health.consecutive:
             log.info("rig.recovered", address=address, after_failures=health.consecutive)
         health.consecutive, health.backoff_s, health.last_kind = 0, 0.0, None
+        health.crashed = False
         return reading
 
     @staticmethod

@@ -169,7 +169,17 @@ async def serve(
     for address in [a for a in inventory.addresses() if a not in set(addresses)]:
         inventory.forget(address)  # no longer configured: not ours to control
     notifier.status(f"identifying {len(addresses)} rigs ({cached} cached)")
-    failures = await inventory.ensure(addresses)
+    identifying = asyncio.ensure_future(inventory.ensure(addresses))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({identifying, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not identifying.done():  # SIGTERM while identifying: stop now, not after every rig
+        await _stop_task(identifying)
+        store.close()
+        notifier.close()
+        log.info("daemon.stopped", ticks=0, note="stopped while identifying; rigs left as they are")
+        return 0
+    failures = identifying.result()
     for f in failures:
         log.warning("rig.unidentified", address=f.address, reason=f.kind.value, detail=f.detail)
     log.info(
@@ -225,10 +235,15 @@ async def serve(
             bridge_task = asyncio.create_task(bridge.run(stop), name="mqtt")
             await bridge.checked()  # another instance of this site? (before any command)
         count = 0
+        # Rigs that could not be identified are tried again every REIDENTIFY_EVERY_TICKS ticks,
+        # in the background: a rig that takes its whole identify deadline never delays a tick.
+        reidentify: asyncio.Task[list[IdentifyFailure]] | None = None
         try:
             while not stop.is_set() and (ticks is None or count < ticks):
                 if reload.is_set():  # SIGHUP: before the next tick, so it acts at once
                     reload.clear()
+                    await _stop_task(reidentify)  # the reload identifies afresh
+                    reidentify = None
                     settings, failures = await _reload(
                         settings,
                         config_path,
@@ -261,9 +276,12 @@ async def serve(
                     metrics.record_tick(report, loop, report.at)
                 if on_tick is not None:
                     on_tick(report)
-                if failures and count % REIDENTIFY_EVERY_TICKS == 0:
-                    failures = await inventory.ensure([f.address for f in failures])
+                if reidentify is not None and reidentify.done():
+                    failures, reidentify = reidentify.result(), None
                     loop.observer.sync_drivers()
+                if failures and reidentify is None and count % REIDENTIFY_EVERY_TICKS == 0:
+                    retry = [f.address for f in failures]
+                    reidentify = asyncio.create_task(inventory.ensure(retry), name="reidentify")
                 if ticks is not None and count >= ticks:
                     break
                 await _pause(
@@ -271,6 +289,7 @@ async def serve(
                 )
         finally:
             stop.set()
+            await _stop_task(reidentify)
             watchdog.cancel()
             if bridge_task is not None:
                 with contextlib.suppress(Exception):
@@ -285,6 +304,14 @@ async def serve(
             notifier.close()
     log.info("daemon.stopped", ticks=count, note="rigs left as they are")
     return 0
+
+
+async def _stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait for it (identification stops within a second of its cancel)."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 5.0)
 
 
 async def _bounded_tick(

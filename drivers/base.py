@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from drivers import catalogue
+from drivers import catalogue, parse
 from drivers.pyasic_miner import NotClassified
 from drivers.transport import DriverError, RigChanged
 from policies.values import Capabilities, FailureKind, Identity, Mode, Observation
@@ -78,6 +78,8 @@ class RigDriver(abc.ABC):
         self.entry = catalogue.lookup(identity.make.value, identity.model)
         self.expected_boards: int | None = self.entry.hashboards if self.entry else None
         """Hashboards the model has: a board the firmware stops listing is reported dead."""
+        self.bounds = parse.bounds_for(self.entry)
+        """The most this rig can plausibly hash and draw (a reading beyond is implausible)."""
 
     @property
     @abc.abstractmethod

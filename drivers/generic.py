@@ -12,6 +12,7 @@ from typing import Any
 from pyasic.data import MinerData
 
 from drivers.base import ApplyResult, RigDriver
+from drivers.parse import Status, plausible
 from drivers.pyasic_miner import miner_for
 from drivers.stock import _pyasic_call
 from drivers.transport import DriverError
@@ -22,6 +23,7 @@ from policies.values import (
     Mode,
     Observation,
     PowerSource,
+    rig_text,
 )
 
 _INCLUDE = [
@@ -92,23 +94,38 @@ class PyasicGeneric(RigDriver):
             for b in data.hashboards
         )
         temps = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
+        status = plausible(
+            Status(
+                hashrate_ths=hashrate,
+                boards=boards,
+                max_chip_temp_c=max(temps) if temps else None,
+                fan_rpm=tuple(int(f.speed) for f in data.fans if f.speed),
+                uptime_s=data.uptime,
+                power_w=float(data.wattage) if data.wattage else None,
+                power_limit_w=data.wattage_limit,
+                ambient_c=data.env_temp,
+                errors=tuple(
+                    rig_text(e.error_message if hasattr(e, "error_message") else e)
+                    for e in data.errors
+                ),
+            ),
+            self.bounds,
+        )
         mining = hashrate > 0
         return Observation(
             identity=self.identity,
             observed_at=now,
             hashrate_ths=hashrate,
-            power_w=float(data.wattage) if data.wattage else None,
-            power_source=PowerSource.REPORTED if data.wattage else None,
+            power_w=status.power_w,
+            power_source=PowerSource.REPORTED if status.power_w else None,
             mode=Mode.NORMAL if mining else Mode.SLEEP if data.is_mining is False else Mode.UNKNOWN,
             mining=mining,
-            boards=boards,
-            max_chip_temp_c=max(temps) if temps else None,
-            ambient_c=data.env_temp,
-            fan_rpm=tuple(int(f.speed) for f in data.fans if f.speed),
-            power_limit_w=data.wattage_limit,
-            errors=tuple(
-                str(e.error_message if hasattr(e, "error_message") else e) for e in data.errors
-            ),
+            boards=status.boards,
+            max_chip_temp_c=status.max_chip_temp_c,
+            ambient_c=status.ambient_c,
+            fan_rpm=status.fan_rpm,
+            power_limit_w=status.power_limit_w,
+            errors=status.errors,
             uptime_s=data.uptime,
             model_unknown=self.entry is None,
         )

@@ -1,27 +1,38 @@
-"""Identify a rig (pyasic's detection, under our deadline) and choose its driver."""
+"""Identify a rig (pyasic's detection over bounded transports, under our deadline) and choose
+its driver.
+
+Every byte read here goes through rigpilot's own transports (``drivers.transport.request``,
+``drivers.webdigest`` and the capped httpx client of ``drivers.detect``): pyasic decides what the
+rig is from what they read, but never reads from the rig itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Coroutine
 from typing import Any
 
-import pyasic
+from pyasic import settings as pyasic_settings
 from pyasic.miners.backends.antminer import AntminerModern
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
 from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
+from drivers import webdigest
 from drivers.base import RigDriver
+from drivers.detect import detect, within
 from drivers.generic import PyasicGeneric
-from drivers.parse import antminer_stats, whatsminer_summary
+from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
-from drivers.stock import RPC_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
-from drivers.transport import BTMINER_STOPPED, DriverError, decode, request
-from policies.values import FailureKind, Identity, Make
+from drivers.stock import RPC_PORT, V3_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
+from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_framed, request
+from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
     cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric)
 }
+MAX_DETAIL = 64  # characters kept of a rig's serial, MAC or firmware text
 _MAKES = {"BOS+": Make.BRAIINS, "LuxOS": Make.LUXOS, "VNish": Make.VNISH}
 
 
@@ -53,20 +64,19 @@ async def identify(address: str, timeout_s: float = 10.0) -> Identity:
     deadline = time.monotonic() + timeout_s
     forget(address)
     try:
-        async with asyncio.timeout(timeout_s):
-            miner = await pyasic.get_miner(address)
+        miner = await detect(address, timeout_s)
     except TimeoutError:
         raise DriverError(FailureKind.TIMEOUT, f"not identified within {timeout_s:.0f} s") from None
     if miner is None:
         raise await _why_not_found(address, min(2.0, max(0.2, deadline - time.monotonic())))
     left = max(0.5, deadline - time.monotonic())
     try:
-        async with asyncio.timeout(left):
-            return await _describe(address, miner, left)
+        return await within(_describe(address, miner, left), left)
     except TimeoutError:
         raise DriverError(
             FailureKind.TIMEOUT,
-            f"recognised as {miner.raw_model}, but its details did not arrive in time",
+            f"recognised as {miner.raw_model or type(miner).__name__}, "
+            "but its details did not arrive in time",
         ) from None
 
 
@@ -79,6 +89,10 @@ async def _why_not_found(address: str, timeout_s: float) -> DriverError:
             return DriverError(
                 FailureKind.TIMEOUT, "port 4028 accepts connections but does not answer"
             )
+        if exc.kind is FailureKind.BAD_REPLY:  # e.g. a reply past the size cap
+            return DriverError(
+                FailureKind.UNKNOWN_MINER, f"port 4028 answers, but not as a miner: {exc.detail}"
+            )
         return DriverError(FailureKind.UNREACHABLE, f"no miner answers ({exc.detail})")
     if not reply:
         return DriverError(FailureKind.UNREACHABLE, "port 4028 closes without answering")
@@ -90,7 +104,7 @@ async def _why_not_found(address: str, timeout_s: float) -> DriverError:
 
 async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
     firmware_kind = str(miner.firmware)
-    model = str(miner.raw_model or "unknown")
+    model = rig_text(miner.raw_model or "unknown", MAX_DETAIL)
     # A model pyasic does not list gets its fallback class (BMMiner-based "AntminerUnknown"):
     # stock firmware all the same, read by the stock driver, not through pyasic's guesses.
     stock_antminer = (AntminerModern, MINER_CLASSES[MinerTypes.ANTMINER][None])
@@ -99,26 +113,37 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
             decode(await request(address, RPC_PORT, b'{"command":"stats"}', timeout_s))
         )
         extra = _extra(miner, None, firmware_kind, status.fingerprint)
-        firmware = status.fingerprint.split("|", 1)[1] or firmware_kind
+        firmware = rig_text(status.fingerprint.split("|", 1)[1], MAX_DETAIL) or firmware_kind
         if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
-            model = status.fingerprint.split("|", 1)[0].removeprefix("Antminer ") or model
-        serial = await _quiet(miner.get_serial_number())
-        mac = await _quiet(miner.get_mac())
+            named = status.fingerprint.split("|", 1)[0].removeprefix("Antminer ")
+            model = rig_text(named, MAX_DETAIL) or model
+        # pyasic's serial and MAC: "serinum" and "macaddr" of the web UI's get_system_info.
+        info = await _quiet(_antminer_system_info(address, timeout_s))
         return Identity(
-            address, Make.ANTMINER, model, firmware, AntminerStock.name, serial, mac, extra
+            address,
+            Make.ANTMINER,
+            model,
+            firmware,
+            AntminerStock.name,
+            _field(info, "serinum"),
+            _field(info, "macaddr"),
+            extra,
         )
     if isinstance(miner, BTMinerV2):
         raw = await request(address, RPC_PORT, b'{"command":"summary"}', timeout_s)
+        # pyasic's MAC and serial: get_miner_info's Msg.mac / Msg.minersn; firmware:
+        # get_version's Msg.fw_ver (read even when btminer is stopped).
+        info = _msg(await _quiet(_rpc(address, "get_miner_info", timeout_s)))
+        version = _field(_msg(await _quiet(_rpc(address, "get_version", timeout_s))), "fw_ver")
         if raw.startswith(BTMINER_STOPPED):
             # Asleep: btminer is stopped, but the API still tells the MAC and firmware.
-            info = await _quiet(miner.rpc.get_miner_info())
-            mac = str(info["Msg"]["mac"]) if isinstance(info, dict) else None
-            version = str(await _quiet(miner.get_fw_ver()) or "")
+            mac = _field(info, "mac")
+            version = version or ""
             fingerprint = f"{mac or ''}|{version}"
         else:
             fingerprint = whatsminer_summary(decode(raw)).fingerprint
             mac = fingerprint.split("|")[0] or None
-            version = str(await _quiet(miner.get_fw_ver()) or fingerprint.split("|")[1])
+            version = version or fingerprint.split("|")[1]
         extra = _extra(miner, version, firmware_kind, fingerprint)
         return Identity(
             address,
@@ -126,34 +151,72 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
             model,
             version,
             WhatsminerV2.name,
-            await _quiet(miner.get_serial_number()),
+            _field(info, "minersn"),
             mac,
             extra,
         )
     if isinstance(miner, BTMinerV3):
-        version = str(await _quiet(miner._get_firmware_version()) or "")
+        # pyasic's v3 details: get.device.info's msg.system.fwversion, msg.miner.miner-sn,
+        # msg.network.mac.
+        device = _msg(await _quiet(_v3_device_info(address, timeout_s)), "msg")
+        version = _field(_msg(device, "system"), "fwversion") or ""
         return Identity(
             address,
             Make.WHATSMINER,
             model,
             version,
             WhatsminerV3.name,
-            await _quiet(miner.get_serial_number()),
-            await _quiet(miner.get_mac()),
+            _field(_msg(device, "miner"), "miner-sn"),
+            _field(_msg(device, "network"), "mac"),
             _extra(miner, version, firmware_kind, ""),
         )
-    make = _MAKES.get(firmware_kind, Make.OTHER)
-    version = str(await _quiet(miner.get_fw_ver()) or firmware_kind)
+    # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
+    # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
+    if miner.raw_model is None:
+        # pyasic took a word in some reply for a firmware but could not name the model: a rig
+        # must at least answer ``version`` properly (JSON, a success status) to be one.
+        reply = decode(await request(address, RPC_PORT, b'{"command":"version"}', timeout_s))
+        cgminer_section(reply, "VERSION")
     return Identity(
         address,
-        make,
+        _MAKES.get(firmware_kind, Make.OTHER),
         model,
-        version,
+        firmware_kind,
         PyasicGeneric.name,
-        await _quiet(miner.get_serial_number()),
-        await _quiet(miner.get_mac()),
+        None,
+        None,
         _extra(miner, None, firmware_kind, ""),
     )
+
+
+async def _antminer_system_info(address: str, timeout_s: float) -> dict[str, Any]:
+    password = str(pyasic_settings.get("default_antminer_web_password", "root"))
+    return await webdigest.get_json(
+        address, "/cgi-bin/get_system_info.cgi", "root", password, timeout_s
+    )
+
+
+async def _rpc(address: str, command: str, timeout_s: float) -> dict[str, Any]:
+    payload = json.dumps({"command": command}).encode()
+    return decode(await request(address, RPC_PORT, payload, timeout_s))
+
+
+async def _v3_device_info(address: str, timeout_s: float) -> dict[str, Any]:
+    payload = b'{"cmd":"get.device.info"}'
+    return decode_framed(await request(address, V3_PORT, payload, timeout_s, framed=True))
+
+
+def _msg(obj: Any, key: str = "Msg") -> dict[str, Any] | None:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def _field(obj: dict[str, Any] | None, key: str) -> str | None:
+    """A short text detail (serial, MAC, version) or None; rig text is data, kept short."""
+    value = obj.get(key) if obj else None
+    if value is None or isinstance(value, dict | list) or value == "":
+        return None
+    return rig_text(value, MAX_DETAIL)
 
 
 def _extra(
@@ -169,10 +232,9 @@ def _extra(
     return extra
 
 
-async def _quiet(call: Any) -> Any:
-    """Optional identity details: a failure leaves the field empty, it does not fail the rig."""
+async def _quiet(call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any] | None:
+    """Optional identity details: a failed read leaves the fields empty, not the rig unread."""
     try:
-        value = await call
-    except Exception:  # pyasic raises many types here; the field is optional
+        return await call
+    except DriverError:
         return None
-    return value if value not in ("", None) else None

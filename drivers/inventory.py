@@ -21,11 +21,12 @@ from drivers.identify import identify, probe
 from drivers.pool import bounded_map
 from drivers.stock import RPC_PORT
 from drivers.transport import DriverError
-from policies.values import FailureKind, Identity
+from policies.values import FailureKind, Identity, rig_text
 
 log = structlog.get_logger("inventory")
 
 CACHE_VERSION = 1
+_CRASHED: set[str] = set()  # addresses whose last identification crashed (traceback logged)
 MAX_SCAN_ADDRESSES = 1 << 18  # a /14; a larger range is almost certainly a typo
 
 
@@ -53,19 +54,25 @@ class InventoryError(ValueError):
 def expand(ranges: Iterable[str]) -> list[str]:
     """Addresses in ``ranges`` (CIDR blocks or single addresses), in order, without duplicates.
 
-    Network and broadcast addresses of blocks larger than /31 are left out.
+    Network and broadcast addresses of blocks larger than /31 are left out. All the ranges
+    together may hold at most MAX_SCAN_ADDRESSES addresses (a /14): more is refused before any
+    address is listed, let alone probed, however the space is split.
     """
-    seen: dict[str, None] = {}
+    nets = []
     for text in ranges:
         try:
-            net = ipaddress.ip_network(text.strip(), strict=False)
+            nets.append(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError as exc:
             raise InventoryError(f"{text!r} is not an address or CIDR block: {exc}") from None
-        if net.num_addresses > MAX_SCAN_ADDRESSES:
-            raise InventoryError(
-                f"{text}: {net.num_addresses} addresses is more than the "
-                f"{MAX_SCAN_ADDRESSES} one scan takes; split it"
-            )
+    total = sum(net.num_addresses for net in nets)
+    if total > MAX_SCAN_ADDRESSES:
+        what = f"{nets[0]}" if len(nets) == 1 else f"{len(nets)} ranges"
+        raise InventoryError(
+            f"{what}: {total} addresses is more than the {MAX_SCAN_ADDRESSES} one scan takes "
+            "(all ranges together); scan a smaller space"
+        )
+    seen: dict[str, None] = {}
+    for net in nets:
         hosts: Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]
         hosts = net.hosts() if net.num_addresses > 2 else iter(net)
         for addr in hosts:
@@ -165,12 +172,18 @@ async def identify_many(
 
     async def one(address: str) -> Identity | IdentifyFailure:
         try:
-            return await identify(address, timeout_s)
+            identity = await identify(address, timeout_s)
         except DriverError as exc:
+            _CRASHED.discard(address)
             return IdentifyFailure(address, exc.kind, exc.detail)
         except Exception as exc:  # whatever a rig answers must not end the scan
-            log.exception("rig.identify_crashed", address=address)
-            return IdentifyFailure(address, FailureKind.BAD_REPLY, f"{type(exc).__name__}: {exc}")
+            if address not in _CRASHED:  # the traceback once per transition, not every retry
+                log.exception("rig.identify_crashed", address=address)
+            _CRASHED.add(address)
+            detail = rig_text(f"{type(exc).__name__}: {exc}")
+            return IdentifyFailure(address, FailureKind.BAD_REPLY, detail)
+        _CRASHED.discard(address)
+        return identity
 
     return await bounded_map(addresses, one, concurrency)
 

@@ -8,11 +8,31 @@ missing or malformed field rather than returning a partial picture as if it were
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
+from drivers.catalogue import ModelEntry
 from drivers.transport import DriverError
-from policies.values import Board, FailureKind, Mode
+from policies.values import Board, FailureKind, Mode, rig_text
+
+# Plausible ranges (docs/drivers.md, "Plausibility"). A value outside them is a broken sensor or a
+# lying firmware, never a reading to act on.
+MIN_TEMP_C = -40.0  # no site runs colder; a diode's rated range starts about here
+MAX_TEMP_C = 150.0  # silicon stops long before; chip sensors saturate around 125-150 degC
+MAX_FAN_RPM = 30_000
+TOP_MODE_MULTIPLE = 2.0  # hashrate / watts above twice the model's top catalogue mode: a lie
+MAX_HASHRATE_THS = 5_000.0  # without a catalogue entry: above any rig made
+MAX_POWER_W = 30_000.0  # likewise
+DISAGREE_C = 25.0  # a summary chip sensor this far below the hottest board's is flagged
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The largest plausible hashrate and wall power of one rig."""
+
+    hashrate_ths: float = MAX_HASHRATE_THS
+    power_w: float = MAX_POWER_W
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +73,18 @@ def _section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
         and isinstance(status[0], dict)
         and status[0].get("STATUS") not in ("S", "I")
     ):
-        raise _bad(name, f"rig answered {status[0].get('STATUS')}: {status[0].get('Msg')}")
+        said = rig_text(f"{status[0].get('STATUS')}: {status[0].get('Msg')}")
+        raise _bad(name, f"rig answered {said}")
     section = reply.get(name)
     if not isinstance(section, list) or not all(isinstance(x, dict) for x in section):
         raise _bad(name)
     return section
+
+
+def cgminer_section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """Section ``name`` of a cgminer-style reply; DriverError(BAD_REPLY) naming what is wrong
+    (an error status with the rig's message, a missing section)."""
+    return _section(reply, name)
 
 
 def _num(obj: dict[str, Any], key: str, where: str) -> float:
@@ -82,6 +109,22 @@ def _opt_num(obj: dict[str, Any], key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _count(value: Any) -> int | None:
+    """A whole count (chips) or None; a non-finite number is no count."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _fans(values: Iterable[Any]) -> tuple[int, ...]:
+    """Fan speeds that are numbers in 1..MAX_FAN_RPM (zero: no fan on that header)."""
+    return tuple(
+        int(v)
+        for v in values
+        if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= MAX_FAN_RPM
+    )
 
 
 def _dashed(value: Any) -> list[float]:
@@ -140,7 +183,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
     boards: list[Board] = []
     for i in slots:
         chips_raw = dev.get(f"chain_acn{i}")
-        chips = int(chips_raw) if isinstance(chips_raw, int | float) else None
+        chips = _count(chips_raw)
         rate = _opt_num(dev, f"chain_rate{i}")
         chip_temps = _dashed(dev.get(f"temp_chip{i}"))
         pcb_temps = _dashed(dev.get(f"temp_pcb{i}"))
@@ -161,9 +204,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
         if i not in present
     )
     boards.sort(key=lambda b: b.index)
-    fans = tuple(
-        int(v) for n in range(1, 9) if isinstance(v := dev.get(f"fan{n}"), int | float) and v > 0
-    )
+    fans = _fans(dev.get(f"fan{n}") for n in range(1, 9))
     chip_max = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
     elapsed = _opt_num(dev, "Elapsed")
     return Status(
@@ -173,7 +214,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
         fan_rpm=fans,
         uptime_s=None if elapsed is None else int(elapsed),
         mining=hashrate > 0,
-        fingerprint=f"{head.get('Type', '')}|{head.get('CompileTime', '')}",
+        fingerprint=rig_text(f"{head.get('Type', '')}|{head.get('CompileTime', '')}"),
     )
 
 
@@ -207,7 +248,7 @@ def whatsminer_summary(reply: dict[str, Any], expected_boards: int | None = None
                     hashrate_ths=_num(dev, "MHS 1m", f"DEVS[{slot}]") / 1e6,
                     board_temp_c=_opt_num(dev, "Temperature"),
                     chip_temp_c=_opt_num(dev, "Chip Temp Max") or _opt_num(dev, "Chip Temp Avg"),
-                    chips=int(chips) if isinstance(chips, int | float) else None,
+                    chips=_count(chips),
                     alive=bool(chips),
                 )
             )
@@ -215,14 +256,10 @@ def whatsminer_summary(reply: dict[str, Any], expected_boards: int | None = None
     if chip_max is None:
         temps = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
         chip_max = max(temps) if temps else None
-    fans = tuple(
-        int(v)
-        for key in ("Fan Speed In", "Fan Speed Out")
-        if isinstance(v := s.get(key), int | float)
-    )
+    fans = _fans(s.get(key) for key in ("Fan Speed In", "Fan Speed Out"))
     count = s.get("Error Code Count")
     errors = tuple(
-        str(s[key])
+        rig_text(s[key])
         for i in range(count if isinstance(count, int) and 0 < count < 100 else 0)
         if (key := f"Error Code {i}") in s
     )
@@ -239,7 +276,9 @@ def whatsminer_summary(reply: dict[str, Any], expected_boards: int | None = None
         mining=hashrate > 0,
         ambient_c=_opt_num(s, "Env Temp"),
         errors=errors,
-        fingerprint=f"{s.get('MAC', '')}|{str(s.get('Firmware Version', '')).strip(chr(39))}",
+        fingerprint=rig_text(
+            f"{s.get('MAC', '')}|{str(s.get('Firmware Version', '')).strip(chr(39))}"
+        ),
     )
 
 
@@ -250,7 +289,7 @@ def whatsminer_v3_status(reply: dict[str, Any], expected_boards: int | None = No
     """
     code = reply.get("code")
     if code != 0:
-        raise _bad("code", f"rig answered {code}: {reply.get('msg')}")
+        raise _bad("code", f"rig answered {rig_text(code)}: {rig_text(reply.get('msg'))}")
     msg = reply.get("msg")
     if not isinstance(msg, dict) or not isinstance(msg.get("summary"), dict):
         raise _bad("msg.summary")
@@ -269,7 +308,7 @@ def whatsminer_v3_status(reply: dict[str, Any], expected_boards: int | None = No
                 hashrate_ths=_num(dev, "hash-realtime", f"edevs[{dev['id']}]"),
                 board_temp_c=None,
                 chip_temp_c=_opt_num(dev, "chip-temp-max"),
-                chips=int(chips) if isinstance(chips, int | float) else None,
+                chips=_count(chips),
                 alive=bool(chips) and dev.get("status", "alive") == "alive",
             )
         )
@@ -279,11 +318,7 @@ def whatsminer_v3_status(reply: dict[str, Any], expected_boards: int | None = No
             Board(b.index, b.hashrate_ths, _opt_num({"t": t}, "t"), b.chip_temp_c, b.chips, b.alive)
             for b, t in zip(boards, board_temps, strict=True)
         ]
-    fans = tuple(
-        int(v)
-        for key in ("fan-speed-in", "fan-speed-out")
-        if isinstance(v := s.get(key), int | float)
-    )
+    fans = _fans(s.get(key) for key in ("fan-speed-in", "fan-speed-out"))
     elapsed = _opt_num(s, "elapsed")
     return Status(
         hashrate_ths=hashrate,
@@ -295,4 +330,97 @@ def whatsminer_v3_status(reply: dict[str, Any], expected_boards: int | None = No
         power_limit_w=None if limit is None else int(limit),
         mining=hashrate > 0,
         ambient_c=_opt_num(s, "environment-temperature"),
+    )
+
+
+def _plausible_temp(value: float | None) -> bool:
+    return value is not None and MIN_TEMP_C <= value <= MAX_TEMP_C
+
+
+def plausible(status: Status, bounds: Bounds) -> Status:
+    """``status`` with every implausible field made unknown and named in ``errors``.
+
+    Each such field adds ``implausible <field>: <value as read> (plausible <range>)`` to the
+    errors and the rest of the reading is kept; an implausible total hashrate refuses the whole
+    reading (DriverError IMPLAUSIBLE): every decision and the power estimate rest on it. The
+    maximum chip temperature is the maximum over every plausible chip sensor (the summary's and
+    each board's), so a lying sensor cannot hide a hot board; a summary chip sensor more than
+    DISAGREE_C below the hottest board's is flagged ``sensor disagrees``.
+    """
+    if not 0.0 <= status.hashrate_ths <= bounds.hashrate_ths:
+        raise DriverError(
+            FailureKind.IMPLAUSIBLE,
+            f"implausible hashrate_ths: {status.hashrate_ths:g} "
+            f"(plausible 0..{bounds.hashrate_ths:g} TH/s)",
+        )
+    errors = list(status.errors)
+
+    def flag(field: str, value: float, plausible_range: str) -> None:
+        errors.append(f"implausible {field}: {value:g} (plausible {plausible_range})")
+
+    temp_range = f"{MIN_TEMP_C:g}..{MAX_TEMP_C:g} °C"
+    boards = []
+    for b in status.boards:
+        rate, board_t, chip_t = b.hashrate_ths, b.board_temp_c, b.chip_temp_c
+        if not 0.0 <= rate <= bounds.hashrate_ths:
+            flag(f"boards[{b.index}].hashrate_ths", rate, f"0..{bounds.hashrate_ths:g} TH/s")
+            rate = 0.0
+        if board_t is not None and not _plausible_temp(board_t):
+            flag(f"boards[{b.index}].board_temp_c", board_t, temp_range)
+            board_t = None
+        if chip_t is not None and not _plausible_temp(chip_t):
+            flag(f"boards[{b.index}].chip_temp_c", chip_t, temp_range)
+            chip_t = None
+        boards.append(Board(b.index, rate, board_t, chip_t, b.chips, b.alive))
+    summary_t = status.max_chip_temp_c
+    if summary_t is not None and not _plausible_temp(summary_t):
+        flag("max_chip_temp_c", summary_t, temp_range)
+        summary_t = None
+    hottest = max((b.chip_temp_c for b in boards if b.chip_temp_c is not None), default=None)
+    if summary_t is not None and hottest is not None and summary_t < hottest - DISAGREE_C:
+        errors.append(
+            f"sensor disagrees: summary chip {summary_t:g} °C, boards up to {hottest:g} °C"
+        )
+    chip_max = max((t for t in (summary_t, hottest) if t is not None), default=None)
+    power = status.power_w
+    if power is not None and not 0.0 <= power <= bounds.power_w:
+        flag("power_w", power, f"0..{bounds.power_w:g} W")
+        power = None
+    limit = status.power_limit_w
+    if limit is not None and not 0 <= limit <= bounds.power_w:
+        flag("power_limit_w", limit, f"0..{bounds.power_w:g} W")
+        limit = None
+
+    def air(field: str, value: float | None) -> float | None:
+        if value is None or _plausible_temp(value):
+            return value
+        flag(field, value, temp_range)
+        return None
+
+    ambient = air("ambient_c", status.ambient_c)
+    inlet = air("inlet_c", status.inlet_c)
+    outlet = air("outlet_c", status.outlet_c)
+    if len(errors) == len(status.errors) and chip_max == status.max_chip_temp_c:
+        return status
+    return replace(
+        status,
+        boards=tuple(boards),
+        max_chip_temp_c=chip_max,
+        power_w=power,
+        power_limit_w=limit,
+        errors=tuple(errors),
+        ambient_c=ambient,
+        inlet_c=inlet,
+        outlet_c=outlet,
+    )
+
+
+def bounds_for(entry: ModelEntry | None) -> Bounds:
+    """A model's plausible bounds: TOP_MODE_MULTIPLE times its top catalogue mode (hashrate and
+    watts); without an entry, the absolute MAX_HASHRATE_THS and MAX_POWER_W."""
+    if entry is None:
+        return Bounds()
+    return Bounds(
+        TOP_MODE_MULTIPLE * max(m.hashrate_ths for m in entry.modes),
+        TOP_MODE_MULTIPLE * max(m.power_w for m in entry.modes),
     )

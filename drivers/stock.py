@@ -22,7 +22,13 @@ from pyasic.errors import APIError
 
 from drivers import btminer, catalogue, webdigest
 from drivers.base import ApplyResult, RigDriver
-from drivers.parse import Status, antminer_stats, whatsminer_summary, whatsminer_v3_status
+from drivers.parse import (
+    Status,
+    antminer_stats,
+    plausible,
+    whatsminer_summary,
+    whatsminer_v3_status,
+)
 from drivers.pyasic_miner import miner_for
 from drivers.transport import (
     BTMINER_STOPPED,
@@ -38,6 +44,7 @@ from policies.values import (
     Mode,
     Observation,
     PowerSource,
+    rig_text,
 )
 
 RPC_PORT = 4028
@@ -60,6 +67,7 @@ def _power(
 
 
 def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> Observation:
+    status = plausible(status, driver.bounds)  # raises IMPLAUSIBLE for an impossible hashrate
     identity = driver.identity
     power, source = _power(driver.entry, status, mode)
     return Observation(
@@ -113,7 +121,7 @@ def _web_errors(summary: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(items, list):
         return ()
     return tuple(
-        str(i.get("msg") or i.get("code"))
+        rig_text(i.get("msg") or i.get("code"))
         for i in items
         if isinstance(i, dict) and i.get("status") not in ("s", None)
     )
@@ -316,7 +324,7 @@ class AntminerStock(RigDriver):
             True,
             mode,
             None,
-            f"set_miner_conf answered {reply.get('msg')!r}; confirm by observation",
+            f"set_miner_conf answered {rig_text(repr(reply.get('msg')))}; confirm by observation",
         )
 
 
@@ -459,5 +467,5 @@ class WhatsminerV3(RigDriver):
 
         reply = await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
         if isinstance(reply, dict) and reply.get("code") not in (0, None):
-            raise DriverError(FailureKind.BAD_REPLY, f"rig refused: {reply.get('msg')}")
+            raise DriverError(FailureKind.BAD_REPLY, f"rig refused: {rig_text(reply.get('msg'))}")
         return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")

@@ -45,6 +45,7 @@ class _OneShot(asyncio.Protocol):
         self.framed = framed
         self.chunks: list[bytes] = []
         self.size = 0
+        self.need: int | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,10 +58,10 @@ class _OneShot(asyncio.Protocol):
         if self.size > MAX_REPLY:
             self._finish(exc=DriverError(FailureKind.BAD_REPLY, "reply larger than 4 MiB"))
         elif self.framed and self.size >= 4:
-            buf = b"".join(self.chunks)
-            need = int.from_bytes(buf[:4], "little") + 4
-            if len(buf) >= need:
-                self._finish(result=buf[4:need])
+            if self.need is None:  # the length prefix, read once (not the buffer every time)
+                self.need = int.from_bytes(b"".join(self.chunks)[:4], "little") + 4
+            if self.size >= self.need:
+                self._finish(result=b"".join(self.chunks)[4 : self.need])
 
     def eof_received(self) -> bool | None:
         self._finish(result=b"".join(self.chunks))

@@ -1,9 +1,10 @@
 """The ``power-cap`` policy: keep the site's total draw at or under ``Site.power_cap_kw``.
 
 The site total counts every rig at what it draws now: its reported (or estimated) watts, else its
-mode's point. A rig that could not be read this cycle counts at the most it can draw (its
-highest point; without points, the highest draw of any rig in the fleet) and is never chosen to
-shed, since a command to it could not be confirmed.
+mode's point. A rig that could not be read this cycle counts at the most it can draw (its own
+highest catalogue point; without points, the highest catalogue point of any rig in the fleet,
+never another rig's reading) and is never chosen to shed, since a command to it could not be
+confirmed.
 
 Over the cap, load is shed cheapest first: the step (a rig from its current draw down to any of
 its lower supported points, e.g. normal -> low, or low -> sleep) losing the least margin per kW
@@ -89,10 +90,9 @@ def counted_power_w(rig: RigView, fallback_w: float) -> float:
 
 
 def fleet_fallback_w(fleet: Sequence[RigView]) -> float:
-    """The draw assumed for an unread rig without points: the most any rig of ``fleet`` draws."""
-    watts = [p.power_w for rig in fleet for p in rig.points]
-    watts += [r.observation.power_w for r in fleet if r.observation and r.observation.power_w]
-    return max(watts, default=0.0)
+    """The draw assumed for an unread rig without points: the highest catalogue point of any
+    rig of ``fleet``. Never a reading: one rig's report must not decide what another counts as."""
+    return max((p.power_w for rig in fleet for p in rig.points), default=0.0)
 
 
 def plan(

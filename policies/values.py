@@ -53,6 +53,7 @@ class FailureKind(StrEnum):
     BAD_REPLY = "bad_reply"  # answered, but not what its firmware answers (garbage, bad JSON)
     UNKNOWN_MINER = "unknown_miner"  # nothing pyasic recognises at this address
     CIRCUIT_OPEN = "circuit_open"  # skipped: failing repeatedly, retried later with backoff
+    IMPLAUSIBLE = "implausible"  # answered, with a hashrate no such rig can have (a lie)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +263,26 @@ class Quote:
 
     def stale(self, now: float) -> bool:
         return self.age_s(now) > self.ttl_s
+
+
+MAX_RIG_TEXT = 200
+"""Characters of one rig-supplied string (an error message, a status) kept where it is shown or
+logged; identity fields (model, firmware, serial, MAC) keep 64."""
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def rig_text(value: object, limit: int = MAX_RIG_TEXT) -> str:
+    """Text from a rig, made safe to show: every non-printable character (C0 and C1 controls,
+    DEL, bidirectional overrides, line separators) escaped as ``\\xNN`` / ``\\uNNNN`` (an ANSI
+    or OSC sequence cannot clear a terminal or set its title), and cut to ``limit`` characters
+    with "…" marking the cut."""
+    text = str(value)
+    cut = len(text) > limit
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    return text + "…" if cut else text

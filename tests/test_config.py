@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
+from pydantic import BaseModel
 
 from daemon import config
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
@@ -372,3 +374,71 @@ def test_secret_never_appears_in_logs(tmp_path: Path, log_stream: io.StringIO) -
 def test_settings_without_load_settings_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RIGPILOT_SITE__NAME", "plain")
     assert Settings().site.name == "plain"
+
+
+FIXED_POWER = "market.power[0].fixed.value_per_kwh"
+INFINITE = [
+    ("[control]\ntick_s = inf\n", "control.tick_s"),
+    ("[control]\nobserve_timeout_s = inf\n", "control.observe_timeout_s"),
+    ("[control]\ncommand_timeout_s = inf\n", "control.command_timeout_s"),
+    ("[control]\nconfirm_deadline_s = inf\n", "control.confirm_deadline_s"),
+    ("[control]\nwedged_after_s = nan\n", "control.wedged_after_s"),
+    ("[control.guards]\nmin_dwell_s = inf\n", "control.guards.min_dwell_s"),
+    ("[control.guards]\nhysteresis_usd_per_day = nan\n", "control.guards.hysteresis_usd_per_day"),
+    ("[mqtt]\nstate_interval_s = inf\n", "mqtt.state_interval_s"),
+    ('[[market.hashprice]]\ntype = "fixed"\nvalue = inf\n', "market.hashprice[0].fixed.value"),
+    ('[[market.power]]\ntype = "fixed"\nvalue_per_kwh = -inf\n', FIXED_POWER),
+    ('[[market.power]]\ntype = "fixed"\nvalue_per_kwh = nan\n', FIXED_POWER),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), INFINITE)
+def test_no_float_setting_takes_inf_or_nan(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key) + ".*finite number"):
+        load_settings(write(tmp_path, text), NO_ENV)
+
+
+def test_every_settings_section_refuses_inf_and_nan() -> None:
+    """Every model under Settings (today's and tomorrow's) refuses non-finite floats."""
+    seen: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [Settings]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        assert model.model_config.get("allow_inf_nan") is False, model.__name__
+        for field in model.model_fields.values():
+            todo.extend(config._models_in(field.annotation))
+    assert len(seen) > 10
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "limit"),
+    [
+        ("[control]\ntick_s = 3601\n", "control.tick_s", "3600"),
+        ("[control]\nobserve_timeout_s = 61\n", "control.observe_timeout_s", "60"),
+        ("[control]\ncommand_timeout_s = 301\n", "control.command_timeout_s", "300"),
+        ("[control]\nconfirm_deadline_s = 86401\n", "control.confirm_deadline_s", "86400"),
+    ],
+)
+def test_timeouts_and_intervals_have_maximums(
+    tmp_path: Path, text: str, key: str, limit: str
+) -> None:
+    match = key.replace(".", r"\.") + f".*less than or equal to {limit}"
+    with pytest.raises(ConfigError, match=match):
+        load_settings(write(tmp_path, text), NO_ENV)
+
+
+def test_invalid_json_in_env_never_echoes_its_value() -> None:
+    env = {"RIGPILOT_MQTT": '{"password": "hunter2-secret", "port": 18830'}
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env)
+    text = str(info.value)
+    assert "RIGPILOT_MQTT" in text and "expected a JSON value" in text
+    assert "hunter2" not in text and "password" not in text
+    assert "is not shown" in text
+    env = {"RIGPILOT_RIGS": '[{"address": "10.0.0.1", "password": "hunter2-secret"'}
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env)
+    assert "hunter2" not in str(info.value)

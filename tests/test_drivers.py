@@ -305,8 +305,12 @@ def test_expand_rejects_typos_and_huge_ranges() -> None:
     assert expand(["10.0.0.0/30", "10.0.0.1"]) == ["10.0.0.1", "10.0.0.2"]
     with pytest.raises(InventoryError, match="not an address or CIDR"):
         expand(["10.0.0.300/24"])
-    with pytest.raises(InventoryError, match="split it"):
+    with pytest.raises(InventoryError, match="more than the 262144 one scan takes"):
         expand(["10.0.0.0/8"])
+    split = [f"10.{4 * i}.0.0/14" for i in range(64)]  # the same /8, in pieces
+    with pytest.raises(InventoryError, match="64 ranges: 16777216 addresses is more than"):
+        expand(split)
+    assert len(expand(split[:1])) == (1 << 18) - 2
 
 
 def test_corrupt_cache_is_ignored_not_fatal(tmp_path: Path) -> None:

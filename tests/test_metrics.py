@@ -60,6 +60,7 @@ UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_fleet_rigs_power_estimated",
     "rigpilot_fleet_rigs_held_back",
     "rigpilot_fleet_rigs_unreadable",
+    "rigpilot_fleet_rigs_implausible",
     "rigpilot_fleet_rigs_mode",
     "rigpilot_fleet_rigs_desired_mode",
     "rigpilot_market_source_up",
@@ -450,6 +451,16 @@ async def test_the_doc_describes_every_metric(setup: Setup) -> None:
     assert not undocumented, f"docs/metrics.md does not list {undocumented}"
     documented = set(re.findall(r"^\| `(rigpilot_[a-z0-9_]+)`", doc, re.MULTILINE))
     assert documented <= exposed | {"rigpilot_site_power_cap_watts"}, documented - exposed
+
+
+async def test_rigs_with_implausible_fields_are_counted(setup: Setup) -> None:
+    report = await setup.tick()
+    rid, obs = next((r, o) for r, o in report.readings.items() if isinstance(o, Observation))
+    lying = replace(obs, errors=("implausible power_w: 1e+30 (plausible 0..7000 W)",))
+    report = replace(report, readings={**report.readings, rid: lying})
+    ours = Metrics(process=False, mqtt_connected=lambda: True)
+    ours.record_tick(report, setup.h.loop, report.at)
+    assert parse(ours.render().decode()).value("rigpilot_fleet_rigs_implausible") == 1
 
 
 async def test_before_the_first_tick_and_after_close() -> None:

@@ -29,7 +29,7 @@ import math
 from typing import Annotated, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from daemon.market import hashprice as hp
 from daemon.market import power as pw
@@ -37,17 +37,18 @@ from daemon.market import power_feeds as pf
 from daemon.market import tou
 from daemon.market.service import Market
 from daemon.market.source import Source
+from daemon.settings_base import Section
 from policies.economics import Economics
 from policies.values import QuoteKind
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(Section):
+    pass
 
 
 class _Hash(_Model):
     name: str | None = None
-    ttl_s: float = Field(default=1800.0, gt=0)
+    ttl_s: float = Field(default=1800.0, gt=0, le=7 * 86400)
 
 
 class MempoolConfig(_Hash):
@@ -148,7 +149,7 @@ class MarketSettings(_Model):
     overhead: float = Field(default=1.0, ge=0.5, le=5)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     usd_per_unit: float = Field(default=1.0, gt=0)
-    refresh_s: float = Field(default=60.0, ge=5)
+    refresh_s: float = Field(default=60.0, ge=5, le=86400)
     hashprice: tuple[HashSource, ...] = (MempoolConfig(type="mempool"),)
     power: tuple[PowerSourceConfig, ...] = ()
 

@@ -23,9 +23,11 @@ from policies.values import (
     PowerSource,
     Reading,
     RigId,
+    rig_text,
 )
 
 CURTAILED = (Mode.SLEEP, Mode.LOW, Mode.LIMIT)
+MAX_REASON = 2000  # characters of a reason published (ours, but plugins may quote rig text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +103,13 @@ def rig_state(
         "not_responding": not_responding,
     }
     if isinstance(reading, ObservationFailure):
-        out["error"] = f"{reading.kind.value}: {reading.detail}"
+        out["error"] = f"{reading.kind.value}: {rig_text(reading.detail)}"
     if desired is not None:
         out["desired"] = {
             "mode": desired.mode.value,
             "power_limit_w": desired.power_limit_w,
             "by": desired.decided_by,
-            "reason": desired.reason,
+            "reason": rig_text(desired.reason, MAX_REASON),
             "held_back": desired.held_back,
         }
     return out
@@ -200,9 +202,9 @@ def command_event(result: CommandResult, dry_run: bool) -> dict[str, Any]:
         "power_limit_w": c.power_limit_w,
         "attempt": c.attempt,
         "policy": c.decided_by,
-        "reason": c.reason,
+        "reason": rig_text(c.reason, MAX_REASON),
         "result": result.outcome.value,
-        "detail": result.detail,
+        "detail": rig_text(result.detail),
         "dry_run": dry_run,
         "at": result.at,
     }
@@ -214,7 +216,7 @@ def decision_event(d: Desired, at: float, dry_run: bool) -> dict[str, Any]:
         "mode": d.mode.value,
         "power_limit_w": d.power_limit_w,
         "by": d.decided_by,
-        "reason": d.reason,
+        "reason": rig_text(d.reason, MAX_REASON),
         "held_back": d.held_back,
         "dry_run": dry_run,
         "at": at,
