@@ -74,8 +74,12 @@ class WebSession:
         self._auth = httpx.DigestAuth(user, password)
         self._conn: _Connection | None = None
         self._requests: dict[tuple[str, str], httpx.Request] = {}
-        self._base = f"http://{host}" if port == WEB_PORT else f"http://{host}:{port}"
-        self._host_header = host if port == WEB_PORT else f"{host}:{port}"
+        # An IPv6 literal goes in brackets, in the URL and the Host header (RFC 3986, 7230).
+        authority = f"[{host}]" if ":" in host else host
+        if port != WEB_PORT:
+            authority = f"{authority}:{port}"
+        self._base = f"http://{authority}"
+        self._host_header = authority
 
     async def release(self) -> None:
         """Close the connection (the remembered challenge stays); the next call opens one."""
