@@ -44,15 +44,12 @@ async def web() -> AsyncIterator[tuple[Rig, AntminerStock]]:
 S21XPHYD = Path(__file__).parent / "fixtures/captures/antminer/v2023_07/s21_xp_hydro_rpc_stats.json"
 
 
-async def test_s21_xp_hydro_capture_is_read_as_reported(web: tuple[Rig, AntminerStock]) -> None:
-    rig, driver = web
-    rig.rpc_capture = S21XPHYD
-    rig.work_mode = "0"
-    driver.identity = Identity(
-        "127.0.0.1", Make.ANTMINER, "S21 XP Hyd.", "71.0.1.3", "antminer-stock"
-    )
-    driver.entry = None  # as the constructor finds it: the catalogue has no S21 XP Hyd.
-    obs = await driver.observe(5.0, 1_800_000_000.0)
+async def test_s21_xp_hydro_capture_is_read_as_reported() -> None:
+    async with web_rig("S21 XP Hyd.", "71.0.1.3") as (rig, driver):
+        assert driver.entry is None  # the catalogue has no S21 XP Hyd.
+        rig.rpc_capture = S21XPHYD
+        rig.work_mode = "0"
+        obs = await driver.observe(5.0, 1_800_000_000.0)
     assert obs.errors == ()
     assert obs.model_unknown
     assert obs.mode is Mode.NORMAL and obs.mining
@@ -71,25 +68,26 @@ async def test_s21_xp_hydro_capture_is_read_as_reported(web: tuple[Rig, Antminer
     assert not driver.capabilities.reports_power
 
 
-async def test_reported_watts_win(web: tuple[Rig, AntminerStock]) -> None:
-    rig, driver = web
-    rig.rpc_capture = S21XPHYD
-    rig.watt = 5525
-    driver.identity = Identity("127.0.0.1", Make.ANTMINER, "S19 Pro", "71.0.1.3", "antminer-stock")
-    assert driver.entry is not None  # a catalogued model, which would be estimated otherwise
-    obs = await driver.observe(5.0, time.time())
-    assert (obs.power_w, obs.power_source) == (5525.0, PowerSource.REPORTED)
-    assert driver.capabilities.reports_power
-    # later cycles read the watts again (one web request), without the configuration
-    rig.watt, before = 5400, len(rig.requests)
-    obs = await driver.observe(5.0, time.time())
-    assert (obs.power_w, obs.power_source) == (5400.0, PowerSource.REPORTED)
-    assert rig.requests[before:] == ["GET /cgi-bin/stats.cgi"]
-    # a firmware that stops reporting them: estimated again, and said why
-    rig.watt = None
-    obs = await driver.observe(5.0, time.time())
-    assert obs.power_source is PowerSource.ESTIMATED
-    assert "power not read: stats without watt" in obs.errors
+async def test_reported_watts_win() -> None:
+    # a catalogued model (which would be estimated otherwise) whose range takes the
+    # capture's 484 TH/s: an S21 XP (270 TH/s nameplate)
+    async with web_rig("S21 XP", "71.0.1.3") as (rig, driver):
+        rig.rpc_capture = S21XPHYD
+        rig.watt = 5525
+        assert driver.entry is not None  # a catalogued model, which would be estimated otherwise
+        obs = await driver.observe(5.0, time.time())
+        assert (obs.power_w, obs.power_source) == (5525.0, PowerSource.REPORTED)
+        assert driver.capabilities.reports_power
+        # later cycles read the watts again (one web request), without the configuration
+        rig.watt, before = 5400, len(rig.requests)
+        obs = await driver.observe(5.0, time.time())
+        assert (obs.power_w, obs.power_source) == (5400.0, PowerSource.REPORTED)
+        assert rig.requests[before:] == ["GET /cgi-bin/stats.cgi"]
+        # a firmware that stops reporting them: estimated again, and said why
+        rig.watt = None
+        obs = await driver.observe(5.0, time.time())
+        assert obs.power_source is PowerSource.ESTIMATED
+        assert "power not read: stats without watt" in obs.errors
 
 
 async def test_a_configuration_pyasic_cannot_parse_is_a_driver_error(

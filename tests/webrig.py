@@ -191,11 +191,15 @@ async def _serve_rpc(rig: Rig, reader: asyncio.StreamReader, writer: asyncio.Str
 
 
 @contextlib.asynccontextmanager
-async def web_rig() -> AsyncIterator[tuple[Rig, AntminerStock]]:
+async def web_rig(
+    model: str = "S19 Pro", firmware: str = "stock"
+) -> AsyncIterator[tuple[Rig, AntminerStock]]:
+    """A test rig and a stock Antminer driver built for it as identification would build it
+    (``model`` decides the catalogue entry and the plausible ranges)."""
     rig = Rig()
     web_server = await asyncio.start_server(lambda r, w: _serve_web(rig, r, w), "127.0.0.1", 0)
     rpc_server = await asyncio.start_server(lambda r, w: _serve_rpc(rig, r, w), "127.0.0.1", 0)
-    identity = Identity("127.0.0.1", Make.ANTMINER, "S19 Pro", "stock", "antminer-stock")
+    identity = Identity("127.0.0.1", Make.ANTMINER, model, firmware, "antminer-stock")
     driver = AntminerStock(identity)
     driver.web_port = web_server.sockets[0].getsockname()[1]
     driver.rpc_port = rpc_server.sockets[0].getsockname()[1]
