@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("daemon", "drivers", "policies", "simulator")
@@ -43,7 +43,11 @@ def run(cmd: list[str], cwd: Path, timeout: float = 300, **kw: object) -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(REPO), "-w", str(out)],
+    # Built from a copy, so that setuptools' build/ and egg-info never land in the checkout.
+    source = out / "source"
+    skip = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "state", "out")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skip))
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source), "-w", str(out)],
         cwd=out)  # fmt: skip
     (found,) = out.glob("rigpilot-*.whl")
     return found
@@ -128,40 +132,65 @@ def test_the_shipped_example_configuration_is_valid(venv: Path, tmp_path: Path) 
     run([rigpilot, "config", "check", str(path)], cwd=tmp_path)
 
 
+# Run by the installed interpreter in a network namespace of its own: the test session's
+# namespace already has the session's simulator on ports 4028, 80 and 4433.
+IN_OWN_NETNS = (
+    "import os, sys\n"
+    "from simulator.netns import enter_private_netns\n"
+    "enter_private_netns()\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+ONE_TICK = """
+import json, subprocess, sys
+from pathlib import Path
+
+rigpilot = str(Path(sys.executable).parent / "rigpilot")
+tmp = Path(sys.argv[1])
+sim = subprocess.Popen(
+    [rigpilot, "sim", "--antminer", "s19jpro:1", "--whatsminer", "m30s+:1",
+     "--json", "--netns", "current", "--control", str(tmp / "sim.sock")],
+    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+)
+try:
+    rigs = json.loads(sim.stdout.readline())
+    config = tmp / "rigpilot.toml"
+    config.write_text(
+        f'state_dir = "{tmp / "state"}"\\n[metrics]\\nenabled = true\\n'
+        '[[market.hashprice]]\\ntype = "fixed"\\nvalue = 60.0\\n'
+        '[[market.power]]\\ntype = "fixed"\\nvalue_per_kwh = 0.05\\n'
+        + "".join(f'[[rigs]]\\naddress = "{r["address"]}"\\n' for r in rigs)
+    )
+    done = subprocess.run(
+        [rigpilot, "run", "--config", str(config), "--dry-run", "--ticks", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    print(json.dumps({"rigs": rigs, "exit": done.returncode, "stderr": done.stderr[-3000:]}))
+finally:
+    sim.terminate()
+    sim.wait(timeout=10)
+"""
+
+
+def in_own_netns(venv: Path, *argv: str) -> list[str]:
+    python = str(venv / "bin" / "python")
+    return [python, "-c", IN_OWN_NETNS, *argv]
+
+
 def test_one_dry_run_tick_against_the_installed_simulator(venv: Path, tmp_path: Path) -> None:
-    rigpilot = str(venv / "bin" / "rigpilot")
-    control = tmp_path / "sim.sock"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    sim = subprocess.Popen(
-        [rigpilot, "sim", "--antminer", "s19jpro:1", "--whatsminer", "m30s+:1",
-         "--json", "--netns", "current", "--control", str(control)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        assert sim.stdout is not None
-        rigs = json.loads(sim.stdout.readline())
-        assert len(rigs) == 2
-        rig_lines = "\n".join(f'[[rigs]]\naddress = "{r["address"]}"' for r in rigs)
-        config = tmp_path / "rigpilot.toml"
-        config.write_text(
-            f'state_dir = "{tmp_path / "state"}"\n'
-            f"[metrics]\nenabled = true\nport = {free_port()}\n"
-            '[[market.hashprice]]\ntype = "fixed"\nvalue = 60.0\n'
-            '[[market.power]]\ntype = "fixed"\nvalue_per_kwh = 0.05\n'
-            f"{rig_lines}\n"
-        )
-        run([rigpilot, "run", "--config", str(config), "--dry-run", "--ticks", "1"],
-            cwd=tmp_path, timeout=120)  # fmt: skip
-        audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
-        decided = {json.loads(line).get("rig") for line in audit}
-        assert {r["address"] for r in rigs} <= decided
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+    python = str(venv / "bin" / "python")
+    out = run(in_own_netns(venv, python, "-c", ONE_TICK, str(tmp_path)), cwd=tmp_path, timeout=180)
+    result = json.loads(out.splitlines()[-1])
+    assert len(result["rigs"]) == 2
+    assert result["exit"] == 0, result["stderr"]
+    audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
+    decided = {json.loads(line).get("rig") for line in audit}
+    assert {r["address"] for r in result["rigs"]} <= decided
 
 
 def test_the_demo_runs_without_a_source_checkout(venv: Path, tmp_path: Path) -> None:
-    out = run([str(venv / "bin" / "rigpilot"), "demo", "--ticks", "2", "--speed", "4"],
+    rigpilot = str(venv / "bin" / "rigpilot")
+    out = run(in_own_netns(venv, rigpilot, "demo", "--ticks", "2", "--speed", "4"),
               cwd=tmp_path, timeout=180)  # fmt: skip
     assert "tick   1" in out
     assert "Simulator served" in out
