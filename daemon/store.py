@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS docs (
 );
 CREATE TABLE IF NOT EXISTS guard_rigs (rig TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (
-    command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT,
+    command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT, request TEXT,
     PRIMARY KEY (command, id)
 );
 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS commands (
     detail TEXT NOT NULL, decided_by TEXT NOT NULL
 );
 """
+
+
+def _add_seen_request(db: sqlite3.Connection) -> None:
+    """A database from before the ``seen.request`` column gets it (empty for old rows)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(seen)")}
+    if "request" not in columns:
+        db.execute("ALTER TABLE seen ADD COLUMN request TEXT")
 
 
 def _dumps(value: Any) -> str:
@@ -73,6 +80,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(_SCHEMA)
+            _add_seen_request(self.db)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -104,7 +112,7 @@ class Store:
         self,
         docs: Mapping[str, Any],
         *,
-        seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None]] = (),
+        seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None, str | None]] = (),
         guard_rigs: Mapping[str, Mapping[str, Any]] | None = None,
         guard_rigs_gone: Iterable[str] = (),
     ) -> None:
@@ -123,9 +131,11 @@ class Store:
                 "DELETE FROM guard_rigs WHERE rig=?", [(r,) for r in guard_rigs_gone]
             )
             self.db.executemany(
-                "INSERT INTO seen VALUES (?, ?, ?, ?) ON CONFLICT (command, id) DO UPDATE "
-                "SET answer = COALESCE(excluded.answer, seen.answer)",
-                [(c, i, at, None if a is None else _dumps(a)) for c, i, at, a in seen],
+                "INSERT INTO seen (command, id, at, answer, request) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (command, id) DO UPDATE "
+                "SET answer = COALESCE(excluded.answer, seen.answer), "
+                "request = COALESCE(excluded.request, seen.request)",
+                [(c, i, at, None if a is None else _dumps(a), r) for c, i, at, a, r in seen],
             )
 
     def guard_rigs(self) -> dict[str, dict[str, Any]]:
@@ -143,18 +153,22 @@ class Store:
 
     # -- processed command ids ---------------------------------------------------------------
 
-    def seen(self, since: float) -> dict[tuple[str, str], tuple[float, dict[str, Any] | None]]:
-        """Processed request ids since ``since``, with their final answers where given."""
+    def seen(
+        self, since: float
+    ) -> dict[tuple[str, str], tuple[float, dict[str, Any] | None, str | None]]:
+        """Processed request ids since ``since``, with their final answers where given, and
+        what each request asked (the desk's fingerprint, to tell a redelivery from a reuse)."""
         rows = self.db.execute(
-            "SELECT command, id, at, answer FROM seen WHERE at >= ? ORDER BY at", (since,)
+            "SELECT command, id, at, answer, request FROM seen WHERE at >= ? ORDER BY at",
+            (since,),
         ).fetchall()
-        out: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
-        for c, i, at, answer in rows:
+        out: dict[tuple[str, str], tuple[float, dict[str, Any] | None, str | None]] = {}
+        for c, i, at, answer, request in rows:
             final = None
             if answer is not None:
                 with contextlib.suppress(ValueError):
                     final = json.loads(answer)
-            out[(str(c), str(i))] = (float(at), final)
+            out[(str(c), str(i))] = (float(at), final, None if request is None else str(request))
         return out
 
     def prune_seen(self, before: float) -> None:

@@ -516,3 +516,54 @@ async def test_an_answer_cut_off_before_its_puback_is_sent_again_marked_repeated
     finally:
         await col.__aexit__(None, None, None)
         broker.stop()
+
+
+def pub_retained(broker: Broker, user: str, topic: str, payload: str) -> None:
+    """mosquitto_pub -r: the stray retain flag a request must never be applied with."""
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            *broker.client_args(user, v5=False),
+            *("-q", "1", "-r", "-t", topic, "-m", payload),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+
+
+async def test_a_retained_request_is_rejected_cleared_and_not_applied_after_a_restart(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    target = sim.address("s21pro")
+    settings = daemon_settings(tmp_path, broker, "retained", {target: ""})
+    topics = Topics("rigpilot", "retained")
+    # Published retained while no daemon runs: it is what a restart would find.
+    body = json.dumps({"rig": target, "transaction": "stray"})
+    await asyncio.to_thread(pub_retained, broker, "operator", topics.request("curtail"), body)
+    async with Collector(broker, "operator", [f"{topics.root}/response/#"], "ret-op") as col:
+        for round_ in range(2):  # the first start rejects and clears it; a restart sees nothing
+            daemon = await start_daemon(settings)
+            try:
+                if round_ == 0:
+                    answer = await col.final("stray")
+                    assert answer["status"] == "rejected", answer
+                    assert "retain flag" in answer["reason"], answer["reason"]
+                # Retained while the daemon runs: refused as well (the flag is kept for it).
+                live = json.dumps({"rig": target, "transaction": f"live-{round_}"})
+                await asyncio.to_thread(
+                    pub_retained, broker, "operator", topics.request("curtail"), live
+                )
+                assert (await col.final(f"live-{round_}"))["status"] == "rejected"
+                await asyncio.sleep(3.0)  # ticks: nothing pinned, the rig keeps hashing
+                assert daemon.reports[-1].desired[target].mode.value == "normal"
+                assert (await asyncio.to_thread(sim.control.rig, target))["mode"] == "normal"
+            finally:
+                assert await daemon.close() == 0
+        stray = [a for a in col.answers("stray") if not a.get("repeated")]
+        assert [a["status"] for a in stray] == ["rejected"]  # once: the restart found nothing
+        assert [a["status"] for a in col.answers("live-1")] == ["rejected"]
+    # The broker no longer holds a retained request: a new subscriber gets nothing.
+    async with Collector(broker, "viewer", [topics.request("curtail")], "ret-view") as view:
+        await asyncio.sleep(1.0)
+        assert [m for m in view.messages if m.payload] == []

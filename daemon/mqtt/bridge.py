@@ -32,6 +32,7 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import MqttSettings
 from daemon.loop import TickReport
@@ -310,7 +311,10 @@ class Bridge:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
-        env = Envelope(name, bytes(payload), self.clock(), None, correlation)
+        retained = bool(message.retain)
+        if retained:
+            self._clear_retained(topic)
+        env = Envelope(name, bytes(payload), self.clock(), None, correlation, retained)
         if response_topic is not None:
             problem = self._bad_response_topic(str(response_topic))
             if problem:
@@ -320,9 +324,21 @@ class Bridge:
                     self.desk._answer(env, _transaction_of(env.payload), "rejected", problem)
                 )
                 return
-            env = Envelope(name, bytes(payload), env.received_at, str(response_topic), correlation)
+            env = Envelope(
+                name, bytes(payload), env.received_at, str(response_topic), correlation, retained
+            )
         for answer in self.desk.handle(env):
             self.answer(answer)
+
+    def _clear_retained(self, topic: str) -> None:
+        """A request that arrived retained is cleared from the broker (an empty retained
+        publish), so it does not arrive again at the next start. Published with the answers;
+        a broker whose ACL refuses it keeps the message, and the next start rejects it again."""
+        if not topic.startswith(self.topics.root + "/request/") or "+" in topic or "#" in topic:
+            return
+        log.warning("mqtt.retained_request_cleared", topic=topic[:200])
+        self._answers.append(_Out(topic, b"", 1, True))
+        self._wake.set()
 
     def _bad_response_topic(self, topic: str) -> str | None:
         if (
@@ -400,7 +416,12 @@ class Bridge:
                 await asyncio.wait_for(stop.wait(), delay)
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
-        await client.subscribe(self.topics.requests, qos=1)
+        # Requests keep their retain flag (a retained request is refused, never applied), and
+        # the daemon's own publishes (clearing a retained request) do not come back to it.
+        await client.subscribe(
+            self.topics.requests,
+            options=SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True),
+        )
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
         await client.publish(self.topics.availability, b"online", qos=1, retain=True)
