@@ -72,6 +72,8 @@ class TickReport:
     observe_duration_s: float = 0.0  # the observation cycle's wall time
     duration_s: float = 0.0  # the whole tick's wall time, observation included
     failed_policies: tuple[str, ...] = ()  # raised this tick: no policy moved any rig
+    price_origins: Mapping[QuoteKind, tuple[str, float]] = field(default_factory=dict)
+    """Each price's source and age in seconds (the best quote, even a stale one)."""
 
     def summary(self) -> str:
         hp = (
@@ -147,7 +149,8 @@ class ControlLoop:
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
             self._market_state = await self._refresh_market(now)
             self._market_at = now
-        market = self._view(self.market.state(now), now)
+        market_state = self.market.state(now)
+        market = self._view(market_state, now)
         fleet = self._fleet(cycle.readings)
         site, policies = self._site_and_policies(now)
         intents, failed = self._decide(policies, market, fleet, site, now)
@@ -203,6 +206,7 @@ class ControlLoop:
             observe_duration_s=observed_s,
             duration_s=time.monotonic() - started,
             failed_policies=failed,
+            price_origins={k: (q.source, q.age_s(now)) for k, q in market_state.quotes.items()},
         )
         log.info("fleet.tick", summary=report.summary())
         return report

@@ -5,6 +5,7 @@ clients or aiomqtt on the other side."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import subprocess
@@ -453,6 +454,12 @@ async def test_home_assistant_discovery_is_valid_and_reannounced(
             assert len(per_rig) == 3
             # Only rigs with a power limit get a number entity (M50S/M60S, not stock S19j Pro).
             assert sum("/number/" in t for t in configs) == 2
+            # A rig with no limit shows no value (Home Assistant's "None" resets the number),
+            # never the range's top as if the rig were held to it.
+            for number in (p for t, p in configs.items() if "/number/" in t):
+                assert number["payload_reset"] == "None"
+                assert "else 'None'" in number["value_template"]
+                assert " or " not in number["value_template"]
             # Home Assistant restarts: everything is announced again.
             mark = len(col.messages)
             assert col.client is not None
@@ -567,3 +574,56 @@ async def test_a_retained_request_is_rejected_cleared_and_not_applied_after_a_re
     async with Collector(broker, "viewer", [topics.request("curtail")], "ret-view") as view:
         await asyncio.sleep(1.0)
         assert [m for m in view.messages if m.payload] == []
+
+
+async def test_decision_events_fire_only_on_changes_and_fleet_state_names_price_sources(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    rigs = [sim.address("s19jpro"), sim.address("m50s"), sim.address("m30s")]
+    settings = daemon_settings(tmp_path, broker, "events", dict.fromkeys(rigs, "g"))
+    topics = Topics("rigpilot", "events")
+    async with Collector(broker, "operator", [f"{topics.root}/#"], "events-w") as col:
+        daemon = await start_daemon(settings)
+        try:
+            await asyncio.sleep(4.0)  # ticks at 1 s with a constant market
+            await asyncio.to_thread(
+                broker.pub,
+                "operator",
+                topics.request("curtail"),
+                json.dumps({"rig": rigs[0], "transaction": "ev-1"}),
+            )
+            assert (await col.final("ev-1"))["status"] == "done"
+            await asyncio.to_thread(
+                broker.pub,
+                "operator",
+                topics.request("market_set"),
+                json.dumps({"input": "hashprice", "value": 70.0, "transaction": "ev-2"}),
+            )
+            assert (await col.final("ev-2"))["status"] == "done"
+            mark = len(col.messages)
+            await col.wait_for(lambda m: m.topic == topics.fleet, 10, after=mark)
+            await asyncio.sleep(3.0)
+        finally:
+            assert await daemon.close() == 0
+    ticks = len(daemon.reports)
+    decisions = [m.json() for m in col.on(topics.event("decision"))]
+    by_rig: dict[str, list[tuple[Any, ...]]] = {}
+    for d in decisions:
+        by_rig.setdefault(d["rig"], []).append(
+            (d["mode"], d["power_limit_w"], d["by"], d["held_back"])
+        )
+    assert set(by_rig) == set(rigs)
+    for rig, seq in by_rig.items():
+        # Each event is a change: never the rig's previous mode, limit, by and held-back again.
+        assert all(a != b for a, b in itertools.pairwise(seq)), (rig, seq)
+    assert by_rig[rigs[0]][-1][:3] == ("sleep", None, "override")
+    assert len(decisions) < ticks, (len(decisions), ticks)  # not one per rig per tick
+    fleet = [m.json() for m in col.on(topics.fleet)]
+    before = [f for f in fleet if f["hashprice_source"] != "operator"]
+    assert before and before[0]["hashprice_source"] and before[0]["power_price_source"]
+    assert before[0]["hashprice_age_s"] is not None and before[0]["hashprice_age_s"] >= 0
+    after = [m.json() for m in col.messages[mark:] if m.topic == topics.fleet]
+    assert after[-1]["hashprice_source"] == "operator"
+    assert after[-1]["hashprice_usd_per_ph_day"] == 70.0
+    assert after[-1]["hashprice_age_s"] < 30
+    assert after[-1]["would_curtail"] is None and after[-1]["curtailed"] >= 1

@@ -299,6 +299,8 @@ async def test_dry_run_answers_from_the_decision_and_sends_nothing(
     report = await h.tick(hashprice=80.0)
     [answer] = desk.after_tick(report)
     assert answer.body["status"] == "done" and answer.body["reason"].startswith("dry-run")
+    # Nothing was sent, so nothing is confirmed: the answer says what would be done.
+    assert answer.body["result"]["would"] == 1 and "confirmed" not in answer.body["result"]
     assert sim.control.rig(addresses[0])["mode"] == "normal"
 
 

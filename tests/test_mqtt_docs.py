@@ -62,3 +62,32 @@ def test_published_documents_have_exactly_the_documented_fields() -> None:
     assert fleet["breakeven_hashprice_usd_per_ph_day"] == round(
         3000 / 1000 * 24 * 0.05 / (100 / 1000 * 0.98), 3
     )
+
+
+def test_in_dry_run_the_fleet_state_says_what_would_be_curtailed_not_what_is() -> None:
+    from policies.guards import Desired
+
+    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
+    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    prices = Prices(45.0, 0.05, Economics())
+    desired = {"10.0.0.7": Desired("10.0.0.7", Mode.SLEEP, None, "loses money", "breakeven")}
+
+    def state(dry: bool) -> dict[str, object]:
+        return fleet_state(
+            site="s",
+            at=1.0,
+            readings={"10.0.0.7": obs},
+            desired=desired,
+            entries={},
+            prices=prices,
+            not_responding=0,
+            dry_run=dry,
+            policies=["breakeven"],
+            pins=0,
+            site_target=None,
+            manual_market={},
+        )
+
+    dry, live = state(True), state(False)
+    assert (dry["curtailed"], dry["would_curtail"], dry["hashing"]) == (0, 1, 1)
+    assert (live["curtailed"], live["would_curtail"]) == (1, None)

@@ -42,12 +42,13 @@ from daemon.mqtt.state import (
     Prices,
     command_event,
     decision_event,
+    decision_key,
     fault_event,
     fleet_state,
     rig_state,
 )
 from daemon.mqtt.topics import Topics
-from policies.values import Observation, ObservationFailure, RigId
+from policies.values import Observation, ObservationFailure, QuoteKind, RigId
 
 log = structlog.get_logger("mqtt")
 
@@ -138,6 +139,7 @@ class Bridge:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rig_keys: dict[RigId, tuple[Any, ...]] = field(default_factory=dict)
     _rig_sent_at: dict[RigId, float] = field(default_factory=dict)
+    _decisions: dict[RigId, tuple[Any, ...]] = field(default_factory=dict)
     _failing: set[RigId] = field(default_factory=set)
     _announced: set[RigId] = field(default_factory=set)
     _client: aiomqtt.Client | None = None
@@ -206,7 +208,8 @@ class Bridge:
             elif isinstance(reading, Observation) and rig_id in self._failing:
                 self._failing.discard(rig_id)
                 self._event("fault", fault_event(rig_id, "observed again", now, recovered=True))
-            if changed and desired is not None:
+            if desired is not None and self._decisions.get(rig_id) != decision_key(desired):
+                self._decisions[rig_id] = decision_key(desired)
                 self._event("decision", decision_event(desired, now, dry))
             if self.settings.discovery and driver is not None and rig_id not in self._announced:
                 self._announced.add(rig_id)
@@ -215,6 +218,8 @@ class Bridge:
             self._event("command", command_event(result, dry))
         entries = {r: d.entry for r, d in drivers.items()}
         market = loop.market.manual
+        hp_origin = report.price_origins.get(QuoteKind.HASHPRICE)
+        pp_origin = report.price_origins.get(QuoteKind.POWER_PRICE)
         self._put(
             self.topics.fleet,
             fleet_state(
@@ -228,6 +233,10 @@ class Bridge:
                 dry_run=dry,
                 policies=[p.name for p in loop.policies],
                 failed_policies=report.failed_policies,
+                hashprice_source=hp_origin[0] if hp_origin else "",
+                hashprice_age_s=hp_origin[1] if hp_origin else None,
+                power_price_source=pp_origin[0] if pp_origin else "",
+                power_price_age_s=pp_origin[1] if pp_origin else None,
                 pins=len(self.desk.pins),
                 site_target=(
                     {"kw": loop.site_target.kw, "until": loop.site_target.until}

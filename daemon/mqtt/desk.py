@@ -735,7 +735,9 @@ class CommandDesk:
         stuck = [r for r in pending if r in self.loop.reconciler.not_responding]
         result: dict[str, Any] = {
             "rigs": len(wait.rigs),
-            "confirmed": len(live) - len(pending),
+            # In dry-run nothing is sent, so nothing is confirmed: the decisions say what
+            # would be done.
+            ("would" if dry else "confirmed"): len(live) - len(pending),
             "after_s": round(now - wait.started, 1),
         }
         if not pending:
@@ -758,7 +760,7 @@ class CommandDesk:
         if now < wait.deadline and len(stuck) < len(pending):
             return None
         reasons = [self._why_not(r, report) for r in pending]
-        result["not_confirmed"] = pending[:1000]
+        result["not_decided" if dry else "not_confirmed"] = pending[:1000]
         head = (
             f"{len(pending)} of {len(wait.rigs)} rig(s) not observed in {wait.mode.value}"
             + (" (not responding to commands)" if len(stuck) == len(pending) else "")
