@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -97,6 +98,33 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"mqtt.tls: cannot load certificates: {exc}") from None
     return ctx
+
+
+def insecure_connection(settings: MqttSettings, password: str | None) -> list[str]:
+    """What is unsafe about connecting to the broker as configured (empty: nothing): without
+    credentials anyone the broker lets in may command the fleet, as anyone; without TLS to a
+    broker off this host, credentials and commands cross the network in clear."""
+    problems = []
+    if settings.username is None or password is None:
+        problems.append(
+            "no authentication (mqtt.username and a password): if the broker admits anonymous "
+            "clients, anyone who reaches it can command the fleet, and `by` is whatever they write"
+        )
+    if not settings.tls.enabled and not _loopback(settings.host):
+        problems.append(
+            f"no TLS to {settings.host}, which is not this host: the password and every command "
+            "cross the network in clear (mqtt.tls.enabled)"
+        )
+    return problems
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +416,8 @@ class Bridge:
         """Stay connected until ``stop`` is set; then say "offline" and leave."""
         password = resolve_password(self.settings)
         tls = tls_context(self.settings)
+        for problem in insecure_connection(self.settings, password):
+            log.warning("mqtt.insecure", host=self.settings.host, problem=problem)
         backoff = BACKOFF_MIN_S
         failing: str | None = None
         while not stop.is_set():
