@@ -34,7 +34,7 @@ from policies.guards.power import FLOOR_MODES
 from policies.guards.ramp import Send, new_grants, ramp_sends
 from policies.power_cap import PowerCapPolicy
 from policies.timing import STOCK, Transition
-from policies.transition import hold_settling, settling_until
+from policies.transition import hold_transitions, settling_until
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
 log = structlog.get_logger("loop")
@@ -157,7 +157,15 @@ class ControlLoop:
         fleet = self._fleet(cycle.readings, now)
         site, policies = self._site_and_policies(now)
         intents, failed = self._decide(policies, market, fleet, site, now)
-        intents = hold_settling(intents, fleet, self.guard_state.rigs, self._transition, now)
+        intents = hold_transitions(
+            intents,
+            fleet,
+            self.guard_state.rigs,
+            self._transition,
+            market,
+            self.guard_config.economics,
+            now,
+        )
         self.overrides = [o for o in self.overrides if o.active(now)]
         before = self.guard_state
         as_of = before.as_of

@@ -46,6 +46,7 @@ class Transition:
     ramp_from: float = RAMP_FROM
     ramp_up_per_s: float = RAMP_UP_PER_S
     ramp_down_per_s: float = RAMP_DOWN_PER_S
+    boot_power_share: float = BOOT_POWER_SHARE
 
     def settle_s(self, before: str, after: str) -> float:
         """Seconds from a change ``before`` -> ``after`` until the rig runs in ``after``."""

@@ -2,7 +2,7 @@
 settled is scored on the mode it is going to and gets no policy command until it has settled.
 
 Stability properties over the backtest, which runs the live decision path (the same
-``mode_points``, ``hold_settling`` and ``apply_guards``) on the simulator's physics, over every
+``mode_points``, ``hold_transitions`` and ``apply_guards``) on the simulator's physics, over every
 guard setting including no dwell and no hysteresis at all."""
 
 from __future__ import annotations
@@ -20,15 +20,19 @@ from daemon.backtest import engine
 from daemon.backtest.engine import Outcome, ReplayConfig, replay
 from daemon.backtest.inputs import Fleet, Market, MarketRow, RigGroup
 from daemon.rig_economics import mode_points
+from policies.api import Intent, MarketView, RigView
+from policies.economics import Economics
 from policies.guards import GuardConfig, RigGuardState, Setting
 from policies.registry import load_policy
 from policies.timing import BOOT_S, STOCK
-from policies.transition import hold_settling, settling_until
+from policies.transition import PAYBACK_S, hold_transitions, settling_until
 from policies.values import Identity, Make, Mode, Observation, PowerSource
 from simulator import physics as sp
 from simulator.models import MODELS
 
 START = 1_770_000_000.0
+NO_PRICES = MarketView(hashprice_usd_per_ph_day=None, power_price_usd_per_kwh=None)
+TERMS = Economics()
 STEP_S = 300
 
 groups = st.lists(
@@ -167,9 +171,7 @@ def test_settle_times_are_the_simulated_firmware_s() -> None:
     assert STOCK.lost_hash_s(Mode.NORMAL, Mode.LOW) == 0.0
 
 
-def test_hold_settling_keeps_a_settling_rig_where_it_is_and_says_why() -> None:
-    from policies.api import Intent, RigView
-
+def test_hold_transitions_keeps_a_settling_rig_where_it_is_and_says_why() -> None:
     obs = _s19(Mode.NORMAL, 0.0, 478.0)
     view = RigView("10.0.0.1", obs, frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL}), ())
     memory = {
@@ -180,17 +182,19 @@ def test_hold_settling_keeps_a_settling_rig_where_it_is_and_says_why() -> None:
     until = settling_until(memory["10.0.0.1"], STOCK)
     assert until == 100.0 + STOCK.settle_s(Mode.SLEEP, Mode.NORMAL)
     wants = {"10.0.0.1": Intent("10.0.0.1", Mode.LOW, "low is better", "breakeven")}
-    held = hold_settling(wants, [view], memory, lambda _: STOCK, 130.0)
+    held = hold_transitions(wants, [view], memory, lambda _: STOCK, NO_PRICES, TERMS, 130.0)
     assert held["10.0.0.1"].mode is Mode.NORMAL and held["10.0.0.1"].policy == "breakeven"
     assert held["10.0.0.1"].reason.startswith("settling: changed to normal 30 s ago")
     # Settled: the policy decides again.
-    assert hold_settling(wants, [view], memory, lambda _: STOCK, until) is wants
+    assert (
+        hold_transitions(wants, [view], memory, lambda _: STOCK, NO_PRICES, TERMS, until) is wants
+    )
 
 
-def test_hold_settling_gives_the_same_intents_over_columns_as_over_a_list() -> None:
+def test_hold_transitions_gives_the_same_intents_over_columns_as_over_a_list() -> None:
     """The loop's policies answer over columns (IntentColumns); the per-rig answer must be the
     same, in the same order, with the settling rigs held."""
-    from policies.api import MarketView, RigView, Site
+    from policies.api import Site
     from policies.breakeven import BreakevenPolicy
     from policies.columns import FleetViews, IntentColumns
 
@@ -215,8 +219,8 @@ def test_hold_settling_gives_the_same_intents_over_columns_as_over_a_list() -> N
     assert isinstance(columns, IntentColumns)
     assert {i.mode for i in listed.values()} == {Mode.SLEEP}  # every rig loses money
     fleet = FleetViews(views)
-    held_c = hold_settling(columns, fleet, memory, lambda _: STOCK, 1000.0)
-    held_l = hold_settling(listed, views, memory, lambda _: STOCK, 1000.0)
+    held_c = hold_transitions(columns, fleet, memory, lambda _: STOCK, market, TERMS, 1000.0)
+    held_l = hold_transitions(listed, views, memory, lambda _: STOCK, market, TERMS, 1000.0)
     assert isinstance(held_c, IntentColumns)
     as_c = [(r, i.mode, i.policy, i.reason) for r, i in held_c.items()]
     as_l = [(r, i.mode, i.policy, i.reason) for r, i in held_l.items()]
@@ -225,3 +229,42 @@ def test_hold_settling_gives_the_same_intents_over_columns_as_over_a_list() -> N
     assert [modes_now[f"10.0.0.{i}"] for i in range(6)] == [
         Mode.SLEEP if i % 2 == 0 else Mode.NORMAL for i in range(6)
     ]
+
+
+def test_a_change_that_does_not_pay_for_itself_is_not_made() -> None:
+    """A sleeping rig is not woken for a gain an hour would not repay (booting and ramping
+    lose about 80 s of hash); a step down costs nothing and is made at once."""
+    modes = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL})
+    asleep = Observation(
+        Identity("10.0.0.1", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock"),
+        1.0,
+        0.0,
+        18.0,
+        PowerSource.ESTIMATED,
+        Mode.SLEEP,
+        False,
+    )
+    view = RigView("10.0.0.1", asleep, modes, tuple(mode_points(asleep, modes)))
+    memory = {"10.0.0.1": RigGuardState(Setting.of(Mode.SLEEP, None), changed_at=0.0)}
+    wake = {"10.0.0.1": Intent("10.0.0.1", Mode.NORMAL, "normal pays", "breakeven")}
+    normal = next(p for p in view.points if p.mode is Mode.NORMAL)
+    sleep_w = next(p for p in view.points if p.mode is Mode.SLEEP).power_w
+    hp = 45.0
+    # The power price at which normal earns what sleep does, and a hair under it.
+    breakeven = (normal.hashrate_ths / 1000 * hp * (1 - TERMS.pool_fee)) / (
+        (normal.power_w - sleep_w) / 1000 * 24 * TERMS.overhead
+    )
+    barely = MarketView(hashprice_usd_per_ph_day=hp, power_price_usd_per_kwh=breakeven * 0.999)
+    held = hold_transitions(wake, [view], memory, lambda _: STOCK, barely, TERMS, 10_000.0)
+    assert held["10.0.0.1"].mode is Mode.SLEEP
+    assert "does not repay the change" in held["10.0.0.1"].reason
+    assert f"within {PAYBACK_S / 3600:g} h" in held["10.0.0.1"].reason
+    clearly = MarketView(hashprice_usd_per_ph_day=hp, power_price_usd_per_kwh=breakeven * 0.5)
+    assert hold_transitions(wake, [view], memory, lambda _: STOCK, clearly, TERMS, 10_000.0) is wake
+    # Going to sleep sheds nothing it was not told to: never held for its cost.
+    running = {"10.0.0.1": RigGuardState(Setting.of(Mode.NORMAL, None), changed_at=0.0)}
+    sleep = {"10.0.0.1": Intent("10.0.0.1", Mode.SLEEP, "sleep pays", "breakeven")}
+    pricey = MarketView(hashprice_usd_per_ph_day=hp, power_price_usd_per_kwh=breakeven * 1.001)
+    assert (
+        hold_transitions(sleep, [view], running, lambda _: STOCK, pricey, TERMS, 10_000.0) is sleep
+    )

@@ -54,7 +54,7 @@ from policies.guards import (
 from policies.guards.power import is_raise
 from policies.guards.ramp import prune_log, start_slots
 from policies.timing import STOCK, Transition
-from policies.transition import hold_settling, settling_until
+from policies.transition import hold_transitions, settling_until
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 from simulator.models import ModelSpec
 
@@ -829,8 +829,10 @@ class PolicyRun:
                     intents[rid] = copies[k]
                 if mem is not None:
                     memory[rid] = mem
-        # As the loop does: no policy command to a rig still settling after a change.
-        intents = dict(hold_settling(intents, fleet, memory, _timing, now))
+        # As the loop does: no policy command to a rig still settling after a change, and no
+        # change that would not pay for itself.
+        terms = self.config.guards.economics
+        intents = dict(hold_transitions(intents, fleet, memory, _timing, market, terms, now))
         state = GuardState(rigs=memory, ramp_log=self.ramp_log)
         desired, new_state = apply_guards(
             intents, fleet, market, state, self.config.guards, (), now, self.config.seed
