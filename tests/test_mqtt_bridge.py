@@ -627,3 +627,93 @@ async def test_decision_events_fire_only_on_changes_and_fleet_state_names_price_
     assert after[-1]["hashprice_usd_per_ph_day"] == 70.0
     assert after[-1]["hashprice_age_s"] < 30
     assert after[-1]["would_curtail"] is None and after[-1]["curtailed"] >= 1
+
+
+def _channel_schemas(doc: dict[str, Any], base: str, site: str) -> list[tuple[Any, Any]]:
+    """(compiled topic pattern, payload schema) for every channel the daemon publishes on."""
+    import re
+
+    out = []
+    for name, channel in doc["channels"].items():
+        if name.startswith("request_"):
+            continue  # what clients send (the fuzz test covers those)
+        address = channel["address"].replace("{base_topic}", base).replace("{site}", site)
+        pattern = re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(address)) + "$")
+        [message] = channel["messages"].values()
+        ref = message["$ref"].removeprefix("#/").split("/")
+        node = doc
+        for part in ref:
+            node = node[part]
+        out.append((pattern, node["payload"]))
+    return out
+
+
+async def test_every_published_message_validates_against_the_generated_asyncapi(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    from schema_check import problems
+
+    from daemon.mqtt.asyncapi import document
+
+    rigs = {sim.address("s19jpro"): "row-a", sim.address("m50s"): "row-b"}
+    stock, limited = list(rigs)
+    settings = daemon_settings(tmp_path, broker, "contract", rigs)
+    topics = Topics("rigpilot", "contract")
+    doc = document()
+    channels = _channel_schemas(doc, "rigpilot", "contract")
+    async with Collector(broker, "operator", [f"{topics.root}/#"], "contract-w") as col:
+        daemon = await start_daemon(settings)
+        try:
+
+            async def ask(command: str, body: dict[str, Any]) -> dict[str, Any]:
+                """The final answer to this request (not an earlier one with its id)."""
+                mark = len(col.messages)
+                payload = json.dumps(body)
+                await asyncio.to_thread(broker.pub, "operator", topics.request(command), payload)
+
+                def final(m: Any) -> bool:
+                    if "/response/" not in m.topic:
+                        return False
+                    a = m.json()
+                    return bool(
+                        a["transaction"] == body["transaction"] and a["status"] != "accepted"
+                    )
+
+                return dict((await col.wait_for(final, 60, after=mark)).json())
+
+            assert (await ask("curtail", {"rig": stock, "transaction": "k1"}))["status"] == "done"
+            low = {"rig": limited, "mode": "low", "transaction": "k2"}
+            assert (await ask("set", low))["status"] == "done"
+            pin = {"group": "row-a", "mode": "low", "for_s": 600, "transaction": "k3"}
+            assert (await ask("pin", pin))["status"] == "done"
+            assert (await ask("pin", pin))["repeated"] is True
+            assert (await ask("pin", {**pin, "mode": "sleep"}))["status"] == "rejected"
+            market = {"input": "power_price", "value": 0.04, "transaction": "k4"}
+            assert (await ask("market_set", market))["status"] == "done"
+            target = {"kw": 50, "for_s": 600, "transaction": "k5"}
+            assert (await ask("site_target", target))["status"] in ("done", "failed")
+            assert (await ask("status", {"rigs": True, "transaction": "k6"}))["status"] == "done"
+            assert (await ask("resume", {"all": 1, "transaction": "k7"}))["status"] == "rejected"
+            assert (await ask("resume", {"all": True, "transaction": "k8"}))["status"] == "done"
+            await asyncio.sleep(2.0)
+        finally:
+            assert await daemon.close() == 0
+        await asyncio.sleep(0.5)
+    seen: dict[str, int] = {}
+    bad: list[str] = []
+    for m in col.messages:
+        if "/request/" in m.topic:
+            continue
+        schema = next((s for p, s in channels if p.match(m.topic)), None)
+        assert schema is not None, f"{m.topic}: no channel in the document"
+        value = m.payload.decode() if "/bridge/state" in m.topic else m.json()
+        for problem in problems(value, schema, doc):
+            bad.append(f"{m.topic}: {problem}")
+        kind = m.topic.split("/")[2] + "/" + m.topic.split("/")[-1]
+        seen[kind] = seen.get(kind, 0) + 1
+    assert bad == [], bad[:10]
+    # The scenario published on every channel the daemon has (fault events aside: no rig
+    # stopped answering).
+    kinds = {k.split("/")[0] for k in seen}
+    assert {"bridge", "fleet", "rig", "event", "response"} <= kinds, seen
+    assert {"event/decision", "event/command", "response/set", "response/pin"} <= set(seen)
