@@ -107,26 +107,32 @@ def hold_transitions(
     hp, pp = market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh
     columns = intents if isinstance(intents, IntentColumns) else None
     held: dict[RigId, tuple[Setting, str]] = {}
-    index = columns.fleet.columns.index if columns is not None else None
-    for rig in fleet:
+    # Over columns (the loop's fleet): the codes as a list, read by position (the fleet is
+    # the columns' own, in their order, or looked up by id).
+    codes = columns.codes.tolist() if columns is not None else []
+    index = None if columns is None or columns.fleet is fleet else columns.fleet.columns.index
+    limit_mode, code_modes = Mode.LIMIT, CODE_MODES
+    for at, rig in enumerate(fleet):
         rid = rig.rig_id
         mem = memory.get(rid)
         if mem is None:
             continue
         if columns is not None:
-            assert index is not None
-            at = index.get(rid)
-            code = NONE if at is None else columns.codes[at]
+            if index is not None:
+                found = index.get(rid)
+                code = NONE if found is None else codes[found]
+            else:
+                code = codes[at]
             if code < 0:
                 continue
-            mode, limit = CODE_MODES[code], None
+            mode, limit = code_modes[code], None
         else:
             want = intents.get(rid)
             if want is None:
                 continue
             mode, limit = want.mode, want.power_limit_w
         setting = mem.setting
-        if mode is setting.mode and (mode is not Mode.LIMIT or limit == setting.power_limit_w):
+        if mode is setting.mode and (mode is not limit_mode or limit == setting.power_limit_w):
             continue
         rig_timing = timing(rid)
         until = settling_until(mem, rig_timing)

@@ -222,6 +222,11 @@ def test_hold_transitions_gives_the_same_intents_over_columns_as_over_a_list() -
     held_c = hold_transitions(columns, fleet, memory, lambda _: STOCK, market, TERMS, 1000.0)
     held_l = hold_transitions(listed, views, memory, lambda _: STOCK, market, TERMS, 1000.0)
     assert isinstance(held_c, IntentColumns)
+    assert isinstance(columns, IntentColumns)
+    own = hold_transitions(columns, columns.fleet, memory, lambda _: STOCK, market, TERMS, 1000.0)
+    assert [(r, i.mode, i.reason) for r, i in own.items()] == [
+        (r, i.mode, i.reason) for r, i in held_c.items()
+    ]
     as_c = [(r, i.mode, i.policy, i.reason) for r, i in held_c.items()]
     as_l = [(r, i.mode, i.policy, i.reason) for r, i in held_l.items()]
     assert as_c == as_l
