@@ -18,7 +18,7 @@ from daemon.audit import AuditLog
 from daemon.market.service import Market, MarketState
 from daemon.observer import Observer
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
-from daemon.rig_economics import mode_points
+from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView, Site
 from policies.columns import FleetViews, IntentColumns
 from policies.combine import combine
@@ -33,6 +33,8 @@ from policies.guards import (
 from policies.guards.power import FLOOR_MODES
 from policies.guards.ramp import Send, new_grants, ramp_sends
 from policies.power_cap import PowerCapPolicy
+from policies.timing import STOCK, Transition
+from policies.transition import hold_transitions, settling_until
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
 log = structlog.get_logger("loop")
@@ -72,6 +74,8 @@ class TickReport:
     observe_duration_s: float = 0.0  # the observation cycle's wall time
     duration_s: float = 0.0  # the whole tick's wall time, observation included
     failed_policies: tuple[str, ...] = ()  # raised this tick: no policy moved any rig
+    price_origins: Mapping[QuoteKind, tuple[str, float]] = field(default_factory=dict)
+    """Each price's source and age in seconds (the best quote, even a stale one)."""
 
     def summary(self) -> str:
         hp = (
@@ -136,6 +140,7 @@ class ControlLoop:
     """Another live instance announces this site (set by the MQTT bridge): shown by
     ``rigpilot status`` and the metrics until it is gone."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
+    _ratios: dict[RigId, Ratios] = field(default_factory=dict)  # measured shares of rated
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
     _market_at: float = float("-inf")
     _failing: set[str] = field(default_factory=set)
@@ -150,10 +155,20 @@ class ControlLoop:
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
             self._market_state = await self._refresh_market(now)
             self._market_at = now
-        market = self._view(self.market.state(now), now)
-        fleet = self._fleet(cycle.readings)
+        market_state = self.market.state(now)
+        market = self._view(market_state, now)
+        fleet = self._fleet(cycle.readings, now)
         site, policies = self._site_and_policies(now)
         intents, failed = self._decide(policies, market, fleet, site, now)
+        intents = hold_transitions(
+            intents,
+            fleet,
+            self.guard_state.rigs,
+            self._transition,
+            market,
+            self.guard_config.economics,
+            now,
+        )
         self.overrides = [o for o in self.overrides if o.active(now)]
         before = self.guard_state
         as_of = before.as_of
@@ -206,6 +221,7 @@ class ControlLoop:
             observe_duration_s=observed_s,
             duration_s=time.monotonic() - started,
             failed_policies=failed,
+            price_origins={k: (q.source, q.age_s(now)) for k, q in market_state.quotes.items()},
         )
         log.info("fleet.tick", summary=report.summary())
         return report
@@ -371,11 +387,17 @@ class ControlLoop:
             power_price_source=pp.source if pp else "",
         )
 
-    def _fleet(self, readings: Mapping[RigId, Reading]) -> FleetViews:
+    def _transition(self, rig_id: RigId) -> Transition:
+        driver = self.observer.drivers.get(rig_id)
+        return driver.capabilities.transition if driver is not None else STOCK
+
+    def _fleet(self, readings: Mapping[RigId, Reading], now: float) -> FleetViews:
         """Every rig as the policies and guards see it, with the columns they read
-        (policies/columns.py)."""
+        (policies/columns.py). A rig still settling after a change is scored on the figures
+        of the mode it is going to (policies/transition.py)."""
         views = []
         groups = self.groups
+        memory = self.guard_state.rigs
         for rig_id, driver in self.observer.drivers.items():
             reading = readings.get(rig_id)
             if isinstance(reading, Observation):
@@ -383,7 +405,25 @@ class ControlLoop:
             obs = reading if isinstance(reading, Observation) else None
             basis = obs or self._last_obs.get(rig_id)
             caps = driver.capabilities
-            points = tuple(mode_points(basis, caps.modes, driver.entry)) if basis else ()
+            until = settling_until(memory.get(rig_id), caps.transition)
+            settling = until is not None and now < until
+            if obs is not None and not settling:
+                measured = rig_ratios(obs, driver.entry)
+                if measured is not None:
+                    self._ratios[rig_id] = measured
+            points = (
+                tuple(
+                    mode_points(
+                        basis,
+                        caps.modes,
+                        driver.entry,
+                        settling=settling,
+                        ratios=self._ratios.get(rig_id),
+                    )
+                )
+                if basis
+                else ()
+            )
             views.append(
                 RigView(
                     rig_id,

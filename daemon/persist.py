@@ -178,7 +178,7 @@ class Persistence:
             "loop": self._loop_doc(),
             "status": self.status(report),
         }
-        seen: list[tuple[str, str, float, dict[str, Any] | None]] = []
+        seen: list[tuple[str, str, float, dict[str, Any] | None, str | None]] = []
         if self.desk is not None:
             docs["desk"] = self.desk.to_dict()
             seen = self.desk.take_new_seen()

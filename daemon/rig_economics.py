@@ -2,8 +2,17 @@
 
 The current mode uses what the rig measures (hashrate, and power as reported, or estimated and
 flagged); the other modes use the catalogue's rated figures scaled by how the rig performs
-against its rating now (a rig with a dead board makes two thirds of its rated hashrate in
-every mode). Sleep costs its control board's few watts and earns nothing.
+against its rating now: its hashrate and its power as shares of the rated figures of the mode
+it runs in (a rig with a dead board makes two thirds of its rated hashrate in every mode; a
+worn one draws its rated power for less hash). A rig that is not hashing (asleep, or booting)
+measures nothing of that: it is scored with the shares it was last measured at, remembered by
+the caller (:func:`rig_ratios`), else as rated. Sleep costs its control board's few watts and
+earns nothing.
+
+A rig in transition (commanded, and not yet settled: policies/transition.py) measures the
+transition, not a mode: booting boards draw power and hash nothing, a ramp hashes a fraction.
+Such a rig is scored on the catalogue's figures, its current mode included, as it will be once
+settled; what it measures is used again once it has.
 """
 
 from __future__ import annotations
@@ -18,27 +27,53 @@ HASHING_MODES = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
 _LOOKUP = object()
 
 
+Ratios = tuple[float, float]
+"""A rig's measured hashrate and power as shares of its rating (:func:`rig_ratios`)."""
+
+
+def rig_ratios(obs: Observation, entry: catalogue.ModelEntry | None) -> Ratios | None:
+    """(measured / rated hashrate, measured / rated power) of a rig hashing in a mode the
+    catalogue rates; None otherwise (asleep, booting, limited, unknown model). Power not
+    reported is taken to scale with the hashrate."""
+    if entry is None or not obs.mining or obs.hashrate_ths <= 0:
+        return None
+    rated = entry.figures(obs.mode)
+    if rated is None or rated.hashrate_ths <= 0:
+        return None
+    hash_share = obs.hashrate_ths / rated.hashrate_ths
+    if obs.power_w is None:
+        return hash_share, hash_share
+    return hash_share, obs.power_w / (rated.hashrate_ths * rated.j_per_th)
+
+
 def mode_points(
-    obs: Observation, modes: frozenset[Mode], entry: catalogue.ModelEntry | object | None = _LOOKUP
+    obs: Observation,
+    modes: frozenset[Mode],
+    entry: catalogue.ModelEntry | object | None = _LOOKUP,
+    *,
+    settling: bool = False,
+    ratios: Ratios | None = None,
 ) -> list[ModePoint]:
     """What ``obs``'s rig would do in each of ``modes`` it supports (sleep always included).
 
     ``entry`` is the rig's catalogue entry (None: not in the catalogue); pass the driver's, on
     the hot path, to skip the lookup. A model not in the catalogue gets only its measured
-    current mode (when hashing) and sleep.
+    current mode (when hashing) and sleep. ``settling``: the rig is in transition, so what it
+    measures says nothing of its mode; every mode gets the catalogue's rated figures.
+    ``ratios``: the shares the rig was last measured at (:func:`rig_ratios`), for a rig that
+    measures none now (asleep, booting, settling); as rated without them.
     """
     if entry is _LOOKUP:
         entry = catalogue.lookup(obs.identity.make.value, obs.identity.model)
     assert entry is None or isinstance(entry, catalogue.ModelEntry)
     points = [ModePoint(Mode.SLEEP, 0.0, catalogue.SLEEP_POWER_W, PowerSource.ESTIMATED)]
-    current = entry.figures(obs.mode) if entry is not None else None
-    health = 1.0
-    if current is not None and obs.mining and obs.hashrate_ths > 0:
-        health = obs.hashrate_ths / current.hashrate_ths
+    measured = not (settling and entry is not None)
+    own = rig_ratios(obs, entry) if measured else None
+    hash_share, power_share = own or ratios or (1.0, 1.0)
     for mode in HASHING_MODES:
         if mode not in modes:
             continue
-        if mode is obs.mode and obs.mining and obs.power_w is not None:
+        if measured and mode is obs.mode and obs.mining and obs.power_w is not None:
             points.append(
                 ModePoint(
                     mode, obs.hashrate_ths, obs.power_w, obs.power_source or PowerSource.ESTIMATED
@@ -48,8 +83,9 @@ def mode_points(
         figures = entry.figures(mode) if entry is not None else None
         if figures is None:
             continue
-        ths = figures.hashrate_ths * health
-        points.append(ModePoint(mode, ths, ths * figures.j_per_th, PowerSource.ESTIMATED))
+        ths = figures.hashrate_ths * hash_share
+        watts = figures.hashrate_ths * figures.j_per_th * power_share
+        points.append(ModePoint(mode, ths, watts, PowerSource.ESTIMATED))
     return points
 
 

@@ -54,12 +54,19 @@ _SCHEMA_V1: Final = (
     " outcome TEXT NOT NULL, detail TEXT NOT NULL, decided_by TEXT NOT NULL)",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1,)
+_SCHEMA_V2: Final = (
+    # what each processed request asked (the desk's fingerprint): a transaction id reused for
+    # another request is a conflict, also after a restart
+    "ALTER TABLE seen ADD COLUMN request TEXT",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1, _SCHEMA_V2)
 """The schema's steps, in order: ``MIGRATIONS[i]`` takes a file from ``PRAGMA user_version``
 ``i`` to ``i + 1``. A new schema adds a step (never edits one), so every older file is brought
 up to date. Version 0 is a new, empty file, or one written before ``user_version`` was used: an
 older rigpilot wrote exactly schema 1 (and said so in ``meta``), and step 1 only creates what is
-missing (``IF NOT EXISTS``), so such a file is adopted as version 1 unchanged."""
+missing (``IF NOT EXISTS``), so such a file is adopted as version 1, then taken up by the
+later steps like any other."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -192,7 +199,7 @@ class Store:
         self,
         docs: Mapping[str, Any],
         *,
-        seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None]] = (),
+        seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None, str | None]] = (),
         guard_rigs: Mapping[str, Mapping[str, Any]] | None = None,
         guard_rigs_gone: Iterable[str] = (),
     ) -> None:
@@ -211,9 +218,11 @@ class Store:
                 "DELETE FROM guard_rigs WHERE rig=?", [(r,) for r in guard_rigs_gone]
             )
             self.db.executemany(
-                "INSERT INTO seen VALUES (?, ?, ?, ?) ON CONFLICT (command, id) DO UPDATE "
-                "SET answer = COALESCE(excluded.answer, seen.answer)",
-                [(c, i, at, None if a is None else _dumps(a)) for c, i, at, a in seen],
+                "INSERT INTO seen (command, id, at, answer, request) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (command, id) DO UPDATE "
+                "SET answer = COALESCE(excluded.answer, seen.answer), "
+                "request = COALESCE(excluded.request, seen.request)",
+                [(c, i, at, None if a is None else _dumps(a), r) for c, i, at, a, r in seen],
             )
 
     def guard_rigs(self) -> dict[str, dict[str, Any]]:
@@ -235,19 +244,23 @@ class Store:
 
     # -- processed command ids ---------------------------------------------------------------
 
-    def seen(self, since: float) -> dict[tuple[str, str], tuple[float, dict[str, Any] | None]]:
-        """Processed request ids since ``since``, with their final answers where given."""
+    def seen(
+        self, since: float
+    ) -> dict[tuple[str, str], tuple[float, dict[str, Any] | None, str | None]]:
+        """Processed request ids since ``since``, with their final answers where given, and
+        what each request asked (the desk's fingerprint, to tell a redelivery from a reuse)."""
         with self._reading():
             rows = self.db.execute(
-                "SELECT command, id, at, answer FROM seen WHERE at >= ? ORDER BY at", (since,)
+                "SELECT command, id, at, answer, request FROM seen WHERE at >= ? ORDER BY at",
+                (since,),
             ).fetchall()
-        out: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
-        for c, i, at, answer in rows:
+        out: dict[tuple[str, str], tuple[float, dict[str, Any] | None, str | None]] = {}
+        for c, i, at, answer, request in rows:
             final = None
             if answer is not None:
                 with contextlib.suppress(ValueError):
                     final = json.loads(answer)
-            out[(str(c), str(i))] = (float(at), final)
+            out[(str(c), str(i))] = (float(at), final, None if request is None else str(request))
         return out
 
     def prune_seen(self, before: float) -> None:

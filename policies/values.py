@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from policies.timing import STOCK, Transition
+
 RigId = str
 """A rig's stable identity: its address in a site, ``ip[:port]`` (e.g. ``10.0.4.17``)."""
 
@@ -231,6 +233,8 @@ class Capabilities:
     power_limit_range_w: tuple[int, int] | None = None
     reports_power: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    transition: Transition = STOCK
+    """How long the firmware takes to settle after a change (policies/timing.py)."""
 
 
 class QuoteKind(StrEnum):

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from policies import timing
 from simulator.models import ModelSpec
 
 
@@ -41,14 +42,18 @@ class Phase(StrEnum):
     PROTECTED = "protected"  # stopped by the firmware's own over-temperature protection
 
 
-MODE_FREQ: dict[Mode, float] = {Mode.SLEEP: 0.0, Mode.LOW: 0.7, Mode.NORMAL: 1.0, Mode.HIGH: 1.12}
+# The firmware's transition timing is the drivers' model of it (policies/timing.py), so the
+# daemon and the backtest expect exactly what these rigs do.
+MODE_FREQ: dict[Mode, float] = {m: timing.MODE_FREQ[m.value] for m in Mode}
 
 V_MIN = 0.82
 IDLE_SHARE = 0.06  # fans, PSU losses and leakage at nameplate, as a share of nameplate power
 SLEEP_POWER_W = 18.0  # control board and a slow fan while the boards are off
-BOOT_S = 45.0  # boards initialising before they hash
-RAMP_UP_PER_S = 1.0 / 150.0  # frequency ramps up from 0 to nominal over 150 s
-RAMP_DOWN_PER_S = 1.0 / 4.0  # and drops within a few seconds
+BOOT_S = timing.BOOT_S  # boards initialising before they hash
+RAMP_FROM = timing.RAMP_FROM  # the frequency they start hashing at
+RAMP_UP_PER_S = timing.RAMP_UP_PER_S  # frequency ramps up from 0 to nominal over 150 s
+RAMP_DOWN_PER_S = timing.RAMP_DOWN_PER_S  # and drops within a few seconds
+BOOT_POWER_SHARE = timing.BOOT_POWER_SHARE
 THERMAL_TAU_S = 40.0
 CHIP_TARGET_C = 72.0
 PROTECT_CHIP_C = 105.0  # stock firmware stops hashing here ("temperature too high")
@@ -142,7 +147,7 @@ def _step(state: PhysState, spec: ModelSpec, target: float, dt: float) -> None:
     elif state.phase is Phase.BOOTING:
         state.boot_left_s -= dt
         if state.boot_left_s <= 0:
-            state.phase, state.freq = Phase.RUNNING, 0.3
+            state.phase, state.freq = Phase.RUNNING, RAMP_FROM
     elif state.freq < target:
         state.freq = min(target, state.freq + RAMP_UP_PER_S * dt)
     else:
@@ -166,7 +171,7 @@ def _power_now(state: PhysState, spec: ModelSpec, working: int) -> float:
     if state.phase is Phase.RUNNING and state.freq > 0 and working > 0:
         return power_at(spec, state.freq, working, state.chip_temp_c)
     if state.phase is Phase.BOOTING:
-        return SLEEP_POWER_W + 0.15 * spec.power_w * working / spec.boards
+        return SLEEP_POWER_W + BOOT_POWER_SHARE * spec.power_w * working / spec.boards
     return SLEEP_POWER_W
 
 

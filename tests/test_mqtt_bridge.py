@@ -5,6 +5,7 @@ clients or aiomqtt on the other side."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import subprocess
@@ -464,6 +465,12 @@ async def test_home_assistant_discovery_is_valid_and_reannounced(
             assert len(per_rig) == 3
             # Only rigs with a power limit get a number entity (M50S/M60S, not stock S19j Pro).
             assert sum("/number/" in t for t in configs) == 2
+            # A rig with no limit shows no value (Home Assistant's "None" resets the number),
+            # never the range's top as if the rig were held to it.
+            for number in (p for t, p in configs.items() if "/number/" in t):
+                assert number["payload_reset"] == "None"
+                assert "else 'None'" in number["value_template"]
+                assert " or " not in number["value_template"]
             # Home Assistant restarts: everything is announced again.
             mark = len(col.messages)
             assert col.client is not None
@@ -589,3 +596,197 @@ async def test_a_whatsminer_power_limit_is_done_once_the_rig_shows_it(
             assert rig["power_limit_w"] == 2800 and rig["mining"]
     finally:
         await daemon.close()
+
+
+def pub_retained(broker: Broker, user: str, topic: str, payload: str) -> None:
+    """mosquitto_pub -r: the stray retain flag a request must never be applied with."""
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            *broker.client_args(user, v5=False),
+            *("-q", "1", "-r", "-t", topic, "-m", payload),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+
+
+async def test_a_retained_request_is_rejected_cleared_and_not_applied_after_a_restart(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    target = sim.address("s21pro")
+    settings = daemon_settings(tmp_path, broker, "retained", {target: ""})
+    topics = Topics("rigpilot", "retained")
+    # Published retained while no daemon runs: it is what a restart would find.
+    body = json.dumps({"rig": target, "transaction": "stray"})
+    await asyncio.to_thread(pub_retained, broker, "operator", topics.request("curtail"), body)
+    async with Collector(broker, "operator", [f"{topics.root}/response/#"], "ret-op") as col:
+        for round_ in range(2):  # the first start rejects and clears it; a restart sees nothing
+            daemon = await start_daemon(settings)
+            try:
+                if round_ == 0:
+                    answer = await col.final("stray")
+                    assert answer["status"] == "rejected", answer
+                    assert "retain flag" in answer["reason"], answer["reason"]
+                # Retained while the daemon runs: refused as well (the flag is kept for it).
+                live = json.dumps({"rig": target, "transaction": f"live-{round_}"})
+                await asyncio.to_thread(
+                    pub_retained, broker, "operator", topics.request("curtail"), live
+                )
+                assert (await col.final(f"live-{round_}"))["status"] == "rejected"
+                await asyncio.sleep(3.0)  # ticks: nothing pinned, the rig keeps hashing
+                assert daemon.reports[-1].desired[target].mode.value == "normal"
+                assert (await asyncio.to_thread(sim.control.rig, target))["mode"] == "normal"
+            finally:
+                assert await daemon.close() == 0
+        stray = [a for a in col.answers("stray") if not a.get("repeated")]
+        assert [a["status"] for a in stray] == ["rejected"]  # once: the restart found nothing
+        assert [a["status"] for a in col.answers("live-1")] == ["rejected"]
+    # The broker no longer holds a retained request: a new subscriber gets nothing.
+    async with Collector(broker, "viewer", [topics.request("curtail")], "ret-view") as view:
+        await asyncio.sleep(1.0)
+        assert [m for m in view.messages if m.payload] == []
+
+
+async def test_decision_events_fire_only_on_changes_and_fleet_state_names_price_sources(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    rigs = [sim.address("s19jpro"), sim.address("m50s"), sim.address("m30s")]
+    settings = daemon_settings(tmp_path, broker, "events", dict.fromkeys(rigs, "g"))
+    topics = Topics("rigpilot", "events")
+    async with Collector(broker, "operator", [f"{topics.root}/#"], "events-w") as col:
+        daemon = await start_daemon(settings)
+        try:
+            await asyncio.sleep(4.0)  # ticks at 1 s with a constant market
+            await asyncio.to_thread(
+                broker.pub,
+                "operator",
+                topics.request("curtail"),
+                json.dumps({"rig": rigs[0], "transaction": "ev-1"}),
+            )
+            assert (await col.final("ev-1"))["status"] == "done"
+            await asyncio.to_thread(
+                broker.pub,
+                "operator",
+                topics.request("market_set"),
+                json.dumps({"input": "hashprice", "value": 70.0, "transaction": "ev-2"}),
+            )
+            assert (await col.final("ev-2"))["status"] == "done"
+            mark = len(col.messages)
+            await col.wait_for(lambda m: m.topic == topics.fleet, 10, after=mark)
+            await asyncio.sleep(3.0)
+        finally:
+            assert await daemon.close() == 0
+    ticks = len(daemon.reports)
+    decisions = [m.json() for m in col.on(topics.event("decision"))]
+    by_rig: dict[str, list[tuple[Any, ...]]] = {}
+    for d in decisions:
+        by_rig.setdefault(d["rig"], []).append(
+            (d["mode"], d["power_limit_w"], d["by"], d["held_back"])
+        )
+    assert set(by_rig) == set(rigs)
+    for rig, seq in by_rig.items():
+        # Each event is a change: never the rig's previous mode, limit, by and held-back again.
+        assert all(a != b for a, b in itertools.pairwise(seq)), (rig, seq)
+    assert by_rig[rigs[0]][-1][:3] == ("sleep", None, "override")
+    assert len(decisions) < ticks, (len(decisions), ticks)  # not one per rig per tick
+    fleet = [m.json() for m in col.on(topics.fleet)]
+    before = [f for f in fleet if f["hashprice_source"] != "operator"]
+    assert before and before[0]["hashprice_source"] and before[0]["power_price_source"]
+    assert before[0]["hashprice_age_s"] is not None and before[0]["hashprice_age_s"] >= 0
+    after = [m.json() for m in col.messages[mark:] if m.topic == topics.fleet]
+    assert after[-1]["hashprice_source"] == "operator"
+    assert after[-1]["hashprice_usd_per_ph_day"] == 70.0
+    assert after[-1]["hashprice_age_s"] < 30
+    assert after[-1]["would_curtail"] is None and after[-1]["curtailed"] >= 1
+
+
+def _channel_schemas(doc: dict[str, Any], base: str, site: str) -> list[tuple[Any, Any]]:
+    """(compiled topic pattern, payload schema) for every channel the daemon publishes on."""
+    import re
+
+    out = []
+    for name, channel in doc["channels"].items():
+        if name.startswith("request_"):
+            continue  # what clients send (the fuzz test covers those)
+        address = channel["address"].replace("{base_topic}", base).replace("{site}", site)
+        pattern = re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(address)) + "$")
+        [message] = channel["messages"].values()
+        ref = message["$ref"].removeprefix("#/").split("/")
+        node = doc
+        for part in ref:
+            node = node[part]
+        out.append((pattern, node["payload"]))
+    return out
+
+
+async def test_every_published_message_validates_against_the_generated_asyncapi(
+    broker: Broker, sim: SimFleet, tmp_path: Path
+) -> None:
+    from schema_check import problems
+
+    from daemon.mqtt.asyncapi import document
+
+    rigs = {sim.address("s19jpro"): "row-a", sim.address("m50s"): "row-b"}
+    stock, limited = list(rigs)
+    settings = daemon_settings(tmp_path, broker, "contract", rigs)
+    topics = Topics("rigpilot", "contract")
+    doc = document()
+    channels = _channel_schemas(doc, "rigpilot", "contract")
+    async with Collector(broker, "operator", [f"{topics.root}/#"], "contract-w") as col:
+        daemon = await start_daemon(settings)
+        try:
+
+            async def ask(command: str, body: dict[str, Any]) -> dict[str, Any]:
+                """The final answer to this request (not an earlier one with its id)."""
+                mark = len(col.messages)
+                payload = json.dumps(body)
+                await asyncio.to_thread(broker.pub, "operator", topics.request(command), payload)
+
+                def final(m: Any) -> bool:
+                    if "/response/" not in m.topic:
+                        return False
+                    a = m.json()
+                    return bool(
+                        a["transaction"] == body["transaction"] and a["status"] != "accepted"
+                    )
+
+                return dict((await col.wait_for(final, 60, after=mark)).json())
+
+            assert (await ask("curtail", {"rig": stock, "transaction": "k1"}))["status"] == "done"
+            low = {"rig": limited, "mode": "low", "transaction": "k2"}
+            assert (await ask("set", low))["status"] == "done"
+            pin = {"group": "row-a", "mode": "low", "for_s": 600, "transaction": "k3"}
+            assert (await ask("pin", pin))["status"] == "done"
+            assert (await ask("pin", pin))["repeated"] is True
+            assert (await ask("pin", {**pin, "mode": "sleep"}))["status"] == "rejected"
+            market = {"input": "power_price", "value": 0.04, "transaction": "k4"}
+            assert (await ask("market_set", market))["status"] == "done"
+            target = {"kw": 50, "for_s": 600, "transaction": "k5"}
+            assert (await ask("site_target", target))["status"] in ("done", "failed")
+            assert (await ask("status", {"rigs": True, "transaction": "k6"}))["status"] == "done"
+            assert (await ask("resume", {"all": 1, "transaction": "k7"}))["status"] == "rejected"
+            assert (await ask("resume", {"all": True, "transaction": "k8"}))["status"] == "done"
+            await asyncio.sleep(2.0)
+        finally:
+            assert await daemon.close() == 0
+        await asyncio.sleep(0.5)
+    seen: dict[str, int] = {}
+    bad: list[str] = []
+    for m in col.messages:
+        if "/request/" in m.topic:
+            continue
+        schema = next((s for p, s in channels if p.match(m.topic)), None)
+        assert schema is not None, f"{m.topic}: no channel in the document"
+        value = m.payload.decode() if "/bridge/state" in m.topic else m.json()
+        for problem in problems(value, schema, doc):
+            bad.append(f"{m.topic}: {problem}")
+        kind = m.topic.split("/")[2] + "/" + m.topic.split("/")[-1]
+        seen[kind] = seen.get(kind, 0) + 1
+    assert bad == [], bad[:10]
+    # The scenario published on every channel the daemon has (fault events aside: no rig
+    # stopped answering).
+    kinds = {k.split("/")[0] for k in seen}
+    assert {"bridge", "fleet", "rig", "event", "response"} <= kinds, seen
+    assert {"event/decision", "event/command", "response/set", "response/pin"} <= set(seen)

@@ -124,3 +124,32 @@ password_file = "{tmp_path / "missing"}"
     assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"mqtt password file {tmp_path / 'missing'} cannot be read" in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "expect"),
+    [
+        ({"host": "10.0.0.5", "username": "rigpilot", "tls": {"enabled": True}}, []),
+        ({"host": "localhost", "username": "rigpilot"}, []),
+        ({"host": "127.0.0.1", "username": "rigpilot"}, []),
+        ({"host": "::1", "username": "rigpilot"}, []),
+        ({"host": "10.0.0.5", "username": "rigpilot"}, ["no TLS to 10.0.0.5"]),
+        ({"host": "broker.example", "username": "rigpilot"}, ["no TLS to broker.example"]),
+        ({"host": "localhost"}, ["no authentication"]),
+        ({"host": "10.0.0.5"}, ["no authentication", "no TLS to 10.0.0.5"]),
+    ],
+)
+def test_an_unauthenticated_or_clear_text_connection_is_named_at_start(
+    settings: dict[str, object], expect: list[str]
+) -> None:
+    from daemon.mqtt.bridge import insecure_connection
+
+    mqtt = MqttSettings.model_validate(settings)
+    password = "secret" if mqtt.username else None
+    problems = insecure_connection(mqtt, password)
+    assert len(problems) == len(expect), problems
+    for problem, start in zip(problems, expect, strict=True):
+        assert problem.startswith(start), problem
+    # A user without a password is no authentication either.
+    if mqtt.username:
+        assert insecure_connection(mqtt, None)[0].startswith("no authentication")

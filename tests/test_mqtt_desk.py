@@ -147,6 +147,15 @@ async def test_redelivery_by_transaction_or_correlation_is_not_applied_twice(
         ("unpin", {"pin": "abc"}, "unknown pin 'abc'"),
         ("reboot", {}, "unknown command 'reboot'"),
         ("status", {"expires_at": 1000}, "expired"),
+        # Numbers are not booleans, and "all" acts on every rig: only true will do.
+        ("curtail", {"all": 1}, "all: Input should be a valid boolean"),
+        ("curtail", {"all": 1.0}, "all: Input should be a valid boolean"),
+        ("resume", {"all": 1}, "all: Input should be a valid boolean"),
+        ("unpin", {"all": 1}, "all: Input should be a valid boolean"),
+        ("unpin", {"all": 1.0}, "all: Input should be a valid boolean"),
+        ("set", {"all": 1, "mode": "sleep"}, "all: Input should be a valid boolean"),
+        ("retry", {"all": "true"}, "all: Input should be a valid boolean"),
+        ("curtail", {"all": False}, "all: Input should be true"),
     ],
 )
 async def test_bad_commands_are_rejected_naming_the_problem(
@@ -167,7 +176,10 @@ async def test_bad_commands_are_rejected_naming_the_problem(
         (b"{not json", "Invalid JSON"),
         (b"[1, 2]", "Input should be an object"),
         (b'"sleep"', "Input should be an object"),
-        (b"\xff\xfe\x00", "Invalid JSON"),
+        (b"\xff\xfe\x00", "payload is not UTF-8 text (byte 0xff at offset 0)"),
+        (b'{"rig": "\xc3\x28"}', "payload is not UTF-8 text (byte 0xc3 at offset 9)"),
+        (b"", "empty payload (a command is a JSON object; one without arguments is {})"),
+        (b" \r\n", "empty payload"),
         (b"[" * 5000 + b"]" * 5000, "recursion limit"),
         (b'{"rig": "a", "x": ' + b"1" * (c.MAX_PAYLOAD_BYTES) + b"}", "payload too large"),
         (b'{"rig": NaN}', "rig: Input should be a valid string"),
@@ -287,6 +299,8 @@ async def test_dry_run_answers_from_the_decision_and_sends_nothing(
     report = await h.tick(hashprice=80.0)
     [answer] = desk.after_tick(report)
     assert answer.body["status"] == "done" and answer.body["reason"].startswith("dry-run")
+    # Nothing was sent, so nothing is confirmed: the answer says what would be done.
+    assert answer.body["result"]["would"] == 1 and "confirmed" not in answer.body["result"]
     assert sim.control.rig(addresses[0])["mode"] == "normal"
 
 
@@ -316,3 +330,50 @@ def test_parse_never_raises_anything_but_a_rejection(command: str, payload: byte
         assert exc.reason
     else:
         assert isinstance(request, c.Request)
+
+
+async def test_a_transaction_reused_with_another_payload_is_a_conflict_naming_the_first(
+    setup: tuple[Harness, CommandDesk, list[str]], tmp_path: Path
+) -> None:
+    h, desk, addresses = setup
+    first = {"rig": addresses[0], "mode": "sleep", "for_s": 600, "transaction": "x"}
+    assert only(ask(desk, "pin", first))["status"] == "done"
+    other = {**first, "mode": "normal"}
+    conflict = only(ask(desk, "pin", other))
+    assert conflict["status"] == "rejected" and conflict["transaction"] == "x"
+    reason = conflict["reason"]
+    assert reason.startswith("conflict: transaction 'x' was first used at "), reason
+    assert '"mode":"sleep"' in reason and "pin {" in reason, reason
+    assert [o.mode for o in h.loop.overrides] == [Mode.SLEEP]  # nothing applied
+    # The first request's redelivery, even spelled differently, is still a redelivery: its
+    # own answer again, not the conflict's.
+    respelled = json.dumps(dict(reversed(list(first.items()))), indent=1).encode()
+    again = only(ask(desk, "pin", respelled))
+    assert again["status"] == "done" and again["repeated"] is True
+    # MQTT 5 correlation data is an id too.
+    assert only(ask(desk, "status", {}, b"c-1"))["status"] == "done"
+    assert "this correlation data" in only(ask(desk, "status", {"rigs": True}, b"c-1"))["reason"]
+    # After a restart (the ids and what they asked come back from the store) it still holds.
+    from daemon.store import Store
+
+    store = Store(tmp_path / "seen.db")
+    store.put({}, seen=desk.take_new_seen())
+    fresh = desk_for(h, addresses)
+    fresh.restore_seen(store.seen(0.0))
+    assert only(ask(fresh, "pin", other))["reason"] == reason
+    assert only(ask(fresh, "pin", first))["repeated"] is True
+
+
+async def test_a_retained_request_is_rejected_and_not_applied(
+    setup: tuple[Harness, CommandDesk, list[str]],
+) -> None:
+    h, desk, addresses = setup
+    payload = json.dumps({"rig": addresses[0], "transaction": "r-1"}).encode()
+    answers = desk.handle(Envelope("curtail", payload, desk.clock(), None, None, retained=True))
+    answer = only(answers)
+    assert answer["status"] == "rejected" and answer["transaction"] == "r-1"
+    assert "retain flag" in answer["reason"] and "mosquitto_pub without -r" in answer["reason"]
+    assert h.loop.overrides == []
+    # Not remembered: the same request published properly is applied.
+    assert only(ask(desk, "curtail", payload))["status"] == "accepted"
+    assert [o.mode for o in h.loop.overrides] == [Mode.SLEEP]

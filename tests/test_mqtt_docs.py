@@ -25,7 +25,9 @@ def test_every_command_has_a_request_and_a_response_channel() -> None:
     doc = asyncapi.document()
     assert doc["asyncapi"] == "3.0.0"
     for name in COMMANDS:
-        assert doc["channels"][f"request_{name}"]["address"] == f"rigpilot/{{site}}/request/{name}"
+        assert doc["channels"][f"request_{name}"]["address"] == (
+            f"{{base_topic}}/{{site}}/request/{name}"
+        )
         op = doc["operations"][f"receive_{name}"]
         assert op["reply"]["channel"] == {"$ref": f"#/channels/response_{name}"}
     # Every $ref resolves.
@@ -62,3 +64,68 @@ def test_published_documents_have_exactly_the_documented_fields() -> None:
     assert fleet["breakeven_hashprice_usd_per_ph_day"] == round(
         3000 / 1000 * 24 * 0.05 / (100 / 1000 * 0.98), 3
     )
+
+
+def test_in_dry_run_the_fleet_state_says_what_would_be_curtailed_not_what_is() -> None:
+    from policies.guards import Desired
+
+    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
+    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    prices = Prices(45.0, 0.05, Economics())
+    desired = {"10.0.0.7": Desired("10.0.0.7", Mode.SLEEP, None, "loses money", "breakeven")}
+
+    def state(dry: bool) -> dict[str, object]:
+        return fleet_state(
+            site="s",
+            at=1.0,
+            readings={"10.0.0.7": obs},
+            desired=desired,
+            entries={},
+            prices=prices,
+            not_responding=0,
+            dry_run=dry,
+            policies=["breakeven"],
+            pins=0,
+            site_target=None,
+            manual_market={},
+        )
+
+    dry, live = state(True), state(False)
+    assert (dry["curtailed"], dry["would_curtail"], dry["hashing"]) == (0, 1, 1)
+    assert (live["curtailed"], live["would_curtail"]) == (1, None)
+
+
+def test_the_document_refuses_a_field_it_lacks_and_requires_every_field() -> None:
+    from schema_check import problems
+
+    doc = asyncapi.document()
+    schemas = doc["components"]["schemas"]
+    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
+    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    rig = rig_state("10.0.0.7", ident, obs, None, Prices(45.0, 0.05, Economics()))
+    assert problems(rig, schemas["RigState"], doc) == []
+    assert problems({**rig, "colour": "red"}, schemas["RigState"], doc) == [
+        "/: field 'colour' is not in the schema"
+    ]
+    rest = dict(rig)
+    del rest["margin_usd_per_day"]
+    assert problems(rest, schemas["RigState"], doc) == [
+        "/: required field 'margin_usd_per_day' missing"
+    ]
+    answer = {
+        "transaction": "t",
+        "command": "status",
+        "status": "done",
+        "reason": "status",
+        "site": "s",
+        "at": 1.0,
+        "repeated": True,
+    }
+    assert problems(answer, schemas["Answer"], doc) == []
+    for name in ("Info", "DecisionEvent", "CommandEvent", "FaultEvent", "FleetState"):
+        schema = schemas[name]
+        assert schema["additionalProperties"] is False, name
+        assert schema["required"] == list(schema["properties"]), name
+    # Every channel the daemon publishes on is under the configured base topic.
+    for channel in doc["channels"].values():
+        assert channel["address"].startswith("{base_topic}/{site}/")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from daemon.backtest.inputs import MAKE_MODES, Fleet, Market, iso_utc
 from daemon.backtest.physics import RigPhysics, steady_rates
 from daemon.loop import checked_opinion, nearest_safe
-from daemon.rig_economics import mode_points
+from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from drivers import catalogue
 from policies.api import Intent, MarketView, Policy, RigView, Site
 from policies.combine import combine
@@ -53,6 +53,8 @@ from policies.guards import (
 )
 from policies.guards.power import is_raise
 from policies.guards.ramp import prune_log, start_slots
+from policies.timing import STOCK, Transition
+from policies.transition import hold_transitions, settling_until
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 from simulator.models import ModelSpec
 
@@ -223,6 +225,8 @@ class Unit:
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
     changed: bool = True  # its observation changed since the policies last saw it
+    settling: bool = False  # commanded and not yet settled (policies/transition.py)
+    ratios: Ratios | None = None  # measured shares of rated hashrate and power, last seen
     points: tuple[tuple[Mode, float, float], ...] = ()  # supported (mode, TH/s, W) for checks
 
     @property
@@ -527,13 +531,18 @@ class PolicyRun:
         self.fleetwide = bool(names - PER_RIG_POLICIES)
 
     # -- views ------------------------------------------------------------------------------
-    def _look(self) -> None:
-        """Notice every rig whose observation changed since the core last saw it."""
+    def _look(self, now: float) -> None:
+        """Notice every rig whose observation changed since the core last saw it, or that
+        has stopped settling after a change (it is then scored on what it measures again)."""
         for u in self.s.units:
+            settling = _settling(u, now)
+            if settling != u.settling:
+                u.settling = settling
+                u.stale_view = True
             if not u.stale_view:
                 continue
             u.stale_view = False
-            key = (u.setting, u.phys.hashing, *u.phys.key()[1:])
+            key = (u.setting, u.phys.hashing, *u.phys.key()[1:], u.settling)
             u.temp_c = round(u.phys.state.chip_temp_c, 1)
             if key != u.view_key:
                 u.view_key = key
@@ -547,7 +556,11 @@ class PolicyRun:
             view = u.view
             if view is None:
                 obs = _observation(u, now)
-                points = tuple(mode_points(obs, u.cls.modes, u.cls.entry))
+                if not u.settling:  # as the loop does: the shares it was last measured at
+                    u.ratios = rig_ratios(obs, u.cls.entry) or u.ratios
+                points = tuple(
+                    mode_points(obs, u.cls.modes, u.cls.entry, settling=u.settling, ratios=u.ratios)
+                )
                 view = RigView(u.uid, obs, u.cls.modes, points, group=u.cls.group)
                 u.points = tuple(
                     (p.mode, p.hashrate_ths, p.power_w) for p in points if p.mode in u.cls.modes
@@ -565,7 +578,7 @@ class PolicyRun:
         """One pass of the loop's decision path at ``now``."""
         self.counters.ticks += 1
         prices = (market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh)
-        self._look()
+        self._look(now)
         if self.config.exact or not self.partial or self.intents_market is None:
             self._decide(market, list(self.s.units), now)
         else:
@@ -708,6 +721,8 @@ class PolicyRun:
                     memory=u.memory,
                     pending=u.pending,
                     held_by=u.held_by,
+                    settling=u.settling,
+                    ratios=u.ratios,
                 )
                 if u.view is not None:
                     part.view = dataclasses.replace(u.view, rig_id=part.uid)
@@ -823,6 +838,10 @@ class PolicyRun:
                     intents[rid] = copies[k]
                 if mem is not None:
                     memory[rid] = mem
+        # As the loop does: no policy command to a rig still settling after a change, and no
+        # change that would not pay for itself.
+        terms = self.config.guards.economics
+        intents = dict(hold_transitions(intents, fleet, memory, _timing, market, terms, now))
         state = GuardState(rigs=memory, ramp_log=self.ramp_log)
         desired, new_state = apply_guards(
             intents, fleet, market, state, self.config.guards, (), now, self.config.seed
@@ -915,6 +934,8 @@ class PolicyRun:
             mem = u.memory
             if not u.phys.settled or (mem is not None and mem.thermal_cap is not None):
                 return now + tick
+            if u.settling:  # decided again (and scored on its readings) once settled
+                return now + tick
             if not u.pending or u.held_by == HYSTERESIS:
                 continue
             if u.held_by == DWELL and mem is not None and mem.changed_at is not None:
@@ -934,7 +955,7 @@ class PolicyRun:
         merged = False
         for u in self.s.units:
             mem = u.memory
-            if not u.phys.settled or u.pending or mem is None:
+            if not u.phys.settled or u.pending or mem is None or u.settling:
                 keep.append(u)
                 continue
             recent = mem.changed_at is not None and now - mem.changed_at < dwell
@@ -964,6 +985,16 @@ class PolicyRun:
             self.s.units = keep
             self.s.touch(now)
         self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+
+
+def _timing(rig_id: RigId) -> Transition:
+    """The backtest's rigs are the simulator's, which follow the stock timing."""
+    return STOCK
+
+
+def _settling(u: Unit, now: float) -> bool:
+    until = settling_until(u.memory, STOCK)
+    return until is not None and now < until
 
 
 def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> bool:

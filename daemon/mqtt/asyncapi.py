@@ -16,7 +16,7 @@ _NUM = {"type": ["number", "null"]}
 _STR = {"type": ["string", "null"]}
 _BOOL = {"type": ["boolean", "null"]}
 
-RIG_STATE_SCHEMA: dict[str, Any] = {
+RIG_STATE_SCHEMA: dict[str, Any] = {  # made strict by _strict, below
     "type": "object",
     "description": "One rig, retained. Watts with power_source 'estimated' are not measured.",
     "properties": {
@@ -70,7 +70,7 @@ RIG_STATE_SCHEMA: dict[str, Any] = {
     },
 }
 
-FLEET_STATE_SCHEMA: dict[str, Any] = {
+FLEET_STATE_SCHEMA: dict[str, Any] = {  # made strict by _strict, below
     "type": "object",
     "description": "The fleet summary, retained, after every tick.",
     "properties": {
@@ -82,13 +82,27 @@ FLEET_STATE_SCHEMA: dict[str, Any] = {
         "hashrate_ths": {"type": "number"},
         "power_kw": {"type": "number"},
         "power_estimated_rigs": {"type": "integer"},
-        "curtailed": {"type": "integer"},
-        "curtailed_kw": {"type": "number"},
+        "curtailed": {"type": "integer", "description": "rigs held below normal (0 in dry-run)"},
+        "curtailed_kw": {"type": "number", "description": "load shed (0 in dry-run)"},
+        "would_curtail": {
+            "type": ["integer", "null"],
+            "description": "dry-run: rigs the decisions would hold below normal (null otherwise)",
+        },
+        "would_curtail_kw": {
+            "type": ["number", "null"],
+            "description": "dry-run: the load that would be shed (null otherwise)",
+        },
         "not_responding": {"type": "integer"},
         "hashprice_usd_per_ph_day": _NUM,
-        "hashprice_source": {"type": "string"},
+        "hashprice_source": {
+            "type": "string",
+            "description": "the source of the hashprice (a feed's name, or 'operator' when "
+            "hand-set); empty without a quote",
+        },
+        "hashprice_age_s": {**_NUM, "description": "the hashprice quote's age"},
         "power_price_usd_per_kwh": _NUM,
-        "power_price_source": {"type": "string"},
+        "power_price_source": {"type": "string", "description": "as hashprice_source"},
+        "power_price_age_s": {**_NUM, "description": "the power price quote's age"},
         "breakeven_hashprice_usd_per_ph_day": _NUM,
         "dry_run": {"type": "boolean"},
         "policies": {"type": "array", "items": {"type": "string"}},
@@ -98,8 +112,20 @@ FLEET_STATE_SCHEMA: dict[str, Any] = {
             "description": "policies that raised this tick: the fleet is held until they decide",
         },
         "pins": {"type": "integer"},
-        "site_target": {"type": ["object", "null"]},
-        "manual_market": {"type": "object"},
+        "site_target": {
+            "type": ["object", "null"],
+            "properties": {"kw": {"type": "number"}, "until": {"type": "number"}},
+        },
+        "manual_market": {
+            "type": "object",
+            "description": "hand-set prices by input (hashprice, power_price): value and until",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["value", "until"],
+                "additionalProperties": False,
+                "properties": {"value": {"type": "number"}, "until": {"type": "number"}},
+            },
+        },
     },
 }
 
@@ -116,52 +142,186 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "site": {"type": "string"},
         "at": {"type": "number"},
         "result": {"type": "object"},
+        "repeated": {
+            "type": "boolean",
+            "description": "a copy of an answer already sent (a redelivered request, or a "
+            "publish that may not have reached the broker); absent on the first",
+        },
     },
+    "additionalProperties": False,
 }
 
-EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "Not retained. decision: a rig's desired state changed; command: a command "
-    "was sent (or not, in dry-run); fault: a rig stopped or resumed answering; instance: "
-    "another instance announcing the same site was found or is gone (who commands the site).",
-}
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (an object) with every property required and no other allowed, nested
+    objects too: what the daemon publishes has exactly these fields, always."""
+    props = schema["properties"]
+    for sub in props.values():
+        if "properties" in sub:
+            _strict(sub)
+    schema["required"] = list(props)
+    schema["additionalProperties"] = False
+    return schema
+
+
+_strict(RIG_STATE_SCHEMA)
+_strict(FLEET_STATE_SCHEMA)
+
+
+_MODE = {"type": "string", "enum": ["sleep", "low", "normal", "high", "limit", "off", "unknown"]}
+
+DECISION_EVENT_SCHEMA: dict[str, Any] = _strict(
+    {
+        "type": "object",
+        "description": "Not retained. A rig's desired state changed: its mode, power limit, "
+        "the policy or guard that decides it (by), or whether a guard holds it back. The "
+        "reason's numbers moving alone is not a change.",
+        "properties": {
+            "rig": {"type": "string"},
+            "mode": _MODE,
+            "power_limit_w": _NUM,
+            "by": {"type": "string"},
+            "reason": {"type": "string"},
+            "held_back": {"type": "boolean"},
+            "dry_run": {"type": "boolean"},
+            "at": {"type": "number"},
+        },
+    }
+)
+
+COMMAND_EVENT_SCHEMA: dict[str, Any] = _strict(
+    {
+        "type": "object",
+        "description": "Not retained. A command was sent to a rig (or, in dry-run, not sent), "
+        "with its result.",
+        "properties": {
+            "rig": {"type": "string"},
+            "mode": _MODE,
+            "power_limit_w": _NUM,
+            "attempt": {"type": "integer"},
+            "policy": {"type": "string"},
+            "reason": {"type": "string"},
+            "result": {"type": "string"},
+            "detail": {"type": "string"},
+            "dry_run": {"type": "boolean"},
+            "at": {"type": "number"},
+        },
+    }
+)
+
+FAULT_EVENT_SCHEMA: dict[str, Any] = _strict(
+    {
+        "type": "object",
+        "description": "Not retained. A rig stopped answering (problem), or answers again "
+        "(recovered).",
+        "properties": {
+            "rig": {"type": "string"},
+            "problem": {"type": "string"},
+            "recovered": {"type": "boolean"},
+            "at": {"type": "number"},
+        },
+    }
+)
+
+INFO_SCHEMA: dict[str, Any] = _strict(
+    {
+        "type": "object",
+        "description": "Retained once connected: what this daemon is and where it listens.",
+        "properties": {
+            "site": {"type": "string"},
+            "rigs": {"type": "integer"},
+            "dry_run": {"type": "boolean"},
+            "policies": {"type": "array", "items": {"type": "string"}},
+            "commands": {"type": "array", "items": {"type": "string"}},
+            "requests": {"type": "string"},
+            "responses": {"type": "string"},
+            "version": {"type": "string"},
+            "last_reload": {
+                "type": ["object", "null"],
+                "description": "null until the first reload (SIGHUP); then its outcome: ok, "
+                "at, error (why a rejected configuration was refused; the one before it still "
+                "runs) and the sections that changed",
+            },
+            "instance": {"type": "string", "description": "this process's id (a UUID)"},
+            "started_at": {"type": "number"},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "heartbeat_s": {"type": "number"},
+            "at": {"type": "number", "description": "republished every heartbeat_s"},
+            "standby": {
+                "type": "boolean",
+                "description": "true while another instance commands this site: this one "
+                "holds every command (docs/mqtt.md, One controller per site)",
+            },
+            "others": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+)
+# Published once more on a clean stop, with this flag added.
+INFO_SCHEMA["properties"]["stopped"] = {"type": "boolean"}
+
+INSTANCE_EVENT_SCHEMA: dict[str, Any] = _strict(
+    {
+        "type": "object",
+        "description": "Not retained. Another instance announcing the same site was found, or "
+        "is gone: which one commands the site (standby: this one holds its commands).",
+        "properties": {
+            "instance": {"type": "string"},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "started_at": {"type": "number"},
+            "standby": {"type": "boolean"},
+            "conflict": {"type": ["string", "null"]},
+            "others": {"type": "array", "items": {"type": "string"}},
+            "at": {"type": "number"},
+        },
+    }
+)
+
+EVENT_KINDS = ("decision", "command", "fault", "instance")
 
 
 def document(version: str = "0.1.0") -> dict[str, Any]:
     """The AsyncAPI 3.0 document."""
-    site = {"site": {"description": "[site] name in the daemon's configuration"}}
+    site = {
+        "base_topic": {
+            "description": "mqtt.base_topic in the configuration",
+            "default": "rigpilot",
+        },
+        "site": {"description": "[site] name in the daemon's configuration"},
+    }
     channels: dict[str, Any] = {
         "availability": {
-            "address": "rigpilot/{site}/bridge/state",
+            "address": "{base_topic}/{site}/bridge/state",
             "parameters": site,
             "description": "Retained 'online' / 'offline' (also the last will).",
             "messages": {"availability": {"$ref": "#/components/messages/availability"}},
         },
         "info": {
-            "address": "rigpilot/{site}/bridge/info",
+            "address": "{base_topic}/{site}/bridge/info",
             "parameters": site,
             "messages": {"info": {"$ref": "#/components/messages/info"}},
         },
         "fleetState": {
-            "address": "rigpilot/{site}/fleet/state",
+            "address": "{base_topic}/{site}/fleet/state",
             "parameters": site,
             "messages": {"fleetState": {"$ref": "#/components/messages/fleetState"}},
         },
         "rigState": {
-            "address": "rigpilot/{site}/rig/{rig}/state",
+            "address": "{base_topic}/{site}/rig/{rig}/state",
             "parameters": {
                 **site,
                 "rig": {"description": "rig id with characters outside [A-Za-z0-9_.-] as _"},
             },
             "messages": {"rigState": {"$ref": "#/components/messages/rigState"}},
         },
-        "events": {
-            "address": "rigpilot/{site}/event/{kind}",
-            "parameters": {
-                **site,
-                "kind": {"enum": ["decision", "command", "fault", "instance"]},
-            },
-            "messages": {"event": {"$ref": "#/components/messages/event"}},
+        **{
+            f"{kind}Event": {
+                "address": f"{{base_topic}}/{{site}}/event/{kind}",
+                "parameters": site,
+                "messages": {f"{kind}Event": {"$ref": f"#/components/messages/{kind}Event"}},
+            }
+            for kind in EVENT_KINDS
         },
     }
     operations: dict[str, Any] = {
@@ -169,14 +329,23 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         "publishInfo": {"action": "send", "channel": {"$ref": "#/channels/info"}},
         "publishFleetState": {"action": "send", "channel": {"$ref": "#/channels/fleetState"}},
         "publishRigState": {"action": "send", "channel": {"$ref": "#/channels/rigState"}},
-        "publishEvents": {"action": "send", "channel": {"$ref": "#/channels/events"}},
+        **{
+            f"publish{kind.title()}Event": {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{kind}Event"},
+            }
+            for kind in EVENT_KINDS
+        },
     }
     messages: dict[str, Any] = {
         "availability": {"payload": {"type": "string", "enum": ["online", "offline"]}},
-        "info": {"payload": {"type": "object"}},
+        "info": {"payload": {"$ref": "#/components/schemas/Info"}},
         "fleetState": {"payload": {"$ref": "#/components/schemas/FleetState"}},
         "rigState": {"payload": {"$ref": "#/components/schemas/RigState"}},
-        "event": {"payload": {"$ref": "#/components/schemas/Event"}},
+        **{
+            f"{kind}Event": {"payload": {"$ref": f"#/components/schemas/{kind.title()}Event"}}
+            for kind in EVENT_KINDS
+        },
         "answer": {
             "payload": {"$ref": "#/components/schemas/Answer"},
             "correlationId": {"location": "$message.header#/correlationData"},
@@ -186,7 +355,11 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         "RigState": RIG_STATE_SCHEMA,
         "FleetState": FLEET_STATE_SCHEMA,
         "Answer": ANSWER_SCHEMA,
-        "Event": EVENT_SCHEMA,
+        "Info": INFO_SCHEMA,
+        "DecisionEvent": DECISION_EVENT_SCHEMA,
+        "CommandEvent": COMMAND_EVENT_SCHEMA,
+        "FaultEvent": FAULT_EVENT_SCHEMA,
+        "InstanceEvent": INSTANCE_EVENT_SCHEMA,
     }
     for name, model in sorted(COMMANDS.items()):
         title = model.__name__
@@ -195,16 +368,16 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
             schemas[sub] = sub_schema
         schemas[title] = schema
         channels[f"request_{name}"] = {
-            "address": f"rigpilot/{{site}}/request/{name}",
+            "address": f"{{base_topic}}/{{site}}/request/{name}",
             "parameters": site,
             "description": (model.__doc__ or "").strip().splitlines()[0],
             "messages": {title: {"$ref": f"#/components/messages/{title}"}},
         }
         channels[f"response_{name}"] = {
-            "address": f"rigpilot/{{site}}/response/{name}",
+            "address": f"{{base_topic}}/{{site}}/response/{name}",
             "parameters": site,
             "description": "Answers for clients without MQTT 5 response topics; MQTT 5 "
-            "clients may name a response topic under rigpilot/{site}/response/ instead.",
+            "clients may name a response topic under {base_topic}/{site}/response/ instead.",
             "messages": {"answer": {"$ref": "#/components/messages/answer"}},
         }
         messages[title] = {

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import os
 import random
@@ -42,6 +43,7 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import MqttSettings
 from daemon.loop import TickReport
@@ -51,12 +53,13 @@ from daemon.mqtt.state import (
     Prices,
     command_event,
     decision_event,
+    decision_key,
     fault_event,
     fleet_state,
     rig_state,
 )
 from daemon.mqtt.topics import Topics
-from policies.values import Observation, ObservationFailure, RigId
+from policies.values import Observation, ObservationFailure, QuoteKind, RigId
 
 log = structlog.get_logger("mqtt")
 
@@ -155,6 +158,33 @@ def default_client_id(site: str) -> str:
     return f"rigpilot-{site}-{HOST}"[:64]
 
 
+def insecure_connection(settings: MqttSettings, password: str | None) -> list[str]:
+    """What is unsafe about connecting to the broker as configured (empty: nothing): without
+    credentials anyone the broker lets in may command the fleet, as anyone; without TLS to a
+    broker off this host, credentials and commands cross the network in clear."""
+    problems = []
+    if settings.username is None or password is None:
+        problems.append(
+            "no authentication (mqtt.username and a password): if the broker admits anonymous "
+            "clients, anyone who reaches it can command the fleet, and `by` is whatever they write"
+        )
+    if not settings.tls.enabled and not _loopback(settings.host):
+        problems.append(
+            f"no TLS to {settings.host}, which is not this host: the password and every command "
+            "cross the network in clear (mqtt.tls.enabled)"
+        )
+    return problems
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
 @dataclass(frozen=True, slots=True)
 class _Out:
     topic: str
@@ -233,6 +263,7 @@ class Bridge:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rig_keys: dict[RigId, tuple[Any, ...]] = field(default_factory=dict)
     _rig_sent_at: dict[RigId, float] = field(default_factory=dict)
+    _decisions: dict[RigId, tuple[Any, ...]] = field(default_factory=dict)
     _failing: set[RigId] = field(default_factory=set)
     _announced: set[RigId] = field(default_factory=set)
     _client: aiomqtt.Client | None = None
@@ -319,7 +350,8 @@ class Bridge:
             elif isinstance(reading, Observation) and rig_id in self._failing:
                 self._failing.discard(rig_id)
                 self._event("fault", fault_event(rig_id, "observed again", now, recovered=True))
-            if changed and desired is not None:
+            if desired is not None and self._decisions.get(rig_id) != decision_key(desired):
+                self._decisions[rig_id] = decision_key(desired)
                 self._event("decision", decision_event(desired, now, dry))
             if self.settings.discovery and driver is not None and rig_id not in self._announced:
                 self._announced.add(rig_id)
@@ -328,6 +360,8 @@ class Bridge:
             self._event("command", command_event(result, dry))
         entries = {r: d.entry for r, d in drivers.items()}
         market = loop.market.manual
+        hp_origin = report.price_origins.get(QuoteKind.HASHPRICE)
+        pp_origin = report.price_origins.get(QuoteKind.POWER_PRICE)
         self._put(
             self.topics.fleet,
             fleet_state(
@@ -341,6 +375,10 @@ class Bridge:
                 dry_run=dry,
                 policies=[p.name for p in loop.policies],
                 failed_policies=report.failed_policies,
+                hashprice_source=hp_origin[0] if hp_origin else "",
+                hashprice_age_s=hp_origin[1] if hp_origin else None,
+                power_price_source=pp_origin[0] if pp_origin else "",
+                power_price_age_s=pp_origin[1] if pp_origin else None,
                 pins=len(self.desk.pins),
                 site_target=(
                     {"kw": loop.site_target.kw, "until": loop.site_target.until}
@@ -433,7 +471,10 @@ class Bridge:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
-        env = Envelope(name, bytes(payload), self.clock(), None, correlation)
+        retained = bool(message.retain)
+        if retained:
+            self._clear_retained(topic)
+        env = Envelope(name, bytes(payload), self.clock(), None, correlation, retained)
         if response_topic is not None:
             problem = self._bad_response_topic(str(response_topic))
             if problem:
@@ -443,9 +484,21 @@ class Bridge:
                     self.desk._answer(env, _transaction_of(env.payload), "rejected", problem)
                 )
                 return
-            env = Envelope(name, bytes(payload), env.received_at, str(response_topic), correlation)
+            env = Envelope(
+                name, bytes(payload), env.received_at, str(response_topic), correlation, retained
+            )
         for answer in self.desk.handle(env):
             self.answer(answer)
+
+    def _clear_retained(self, topic: str) -> None:
+        """A request that arrived retained is cleared from the broker (an empty retained
+        publish), so it does not arrive again at the next start. Published with the answers;
+        a broker whose ACL refuses it keeps the message, and the next start rejects it again."""
+        if not topic.startswith(self.topics.root + "/request/") or "+" in topic or "#" in topic:
+            return
+        log.warning("mqtt.retained_request_cleared", topic=topic[:200])
+        self._answers.append(_Out(topic, b"", 1, True))
+        self._wake.set()
 
     def _bad_response_topic(self, topic: str) -> str | None:
         if (
@@ -486,6 +539,8 @@ class Bridge:
         """Stay connected until ``stop`` is set; then say "offline" and leave."""
         password = resolve_password(self.settings)
         tls = tls_context(self.settings)
+        for problem in insecure_connection(self.settings, password):
+            log.warning("mqtt.insecure", host=self.settings.host, problem=problem)
         backoff = BACKOFF_MIN_S
         failing: str | None = None
         while not stop.is_set():
@@ -523,7 +578,12 @@ class Bridge:
                 await asyncio.wait_for(stop.wait(), delay)
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
-        await client.subscribe(self.topics.requests, qos=1)
+        # Requests keep their retain flag (a retained request is refused, never applied), and
+        # the daemon's own publishes (clearing a retained request) do not come back to it.
+        await client.subscribe(
+            self.topics.requests,
+            options=SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True),
+        )
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
         # The site's info and availability first: their retained copies arrive before the echo

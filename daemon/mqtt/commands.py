@@ -14,9 +14,18 @@ from __future__ import annotations
 import json
 import math
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from policies.values import Mode
 
@@ -29,6 +38,22 @@ MAX_ERRORS_SHOWN: Final = 5
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 RigName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _is_true(value: bool) -> bool:
+    if value is not True:
+        raise ValueError("Input should be true (or leave the field out)")
+    return value
+
+
+AllRigs = Annotated[
+    bool,
+    Strict(),
+    AfterValidator(_is_true),
+    WithJsonSchema({"type": "boolean", "const": True}),
+]
+"""``"all": true``, and only ``true``: a plain ``Literal[True]`` lets pydantic accept ``1`` and
+``1.0`` (they compare equal to ``True``), and one stray ``1`` would act on every rig."""
 
 
 class SetMode(StrEnum):
@@ -84,7 +109,7 @@ class Targeted(Request):
         None
     )
     group: Name | None = None
-    all: Literal[True] | None = None
+    all: AllRigs | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Targeted:
@@ -157,7 +182,7 @@ class UnpinCommand(Request):
         None
     )
     group: Name | None = None
-    all: Literal[True] | None = None
+    all: AllRigs | None = None
 
     @model_validator(mode="after")
     def _one(self) -> UnpinCommand:
@@ -252,7 +277,17 @@ def parse(command: str, payload: bytes, now: float) -> Request:
     if len(payload) > MAX_PAYLOAD_BYTES:  # not parsed at all, so no transaction to echo
         raise Rejected(f"payload too large: {len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})")
     if not payload.strip():
-        payload = b"{}"  # an empty payload is a command without arguments
+        raise Rejected(
+            "invalid command: empty payload (a command is a JSON object; one without "
+            "arguments is {})"
+        )
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(
+            f"invalid command: payload is not UTF-8 text (byte 0x{payload[exc.start]:02x} at "
+            f"offset {exc.start}); a command is a JSON object"
+        ) from None
     try:
         request = model.model_validate_json(payload, strict=True)
     except ValidationError as exc:

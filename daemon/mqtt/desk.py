@@ -15,11 +15,14 @@ observations show:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
@@ -40,6 +43,27 @@ log = structlog.get_logger("mqtt.desk")
 SEEN_MAX: Final = 100_000
 SEEN_TTL_S: Final = 86400.0
 LISTED: Final = 5
+SHOWN_REQUEST_CHARS: Final = 200
+
+RETAINED_REASON: Final = (
+    "invalid command: published with the retain flag, so not applied (a retained request "
+    "would run again at every start); publish requests without retain (mosquitto_pub without "
+    "-r). The daemon clears the retained message where the broker's ACL lets it"
+)
+
+
+def fingerprint(command: str, payload: bytes) -> tuple[str, str]:
+    """(digest, shown): what identifies a request's content, whatever its JSON spacing or key
+    order, and how the request is named in a conflict."""
+    try:
+        canonical = json.dumps(
+            json.loads(payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+    except (ValueError, RecursionError):
+        canonical = payload.decode("utf-8", "replace")
+    digest = hashlib.sha256(f"{command}\n{canonical}".encode()).hexdigest()[:32]
+    shown = canonical if len(canonical) <= SHOWN_REQUEST_CHARS else canonical[:200] + "…"
+    return digest, f"{command} {shown}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +75,7 @@ class Envelope:
     received_at: float
     response_topic: str | None = None  # MQTT 5, already checked by the bridge
     correlation_data: bytes | None = None
+    retained: bool = False  # arrived with the retain flag: never applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +133,11 @@ class CommandDesk:
     pins: dict[str, Pin] = field(default_factory=dict)
     waits: list[_Wait] = field(default_factory=list)
     _seen: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
-    _new_seen: list[tuple[str, str, float, dict[str, Any] | None]] = field(default_factory=list)
+    _new_seen: list[tuple[str, str, float, dict[str, Any] | None, str | None]] = field(
+        default_factory=list
+    )
+    _firsts: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    """Each remembered request's (digest, shown) from :func:`fingerprint`."""
     _finals: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _last: TickReport | None = None
 
@@ -151,20 +180,27 @@ class CommandDesk:
 
     def _handle(self, env: Envelope) -> list[Answer]:
         tx: str | None = None
+        if env.retained:
+            tx = c._transaction_of(env.payload[: c.MAX_PAYLOAD_BYTES])
+            log.warning("command.retained", command=env.command, transaction=tx)
+            return [self._answer(env, tx, "rejected", RETAINED_REASON, remember=False)]
         try:
             try:
                 request = c.parse(env.command, env.payload, env.received_at)
             except c.Rejected as exc:
                 key = self._key(env, exc.transaction)
-                if key is not None and self._remember(key, env.received_at):
-                    return self._repeat(env, key)
+                if key is not None and self._remember(key, env):
+                    return self._repeat(env, key, exc.transaction)
                 raise
             tx = request.transaction
             key = self._key(env, tx)
-            if key is not None and self._remember(key, env.received_at):
+            if key is not None and self._remember(key, env):
                 log.info("command.duplicate", command=env.command, transaction=tx)
-                return self._repeat(env, key)
+                return self._repeat(env, key, tx)
             return self._apply(env, request)
+        except _Conflict as exc:
+            log.warning("command.conflict", command=env.command, reason=exc.reason)
+            return [self._answer(env, exc.transaction, "rejected", exc.reason, remember=False)]
         except c.Rejected as exc:
             log.info("command.rejected", command=env.command, reason=exc.reason)
             return [self._answer(env, exc.transaction or tx, "rejected", exc.reason)]
@@ -181,41 +217,63 @@ class CommandDesk:
             return (env.command, "corr:" + env.correlation_data.hex())
         return None
 
-    def _remember(self, key: tuple[str, str], now: float) -> bool:
-        """True if ``key`` was seen already; otherwise remember it."""
+    def _remember(self, key: tuple[str, str], env: Envelope) -> bool:
+        """True if ``key`` was seen already; otherwise remember it (and what it asked)."""
+        now = env.received_at
         while self._seen:
             oldest_key, at = next(iter(self._seen.items()))
             if now - at <= SEEN_TTL_S and len(self._seen) < SEEN_MAX:
                 break
             del self._seen[oldest_key]
             self._finals.pop(oldest_key, None)
+            self._firsts.pop(oldest_key, None)
         if key in self._seen:
             return True
         self._seen[key] = now
-        self._new_seen.append((key[0], key[1], now, None))
+        first = fingerprint(env.command, env.payload)
+        self._firsts[key] = first
+        self._new_seen.append((key[0], key[1], now, None, json.dumps(list(first))))
         return False
 
-    def _repeat(self, env: Envelope, key: tuple[str, str]) -> list[Answer]:
+    def _repeat(self, env: Envelope, key: tuple[str, str], tx: str | None) -> list[Answer]:
         """A request seen before is not applied again. If its final answer exists, that same
         answer is sent again, marked ``repeated`` (the first may have been lost with a broker);
-        if it is still in progress, its final answer is yet to come."""
+        if it is still in progress, its final answer is yet to come. The same id with other
+        content is not a redelivery but a conflict: rejected, naming the first request."""
+        first = self._firsts.get(key)
+        if first is not None and first[0] != fingerprint(env.command, env.payload)[0]:
+            what = f"transaction {tx!r}" if tx is not None else "this correlation data"
+            at = datetime.fromtimestamp(self._seen[key], UTC).isoformat(timespec="seconds")
+            raise _Conflict(
+                f"conflict: {what} was first used at {at} by {first[1]}; a different request "
+                "with the same id is not applied (give each request its own id)",
+                tx,
+            )
         final = self._finals.get(key)
         if final is None:
             return []
         return [Answer(env, {**final, "repeated": True})]
 
-    def take_new_seen(self) -> list[tuple[str, str, float, dict[str, Any] | None]]:
-        """Request ids (and final answers) recorded since the last call (for the store)."""
+    def take_new_seen(self) -> list[tuple[str, str, float, dict[str, Any] | None, str | None]]:
+        """Request ids (with final answers, and what the request asked) recorded since the
+        last call (for the store)."""
         out, self._new_seen = self._new_seen, []
         return out
 
     def restore_seen(
-        self, seen: Mapping[tuple[str, str], tuple[float, dict[str, Any] | None]]
+        self,
+        seen: Mapping[tuple[str, str], tuple[float, dict[str, Any] | None, str | None]],
     ) -> None:
-        for key, (at, final) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+        for key, (at, final, first) in sorted(seen.items(), key=lambda kv: kv[1][0]):
             self._seen[key] = at
             if final is not None:
                 self._finals[key] = final
+            if first is not None:
+                try:
+                    digest, shown = json.loads(first)
+                    self._firsts[key] = (str(digest), str(shown))
+                except (ValueError, TypeError):
+                    log.warning("store.request_unreadable", command=key[0], id=key[1])
 
     def to_dict(self) -> dict[str, Any]:
         """Pins and the commands still waiting for their final answer, JSON-ready."""
@@ -677,7 +735,9 @@ class CommandDesk:
         stuck = [r for r in pending if r in self.loop.reconciler.not_responding]
         result: dict[str, Any] = {
             "rigs": len(wait.rigs),
-            "confirmed": len(live) - len(pending),
+            # In dry-run nothing is sent, so nothing is confirmed: the decisions say what
+            # would be done.
+            ("would" if dry else "confirmed"): len(live) - len(pending),
             "after_s": round(now - wait.started, 1),
         }
         if not pending:
@@ -700,7 +760,7 @@ class CommandDesk:
         if now < wait.deadline and len(stuck) < len(pending):
             return None
         reasons = [self._why_not(r, report, wait) for r in pending]
-        result["not_confirmed"] = pending[:1000]
+        result["not_decided" if dry else "not_confirmed"] = pending[:1000]
         head = (
             f"{len(pending)} of {len(wait.rigs)} rig(s) not observed in "
             f"{wanted(wait.mode, wait.power_limit_w)}"
@@ -774,7 +834,11 @@ class CommandDesk:
         status: str,
         reason: str,
         result: Mapping[str, Any] | None = None,
+        *,
+        remember: bool = True,
     ) -> Answer:
+        """The answer; a final one is remembered for the request's id (unless ``remember`` is
+        false: a conflict or a retained request must not replace the first request's answer)."""
         body: dict[str, Any] = {
             "transaction": tx,
             "command": env.command,
@@ -788,7 +852,11 @@ class CommandDesk:
         if status != "accepted":
             log.info("command.answered", command=env.command, transaction=tx, status=status)
         key = self._key(env, tx)
-        if status != "accepted" and key is not None and key in self._seen:
+        if remember and status != "accepted" and key is not None and key in self._seen:
             self._finals[key] = body
-            self._new_seen.append((key[0], key[1], self._seen[key], body))
+            self._new_seen.append((key[0], key[1], self._seen[key], body, None))
         return Answer(env, body)
+
+
+class _Conflict(c.Rejected):
+    """A request id reused for a different request."""

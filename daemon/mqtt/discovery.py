@@ -206,7 +206,11 @@ def rig_configs(
                 mode="box",
                 unit_of_measurement="W",
                 device_class="power",
-                value_template="{{ value_json.power_limit_w or " + str(hi) + " }}",
+                # No limit set: "None" (Home Assistant's payload_reset) shows no value, rather
+                # than a number the rig is not held to.
+                value_template="{{ value_json.power_limit_w if value_json.power_limit_w "
+                "is not none else 'None' }}",
+                payload_reset="None",
                 command_template=_set_template(
                     rig_id, '"limit"', ', "power_limit_w": {{ value | int }}'
                 ),

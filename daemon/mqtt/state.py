@@ -152,9 +152,13 @@ def fleet_state(
     manual_market: Mapping[str, Any],
     hashprice_source: str = "",
     power_price_source: str = "",
+    hashprice_age_s: float | None = None,
+    power_price_age_s: float | None = None,
     failed_policies: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The retained fleet summary."""
+    """The retained fleet summary. In dry-run nothing is curtailed: ``curtailed`` and
+    ``curtailed_kw`` are 0, and ``would_curtail``/``would_curtail_kw`` say what the decisions
+    would curtail (they are null when the daemon acts)."""
     observed = [r for r in readings.values() if isinstance(r, Observation)]
     hashrate = sum(o.hashrate_ths for o in observed)
     power_w = sum(o.power_w or 0.0 for o in observed)
@@ -168,6 +172,8 @@ def fleet_state(
     )
     pp = prices.power_price_usd_per_kwh
     be = breakeven_hashprice(point, pp, prices.economics) if pp is not None else None
+    decided = sum(1 for d in desired.values() if d.mode in CURTAILED)
+    decided_kw = round(curtailed_kw(readings, desired, entries), 2)
     return {
         "site": site,
         "at": at,
@@ -177,13 +183,17 @@ def fleet_state(
         "hashrate_ths": round(hashrate, 1),
         "power_kw": round(power_w / 1000.0, 2),
         "power_estimated_rigs": estimated,
-        "curtailed": sum(1 for d in desired.values() if d.mode in CURTAILED),
-        "curtailed_kw": round(curtailed_kw(readings, desired, entries), 2),
+        "curtailed": 0 if dry_run else decided,
+        "curtailed_kw": 0.0 if dry_run else decided_kw,
+        "would_curtail": decided if dry_run else None,
+        "would_curtail_kw": decided_kw if dry_run else None,
         "not_responding": not_responding,
         "hashprice_usd_per_ph_day": _r(prices.hashprice_usd_per_ph_day, 3),
         "hashprice_source": hashprice_source,
+        "hashprice_age_s": _r(hashprice_age_s, 1),
         "power_price_usd_per_kwh": _r(pp, 5),
         "power_price_source": power_price_source,
+        "power_price_age_s": _r(power_price_age_s, 1),
         "breakeven_hashprice_usd_per_ph_day": _r(be, 3),
         "dry_run": dry_run,
         "policies": list(policies),
@@ -208,6 +218,12 @@ def command_event(result: CommandResult, dry_run: bool) -> dict[str, Any]:
         "dry_run": dry_run,
         "at": result.at,
     }
+
+
+def decision_key(d: Desired) -> tuple[Mode, int | None, str, bool]:
+    """What a decision is: ``event/decision`` is published when this changes for a rig, not
+    when only the reason's numbers move."""
+    return (d.mode, d.power_limit_w, d.decided_by, d.held_back)
 
 
 def decision_event(d: Desired, at: float, dry_run: bool) -> dict[str, Any]:
