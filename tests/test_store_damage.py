@@ -142,14 +142,17 @@ INSERT INTO docs VALUES ('loop', '{"site_target": {"kw": 500}}', 1.0);
 """
 
 
-def test_an_older_rigpilots_file_is_adopted_as_version_1(tmp_path: Path) -> None:
+def test_an_older_rigpilots_file_is_adopted_and_migrated(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
     old = sqlite3.connect(path)  # as the rigpilot before user_version wrote it
     old.executescript(OLD_SCHEMA)
     old.close()
     store = Store(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1 == SCHEMA_VERSION
+        # adopted as version 1, then step 2 (seen.request) like any version-1 file
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(seen)")}
+        assert "request" in columns
         assert store.get("loop") == {"site_target": {"kw": 500}}
     finally:
         store.close()
@@ -159,15 +162,15 @@ def test_a_schema_change_migrates_an_older_file_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / DB_NAME
-    Store(path).close()  # version 1
-    step2 = ("ALTER TABLE commands ADD COLUMN note TEXT",)
-    step3 = ("UPDATE commands SET note = 'migrated'", "CREATE TABLE extra (x INTEGER)")
-    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, step2, step3))
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
+    Store(path).close()  # the current version
+    later = ("ALTER TABLE commands ADD COLUMN note TEXT",)
+    last = ("UPDATE commands SET note = 'migrated'", "CREATE TABLE extra (x INTEGER)")
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, later, last))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     store = Store(path)
     try:
         store.add_commands([(1.0, "r1", "sleep", None, 1, "sent", "", "test")])
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 2
         assert store.db.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 0
     finally:
         store.close()
