@@ -5,6 +5,8 @@ The whole test session runs inside a private network namespace (entered in
 and everything the tests start (simulator, broker) inherits the namespace.
 
 Fixtures:
+- ``broker`` (module): a real Mosquitto with TLS, the password file and the documented ACL
+  (tests/broker.py), one per test module.
 - ``sim_fleet`` (session): a simulator subprocess with every model; ``.rigs`` (identities),
   ``.control`` (SimControl), ``.address(key)`` / ``.addresses(key)`` by model key
   (``s19jpro``, ``m60s-v3`` for the API v3 firmware rig, ...).
@@ -21,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker import Broker
 
 from daemon.logsetup import configure_logging
 from simulator import launch
 from simulator.client import SimControl
 from simulator.netns import ensure_private_netns
+from simulator.rig import SimClock
 
 REPO = Path(__file__).resolve().parents[1]
 V3_FIRMWARE = "20251209.16.Rel2"
@@ -117,3 +121,23 @@ def _logs_to_stderr() -> Iterator[None]:
     """Tests that reconfigure logging (test_logsetup) must not leak into the next test."""
     yield
     configure_logging(level="info", json=False, stream=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker per test module (tests/broker.py)."""
+    b = Broker(tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    yield b
+    b.stop()
+
+
+class FrozenClock(SimClock):
+    """A simulated rig's clock that stands still at ``t`` (set it to move it)."""
+
+    def __init__(self, t: float = 600.0) -> None:
+        super().__init__()
+        self.t = t
+
+    def now(self) -> float:
+        return self.t

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import REPO, SimFleet
+from conftest import REPO, FrozenClock, SimFleet
 from hostile import HostileRig, hostile
 
 from daemon.fleet_cli import main_observe, main_scan
@@ -40,20 +40,11 @@ from policies.values import (
 from simulator import antminer as sim_am
 from simulator import whatsminer as sim_wm
 from simulator.models import lookup
-from simulator.rig import SimClock, SimRig
+from simulator.rig import SimRig
 
 ENDLESS = "::1"  # IPv6: the simulator holds 0.0.0.0:4028 (IPv4 only) for every 127.x address
 HUGE = ENDLESS
 TRICKLE = ENDLESS
-
-
-class FrozenClock(SimClock):
-    def __init__(self, t: float = 600.0) -> None:
-        super().__init__()
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
 
 
 def _scan(*argv: str) -> tuple[float, list[dict[str, object]]]:

@@ -63,14 +63,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     n.close()
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(tmp_path_factory.mktemp("mosquitto"))
-    b.start()
-    yield b
-    b.stop()
-
-
 def status_of(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main_status(["--config", str(config)])
     return code, capsys.readouterr().out

@@ -11,7 +11,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from paho.mqtt.properties import Properties
 
 from daemon.mqtt import commands as c
 from daemon.mqtt.topics import Topics
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(tmp_path_factory.mktemp("mosquitto"))
-    b.start()
-    yield b
-    b.stop()
 
 
 def sub_process(broker: Broker, user: str, topic: str, count: int) -> subprocess.Popen[str]:

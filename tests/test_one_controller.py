@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,6 @@ async def test_a_second_daemon_on_the_same_state_refuses_to_start_naming_the_pid
     assert lock.read_text().strip() == str(killed.pid)  # a stale PID, but no lock
     again = run_second(config)
     assert again.returncode == 0, again.stderr
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(tmp_path_factory.mktemp("mosquitto"))
-    b.start()
-    yield b
-    b.stop()
 
 
 def instance_settings(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FrozenClock
 from pyasic.miners.backends.bmminer import BMMiner
 from pyasic.miners.backends.btminer import BTMinerV2
 from pyasic.miners.factory import MinerFactory, MinerTypes
@@ -22,18 +23,9 @@ from simulator import antminer as sim_am
 from simulator import whatsminer as sim_wm
 from simulator.models import MODELS, lookup
 from simulator.physics import Mode as SimMode
-from simulator.rig import Fault, SimClock, SimRig
+from simulator.rig import Fault, SimRig
 
 CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures"
-
-
-class FrozenClock(SimClock):
-    def __init__(self, t: float = 600.0) -> None:
-        super().__init__()
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
 
 
 def capture(path: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import FrozenClock
 from hostile import HostileRig, hostile
 
 from drivers.identify import driver_for
@@ -22,18 +23,9 @@ from policies.values import FailureKind, Identity, Make, Mode, Observation, Powe
 from simulator import antminer as sim_am
 from simulator import whatsminer as sim_wm
 from simulator.models import lookup
-from simulator.rig import SimClock, SimRig
+from simulator.rig import SimRig
 
 RIG = "::1"  # the simulator holds 0.0.0.0:4028 for every 127.x address; IPv6 loopback is free
-
-
-class FrozenClock(SimClock):
-    def __init__(self, t: float = 600.0) -> None:
-        super().__init__()
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
 
 
 def whatsminer_reply(**summary: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,14 +31,6 @@ from policies.power_cap import PowerCapPolicy
 from policies.values import FailureKind, Mode, Observation, ObservationFailure, QuoteKind
 
 DEAD = "127.1.9.99"  # nothing listens there: connection refused from the first try
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(tmp_path_factory.mktemp("mosquitto"))
-    b.start()
-    yield b
-    b.stop()
 
 
 def sample(text: str, name: str, **labels: str) -> float:
