@@ -23,6 +23,7 @@ from drivers import webdigest
 from drivers.base import RigDriver
 from drivers.detect import detect, within
 from drivers.generic import PyasicGeneric
+from drivers.luxos import LuxOS
 from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
 from drivers.stock import RPC_PORT, V3_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
@@ -30,7 +31,7 @@ from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_frame
 from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
-    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric)
+    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS)
 }
 MAX_DETAIL = 64  # characters kept of a rig's serial, MAC or firmware text
 _MAKES = {"BOS+": Make.BRAIINS, "LuxOS": Make.LUXOS, "VNish": Make.VNISH}
@@ -170,6 +171,8 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
             _field(_msg(device, "network"), "mac"),
             _extra(miner, version, firmware_kind, ""),
         )
+    if firmware_kind == "LuxOS":
+        return await _luxos_identity(address, model, miner, timeout_s)
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
     if miner.raw_model is None:
@@ -186,6 +189,27 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         None,
         None,
         _extra(miner, None, firmware_kind, ""),
+    )
+
+
+async def _luxos_identity(address: str, model: str, miner: Any, timeout_s: float) -> Identity:
+    """LuxOS: firmware from ``version`` (``LUXminer``), serial and MAC from ``config``, the
+    fingerprint from ``stats`` (as the driver's every read checks it)."""
+    reply = decode(
+        await request(address, RPC_PORT, b'{"command":"version+config+stats"}', timeout_s)
+    )
+    version = _field(cgminer_section(reply, "VERSION")[0], "LUXminer") or "LuxOS"
+    config = cgminer_section(reply, "CONFIG")[0]
+    fingerprint = antminer_stats(reply).fingerprint
+    return Identity(
+        address,
+        Make.LUXOS,
+        model,
+        version,
+        LuxOS.name,
+        _field(config, "SerialNumber"),
+        _field(config, "MACAddr"),
+        _extra(miner, version, "LuxOS", fingerprint),
     )
 
 

@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,13 @@ log = structlog.get_logger("simulator")
 
 def handlers() -> dict[str, MakeHandlers]:
     """The protocol handlers of every simulated make."""
-    from simulator import antminer, whatsminer
+    from simulator import antminer, luxos, whatsminer
 
-    return {"antminer": antminer.HANDLERS, "whatsminer": whatsminer.HANDLERS}
+    return {
+        "antminer": antminer.HANDLERS,
+        "whatsminer": whatsminer.HANDLERS,
+        "luxos": luxos.HANDLERS,
+    }
 
 
 def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
@@ -58,6 +63,13 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         default=[],
         metavar="MODEL[@FW]:COUNT",
         help="add COUNT Whatsminers of MODEL (repeatable), e.g. m30s+:50",
+    )
+    p.add_argument(
+        "--luxos",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Antminers of MODEL running LuxOS (repeatable), e.g. s19jpro:10",
     )
     p.add_argument(
         "--fleet",
@@ -133,13 +145,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
             groups, options = load_fleet_file(args.fleet)
         groups += [parse_group(t, "antminer") for t in args.antminer]
         groups += [parse_group(t, "whatsminer") for t in args.whatsminer]
+        groups += [replace(parse_group(t, "antminer"), os="luxos") for t in args.luxos]
         faults = [_parse_fault(t) for t in args.fault]
     except ValueError as exc:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
     if not groups:
         print(
-            "rigpilot sim: error: no rigs; give --antminer, --whatsminer or --fleet",
+            "rigpilot sim: error: no rigs; give --antminer, --whatsminer, --luxos or --fleet",
             file=sys.stderr,
         )
         return 2

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.models import Make, lookup
+from simulator.models import Make, lookup, on_luxos
 from simulator.rig import Fault, SimClock, SimRig
 
 DEFAULT_BASE = "127.1.0.1"
+OSES = ("stock", "luxos")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,8 @@ class GroupSpec:
     firmware: str | None = None
     ambient_c: float = 25.0
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    os: str = "stock"
+    """The firmware family: ``stock``, or ``luxos`` (Antminers only)."""
 
 
 def parse_group(text: str, make: Make | None = None) -> GroupSpec:
@@ -58,7 +61,7 @@ def load_fleet_file(path: Path) -> tuple[list[GroupSpec], dict[str, Any]]:
         where = f"{path}: rigs[{i}]"
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected a table")
-        extra = set(raw) - {"model", "count", "firmware", "ambient_c", "faults"}
+        extra = set(raw) - {"model", "count", "firmware", "ambient_c", "faults", "os"}
         if extra:
             raise ValueError(f"{where}: unknown key(s) {sorted(extra)}")
         try:
@@ -67,6 +70,11 @@ def load_fleet_file(path: Path) -> tuple[list[GroupSpec], dict[str, Any]]:
             faults = {str(k): dict(v) for k, v in dict(raw.get("faults", {})).items()}
             for name in faults:
                 Fault(name)
+            os_name = str(raw.get("os", "stock"))
+            if os_name not in OSES:
+                raise ValueError(f"os must be one of {', '.join(OSES)}, got {os_name!r}")
+            if os_name == "luxos":
+                on_luxos(spec)
         except KeyError:
             raise ValueError(f"{where}: 'model' is required") from None
         except (TypeError, ValueError) as exc:
@@ -75,7 +83,12 @@ def load_fleet_file(path: Path) -> tuple[list[GroupSpec], dict[str, Any]]:
             raise ValueError(f"{where}: count must be >= 1")
         groups.append(
             GroupSpec(
-                spec.key, count, raw.get("firmware"), float(raw.get("ambient_c", 25.0)), faults
+                spec.key,
+                count,
+                raw.get("firmware"),
+                float(raw.get("ambient_c", 25.0)),
+                faults,
+                os_name,
             )
         )
     options = {k: v for k, v in data.items() if k != "rigs"}
@@ -109,6 +122,8 @@ class Fleet:
         addr_iter = addresses(base_address, total)
         for group in groups:
             spec = lookup(group.model)
+            if group.os == "luxos":
+                spec = on_luxos(spec)
             for _ in range(group.count):
                 rig = SimRig(
                     next(addr_iter),

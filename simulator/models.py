@@ -8,10 +8,11 @@ them (see docs/simulator.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-Make = Literal["antminer", "whatsminer"]
+Make = Literal["antminer", "whatsminer", "luxos"]
+"""``luxos``: an Antminer running LuxOS (see :func:`on_luxos`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +206,15 @@ def lookup(key: str) -> ModelSpec:
     if spec is None:
         raise ValueError(f"unknown model {key!r}; known models: {', '.join(sorted(MODELS))}")
     return spec
+
+
+LUXOS_FIRMWARE = "2025.4.8.220305-57b389c7"
+"""The ``LUXminer`` version of the LuxOS captures (tests/fixtures/captures/luxminer/v1)."""
+
+
+def on_luxos(spec: ModelSpec) -> ModelSpec:
+    """``spec``, an Antminer, running LuxOS instead of stock firmware (same hardware, same
+    physics; make ``luxos``, whose handlers are ``simulator/luxos.py``)."""
+    if spec.make != "antminer":
+        raise ValueError(f"{spec.key} is a {spec.make}: LuxOS runs on Antminers only")
+    return replace(spec, make="luxos", firmware=LUXOS_FIRMWARE)

@@ -142,10 +142,10 @@ class SimRig:
         self.firmware = firmware or spec.firmware
         digest = hashlib.sha256(f"{spec.key}/{address}/{index}".encode()).digest()
         self._seed = int.from_bytes(digest[:4], "little")
-        prefix = "JYZZ" if spec.make == "antminer" else "HTM3"
+        prefix = "HTM3" if spec.make == "whatsminer" else "JYZZ"
         self.serial = f"{prefix}{digest[4:10].hex().upper()}"
         self.mac = ":".join(f"{b:02X}" for b in (0x02, *digest[10:15]))
-        self.hostname = "Antminer" if spec.make == "antminer" else "WhatsMiner"
+        self.hostname = "WhatsMiner" if spec.make == "whatsminer" else "Antminer"
         self.web_password = "root"  # stock Antminer web UI default
         self.api_password = "admin"  # stock Whatsminer API default
         self.mode = Mode.NORMAL

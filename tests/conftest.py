@@ -59,6 +59,9 @@ FLEET_ARGS = [
     "s21xphyd:1",
     "--whatsminer",
     "m66s:1",
+    # an Antminer on LuxOS (key "s19jpro-luxos"); the 14th rig, still inside scans of /28
+    "--luxos",
+    "s19jpro:1",
 ]
 
 
@@ -104,6 +107,8 @@ def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
     keys = []
     for rig in running.rigs:
         key = running.control.rig(rig["address"])["key"]
+        if rig["make"] == "luxos":
+            key = f"{key}-luxos"
         keys.append(f"{key}-v3" if rig["firmware"] == V3_FIRMWARE else key)
     yield SimFleet(running.rigs, running.control, running.proc, keys)
     running.stop()
