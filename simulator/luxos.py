@@ -76,7 +76,6 @@ _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 class _LuxState:
     """What LuxOS keeps that SimRig has no field for."""
 
-    profile: str = "default"
     atm: bool = True
     session: str = ""
     sessions_opened: int = 0
@@ -123,6 +122,18 @@ def _profile(rig: SimRig, name: str) -> dict[str, Any] | None:
     return next((p for p in profile_table(rig) if p["Profile Name"] == name), None)
 
 
+def _freq_pct(rig: SimRig, profile: dict[str, Any]) -> int:
+    return round((int(profile["Frequency"]) / rig.spec.board_freq_mhz - 1.0) * 100.0)
+
+
+def _active(rig: SimRig) -> dict[str, Any]:
+    """The profile the rig runs: the one its frequency percent is (``default`` after a reboot
+    or a factory reset, which return the physics to nominal)."""
+    table = profile_table(rig)
+    match = next((p for p in table if _freq_pct(rig, p) == rig.freq_pct), None)
+    return match or next(p for p in table if p["Step"] == "0")
+
+
 def _status(rig: SimRig, code: int, msg: str, when: int, ok: bool = True) -> list[dict[str, Any]]:
     return [
         {
@@ -166,7 +177,7 @@ def _config(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
     st = _state(rig)
     spec = rig.spec
     prefix = rig.address.rpartition(".")[0]
-    profile = _profile(rig, st.profile) or {"Step": "0"}
+    profile = _active(rig)
     return {
         "CONFIG": [
             {
@@ -202,7 +213,7 @@ def _config(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
                 "PSUHwVersion": "75",
                 "PSULabel": "APW121215e",
                 "Pool Count": 2,
-                "Profile": st.profile,
+                "Profile": profile["Profile Name"],
                 "ProfileStep": profile["Step"],
                 "RedLed": "auto",
                 "SerialNumber": rig.serial,
@@ -351,6 +362,7 @@ def _stats(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
 def _devs(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
     assert snap is not None
     nominal = rig.spec.hashrate_ths * 1e6 / rig.spec.boards
+    profile = _active(rig)["Profile Name"]
     devs = []
     for board in snap.boards:
         mhs = board.hashrate_ths * 1e6
@@ -387,7 +399,7 @@ def _devs(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
                 "MHS av": mhs,
                 "Name": "",
                 "Nominal MHS": nominal,
-                "Profile": _state(rig).profile,
+                "Profile": profile,
                 "Rejected": 0,
                 "SerialNumber": f"{rig.serial[:4]}{board.index:013d}",
                 "Status": "Alive" if board.alive else "Dead",
@@ -623,9 +635,7 @@ def _privileged(rig: SimRig, name: str, args: list[str], when: int) -> dict[str,
             return _error(rig, CODE_BAD_PARAMETER, f"Invalid profile {rest!r}", when)
         if st.atm:
             return _error(rig, CODE_BAD_PARAMETER, "Cannot set profile while ATM is enabled", when)
-        freq_pct = round((int(target["Frequency"]) / rig.spec.board_freq_mhz - 1.0) * 100.0)
-        if rig.set_freq_pct(freq_pct):
-            st.profile = str(target["Profile Name"])
+        rig.set_freq_pct(_freq_pct(rig, target))
         return {
             "PROFILE": [{"Profile": target["Profile Name"]}],
             "STATUS": _status(rig, CODE_PROFILESET, "Profile set", when),

@@ -171,6 +171,9 @@ def test_sim_privileged_commands_need_the_session() -> None:
     assert rpc("logoff", token)["STATUS"][0]["STATUS"] == "S"
     assert rpc("curtail", f"{token},wakeup")["STATUS"][0]["STATUS"] == "E"
     assert rig.counters.rejected == 6
+    assert rpc("config")["CONFIG"][0]["Profile"] == "500MHz"
+    rig.reboot()  # back to nominal: the default profile
+    assert rpc("config")["CONFIG"][0]["Profile"] == "default"
 
 
 def test_fleet_file_os_key(tmp_path: Path) -> None:
@@ -226,6 +229,7 @@ async def test_read_agrees_with_truth_and_pyasic(sim: SimFleet) -> None:
     rig = await truth(sim, address)
     data = await (await get_miner(address)).get_data()
     assert obs.mode is Mode.NORMAL and obs.mining
+    assert not obs.model_unknown  # the catalogue's S19j Pro: LuxOS runs on Antminers
     assert obs.power_source is PowerSource.REPORTED
     assert obs.hashrate_ths == pytest.approx(rig["hashrate_ths"], rel=0.05)
     assert obs.power_w == pytest.approx(rig["power_w"], rel=0.05)
@@ -276,6 +280,20 @@ def sim_profile_watts(name: str) -> int:
     return int(next(p["Watts"] for p in table if p["Profile Name"] == name))
 
 
+async def test_refused_profile_change_is_an_error_naming_the_rig_reply(sim: SimFleet) -> None:
+    """A rig that ignores writes keeps ATM on, so LuxOS refuses the profile: the driver says so
+    with the rig's words, and leaves no session open behind it."""
+    address = sim.address(KEY)
+    driver = driver_for(await identify(address))
+    await asyncio.to_thread(sim.control.set_fault, address, "ignore_writes")
+    with pytest.raises(DriverError) as err:
+        await driver.apply(Mode.LOW, None, 3.0)
+    assert err.value.kind is FailureKind.BAD_REPLY
+    assert err.value.detail == "profileset: rig answered Cannot set profile while ATM is enabled"
+    miner = await get_miner(address)
+    assert (await miner.rpc.session())["SESSION"][0]["SessionID"] == ""
+
+
 async def test_pyasic_controls_the_same_rig(sim: SimFleet) -> None:
     address = sim.address(KEY)
     miner = await get_miner(address)
@@ -296,3 +314,10 @@ async def test_pyasic_controls_the_same_rig(sim: SimFleet) -> None:
     obs = await until(driver, lambda o: o.mode is Mode.NORMAL)
     assert obs.mode is Mode.NORMAL
     assert await miner.stop_mining()
+
+
+def test_sim_cli_refuses_luxos_on_a_whatsminer(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulator.cli import main
+
+    assert main(["--luxos", "m30s+:1"]) == 2
+    assert "m30s+ is a whatsminer, not a antminer" in capsys.readouterr().err
