@@ -46,8 +46,7 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
             "Run simulated Antminer and Whatsminer rigs that unmodified pyasic takes for real "
             "ones: cgminer RPC on 4028, the Antminer web UI on 80, btminer API v2 on 4028 and "
             "v3 on 4433, LuxOS's API on 4028, each rig on its own loopback address, inside a "
-            "private network "
-            "namespace. Runs until SIGINT/SIGTERM."
+            "private network namespace. Runs until SIGINT/SIGTERM."
         ),
         epilog=f"Models: {models}. Faults: {', '.join(f.value for f in Fault)}.",
     )
