@@ -444,7 +444,8 @@ def write_config(folder: Path, broker: Any, rigs: list[str]) -> Path:
     password = folder / "mqtt_password"
     from broker import USERS
 
-    password.write_text(USERS["rigpilot"])
+    user = broker.add_site(SITE)
+    password.write_text(USERS[user])
     lines = "\n".join(
         f'[[rigs]]\naddress = "{a}"\ngroup = "row-{i % 10}"' for i, a in enumerate(rigs)
     )
@@ -457,7 +458,7 @@ name = "{SITE}"
 enabled = true
 host = "127.0.0.1"
 port = {broker.port}
-username = "rigpilot"
+username = "{user}"
 password_file = "{password}"
 state_interval_s = 30
 command_timeout_s = 45

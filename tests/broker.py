@@ -1,9 +1,10 @@
 """A real Mosquitto broker for tests: TLS, a password file and an ACL, on a free port.
 
-The ACL is the one documented in docs/mqtt.md (``docs/mosquitto/acl``): the daemon may read
-its requests and write its tree, the ``operator`` may read everything and command, the
-``viewer`` may only read. Persistence is on, so a killed and restarted broker keeps retained
-messages and sessions as a production broker would.
+The ACL is the one documented in docs/mqtt.md (``docs/mosquitto/acl``): each site's daemon
+(user ``site_user(site)``, added with ``Broker.add_site``) may read its requests and write its
+own site's tree, the ``operator`` may read everything and command, the ``viewer`` may only read.
+Persistence is on, so a killed and restarted broker keeps retained messages and sessions as a
+production broker would.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import random
+import signal
 import socket
 import subprocess
 import time
@@ -28,11 +30,16 @@ ACL_FILE = REPO / "docs" / "mosquitto" / "acl"
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 USERS = {
-    "rigpilot": "daemon-secret",
     "operator": "operator-secret",
     "viewer": "viewer-secret",
     "homeassistant": "ha-secret",
 }
+
+
+def site_user(site: str) -> str:
+    """The broker user of ``site``'s daemon: the documented convention (docs/mqtt.md) is the
+    site name itself, which the ACL's ``%u`` patterns confine to ``rigpilot/<site>/``."""
+    return site
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -184,6 +191,33 @@ class Broker:
                 "require_certificate false",
             ]
         (self.folder / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+
+    def add_site(self, site: str) -> str:
+        """Give ``site``'s daemon its user (once) and return the user name; a running broker
+        reloads its password file (SIGHUP) and is waited for until the user can connect."""
+        user = site_user(site)
+        passwd = self.folder / "passwd"
+        if user in {line.split(":")[0] for line in passwd.read_text().splitlines()}:
+            return user
+        USERS[user] = f"{user}-secret"
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwd), user, USERS[user]],
+            check=True,
+            capture_output=True,
+        )
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+            self._wait_user(user)
+        return user
+
+    def _wait_user(self, user: str, timeout: float = 10.0) -> None:
+        """Until ``user`` is let in (a publish to a topic it may not write: dropped, unseen)."""
+        deadline = time.monotonic() + timeout
+        args = ["mosquitto_pub", *self.client_args(user, v5=False), "-t", "probe", "-n"]
+        while subprocess.run(args, capture_output=True, timeout=10, check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not take the new user {user}")
+            time.sleep(0.1)
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start mosquitto and wait until it listens.

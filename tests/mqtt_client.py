@@ -145,10 +145,12 @@ def daemon_settings(
     discovery: bool = False,
     extra: str = "",
 ) -> Settings:
-    """A config file for ``rigs`` ({address: group}) with the broker's TLS and credentials."""
+    """A config file for ``rigs`` ({address: group}) with the broker's TLS and the credentials
+    of ``site``'s daemon user."""
     tmp.mkdir(parents=True, exist_ok=True)
     password = tmp / "mqtt_password"
-    password.write_text(USERS["rigpilot"] + "\n")
+    user = broker.add_site(site)
+    password.write_text(USERS[user] + "\n")
     rig_lines = "\n".join(f'[[rigs]]\naddress = "{a}"\ngroup = "{g}"' for a, g in rigs.items())
     config = tmp / "rigpilot.toml"
     config.write_text(f"""
@@ -160,7 +162,7 @@ name = "{site}"
 enabled = true
 host = "127.0.0.1"
 port = {broker.port}
-username = "rigpilot"
+username = "{user}"
 password_file = "{password}"
 discovery = {"true" if discovery else "false"}
 state_interval_s = 5

@@ -153,3 +153,36 @@ def test_an_unauthenticated_or_clear_text_connection_is_named_at_start(
     # A user without a password is no authentication either.
     if mqtt.username:
         assert insecure_connection(mqtt, None)[0].startswith("no authentication")
+
+
+@pytest.mark.parametrize(
+    ("settings", "site", "expect"),
+    [
+        ({"username": "north"}, "north", []),
+        ({}, "north", []),  # no user: "no authentication" says it (mqtt.insecure)
+        ({"username": "rigpilot"}, "north", ["mqtt.username 'rigpilot' is not the site's"]),
+        ({"username": "a.b", "discovery": True}, "a.b", ["Home Assistant discovery"]),
+        ({"username": "a.b"}, "a.b", []),
+        ({"username": "a_b-2", "discovery": True}, "a_b-2", []),
+        (
+            {"username": "rigpilot", "discovery": True},
+            "x y",
+            [
+                "mqtt.username 'rigpilot'",
+                "Home Assistant discovery goes under node id 'rigpilot_x_y'",
+            ],
+        ),
+    ],
+)
+def test_a_user_or_site_the_documented_acl_would_refuse_is_named_at_start(
+    settings: dict[str, object], site: str, expect: list[str]
+) -> None:
+    """The documented ACL confines a daemon to rigpilot/<its user name>/ and its discovery to
+    the node rigpilot_<user name>; the broker drops whatever else it publishes without a word."""
+    from daemon.mqtt.bridge import acl_mismatch
+    from daemon.mqtt.topics import Topics
+
+    problems = acl_mismatch(MqttSettings.model_validate(settings), Topics("rigpilot", site))
+    assert len(problems) == len(expect), problems
+    for problem, start in zip(problems, expect, strict=True):
+        assert problem.startswith(start), problem

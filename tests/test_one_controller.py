@@ -96,7 +96,7 @@ def instance_settings(
 async def announce(broker: Broker, topics: Topics, doc: dict[str, Any]) -> None:
     """Publish ``doc`` as another instance's retained info, and its availability, as its
     bridge would have left them."""
-    async with Collector(broker, "rigpilot", [], "announcer") as col:
+    async with Collector(broker, broker.add_site(topics.site), [], "announcer") as col:
         assert col.client is not None
         await col.client.publish(topics.info, json.dumps(doc), qos=1, retain=True)
         await col.client.publish(topics.availability, b"online", qos=1, retain=True)

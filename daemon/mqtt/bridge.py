@@ -176,6 +176,28 @@ def insecure_connection(settings: MqttSettings, password: str | None) -> list[st
     return problems
 
 
+def acl_mismatch(settings: MqttSettings, topics: Topics) -> list[str]:
+    """What the documented ACL (docs/mosquitto/acl) would silently refuse this daemon (empty:
+    nothing). It confines each site's daemon to its own tree by its user name, which must be
+    the site's name, and lets it announce Home Assistant devices under the node id
+    ``rigpilot_<site>`` only, which a site name with other characters than letters, digits,
+    ``_`` and ``-`` does not give. The broker drops a refused publish without a word."""
+    problems = []
+    if settings.username is not None and settings.username != topics.site:
+        problems.append(
+            f"mqtt.username {settings.username!r} is not the site's name {topics.site!r}: the "
+            "documented ACL lets a site's daemon read and write only rigpilot/<its user name>/"
+        )
+    node = discovery.fleet_device_id(topics)
+    if settings.discovery and node != f"rigpilot_{topics.site}":
+        problems.append(
+            f"Home Assistant discovery goes under node id {node!r}, which the documented ACL "
+            f"does not give site {topics.site!r} (it allows rigpilot_<site> only): name the "
+            "site with letters, digits, '_' and '-'"
+        )
+    return problems
+
+
 def _loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -541,6 +563,8 @@ class Bridge:
         tls = tls_context(self.settings)
         for problem in insecure_connection(self.settings, password):
             log.warning("mqtt.insecure", host=self.settings.host, problem=problem)
+        for problem in acl_mismatch(self.settings, self.topics):
+            log.warning("mqtt.acl", problem=problem)
         backoff = BACKOFF_MIN_S
         failing: str | None = None
         while not stop.is_set():
