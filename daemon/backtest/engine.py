@@ -502,6 +502,7 @@ def _observed_at(obs: Observation, now: float) -> Observation:
         obs.power_limit_w,
         obs.errors,
         obs.uptime_s,
+        obs.model_unknown,
     )
 
 
