@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from drivers.base import ApplyResult, RigDriver
-from drivers.parse import Status, antminer_stats, cgminer_section
+from drivers.parse import Status, antminer_stats, cgminer_section, refused
 from drivers.stock import RPC_PORT, _observation
 from drivers.transport import DriverError, decode, request
 from policies import timing
@@ -128,15 +128,9 @@ class LuxOS(RigDriver):
         reply = decode(
             await request(self.identity.address, RPC_PORT, json.dumps(body).encode(), timeout_s)
         )
-        status = reply.get("STATUS")
-        if (
-            isinstance(status, list)
-            and status
-            and isinstance(status[0], dict)
-            and status[0].get("STATUS") not in ("S", "I")
-        ):
-            said = rig_text(f"{status[0].get('Msg')}")
-            raise DriverError(FailureKind.BAD_REPLY, f"{command}: rig answered {said}")
+        refusal = refused(reply)
+        if refusal is not None:
+            raise DriverError(FailureKind.BAD_REPLY, f"{command}: rig answered {rig_text(refusal)}")
         return reply
 
     async def observe(self, timeout_s: float, now: float) -> Observation:

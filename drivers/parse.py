@@ -59,13 +59,9 @@ def _bad(field: str, detail: str = "missing") -> DriverError:
     return DriverError(FailureKind.BAD_REPLY, f"{field}: {detail}")
 
 
-def _section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """A cgminer reply section, from a single (``STATS``) or joined (``stats`` -> [..]) reply."""
-    if name.lower() in reply:  # joined command: {"stats": [{... "STATS": [...]}]}
-        inner = reply[name.lower()]
-        if not isinstance(inner, list) or not inner or not isinstance(inner[0], dict):
-            raise _bad(name.lower(), "not a list with one reply")
-        reply = inner[0]
+def refused(reply: dict[str, Any]) -> str | None:
+    """A cgminer-style reply's refusal (``"E: Invalid command"``): its first STATUS is neither
+    S (success) nor I (information). None when the reply did not refuse, or has no STATUS."""
     status = reply.get("STATUS")
     if (
         isinstance(status, list)
@@ -73,8 +69,20 @@ def _section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
         and isinstance(status[0], dict)
         and status[0].get("STATUS") not in ("S", "I")
     ):
-        said = rig_text(f"{status[0].get('STATUS')}: {status[0].get('Msg')}")
-        raise _bad(name, f"rig answered {said}")
+        return f"{status[0].get('STATUS')}: {status[0].get('Msg')}"
+    return None
+
+
+def _section(reply: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """A cgminer reply section, from a single (``STATS``) or joined (``stats`` -> [..]) reply."""
+    if name.lower() in reply:  # joined command: {"stats": [{... "STATS": [...]}]}
+        inner = reply[name.lower()]
+        if not isinstance(inner, list) or not inner or not isinstance(inner[0], dict):
+            raise _bad(name.lower(), "not a list with one reply")
+        reply = inner[0]
+    refusal = refused(reply)
+    if refusal is not None:
+        raise _bad(name, f"rig answered {rig_text(refusal)}")
     section = reply.get(name)
     if not isinstance(section, list) or not all(isinstance(x, dict) for x in section):
         raise _bad(name)

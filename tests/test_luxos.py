@@ -289,7 +289,9 @@ async def test_refused_profile_change_is_an_error_naming_the_rig_reply(sim: SimF
     with pytest.raises(DriverError) as err:
         await driver.apply(Mode.LOW, None, 3.0)
     assert err.value.kind is FailureKind.BAD_REPLY
-    assert err.value.detail == "profileset: rig answered Cannot set profile while ATM is enabled"
+    assert err.value.detail == (
+        "profileset: rig answered E: Cannot set profile while ATM is enabled"
+    )
     miner = await get_miner(address)
     assert (await miner.rpc.session())["SESSION"][0]["SessionID"] == ""
 
