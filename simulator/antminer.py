@@ -42,7 +42,14 @@ from functools import lru_cache
 from typing import Any
 
 from simulator.physics import MODE_FREQ, Mode, Phase
-from simulator.protocol import HttpRequest, HttpResponse, MakeHandlers
+from simulator.protocol import (
+    HttpRequest,
+    HttpResponse,
+    MakeHandlers,
+    SectionBuilder,
+    joined,
+    read_sections,
+)
 from simulator.rig import Fault, SimRig, Snapshot
 
 __all__ = ["HANDLERS", "REALM", "handle_http", "handle_rpc", "make_nonce"]
@@ -482,10 +489,8 @@ def _rpc_devs(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
     }
 
 
-_RpcBuilder = Callable[[SimRig, "Snapshot | None", int], dict[str, Any]]
-
 # command -> (builder, needs a snapshot)
-_RPC: dict[str, tuple[_RpcBuilder, bool]] = {
+_RPC: dict[str, tuple[SectionBuilder, bool]] = {
     "version": (_rpc_version, False),
     "summary": (_rpc_summary, True),
     "stats": (_rpc_stats, True),
@@ -523,33 +528,14 @@ def handle_rpc(rig: SimRig, request: Any) -> bytes:
         return _dumps(_rpc_error(CODE_INVALID_JSON, "Invalid JSON", when)) + b"\x00"
 
     names = command.split("+") if "+" in command else [command]
-    snap: Snapshot | None = None
-    sections: dict[str, dict[str, Any]] = {}
-    known = unknown = 0
-    for name in names:
-        entry = _RPC.get(name)
-        if entry is None:
-            unknown += 1
-            sections[name] = _rpc_error(CODE_INVALID_COMMAND, "Invalid command", when)
-            continue
-        builder, needs_snap = entry
-        if needs_snap and snap is None:
-            snap = rig.snapshot()
-        sections[name] = builder(rig, snap, when)
-        counters.by_command[name] += 1
-        known += 1
-    if known:
-        counters.reads += 1
-    if unknown:
-        counters.rejected += 1
-
+    sections = read_sections(
+        rig, names, _RPC, lambda: _rpc_error(CODE_INVALID_COMMAND, "Invalid command", when), when
+    )
     if plain:
         return _plain(sections.values()).encode() + b"\x00"
     if len(names) == 1:
         return _dumps(sections[names[0]]) + b"\x00"
-    joined: dict[str, Any] = {name: [body] for name, body in sections.items()}
-    joined["id"] = 1
-    return _dumps(joined) + b"\x00"
+    return _dumps(joined(sections)) + b"\x00"
 
 
 def _plain(bodies: Any) -> str:

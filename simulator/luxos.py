@@ -31,7 +31,7 @@ from typing import Any
 
 from simulator.models import LUXOS_FIRMWARE
 from simulator.physics import CHIP_TARGET_C, Mode, Phase, power_at
-from simulator.protocol import MakeHandlers
+from simulator.protocol import MakeHandlers, SectionBuilder, joined, read_sections
 from simulator.rig import Fault, SimRig, Snapshot
 
 __all__ = ["HANDLERS", "LUXOS_FIRMWARE", "PROFILE_STEP_MHZ", "handle_rpc", "profile_table"]
@@ -581,7 +581,7 @@ def _session(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
     }
 
 
-_READS = {
+_READS: dict[str, tuple[SectionBuilder, bool]] = {
     "version": (_version, False),
     "config": (_config, False),
     "summary": (_summary, True),
@@ -686,30 +686,12 @@ def handle_rpc(rig: SimRig, request: Any) -> bytes:
         return _encode(reply).encode()
 
     names = command.split("+")
-    snap: Snapshot | None = None
-    sections: dict[str, dict[str, Any]] = {}
-    known = unknown = 0
-    for name in names:
-        entry = _READS.get(name)
-        if entry is None:
-            unknown += 1
-            sections[name] = _error(rig, CODE_INVALID_COMMAND, "Invalid command", when)
-            continue
-        builder, needs_snap = entry
-        if needs_snap and snap is None:
-            snap = rig.snapshot()
-        sections[name] = builder(rig, snap, when)
-        counters.by_command[name] += 1
-        known += 1
-    if known:
-        counters.reads += 1
-    if unknown:
-        counters.rejected += 1
+    sections = read_sections(
+        rig, names, _READS, lambda: _error(rig, CODE_INVALID_COMMAND, "Invalid command", when), when
+    )
     if len(names) == 1:
         return _encode(sections[names[0]]).encode()
-    joined: dict[str, Any] = {name: [body] for name, body in sections.items()}
-    joined["id"] = 1
-    return _encode(joined).encode()
+    return _encode(joined(sections)).encode()
 
 
 HANDLERS = MakeHandlers(rpc=handle_rpc, http=None, framed=None)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.rig import SimRig
+from simulator.rig import SimRig, Snapshot
 
 
 @dataclass(slots=True)
@@ -62,3 +62,48 @@ class MakeHandlers:
     framed: FramedHandler | None
     framed_for: Callable[[SimRig], bool] = _always
     """Which rigs of the make run the framed API (Whatsminer: firmware after 2024-11 only)."""
+
+
+SectionBuilder = Callable[[SimRig, "Snapshot | None", int], dict[str, Any]]
+"""One cgminer-style read (``summary``, ``stats``...): (rig, snapshot if it needs one, when)."""
+
+
+def read_sections(
+    rig: SimRig,
+    names: list[str],
+    reads: dict[str, tuple[SectionBuilder, bool]],
+    invalid: Callable[[], dict[str, Any]],
+    when: int,
+) -> dict[str, dict[str, Any]]:
+    """Each of ``names`` (a ``+``-joined read split up) answered from ``reads`` (builder, needs
+    a snapshot), one snapshot for all of them; an unknown name answers ``invalid()``. Counts
+    one read (if any name was known) and one rejection (if any was not), as cgminer-style
+    firmware answers a joined command in one go."""
+    counters = rig.counters
+    snap: Snapshot | None = None
+    sections: dict[str, dict[str, Any]] = {}
+    known = unknown = 0
+    for name in names:
+        entry = reads.get(name)
+        if entry is None:
+            unknown += 1
+            sections[name] = invalid()
+            continue
+        builder, needs_snap = entry
+        if needs_snap and snap is None:
+            snap = rig.snapshot()
+        sections[name] = builder(rig, snap, when)
+        counters.by_command[name] += 1
+        known += 1
+    if known:
+        counters.reads += 1
+    if unknown:
+        counters.rejected += 1
+    return sections
+
+
+def joined(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The reply to a joined command: each section in a one-element list, and ``id``."""
+    reply: dict[str, Any] = {name: [body] for name, body in sections.items()}
+    reply["id"] = 1
+    return reply
