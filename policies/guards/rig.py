@@ -8,8 +8,7 @@ thermal. The site-wide ramp (``ramp.py``) runs after, on what would raise power.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from policies.api import Intent, LazyReason, MarketView, RigView, reason_text
 from policies.guards.model import (
@@ -81,12 +80,14 @@ class Decision:
         return reason_text(self.reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Latch:
-    """The thermal guard's memory of one rig."""
+class Latch(NamedTuple):
+    """The thermal guard's memory of one rig (a tuple: one is made for every rig, every tick)."""
 
     cap: Mode | None
     at: float | None
+
+
+_NO_LATCH: Final = Latch(None, None)
 
 
 def fresh_observation(rig: RigView, now: float, config: GuardConfig) -> Observation | None:
@@ -110,7 +111,9 @@ def hold_setting(obs: Observation | None, prior: RigGuardState | None) -> Settin
 def pick_override(rig: RigView, overrides: Sequence[Override], now: float) -> Override | None:
     """The active override for this rig: one naming it beats one naming its group; among
     equals the one asking for the least power wins (the safe side), then the earliest listed."""
-    live = [o for o in overrides if o.active(now) and o.matches(rig)]
+    if not overrides:
+        return None
+    live = [o for o in overrides if o.matches(rig) and o.active(now)]
     if not live:
         return None
 
@@ -169,18 +172,19 @@ def stale_guard(
     decision: Decision, rig: RigView, hold: Setting, market: MarketView, config: GuardConfig
 ) -> Decision:
     """While a price is stale a policy's intent is replaced by the configured fail-safe."""
+    hashprice, price = market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh
+    if hashprice is not None and price is not None:
+        return decision
     if decision.source != SOURCE_POLICY or decision.decided_by in config.stale_exempt_policies:
         return decision
     stale = [
         name
         for name, value in (
-            ("hashprice", market.hashprice_usd_per_ph_day),
-            ("power price", market.power_price_usd_per_kwh),
+            ("hashprice", hashprice),
+            ("power price", price),
         )
         if value is None
     ]
-    if not stale:
-        return decision
     why = f"{' and '.join(stale)} stale: fail-safe {config.stale_failsafe.value}"
     target = _failsafe_setting(rig, hold, config.stale_failsafe)
     if target == hold:
@@ -265,13 +269,11 @@ def update_latch(
     hashing and reports no chip temperature, ``thermal_cooldown_s`` after it was last hot."""
     cap = prior.thermal_cap if prior is not None else None
     at = prior.thermal_at if prior is not None else None
-    if obs is None:
-        return Latch(cap, at)
-    temp = obs.max_chip_temp_c
+    temp = None if obs is None else obs.max_chip_temp_c
     if temp is not None and temp >= c.thermal_limit_c:
         return Latch(thermal_target(rig, temp, c).mode, now)
-    if cap is None:
-        return Latch(None, at)
+    if obs is None or cap is None:
+        return _NO_LATCH if cap is None and at is None else Latch(cap, at)
     if temp is not None and temp < c.thermal_resume_c:
         return Latch(None, at)
     cooled_long_enough = at is None or now - at >= c.thermal_cooldown_s
