@@ -70,6 +70,9 @@ class BreakevenPolicy:
         return {ids[i]: made[i] for _, _, i in sorted(zip(keys, ids, range(len(ids)), strict=True))}
 
 
+_SLEEP = Mode.SLEEP  # a module global: reading an Enum member off its class costs more
+
+
 def _pick(
     rig: RigView, hashprice: float, price: float, terms: Economics
 ) -> tuple[float, Mode] | None:
@@ -79,7 +82,7 @@ def _pick(
     # operand, so margins (and their ties) are bit-identical to economics.best_mode's.
     keep = 1.0 - terms.pool_fee
     overhead = terms.overhead
-    sleep_mode, hashing_modes = Mode.SLEEP, HASHING_MODES
+    sleep_mode, hashing_modes = _SLEEP, HASHING_MODES
     modes = rig.modes
     points = rig.points
     sleep_w = 0.0

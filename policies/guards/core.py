@@ -99,7 +99,8 @@ def _next_rig_state(
 ) -> RigGuardState:
     """The rig's memory after this tick: a change is stamped with its time, origin and what it
     replaced; otherwise the last change is kept."""
-    if decision.setting != hold:
+    setting = decision.setting
+    if setting is not hold and setting != hold:  # plain settings are shared: identity first
         return RigGuardState(
             setting=decision.setting,
             changed_at=now,
@@ -110,7 +111,7 @@ def _next_rig_state(
         )
     if (
         prior is not None
-        and prior.setting == decision.setting
+        and (prior.setting is setting or prior.setting == setting)
         and prior.thermal_cap is latch.cap
         and prior.thermal_at == latch.at
     ):

@@ -38,7 +38,7 @@ class Setting:
     def of(cls, mode: Mode, power_limit_w: int | None) -> Setting:
         """The setting, dropping a limit that only LIMIT mode carries (one shared value per
         mode without a limit: the guards compare settings for every rig, every tick)."""
-        if mode is Mode.LIMIT:
+        if mode is _LIMIT:
             return cls(mode, power_limit_w)
         return _PLAIN[mode]
 
@@ -56,6 +56,7 @@ class Setting:
 
 
 _PLAIN: Final = {mode: Setting(mode) for mode in Mode}
+_LIMIT: Final = Mode.LIMIT  # a module global: reading an Enum member off its class costs more
 
 
 class Desired(HasLazyReason):

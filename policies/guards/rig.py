@@ -41,6 +41,7 @@ SOURCE_POLICY = "policy"
 SOURCE_HOLD = "hold"
 SOURCE_FAILSAFE = "failsafe"
 NO_INTENT_REASON = "no policy intent: keeps its current mode"
+_UNKNOWN: Final = Mode.UNKNOWN  # module globals: reading an Enum member off its class costs more
 
 
 class Decision:
@@ -101,21 +102,24 @@ def fresh_observation(rig: RigView, now: float, config: GuardConfig) -> Observat
 def hold_setting(obs: Observation | None, prior: RigGuardState | None) -> Setting:
     """Where the rig stays when nothing moves it: its last desired setting, else what it was
     observed doing, else UNKNOWN (leave it alone)."""
-    if prior is not None and prior.setting.mode is not Mode.UNKNOWN:
+    if prior is not None and prior.setting.mode is not _UNKNOWN:
         return prior.setting
     if obs is not None:
         return Setting.of(obs.mode, obs.power_limit_w)
-    return Setting(Mode.UNKNOWN)
+    return Setting.of(Mode.UNKNOWN, None)
 
 
 def pick_override(rig: RigView, overrides: Sequence[Override], now: float) -> Override | None:
     """The active override for this rig: one naming it beats one naming its group; among
     equals the one asking for the least power wins (the safe side), then the earliest listed."""
-    if not overrides:
-        return None
-    live = [o for o in overrides if o.matches(rig) and o.active(now)]
+    live: list[Override] = []
+    for override in overrides:  # most rigs, most ticks: none matches
+        if override.matches(rig) and override.active(now):
+            live.append(override)
     if not live:
         return None
+    if len(live) == 1:
+        return live[0]
 
     def key(item: tuple[int, Override]) -> tuple[int, float, int]:
         index, override = item
@@ -137,7 +141,7 @@ def propose(
             SOURCE_OVERRIDE,
             bypass_dwell=override.bypass_dwell,
         )
-    if intent is not None and intent.mode is not Mode.UNKNOWN:
+    if intent is not None and intent.mode is not _UNKNOWN:
         setting = Setting.of(intent.mode, intent.power_limit_w)
         return Decision(setting, intent.policy, intent._reason, SOURCE_POLICY)
     return Decision(hold, NO_INTENT, NO_INTENT_REASON, SOURCE_HOLD)
@@ -161,7 +165,7 @@ def observation_guard(
     decision: Decision, rig: RigView, obs: Observation | None, hold: Setting
 ) -> Decision:
     """A rig without a fresh observation is only ever moved by an override lowering its power."""
-    if obs is not None or decision.setting == hold:
+    if obs is not None or decision.setting is hold or decision.setting == hold:
         return decision
     if decision.source == SOURCE_OVERRIDE and is_lowering(rig, hold, decision.setting):
         return decision
@@ -194,9 +198,9 @@ def stale_guard(
 
 def _failsafe_setting(rig: RigView, hold: Setting, failsafe: FailSafe) -> Setting:
     if failsafe is FailSafe.SLEEP and Mode.SLEEP in rig.modes:
-        return Setting(Mode.SLEEP)
+        return Setting.of(Mode.SLEEP, None)
     if failsafe is FailSafe.NORMAL and Mode.NORMAL in rig.modes:
-        return Setting(Mode.NORMAL)
+        return Setting.of(Mode.NORMAL, None)
     return hold
 
 
@@ -212,6 +216,7 @@ def hysteresis_guard(
     moved by more than ``hysteresis_usd_per_day``."""
     if (
         decision.source != SOURCE_POLICY
+        or decision.setting is hold
         or decision.setting == hold
         or prior is None
         or prior.previous != decision.setting
@@ -246,7 +251,9 @@ def dwell_guard(
     config: GuardConfig,
 ) -> Decision:
     """No change within ``min_dwell_s`` of the last one, unless an override says so."""
-    if decision.setting == hold or prior is None or prior.changed_at is None:
+    if prior is None or prior.changed_at is None or decision.setting is hold:
+        return decision
+    if decision.setting == hold:
         return decision
     if decision.source == SOURCE_OVERRIDE and decision.bypass_dwell:
         return decision
@@ -285,7 +292,7 @@ def update_latch(
 def thermal_target(rig: RigView, temp_c: float, config: GuardConfig) -> Setting:
     """Low when the rig has a low mode with known watts and is below critical, else sleep."""
     if temp_c < config.thermal_critical_c and point_for(rig, Mode.LOW) is not None:
-        return Setting(Mode.LOW)
+        return Setting.of(Mode.LOW, None)
     return lowest_setting(rig)
 
 
