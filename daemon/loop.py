@@ -20,7 +20,6 @@ from daemon.observer import Observer
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView, Site
-from policies.columns import FleetViews, IntentColumns
 from policies.combine import combine
 from policies.guards import (
     Desired,
@@ -391,10 +390,9 @@ class ControlLoop:
         driver = self.observer.drivers.get(rig_id)
         return driver.capabilities.transition if driver is not None else STOCK
 
-    def _fleet(self, readings: Mapping[RigId, Reading], now: float) -> FleetViews:
-        """Every rig as the policies and guards see it, with the columns they read
-        (policies/columns.py). A rig still settling after a change is scored on the figures
-        of the mode it is going to (policies/transition.py)."""
+    def _fleet(self, readings: Mapping[RigId, Reading], now: float) -> list[RigView]:
+        """Every rig as the policies and guards see it. A rig still settling after a change is
+        scored on the figures of the mode it is going to (policies/transition.py)."""
         views = []
         groups = self.groups
         memory = self.guard_state.rigs
@@ -440,7 +438,7 @@ class ControlLoop:
                 # The policies and guards treat it as any unread rig without mode points
                 # (power-cap counts it at the most any rig of the fleet draws).
                 views.append(RigView(rig_id, None, frozenset(), (), groups.get(rig_id, "")))
-        return FleetViews(views)
+        return views
 
     def _audit(
         self,
@@ -550,10 +548,7 @@ class ControlLoop:
 
 def checked_opinion(name: str, opinion: object) -> Mapping[RigId, Intent]:
     """A policy's answer, if it is what the API promises (a mapping of rig ids to Intents);
-    TypeError naming the policy and the problem otherwise. The built-in column intents are
-    trusted as they are (reading them would build every Intent)."""
-    if isinstance(opinion, IntentColumns):
-        return opinion
+    TypeError naming the policy and the problem otherwise."""
     if not isinstance(opinion, Mapping):
         raise TypeError(f"policy {name!r} returned {type(opinion).__name__}, not a mapping")
     for rig_id, intent in opinion.items():

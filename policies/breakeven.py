@@ -13,18 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 from policies.api import Intent, MarketView, RigView, Site
 from policies.builtin import HASHING_MODES, point_for, rig_label, supported_points
-from policies.columns import (
-    MODE_CODES,
-    NONE,
-    POINT_MODES,
-    SLEEP,
-    FleetViews,
-    IntentColumns,
-)
 from policies.economics import (
     BreakEven,
     Economics,
@@ -61,10 +51,6 @@ class BreakevenPolicy:
             return {}
         terms = site.economics
         explain = _Explainer(hashprice, price, terms)
-        if isinstance(fleet, FleetViews):
-            columns = _decide_columns(fleet, hashprice, price, terms, explain)
-            if columns is not None:
-                return columns
         keys: list[float] = []
         ids: list[RigId] = []
         made: list[Intent] = []
@@ -84,6 +70,9 @@ class BreakevenPolicy:
         return {ids[i]: made[i] for _, _, i in sorted(zip(keys, ids, range(len(ids)), strict=True))}
 
 
+_SLEEP = Mode.SLEEP  # a module global: reading an Enum member off its class costs more
+
+
 def _pick(
     rig: RigView, hashprice: float, price: float, terms: Economics
 ) -> tuple[float, Mode] | None:
@@ -93,7 +82,7 @@ def _pick(
     # operand, so margins (and their ties) are bit-identical to economics.best_mode's.
     keep = 1.0 - terms.pool_fee
     overhead = terms.overhead
-    sleep_mode, hashing_modes = Mode.SLEEP, HASHING_MODES
+    sleep_mode, hashing_modes = _SLEEP, HASHING_MODES
     modes = rig.modes
     points = rig.points
     sleep_w = 0.0
@@ -131,56 +120,6 @@ def _pick(
     if near:  # a near tie: settle it exactly as _best_point does
         best = _best_point(list(supported_points(rig)), hashprice, price, terms)
     return -jth, best.mode
-
-
-def _decide_columns(
-    fleet: FleetViews, hashprice: float, price: float, terms: Economics, explain: _Explainer
-) -> IntentColumns | None:
-    """:meth:`BreakevenPolicy.decide` over the fleet's columns: the same intents, in the same
-    order (tests/test_columns.py). None when a value is not finite or two rigs share an id
-    (the per-rig loop then decides, with Python's own rules for those)."""
-    c = fleet.columns
-    if not c.unique:
-        return None
-    n = len(c)
-    keep = 1.0 - terms.pool_fee
-    overhead = terms.overhead
-    # Operand for operand the per-rig expression, so every margin is the same double.
-    margin = c.ths / 1000.0 * hashprice * keep - c.watts / 1000.0 * 24.0 * price * overhead
-    cand = c.has_point & c.supported[:POINT_MODES] & c.regular
-    if not (np.isfinite(margin[cand]).all() and np.isfinite(c.ths[cand]).all()):
-        return None
-    m = np.where(cand, margin, -np.inf)
-    best = m.argmax(axis=0)
-    cols = np.arange(n)
-    top = m[best, cols]
-    m[best, cols] = -np.inf
-    near = m.max(axis=0) >= top - _TIE_USD  # another point close enough to need the exact tie
-    sleep_w = np.where(c.supported[SLEEP] & c.has_point[SLEEP], c.watts[SLEEP], 0.0)
-    hashing = cand[1:POINT_MODES] & (c.ths[1:POINT_MODES] > 0)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        per_th = (c.watts[1:POINT_MODES] - sleep_w) / c.ths[1:POINT_MODES]
-    jth = np.where(hashing, per_th, np.inf).min(axis=0)
-    valid = hashing.any(axis=0)
-    codes = np.where(valid, best, NONE).astype(np.int64)
-    keys = -jth
-    views = fleet.views
-    regular = c.regular
-    for i in np.flatnonzero(valid & near & regular).tolist():  # irregular ones: _pick, below
-        rig = views[i]
-        codes[i] = MODE_CODES[
-            _best_point(list(supported_points(rig)), hashprice, price, terms).mode
-        ]
-    for i in np.flatnonzero(~regular).tolist():
-        picked = _pick(views[i], hashprice, price, terms)
-        if picked is None:
-            codes[i] = NONE
-        else:
-            keys[i], mode = picked
-            codes[i] = MODE_CODES[mode]
-    chosen = np.flatnonzero(codes >= 0)
-    order = chosen[np.lexsort((c.id_rank[chosen], keys[chosen]))]
-    return IntentColumns(fleet, codes, order, NAME, lambda i: (explain, views[i]))
 
 
 _TIE_USD = 2e-9

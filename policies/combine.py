@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 
 from policies.api import Intent, RigView
 from policies.builtin import mode_label, power_order_key
-from policies.columns import IntentColumns
 from policies.values import RigId
 
 
@@ -23,11 +22,7 @@ def combine(
     overruled policy with what it wanted and why, and the policies that agreed. A rig only one
     policy has an opinion on gets that intent unchanged; rigs no policy mentions are left out.
     Raises ValueError when an intent is filed under another rig's id. Inputs are not modified.
-    One policy's :class:`policies.columns.IntentColumns` (built over the fleet, so filed right)
-    is returned as it is.
     """
-    if len(intents_by_policy) == 1 and isinstance(intents_by_policy[0], IntentColumns):
-        return intents_by_policy[0]
     rigs = {rig.rig_id: rig for rig in fleet}
     candidates: dict[RigId, list[Intent]] = {}
     for intents in intents_by_policy:

@@ -23,9 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
-from policies.api import Intent, LazyReason, MarketView, RigView
+from policies.api import Intent, MarketView, RigView
 from policies.builtin import point_for
-from policies.columns import CODE_MODES, MODE_CODES, NONE, FleetViews, IntentColumns
 from policies.economics import Economics, ModePoint, cost_per_day, revenue_usd_per_day
 from policies.guards.model import RigGuardState, Setting
 from policies.timing import MODE_FREQ, Transition
@@ -105,32 +104,17 @@ def hold_transitions(
     Intents for other rigs are kept as they are; so is the mapping itself when nothing is
     replaced. The guards, after this, still act on every rig (thermal, overrides)."""
     hp, pp = market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh
-    columns = intents if isinstance(intents, IntentColumns) else None
     held: dict[RigId, tuple[Setting, str]] = {}
-    # Over columns (the loop's fleet): the codes as a list, read by position (the fleet is
-    # the columns' own, in their order, or looked up by id).
-    codes = columns.codes.tolist() if columns is not None else []
-    index = None if columns is None or columns.fleet is fleet else columns.fleet.columns.index
-    limit_mode, code_modes = Mode.LIMIT, CODE_MODES
-    for at, rig in enumerate(fleet):
+    limit_mode = Mode.LIMIT
+    for rig in fleet:
         rid = rig.rig_id
         mem = memory.get(rid)
         if mem is None:
             continue
-        if columns is not None:
-            if index is not None:
-                found = index.get(rid)
-                code = NONE if found is None else codes[found]
-            else:
-                code = codes[at]
-            if code < 0:
-                continue
-            mode, limit = code_modes[code], None
-        else:
-            want = intents.get(rid)
-            if want is None:
-                continue
-            mode, limit = want.mode, want.power_limit_w
+        want = intents.get(rid)
+        if want is None:
+            continue
+        mode, limit = want.mode, want.power_limit_w
         setting = mem.setting
         if mode is setting.mode and (mode is not limit_mode or limit == setting.power_limit_w):
             continue
@@ -157,8 +141,6 @@ def hold_transitions(
             )
     if not held:
         return intents
-    if columns is not None:
-        return _hold_columns(columns, held)
     out = dict(intents)
     for rid, (setting, reason) in held.items():
         if setting.mode is Mode.UNKNOWN:
@@ -178,28 +160,3 @@ def _margin(point: ModePoint, hp: float, pp: float, terms: Economics) -> float:
     return revenue_usd_per_day(point.hashrate_ths, hp, terms) - cost_per_day(
         point.power_w, pp, terms
     )
-
-
-def _hold_columns(
-    intents: IntentColumns, held: Mapping[RigId, tuple[Setting, str]]
-) -> IntentColumns:
-    fleet: FleetViews = intents.fleet
-    codes = intents.codes.copy()
-    index = fleet.columns.index
-    texts: dict[int, str] = {}
-    for rid, (setting, text) in held.items():
-        i = index[rid]
-        mode = setting.mode
-        if mode in (Mode.LIMIT, Mode.UNKNOWN):
-            codes[i] = NONE  # no column for it: no intent, the guards hold the rig where it is
-            continue
-        codes[i] = MODE_CODES[mode]
-        texts[i] = text
-    order = intents.order[codes[intents.order] != NONE]
-    reason = intents.reason
-
-    def why(i: int) -> str | LazyReason:
-        text = texts.get(i)
-        return text if text is not None else reason(i)
-
-    return IntentColumns(fleet, codes, order, intents.policy, why)

@@ -1023,9 +1023,9 @@ def reference_guards(
     now: float,
     seed: int,
 ) -> tuple[dict[RigId, Desired], GuardState]:
-    """``apply_guards`` as first written: every rig through the whole per-rig chain
-    (``decide_rig``), every rise ordered by ``order_rises``, no shortcut; after a clock step
-    back, on the state shifted as documented."""
+    """``apply_guards`` written plainly: every rig through the per-rig chain (``decide_rig``),
+    every rise ordered by ``order_rises``, the ramp's slots and budget counted one by one;
+    after a clock step back, on the state shifted as documented."""
     if state.as_of is not None and now < state.as_of:
         state = state.shifted(now - state.as_of)
     per_rig = {}
@@ -1083,10 +1083,10 @@ def reference_guards(
 
 @PROPERTY
 @given(scenarios())
-def test_shortcuts_give_what_the_whole_chain_gives(sc: Scenario) -> None:
-    # apply_guards answers most rigs without the per-rig chain and orders only the rises the
-    # ramp can reach; over random runs it must equal the chain run for every rig, reasons
-    # (written lazily) included.
+def test_apply_guards_gives_what_the_plain_reference_gives(sc: Scenario) -> None:
+    # apply_guards orders only the rises the ramp can reach, counts start slots by arithmetic
+    # and passes reasons on unformatted; over random runs it must equal the plain reference
+    # (every rise ordered, slots counted one by one), reasons (written lazily) included.
     for step in simulate(sc):
         want = reference_guards(
             step.intents, step.fleet, step.market, step.prior, sc.config, step.overrides,
@@ -1133,3 +1133,14 @@ def test_state_round_trips_through_json() -> None:
     assert state.rigs["a"].thermal_cap is Mode.LOW
     assert state.rigs["b"].setting == Setting(Mode.LIMIT, 2000)
     assert [g.rig_id for g in state.ramp_log] == ["b"]
+
+
+def test_settings_compare_and_hash_by_value_and_plain_ones_are_shared() -> None:
+    # Setting.of shares one value per mode without a limit and Setting writes its own __eq__:
+    # equality and hashing must stay those of the value.
+    assert Setting.of(Mode.NORMAL, 3000) is Setting.of(Mode.NORMAL, None) == Setting(Mode.NORMAL)
+    assert Setting.of(Mode.LIMIT, 2000) == Setting(Mode.LIMIT, 2000) != Setting(Mode.LIMIT, 2001)
+    assert hash(Setting.of(Mode.LIMIT, 2000)) == hash(Setting(Mode.LIMIT, 2000))
+    assert Setting(Mode.SLEEP) != Setting(Mode.OFF)
+    assert Setting(Mode.SLEEP) != (Mode.SLEEP, None)
+    assert len({Setting(Mode.LOW), Setting.of(Mode.LOW, None), Setting(Mode.LIMIT, 5)}) == 2

@@ -191,12 +191,11 @@ def test_hold_transitions_keeps_a_settling_rig_where_it_is_and_says_why() -> Non
     )
 
 
-def test_hold_transitions_gives_the_same_intents_over_columns_as_over_a_list() -> None:
-    """The loop's policies answer over columns (IntentColumns); the per-rig answer must be the
-    same, in the same order, with the settling rigs held."""
+def test_hold_transitions_holds_the_settling_rigs_of_a_fleet_in_the_policy_order() -> None:
+    """Over a fleet the policy answered for: the settling rigs are held at their setting (same
+    policy, the settling reason), the others keep their intent, in the policy's order."""
     from policies.api import Site
     from policies.breakeven import BreakevenPolicy
-    from policies.columns import FleetViews, IntentColumns
 
     modes = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL})
     views = []
@@ -213,27 +212,18 @@ def test_hold_transitions_gives_the_same_intents_over_columns_as_over_a_list() -
             previous=Setting.of(before, None),
         )
     market = MarketView(hashprice_usd_per_ph_day=30.0, power_price_usd_per_kwh=0.09)
-    policy = BreakevenPolicy()
-    columns = policy.decide(market, FleetViews(views), Site(), 1000.0)
-    listed = policy.decide(market, views, Site(), 1000.0)
-    assert isinstance(columns, IntentColumns)
+    listed = BreakevenPolicy().decide(market, views, Site(), 1000.0)
     assert {i.mode for i in listed.values()} == {Mode.SLEEP}  # every rig loses money
-    fleet = FleetViews(views)
-    held_c = hold_transitions(columns, fleet, memory, lambda _: STOCK, market, TERMS, 1000.0)
-    held_l = hold_transitions(listed, views, memory, lambda _: STOCK, market, TERMS, 1000.0)
-    assert isinstance(held_c, IntentColumns)
-    assert isinstance(columns, IntentColumns)
-    own = hold_transitions(columns, columns.fleet, memory, lambda _: STOCK, market, TERMS, 1000.0)
-    assert [(r, i.mode, i.reason) for r, i in own.items()] == [
-        (r, i.mode, i.reason) for r, i in held_c.items()
-    ]
-    as_c = [(r, i.mode, i.policy, i.reason) for r, i in held_c.items()]
-    as_l = [(r, i.mode, i.policy, i.reason) for r, i in held_l.items()]
-    assert as_c == as_l
-    modes_now = {r: m for r, m, _, _ in as_c}
-    assert [modes_now[f"10.0.0.{i}"] for i in range(6)] == [
-        Mode.SLEEP if i % 2 == 0 else Mode.NORMAL for i in range(6)
-    ]
+    held = hold_transitions(listed, views, memory, lambda _: STOCK, market, TERMS, 1000.0)
+    assert list(held) == list(listed)
+    for rid, intent in held.items():
+        settling = int(rid.rsplit(".", 1)[1]) % 2 == 1
+        assert intent.policy == "breakeven"
+        if settling:
+            assert intent.mode is Mode.NORMAL
+            assert intent.reason.startswith("settling: changed to normal 30 s ago"), intent
+        else:
+            assert intent is listed[rid]
 
 
 def test_a_change_that_does_not_pay_for_itself_is_not_made() -> None:

@@ -27,7 +27,7 @@ GUARD_NAMES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Setting:
     """A mode and, for ``Mode.LIMIT``, its power limit (None for every other mode)."""
 
@@ -36,8 +36,27 @@ class Setting:
 
     @classmethod
     def of(cls, mode: Mode, power_limit_w: int | None) -> Setting:
-        """The setting, dropping a limit that only LIMIT mode carries."""
-        return cls(mode, power_limit_w if mode is Mode.LIMIT else None)
+        """The setting, dropping a limit that only LIMIT mode carries (one shared value per
+        mode without a limit: the guards compare settings for every rig, every tick)."""
+        if mode is _LIMIT:
+            return cls(mode, power_limit_w)
+        return _PLAIN[mode]
+
+    # Written out rather than generated: the same equality, without building two tuples.
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Setting:
+            return NotImplemented
+        assert isinstance(other, Setting)
+        return self.mode is other.mode and self.power_limit_w == other.power_limit_w
+
+    def __hash__(self) -> int:
+        return hash((self.mode, self.power_limit_w))
+
+
+_PLAIN: Final = {mode: Setting(mode) for mode in Mode}
+_LIMIT: Final = Mode.LIMIT  # a module global: reading an Enum member off its class costs more
 
 
 class Desired(HasLazyReason):
@@ -306,9 +325,6 @@ class GuardState:
     as_of: float | None = field(default=None, compare=False)
     """The ``now`` of the call that returned this state (None: not known). A later call with
     an earlier ``now`` means the clock stepped back: see :meth:`shifted`."""
-    columns: object = field(default=None, compare=False, repr=False)
-    """``rigs`` as columns for the fleet of the call that returned this state (see
-    ``policies.guards.columnar``), for the next call to start from; not part of the value."""
 
     def shifted(self, delta_s: float) -> GuardState:
         """Every time this state remembers moved by ``delta_s``: when the clock steps back by

@@ -10,6 +10,8 @@ from policies.values import Mode
 FLOOR_MODES = frozenset({Mode.SLEEP, Mode.OFF})
 """Modes that draw (next to) nothing: moving into one never raises power."""
 _EPS_W = 1e-6
+# Module globals: reading an Enum member off its class costs more, and these run for every rig.
+_OFF, _LIMIT, _SLEEP = Mode.OFF, Mode.LIMIT, Mode.SLEEP
 
 
 def point_for(rig: RigView, mode: Mode) -> ModePoint | None:
@@ -23,14 +25,15 @@ def point_for(rig: RigView, mode: Mode) -> ModePoint | None:
 def power_w(rig: RigView, setting: Setting) -> float | None:
     """Expected watts of ``setting`` on ``rig``: the limit in LIMIT mode, 0 when off, the mode
     point's watts otherwise, 0 for sleep without a point; None when nothing says."""
-    if setting.mode is Mode.OFF:
+    mode = setting.mode
+    if mode is _OFF:
         return 0.0
-    if setting.mode is Mode.LIMIT:
+    if mode is _LIMIT:
         return None if setting.power_limit_w is None else float(setting.power_limit_w)
-    point = point_for(rig, setting.mode)
+    point = point_for(rig, mode)
     if point is not None:
         return point.power_w
-    return 0.0 if setting.mode is Mode.SLEEP else None
+    return 0.0 if mode is _SLEEP else None
 
 
 def is_raise(rig: RigView, before: Setting, after: Setting) -> bool:
@@ -39,7 +42,7 @@ def is_raise(rig: RigView, before: Setting, after: Setting) -> bool:
     Unknown watts count as a raise (an unknown mode going to anything but sleep/off, or any
     setting going to one whose watts are unknown): the guards err towards "no".
     """
-    if before == after:
+    if before is after or before == after:  # plain settings are shared: identity first
         return False
     after_w = power_w(rig, after)
     before_w = power_w(rig, before)
@@ -52,7 +55,7 @@ def is_raise(rig: RigView, before: Setting, after: Setting) -> bool:
 
 def is_lowering(rig: RigView, before: Setting, after: Setting) -> bool:
     """True when ``after`` certainly draws less power than ``before``."""
-    if before == after:
+    if before is after or before == after:  # plain settings are shared: identity first
         return False
     after_w = power_w(rig, after)
     before_w = power_w(rig, before)
@@ -80,7 +83,7 @@ def margin_usd_per_day(
     hashprice = market.hashprice_usd_per_ph_day
     price = market.power_price_usd_per_kwh
     point = point_for(rig, setting.mode)
-    if hashprice is None or price is None or point is None or setting.mode is Mode.LIMIT:
+    if hashprice is None or price is None or point is None or setting.mode is _LIMIT:
         return None
     # breakeven(point, ...).margin_usd_per_day, without building the BreakEven
     return revenue_usd_per_day(point.hashrate_ths, hashprice, terms) - cost_per_day(
@@ -91,5 +94,5 @@ def margin_usd_per_day(
 def lowest_setting(rig: RigView) -> Setting:
     """The least power the rig can be put at: sleep (every rig sleeps), or off if that is all."""
     if Mode.SLEEP in rig.modes or Mode.OFF not in rig.modes:
-        return Setting(Mode.SLEEP)
-    return Setting(Mode.OFF)
+        return Setting.of(Mode.SLEEP, None)
+    return Setting.of(Mode.OFF, None)

@@ -8,8 +8,7 @@ thermal. The site-wide ramp (``ramp.py``) runs after, on what would raise power.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from policies.api import Intent, LazyReason, MarketView, RigView, reason_text
 from policies.guards.model import (
@@ -42,6 +41,7 @@ SOURCE_POLICY = "policy"
 SOURCE_HOLD = "hold"
 SOURCE_FAILSAFE = "failsafe"
 NO_INTENT_REASON = "no policy intent: keeps its current mode"
+_UNKNOWN: Final = Mode.UNKNOWN  # module globals: reading an Enum member off its class costs more
 
 
 class Decision:
@@ -81,12 +81,14 @@ class Decision:
         return reason_text(self.reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Latch:
-    """The thermal guard's memory of one rig."""
+class Latch(NamedTuple):
+    """The thermal guard's memory of one rig (a tuple: one is made for every rig, every tick)."""
 
     cap: Mode | None
     at: float | None
+
+
+_NO_LATCH: Final = Latch(None, None)
 
 
 def fresh_observation(rig: RigView, now: float, config: GuardConfig) -> Observation | None:
@@ -100,19 +102,24 @@ def fresh_observation(rig: RigView, now: float, config: GuardConfig) -> Observat
 def hold_setting(obs: Observation | None, prior: RigGuardState | None) -> Setting:
     """Where the rig stays when nothing moves it: its last desired setting, else what it was
     observed doing, else UNKNOWN (leave it alone)."""
-    if prior is not None and prior.setting.mode is not Mode.UNKNOWN:
+    if prior is not None and prior.setting.mode is not _UNKNOWN:
         return prior.setting
     if obs is not None:
         return Setting.of(obs.mode, obs.power_limit_w)
-    return Setting(Mode.UNKNOWN)
+    return Setting.of(Mode.UNKNOWN, None)
 
 
 def pick_override(rig: RigView, overrides: Sequence[Override], now: float) -> Override | None:
     """The active override for this rig: one naming it beats one naming its group; among
     equals the one asking for the least power wins (the safe side), then the earliest listed."""
-    live = [o for o in overrides if o.active(now) and o.matches(rig)]
+    live: list[Override] = []
+    for override in overrides:  # most rigs, most ticks: none matches
+        if override.matches(rig) and override.active(now):
+            live.append(override)
     if not live:
         return None
+    if len(live) == 1:
+        return live[0]
 
     def key(item: tuple[int, Override]) -> tuple[int, float, int]:
         index, override = item
@@ -134,7 +141,7 @@ def propose(
             SOURCE_OVERRIDE,
             bypass_dwell=override.bypass_dwell,
         )
-    if intent is not None and intent.mode is not Mode.UNKNOWN:
+    if intent is not None and intent.mode is not _UNKNOWN:
         setting = Setting.of(intent.mode, intent.power_limit_w)
         return Decision(setting, intent.policy, intent._reason, SOURCE_POLICY)
     return Decision(hold, NO_INTENT, NO_INTENT_REASON, SOURCE_HOLD)
@@ -158,7 +165,7 @@ def observation_guard(
     decision: Decision, rig: RigView, obs: Observation | None, hold: Setting
 ) -> Decision:
     """A rig without a fresh observation is only ever moved by an override lowering its power."""
-    if obs is not None or decision.setting == hold:
+    if obs is not None or decision.setting is hold or decision.setting == hold:
         return decision
     if decision.source == SOURCE_OVERRIDE and is_lowering(rig, hold, decision.setting):
         return decision
@@ -169,18 +176,19 @@ def stale_guard(
     decision: Decision, rig: RigView, hold: Setting, market: MarketView, config: GuardConfig
 ) -> Decision:
     """While a price is stale a policy's intent is replaced by the configured fail-safe."""
+    hashprice, price = market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh
+    if hashprice is not None and price is not None:
+        return decision
     if decision.source != SOURCE_POLICY or decision.decided_by in config.stale_exempt_policies:
         return decision
     stale = [
         name
         for name, value in (
-            ("hashprice", market.hashprice_usd_per_ph_day),
-            ("power price", market.power_price_usd_per_kwh),
+            ("hashprice", hashprice),
+            ("power price", price),
         )
         if value is None
     ]
-    if not stale:
-        return decision
     why = f"{' and '.join(stale)} stale: fail-safe {config.stale_failsafe.value}"
     target = _failsafe_setting(rig, hold, config.stale_failsafe)
     if target == hold:
@@ -190,9 +198,9 @@ def stale_guard(
 
 def _failsafe_setting(rig: RigView, hold: Setting, failsafe: FailSafe) -> Setting:
     if failsafe is FailSafe.SLEEP and Mode.SLEEP in rig.modes:
-        return Setting(Mode.SLEEP)
+        return Setting.of(Mode.SLEEP, None)
     if failsafe is FailSafe.NORMAL and Mode.NORMAL in rig.modes:
-        return Setting(Mode.NORMAL)
+        return Setting.of(Mode.NORMAL, None)
     return hold
 
 
@@ -208,6 +216,7 @@ def hysteresis_guard(
     moved by more than ``hysteresis_usd_per_day``."""
     if (
         decision.source != SOURCE_POLICY
+        or decision.setting is hold
         or decision.setting == hold
         or prior is None
         or prior.previous != decision.setting
@@ -242,7 +251,9 @@ def dwell_guard(
     config: GuardConfig,
 ) -> Decision:
     """No change within ``min_dwell_s`` of the last one, unless an override says so."""
-    if decision.setting == hold or prior is None or prior.changed_at is None:
+    if prior is None or prior.changed_at is None or decision.setting is hold:
+        return decision
+    if decision.setting == hold:
         return decision
     if decision.source == SOURCE_OVERRIDE and decision.bypass_dwell:
         return decision
@@ -265,13 +276,11 @@ def update_latch(
     hashing and reports no chip temperature, ``thermal_cooldown_s`` after it was last hot."""
     cap = prior.thermal_cap if prior is not None else None
     at = prior.thermal_at if prior is not None else None
-    if obs is None:
-        return Latch(cap, at)
-    temp = obs.max_chip_temp_c
+    temp = None if obs is None else obs.max_chip_temp_c
     if temp is not None and temp >= c.thermal_limit_c:
         return Latch(thermal_target(rig, temp, c).mode, now)
-    if cap is None:
-        return Latch(None, at)
+    if obs is None or cap is None:
+        return _NO_LATCH if cap is None and at is None else Latch(cap, at)
     if temp is not None and temp < c.thermal_resume_c:
         return Latch(None, at)
     cooled_long_enough = at is None or now - at >= c.thermal_cooldown_s
@@ -283,7 +292,7 @@ def update_latch(
 def thermal_target(rig: RigView, temp_c: float, config: GuardConfig) -> Setting:
     """Low when the rig has a low mode with known watts and is below critical, else sleep."""
     if temp_c < config.thermal_critical_c and point_for(rig, Mode.LOW) is not None:
-        return Setting(Mode.LOW)
+        return Setting.of(Mode.LOW, None)
     return lowest_setting(rig)
 
 
