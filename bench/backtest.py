@@ -203,16 +203,16 @@ def kept_starts(patch: Callable[[Any, str, Any], None]) -> dict[tuple[float, str
     """Collect the power-ups the replay keeps (its ramp memory after each guard step) into the
     returned dict, (start slot, rig id) -> kW, from now on. ``patch`` installs the spy:
     ``setattr``, or a test's ``monkeypatch.setattr`` to have it removed afterwards."""
-    from backtest import engine
+    from backtest import cohorts
 
     kept: dict[tuple[float, str], float] = {}
-    guard = engine.PolicyRun._guard
+    guard = cohorts.PolicyRun._guard
 
-    def keep(run: engine.PolicyRun, *args: Any) -> None:
+    def keep(run: cohorts.PolicyRun, *args: Any) -> None:
         guard(run, *args)
         kept.update(((g.at, g.rig_id), g.kw) for g in run.ramp_log)
 
-    patch(engine.PolicyRun, "_guard", keep)
+    patch(cohorts.PolicyRun, "_guard", keep)
     return kept
 
 
@@ -232,7 +232,7 @@ def peak_kw_in_minute(starts: dict[tuple[float, str], float]) -> float:
 
 def _timed_parts() -> dict[str, float]:
     """Wrap the replay's parts with timers; returns the running totals (seconds)."""
-    from backtest import engine
+    from backtest import cohorts
 
     spent = {"apply_guards": 0.0, "guard path": 0.0, "policies": 0.0}
 
@@ -248,9 +248,9 @@ def _timed_parts() -> dict[str, float]:
 
         setattr(owner, name, wrapper)
 
-    timed(engine, "apply_guards", "apply_guards")
-    timed(engine.PolicyRun, "_guard", "guard path")
-    timed(engine.PolicyRun, "_decide", "policies")
+    timed(cohorts, "guard", "apply_guards")
+    timed(cohorts.PolicyRun, "_guard", "guard path")
+    timed(cohorts.PolicyRun, "_decide", "policies")
     return spent
 
 

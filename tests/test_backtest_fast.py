@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from backtest.engine import Outcome, ReplayConfig, _observed_at, replay
+from backtest.cohorts import _observed_at
+from backtest.engine import Outcome, ReplayConfig, replay
 from backtest.inputs import Fleet, Market, RigGroup
 from backtest.physics import RigPhysics, _state_key
 from backtest.report import summary
