@@ -20,7 +20,9 @@ from simulator.models import ModelSpec
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
     """What the replay runs: the policies (by name, loaded by the caller), the guards' and
-    site's settings, the loop's tick, and the ramp jitter's seed."""
+    site's settings, the loop's tick, and the ramp jitter's seed. ``exact`` calls the
+    policies and guards at every tick (no call skipped); ``plain`` also shows every rig as a
+    cohort of its own, never merged: the plain replay the cohort optimiser is tested against."""
 
     policies: tuple[str, ...] = ("breakeven",)
     guards: GuardConfig = field(default_factory=GuardConfig)
@@ -28,6 +30,7 @@ class ReplayConfig:
     tick_s: float = 30.0
     seed: int = 0
     exact: bool = False
+    plain: bool = False
 
     @property
     def economics(self) -> Economics:

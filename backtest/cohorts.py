@@ -17,12 +17,15 @@ Two things make a year of 1,000 rigs cheap without changing a decision (docs/bac
   indistinguishable. Policies that look at the whole fleet (``power-cap``, plugins) see one
   view per rig.
 - **Skipping.** A tick is run when the market row changes and then every ``tick_s`` while
-  anything is pending (a rig held back by a guard, in transition, thermally latched). At a new
-  row the policies are called unless, for ``breakeven``, no cohort's best mode changed (the
-  policy's documented rule, checked with the core's own margin arithmetic); the guards are
-  called unless nothing asks for a change and nothing is pending, which is when the guards'
-  documented result is "keep every rig as it is". ``exact=True`` calls everything every
-  ``tick_s`` (the plain replay); the tests check both give identical results.
+  anything may change with time: a rig in transition or thermally latched, or held back by a
+  guard whose hold may end (when it ends, as the guards say: ``held_until``). Per-rig,
+  clock-free policies (``breakeven``) are asked about every cohort when the prices changed and
+  about the cohorts whose observation changed otherwise; the guards are not called for a
+  cohort whose answer they say is known (``policies/guards/horizon.py``: ``keeps``, nothing
+  asks it to change; ``held_again``, the same inputs held it back before and the hold lasts).
+  ``exact=True`` calls everything every ``tick_s``; ``plain=True`` also shows every rig as its
+  own cohort (the plain replay). The tests check that all three give the same results (the
+  plain replay where the ramp does not bind: docs/backtest.md says why).
 """
 
 from __future__ import annotations
@@ -37,23 +40,21 @@ from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from daemon.rig_economics import mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView
-from policies.economics import Economics, cost_per_day, revenue_usd_per_day
 from policies.guards import (
-    DWELL,
-    HYSTERESIS,
     RAMP,
     Desired,
-    FailSafe,
     GuardState,
     RigGuardState,
     Setting,
 )
+from policies.guards.horizon import held_again, held_until, keeps
 from policies.guards.power import is_raise
 from policies.guards.ramp import prune_log, start_slots
+from policies.guards.rig import dwell_holds
 from policies.tick import PolicyFailure, ask, combined, guard
 from policies.timing import STOCK, Transition
 from policies.transition import settling_until
-from policies.values import HASHING_MODES, Identity, Make, Mode, Observation, PowerSource, RigId
+from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 
 PER_RIG_POLICIES = frozenset({"breakeven", "schedule"})
 """Policies whose intent for a rig depends on that rig's view alone (docs/policies.md)."""
@@ -155,14 +156,12 @@ class PolicyRun:
         self.policies = list(policies)
         self.config = config
         self.counters = Counters()
+        self.exact = config.exact or config.plain  # no call skipped
         self.failing = False  # a policy failed at the last decision: decide again each tick
         self.failures: dict[str, PolicyFailed] = {}
         self.ramp_log = GuardState().ramp_log
         self.intents: dict[RigId, Intent] = {}
         self.intents_market: tuple[float | None, float | None] | None = None
-        # breakeven's best mode by a cohort's points, at the prices _best_at
-        self._best_at: tuple[float | None, float | None] | None = None
-        self._best: dict[tuple[tuple[Mode, float, float], ...], Mode | None] = {}
         names = {p.name for p in self.policies}
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
@@ -200,9 +199,6 @@ class PolicyRun:
                     mode_points(obs, u.cls.modes, u.cls.entry, settling=u.settling, ratios=u.ratios)
                 )
                 view = RigView(u.uid, obs, u.cls.modes, points, group=u.cls.group)
-                u.points = tuple(
-                    (p.mode, p.hashrate_ths, p.power_w) for p in points if p.mode in u.cls.modes
-                )
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
                 obs = _observed_at(view.observation, now)
@@ -217,38 +213,21 @@ class PolicyRun:
         self.counters.ticks += 1
         prices = (market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh)
         self._look(now)
-        if self.config.exact or not self.partial or self.intents_market is None or self.failing:
+        if self.exact or not self.partial or self.intents_market is None or self.failing:
             self._decide(market, list(self.s.units), now)
         else:
             # Per-rig, clock-free policies: a cohort's intent can change only when its
-            # observation did, or when the prices moved its best mode.
+            # observation or the prices did (the policies themselves are asked which).
             moved = prices != self.intents_market
-            todo = [u for u in self.s.units if u.changed or (moved and self._moved(u, prices))]
+            todo = list(self.s.units) if moved else [u for u in self.s.units if u.changed]
             if todo:
                 self._decide(market, todo, now)
         self.intents_market = prices
         for u in self.s.units:
             u.changed = False
-        stale = prices[0] is None or prices[1] is None
-        busy = [
-            u for u in self.s.units if self.config.exact or not self._quiet(u, stale, prices, now)
-        ]
+        busy = [u for u in self.s.units if self.exact or not self._quiet(u, market, prices, now)]
         if busy:
             self._guard(market, busy, now, prices)
-
-    def _moved(self, u: Unit, prices: tuple[float | None, float | None]) -> bool:
-        """Whether ``breakeven``'s intent for ``u`` may differ at ``prices``."""
-        want = self.intents.get(u.uid)
-        hp, pp = prices
-        if hp is None or pp is None:
-            return want is not None
-        if self._best_at != prices:
-            self._best_at, self._best = prices, {}
-        if u.points in self._best:
-            best = self._best[u.points]
-        else:
-            best = self._best[u.points] = _best_mode(u.points, hp, pp, self.config.economics)
-        return (None if want is None else want.mode) is not best
 
     def _decide(self, market: MarketView, units: list[Unit], now: float) -> None:
         self.counters.decide_calls += 1
@@ -282,35 +261,17 @@ class PolicyRun:
                 self.intents[u.uid] = want
 
     def _quiet(
-        self, u: Unit, stale: bool, prices: tuple[float | None, float | None], now: float
+        self, u: Unit, market: MarketView, prices: tuple[float | None, float | None], now: float
     ) -> bool:
-        """True when the guards' documented result for ``u`` is "stays as it is, same memory":
-        nothing asks it to change, no guard holds it back, it is neither hot nor latched; or
-        hysteresis (or a dwell not yet over) held it with exactly these inputs before."""
+        """True when the guards' answer for ``u`` is known, as the guards themselves say
+        (policies/guards/horizon.py): it stays as it is with the same memory; or the guard
+        that held it back at the last call, with exactly these inputs, holds it again."""
         mem = u.memory
-        if mem is None or mem.thermal_cap is not None:
-            return False
         if u.pending:
-            if u.guard_key != self._guard_key(u, prices) or u.held_by not in (HYSTERESIS, DWELL):
+            if u.guard_key != self._guard_key(u, prices):
                 return False
-            if u.held_by == HYSTERESIS:
-                return True
-            due = (mem.changed_at or 0.0) + self.config.guards.min_dwell_s
-            return now < due
-        temp = u.temp_c
-        if temp >= self.config.guards.thermal_limit_c:
-            return False
-        want = self.intents.get(u.uid)
-        if want is None:
-            return True
-        if Setting.of(want.mode, want.power_limit_w) != mem.setting:
-            return False
-        g = self.config.guards
-        return not (
-            stale
-            and g.stale_failsafe is not FailSafe.HOLD
-            and want.policy not in g.stale_exempt_policies
-        )
+            return held_again(u.held_by, mem, now, self.config.guards)
+        return keeps(mem, self.intents.get(u.uid), u.temp_c, market, self.config.guards)
 
     def _failed(self, failures: Sequence[PolicyFailure], now: float) -> None:
         for f in failures:
@@ -382,7 +343,7 @@ class PolicyRun:
                 )
                 if u.view is not None:
                     part.view = dataclasses.replace(u.view, rig_id=part.uid)
-                    part.view_key, part.points = u.view_key, u.points
+                    part.view_key = u.view_key
                 self.s.units.insert(self.s.units.index(u) + n, part)
             parts.append(part)
         for part, ks in zip(parts, index_groups, strict=True):
@@ -421,7 +382,7 @@ class PolicyRun:
         shown = {u.uid: self._shown(u, slots) for u in units}
         wide = {uid for uid, ids in shown.items() if len(ids) > 1}
         known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
-        if self.config.exact or not wide or known:
+        if self.exact or not wide or known:
             self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices)
             return
         log = self.ramp_log
@@ -576,11 +537,11 @@ class PolicyRun:
 
     def next_tick(self, now: float) -> float | None:
         """When the next tick could change anything, before new prices: the next ``tick_s``
-        while a rig is in transition, held by the ramp or thermally, or latched; when its
-        dwell ends for a rig the dwell holds; never for a rig only hysteresis holds (that
-        changes with prices or observations only)."""
+        while a rig is in transition, thermally latched, or held back by a guard whose hold
+        may end with time; otherwise when the first hold ends, as the guards say
+        (``held_until``: a dwell when it ends, hysteresis never by time)."""
         tick = self.config.tick_s
-        if self.config.exact or self.clocked or self.failing:
+        if self.exact or self.clocked or self.failing:
             return now + tick
         due: float | None = None
         for u in self.s.units:
@@ -589,20 +550,25 @@ class PolicyRun:
                 return now + tick
             if u.settling:  # decided again (and scored on its readings) once settled
                 return now + tick
-            if not u.pending or u.held_by == HYSTERESIS:
+            if not u.pending:
                 continue
-            if u.held_by == DWELL and mem is not None and mem.changed_at is not None:
-                when = mem.changed_at + self.config.guards.min_dwell_s
-                steps = max(1, math.ceil((when - now) / tick - 1e-9))
-                at = now + steps * tick
-                due = at if due is None else min(due, at)
+            when = held_until(u.held_by, mem, self.config.guards)
+            if when is None:
+                return now + tick
+            if when == math.inf:
                 continue
-            return now + tick
+            steps = max(1, math.ceil((when - now) / tick - 1e-9))
+            at = now + steps * tick
+            due = at if due is None else min(due, at)
         return due
 
     def merge(self, now: float) -> None:
-        """Cohorts that have become indistinguishable become one again."""
-        dwell = self.config.guards.min_dwell_s
+        """Cohorts that have become indistinguishable become one again: the time of a change
+        stops counting once its dwell is over (``dwell_holds``, the dwell guard's test)."""
+        guards = self.config.guards
+        if self.config.plain:  # every rig its own cohort, throughout
+            self.counters.peak_units = len(self.s.units)
+            return
         seen: dict[tuple[object, ...], Unit] = {}
         keep: list[Unit] = []
         merged = False
@@ -611,7 +577,7 @@ class PolicyRun:
             if not u.phys.settled or u.pending or mem is None or u.settling:
                 keep.append(u)
                 continue
-            recent = mem.changed_at is not None and now - mem.changed_at < dwell
+            recent = dwell_holds(mem, now, guards)
             key = (
                 u.cls.label,
                 u.setting,
@@ -620,6 +586,7 @@ class PolicyRun:
                 mem.previous,
                 mem.changed_by,
                 mem.thermal_cap,
+                None if mem.thermal_cap is None else mem.thermal_at,
                 mem.changed_at if recent else None,
                 _intent_key(self.intents.get(u.uid)),
             )
@@ -663,22 +630,3 @@ def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> b
 
 def _intent_key(intent: Intent | None) -> tuple[object, ...] | None:
     return None if intent is None else (intent.mode, intent.power_limit_w, intent.policy)
-
-
-def _best_mode(
-    points: Sequence[tuple[Mode, float, float]], hp: float, pp: float, terms: Economics
-) -> Mode | None:
-    """The mode ``breakeven`` picks from these points (docs/policies.md: the best margin, ties to
-    the lower power; no intent without a hashing point), by the core's arithmetic."""
-    if not any(m in HASHING_MODES and ths > 0 for m, ths, _ in points):
-        return None
-    best: Mode | None = None
-    best_key = (math.inf, math.inf)
-    for mode, ths, watts in points:  # the first smallest, as min() would pick
-        key = (
-            -round(revenue_usd_per_day(ths, hp, terms) - cost_per_day(watts, pp, terms), 9),
-            watts,
-        )
-        if best is None or key < best_key:
-            best, best_key = mode, key
-    return best

@@ -55,22 +55,22 @@ class Outcome:
 # running everything
 
 
-def _units(strategy: Strategy, classes: Sequence[RigClass], start: float) -> None:
+def _units(
+    strategy: Strategy, classes: Sequence[RigClass], start: float, plain: bool = False
+) -> None:
+    """One cohort per class (``plain``: one per rig), every rig running at normal."""
     steady: dict[tuple[str, float, float], RigPhysics] = {}
     for c in classes:
         key = (c.spec.key, c.health, c.ambient_c)
         if key not in steady:
             steady[key] = RigPhysics.running(c.spec, c.health, c.ambient_c, start)
-        strategy.units.append(
-            Unit(
-                strategy.new_uid(),
-                c,
-                list(range(c.first, c.first + c.count)),
-                steady[key].copy(),
-                Setting(Mode.NORMAL),
-                start,
+        rigs = list(range(c.first, c.first + c.count))
+        for members in [[i] for i in rigs] if plain else [rigs]:
+            strategy.units.append(
+                Unit(
+                    strategy.new_uid(), c, members, steady[key].copy(), Setting(Mode.NORMAL), start
+                )
             )
-        )
 
 
 def replay(
@@ -95,7 +95,7 @@ def replay(
     interval = float(market.interval_s)
 
     live = Strategy(prices, terms, classes)
-    _units(live, classes, market.start)
+    _units(live, classes, market.start, config.plain)
     run = PolicyRun(live, policies, config, progress)
     p0_live = live.initial_power_w()
 

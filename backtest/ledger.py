@@ -94,7 +94,6 @@ class Unit:
     changed: bool = True  # its observation changed since the policies last saw it
     settling: bool = False  # commanded and not yet settled (policies/transition.py)
     ratios: Ratios | None = None  # measured shares of rated hashrate and power, last seen
-    points: tuple[tuple[Mode, float, float], ...] = ()  # supported (mode, TH/s, W) for checks
 
     @property
     def m(self) -> int:

@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policies.api import Intent, MarketView, RigView, Site
 from policies.breakeven import BreakevenPolicy
 from policies.economics import ModePoint
-from policies.guards import GuardConfig, GuardState, Override, RigGuardState, Setting
+from policies.guards import (
+    FailSafe,
+    GuardConfig,
+    GuardState,
+    Override,
+    RigGuardState,
+    Setting,
+    apply_guards,
+)
+from policies.guards.horizon import held_again, held_until, keeps
 from policies.tick import PolicyFailure, checked_opinion, tick, with_site_target
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 
@@ -171,3 +184,90 @@ def test_the_loop_and_the_backtest_decide_through_the_tick() -> None:
         assert "daemon.loop" not in imported, path
     assert "policies.tick" in (REPO / "backtest" / "cohorts.py").read_text()
     assert "from policies.tick import" in (REPO / "daemon" / "loop.py").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# the guards' own answer to "would you answer the same again?" (policies/guards/horizon.py),
+# which the backtest's cohort replay asks instead of predicting the guards itself
+
+
+SETTINGS = st.sampled_from([Setting.of(m, None) for m in (Mode.SLEEP, Mode.LOW, Mode.NORMAL)])
+POLICY_NAMES = st.sampled_from(["breakeven", "exempt"])
+
+
+@st.composite
+def guard_case(draw: st.DrawFn) -> tuple[RigView, Intent | None, RigGuardState, MarketView,
+                                         GuardConfig]:  # fmt: skip
+    setting = draw(SETTINGS)
+    changed_ago = draw(st.none() | st.floats(0.0, 2000.0))
+    prior = RigGuardState(
+        setting,
+        None if changed_ago is None else T0 - changed_ago,
+        None if changed_ago is None else draw(SETTINGS),
+        draw(st.sampled_from(["breakeven", "dwell", "thermal", "override", ""])),
+        draw(st.none() | st.sampled_from([Mode.LOW, Mode.SLEEP])),
+        draw(st.none() | st.floats(T0 - 900.0, T0)),
+    )
+    seen = draw(SETTINGS).mode if draw(st.booleans()) else setting.mode
+    view = rig("r", seen, temp_c=draw(st.sampled_from([40.0, 85.0, 89.9, 90.0, 96.0])))
+    if draw(st.booleans()):
+        view = RigView("r", None, MODES, POINTS)
+    intent = None
+    if draw(st.booleans()):
+        mode = draw(SETTINGS).mode
+        intent = Intent("r", mode, "wants it", draw(POLICY_NAMES))
+    market = MarketView(
+        draw(st.none() | st.floats(20.0, 60.0)), draw(st.none() | st.floats(0.0, 0.2))
+    )
+    config = GuardConfig(
+        min_dwell_s=draw(st.sampled_from([0.0, 300.0, 600.0])),
+        hysteresis_usd_per_day=draw(st.sampled_from([0.0, 0.25, 5.0])),
+        stale_failsafe=draw(st.sampled_from(list(FailSafe))),
+        stale_exempt_policies=frozenset({"exempt"}),
+        ramp_rigs_per_s=draw(st.sampled_from([0.01, 1.0])),
+    )
+    return view, intent, prior, market, config
+
+
+@settings(max_examples=400, deadline=None)
+@given(guard_case())
+def test_when_the_guards_say_they_keep_a_rig_apply_guards_keeps_it(
+    case: tuple[RigView, Intent | None, RigGuardState, MarketView, GuardConfig],
+) -> None:
+    view, intent, prior, market, config = case
+    temp = view.observation.max_chip_temp_c if view.observation is not None else None
+    if not keeps(prior, intent, temp, market, config):
+        return
+    intents = {} if intent is None else {"r": intent}
+    state = GuardState(rigs={"r": prior})
+    desired, after = apply_guards(intents, [view], market, state, config, (), T0, 3)
+    d = desired["r"]
+    assert (d.mode, d.power_limit_w, d.held_back) == (prior.setting.mode, None, False)
+    assert after.rigs["r"] == prior and after.ramp_log == ()
+
+
+@settings(max_examples=400, deadline=None)
+@given(guard_case(), st.floats(1.0, 1200.0))
+def test_when_the_guards_say_a_hold_holds_again_it_does(
+    case: tuple[RigView, Intent | None, RigGuardState, MarketView, GuardConfig], later_s: float
+) -> None:
+    view, intent, prior, market, config = case
+    intents = {} if intent is None else {"r": intent}
+    state = GuardState(rigs={"r": prior})
+    first, state = apply_guards(intents, [view], market, state, config, (), T0, 3)
+    d = first["r"]
+    memory = state.rigs.get("r")
+    again_at = T0 + later_s
+    if not d.held_back or not held_again(d.decided_by, memory, again_at, config):
+        return
+    until = held_until(d.decided_by, memory, config)
+    assert until is not None and again_at < until + 1e-6
+    obs = view.observation
+    if obs is not None:  # the same reading, read again
+        view = replace(view, observation=replace(obs, observed_at=again_at))
+    second, after = apply_guards(intents, [view], market, state, config, (), again_at, 3)
+    e = second["r"]
+    assert (e.mode, e.power_limit_w, e.held_back, e.decided_by) == (
+        d.mode, d.power_limit_w, True, d.decided_by
+    )  # fmt: skip
+    assert after.rigs.get("r") == memory
