@@ -232,7 +232,8 @@ class PolicyRun:
     def _decide(self, market: MarketView, units: list[Unit], now: float) -> None:
         self.counters.decide_calls += 1
         site = self.config.site
-        self._views(self.s.units if self.fleetwide else units, now)
+        if self.fleetwide:  # every cohort's view, for the policies that see each rig
+            self._views(self.s.units, now)
         fleetwide = {
             p.name: self._decide_fleetwide(p, market, now)
             for p in self.policies

@@ -17,9 +17,9 @@ from policies.guards import (
     RigGuardState,
     Setting,
 )
+from policies.guards.power import FLOOR_MODES
 from policies.values import Mode
 
-_SLEEPING = (Mode.SLEEP, Mode.OFF)
 _DAY_S = 86_400.0
 
 
@@ -150,7 +150,7 @@ class Strategy:
         u.since = t
 
     def _time_in_mode(self, u: Unit, dt: float) -> None:
-        if u.setting.mode in _SLEEPING:
+        if u.setting.mode in FLOOR_MODES:
             u.acct.asleep_s += dt
         elif u.setting.mode is Mode.LOW:
             u.acct.low_s += dt
@@ -246,7 +246,7 @@ class Strategy:
         self._seg_start = t
         self.row_energy_ws.append(self._row_e)
         self.row_hash_ths_s.append(self._row_h)
-        self.row_hashing.append(sum(u.m for u in self.units if u.setting.mode not in _SLEEPING))
+        self.row_hashing.append(sum(u.m for u in self.units if u.setting.mode not in FLOOR_MODES))
         self.row_change_cost.append(self._row_c)
         self._row_e = self._row_h = self._row_c = 0.0
 
