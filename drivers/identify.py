@@ -22,6 +22,7 @@ from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 from drivers import webdigest
 from drivers.base import RigDriver
 from drivers.detect import detect, within
+from drivers.epic import EPic, epic_summary, tuning_of
 from drivers.generic import PyasicGeneric
 from drivers.luxos import LuxOS
 from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
@@ -31,7 +32,7 @@ from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_frame
 from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
-    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS)
+    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS, EPic)
 }
 MAX_DETAIL = 64  # characters kept of a rig's serial, MAC or firmware text
 _MAKES = {"BOS+": Make.BRAIINS, "LuxOS": Make.LUXOS, "VNish": Make.VNISH}
@@ -173,6 +174,8 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         )
     if firmware_kind == "LuxOS":
         return await _luxos_identity(address, model, miner, timeout_s)
+    if firmware_kind == "ePIC":
+        return await _epic_identity(address, model, miner, timeout_s)
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
     if miner.raw_model is None:
@@ -210,6 +213,34 @@ async def _luxos_identity(address: str, model: str, miner: Any, timeout_s: float
         _field(config, "SerialNumber"),
         _field(config, "MACAddr"),
         _extra(miner, version, "LuxOS", fingerprint),
+    )
+
+
+async def _epic_identity(address: str, model: str, miner: Any, timeout_s: float) -> Identity:
+    """ePIC: its HTTP API on 4028 (as pyasic reads it): firmware from ``/summary``'s
+    ``Software`` (also the fingerprint), serial from ``/capabilities``' control board
+    ``cpuSerial`` (as asic-rs reads it), MAC from ``/network``; the tuning facts are checked
+    here, so a rig whose capabilities the driver cannot use is not taken for an ePIC rig."""
+    session = webdigest.WebSession(address, "root", "", port=RPC_PORT)
+    try:
+        capabilities = await session.get_json("/capabilities", timeout_s)
+        tuning_of(capabilities)
+        summary = epic_summary(await session.get_json("/summary", timeout_s))
+        network = await _quiet(session.get_json("/network", timeout_s))
+    finally:
+        await session.release()
+    version = summary.status.fingerprint or "ePIC"
+    board = _msg(capabilities, "Control Board Version")
+    nics = [v for v in (network or {}).values() if isinstance(v, dict)]
+    return Identity(
+        address,
+        Make.EPIC,
+        model,
+        version,
+        EPic.name,
+        _field(board, "cpuSerial"),
+        _field(nics[0], "mac_address") if nics else None,
+        _extra(miner, version, "ePIC", summary.status.fingerprint),
     )
 
 

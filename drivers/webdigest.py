@@ -105,6 +105,27 @@ class WebSession:
         self, method: str, uri: str, body: bytes | None, timeout_s: float
     ) -> dict[str, Any]:
         """One request (two on a new or stale challenge); errors as :meth:`get_json`."""
+        status, headers, reply = await self.request(method, uri, body, timeout_s)
+        if status == 401:
+            offered = headers.get("www-authenticate", "")
+            if offered and not offered.lower().startswith("digest "):
+                scheme = offered.split(" ", maxsplit=1)[0]
+                raise DriverError(
+                    FailureKind.BAD_REPLY, f"web UI asks for {scheme!r} auth, not digest"
+                )
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"web UI refused the credentials for user {self.user!r}"
+            )
+        if status != 200:
+            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
+        return json_object(reply, f"web UI {uri}")
+
+    async def request(
+        self, method: str, uri: str, body: bytes | None, timeout_s: float
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One request (two on a new or stale challenge): the status, headers and body of any
+        status; DriverError TIMEOUT, UNREACHABLE, or BAD_REPLY (a body over the cap, broken
+        framing)."""
         try:
             async with asyncio.timeout(timeout_s):
                 status, headers, reply = await self._authenticated(method, uri, body)
@@ -126,25 +147,7 @@ class WebSession:
             raise DriverError(
                 FailureKind.UNREACHABLE, f"web UI: {exc or type(exc).__name__}"
             ) from None
-        if status == 401:
-            offered = headers.get("www-authenticate", "")
-            if offered and not offered.lower().startswith("digest "):
-                scheme = offered.split(" ", maxsplit=1)[0]
-                raise DriverError(
-                    FailureKind.BAD_REPLY, f"web UI asks for {scheme!r} auth, not digest"
-                )
-            raise DriverError(
-                FailureKind.BAD_REPLY, f"web UI refused the credentials for user {self.user!r}"
-            )
-        if status != 200:
-            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
-        try:
-            value = json.loads(reply)
-        except (ValueError, UnicodeDecodeError):
-            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not JSON") from None
-        if not isinstance(value, dict):
-            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not a JSON object")
-        return value
+        return status, headers, reply
 
     async def _authenticated(
         self, method: str, uri: str, body: bytes | None
@@ -248,6 +251,17 @@ class WebSession:
         else:
             await self.release()  # Connection: close, HTTP/1.0, or a close-delimited body
         return status, headers, b"".join(chunks)
+
+
+def json_object(body: bytes, where: str) -> dict[str, Any]:
+    """``body`` as a JSON object; DriverError BAD_REPLY naming ``where`` otherwise."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise DriverError(FailureKind.BAD_REPLY, f"{where}: not JSON") from None
+    if not isinstance(value, dict):
+        raise DriverError(FailureKind.BAD_REPLY, f"{where}: not a JSON object")
+    return value
 
 
 async def get_json(

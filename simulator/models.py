@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-Make = Literal["antminer", "whatsminer", "luxos"]
-"""``luxos``: an Antminer running LuxOS (see :func:`on_luxos`)."""
+Make = Literal["antminer", "whatsminer", "luxos", "epic"]
+"""``luxos``: an Antminer running LuxOS (see :func:`on_luxos`); ``epic``: one running ePIC's
+PowerPlay firmware (see :func:`on_epic`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,3 +219,15 @@ def on_luxos(spec: ModelSpec) -> ModelSpec:
     if spec.make != "antminer":
         raise ValueError(f"{spec.key} is a {spec.make}: LuxOS runs on Antminers only")
     return replace(spec, make="luxos", firmware=LUXOS_FIRMWARE)
+
+
+EPIC_FIRMWARE = "PowerPlay-BMS v1.5.13"
+"""The ``Software`` of the ePIC captures (tests/fixtures/captures/epic/v1)."""
+
+
+def on_epic(spec: ModelSpec) -> ModelSpec:
+    """``spec``, an Antminer, running ePIC's PowerPlay firmware (same hardware, same physics;
+    make ``epic``, whose handlers are ``simulator/epic.py``)."""
+    if spec.make != "antminer":
+        raise ValueError(f"{spec.key} is a {spec.make}: ePIC runs on Antminers only")
+    return replace(spec, make="epic", firmware=EPIC_FIRMWARE)
