@@ -29,10 +29,20 @@ from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
 from drivers.stock import RPC_PORT, V3_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
 from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_framed, request
+from drivers.vnish import VNish, vnish_read
 from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
-    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS, EPic)
+    cls.name: cls
+    for cls in (
+        AntminerStock,
+        WhatsminerV2,
+        WhatsminerV3,
+        PyasicGeneric,
+        LuxOS,
+        EPic,
+        VNish,
+    )
 }
 MAX_DETAIL = 64  # characters kept of a rig's serial, MAC or firmware text
 _MAKES = {"BOS+": Make.BRAIINS, "LuxOS": Make.LUXOS, "VNish": Make.VNISH}
@@ -176,6 +186,8 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         return await _luxos_identity(address, model, miner, timeout_s)
     if firmware_kind == "ePIC":
         return await _epic_identity(address, model, miner, timeout_s)
+    if firmware_kind == "VNish":
+        return await _vnish_identity(address, model, miner, timeout_s)
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
     if miner.raw_model is None:
@@ -241,6 +253,34 @@ async def _epic_identity(address: str, model: str, miner: Any, timeout_s: float)
         _field(board, "cpuSerial"),
         _field(nics[0], "mac_address") if nics else None,
         _extra(miner, version, "ePIC", summary.status.fingerprint),
+    )
+
+
+async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float) -> Identity:
+    """VNish: its REST API on 80, as the driver reads it (unlock, then ``summary`` for the
+    fingerprint ``miner_type``); firmware, serial and MAC from ``info`` (``fw_version``,
+    ``serial``, ``system.network_status.mac``, as asic-rs reads them)."""
+    driver = VNish(Identity(address, Make.VNISH, model, "VNish", VNish.name))
+    try:
+        summary = vnish_read(
+            webdigest.json_object(await driver.call("GET", "/summary", None, timeout_s), "summary")
+        )
+        info = await _quiet(driver.web.get_json("/api/v1/info", timeout_s))
+    finally:
+        await driver.web.release()
+    fw = _field(info, "fw_version")
+    version = f"Vnish {fw}" if fw else "VNish"
+    serial = _field(info, "serial")
+    network = _msg(_msg(info, "system"), "network_status")
+    return Identity(
+        address,
+        Make.VNISH,
+        model,
+        version,
+        VNish.name,
+        None if serial == "N/A" else serial,
+        _field(network, "mac"),
+        _extra(miner, version, "VNish", summary.status.fingerprint),
     )
 
 

@@ -121,14 +121,19 @@ class WebSession:
         return json_object(reply, f"web UI {uri}")
 
     async def request(
-        self, method: str, uri: str, body: bytes | None, timeout_s: float
+        self,
+        method: str,
+        uri: str,
+        body: bytes | None,
+        timeout_s: float,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> tuple[int, httpx.Headers, bytes]:
         """One request (two on a new or stale challenge): the status, headers and body of any
         status; DriverError TIMEOUT, UNREACHABLE, or BAD_REPLY (a body over the cap, broken
-        framing)."""
+        framing). ``extra`` headers go with it (a firmware's own token, say)."""
         try:
             async with asyncio.timeout(timeout_s):
-                status, headers, reply = await self._authenticated(method, uri, body)
+                status, headers, reply = await self._authenticated(method, uri, body, extra)
         except TimeoutError:
             await self.release()  # whatever the connection was doing, it is not reusable
             raise DriverError(
@@ -150,7 +155,7 @@ class WebSession:
         return status, headers, reply
 
     async def _authenticated(
-        self, method: str, uri: str, body: bytes | None
+        self, method: str, uri: str, body: bytes | None, extra: tuple[tuple[bytes, bytes], ...]
     ) -> tuple[int, httpx.Headers, bytes]:
         """Run httpx's digest flow over our connection: the request, and again on a 401.
 
@@ -164,25 +169,31 @@ class WebSession:
         flow = self._auth.sync_auth_flow(request)
         try:
             request = next(flow)
-            status, raw, reply = await self._exchange(method, uri, body, request)
+            status, raw, reply = await self._exchange(method, uri, body, request, extra)
             if status == 401:
                 challenge = httpx.Response(401, headers=raw, request=request)
                 try:
                     request = flow.send(challenge)
                 except StopIteration:
                     return status, challenge.headers, reply
-                status, raw, reply = await self._exchange(method, uri, body, request)
+                status, raw, reply = await self._exchange(method, uri, body, request, extra)
         finally:
             flow.close()
         return status, httpx.Headers(raw), reply
 
     async def _exchange(
-        self, method: str, uri: str, body: bytes | None, auth: httpx.Request
+        self,
+        method: str,
+        uri: str,
+        body: bytes | None,
+        auth: httpx.Request,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         headers = [(b"Host", self._host_header.encode()), (b"Accept", b"application/json")]
         authorization = auth.headers.get("Authorization")
         if authorization is not None:
             headers.append((b"Authorization", authorization.encode()))
+        headers += extra
         if body is not None:
             headers += [
                 (b"Content-Type", b"application/json"),

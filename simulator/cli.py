@@ -29,13 +29,14 @@ log = structlog.get_logger("simulator")
 
 def handlers() -> dict[str, MakeHandlers]:
     """The protocol handlers of every simulated make."""
-    from simulator import antminer, epic, luxos, whatsminer
+    from simulator import antminer, epic, luxos, vnish, whatsminer
 
     return {
         "antminer": antminer.HANDLERS,
         "whatsminer": whatsminer.HANDLERS,
         "luxos": luxos.HANDLERS,
         "epic": epic.HANDLERS,
+        "vnish": vnish.HANDLERS,
     }
 
 
@@ -46,8 +47,9 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         description=(
             "Run simulated Antminer and Whatsminer rigs that unmodified pyasic takes for real "
             "ones: cgminer RPC on 4028, the Antminer web UI on 80, btminer API v2 on 4028 and "
-            "v3 on 4433, LuxOS's API on 4028, ePIC's HTTP API on 4028, each rig on its own "
-            "loopback address, inside a private network namespace. Runs until SIGINT/SIGTERM."
+            "v3 on 4433, LuxOS's API on 4028, ePIC's HTTP API on 4028, VNish's RPC on 4028 and "
+            "REST API on 80, each rig on its own loopback address, inside a private network "
+            "namespace. Runs until SIGINT/SIGTERM."
         ),
         epilog=f"Models: {models}. Faults: {', '.join(f.value for f in Fault)}.",
     )
@@ -78,6 +80,13 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         default=[],
         metavar="MODEL[@FW]:COUNT",
         help="add COUNT Antminers of MODEL running ePIC PowerPlay (repeatable), e.g. s19jpro:10",
+    )
+    p.add_argument(
+        "--vnish",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Antminers of MODEL running VNish (repeatable), e.g. s19jpro:10",
     )
     p.add_argument(
         "--fleet",
@@ -155,6 +164,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
         groups += [parse_group(t, "whatsminer") for t in args.whatsminer]
         groups += [replace(parse_group(t, "antminer"), os="luxos") for t in args.luxos]
         groups += [replace(parse_group(t, "antminer"), os="epic") for t in args.epic]
+        groups += [replace(parse_group(t, "antminer"), os="vnish") for t in args.vnish]
         faults = [_parse_fault(t) for t in args.fault]
     except ValueError as exc:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
@@ -162,7 +172,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
     if not groups:
         print(
             "rigpilot sim: error: no rigs; "
-            "give --antminer, --whatsminer, --luxos, --epic or --fleet",
+            "give --antminer, --whatsminer, --luxos, --epic, --vnish or --fleet",
             file=sys.stderr,
         )
         return 2

@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.models import Make, ModelSpec, lookup, on_epic, on_luxos
+from simulator.models import Make, ModelSpec, lookup, on_epic, on_luxos, on_vnish
 from simulator.rig import Fault, SimClock, SimRig
 
 DEFAULT_BASE = "127.1.0.1"
-OSES = ("stock", "luxos", "epic")
-_ON_OS: dict[str, Callable[[ModelSpec], ModelSpec]] = {"luxos": on_luxos, "epic": on_epic}
+OSES = ("stock", "luxos", "epic", "vnish")
+_ON_OS: dict[str, Callable[[ModelSpec], ModelSpec]] = {
+    "luxos": on_luxos,
+    "epic": on_epic,
+    "vnish": on_vnish,
+}
 """The custom firmwares: each one's spec for an Antminer running it."""
 
 
@@ -28,7 +32,7 @@ class GroupSpec:
     ambient_c: float = 25.0
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     os: str = "stock"
-    """The firmware family: ``stock``, or ``luxos`` / ``epic`` (Antminers only)."""
+    """The firmware family: ``stock``, or ``luxos`` / ``epic`` / ``vnish`` (Antminers only)."""
 
 
 def parse_group(text: str, make: Make | None = None) -> GroupSpec:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-Make = Literal["antminer", "whatsminer", "luxos", "epic"]
+Make = Literal["antminer", "whatsminer", "luxos", "epic", "vnish"]
 """``luxos``: an Antminer running LuxOS (see :func:`on_luxos`); ``epic``: one running ePIC's
-PowerPlay firmware (see :func:`on_epic`)."""
+PowerPlay firmware (see :func:`on_epic`); ``vnish``: one running VNish (:func:`on_vnish`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,3 +231,15 @@ def on_epic(spec: ModelSpec) -> ModelSpec:
     if spec.make != "antminer":
         raise ValueError(f"{spec.key} is a {spec.make}: ePIC runs on Antminers only")
     return replace(spec, make="epic", firmware=EPIC_FIRMWARE)
+
+
+VNISH_FIRMWARE = "Vnish 1.2.6"
+"""What VNish 1.2.6 appends to the model (``Antminer S19 (Vnish 1.2.6)``, its API reference)."""
+
+
+def on_vnish(spec: ModelSpec) -> ModelSpec:
+    """``spec``, an Antminer, running VNish (same hardware, same physics; make ``vnish``, whose
+    handlers are ``simulator/vnish.py``)."""
+    if spec.make != "antminer":
+        raise ValueError(f"{spec.key} is a {spec.make}: VNish runs on Antminers only")
+    return replace(spec, make="vnish", firmware=VNISH_FIRMWARE)

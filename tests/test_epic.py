@@ -21,6 +21,7 @@ from conftest import SimFleet
 from pyasic import get_miner
 from pyasic import settings as pyasic_settings
 from pyasic.miners.antminer.epic.X19.S19 import ePICS19jPro
+from replayhttp import ReplayServer, Route
 
 from drivers.base import UnsupportedMode
 from drivers.epic import EPic, Tuning, epic_summary, tuning_of
@@ -41,47 +42,6 @@ def capture(name: str) -> Any:
 
 
 # ---- the captures, verbatim, from a test server, read by the driver ------------------------------
-
-Route = tuple[int, bytes]
-
-
-class ReplayServer:
-    """An HTTP/1.1 server that answers each (method, path) with fixed bytes, and records the
-    requests (method, path, body) it was sent."""
-
-    def __init__(self, routes: dict[tuple[str, str], Route]) -> None:
-        self.routes = routes
-        self.requests: list[tuple[str, str, bytes]] = []
-        self.server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
-                }
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.requests.append((method, path, body))
-                status, payload = self.routes.get((method, path), (404, b'{"result":false}'))
-                writer.write(
-                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(payload)}\r\n\r\n".encode()
-                    + payload
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 @contextlib.asynccontextmanager
