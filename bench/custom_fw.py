@@ -3,7 +3,7 @@
 
 Usage: python -m bench.custom_fw [--firmware epic] [--rigs 300] [--cycles 3] [--concurrency 64]
 Ends with one ``RESULT firmware=... rigs=... driver_ms_per_rig=... pyasic_ms_per_rig=...`` line
-per firmware. ``--firmware`` is repeatable (``epic``; ``luxos`` for comparison).
+per firmware. ``--firmware`` is repeatable (``epic``, ``vnish``; ``luxos`` for comparison).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.observe import cpu  # noqa: E402
 
-FIRMWARES = ("epic", "luxos")
+FIRMWARES = ("epic", "vnish", "luxos")
 
 
 async def measure(addresses: list[str], cycles: int, concurrency: int) -> tuple[float, float]:

@@ -250,10 +250,9 @@ class VNish(RigDriver):
         return vnish_read(summary, perf, self.expected_boards)
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
-        try:
-            state = await self._read(timeout_s)
-        finally:
-            await self.web.release()  # reads come seconds apart: hold no socket between them
+        # One kept-alive connection per rig, across cycles (as the ePIC driver; a connection
+        # the rig dropped meanwhile is noticed and the request sent on a new one).
+        state = await self._read(timeout_s)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
         return _observation(self, state.status, state.mode, now)

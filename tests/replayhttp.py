@@ -17,6 +17,9 @@ class ReplayServer:
         self.routes = routes
         self.requests: list[tuple[str, str, bytes]] = []
         self.server: asyncio.Server | None = None
+        self.connections = 0
+        self.drop = False
+        """Close each connection after one reply without saying so (an idle timeout)."""
 
     @property
     def port(self) -> int:
@@ -24,6 +27,7 @@ class ReplayServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -42,6 +46,8 @@ class ReplayServer:
                     + payload
                 )
                 await writer.drain()
+                if self.drop:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

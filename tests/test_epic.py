@@ -86,6 +86,19 @@ async def test_capture_read_through_the_driver() -> None:
     ]
 
 
+async def test_one_kept_alive_connection_across_cycles() -> None:
+    """Reads reuse one connection; one the rig dropped in between is replaced, unseen."""
+    async with replayed(verbatim("summary", "capabilities")) as (server, driver):
+        for _ in range(3):
+            await driver.observe(3.0, 1000.0)
+        assert server.connections == 1
+        server.drop = True  # the next reply is the first connection's last
+        for _ in range(3):
+            assert (await driver.observe(3.0, 1000.0)).mode is Mode.NORMAL
+        assert server.connections == 3  # the 5th and 6th reads each found theirs closed
+    assert len(server.requests) == 7  # capabilities once, then one summary per cycle
+
+
 def test_capture_tuning_and_modes() -> None:
     tuning = tuning_of(capture("capabilities"))
     assert tuning == Tuning(default_ths=143.0, default_clock=485.0, min_ths=60.0, max_ths=300.0)
