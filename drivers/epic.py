@@ -43,6 +43,7 @@ from policies.values import Board, Capabilities, FailureKind, Mode, Observation,
 
 API_PORT = 4028
 MAX_FANS = 12
+DETAIL_CHARS = 64  # a serial or MAC longer than this is cut (as identification does)
 
 
 def password() -> str:
@@ -207,6 +208,24 @@ def epic_summary(reply: dict[str, Any], expected_boards: int | None = None) -> E
     )
     name = rig_text(algorithm) if algorithm else None
     return EpicState(status, idle, running, name, target, clock)
+
+
+def epic_details(
+    capabilities: dict[str, Any], network: dict[str, Any] | None
+) -> tuple[str | None, str | None]:
+    """(serial, MAC) of an ePIC rig: the control board's ``cpuSerial`` from ``/capabilities``
+    (as asic-rs reads it), the first interface's ``mac_address`` from ``/network`` (``dhcp`` or
+    ``static``, as pyasic and asic-rs read it); None where absent. Short text, made safe."""
+
+    def text(value: Any) -> str | None:
+        if value is None or isinstance(value, dict | list) or value == "":
+            return None
+        return rig_text(value, DETAIL_CHARS)
+
+    board = capabilities.get("Control Board Version")
+    serial = text(board.get("cpuSerial")) if isinstance(board, dict) else None
+    nics = [v for v in (network or {}).values() if isinstance(v, dict)]
+    return serial, text(nics[0].get("mac_address")) if nics else None
 
 
 class EPic(RigDriver):

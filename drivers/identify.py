@@ -22,7 +22,7 @@ from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 from drivers import webdigest
 from drivers.base import RigDriver
 from drivers.detect import detect, within
-from drivers.epic import EPic, epic_summary, tuning_of
+from drivers.epic import EPic, epic_details, epic_summary, tuning_of
 from drivers.generic import PyasicGeneric
 from drivers.luxos import LuxOS
 from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
@@ -242,16 +242,15 @@ async def _epic_identity(address: str, model: str, miner: Any, timeout_s: float)
     finally:
         await session.release()
     version = summary.status.fingerprint or "ePIC"
-    board = _msg(capabilities, "Control Board Version")
-    nics = [v for v in (network or {}).values() if isinstance(v, dict)]
+    serial, mac = epic_details(capabilities, network)
     return Identity(
         address,
         Make.EPIC,
         model,
         version,
         EPic.name,
-        _field(board, "cpuSerial"),
-        _field(nics[0], "mac_address") if nics else None,
+        serial,
+        mac,
         _extra(miner, version, "ePIC", summary.status.fingerprint),
     )
 

@@ -24,7 +24,7 @@ from pyasic.miners.antminer.epic.X19.S19 import ePICS19jPro
 from replayhttp import ReplayServer, Route
 
 from drivers.base import UnsupportedMode
-from drivers.epic import EPic, Tuning, epic_summary, tuning_of
+from drivers.epic import EPic, Tuning, epic_details, epic_summary, tuning_of
 from drivers.identify import driver_for, identify
 from drivers.transport import DriverError
 from policies.values import FailureKind, Identity, Make, Mode, Observation, PowerSource
@@ -109,6 +109,14 @@ def test_capture_tuning_and_modes() -> None:
     assert (state.tuner, state.algorithm, state.target_ths) == (True, "VoltageOptimizer", 143)
     assert state.clock_mhz == 485.0
     assert state.status.fingerprint == "PowerPlay-BMS v1.5.13"
+
+
+def test_capture_identity_details() -> None:
+    """What identification takes from the captures' capabilities.json and network.json."""
+    serial, mac = epic_details(capture("capabilities"), capture("network"))
+    assert serial == "002000353232510933363631"  # Control Board Version.cpuSerial
+    assert mac == "E6:D4:41:51:64:28"  # dhcp.mac_address
+    assert epic_details({}, None) == (None, None)
 
 
 def test_capture_mode_from_target_and_clock() -> None:
