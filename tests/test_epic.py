@@ -23,6 +23,7 @@ from pyasic import settings as pyasic_settings
 from pyasic.miners.antminer.epic.X19.S19 import ePICS19jPro
 from replayhttp import ReplayServer, Route
 
+from daemon.reconciler import Target, satisfied
 from drivers.base import UnsupportedMode
 from drivers.epic import EPic, Tuning, epic_details, epic_summary, tuning_of
 from drivers.identify import driver_for, identify
@@ -382,6 +383,7 @@ async def test_targets_confirmed_by_observation(sim: SimFleet) -> None:
     )
     assert low.power_w is not None and before.power_w is not None
     assert low.power_w < 0.8 * before.power_w
+    assert satisfied(Target(address, Mode.LOW, None, "test", "test"), low)  # "done" for low
     assert (await truth(sim, address))["freq_pct"] == -30  # target 73 of 104 TH/s
     config = await (await get_miner(address)).get_config()
     assert config.mining_mode.hashrate == 73  # pyasic reads the same tuner target

@@ -22,6 +22,7 @@ from pyasic.errors import APIError
 from pyasic.miners.antminer.vnish.X19.S19 import VNishS19jPro
 from replayhttp import ReplayServer, Route
 
+from daemon.reconciler import Target, satisfied
 from drivers.base import UnsupportedMode
 from drivers.identify import driver_for, identify
 from drivers.transport import DriverError
@@ -434,6 +435,9 @@ async def test_preset_as_power_limit_confirmed_by_observation(sim: SimFleet) -> 
     )
     assert low.mode is Mode.LIMIT
     assert low.hashrate_ths < 0.9 * before.hashrate_ths
+    # what the reconciler confirms a command by: this observation is "done" for limit W
+    assert satisfied(Target(address, Mode.LIMIT, watts, "test", "test"), low)
+    assert not satisfied(Target(address, Mode.NORMAL, None, "test", "test"), low)
     assert (await truth(sim, address))["power_limit_w"] == watts
     miner = await get_miner(address)
     assert (await miner.web.settings())["miner"]["overclock"]["preset"] == str(watts)
@@ -444,6 +448,8 @@ async def test_preset_as_power_limit_confirmed_by_observation(sim: SimFleet) -> 
     await driver.apply(Mode.NORMAL, None, 3.0)
     normal = await until(driver, lambda o: o.mode is Mode.NORMAL and o.hashrate_ths > 90)
     assert normal.power_limit_w is None
+    assert satisfied(Target(address, Mode.NORMAL, None, "test", "test"), normal)
+    assert not satisfied(Target(address, Mode.LIMIT, watts, "test", "test"), normal)
 
 
 async def test_pyasic_controls_the_same_rig(sim: SimFleet) -> None:
