@@ -19,7 +19,8 @@ Commands simulated (the ones pyasic and asic-rs send):
 
 The rig physics runs the target as the rig's frequency percent (target / default hashrate), so
 a target really changes hashrate, watts and temperature; the tuner reports ``Optimized`` once
-the boards have reached it.
+the boards have reached it. The settings survive a reboot (the target is applied again when the
+rig is back); a factory reset returns to the default target.
 
 Shapes follow the captures in ``tests/fixtures/captures/epic/v1`` (same keys, types and
 nesting); values come from :meth:`SimRig.snapshot`. Not in the captures, so this module's own
@@ -76,6 +77,8 @@ def _state(rig: SimRig) -> _EpicState:
     if not isinstance(st, _EpicState):  # new rig, or factory reset since
         st = _EpicState(target_ths=default_hashrate(rig))
         rig.firmware_state = st
+    elif st.tuner and rig.freq_pct != _freq_pct(rig, st.target_ths) and rig.freq_pct == 0:
+        rig.set_freq_pct(_freq_pct(rig, st.target_ths))  # rebooted: its saved target again
     return st
 
 

@@ -23,7 +23,8 @@ Presets: ``disabled`` and one per frequency step of 0.5 .. 1.1 x nominal, named 
 watts (``"2150"``, ``pretty`` ``"2150 watt ~ 73 TH"``, ``status`` ``tuned``), as VNish lists
 them. A preset runs the rig at the highest frequency whose power fits its watts (the physics'
 power limit), so it really changes hashrate, watts and temperature; ``disabled`` returns it to
-nominal.
+nominal. The preset survives a reboot (applied again when the rig is back); a factory reset
+returns to ``disabled``.
 
 Sources of the shapes (no VNish capture is public in the reference set): the fields pyasic 0.79
 and asic-rs (``asic-rs-firmwares/vnish``, v1_2_0) read, and a public VNish 1.2.6 API reference
@@ -85,7 +86,7 @@ def _state(rig: SimRig) -> _VnState:
         st = _VnState(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
         rig.firmware_state = st
     elif st.preset != "disabled" and rig.power_limit_w is None:
-        st.preset = "disabled"  # rebooted: the physics is back at nominal
+        _run_preset(rig, st.preset)  # rebooted: its saved preset again
     return st
 
 
@@ -121,15 +122,18 @@ def presets(rig: SimRig) -> list[dict[str, Any]]:
     return out
 
 
-def _apply_preset(rig: SimRig, name: str) -> bool:
+def _run_preset(rig: SimRig, name: str) -> bool:
+    """The physics of preset ``name``: nominal for ``disabled``, else the highest frequency
+    whose power fits its watts (the physics' power limit). False if the rig ignores writes."""
     if name == "disabled":
-        ok = rig.set_power_limit(None) and rig.set_freq_pct(0)
-    else:
-        # the highest frequency whose power fits the preset's watts (the physics' power limit)
-        ok = rig.set_freq_pct(30) and rig.set_power_limit(int(name))
-    if ok:
-        _state(rig).preset = name
-    return ok
+        return rig.set_power_limit(None) and rig.set_freq_pct(0)
+    return rig.set_freq_pct(30) and rig.set_power_limit(int(name))
+
+
+def _apply_preset(rig: SimRig, name: str) -> None:
+    st = _state(rig)
+    if _run_preset(rig, name):
+        st.preset = name
 
 
 # ---- RPC (port 4028): the stock cgminer API, VNish's strings ------------------------------------

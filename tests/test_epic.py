@@ -287,6 +287,23 @@ def test_sim_posts_need_the_password_and_a_proper_param() -> None:
     assert rig.counters.rejected == 5 and rig.counters.writes == 0
 
 
+def test_sim_target_survives_a_reboot() -> None:
+    rig = _sim_rig()
+    algo = {"param": {"algo": "BoardTune", "target": 73}, "password": "letmein"}
+    body = json.dumps(algo).encode()
+    assert (
+        sim_epic.handle_api(rig, HttpRequest("POST", "/perpetualtune/algo", "", {}, body)).status
+        == 200
+    )
+    assert rig.freq_pct == -30
+    rig.reboot()
+    assert rig.freq_pct == 0  # the physics starts from nominal
+    reply = sim_epic.handle_api(rig, HttpRequest("GET", "/summary", "", {}, b""))
+    tune = json.loads(reply.body)["PerpetualTune"]
+    assert tune["Algorithm"]["BoardTune"]["Target"] == 73 and tune["Running"] is True
+    assert rig.freq_pct == -30  # ePIC applies its saved target again
+
+
 def test_fleet_file_os_key(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
     path.write_text('[[rigs]]\nmodel = "s19jpro"\nos = "epic"\n')

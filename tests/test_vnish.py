@@ -311,6 +311,19 @@ def test_sim_auth_and_refusals() -> None:
     assert rig.mode.value == "sleep"
 
 
+def test_sim_preset_survives_a_reboot() -> None:
+    rig = _sim_rig()
+    token = _call(rig, "POST", "/api/v1/unlock", {"pw": "admin"})[1]["token"]
+    preset = {"miner": {"overclock": {"preset": "2140"}}}
+    assert _call(rig, "POST", "/api/v1/settings", preset, token)[0] == 200
+    assert rig.power_limit_w == 2140
+    rig.reboot()
+    assert rig.power_limit_w is None  # the physics starts from nominal
+    perf = _call(rig, "GET", "/api/v1/perf-summary")[1]
+    assert perf["current_preset"]["name"] == "2140"
+    assert rig.power_limit_w == 2140  # VNish applies its saved preset again
+
+
 def test_sim_presets_are_named_by_watts() -> None:
     rig = _sim_rig()
     listed = sim_vnish.presets(rig)
