@@ -26,7 +26,7 @@ from replayhttp import ReplayServer, Route
 from daemon.reconciler import Target, satisfied
 from drivers.base import UnsupportedMode
 from drivers.epic import EPic, Tuning, epic_details, epic_summary, tuning_of
-from drivers.identify import driver_for, identify
+from drivers.identify import _own_model, driver_for, identify
 from drivers.transport import DriverError
 from policies.values import FailureKind, Identity, Make, Mode, Observation, PowerSource
 from simulator import epic as sim_epic
@@ -47,11 +47,11 @@ def capture(name: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def replayed(
-    routes: dict[tuple[str, str], Route],
+    routes: dict[tuple[str, str], Route], model: str = "S19 XP"
 ) -> AsyncIterator[tuple[ReplayServer, EPic]]:
     server = ReplayServer(routes)
     server.server = await asyncio.start_server(server.serve, "127.0.0.1", 0)
-    identity = Identity("127.0.0.1", Make.EPIC, "S19 XP", "PowerPlay-BMS v1.5.13", EPic.name)
+    identity = Identity("127.0.0.1", Make.EPIC, model, "PowerPlay-BMS v1.5.13", EPic.name)
     try:
         yield server, EPic(identity, port=server.port)
     finally:
@@ -85,6 +85,23 @@ async def test_capture_read_through_the_driver() -> None:
         ("GET", "/capabilities"),
         ("GET", "/summary"),
     ]
+
+
+async def test_uncatalogued_model_is_read_with_its_reported_power() -> None:
+    async with replayed(verbatim("summary", "capabilities"), model="S23 Hyd.") as (_, driver):
+        obs = await driver.observe(3.0, 1000.0)
+    assert obs.model_unknown
+    assert obs.hashrate_ths == pytest.approx(99.365848)
+    assert obs.power_w == pytest.approx(2166.6174)  # reported, never another model's estimate
+    assert obs.power_source is PowerSource.REPORTED
+    assert [b.alive for b in obs.boards] == [False, True, True]  # from HBStatus, no catalogue
+
+
+def test_the_rigs_own_model_name() -> None:
+    """What identification names a model pyasic does not know, from the rig's own words."""
+    assert _own_model("AntMiner S19 XP") == "S19 XP"  # capabilities.json "Model"
+    assert _own_model("Antminer S21 XP Hyd.") == "S21 XP Hyd."  # VNish info "miner"
+    assert _own_model(None) is None and _own_model("") is None
 
 
 async def test_one_kept_alive_connection_across_cycles() -> None:
