@@ -1,0 +1,180 @@
+"""Many sites, one control room (docs/multi-site.md): two site daemons, each on its own real
+Mosquitto, bridged with the shipped bridge file (docs/mosquitto/site-bridge.conf) to a third,
+the control room's broker, through a link the test cuts. The control room commands a site
+through the bridge; a site whose link is down keeps ticking and answering its own broker;
+requests sent to it meanwhile are delivered when the link is back, and refused if they
+expired; the control room sees the link go down and come back; ``rigpilot fleet`` lists both
+sites from the control room's retained topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import USERS, Broker, Link, bridged_site
+from conftest import REPO, SimFleet
+from mqtt_client import Collector, Msg, RunningDaemon, daemon_settings, start_daemon
+
+SITES = {"north": ("s19jpro", "m50s"), "south": ("s21", "m60s")}
+
+
+@dataclass
+class Site:
+    name: str
+    broker: Broker
+    link: Link
+    daemon: RunningDaemon | None = None
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(tmp_path_factory.mktemp("control"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+async def sites(control: Broker, sim: SimFleet, tmp_path: Path) -> AsyncIterator[dict[str, Site]]:
+    out: dict[str, Site] = {}
+    try:
+        for name, keys in SITES.items():
+            local, link = bridged_site(control, tmp_path / f"{name}-broker", name)
+            out[name] = Site(name, local, link)
+            local.start()
+            rigs = {sim.address(k): "row-a" for k in keys}
+            settings = daemon_settings(tmp_path / name, local, name, rigs)
+            out[name].daemon = await start_daemon(settings)
+        yield out
+    finally:
+        for site in out.values():
+            if site.daemon is not None and not site.daemon.task.done():
+                await site.daemon.close()
+            site.broker.stop()
+            site.link.close()
+
+
+def payload_is(topic: str, payload: bytes | None) -> Callable[[Msg], bool]:
+    """A message on ``topic`` with this payload (None: any)."""
+    return lambda m: m.topic == topic and payload in (None, m.payload)
+
+
+async def request(col: Collector, site: str, command: str, body: dict[str, Any]) -> None:
+    assert col.client is not None
+    await col.client.publish(f"rigpilot/{site}/request/{command}", json.dumps(body), qos=1)
+
+
+async def fleet_view(control: Broker, tmp: Path) -> tuple[int, dict[str, dict[str, Any]], str]:
+    """``rigpilot fleet --json`` against the control room's broker, as its viewer: the real
+    command in its own process."""
+    password = tmp / "viewer-password"
+    password.write_text(USERS["viewer"] + "\n")
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "daemon.cli", "fleet", "--json"),
+        *("--broker", f"127.0.0.1:{control.port}", "--ca-file", str(control.pki["ca"])),
+        *("--username", "viewer", "--password-file", str(password)),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    rows = {r["site"]: r for r in json.loads(out)["sites"]} if out else {}
+    return proc.returncode, rows, err.decode()
+
+
+async def ticks(daemon: RunningDaemon, n: int, timeout: float = 30.0) -> None:
+    """Until ``daemon`` has ticked ``n`` more times."""
+    target = len(daemon.reports) + n
+    deadline = time.monotonic() + timeout
+    while len(daemon.reports) < target:
+        assert time.monotonic() < deadline, f"fewer than {n} ticks within {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
+    control: Broker, sites: dict[str, Site], tmp_path: Path
+) -> None:
+    north, south = sites["north"], sites["south"]
+    assert north.daemon is not None and south.daemon is not None
+    room_topics = [f"rigpilot/{s}/#" for s in SITES]
+    async with Collector(control, "operator", room_topics, "control-room") as room:
+        # Both sites announce themselves through their bridges: the link notice, the daemon's
+        # availability and a fleet summary, retained on the control room's broker.
+        for name in SITES:
+            await room.wait_for(payload_is(f"rigpilot/{name}/link/state", b"1"))
+            await room.wait_for(payload_is(f"rigpilot/{name}/bridge/state", b"online"))
+            await room.wait_for(payload_is(f"rigpilot/{name}/fleet/state", None))
+
+        # A request from the control room is answered through the bridge, by the right site.
+        for name in SITES:
+            await request(room, name, "status", {"transaction": f"room-{name}"})
+        for name in SITES:
+            answer = await room.final(f"room-{name}")
+            assert (answer["status"], answer["site"]) == ("done", name), answer
+            assert answer["result"]["site"] == name and answer["result"]["ticked"], answer
+
+        status, rows, err = await fleet_view(control, tmp_path)
+        assert status == 0, err
+        assert sorted(rows) == ["north", "south"]
+        for name in SITES:
+            assert rows[name]["state"] == "online" and rows[name]["link"] is True, rows[name]
+            assert rows[name]["rigs"] == 2 and rows[name]["online"] == 2, rows[name]
+            assert rows[name]["hashrate_ths"] > 0 and rows[name]["power_kw"] > 0, rows[name]
+            assert rows[name]["curtailed"] == 0 and rows[name]["curtailed_share"] == 0.0
+
+        # The link of the north site drops: the control room's broker fires the bridge's will.
+        mark = len(room.messages)
+        north.link.cut()
+        await room.wait_for(payload_is("rigpilot/north/link/state", b"0"), after=mark)
+        # Requests sent to the north meanwhile: one that expires before the link is back, one
+        # that does not. The south is not affected and answers at once.
+        expires_at = time.time() + 1.0
+        await request(room, "north", "status", {"transaction": "late", "expires_at": expires_at})
+        await request(room, "north", "status", {"transaction": "queued"})
+        await request(room, "south", "status", {"transaction": "south-during-cut"})
+        assert (await room.final("south-during-cut"))["status"] == "done"
+
+        # The north keeps controlling on its own and answers its own broker's operator.
+        async with Collector(north.broker, "operator", ["rigpilot/north/#"], "north-op") as local:
+            await ticks(north.daemon, 3)
+            await request(local, "north", "status", {"transaction": "local-1"})
+            answer = await local.final("local-1")
+            assert (answer["status"], answer["site"]) == ("done", "north"), answer
+            # The site's broker knows its link to the control room is down too.
+            await local.wait_for(payload_is("rigpilot/north/link/state", b"0"))
+        assert north.daemon.reports[-1].observed == 2, "the north still reads its rigs"
+        assert not room.answers("late") and not room.answers("queued"), "nothing crossed"
+
+        status, rows, err = await fleet_view(control, tmp_path)
+        assert status == 0, err
+        assert rows["north"]["state"] == "link down" and rows["north"]["link"] is False
+        assert rows["south"]["state"] == "online"
+
+        while time.time() <= expires_at:  # noqa: ASYNC110 - the request must have expired
+            await asyncio.sleep(0.1)
+        mark = len(room.messages)
+        north.link.restore()
+        await room.wait_for(payload_is("rigpilot/north/link/state", b"1"), after=mark)
+        late = await room.final("late")
+        assert late["status"] == "rejected" and late["reason"].startswith("expired: "), late
+        queued = await room.final("queued")
+        assert (queued["status"], queued["site"]) == ("done", "north"), queued
+        assert len(room.answers("late")) == len(room.answers("queued")) == 1
+
+        status, rows, err = await fleet_view(control, tmp_path)
+        assert status == 0, err
+        assert rows["north"]["state"] == "online" and rows["north"]["link"] is True
+
+        # A site whose daemon stops: its own availability says so through the bridge.
+        assert await south.daemon.close() == 0
+        await room.wait_for(payload_is("rigpilot/south/bridge/state", b"offline"))
+        status, rows, err = await fleet_view(control, tmp_path)
+        assert rows["south"]["state"] == "offline" and rows["south"]["link"] is True
