@@ -6,6 +6,7 @@ refused login and a wrong CA each a clear one-line error."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -253,3 +254,24 @@ def test_the_broker_can_come_from_a_configuration(
     assert main(["--config", str(config), "--json"]) == 3  # gamma's payload is still malformed
     rows = json.loads(capsys.readouterr().out)["sites"]
     assert [r["site"] for r in rows] == ["alpha", "beta", "gamma"]
+
+
+# --- the dashboard across sites -----------------------------------------------------------------
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "rigpilot.json"
+SELECTOR = re.compile(r"\b(?:rigpilot|process)_[a-z0-9_]+(\{[^}]*\})?(?![a-z0-9_(])")
+
+
+def test_the_dashboard_has_a_site_variable_that_filters_every_query() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert [v["name"] for v in variables] == ["site", "model", "rig"]  # each filters the next
+    site = variables[0]
+    assert site["query"]["query"] == "label_values(rigpilot_site_info, site)"
+    assert (site["multi"], site["includeAll"], site["allValue"]) == (True, True, ".*")
+    exprs = [v["query"]["query"] for v in variables[1:]]
+    exprs += [t["expr"] for p in dashboard["panels"] if p["type"] != "row" for t in p["targets"]]
+    selectors = [(m.group(0), m.group(1)) for e in exprs for m in SELECTOR.finditer(e)]
+    assert len(selectors) > 50
+    unfiltered = [s for s, labels in selectors if not (labels or "").startswith('{site=~"$site"')]
+    assert not unfiltered, unfiltered

@@ -178,3 +178,42 @@ async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
         await room.wait_for(payload_is("rigpilot/south/bridge/state", b"offline"))
         status, rows, err = await fleet_view(control, tmp_path)
         assert rows["south"]["state"] == "offline" and rows["south"]["link"] is True
+
+
+async def test_the_acl_confines_a_widened_bridge_to_its_own_site(
+    control: Broker, tmp_path: Path
+) -> None:
+    """A site broker whose bridge was widened to everything (``topic # both``) still writes only
+    its own site's tree on the control room's broker and receives only its own requests: the
+    bridge logs in as the site's user, and the ACL's patterns confine it as they do the
+    daemon."""
+    local, link = bridged_site(control, tmp_path / "rogue-broker", "rogue")
+    with (local.folder / "mosquitto.conf").open("a") as conf:
+        conf.write("topic # both 1\n")
+    control.add_site("south")
+    local.start()
+    try:
+        async with (
+            Collector(control, "operator", ["#"], "room-all") as room,
+            Collector(local, "operator", ["#"], "rogue-all") as site,
+        ):
+            await room.wait_for(payload_is("rigpilot/rogue/link/state", b"1"))
+            # Out: another site's request and state are dropped, the own state crosses.
+            assert site.client is not None
+            await site.client.publish("rigpilot/south/request/curtail", b'{"all": true}', qos=1)
+            await site.client.publish("rigpilot/south/fleet/state", b"{}", qos=1, retain=True)
+            await site.client.publish("homeassistant/status", b"online", qos=1)
+            await site.client.publish("rigpilot/rogue/request/status", b"{}", qos=1)
+            await room.wait_for(payload_is("rigpilot/rogue/request/status", b"{}"))
+            crossed = {m.topic for m in room.messages if not m.retain}  # not earlier tests'
+            assert not {t for t in crossed if not t.startswith("rigpilot/rogue/")}, crossed
+            # In: another site's request is not delivered to this site's broker; its own is.
+            await request(room, "south", "status", {"transaction": "not-yours"})
+            await request(room, "rogue", "status", {"transaction": "yours"})
+            await site.wait_for(
+                lambda m: m.topic == "rigpilot/rogue/request/status" and b"yours" in m.payload
+            )
+            assert not [m for m in site.messages if b"not-yours" in m.payload]
+    finally:
+        local.stop()
+        link.close()
