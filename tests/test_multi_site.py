@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -19,8 +18,10 @@ from typing import Any
 
 import pytest
 from broker import USERS, Broker, Link, bridged_site
-from conftest import REPO, SimFleet
+from conftest import SimFleet
 from mqtt_client import Collector, Msg, RunningDaemon, daemon_settings, start_daemon
+
+from daemon.sites_cli import main as fleet_main
 
 SITES = {"north": ("s19jpro", "m50s"), "south": ("s21", "m60s")}
 
@@ -71,23 +72,24 @@ async def request(col: Collector, site: str, command: str, body: dict[str, Any])
     await col.client.publish(f"rigpilot/{site}/request/{command}", json.dumps(body), qos=1)
 
 
-async def fleet_view(control: Broker, tmp: Path) -> tuple[int, dict[str, dict[str, Any]], str]:
-    """``rigpilot fleet --json`` against the control room's broker, as its viewer: the real
-    command in its own process."""
+async def fleet_view(
+    control: Broker, tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, dict[str, Any]], str]:
+    """``rigpilot fleet --json`` against the control room's broker, as its viewer (in a thread:
+    the command runs its own event loop; tests/test_fleet_view.py runs it through the console
+    script's dispatcher)."""
     password = tmp / "viewer-password"
     password.write_text(USERS["viewer"] + "\n")
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "daemon.cli", "fleet", "--json"),
-        *("--broker", f"127.0.0.1:{control.port}", "--ca-file", str(control.pki["ca"])),
-        *("--username", "viewer", "--password-file", str(password)),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
+    argv = [
+        *("--json", "--broker", f"127.0.0.1:{control.port}"),
+        *("--ca-file", str(control.pki["ca"]), "--username", "viewer"),
+        *("--password-file", str(password)),
+    ]
+    capsys.readouterr()
+    status = await asyncio.to_thread(fleet_main, argv)
+    out, err = capsys.readouterr()
     rows = {r["site"]: r for r in json.loads(out)["sites"]} if out else {}
-    return proc.returncode, rows, err.decode()
+    return status, rows, err
 
 
 async def ticks(daemon: RunningDaemon, n: int, timeout: float = 30.0) -> None:
@@ -100,7 +102,7 @@ async def ticks(daemon: RunningDaemon, n: int, timeout: float = 30.0) -> None:
 
 
 async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
-    control: Broker, sites: dict[str, Site], tmp_path: Path
+    control: Broker, sites: dict[str, Site], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     north, south = sites["north"], sites["south"]
     assert north.daemon is not None and south.daemon is not None
@@ -121,7 +123,7 @@ async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
             assert (answer["status"], answer["site"]) == ("done", name), answer
             assert answer["result"]["site"] == name and answer["result"]["ticked"], answer
 
-        status, rows, err = await fleet_view(control, tmp_path)
+        status, rows, err = await fleet_view(control, tmp_path, capsys)
         assert status == 0, err
         assert sorted(rows) == ["north", "south"]
         for name in SITES:
@@ -130,53 +132,68 @@ async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
             assert rows[name]["hashrate_ths"] > 0 and rows[name]["power_kw"] > 0, rows[name]
             assert rows[name]["curtailed"] == 0 and rows[name]["curtailed_share"] == 0.0
 
-        # The link of the north site drops: the control room's broker fires the bridge's will.
+        # The north's link drops: the control room's broker fires the bridge's will. The south
+        # is not affected and answers at once.
         mark = len(room.messages)
         north.link.cut()
         await room.wait_for(payload_is("rigpilot/north/link/state", b"0"), after=mark)
-        # Requests sent to the north meanwhile: one that expires before the link is back, one
-        # that does not. The south is not affected and answers at once.
+        await request(room, "south", "status", {"transaction": "south-alone"})
+        assert (await room.final("south-alone"))["status"] == "done"
+        # Then the south's: both sites are on their own.
+        south.link.cut()
+        await room.wait_for(payload_is("rigpilot/south/link/state", b"0"), after=mark)
+        # Requests sent to each meanwhile: one that expires before its link is back, one that
+        # does not.
         expires_at = time.time() + 1.0
-        await request(room, "north", "status", {"transaction": "late", "expires_at": expires_at})
-        await request(room, "north", "status", {"transaction": "queued"})
-        await request(room, "south", "status", {"transaction": "south-during-cut"})
-        assert (await room.final("south-during-cut"))["status"] == "done"
+        for name in SITES:
+            late = {"transaction": f"late-{name}", "expires_at": expires_at}
+            await request(room, name, "status", late)
+            await request(room, name, "status", {"transaction": f"queued-{name}"})
 
-        # The north keeps controlling on its own and answers its own broker's operator.
-        async with Collector(north.broker, "operator", ["rigpilot/north/#"], "north-op") as local:
-            await ticks(north.daemon, 3)
-            await request(local, "north", "status", {"transaction": "local-1"})
-            answer = await local.final("local-1")
-            assert (answer["status"], answer["site"]) == ("done", "north"), answer
-            # The site's broker knows its link to the control room is down too.
-            await local.wait_for(payload_is("rigpilot/north/link/state", b"0"))
-        assert north.daemon.reports[-1].observed == 2, "the north still reads its rigs"
-        assert not room.answers("late") and not room.answers("queued"), "nothing crossed"
+        # Each site keeps controlling on its own and answers its own broker's operator.
+        for site in sites.values():
+            assert site.daemon is not None
+            topics = [f"rigpilot/{site.name}/#"]
+            async with Collector(site.broker, "operator", topics, f"{site.name}-op") as local:
+                await ticks(site.daemon, 3)
+                await request(local, site.name, "status", {"transaction": f"local-{site.name}"})
+                answer = await local.final(f"local-{site.name}")
+                assert (answer["status"], answer["site"]) == ("done", site.name), answer
+                # The site's broker knows its link to the control room is down too.
+                await local.wait_for(payload_is(f"rigpilot/{site.name}/link/state", b"0"))
+            assert site.daemon.reports[-1].observed == 2, "the site still reads its rigs"
+        for name in SITES:
+            assert not room.answers(f"late-{name}") and not room.answers(f"queued-{name}")
 
-        status, rows, err = await fleet_view(control, tmp_path)
+        status, rows, err = await fleet_view(control, tmp_path, capsys)
         assert status == 0, err
-        assert rows["north"]["state"] == "link down" and rows["north"]["link"] is False
-        assert rows["south"]["state"] == "online"
+        for name in SITES:
+            assert rows[name]["state"] == "link down" and rows[name]["link"] is False, rows
+            assert rows[name]["availability"] == "online", "the site's last word before the cut"
 
         while time.time() <= expires_at:  # noqa: ASYNC110 - the request must have expired
             await asyncio.sleep(0.1)
         mark = len(room.messages)
-        north.link.restore()
-        await room.wait_for(payload_is("rigpilot/north/link/state", b"1"), after=mark)
-        late = await room.final("late")
-        assert late["status"] == "rejected" and late["reason"].startswith("expired: "), late
-        queued = await room.final("queued")
-        assert (queued["status"], queued["site"]) == ("done", "north"), queued
-        assert len(room.answers("late")) == len(room.answers("queued")) == 1
+        for site in sites.values():
+            site.link.restore()
+        for name in SITES:
+            await room.wait_for(payload_is(f"rigpilot/{name}/link/state", b"1"), after=mark)
+            late = await room.final(f"late-{name}")
+            assert late["status"] == "rejected", late
+            assert late["reason"].startswith("expired: expires_at "), late
+            queued = await room.final(f"queued-{name}")
+            assert (queued["status"], queued["site"]) == ("done", name), queued
+            assert len(room.answers(f"late-{name}")) == len(room.answers(f"queued-{name}")) == 1
 
-        status, rows, err = await fleet_view(control, tmp_path)
+        status, rows, err = await fleet_view(control, tmp_path, capsys)
         assert status == 0, err
-        assert rows["north"]["state"] == "online" and rows["north"]["link"] is True
+        for name in SITES:
+            assert rows[name]["state"] == "online" and rows[name]["link"] is True, rows
 
         # A site whose daemon stops: its own availability says so through the bridge.
         assert await south.daemon.close() == 0
         await room.wait_for(payload_is("rigpilot/south/bridge/state", b"offline"))
-        status, rows, err = await fleet_view(control, tmp_path)
+        status, rows, err = await fleet_view(control, tmp_path, capsys)
         assert rows["south"]["state"] == "offline" and rows["south"]["link"] is True
 
 
