@@ -146,8 +146,8 @@ async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
         # does not.
         expires_at = time.time() + 1.0
         for name in SITES:
-            late = {"transaction": f"late-{name}", "expires_at": expires_at}
-            await request(room, name, "status", late)
+            body = {"transaction": f"late-{name}", "expires_at": expires_at}
+            await request(room, name, "status", body)
             await request(room, name, "status", {"transaction": f"queued-{name}"})
 
         # Each site keeps controlling on its own and answers its own broker's operator.
