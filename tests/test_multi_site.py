@@ -20,6 +20,7 @@ import pytest
 from broker import USERS, Broker, Link, bridged_site
 from conftest import SimFleet
 from mqtt_client import Collector, Msg, RunningDaemon, daemon_settings, start_daemon
+from test_service import start
 
 from daemon.sites_cli import main as fleet_main
 
@@ -191,10 +192,25 @@ async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
             assert rows[name]["state"] == "online" and rows[name]["link"] is True, rows
 
         # A site whose daemon stops: its own availability says so through the bridge.
+        mark = len(room.messages)
         assert await south.daemon.close() == 0
-        await room.wait_for(payload_is("rigpilot/south/bridge/state", b"offline"))
+        await room.wait_for(payload_is("rigpilot/south/bridge/state", b"offline"), after=mark)
         status, rows, err = await fleet_view(control, tmp_path, capsys)
         assert rows["south"]["state"] == "offline" and rows["south"]["link"] is True
+
+        # The south again, as a real `rigpilot run` with the same configuration, killed: its
+        # last will crosses the bridge too.
+        proc = start(tmp_path / "south" / "rigpilot.toml")
+        try:
+            mark = len(room.messages)
+            online = payload_is("rigpilot/south/bridge/state", b"online")
+            await room.wait_for(online, after=mark, timeout=60)
+            mark = len(room.messages)
+            proc.kill()
+            await room.wait_for(payload_is("rigpilot/south/bridge/state", b"offline"), after=mark)
+        finally:
+            proc.kill()
+            proc.wait(10)
 
 
 async def test_the_acl_confines_a_widened_bridge_to_its_own_site(
