@@ -240,6 +240,17 @@ def test_a_bad_command_line_is_refused_naming_the_problem(
     assert err.startswith("rigpilot fleet: ") and problem in err, err
 
 
+def test_the_password_can_come_from_the_environment(
+    published: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = viewer_args(published, tmp_path)
+    without_file = args[: args.index("--password-file")]
+    monkeypatch.setenv("RIGPILOT_MQTT__PASSWORD", USERS["viewer"])
+    assert main([*without_file, "--json"]) == 3  # read (gamma's payload is malformed)
+    monkeypatch.setenv("RIGPILOT_MQTT__PASSWORD", "wrong")
+    assert main(without_file) == 1
+
+
 def test_the_broker_can_come_from_a_configuration(
     published: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
