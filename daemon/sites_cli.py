@@ -40,9 +40,10 @@ the environment variable RIGPILOT_MQTT__PASSWORD, never from the command line.
 STATE is "online" or "offline" (the daemon's bridge/state: its last will says offline),
 "link down": the bridge from the site's broker to this one is down (Mosquitto's notification
 on <base>/<site>/link/state), so the rest of the line is the site's last word before it, or
-"unknown" (no bridge/state seen). RIGS is observed/configured. CURTAILED counts the rigs
-held below normal and their share of the site's rigs (in dry-run: the rigs the decisions
-would curtail). LAST TICK is the time of the site's last fleet summary.
+"unknown" (no bridge/state seen); CONFLICT follows it when another instance announces the
+same site (docs/mqtt.md, one controller per site). RIGS is observed/configured. CURTAILED
+counts the rigs held below normal and their share of the site's rigs (in dry-run: the rigs
+the decisions would curtail). LAST TICK is the time of the site's last fleet summary.
 
 exit status:
   0  every site seen was read

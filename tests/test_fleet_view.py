@@ -42,7 +42,7 @@ def fleet_doc(**over: object) -> bytes:
 def test_gather_reads_each_sites_retained_topics_and_names_what_it_cannot_read() -> None:
     retained = {
         "rigpilot/north/bridge/state": b"online",
-        "rigpilot/north/bridge/info": b'{"version": "1.2.3", "site": "north"}',
+        "rigpilot/north/bridge/info": b'{"version": "1.2.3", "site": "north", "others": []}',
         "rigpilot/north/fleet/state": fleet_doc(),
         "rigpilot/north/link/state": b"1",
         "rigpilot/south/bridge/state": b"online",  # its daemon's last word ...
@@ -77,6 +77,7 @@ def test_gather_reads_each_sites_retained_topics_and_names_what_it_cannot_read()
         "last_tick_at": NOW - 12.0,
         "last_tick_age_s": 12.0,
         "version": "1.2.3",
+        "conflict": False,
         "problems": [],
     }
     south = sites.row(views["south"], NOW)
@@ -111,13 +112,17 @@ def test_the_table_shows_one_line_per_site() -> None:
             "rigpilot/north/bridge/state": b"online",
             "rigpilot/north/fleet/state": fleet_doc(),
             "rigpilot/far-away/link/state": b"0",
+            "rigpilot/twin/bridge/state": b"online",
+            "rigpilot/twin/bridge/info": b'{"others": [{"instance": "ab12", "host": "b"}]}',
         },
     )
     rows = [sites.row(v, NOW) for v in views.values()]
     assert sites.table(rows).splitlines() == [
-        "SITE      STATE      RIGS   TH/s    kW     CURTAILED  LAST TICK",
-        "far-away  link down  -      -       -      -          -",
-        "north     online     38/40  4012.2  120.5  10 (25%)   2027-01-15 07:59:48 UTC (12 s ago)",
+        "SITE      STATE            RIGS   TH/s    kW     CURTAILED  LAST TICK",
+        "far-away  link down        -      -       -      -          -",
+        "north     online           38/40  4012.2  120.5  10 (25%)   "
+        "2027-01-15 07:59:48 UTC (12 s ago)",
+        "twin      online CONFLICT  -      -       -      -          -",
     ]
 
 

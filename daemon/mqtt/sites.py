@@ -149,6 +149,8 @@ def row(view: SiteView, now: float) -> dict[str, Any]:
         "last_tick_at": at,
         "last_tick_age_s": None if at is None else round(now - at, 1),
         "version": (view.info or {}).get("version"),
+        # Another instance announces the same site (docs/mqtt.md, one controller per site).
+        "conflict": None if view.info is None else bool(view.info.get("others")),
         "problems": list(view.problems),
     }
 
@@ -185,7 +187,7 @@ def table(rows: Iterable[Mapping[str, Any]]) -> str:
         lines.append(
             (
                 rig_text(r["site"], 40),
-                r["state"],
+                r["state"] + (" CONFLICT" if r.get("conflict") else ""),
                 rigs,
                 _fmt(r["hashrate_ths"], ".1f"),
                 _fmt(r["power_kw"], ".1f"),
