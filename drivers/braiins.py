@@ -505,11 +505,11 @@ class BraiinsOS(RigDriver):
 
 
 async def braiins_identity(
-    address: str, model: str, extra: dict[str, str], timeout_s: float
+    address: str, model: str, extra: dict[str, str], timeout_s: float, port: int = WEB_PORT
 ) -> Identity:
     """A Braiins OS 25.x rig's identity: serial, MAC, firmware and fingerprint from
     ``miner/details``, the power target constraints (when the rig tells them) in ``extra``."""
-    session = BosSession(address, _password())
+    session = BosSession(address, _password(), port)
     try:
         details = _obj(await session.call("GET", "miner/details", None, timeout_s), "miner/details")
         try:

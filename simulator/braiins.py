@@ -205,6 +205,23 @@ def _solver(ths: float, nominal_ths: float) -> dict[str, Any]:
     }
 
 
+def _shares(snap: Snapshot) -> int:
+    """Shares accepted since start (about one every 30 s; a real pool's rate varies)."""
+    return max(1, snap.uptime_s // 30)
+
+
+def _pool_stats(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "accepted_shares": _shares(snap),
+        "best_share": 0,
+        "generated_work": 0,
+        "last_difficulty": 262144,
+        "last_share_time": {"nanos": 0, "seconds": int(snap.t)},
+        "rejected_shares": 0,
+        "stale_shares": 0,
+    }
+
+
 def _details(rig: SimRig, snap: Snapshot) -> dict[str, Any]:
     return {
         "bos_mode": 4,
@@ -242,15 +259,7 @@ def _stats(rig: SimRig, snap: Snapshot) -> dict[str, Any]:
     watts = round(snap.power_w)
     return {
         "miner_stats": _solver(snap.hashrate_ths, rig.spec.hashrate_ths),
-        "pool_stats": {
-            "accepted_shares": 0,
-            "best_share": 0,
-            "generated_work": 0,
-            "last_difficulty": 0,
-            "last_share_time": None,
-            "rejected_shares": 0,
-            "stale_shares": 0,
-        },
+        "pool_stats": _pool_stats(snap),
         "power_stats": {
             "approximated_consumption": {"watt": watts},
             "efficiency": {
@@ -357,7 +366,7 @@ def _pools(rig: SimRig, snap: Snapshot) -> list[dict[str, Any]]:
                     "active": snap.mining,
                     "alive": True,
                     "enabled": True,
-                    "stats": {"accepted_shares": 0, "rejected_shares": 0, "stale_shares": 0},
+                    "stats": _pool_stats(snap),
                     "uid": rig.serial[-16:],
                     "url": "stratum+tcp://pool.example:3333",
                     "user": "rigpilot.sim",
@@ -624,11 +633,6 @@ HANDLERS = MakeHandlers(rpc=handle_rpc, http=handle_http, framed=None)
 
 
 # ---- gRPC API (port 50051) ---------------------------------------------------------------------
-
-
-def _shares(snap: Snapshot) -> int:
-    """Shares accepted since start (about one every 30 s; a real pool's rate varies)."""
-    return max(1, snap.uptime_s // 30)
 
 
 def _pb_gh(ths: float) -> pb.GigaHashrate:
