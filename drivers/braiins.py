@@ -93,6 +93,7 @@ class BosSession:
         self.token: str | None = None
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
         self._used = False
+        self._built: dict[tuple[str, str, str | None], tuple[h11.Request, bytes]] = {}
         authority = f"[{host}]" if ":" in host else host
         self._host_header = (authority if port == WEB_PORT else f"{authority}:{port}").encode()
 
@@ -109,9 +110,22 @@ class BosSession:
         Raises DriverError: TIMEOUT, UNREACHABLE, or BAD_REPLY (refused credentials, an error
         status with the rig's message, a broken or oversized reply, not JSON).
         """
+        body = None if payload is None else json.dumps(payload).encode()
+        return (await self._guarded([(method, path, body)], timeout_s))[0]
+
+    async def get_all(self, paths: tuple[str, ...], timeout_s: float) -> list[Any]:
+        """GET every one of ``paths``, pipelined (RFC 9112 9.3.2): all the requests written at
+        once, the replies read back in order, so a read costs one send however many paths it
+        takes. A server that closes the connection part way gets the rest again on a new one.
+        Errors as :meth:`call`."""
+        return await self._guarded([("GET", path, None) for path in paths], timeout_s)
+
+    async def _guarded(
+        self, batch: list[tuple[str, str, bytes | None]], timeout_s: float
+    ) -> list[Any]:
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._call(method, path, payload)
+                return await self._authorised(batch)
         except TimeoutError:
             self.release()
             raise DriverError(
@@ -123,7 +137,7 @@ class BosSession:
         except h11.ProtocolError as exc:
             self.release()
             raise DriverError(
-                FailureKind.BAD_REPLY, f"Braiins OS API {path}: broken HTTP reply ({exc})"
+                FailureKind.BAD_REPLY, f"Braiins OS API {batch[0][1]}: broken HTTP reply ({exc})"
             ) from None
         except OSError as exc:
             self.release()
@@ -131,23 +145,30 @@ class BosSession:
                 FailureKind.UNREACHABLE, f"Braiins OS API: {exc or type(exc).__name__}"
             ) from None
 
-    async def _call(self, method: str, path: str, payload: Any) -> Any:
+    async def _authorised(self, batch: list[tuple[str, str, bytes | None]]) -> list[Any]:
         if self.token is None:
             await self._login()
-        status, body = await self._exchange(method, path, payload)
-        if status == 401:
+        replies = await self._exchange(batch)
+        refused = [
+            path for (_, path, _), (status, _) in zip(batch, replies, strict=True) if status == 401
+        ]
+        if refused:
             await self._login()
-            status, body = await self._exchange(method, path, payload)
-            if status == 401:
-                raise DriverError(
-                    FailureKind.BAD_REPLY, f"Braiins OS API {path}: token refused after login"
-                )
-        return _decoded(path, status, body)
+            replies = await self._exchange(batch)
+            for (_, path, _), (status, _) in zip(batch, replies, strict=True):
+                if status == 401:
+                    raise DriverError(
+                        FailureKind.BAD_REPLY, f"Braiins OS API {path}: token refused after login"
+                    )
+        return [
+            _decoded(path, status, body)
+            for (_, path, _), (status, body) in zip(batch, replies, strict=True)
+        ]
 
     async def _login(self) -> None:
         self.token = None
-        credentials = {"username": USER, "password": self.password}
-        status, body = await self._exchange("POST", "auth/login", credentials)
+        credentials = json.dumps({"username": USER, "password": self.password}).encode()
+        [(status, body)] = await self._exchange([("POST", "auth/login", credentials)])
         if status == 401:
             raise DriverError(
                 FailureKind.BAD_REPLY, f"Braiins OS API refused the credentials for user {USER!r}"
@@ -156,10 +177,18 @@ class BosSession:
         token = reply.get("token") if isinstance(reply, dict) else None
         if not isinstance(token, str) or not token:
             raise DriverError(FailureKind.BAD_REPLY, "Braiins OS API auth/login: no token")
+        if not token.isprintable() or not token.isascii() or len(token) > 4096:
+            raise DriverError(
+                FailureKind.BAD_REPLY, "Braiins OS API auth/login: token not a header value"
+            )
         self.token = token
 
-    async def _exchange(self, method: str, path: str, payload: Any) -> tuple[int, bytes]:
-        body = None if payload is None else json.dumps(payload).encode()
+    def _request(self, method: str, path: str, body: bytes | None) -> tuple[h11.Request, bytes]:
+        """The request and its bytes on the wire; a bodiless one is built once per token (the
+        reads are the same every cycle)."""
+        key = (method, path, self.token)
+        if body is None and key in self._built:
+            return self._built[key]
         headers = [(b"Host", self._host_header), (b"Accept", b"application/json")]
         if self.token is not None and path != "auth/login":
             headers.append((b"Authorization", self.token.encode()))
@@ -171,30 +200,60 @@ class BosSession:
         elif method in ("PUT", "POST", "PATCH"):
             headers.append((b"Content-Length", b"0"))
         request = h11.Request(method=method, target=f"/api/v1/{path}", headers=headers)
-        for attempt in (1, 2):
+        built = request, _wire(request, body)
+        if body is None:
+            if len(self._built) > 64:
+                self._built.clear()
+            self._built[key] = built
+        return built
+
+    async def _exchange(
+        self, batch: list[tuple[str, str, bytes | None]]
+    ) -> list[tuple[int, bytes]]:
+        """Send ``batch`` on the connection (opened if need be) and read its replies in order;
+        what a closing server left unanswered goes again on a new connection, once."""
+        results: list[tuple[int, bytes]] = []
+        pending = [(*self._request(m, p, b), b) for m, p, b in batch]
+        dropped = False
+        while pending:
             if self._conn is None:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 self._conn = (reader, writer, h11.Connection(h11.CLIENT))
                 self._used = False
-            try:
-                return await self._roundtrip(request, body)
-            except _Dropped:
-                self.release()
-                if attempt == 2:
-                    raise h11.RemoteProtocolError(
-                        "the server closed the connection without answering"
-                    ) from None
-        raise AssertionError("unreachable")
+            reader, writer, machine = self._conn
+            reused, self._used = self._used, True
+            sent, pending = pending, []
+            writer.write(b"".join(wire for _, wire, _ in sent))
+            for i, (request, _, body) in enumerate(sent):
+                machine.send(request)  # already on the wire: this keeps h11's state in step
+                if body is not None:
+                    machine.send(h11.Data(data=body))
+                machine.send(h11.EndOfMessage())
+                try:
+                    results.append(await self._response(machine, reader, request, reused and not i))
+                except _Dropped:
+                    self.release()
+                    if dropped:
+                        raise h11.RemoteProtocolError(
+                            "the server closed the connection without answering"
+                        ) from None
+                    dropped, pending = True, sent[i:]
+                    break
+                if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
+                    machine.start_next_cycle()
+                else:  # Connection: close, HTTP/1.0, a close-delimited body
+                    self.release()
+                    pending = sent[i + 1 :]
+                    break
+        return results
 
-    async def _roundtrip(self, request: h11.Request, body: bytes | None) -> tuple[int, bytes]:
-        assert self._conn is not None
-        reader, writer, machine = self._conn
-        reused, self._used = self._used, True
-        out = machine.send(request) or b""
-        if body is not None:
-            out += machine.send(h11.Data(data=body)) or b""
-        out += machine.send(h11.EndOfMessage()) or b""
-        writer.write(out)
+    async def _response(
+        self,
+        machine: h11.Connection,
+        reader: asyncio.StreamReader,
+        request: h11.Request,
+        may_be_dropped: bool,
+    ) -> tuple[int, bytes]:
         status: int | None = None
         chunks: list[bytes] = []
         size = 0
@@ -204,11 +263,11 @@ class BosSession:
                 try:
                     data = await reader.read(_READ)
                 except ConnectionError:
-                    if reused and status is None:
+                    if may_be_dropped and status is None:
                         raise _Dropped from None
                     raise
-                if not data and reused and status is None:
-                    raise _Dropped
+                if not data and may_be_dropped and status is None:
+                    raise _Dropped  # nothing answered on a kept-alive connection
                 machine.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
@@ -222,15 +281,17 @@ class BosSession:
                     )
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                break
+                assert status is not None
+                return status, b"".join(chunks)
             elif isinstance(event, h11.ConnectionClosed):
                 raise h11.RemoteProtocolError("the connection closed before a reply")
-        assert status is not None
-        if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
-            machine.start_next_cycle()
-        else:
-            self.release()
-        return status, b"".join(chunks)
+
+
+def _wire(request: h11.Request, body: bytes | None) -> bytes:
+    """``request`` as h11 writes it (Content-Length framing), for writing several at once."""
+    head = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
+    head += b"".join(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw_items())
+    return head + b"\r\n" + (body or b"")
 
 
 def _decoded(path: str, status: int, body: bytes) -> Any:
@@ -458,17 +519,9 @@ class BraiinsOS(RigDriver):
         return self._caps
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
-        session = self.session
-        try:
-            async with asyncio.timeout(timeout_s):
-                replies = [await session.call("GET", path, None, timeout_s) for path in READS]
-        except TimeoutError:
-            raise DriverError(
-                FailureKind.TIMEOUT, f"Braiins OS API: read not done within {timeout_s:.1f} s"
-            ) from None
-        finally:
-            session.release()
-        details, stats, boards, tuner = replies
+        # The connection stays open for the next cycle (a failed call closes it; a server that
+        # dropped it while idle gets the read again on a new one).
+        details, stats, boards, tuner = await self.session.get_all(READS, timeout_s)
         state = bos_read(details, stats, boards, tuner, self.expected_boards)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state

@@ -92,6 +92,9 @@ class Replay:
         self.requests: list[tuple[str, str, str | None]] = []
         self.token = "t0k3n"
         self.refuse_tokens = False
+        self.close_each = False  # answer one request per connection, with Connection: close
+        self.connections = 0
+        self.open: set[asyncio.StreamWriter] = set()
         self.port = 0
         self._server: asyncio.Server | None = None
         self.stopped = asyncio.Event()
@@ -118,6 +121,8 @@ class Replay:
         return 404, b'{"code":5,"message":"Not Found","details":[]}'
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -134,16 +139,26 @@ class Replay:
                     return
                 assert not isinstance(answer, str)
                 status, body = answer
+                close = "Connection: close\r\n" if self.close_each else ""
                 writer.write(
-                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{close}"
                     f"Content-Length: {len(body)}\r\n\r\n".encode()
                     + body
                 )
                 await writer.drain()
+                if self.close_each:
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.open.discard(writer)
             writer.close()
+
+    async def drop_idle(self) -> None:
+        """Close every kept-alive connection, as a server's idle timeout does."""
+        for writer in list(self.open):
+            writer.close()
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -209,6 +224,39 @@ async def test_capture_read() -> None:
     assert (obs.inlet_c, obs.outlet_c) == (40.0, 55.5)
     assert obs.uptime_s == 69685
     assert not obs.model_unknown
+
+
+async def test_read_is_pipelined_on_one_connection() -> None:
+    async with replay() as server:
+        driver = await replay_driver(server)
+        before = server.connections
+        await driver.observe(3.0, 1000.0)
+        assert server.connections == before + 1  # four GETs, one connection, written at once
+
+
+async def test_connection_kept_for_the_next_read_and_reopened_when_dropped() -> None:
+    async with replay() as server:
+        driver = await replay_driver(server)
+        await driver.observe(3.0, 1000.0)
+        before = server.connections
+        await driver.observe(3.0, 1001.0)
+        assert server.connections == before  # the next cycle reuses the connection
+        await server.drop_idle()
+        obs = await driver.observe(3.0, 1002.0)
+        assert server.connections == before + 1  # dropped while idle: read again on a new one
+    assert obs.power_limit_w == 3031
+
+
+async def test_read_survives_a_server_that_closes_after_each_reply() -> None:
+    """The pipelined requests a closing server left unanswered go again, each on a new
+    connection: the read is the same."""
+    async with replay() as server:
+        driver = await replay_driver(server)
+        server.close_each = True
+        before = server.connections
+        obs = await driver.observe(3.0, 1000.0)
+        assert server.connections == before + 5  # the login, then each GET on its own
+    assert obs.hashrate_ths == pytest.approx(141.46356540072063) and obs.power_limit_w == 3031
 
 
 async def test_capture_read_at_the_default_target_is_normal() -> None:
@@ -281,7 +329,7 @@ async def test_capture_without_constraints_offers_sleep_and_limit_only() -> None
             FailureKind.BAD_REPLY,
             "reply over 1048576 bytes",
         ),
-        ("miner/stats", "hang", FailureKind.TIMEOUT, "read not done within 1.0 s"),
+        ("miner/stats", "hang", FailureKind.TIMEOUT, "no answer within 1.0 s"),
     ],
 )
 async def test_garbage_is_a_clear_error(
