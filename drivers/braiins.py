@@ -5,13 +5,14 @@ pyasic's ``BOSer`` reads through Braiins' gRPC API on 50051 (a new HTTP/2 channe
 the cgminer-compatible API on 4028: about a dozen exchanges per ``get_data``. BOS 25.x also
 serves the same public API as JSON over HTTP (``/api/v1/...``, the API asic-rs reads, and the
 one the captures in ``tests/fixtures/captures/braiins/v25_07`` come from); this driver speaks
-that, on one kept-alive connection per read:
+that:
 
 - Read: ``GET miner/details`` (``status``: 2 mining, 3 paused; model and firmware for the
   fingerprint), ``miner/stats`` (hashrate, ``power_stats.approximated_consumption`` watts),
   ``miner/hw/hashboards`` (boards, chip and board temperatures) and
-  ``performance/tuner-state`` (the power target in force). The API has no joined read, so a
-  cycle is four requests on one connection, not one request; fans are not read each cycle.
+  ``performance/tuner-state`` (the power target in force). The API has no joined read, so the
+  four requests are pipelined (written at once, the replies read in order) on one connection,
+  which is kept for the next cycle; fans are not read each cycle.
 - Modes: ``sleep`` is ``PUT actions/pause``; ``limit W`` is ``PUT performance/power-target``
   ``{"watt": W}`` then ``PUT actions/resume``; ``normal`` is the same with the rig's default
   power target. Observed: paused is sleep; otherwise the target in force is ``power_limit_w``,
@@ -484,7 +485,7 @@ def target_constraints(reply: Any) -> tuple[int, int, int]:
 
 
 class BraiinsOS(RigDriver):
-    """Braiins OS 25.x on an Antminer: its REST API, one connection per read or command."""
+    """Braiins OS 25.x on an Antminer: its REST API on one kept-alive connection."""
 
     name = "braiins-os"
 
@@ -510,6 +511,7 @@ class BraiinsOS(RigDriver):
                 else "limit is Braiins OS's power target; the rig told no default target, so "
                 "normal is not offered",
                 "sleep is pause mining; no low/high: Braiins OS has no preset profiles",
+                "transition timing: the stock figures (no Braiins OS measurements in hand)",
             ),
         )
         self.last: BosState | None = None
