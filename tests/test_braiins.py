@@ -93,6 +93,7 @@ class Replay:
         self.token = "t0k3n"
         self.refuse_tokens = False
         self.close_each = False  # answer one request per connection, with Connection: close
+        self.framing = "length"  # or "chunked", or "http10" (HTTP/1.0, close-delimited)
         self.connections = 0
         self.open: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -140,11 +141,28 @@ class Replay:
                 assert not isinstance(answer, str)
                 status, body = answer
                 close = "Connection: close\r\n" if self.close_each else ""
-                writer.write(
-                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{close}"
-                    f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
+                if self.framing == "http10":
+                    writer.write(b"HTTP/1.0 %d X\r\n\r\n" % status + body)
+                    await writer.drain()
+                    return  # the end of the body is the end of the connection
+                if self.framing == "chunked":
+                    half = len(body) // 2
+                    framed = b"".join(
+                        b"%x;ext=1\r\n%s\r\n" % (len(part), part)
+                        for part in (body[:half], body[half:])
+                        if part
+                    )
+                    writer.write(
+                        f"HTTP/1.1 {status} X\r\n{close}Transfer-Encoding: chunked\r\n\r\n".encode()
+                        + framed
+                        + b"0\r\nX-Trailer: 1\r\n\r\n"
+                    )
+                else:
+                    writer.write(
+                        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{close}"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
                 await writer.drain()
                 if self.close_each:
                     return
@@ -257,6 +275,15 @@ async def test_read_survives_a_server_that_closes_after_each_reply() -> None:
         obs = await driver.observe(3.0, 1000.0)
         assert server.connections == before + 5  # the login, then each GET on its own
     assert obs.hashrate_ths == pytest.approx(141.46356540072063) and obs.power_limit_w == 3031
+
+
+@pytest.mark.parametrize("framing", ["chunked", "http10"])
+async def test_read_in_every_framing(framing: str) -> None:
+    async with replay() as server:
+        driver = await replay_driver(server)
+        server.framing = framing
+        obs = await driver.observe(3.0, 1000.0)
+    assert obs.hashrate_ths == pytest.approx(141.46356540072063) and obs.power_w == 3137.0
 
 
 async def test_capture_read_at_the_default_target_is_normal() -> None:
@@ -692,3 +719,17 @@ def test_out_of_range_target_is_refused_clearly(bos: BosFleet) -> None:
         "power target 9000 W is out of range 1530..3990 W"
     )
     assert bos.truth()["power_limit_w"] is None  # nothing changed
+
+
+def test_a_rig_that_answers_ok_and_ignores_the_target_is_not_confirmed(bos: BosFleet) -> None:
+    """ "It said OK" is not success: the observation shows the target still in force."""
+    bos.control.set_fault(bos.address, "ignore_writes")
+
+    async def body() -> tuple[Any, Observation]:
+        driver = await _driver(bos.address)
+        sent = await driver.apply(Mode.LIMIT, 2300, 3.0)
+        return sent, await driver.observe(3.0, time.time())
+
+    sent, obs = bos.ns.run(body)
+    assert sent.sent and sent.power_limit_w == 2300
+    assert obs.mode is Mode.NORMAL and obs.power_limit_w == 3068
