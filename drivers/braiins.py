@@ -561,12 +561,25 @@ class BraiinsOS(RigDriver):
 
 async def braiins_identity(
     address: str, model: str, extra: dict[str, str], timeout_s: float, port: int = WEB_PORT
-) -> Identity:
+) -> Identity | None:
     """A Braiins OS 25.x rig's identity: serial, MAC, firmware and fingerprint from
-    ``miner/details``, the power target constraints (when the rig tells them) in ``extra``."""
+    ``miner/details``, the power target constraints (when the rig tells them) in ``extra``.
+
+    None when the rig has no such REST API (Braiins OS before 25.07 runs ``BOSer`` too, with
+    only gRPC and GraphQL: its ``/api/v1`` answers 404 or the web UI's page, a BAD_REPLY here);
+    such a rig is left to pyasic. An unreachable or silent rig is an error, as anywhere.
+    """
     session = BosSession(address, _password(), port)
     try:
-        details = _obj(await session.call("GET", "miner/details", None, timeout_s), "miner/details")
+        try:
+            details = _obj(
+                await session.call("GET", "miner/details", None, timeout_s), "miner/details"
+            )
+            stamp = fingerprint(details)
+        except DriverError as exc:
+            if exc.kind is FailureKind.BAD_REPLY:
+                return None
+            raise
         try:
             lo, default, hi = target_constraints(
                 await session.call("GET", "configuration/constraints", None, timeout_s)
@@ -577,7 +590,6 @@ async def braiins_identity(
             extra = {**extra, EXTRA_MIN: str(lo), EXTRA_DEFAULT: str(default), EXTRA_MAX: str(hi)}
     finally:
         session.release()
-    stamp = fingerprint(details)
     version = stamp.split("|", 1)[1]
     serial, mac = details.get("serial_number"), details.get("mac_address")
     return Identity(

@@ -176,9 +176,12 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         )
     if firmware_kind == "LuxOS":
         return await _luxos_identity(address, model, miner, timeout_s)
-    if isinstance(miner, BOSer):  # Braiins OS with the BOSer daemon (22.x on, 25.x's REST API)
-        extra = _extra(miner, None, firmware_kind, "")
-        return await braiins_identity(address, model, extra, timeout_s)
+    if isinstance(miner, BOSer):  # Braiins OS with the BOSer daemon: its REST API from 25.07 on
+        found = await braiins_identity(
+            address, model, _extra(miner, None, firmware_kind, ""), timeout_s
+        )
+        if found is not None:
+            return found
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
     if miner.raw_model is None:

@@ -21,7 +21,8 @@ Real BOS 25.x answers on three ports, and this module simulates each of them:
   and retries).
 - **The cgminer-compatible API on 4028** (``version`` naming ``BOSer``, which is how pyasic
   detects the firmware; ``devdetails`` for the model; ``summary``, ``devs``, ``tunerstatus``
-  for pyasic's hashrate, is-mining and errors), several commands joined with ``+``.
+  for pyasic's hashrate, is-mining and errors), several commands joined with ``+``; ``version``
+  has the shape of the real one in ``tests/fixtures/captures/braiins/v21_09`` (a BOS 22.08 rig).
 
 The firmware's controls map onto the one rig physics: a power target is the rig's power limit
 (a target above the default lets the tuner clock up, simulated as high mode under that limit),
@@ -65,7 +66,9 @@ from simulator.rig import Fault, SimRig, Snapshot
 __all__ = ["BOS_FIRMWARE", "GRPC_PORT", "HANDLERS", "constraints", "serve_grpc"]
 
 BOS_MAJOR = "2022-09-13-0-11012d53-22.08-plus"
-BOSER_VERSION = "0.1.0-3881c51d"
+BOSER_VERSION = (
+    "boser-buildroot 0.1.0-3881c51d"  # the v21_09 capture: "boser-openwrt 0.1.0-11012d53"
+)
 GRPC_PORT = 50051
 USER = "root"
 PASSWORD = "root"
@@ -488,7 +491,7 @@ def _cg_status(code: int, msg: str, when: int, ok: bool = True) -> list[dict[str
             "When": when,
             "Code": code,
             "Msg": msg,
-            "Description": f"BOSer boser-buildroot {BOSER_VERSION}",
+            "Description": f"BOSer {BOSER_VERSION}",
         }
     ]
 

@@ -191,6 +191,7 @@ async def replay() -> AsyncIterator[Replay]:
 
 async def replay_driver(server: Replay) -> BraiinsOS:
     identity = await braiins_identity("127.0.0.1", "S19 XP", {}, 3.0, port=server.port)
+    assert identity is not None
     driver = BraiinsOS(identity)
     driver.session = BosSession("127.0.0.1", "root", port=server.port)
     return driver
@@ -202,6 +203,7 @@ async def replay_driver(server: Replay) -> BraiinsOS:
 async def test_capture_identity() -> None:
     async with replay() as server:
         identity = await braiins_identity("127.0.0.1", "S19 XP", {}, 3.0, port=server.port)
+    assert identity is not None
     assert identity.make is Make.BRAIINS and identity.driver == "braiins-os"
     assert identity.firmware == "2025-08-06-0-3881c51d-25.07-plus"
     assert identity.serial is None  # "serial_number": null
@@ -312,6 +314,39 @@ async def test_capture_without_constraints_offers_sleep_and_limit_only() -> None
         await driver.apply(Mode.NORMAL, None, 3.0)
     with pytest.raises(UnsupportedMode, match="cannot do low"):
         await driver.apply(Mode.LOW, None, 3.0)
+
+
+# ---- Braiins OS before 25.07 (BOSer, GraphQL and gRPC, no REST API) ------------------------------
+
+CAPTURES_22 = Path(__file__).parent / "fixtures" / "captures" / "braiins" / "v21_09"
+
+
+def test_older_boser_version_capture_is_braiins_to_pyasic() -> None:
+    """The v21_09 capture set is a BOS 22.08 rig (``bos.info.version.full``
+    2022-09-13-0-11012d53-22.08-plus): its ``version`` reply, verbatim, is what pyasic's
+    detection takes for Braiins OS, and the simulator's ``version`` has its shape."""
+    from pyasic.miners.factory import MinerFactory, MinerTypes
+
+    raw = (CAPTURES_22 / "version.json").read_text()
+    assert MinerFactory._parse_socket_type(raw) is MinerTypes.BRAIINS_OS
+    real = json.loads(raw)
+    ours = json.loads(sim_bos.handle_rpc(_sim_rig(), {"command": "version"}))
+    _same_shape(ours, real, "version")
+    system = json.loads((CAPTURES_22 / "gql_system.json").read_text())
+    assert system["data"]["bos"]["info"]["version"]["full"] == "2022-09-13-0-11012d53-22.08-plus"
+
+
+async def test_older_boser_without_the_rest_api_is_left_to_pyasic() -> None:
+    """Such a rig answers ``/api/v1`` with 404 (here) or its web page: not this driver's."""
+    async with replay() as server:
+        server.override["auth/login"] = (404, b"<html>Not Found</html>")
+        assert await braiins_identity("127.0.0.1", "S19j Pro", {}, 3.0, port=server.port) is None
+        server.override["auth/login"] = (200, b"<!DOCTYPE html><title>Braiins OS</title>")
+        assert await braiins_identity("127.0.0.1", "S19j Pro", {}, 3.0, port=server.port) is None
+    # but a rig that does not answer at all is an error, not "another firmware"
+    with pytest.raises(DriverError) as err:
+        await braiins_identity("127.0.0.1", "S19j Pro", {}, 2.0, port=server.port)
+    assert err.value.kind is FailureKind.UNREACHABLE
 
 
 # ---- garbage and refusals ------------------------------------------------------------------------
