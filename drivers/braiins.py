@@ -515,6 +515,9 @@ class BraiinsOS(RigDriver):
             ),
         )
         self.last: BosState | None = None
+        # One connection, one exchange at a time: a command sent while a read is under way
+        # (the MQTT bridge, say) waits for it rather than interleaving on the connection.
+        self._busy = asyncio.Lock()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -523,7 +526,8 @@ class BraiinsOS(RigDriver):
     async def observe(self, timeout_s: float, now: float) -> Observation:
         # The connection stays open for the next cycle (a failed call closes it; a server that
         # dropped it while idle gets the read again on a new one).
-        details, stats, boards, tuner = await self.session.get_all(READS, timeout_s)
+        async with self._busy:
+            details, stats, boards, tuner = await self.session.get_all(READS, timeout_s)
         state = bos_read(details, stats, boards, tuner, self.expected_boards)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
@@ -531,30 +535,32 @@ class BraiinsOS(RigDriver):
 
     async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
         self.check_supported(mode, power_limit_w)
-        session = self.session
         try:
-            async with asyncio.timeout(timeout_s):
-                if mode is Mode.SLEEP:
-                    await session.call("PUT", "actions/pause", None, timeout_s)
-                    return ApplyResult(True, mode, None, "paused; confirm by observation")
-                watts = self.default_w if mode is Mode.NORMAL else power_limit_w
-                assert watts is not None  # check_supported: limit has watts, normal a default
-                reply = await session.call(
-                    "PUT", "performance/power-target", {"watt": watts}, timeout_s
-                )
-                set_w = _opt_number(reply, "power_target", "watt")
-                if set_w is not None and int(set_w) != watts:
-                    raise DriverError(
-                        FailureKind.BAD_REPLY,
-                        f"Braiins OS set the power target to {int(set_w)} W, not {watts} W",
-                    )
-                await session.call("PUT", "actions/resume", None, timeout_s)
+            async with asyncio.timeout(timeout_s), self._busy:
+                try:
+                    return await self._send(mode, power_limit_w, timeout_s)
+                finally:
+                    self.session.release()  # commands are rare: no connection kept for them
         except TimeoutError:
             raise DriverError(
                 FailureKind.TIMEOUT, f"Braiins OS API: command not done within {timeout_s:.1f} s"
             ) from None
-        finally:
-            session.release()
+
+    async def _send(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
+        session = self.session
+        if mode is Mode.SLEEP:
+            await session.call("PUT", "actions/pause", None, timeout_s)
+            return ApplyResult(True, mode, None, "paused; confirm by observation")
+        watts = self.default_w if mode is Mode.NORMAL else power_limit_w
+        assert watts is not None  # check_supported: limit has watts, normal a default
+        reply = await session.call("PUT", "performance/power-target", {"watt": watts}, timeout_s)
+        set_w = _opt_number(reply, "power_target", "watt")
+        if set_w is not None and int(set_w) != watts:
+            raise DriverError(
+                FailureKind.BAD_REPLY,
+                f"Braiins OS set the power target to {int(set_w)} W, not {watts} W",
+            )
+        await session.call("PUT", "actions/resume", None, timeout_s)
         limit = watts if mode is Mode.LIMIT else None
         return ApplyResult(True, mode, limit, f"power target {watts} W; confirm by observation")
 

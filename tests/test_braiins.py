@@ -119,6 +119,10 @@ class Replay:
             return 401, b'{"code":16,"message":"Unauthenticated","details":[]}'
         if name in PATHS and method == "GET":
             return 200, capture_bytes(PATHS[name])
+        if name == "performance/power-target" and method == "PUT":  # not captured: the schema's
+            return 200, b'{"power_target":{"watt":2500}}'
+        if name in ("actions/pause", "actions/resume") and method == "PUT":
+            return 200, b"{}"
         return 404, b'{"code":5,"message":"Not Found","details":[]}'
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -286,6 +290,26 @@ async def test_read_in_every_framing(framing: str) -> None:
         server.framing = framing
         obs = await driver.observe(3.0, 1000.0)
     assert obs.hashrate_ths == pytest.approx(141.46356540072063) and obs.power_w == 3137.0
+
+
+async def test_a_command_during_a_read_waits_for_it() -> None:
+    """One connection, one exchange at a time: a command sent while a read is under way."""
+    async with replay() as server:
+        driver = await replay_driver(server)
+        obs, sent = await asyncio.gather(
+            driver.observe(3.0, 1000.0), driver.apply(Mode.LIMIT, 2500, 3.0)
+        )
+        puts = [r[1] for r in server.requests if r[0] == "PUT"]
+    assert obs.power_limit_w == 3031 and sent.power_limit_w == 2500
+    assert puts == ["/api/v1/performance/power-target", "/api/v1/actions/resume"]
+
+
+async def test_a_target_set_to_other_watts_is_an_error() -> None:
+    async with replay() as server:
+        driver = await replay_driver(server)
+        with pytest.raises(DriverError) as err:
+            await driver.apply(Mode.LIMIT, 2400, 3.0)
+    assert err.value.detail == "Braiins OS set the power target to 2500 W, not 2400 W"
 
 
 async def test_capture_read_at_the_default_target_is_normal() -> None:
