@@ -578,14 +578,13 @@ async def braiins_identity(
     session = BosSession(address, _password(), port)
     try:
         try:
-            details = _obj(
-                await session.call("GET", "miner/details", None, timeout_s), "miner/details"
-            )
-            stamp = fingerprint(details)
+            reply = await session.call("GET", "miner/details", None, timeout_s)
         except DriverError as exc:
             if exc.kind is FailureKind.BAD_REPLY:
-                return None
+                return None  # no /api/v1 here (an error status, a web page): not 25.07+
             raise
+        details = _obj(reply, "miner/details")  # the API is there: its garbage is an error
+        stamp = fingerprint(details)
         try:
             lo, default, hi = target_constraints(
                 await session.call("GET", "configuration/constraints", None, timeout_s)

@@ -367,7 +367,12 @@ async def test_older_boser_without_the_rest_api_is_left_to_pyasic() -> None:
         assert await braiins_identity("127.0.0.1", "S19j Pro", {}, 3.0, port=server.port) is None
         server.override["auth/login"] = (200, b"<!DOCTYPE html><title>Braiins OS</title>")
         assert await braiins_identity("127.0.0.1", "S19j Pro", {}, 3.0, port=server.port) is None
-    # but a rig that does not answer at all is an error, not "another firmware"
+        # the API is there, but its reply is garbage: an error naming it, not "another firmware"
+        server.override["auth/login"] = (200, b'{"token": "t0k3n"}')
+        server.override["miner/details"] = (200, b'{"status": 2}')
+        with pytest.raises(DriverError, match=r"miner/details.miner_identity: missing"):
+            await braiins_identity("127.0.0.1", "S19j Pro", {}, 3.0, port=server.port)
+    # and a rig that does not answer at all is an error too
     with pytest.raises(DriverError) as err:
         await braiins_identity("127.0.0.1", "S19j Pro", {}, 2.0, port=server.port)
     assert err.value.kind is FailureKind.UNREACHABLE
