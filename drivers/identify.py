@@ -16,11 +16,13 @@ from typing import Any
 
 from pyasic import settings as pyasic_settings
 from pyasic.miners.backends.antminer import AntminerModern
+from pyasic.miners.backends.braiins_os import BOSer
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
 from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
 from drivers import webdigest
 from drivers.base import RigDriver
+from drivers.braiins import BraiinsOS, braiins_identity
 from drivers.detect import detect, within
 from drivers.generic import PyasicGeneric
 from drivers.luxos import LuxOS
@@ -31,7 +33,8 @@ from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_frame
 from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
-    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS)
+    cls.name: cls
+    for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS, BraiinsOS)
 }
 MAX_DETAIL = 64  # characters kept of a rig's serial, MAC or firmware text
 _MAKES = {"BOS+": Make.BRAIINS, "LuxOS": Make.LUXOS, "VNish": Make.VNISH}
@@ -173,6 +176,12 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         )
     if firmware_kind == "LuxOS":
         return await _luxos_identity(address, model, miner, timeout_s)
+    if isinstance(miner, BOSer):  # Braiins OS with the BOSer daemon: its REST API from 25.07 on
+        found = await braiins_identity(
+            address, model, _extra(miner, None, firmware_kind, ""), timeout_s
+        )
+        if found is not None:
+            return found
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
     if miner.raw_model is None:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.models import Make, lookup, on_luxos
+from simulator.models import Make, lookup, on_braiins, on_luxos
 from simulator.rig import Fault, SimClock, SimRig
 
 DEFAULT_BASE = "127.1.0.1"
-OSES = ("stock", "luxos")
+OSES = ("stock", "luxos", "braiins")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class GroupSpec:
     ambient_c: float = 25.0
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     os: str = "stock"
-    """The firmware family: ``stock``, or ``luxos`` (Antminers only)."""
+    """The firmware family: ``stock``, or ``luxos`` / ``braiins`` (Antminers only)."""
 
 
 def parse_group(text: str, make: Make | None = None) -> GroupSpec:
@@ -75,6 +75,8 @@ def load_fleet_file(path: Path) -> tuple[list[GroupSpec], dict[str, Any]]:
                 raise ValueError(f"os must be one of {', '.join(OSES)}, got {os_name!r}")
             if os_name == "luxos":
                 on_luxos(spec)
+            if os_name == "braiins":
+                on_braiins(spec)
         except KeyError:
             raise ValueError(f"{where}: 'model' is required") from None
         except (TypeError, ValueError) as exc:
@@ -124,6 +126,8 @@ class Fleet:
             spec = lookup(group.model)
             if group.os == "luxos":
                 spec = on_luxos(spec)
+            if group.os == "braiins":
+                spec = on_braiins(spec)
             for _ in range(group.count):
                 rig = SimRig(
                     next(addr_iter),
