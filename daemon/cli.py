@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "run": "run the controller daemon (add --dry-run to send no command)",
     "demo": "the daemon on a simulated fleet through the Feb 2026 market slide",
     "status": "print the running daemon's fleet summary",
+    "fleet": "list every site seen on an MQTT broker (many sites, one control room)",
     "config": "config check [FILE]: validate a configuration, print the effective one",
     "backtest": "replay a price history through the policies and guards, report the money",
 }
@@ -33,11 +34,12 @@ EPILOG = """\
 The global options (--log-level, --log-json) may also follow COMMAND.
 
 exit status: 0 done; 1 nothing answered (observe: no rig could be read; scan: no rig found;
-market: a price with sources configured could not be had); 2 invalid command line or
-configuration; 3 partial or stale (observe: some rigs could not be read; status: the daemon's
-summary is stale or missing); 141 stdout was closed early (a pipe into head): the rest of the
-output is dropped quietly, as the shell reports a program ended by SIGPIPE. COMMAND --help
-says more."""
+market: a price with sources configured could not be had; fleet: the broker could not be
+asked, or shows no site); 2 invalid command line or configuration; 3 partial or stale
+(observe: some rigs could not be read; status: the daemon's summary is stale or missing;
+fleet: some retained payloads could not be read); 141 stdout was closed early (a pipe into
+head): the rest of the output is dropped quietly, as the shell reports a program ended by
+SIGPIPE. COMMAND --help says more."""
 
 
 def _add_global_options(p: argparse.ArgumentParser, default: object = None) -> None:
@@ -152,6 +154,10 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         from daemon.admin_cli import main_status
 
         return main_status(rest)
+    if args.command == "fleet":
+        from daemon.sites_cli import main as fleet_main
+
+        return fleet_main(rest)
     if args.command == "config":
         from daemon.admin_cli import main_config
 
@@ -167,7 +173,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
 
         return run_main(rest)
     if args.command == "backtest":
-        from daemon.backtest.cli import main as backtest_main
+        from backtest.cli import main as backtest_main
 
         return backtest_main(rest)
     if args.command == "market":

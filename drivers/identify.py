@@ -16,11 +16,13 @@ from typing import Any
 
 from pyasic import settings as pyasic_settings
 from pyasic.miners.backends.antminer import AntminerModern
+from pyasic.miners.backends.braiins_os import BOSer
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
 from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
 from drivers import webdigest
 from drivers.base import RigDriver
+from drivers.braiins import BraiinsOS, braiins_identity
 from drivers.detect import detect, within
 from drivers.epic import EPic, epic_details, epic_summary, tuning_of
 from drivers.generic import PyasicGeneric
@@ -40,6 +42,7 @@ DRIVERS: dict[str, type[RigDriver]] = {
         WhatsminerV3,
         PyasicGeneric,
         LuxOS,
+        BraiinsOS,
         EPic,
         VNish,
     )
@@ -184,6 +187,12 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         )
     if firmware_kind == "LuxOS":
         return await _luxos_identity(address, model, miner, timeout_s)
+    if isinstance(miner, BOSer):  # Braiins OS with the BOSer daemon: its REST API from 25.07 on
+        found = await braiins_identity(
+            address, model, _extra(miner, None, firmware_kind, ""), timeout_s
+        )
+        if found is not None:
+            return found
     if firmware_kind == "ePIC":
         return await _epic_identity(address, model, miner, timeout_s)
     if firmware_kind == "VNish":

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.models import Make, ModelSpec, lookup, on_epic, on_luxos, on_vnish
+from simulator.models import Make, ModelSpec, lookup, on_braiins, on_epic, on_luxos, on_vnish
 from simulator.rig import Fault, SimClock, SimRig
 
 DEFAULT_BASE = "127.1.0.1"
-OSES = ("stock", "luxos", "epic", "vnish")
+OSES = ("stock", "luxos", "braiins", "epic", "vnish")
 _ON_OS: dict[str, Callable[[ModelSpec], ModelSpec]] = {
     "luxos": on_luxos,
+    "braiins": on_braiins,
     "epic": on_epic,
     "vnish": on_vnish,
 }
@@ -32,7 +33,8 @@ class GroupSpec:
     ambient_c: float = 25.0
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     os: str = "stock"
-    """The firmware family: ``stock``, or ``luxos`` / ``epic`` / ``vnish`` (Antminers only)."""
+    """The firmware family: ``stock``, or ``luxos`` / ``braiins`` / ``epic`` / ``vnish``
+    (Antminers only)."""
 
 
 def parse_group(text: str, make: Make | None = None) -> GroupSpec:
