@@ -325,7 +325,7 @@ class Metrics(Collector):
             for kind, q in sorted(market.quotes.items())
         )
         sources = tuple((s.name, s.kind.value, s.ok, s.last_success) for s in market.sources)
-        target = loop.site_target
+        target = loop.operator.site_target
         cap_kw = loop.site.power_cap_kw
         per_rig = None
         if self.per_rig:
@@ -361,7 +361,7 @@ class Metrics(Collector):
             breakeven_usd_per_phs_day=fleet["breakeven_hashprice_usd_per_ph_day"],
             quotes=quotes,
             sources=sources,
-            pins=sum(1 for o in loop.overrides if o.active(now)),
+            pins=sum(1 for o in loop.operator.overrides() if o.active(now)),
             policies=tuple(
                 (name, name in report.failed_policies)
                 for name in dict.fromkeys(
