@@ -92,7 +92,7 @@ _FAILURES = tuple(k.value for k in FailureKind)
 
 
 @dataclass(frozen=True, slots=True)
-class _Rigs:
+class RigsSnapshot:
     """What the per-rig series are rendered from: the tick's own immutable values, referenced
     rather than copied, so that the per-rig work is done by the scrape, not the event loop."""
 
@@ -104,7 +104,7 @@ class _Rigs:
 
 
 @dataclass(frozen=True, slots=True)
-class _Snapshot:
+class Snapshot:
     at: float
     site: str
     dry_run: bool
@@ -133,7 +133,7 @@ class _Snapshot:
     policies: tuple[tuple[str, bool], ...]  # (name, failed this tick)
     site_target_w: float | None
     site_power_cap_w: float | None
-    per_rig: _Rigs | None
+    per_rig: RigsSnapshot | None
 
 
 @dataclass(slots=True)
@@ -262,8 +262,8 @@ class Metrics(Collector):
         self.mqtt_connected = mqtt_connected
         self._version = _package_version()
         self._lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
-        self._rig_cache: tuple[_Rigs, bytes] | None = None
+        self._snapshot: Snapshot | None = None
+        self._rig_cache: tuple[RigsSnapshot, bytes] | None = None
         self._last_desired: dict[RigId, tuple[Mode, int | None]] = {}
         self._decisions: dict[tuple[str, str], int] = {}  # (by, mode)
         self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
@@ -329,14 +329,14 @@ class Metrics(Collector):
         cap_kw = loop.site.power_cap_kw
         per_rig = None
         if self.per_rig:
-            per_rig = _Rigs(
+            per_rig = RigsSnapshot(
                 readings=report.readings,
                 desired=report.desired,
                 identities={r: d.identity for r, d in drivers.items()},
                 stuck=frozenset(stuck),
                 prices=prices,
             )
-        snapshot = _Snapshot(
+        snapshot = Snapshot(
             at=report.at,
             site=loop.site.name,
             dry_run=dry,
@@ -552,7 +552,7 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     return family
 
 
-def _fleet(s: _Snapshot) -> Iterator[Metric]:
+def _fleet(s: Snapshot) -> Iterator[Metric]:
     yield _gauge("rigpilot_dry_run", "1 when the daemon sends no command (dry-run).", s.dry_run)
     yield _gauge(
         "rigpilot_commands_held",
@@ -658,7 +658,7 @@ def _fleet(s: _Snapshot) -> Iterator[Metric]:
     )
 
 
-def _market(s: _Snapshot) -> Iterator[Metric]:
+def _market(s: Snapshot) -> Iterator[Metric]:
     yield _gauge(
         "rigpilot_hashprice_usd_per_phs_day",
         "Hashprice the policies used (USD per PH/s per day); absent when stale.",
@@ -737,7 +737,7 @@ _RIG_FAMILIES = (
 )
 
 
-def _per_rig_text(rigs: _Rigs) -> str:
+def _per_rig_text(rigs: RigsSnapshot) -> str:
     """Every per-rig family as exposition text (see daemon/exposition.py)."""
     out: list[list[tuple[str, float]]] = [[] for _ in _RIG_FAMILIES]
     info, up, stuck, hashrate, power, estimated, chip, board, inlet, outlet = out[:10]

@@ -449,7 +449,7 @@ async def _run_ticks(
             started = time.monotonic()
             service.poke.clear()
             control = service.settings.control
-            report = await _bounded_tick(service.loop, stop, control.stop_grace_s)
+            report = await bounded_tick(service.loop, stop, control.stop_grace_s)
             if report is None:
                 break  # stopping: the tick in flight was abandoned
             service.ticked(report)
@@ -501,9 +501,7 @@ async def _stop_task(task: asyncio.Task[Any] | None) -> None:
             await asyncio.wait_for(task, 5.0)
 
 
-async def _bounded_tick(
-    loop: ControlLoop, stop: asyncio.Event, grace_s: float
-) -> TickReport | None:
+async def bounded_tick(loop: ControlLoop, stop: asyncio.Event, grace_s: float) -> TickReport | None:
     """One tick; when ``stop`` is set meanwhile, the tick gets ``grace_s`` more to finish its
     commands, then is abandoned (None). Commands whose send began stay journaled and are
     confirmed by observation after the next start; the others are taken out of the journal."""

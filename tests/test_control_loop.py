@@ -493,7 +493,7 @@ async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
     from dataclasses import replace
 
     from daemon.reconciler import Command
-    from daemon.run import _bounded_tick
+    from daemon.run import bounded_tick
 
     h, addresses = await harness(sim, tmp_path, dry_run=False)
     # Start slots 2 s apart (site time = wall time here: the clock stands still in a tick).
@@ -511,7 +511,7 @@ async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
     await h.loop.market.refresh(h.clock.t)  # a jump is taken once seen twice
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(1.0, stop.set)
-    abandoned = await _bounded_tick(h.loop, stop, grace_s=2.0)  # slots at +0, +2, +4 ... s
+    abandoned = await bounded_tick(h.loop, stop, grace_s=2.0)  # slots at +0, +2, +4 ... s
     assert abandoned is None, "the tick was abandoned"
     planned, kept = journaled
     assert len(planned) == len(addresses)  # every rig raised, each at its own slot

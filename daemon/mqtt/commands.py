@@ -12,7 +12,6 @@ from these models (``python -m daemon.mqtt.asyncapi``).
 from __future__ import annotations
 
 import json
-import math
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
@@ -333,10 +332,3 @@ def transaction_of(payload: bytes) -> str | None:
         if isinstance(tx, str) and 0 < len(tx) <= 64:
             return tx
     return None
-
-
-def finite(value: float, what: str) -> float:
-    """``value`` if it is a finite number; Rejected naming ``what`` otherwise."""
-    if not math.isfinite(value):
-        raise Rejected(f"{what} must be a finite number")
-    return value
