@@ -740,9 +740,7 @@ _RIG_FAMILIES = (
 def _per_rig_text(rigs: RigsSnapshot) -> str:
     """Every per-rig family as exposition text (see daemon/exposition.py)."""
     out: list[list[tuple[str, float]]] = [[] for _ in _RIG_FAMILIES]
-    info, up, stuck, hashrate, power, estimated, chip, board, inlet, outlet = out[:10]
-    mode, desired, margin = out[10:]
-    estimated_source = PowerSource.ESTIMATED
+    info, up, stuck, desired = out[0], out[1], out[2], out[11]
     esc = escape
     for rig_id, reading in rigs.readings.items():
         obs = reading if isinstance(reading, Observation) else None
@@ -769,27 +767,34 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
         d = rigs.desired.get(rig_id)
         if d is not None:
             desired.append((f'{head},mode="{d.mode.value}",by="{esc(d.decided_by)}"}}', 1.0))
-        if obs is None:
-            continue
-        hashrate.append((key, obs.hashrate_ths * TH))
-        if obs.power_w is not None:
-            power.append((key, obs.power_w))
-        if obs.power_source is not None:
-            estimated.append((key, 1.0 if obs.power_source is estimated_source else 0.0))
-        if obs.max_chip_temp_c is not None:
-            chip.append((key, obs.max_chip_temp_c))
-        for b in obs.boards:
-            if b.board_temp_c is not None:
-                board.append((f'{head},board="{b.index}"}}', b.board_temp_c))
-        if obs.inlet_c is not None:
-            inlet.append((key, obs.inlet_c))
-        if obs.outlet_c is not None:
-            outlet.append((key, obs.outlet_c))
-        mode.append((f'{head},mode="{obs.mode.value}"}}', 1.0))
-        value = margin_usd_per_day(obs, rigs.prices)
-        if value is not None:
-            margin.append((key, value))
+        if obs is not None:
+            _observed_samples(out, obs, head, key, rigs.prices)
     return "".join(
         gauge_family(name, doc, samples)
         for (name, doc), samples in zip(_RIG_FAMILIES, out, strict=True)
     )
+
+
+def _observed_samples(
+    out: list[list[tuple[str, float]]], obs: Observation, head: str, key: str, prices: Prices
+) -> None:
+    """The samples of an observed rig, into ``out`` (one list per family of _RIG_FAMILIES)."""
+    hashrate, power, estimated, chip, board, inlet, outlet, mode = out[3:11]
+    hashrate.append((key, obs.hashrate_ths * TH))
+    if obs.power_w is not None:
+        power.append((key, obs.power_w))
+    if obs.power_source is not None:
+        estimated.append((key, 1.0 if obs.power_source is PowerSource.ESTIMATED else 0.0))
+    if obs.max_chip_temp_c is not None:
+        chip.append((key, obs.max_chip_temp_c))
+    for b in obs.boards:
+        if b.board_temp_c is not None:
+            board.append((f'{head},board="{b.index}"}}', b.board_temp_c))
+    if obs.inlet_c is not None:
+        inlet.append((key, obs.inlet_c))
+    if obs.outlet_c is not None:
+        outlet.append((key, obs.outlet_c))
+    mode.append((f'{head},mode="{obs.mode.value}"}}', 1.0))
+    value = margin_usd_per_day(obs, prices)
+    if value is not None:
+        out[12].append((key, value))
