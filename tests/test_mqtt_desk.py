@@ -381,3 +381,9 @@ async def test_a_retained_request_is_rejected_and_not_applied(
     # Not remembered: the same request published properly is applied.
     assert only(ask(desk, "curtail", payload))["status"] == "accepted"
     assert [o.mode for o in h.loop.operator.overrides()] == [Mode.SLEEP]
+
+
+def test_every_command_has_one_handler() -> None:
+    from daemon.mqtt.handlers import HANDLERS
+
+    assert set(HANDLERS) == set(c.COMMANDS.values())
