@@ -319,6 +319,27 @@ async def start(
         store = Store(settings.state_dir / DB_NAME)
     except StoreError as exc:
         raise ValueError(str(exc)) from None
+    try:
+        return await _build(
+            settings, dry_run, client, notifier, stop, store, prepared, force_dry_run, config_path
+        )
+    except BaseException:
+        store.close()
+        raise
+
+
+async def _build(
+    settings: Settings,
+    dry_run: bool,
+    client: httpx.AsyncClient,
+    notifier: Notifier,
+    stop: asyncio.Event,
+    store: Store,
+    prepared: Prepared,
+    force_dry_run: bool,
+    config_path: Path | None,
+) -> Service | None:
+    """:func:`start` once the store is open (it closes the store if this raises)."""
     # for `rigpilot status` (daemon/lifecycle.py)
     lifecycle = process_doc(package_version(), settings.control.wedged_after())
     save_lifecycle(store, lifecycle)
