@@ -276,7 +276,8 @@ async def serve(
     """Run ticks every ``control.tick_s`` until ``stop`` is set (or ``ticks`` have run).
 
     ``reload`` set: re-read ``config_path`` between ticks (SIGHUP). ``force_dry_run`` (the
-    ``--dry-run`` flag) keeps dry-run on whatever a reloaded configuration says. ``on_start``
+    ``--dry-run`` flag) keeps dry-run on whatever a reloaded configuration says; so does
+    ``dry_run`` where the configuration does not say dry-run. ``on_start``
     is given the service once it is built, before its first tick.
     """
     stop = stop or asyncio.Event()
@@ -362,7 +363,8 @@ async def _build(
     loop = build_loop(settings, dry_run, client, inventory, prepared=prepared)
     service = Service(
         settings=settings,
-        force_dry_run=force_dry_run,
+        # asked for dry-run beyond what the file says (--dry-run): kept whatever a reload says
+        force_dry_run=force_dry_run or (dry_run and not settings.dry_run),
         client=client,
         store=store,
         inventory=inventory,
@@ -375,6 +377,7 @@ async def _build(
         failures=failures,
     )
     _wire(service)
+    service.configure(prepared)  # as a reload does: one way for settings to reach the parts
     return service
 
 

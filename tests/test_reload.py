@@ -17,6 +17,7 @@ from broker import Broker
 from conftest import SimFleet
 from mqtt_client import daemon_settings
 from pydantic import BaseModel
+from test_service import KEYS, write_config
 
 from daemon.config import Settings, load_settings
 from daemon.loop import TickReport
@@ -315,4 +316,37 @@ async def test_a_sighup_applies_every_reloadable_setting(
     for key, (_, first, second) in expect.items():
         assert before[key] == first, (key, before[key])
         assert after[key] == second, (key, after[key])
+    assert services[0].lifecycle["last_reload"]["ok"] is True
+
+
+async def test_dry_run_asked_at_start_survives_a_reload(sim: SimFleet, tmp_path: Path) -> None:
+    """`rigpilot run --dry-run` on a file without dry-run: a reload of that file (which says
+    nothing of dry-run) keeps the daemon in dry-run."""
+    config = write_config(tmp_path / "rigpilot.toml", sim, keys=KEYS[:1])
+    settings = load_settings(config)
+    assert settings.dry_run is False
+    stop, reload = asyncio.Event(), asyncio.Event()
+    services: list[Service] = []
+    dry: list[bool] = []
+
+    def on_tick(report: TickReport) -> None:
+        dry.append(services[0].loop.actuator.dry_run)
+        if len(dry) == 1:
+            reload.set()
+        elif len(dry) == 2:
+            stop.set()
+
+    await asyncio.wait_for(
+        serve(
+            settings,
+            True,
+            on_tick=on_tick,
+            stop=stop,
+            config_path=config,
+            reload=reload,
+            on_start=services.append,
+        ),
+        60,
+    )
+    assert dry == [True, True]
     assert services[0].lifecycle["last_reload"]["ok"] is True
