@@ -39,7 +39,7 @@ from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver
 from drivers.parse import Status, pad_boards
-from drivers.stock import _observation
+from drivers.stock import status_observation
 from drivers.transport import DriverError
 from policies.values import (
     Board,
@@ -531,7 +531,7 @@ class BraiinsOS(RigDriver):
         state = bos_read(details, stats, boards, tuner, self.expected_boards)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
-        return _observation(self, state.status, state.mode(self.default_w), now)
+        return status_observation(self, state.status, state.mode(self.default_w), now)
 
     async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
         self.check_supported(mode, power_limit_w)

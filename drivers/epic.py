@@ -35,7 +35,7 @@ from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver
 from drivers.parse import Status, pad_boards
-from drivers.stock import _observation
+from drivers.stock import status_observation
 from drivers.transport import DriverError
 from drivers.webdigest import WebSession, json_object
 from policies import timing
@@ -284,7 +284,7 @@ class EPic(RigDriver):
         state = epic_summary(await self._get("/summary", timeout_s), self.expected_boards)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
-        return _observation(self, state.status, state.mode(tuning), now)
+        return status_observation(self, state.status, state.mode(tuning), now)
 
     async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
         self.check_supported(mode, power_limit_w)

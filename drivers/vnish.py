@@ -34,7 +34,7 @@ from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver, UnsupportedMode
 from drivers.parse import Status, pad_boards
-from drivers.stock import _observation
+from drivers.stock import status_observation
 from drivers.transport import DriverError
 from drivers.webdigest import WEB_PORT, WebSession, json_object
 from policies.values import Board, Capabilities, FailureKind, Mode, Observation, rig_text
@@ -255,7 +255,7 @@ class VNish(RigDriver):
         state = await self._read(timeout_s)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
-        return _observation(self, state.status, state.mode, now)
+        return status_observation(self, state.status, state.mode, now)
 
     async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
         self.check_supported(mode, power_limit_w)

@@ -215,7 +215,7 @@ class WebSession:
                     ) from None
         raise AssertionError("unreachable")
 
-    async def _roundtrip(
+    async def _roundtrip(  # noqa: C901, PLR0912  one HTTP/1.1 exchange as h11's event loop: each event kind is a case
         self, conn: _Connection, request: h11.Request, body: bytes | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         machine = conn.h11

@@ -305,7 +305,7 @@ def _rpc_summary(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any
     }
 
 
-def _rpc_stats(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
+def _rpc_stats(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:  # noqa: PLR0915  the stats reply: one statement per field the firmware sends
     assert snap is not None
     ghs = round(snap.hashrate_ths * 1000.0, 2)
     st = _state(rig)

@@ -423,7 +423,7 @@ def _rest_error(rig: SimRig, status: int, code: int, message: str) -> HttpRespon
     return _json_reply(status, {"code": code, "message": message, "details": []})
 
 
-def handle_http(rig: SimRig, request: HttpRequest) -> HttpResponse:
+def handle_http(rig: SimRig, request: HttpRequest) -> HttpResponse:  # noqa: C901, PLR0911, PLR0912  one case per path of the firmware's REST API
     """Answer one request to port 80: the web UI's page or the REST API."""
     path = request.path
     if path in ("/", "/index.html") and request.method == "GET":

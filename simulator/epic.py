@@ -359,7 +359,7 @@ def _algo(rig: SimRig, param: Any) -> str | None:
 _WRITES = {"/miner": _miner, "/perpetualtune": _perpetualtune, "/perpetualtune/algo": _algo}
 
 
-def handle_api(rig: SimRig, request: HttpRequest) -> HttpResponse:
+def handle_api(rig: SimRig, request: HttpRequest) -> HttpResponse:  # noqa: PLR0911  one reply per path and refusal, as the firmware
     """Answer one request to ePIC's HTTP API on port 4028."""
     counters = rig.counters
     path = request.path.rstrip("/") or "/"

@@ -14,7 +14,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -280,9 +280,6 @@ def _garble(payload: bytes) -> bytes:
     """What a firmware with a broken JSON writer sends: cut short, with a stray brace."""
     cut = max(1, len(payload) // 2)
     return payload[:cut] + b',"}\x00'
-
-
-ConnFactory = Callable[[], asyncio.Protocol]
 
 
 class FleetServer:

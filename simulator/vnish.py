@@ -442,7 +442,7 @@ _OPEN_READS = {"/api/v1/info", "/api/v1/status", "/api/v1/perf-summary"}
 _TOKEN_READS = {"/api/v1/summary", "/api/v1/settings", "/api/v1/autotune/presets"}
 
 
-def handle_web(rig: SimRig, req: HttpRequest) -> HttpResponse:
+def handle_web(rig: SimRig, req: HttpRequest) -> HttpResponse:  # noqa: C901, PLR0911, PLR0912  one case per path of the firmware's REST API
     """Port 80: the web UI's page and VNish's REST API under ``/api/v1``."""
     counters = rig.counters
     path = req.path.rstrip("/") or "/"

@@ -102,7 +102,7 @@ async def ticks(daemon: RunningDaemon, n: int, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(
+async def test_two_sites_bridged_to_one_control_room_survive_a_cut_link(  # noqa: C901, PLR0912  one scenario, step by step
     control: Broker, sites: dict[str, Site], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     north, south = sites["north"], sites["south"]

@@ -87,7 +87,7 @@ def _json_object(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return doc, None
 
 
-def gather(base: str, retained: Mapping[str, bytes]) -> dict[str, SiteView]:
+def gather(base: str, retained: Mapping[str, bytes]) -> dict[str, SiteView]:  # noqa: PLR0912  one case per retained topic and its refusals
     """Every site seen in ``retained`` (topic -> payload), by name. An empty payload is a
     cleared retained message and is skipped; topics outside the four are ignored."""
     sites: dict[str, SiteView] = {}
