@@ -253,7 +253,7 @@ async def _epic_identity(address: str, model: str, miner: Any, timeout_s: float)
     version = summary.status.fingerprint or "ePIC"
     serial, mac = epic_details(capabilities, network)
     if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
-        model = _own_model(capabilities.get("Model")) or model
+        model = own_model(capabilities.get("Model")) or model
     return Identity(
         address,
         Make.EPIC,
@@ -280,7 +280,7 @@ async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float
         await driver.web.release()
     fw = _field(info, "fw_version")
     if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
-        model = _own_model(info.get("miner") if info else None) or model
+        model = own_model(info.get("miner") if info else None) or model
     version = f"Vnish {fw}" if fw else "VNish"
     serial = _field(info, "serial")
     network = _msg(_msg(info, "system"), "network_status")
@@ -296,7 +296,7 @@ async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float
     )
 
 
-def _own_model(value: Any) -> str | None:
+def own_model(value: Any) -> str | None:
     """A custom firmware's own model name (``AntMiner S19 XP``, ``Antminer S21 XP Hyd.``)
     as the catalogue names models (``S19 XP``), or None."""
     if not isinstance(value, str):

@@ -26,7 +26,7 @@ from replayhttp import ReplayServer, Route
 from daemon.reconciler import Target, satisfied
 from drivers.base import UnsupportedMode
 from drivers.epic import EPic, Tuning, epic_details, epic_summary, tuning_of
-from drivers.identify import _own_model, driver_for, identify
+from drivers.identify import driver_for, identify, own_model
 from drivers.transport import DriverError
 from policies.values import FailureKind, Identity, Make, Mode, Observation, PowerSource
 from simulator import epic as sim_epic
@@ -99,9 +99,9 @@ async def test_uncatalogued_model_is_read_with_its_reported_power() -> None:
 
 def test_the_rigs_own_model_name() -> None:
     """What identification names a model pyasic does not know, from the rig's own words."""
-    assert _own_model("AntMiner S19 XP") == "S19 XP"  # capabilities.json "Model"
-    assert _own_model("Antminer S21 XP Hyd.") == "S21 XP Hyd."  # VNish info "miner"
-    assert _own_model(None) is None and _own_model("") is None
+    assert own_model("AntMiner S19 XP") == "S19 XP"  # capabilities.json "Model"
+    assert own_model("Antminer S21 XP Hyd.") == "S21 XP Hyd."  # VNish info "miner"
+    assert own_model(None) is None and own_model("") is None
 
 
 async def test_one_kept_alive_connection_across_cycles() -> None:
