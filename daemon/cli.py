@@ -46,15 +46,18 @@ def _add_global_options(p: argparse.ArgumentParser, default: object = None) -> N
     """--log-level and --log-json; ``default=argparse.SUPPRESS`` leaves unset ones out."""
     p.add_argument(
         "--log-level",
-        default="info" if default is None else default,
+        default=default,
         choices=("debug", "info", "warning", "error"),
-        help="default: info",
+        help="default: info (`rigpilot run`: the config file's [log] level)",
     )
     p.add_argument(
         "--log-json",
         action=argparse.BooleanOptionalAction,
         default=default,
-        help="JSON log lines (default: JSON unless stderr is a terminal)",
+        help=(
+            "JSON log lines (default: JSON unless stderr is a terminal; `rigpilot run`: the "
+            "config file's [log] json)"
+        ),
     )
 
 
@@ -135,7 +138,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:  # noqa: PLR0911  one return p
     args, rest = split_global_options(args, rest)
     from daemon.logsetup import configure_logging
 
-    configure_logging(level=args.log_level, json=args.log_json, stream=sys.stderr)
+    configure_logging(level=args.log_level or "info", json=args.log_json, stream=sys.stderr)
     if args.command == "sim":
         # The simulator is a separate program that happens to share the console script; the
         # daemon itself never imports it (docs/architecture.md).
@@ -171,7 +174,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:  # noqa: PLR0911  one return p
     if args.command == "run":
         from daemon.run import main as run_main
 
-        return run_main(rest)
+        return run_main(rest, log_level=args.log_level, log_json=args.log_json)
     if args.command == "backtest":
         from backtest.cli import main as backtest_main
 

@@ -27,6 +27,7 @@ from daemon.config import ConfigError, Settings, load_settings, resolve_config_p
 from daemon.control_config import ControlSettings
 from daemon.gctune import tune_gc
 from daemon.lifecycle import Reload, process_doc
+from daemon.logsetup import configure_logging
 from daemon.loop import ControlLoop, TickReport
 from daemon.metrics import Metrics
 from daemon.mqtt.bridge import Bridge, package_version
@@ -686,13 +687,20 @@ def handle_signals(stop: asyncio.Event, reload: asyncio.Event, notifier: Notifie
     running.add_signal_handler(signal.SIGHUP, reload.set)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], log_level: str | None = None, log_json: bool | None = None) -> int:
+    """``rigpilot run``. ``log_level`` / ``log_json``: the global command-line options when
+    given; they win over the config file's ``[log]``, which applies from start-up on."""
     args = parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"rigpilot run: {exc}", file=sys.stderr)
         return 2
+    configure_logging(
+        level=log_level or settings.log.level,
+        json=settings.log.json_output if log_json is None else log_json,
+        stream=sys.stderr,
+    )
     dry_run = args.dry_run or settings.dry_run
     config_path = resolve_config_path(args.config)
     settings = with_state_directory(settings, os.environ)
