@@ -16,11 +16,12 @@ import structlog
 
 from daemon.audit import AuditLog
 from daemon.observer import Observer
+from daemon.operator_state import OperatorState
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from market.service import Market, MarketState
 from policies.api import MarketView, Policy, RigView, Site
-from policies.guards import Desired, GuardConfig, GuardState, Override, Setting
+from policies.guards import Desired, GuardConfig, GuardState, Setting
 from policies.guards.power import FLOOR_MODES
 from policies.guards.ramp import Send, new_grants, ramp_sends
 from policies.tick import PolicyFailure, tick
@@ -77,18 +78,6 @@ class TickReport:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SiteTarget:
-    """A site power target set by the control room (demand response), until ``until``."""
-
-    kw: float
-    until: float
-    by: str
-
-    def active(self, now: float) -> bool:
-        return now < self.until
-
-
 @dataclass
 class ControlLoop:
     observer: Observer
@@ -103,8 +92,9 @@ class ControlLoop:
     market_refresh_s: float = 60.0
     market_timeout_s: float = 15.0
     clock: Callable[[], float] = time.time
-    overrides: list[Override] = field(default_factory=list)
-    site_target: SiteTarget | None = None
+    operator: OperatorState = field(default_factory=OperatorState)
+    """What the control room has set (pins, site target, hand-set prices): read each tick,
+    changed only by the command desk and restored by persistence (daemon/operator_state.py)."""
     journal: Callable[[Sequence[Command], float], None] | None = None
     """Called with the commands about to be sent, before sending (the durable store's
     write-ahead journal); an exception there sends nothing this tick."""
@@ -123,19 +113,26 @@ class ControlLoop:
     _failing: set[str] = field(default_factory=set)
     _market_state: MarketState | None = None
 
+    def use_market(self, market: Market) -> None:
+        """Take prices from ``market`` from the next tick on (a reload changed the sources)."""
+        self.market = market
+        self.force_market_refresh()
+
     async def tick(self) -> TickReport:
         """One full pass. Never raises for a rig's or a feed's failure."""
         started = time.monotonic()
         cycle = await self.observer.cycle()
         observed_s = time.monotonic() - started
         now = self.clock()
+        # The operator's hand-set prices are the market's manual quotes: the same mapping, so
+        # they outrank its feeds, and expire there.
+        self.market.manual = self.operator.prices
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
             self._market_state = await self._refresh_market(now)
             self._market_at = now
         market_state = self.market.state(now)
         market = self._view(market_state, now)
         fleet = self._fleet(cycle.readings, now)
-        self.overrides = [o for o in self.overrides if o.active(now)]
         before = self.guard_state
         as_of = before.as_of
         if as_of is not None and now < as_of:
@@ -152,7 +149,7 @@ class ControlLoop:
             before,
             self.guard_config,
             now,
-            overrides=self.overrides,
+            overrides=self.operator.overrides(now),
             site_target_kw=self._site_target_kw(now),
             seed=self.seed,
             transition=self._transition,
@@ -245,16 +242,10 @@ class ControlLoop:
         return failed
 
     def _site_target_kw(self, now: float) -> float | None:
-        """The active site target's kW (demand response), None without one; an expired
-        target is dropped here."""
-        target = self.site_target
-        if target is None:
-            return None
-        if not target.active(now):
-            log.info("site_target.expired", kw=target.kw, by=target.by)
-            self.site_target = None
-            return None
-        return target.kw
+        """The active site target's kW (demand response), None without one (an expired one
+        is dropped by the operator state)."""
+        target = self.operator.active_site_target(now)
+        return None if target is None else target.kw
 
     def _ramp_ungranted(
         self,

@@ -75,7 +75,7 @@ class ControlApi:
             raise ApiError(404, f"no simulated rig at {address}")
         return rig
 
-    def _route(self, req: HttpRequest) -> Any:
+    def _route(self, req: HttpRequest) -> Any:  # noqa: C901, PLR0911, PLR0912  the control API's routes, one case each
         parts = [p for p in req.path.split("/") if p]
         method = req.method
         match parts:

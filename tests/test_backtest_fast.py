@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backtest.cohorts import _observed_at
+from backtest.cohorts import read_again
 from backtest.engine import Outcome, ReplayConfig, replay
 from backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
-from backtest.physics import RigPhysics, _state_key
+from backtest.physics import RigPhysics, state_key
 from backtest.report import summary
 from bench.backtest import year
 from policies.guards import FailSafe, GuardConfig, Setting
@@ -92,7 +92,7 @@ def _wake(base: RigPhysics, start: float, cached: bool) -> Wake:
             sums.append(rig._integrate(end, sink, 3.0))
             rig.state.t = end
         assert rig.state.t == end
-    return sums, events, _state_key(rig.state), rig.settled, rig.power_w
+    return sums, events, state_key(rig.state), rig.settled, rig.power_w
 
 
 def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
@@ -112,7 +112,7 @@ def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
 def test_an_observation_read_again_keeps_every_other_field() -> None:
     values = {f.name: f"v{n}" for n, f in enumerate(dataclasses.fields(Observation))}
     obs = Observation(**values)  # type: ignore[arg-type]
-    assert _observed_at(obs, 5.0) == dataclasses.replace(obs, observed_at=5.0)
+    assert read_again(obs, 5.0) == dataclasses.replace(obs, observed_at=5.0)
 
 
 # ---------------------------------------------------------------------------------------------
