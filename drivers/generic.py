@@ -52,11 +52,12 @@ FIRMWARE_CAPS: dict[str, Capabilities] = {
         reports_power=True,
         notes=("power limit: nearest preset",),
     ),
+    # pyasic's VNish set_power_limit never takes effect: no limit through pyasic (the VNish
+    # driver, drivers/vnish.py, selects the rig's presets itself).
     "VNish": Capabilities(
-        frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
-        power_limit=True,
+        frozenset({Mode.SLEEP, Mode.NORMAL}),
         reports_power=True,
-        notes=("power limit: nearest preset",),
+        notes=("no power limit through pyasic: its VNish set_power_limit has no effect",),
     ),
 }
 _DEFAULT_CAPS = Capabilities(

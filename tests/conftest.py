@@ -69,6 +69,10 @@ FLEET_ARGS = [
     "s19jpro:1",
     "--vnish",
     "s19jpro:1",
+    # An Antminer on Braiins OS (key "s19jpro-braiins"; tests/test_firmware_matrix.py, which
+    # drives one rig of every firmware family through the daemon): the 17th rig, inside the /27
+    "--braiins",
+    "s19jpro:1",
 ]
 
 
@@ -114,7 +118,7 @@ def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
     keys = []
     for rig in running.rigs:
         key = running.control.rig(rig["address"])["key"]
-        if rig["make"] in ("luxos", "epic", "vnish"):
+        if rig["make"] in ("luxos", "epic", "vnish", "braiins"):
             key = f"{key}-{rig['make']}"
         keys.append(f"{key}-v3" if rig["firmware"] == V3_FIRMWARE else key)
     yield SimFleet(running.rigs, running.control, running.proc, keys)
