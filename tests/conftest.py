@@ -63,8 +63,8 @@ FLEET_ARGS = [
     "--luxos",
     "s19jpro:1",
     # Antminers on ePIC PowerPlay and on VNish (keys "s19jpro-epic", "s19jpro-vnish";
-    # tests/test_epic.py, tests/test_vnish.py): the 15th and 16th rigs, at 127.1.0.15 and .16,
-    # past the hosts of a /28, so the fleet scan covers a /27
+    # tests/test_epic.py, tests/test_vnish.py): past the hosts of a /28, so the fleet scan
+    # covers a /27 (the simulator numbers rigs by firmware: Braiins OS, below, comes first)
     "--epic",
     "s19jpro:1",
     "--vnish",
