@@ -173,7 +173,7 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
             broker, "homeassistant", ["homeassistant/#", f"{topics.root}/#"], site
         ) as col:
             assert col.client is not None
-            await check_discovery(col, address, family, caps)
+            select = await check_discovery(col, address, family, caps)
 
             serial = 0
 
@@ -245,6 +245,14 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
                 await col.wait_for(
                     partial(rig_doc_in, rig=address, mode=mode, limit=limit), 30, mark
                 )
+            if LIM in family.modes:
+                # Home Assistant's select at limit: the top of the declared watts, observed
+                mark = len(col.messages)
+                payload = render(select["command_template"], "limit")
+                top = json.loads(payload)["power_limit_w"]
+                assert top == max(caps.power_limit_presets_w or caps.power_limit_range_w or ())
+                await col.client.publish(select["command_topic"], payload, qos=1)
+                await col.wait_for(partial(rig_doc_in, rig=address, mode=LIM, limit=top), 60, mark)
             # no power limit number where the watts are not a range (checked last: by now every
             # discovery config has long been delivered)
             key = address.replace(".", "_")
@@ -255,9 +263,12 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
     check_audit(settings.state_dir / "audit.jsonl", address, steps, done_at, sent)
 
 
-async def check_discovery(col: Collector, address: str, family: Family, caps: Capabilities) -> None:
+async def check_discovery(
+    col: Collector, address: str, family: Family, caps: Capabilities
+) -> dict[str, Any]:
     """The mode select offers exactly the declared modes; its ``limit`` asks for watts the rig
-    takes; the power limit number exists only for a continuous range."""
+    takes; the power limit number exists only for a continuous range. Returns the select's
+    config."""
     key = address.replace(".", "_")
 
     def select(m: Msg) -> bool:
@@ -269,12 +280,7 @@ async def check_discovery(col: Collector, address: str, family: Family, caps: Ca
     assert config["options"] == select_options(family.modes)
     if LIM in family.modes:
         template = config["command_template"]
-        sent = json.loads(
-            template.replace('"{{ value }}"', '"limit"')
-            .replace('{% if value == "limit" %}', "")
-            .replace("{% endif %}", "")
-        )
-        watts = sent["power_limit_w"]
+        watts = json.loads(render(template, "limit"))["power_limit_w"]
         if caps.power_limit_presets_w:
             assert watts in caps.power_limit_presets_w
         else:
@@ -284,6 +290,14 @@ async def check_discovery(col: Collector, address: str, family: Family, caps: Ca
         assert caps.power_limit_range_w is not None
         number = (await col.wait_for(partial(is_number, key=key), 30)).json()
         assert (number["min"], number["max"]) == caps.power_limit_range_w
+    return dict(config)
+
+
+def render(template: str, value: str) -> str:
+    """The select's command template for ``value`` ("limit"), as Home Assistant renders it."""
+    assert value == "limit"
+    chosen = template.replace("{{ value }}", value)
+    return chosen.replace('{% if value == "limit" %}', "").replace("{% endif %}", "")
 
 
 def is_number(m: Msg, key: str) -> bool:
