@@ -149,6 +149,62 @@ async def capabilities(address: str) -> tuple[str, Capabilities]:
     return driver.name, driver.capabilities
 
 
+@dataclass
+class Operator:
+    """Sends ``set`` requests for one rig over MQTT and waits for their final answers."""
+
+    col: Collector
+    topics: Topics
+    address: str
+    serial: int = 0
+
+    async def ask(self, mode: Mode, limit: int | None = None) -> tuple[str, dict[str, Any]]:
+        self.serial += 1
+        tx = f"{self.topics.site}-{self.serial}-{mode.value}"
+        body: dict[str, Any] = {
+            "rig": self.address,
+            "mode": mode.value,
+            "for_s": 3600,
+            "by": "matrix",
+            "transaction": tx,
+            "timeout_s": 120,
+        }
+        if limit is not None:
+            body["power_limit_w"] = limit
+        assert self.col.client is not None
+        await self.col.client.publish(self.topics.request("set"), json.dumps(body), qos=1)
+        return tx, await self.col.final(tx, 150)
+
+
+def plan(family: Family, limit_w: int | None) -> list[tuple[Mode, int | None]]:
+    """Sleep, wake, every other declared mode, and back to normal."""
+    steps: list[tuple[Mode, int | None]] = [(S, None), (N, None)]
+    steps += [(m, None) for m in (L, H) if m in family.modes]
+    if LIM in family.modes:
+        steps.append((LIM, limit_w))
+    steps.append((N, None))
+    return steps
+
+
+async def check_refusals(op: Operator, family: Family) -> None:
+    """Refused at once: every mode it does not declare, and a wattage it cannot take."""
+    for mode in (L, N, H, LIM):
+        if mode in family.modes:
+            continue
+        tx, answer = await op.ask(mode, 3000 if mode is LIM else None)
+        assert answer["status"] == "rejected", answer
+        assert [a["status"] for a in op.col.answers(tx)] == ["rejected"]
+        assert f"cannot do {mode.value}" in answer["reason"], answer
+        assert op.address in answer["reason"]
+        supports = ", ".join(sorted(m.value for m in family.modes))
+        assert f"it supports: {supports}" in answer["reason"]
+    if family.bad_limit_w is not None:
+        tx, answer = await op.ask(LIM, family.bad_limit_w)
+        assert answer["status"] == "rejected", answer
+        assert [a["status"] for a in op.col.answers(tx)] == ["rejected"]
+        assert f"{family.bad_limit_w} W" in answer["reason"], answer
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=[f.key for f in FAMILIES])
 async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
     broker: Broker, sim: SimFleet, tmp_path: Path, family: Family
@@ -162,6 +218,7 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
     if LIM in family.modes and limit_w is None:  # VNish: one of the rig's own presets
         assert caps.power_limit_presets_w, "a VNish rig declares its presets"
         limit_w = caps.power_limit_presets_w[len(caps.power_limit_presets_w) // 2]
+    steps = plan(family, limit_w)
 
     site = "mx-" + family.key.replace("+", "p")
     settings = daemon_settings(tmp_path, broker, site, {address: "row"}, discovery=True)
@@ -172,57 +229,15 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
         async with Collector(
             broker, "homeassistant", ["homeassistant/#", f"{topics.root}/#"], site
         ) as col:
-            assert col.client is not None
             select = await check_discovery(col, address, family, caps)
+            op = Operator(col, topics, address)
+            await check_refusals(op, family)
 
-            serial = 0
-
-            async def ask(mode: Mode, limit: int | None = None) -> tuple[str, dict[str, Any]]:
-                nonlocal serial
-                serial += 1
-                tx = f"{site}-{serial}-{mode.value}"
-                body: dict[str, Any] = {
-                    "rig": address,
-                    "mode": mode.value,
-                    "for_s": 3600,
-                    "by": "matrix",
-                    "transaction": tx,
-                    "timeout_s": 120,
-                }
-                if limit is not None:
-                    body["power_limit_w"] = limit
-                assert col.client is not None
-                await col.client.publish(topics.request("set"), json.dumps(body), qos=1)
-                return tx, await col.final(tx, 150)
-
-            # refused at once: every mode it does not declare, and a wattage it cannot take
-            for mode in (L, N, H, LIM):
-                if mode in family.modes:
-                    continue
-                tx, answer = await ask(mode, 3000 if mode is LIM else None)
-                assert answer["status"] == "rejected", answer
-                assert [a["status"] for a in col.answers(tx)] == ["rejected"]
-                assert f"cannot do {mode.value}" in answer["reason"], answer
-                assert address in answer["reason"]
-                assert (
-                    "it supports: " + ", ".join(sorted(m.value for m in family.modes))
-                    in (answer["reason"])
-                )
-            if family.bad_limit_w is not None:
-                tx, answer = await ask(LIM, family.bad_limit_w)
-                assert answer["status"] == "rejected", answer
-                assert [a["status"] for a in col.answers(tx)] == ["rejected"]
-                assert f"{family.bad_limit_w} W" in answer["reason"], answer
-
-            # done once the observation shows it: sleep, wake, then every other declared mode
-            steps: list[tuple[Mode, int | None]] = [(S, None), (N, None)]
-            steps += [(m, None) for m in (L, H) if m in family.modes]
-            if LIM in family.modes:
-                steps.append((LIM, limit_w))
-            steps.append((N, None))
+            # done once the observation shows it
             kept: int | None = None
             power_mode = N  # the power mode a limit sits on (Whatsminer)
             done_at: list[float] = []
+            asked: list[str] = []
             sent: list[bool] = []  # whether the step needs a command
             for mode, limit in steps:
                 # A Whatsminer under a limit that already runs the power mode asked is seen in
@@ -231,9 +246,10 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
                 if mode in (L, N, H):
                     power_mode = mode
                 mark = len(col.messages)
-                tx, answer = await ask(mode, limit)
+                tx, answer = await op.ask(mode, limit)
                 assert answer["status"] == "done", answer
                 done_at.append(answer["at"])
+                asked.append(tx)
                 state = await truth(sim, address)
                 assert in_mode(family, state, mode, limit, kept), (mode, limit, state)
                 if mode is LIM:
@@ -246,13 +262,10 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
                     partial(rig_doc_in, rig=address, mode=mode, limit=limit), 30, mark
                 )
             if LIM in family.modes:
-                # Home Assistant's select at limit: the top of the declared watts, observed
-                mark = len(col.messages)
-                payload = render(select["command_template"], "limit")
-                top = json.loads(payload)["power_limit_w"]
-                assert top == max(caps.power_limit_presets_w or caps.power_limit_range_w or ())
-                await col.client.publish(select["command_topic"], payload, qos=1)
-                await col.wait_for(partial(rig_doc_in, rig=address, mode=LIM, limit=top), 60, mark)
+                await check_select_limit(col, address, select, caps)
+            # still one final answer each, many ticks later (never a second done)
+            for tx in asked:
+                assert [a["status"] for a in col.answers(tx)] == ["accepted", "done"], tx
             # no power limit number where the watts are not a range (checked last: by now every
             # discovery config has long been delivered)
             key = address.replace(".", "_")
@@ -261,6 +274,19 @@ async def test_every_declared_mode_is_done_when_observed_and_no_other_is_taken(
         await daemon.close()
 
     check_audit(settings.state_dir / "audit.jsonl", address, steps, done_at, sent)
+
+
+async def check_select_limit(
+    col: Collector, address: str, select: dict[str, Any], caps: Capabilities
+) -> None:
+    """Home Assistant's select at ``limit``: the top of the declared watts, observed."""
+    mark = len(col.messages)
+    payload = render(select["command_template"], "limit")
+    top = json.loads(payload)["power_limit_w"]
+    assert top == max(caps.power_limit_presets_w or caps.power_limit_range_w or ())
+    assert col.client is not None
+    await col.client.publish(select["command_topic"], payload, qos=1)
+    await col.wait_for(partial(rig_doc_in, rig=address, mode=LIM, limit=top), 60, mark)
 
 
 async def check_discovery(
