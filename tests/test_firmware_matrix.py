@@ -31,11 +31,13 @@ from typing import Any
 import pytest
 from broker import Broker
 from conftest import SimFleet
+from hass_schema import assert_valid
 from mqtt_client import Collector, Msg, daemon_settings, start_daemon
 
+from daemon.mqtt.discovery import rig_configs
 from daemon.mqtt.topics import Topics
 from drivers.identify import driver_for, identify
-from policies.values import Capabilities, Mode
+from policies.values import Capabilities, Identity, Make, Mode
 
 S, L, N, H, LIM = Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH, Mode.LIMIT
 ORDER = (S, L, N, H, LIM)  # the select's order (daemon/mqtt/discovery.py)
@@ -375,3 +377,51 @@ def check_audit(
         confirmed = first("confirmed", "observed", command["ts"])
         assert confirmed["ts"] <= at, (confirmed, at)
         after = at
+
+
+@pytest.mark.parametrize(
+    ("caps", "options", "top", "number"),
+    [
+        # presets (VNish): limit asks for the highest preset; no number between presets
+        (
+            Capabilities(
+                frozenset({S, N, LIM}),
+                power_limit=True,
+                power_limit_range_w=(2140, 2950),
+                power_limit_presets_w=(2140, 2580, 2950),
+            ),
+            ["auto", "sleep", "normal", "limit"],
+            2950,
+            None,
+        ),
+        # a range (Whatsminer): limit asks for its top; the number spans it
+        (
+            Capabilities(
+                frozenset({S, L, N, H, LIM}), power_limit=True, power_limit_range_w=(500, 6000)
+            ),
+            ["auto", "sleep", "low", "normal", "high", "limit"],
+            6000,
+            (500, 6000),
+        ),
+        # limit with no watts known (pre-25.07 Braiins OS through pyasic): not offered
+        (
+            Capabilities(frozenset({S, N, LIM}), power_limit=True),
+            ["auto", "sleep", "normal"],
+            None,
+            None,
+        ),
+    ],
+)
+def test_discovery_offers_the_declared_modes_with_the_declared_watts(
+    caps: Capabilities, options: list[str], top: int | None, number: tuple[int, int] | None
+) -> None:
+    identity = Identity("10.0.0.9", Make.VNISH, "S19j Pro", "Vnish 1.2.6", "vnish")
+    configs = dict(rig_configs(Topics("rigpilot", "home"), identity, caps, "test"))
+    for topic, payload in configs.items():
+        assert_valid(topic, payload)
+    select = configs["homeassistant/select/rigpilot_home/10_0_0_9_mode/config"]
+    assert select["options"] == options
+    if top is not None:
+        assert json.loads(render(select["command_template"], "limit"))["power_limit_w"] == top
+    numbers = [p for t, p in configs.items() if "/number/" in t]
+    assert [(p["min"], p["max"]) for p in numbers] == ([number] if number else [])
