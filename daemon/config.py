@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,6 +49,7 @@ from daemon.logsetup import REDACTED, is_secret_key
 from daemon.market.config import MarketSettings
 from daemon.rig_address import check_rig_address
 from daemon.settings_base import Section
+from daemon.switch_config import SwitchConfig, check_outlets, check_switches
 
 __all__ = [
     "CONFIG_PATH_ENV_VAR",
@@ -172,6 +174,9 @@ class RigConfig(_Section):
     driver: str | None = None
     # Operator-defined group (row, container, PDU): commands can address a whole group.
     group: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    # The switch outlets feeding the rig, "SWITCH:NUMBER" (two for a dual-PSU rig):
+    # docs/power-switches.md.
+    outlets: tuple[str, ...] = Field(default=(), max_length=4)
 
     @field_validator("address", mode="before")
     @classmethod
@@ -206,20 +211,30 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     # Safety invariant 5: no write command reaches any rig.
     dry_run: bool = False
+    switches: tuple[SwitchConfig, ...] = ()
     rigs: tuple[RigConfig, ...] = ()
     market: MarketSettings = MarketSettings()
     control: ControlSettings = ControlSettings()
 
     @field_validator("rigs")
     @classmethod
-    def _unique_rigs(cls, rigs: tuple[RigConfig, ...]) -> tuple[RigConfig, ...]:
+    def _unique_rigs(
+        cls, rigs: tuple[RigConfig, ...], info: ValidationInfo
+    ) -> tuple[RigConfig, ...]:
         seen: set[str] = set()
         for rig in rigs:
             key = rig.address.lower()
             if key in seen:
                 raise ValueError(f"rig {rig.address} is listed more than once")
             seen.add(key)
+        check_outlets(info.data.get("switches", ()), ((r.address, r.outlets) for r in rigs))
         return rigs
+
+    @field_validator("switches")
+    @classmethod
+    def _unique_switches(cls, switches: tuple[SwitchConfig, ...]) -> tuple[SwitchConfig, ...]:
+        check_switches(switches)
+        return switches
 
     @classmethod
     def settings_customise_sources(
