@@ -17,6 +17,7 @@ import structlog
 from daemon.audit import AuditLog
 from daemon.market.service import Market, MarketState
 from daemon.observer import Observer
+from daemon.power import PowerSwitches, with_meters
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView, Site
@@ -138,6 +139,8 @@ class ControlLoop:
     conflict: str | None = None
     """Another live instance announces this site (set by the MQTT bridge): shown by
     ``rigpilot status`` and the metrics until it is gone."""
+    power: PowerSwitches | None = None
+    """The PDUs and plugs feeding the rigs (daemon/power.py), None when none is wired."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _ratios: dict[RigId, Ratios] = field(default_factory=dict)  # measured shares of rated
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
@@ -148,7 +151,15 @@ class ControlLoop:
     async def tick(self) -> TickReport:
         """One full pass. Never raises for a rig's or a feed's failure."""
         started = time.monotonic()
-        cycle = await self.observer.cycle()
+        if self.power is None:
+            cycle = await self.observer.cycle()
+        else:  # rigs and the switches feeding them, read side by side; meters replace estimates
+            cycle, sweep = await asyncio.gather(
+                self.observer.cycle(), self.power.read(self.clock())
+            )
+            cycle = replace(
+                cycle, readings=with_meters(cycle.readings, sweep.readings, self.power.wiring)
+            )
         observed_s = time.monotonic() - started
         now = self.clock()
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:

@@ -36,6 +36,7 @@ from daemon.mqtt.topics import Topics
 from daemon.notify import Notifier
 from daemon.observer import Observer, ObserverSettings
 from daemon.persist import Persistence
+from daemon.power import PowerSwitches
 from daemon.prepare import Prepared, prepare
 from daemon.reconciler import Actuator, Reconciler
 from daemon.statelock import state_lock
@@ -125,6 +126,7 @@ def build_loop(
         market_refresh_s=settings.market.refresh_s,
         groups={r.address: r.group for r in settings.rigs},
         clock=clock,
+        power=PowerSwitches.from_settings(settings),
     )
 
 
