@@ -18,6 +18,7 @@ from policies.values import (
     Observation,
     ObservationFailure,
     PowerSource,
+    Reading,
 )
 
 
@@ -27,7 +28,7 @@ def obs(address: str, watts: float | None, source: PowerSource | None) -> Observ
 
 
 def test_meters_replace_estimates_and_reports_only_when_every_outlet_is_read() -> None:
-    readings = {
+    readings: dict[str, Reading] = {
         "a": obs("a", 3050.0, PowerSource.ESTIMATED),
         "b": obs("b", 3300.0, PowerSource.REPORTED),
         "c": obs("c", 3050.0, PowerSource.ESTIMATED),
