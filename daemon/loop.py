@@ -17,9 +17,10 @@ import structlog
 from daemon.audit import AuditLog
 from daemon.market.service import Market, MarketState
 from daemon.observer import Observer
-from daemon.power import PowerSwitches, with_meters
+from daemon.power import PowerSwitches, with_switches
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
+from drivers.base import RigDriver
 from policies.api import Intent, MarketView, Policy, RigView, Site
 from policies.combine import combine
 from policies.guards import (
@@ -157,8 +158,12 @@ class ControlLoop:
             cycle, sweep = await asyncio.gather(
                 self.observer.cycle(), self.power.read(self.clock())
             )
+            identities = {r: d.identity for r, d in self.observer.drivers.items()}
             cycle = replace(
-                cycle, readings=with_meters(cycle.readings, sweep.readings, self.power.wiring)
+                cycle,
+                readings=with_switches(
+                    cycle.readings, sweep.readings, self.power.wiring, identities, self.clock()
+                ),
             )
         observed_s = time.monotonic() - started
         now = self.clock()
@@ -203,6 +208,8 @@ class ControlLoop:
         commands = self._ramp_ungranted(
             commands, new_grants(before, self.guard_state), fleet, cycle.readings, market, now
         )
+        if self.power is not None:  # off and on through the outlets (daemon/power.py)
+            commands = self.power.steps(commands, targets, cycle.readings, now)
         if commands and self.journal is not None and self.actuator.sends:
             try:
                 self.journal(commands, now)
@@ -225,6 +232,8 @@ class ControlLoop:
                 )
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
+        if self.power is not None:
+            self.power.record(results)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
@@ -379,13 +388,20 @@ class ControlLoop:
         """The command target for ``d``: a mode the rig cannot do becomes the nearest mode
         that draws no more power, with a note saying so."""
         driver = self.observer.drivers.get(d.rig_id)
-        if driver is None or d.mode is Mode.UNKNOWN or d.mode in driver.capabilities.modes:
+        if driver is None or d.mode is Mode.UNKNOWN or d.mode in self._modes(d.rig_id, driver):
             return Target(
                 d.rig_id, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by, d.start_at
             )
-        safe = nearest_safe(d.mode, driver.capabilities.modes)
+        safe = nearest_safe(d.mode, self._modes(d.rig_id, driver))
         note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
+
+    def _modes(self, rig_id: RigId, driver: RigDriver) -> frozenset[Mode]:
+        """What the rig can be put in: its firmware's modes, and off where outlets feed it."""
+        modes = driver.capabilities.modes
+        if self.power is not None and self.power.wired(rig_id):
+            return modes | {Mode.OFF}
+        return modes
 
     def _view(self, state: MarketState, now: float) -> MarketView:
         hp = state.fresh(QuoteKind.HASHPRICE)
@@ -437,7 +453,7 @@ class ControlLoop:
                 RigView(
                     rig_id,
                     obs,
-                    caps.modes,
+                    self._modes(rig_id, driver),
                     points,
                     groups.get(rig_id, ""),
                     caps.power_limit_range_w,
@@ -586,4 +602,5 @@ def _action_doc(c: Command) -> dict[str, object]:
     return {
         **_setting_doc(c.mode, c.power_limit_w, "not_before", c.not_before),
         "attempt": c.attempt,
+        **({} if c.switch is None else {"outlets": "on" if c.switch else "off"}),
     }

@@ -1,11 +1,20 @@
-"""The site's power switches in the daemon: reading every outlet once per tick, and the one
-rule by which a metered outlet's power becomes its rig's power.
+"""The site's power switches in the daemon: reading every outlet once per tick, what the
+outlets say about their rigs, and the one rule by which ``off`` is carried out.
 
-:class:`PowerSwitches` is shell (sockets, deadlines, logging); :func:`with_meters` is the pure
-rule: a rig whose every outlet is metered and was read this tick has, as its power, the sum of
-what those outlets draw, with ``power_source = meter``. A wall meter is preferred over the
-catalogue's estimate and over the rig's own PSU figure (which leaves out the PSU's losses); a rig
-with an outlet unread or unmetered keeps what its driver reported. See docs/power-switches.md.
+:class:`PowerSwitches` is shell (sockets, deadlines, logging). The rules are pure functions:
+
+- :func:`with_switches`: a rig whose every outlet is metered and was read this tick has, as its
+  power, the sum of what those outlets draw, with ``power_source = meter`` (preferred over the
+  catalogue's estimate and over the rig's own PSU figure, which leaves out the PSU's losses); a
+  rig that does not answer while every outlet feeding it is read off is observed ``off``.
+- :func:`step`: how a command is carried out for a rig wired to outlets. ``off`` is firmware
+  sleep first, and the outlets are switched off only once the rig is observed asleep (never
+  while it is observed hashing); any other mode asked of a rig observed ``off`` switches its
+  outlets on (the command is a power-up like any other, so it goes through the site ramp),
+  and the firmware mode follows once the rig answers. The actuator's dry-run and hold apply
+  before anything is sent, so dry-run sends nothing to a switch either.
+
+See docs/power-switches.md.
 """
 
 from __future__ import annotations
@@ -17,14 +26,19 @@ from dataclasses import dataclass, replace
 import structlog
 
 from daemon.config import Settings
+from daemon.reconciler import Command, CommandResult, Outcome, Target
 from daemon.switch_config import SwitchConfig, parse_outlet
 from drivers.switches.base import OutletReading, PowerSwitch
 from drivers.switches.plugs import ShellyGen2, Tasmota
 from drivers.switches.snmp import ApcPdu, ApcPduUnmetered, RaritanPdu, SnmpPdu
 from drivers.transport import DriverError
-from policies.values import Observation, PowerSource, Reading, RigId
+from policies.values import Identity, Mode, Observation, PowerSource, Reading, RigId
 
 log = structlog.get_logger("power")
+
+OFF_WAIT_S = 600.0
+"""How long a rig told to sleep on its way to ``off`` may stay silent before its outlets are cut
+anyway (never when it was seen hashing since)."""
 
 OutletId = tuple[str, int]
 """(switch name, outlet number as the device numbers it)."""
@@ -39,23 +53,64 @@ class OutletSweep:
     at: float
 
 
-def with_meters(
+def with_switches(
     readings: Mapping[RigId, Reading],
     outlets: Mapping[OutletId, OutletReading],
     wiring: Mapping[RigId, Sequence[OutletId]],
+    identities: Mapping[RigId, Identity],
+    now: float,
 ) -> dict[RigId, Reading]:
-    """``readings`` with each fully metered rig's power replaced by its outlets' sum."""
+    """``readings`` as the outlets complete them: each fully metered rig's power replaced by
+    its outlets' sum; a rig not answering with every outlet read off, observed ``off``."""
     out = dict(readings)
     for rig_id, feeds in wiring.items():
         obs = out.get(rig_id)
-        if not isinstance(obs, Observation) or not feeds:
+        if not feeds:
             continue
-        metered = [outlets.get(o) for o in feeds]
-        watts = [m.power_w for m in metered if m is not None and m.power_w is not None]
+        read = [outlets.get(o) for o in feeds]
+        known = [r for r in read if r is not None]
+        if len(known) != len(feeds):
+            continue
+        if not isinstance(obs, Observation):
+            identity = identities.get(rig_id)
+            if identity is not None and not any(r.on for r in known):
+                watts = [r.power_w for r in known if r.power_w is not None]
+                out[rig_id] = Observation(
+                    identity,
+                    now,
+                    0.0,
+                    sum(watts) if len(watts) == len(known) else 0.0,
+                    PowerSource.METER if len(watts) == len(known) else None,
+                    Mode.OFF,
+                    False,
+                    errors=("powered off at its outlets",),
+                )
+            continue
+        watts = [r.power_w for r in known if r.power_w is not None]
         if len(watts) != len(feeds):
             continue
         out[rig_id] = replace(obs, power_w=sum(watts), power_source=PowerSource.METER)
     return out
+
+
+def step(cmd: Command, reading: Reading | None) -> Command:
+    """How ``cmd`` is carried out on a rig wired to outlets (see the module's docstring)."""
+    if cmd.mode is Mode.OFF:
+        if isinstance(reading, Observation) and reading.mode is Mode.SLEEP and not reading.mining:
+            return replace(cmd, switch=False, reason=f"{cmd.reason}; observed asleep: outlets off")
+        return replace(
+            cmd,
+            mode=Mode.SLEEP,
+            switch=None,
+            reason=f"{cmd.reason}; off: sleep first, the outlets once it is seen asleep",
+        )
+    if isinstance(reading, Observation) and reading.mode is Mode.OFF:
+        return replace(
+            cmd,
+            switch=True,
+            reason=f"{cmd.reason}; outlets on, then {cmd.mode.value} once the rig answers",
+        )
+    return cmd
 
 
 def build_switch(cfg: SwitchConfig, outlets: tuple[int, ...]) -> PowerSwitch:
@@ -88,12 +143,86 @@ class PowerSwitches:
         wiring: Mapping[RigId, Sequence[OutletId]],
         timeouts: Mapping[str, float],
         concurrency: int = 64,
+        off_wait_s: float = OFF_WAIT_S,
     ) -> None:
         self.switches = dict(switches)
         self.wiring = {rig: tuple(feeds) for rig, feeds in wiring.items() if feeds}
         self.timeouts = dict(timeouts)
         self.concurrency = concurrency
+        self.off_wait_s = off_wait_s
         self.last: OutletSweep | None = None
+        self._slept_for_off: dict[RigId, float] = {}  # sleep sent on the way to off, when
+        self._mining_at: dict[RigId, float] = {}  # last observed hashing, when
+
+    def wired(self, rig_id: RigId) -> bool:
+        return rig_id in self.wiring
+
+    def steps(
+        self,
+        commands: Sequence[Command],
+        targets: Mapping[RigId, Target],
+        readings: Mapping[RigId, Reading],
+        now: float,
+    ) -> list[Command]:
+        """``commands`` as the outlets carry them out (:func:`step`), plus the outlets of
+        rigs on their way to ``off`` that went silent after being told to sleep: cut after
+        ``off_wait_s``, provided nothing showed them hashing since (the bounded wait)."""
+        for rig_id, reading in readings.items():
+            if isinstance(reading, Observation) and reading.mining:
+                self._mining_at[rig_id] = reading.observed_at
+        out = [step(c, readings.get(c.rig_id)) if self.wired(c.rig_id) else c for c in commands]
+        planned = {c.rig_id for c in out}
+        sweep = self.last
+        for rig_id, target in targets.items():
+            slept = self._slept_for_off.get(rig_id)
+            if (
+                target.mode is not Mode.OFF
+                or rig_id in planned
+                or slept is None
+                or now < slept + self.off_wait_s
+                or isinstance(readings.get(rig_id), Observation)
+                or self._mining_at.get(rig_id, float("-inf")) > slept
+                or sweep is None
+                or not any(
+                    sweep.readings.get(o, OutletReading(o[1], False)).on
+                    for o in self.wiring.get(rig_id, ())
+                )
+            ):
+                continue
+            out.append(
+                Command(
+                    rig_id,
+                    Mode.OFF,
+                    None,
+                    f"off: told to sleep {now - slept:.0f} s ago, silent since and not seen "
+                    "hashing: outlets off",
+                    target.decided_by,
+                    1,
+                    switch=False,
+                )
+            )
+        return out
+
+    def record(self, results: Sequence[CommandResult]) -> None:
+        """Note when a rig on its way to ``off`` was told to sleep (for the bounded wait)."""
+        for r in results:
+            cmd = r.command
+            if r.outcome is not Outcome.SENT or not self.wired(cmd.rig_id):
+                continue
+            if cmd.mode is Mode.SLEEP and "off: sleep first" in cmd.reason:
+                self._slept_for_off[cmd.rig_id] = r.at  # the last time it was told
+            elif cmd.switch is not None or cmd.mode is not Mode.SLEEP:
+                self._slept_for_off.pop(cmd.rig_id, None)
+
+    async def switch_rig(self, rig_id: RigId, on: bool, timeout_s: float) -> str:
+        """Switch every outlet feeding ``rig_id`` (DriverError from the first that fails)."""
+        done = []
+        for name, number in self.wiring.get(rig_id, ()):
+            switch = self.switches[name]
+            await switch.set_outlet(number, on, timeout_s=min(timeout_s, self.timeouts[name]))
+            done.append(f"{name}:{number}")
+        log.info("switch.outlets", rig=rig_id, on=on, outlets=done)
+        return f"outlets {', '.join(done)} {'on' if on else 'off'}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PowerSwitches | None:

@@ -102,6 +102,7 @@ def build_loop(
         clock=clock,
     )
     observer.sync_drivers()
+    power = PowerSwitches.from_settings(settings)
     return ControlLoop(
         observer=observer,
         market=prepared.market,
@@ -120,13 +121,14 @@ def build_loop(
             timeout_s=control.command_timeout_s,
             clock=clock,
             max_wait_s=control.tick_s,
+            switch=power.switch_rig if power is not None else None,
         ),
         audit=AuditLog(settings.state_dir / "audit.jsonl"),
         usd_per_unit=settings.market.usd_per_unit,
         market_refresh_s=settings.market.refresh_s,
         groups={r.address: r.group for r in settings.rigs},
         clock=clock,
-        power=PowerSwitches.from_settings(settings),
+        power=power,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import SimFleet
 
 from daemon.loop import TickReport
-from daemon.power import with_meters
+from daemon.power import with_switches
 from drivers.switches.base import OutletReading
 from policies.values import (
     FailureKind,
@@ -50,7 +50,7 @@ def test_meters_replace_estimates_and_reports_only_when_every_outlet_is_read() -
         "d": [("pdu", 9)],  # not read this tick
         "e": [("plug2", 0)],
     }
-    out = with_meters(readings, outlets, wiring)
+    out = with_switches(readings, outlets, wiring, {}, 2.0)
     a, b, c, d = (out[k] for k in "abcd")
     assert isinstance(a, Observation) and isinstance(b, Observation)
     assert (a.power_w, a.power_source) == (2987.0, PowerSource.METER)
