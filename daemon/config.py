@@ -49,7 +49,12 @@ from daemon.logsetup import REDACTED, is_secret_key
 from daemon.market.config import MarketSettings
 from daemon.rig_address import check_rig_address
 from daemon.settings_base import Section
-from daemon.switch_config import SwitchConfig, check_outlets, check_switches
+from daemon.switch_config import (
+    PowerCycleSettings,
+    SwitchConfig,
+    check_outlets,
+    check_switches,
+)
 
 __all__ = [
     "CONFIG_PATH_ENV_VAR",
@@ -177,6 +182,8 @@ class RigConfig(_Section):
     # The switch outlets feeding the rig, "SWITCH:NUMBER" (two for a dual-PSU rig):
     # docs/power-switches.md.
     outlets: tuple[str, ...] = Field(default=(), max_length=4)
+    # False: never power-cycle this rig when it hangs ([power_cycle]).
+    power_cycle: bool = True
 
     @field_validator("address", mode="before")
     @classmethod
@@ -212,6 +219,7 @@ class Settings(BaseSettings):
     # Safety invariant 5: no write command reaches any rig.
     dry_run: bool = False
     switches: tuple[SwitchConfig, ...] = ()
+    power_cycle: PowerCycleSettings = PowerCycleSettings()
     rigs: tuple[RigConfig, ...] = ()
     market: MarketSettings = MarketSettings()
     control: ControlSettings = ControlSettings()

@@ -234,6 +234,7 @@ class ControlLoop:
         self.reconciler.record(results)
         if self.power is not None:
             self.power.record(results)
+            await self._recover(desired, cycle.readings, now)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
@@ -395,6 +396,31 @@ class ControlLoop:
         safe = nearest_safe(d.mode, self._modes(d.rig_id, driver))
         note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
+
+    async def _recover(
+        self, desired: Mapping[RigId, Desired], readings: Mapping[RigId, Reading], now: float
+    ) -> None:
+        """Hung rigs power-cycled (daemon/power.py), never one an operator pinned or one
+        meant to be off; each cycle audited."""
+        assert self.power is not None
+        held = {r for r, d in desired.items() if d.mode is Mode.OFF}
+        for o in self.overrides:
+            held |= o.rig_ids
+            if o.group:
+                held |= {r for r, g in self.groups.items() if g == o.group}
+        events = await self.power.recover(
+            readings,
+            frozenset(self.reconciler.not_responding),
+            frozenset(held),
+            self.actuator.sends,
+            now,
+        )
+        for event in events:
+            if event["kind"] == "power_cycle" and not event["dry_run"]:
+                # its old command is moot: judge it afresh once it answers again
+                self.reconciler.clear(str(event["rig"]))
+            if self.audit is not None:
+                self.audit.write(event)
 
     def _modes(self, rig_id: RigId, driver: RigDriver) -> frozenset[Mode]:
         """What the rig can be put in: its firmware's modes, and off where outlets feed it."""

@@ -134,6 +134,53 @@ def build_switch(cfg: SwitchConfig, outlets: tuple[int, ...]) -> PowerSwitch:
     return plug(cfg.name, cfg.address, outlets, password=password, port=cfg.default_port)
 
 
+@dataclass(frozen=True, slots=True)
+class CycleRules:
+    """When a hung rig may be power-cycled (``[power_cycle]``, docs/power-switches.md)."""
+
+    enabled: bool = False
+    after_s: float = 900.0
+    max_per_rig_per_day: int = 2
+    max_outlets_per_minute: int = 4
+    excluded: frozenset[RigId] = frozenset()
+
+
+def due_cycles(
+    silent_since: Mapping[RigId, float],
+    powered: Mapping[RigId, bool],
+    history: Mapping[RigId, Sequence[float]],
+    recent_outlets: Sequence[float],
+    outlets_of: Mapping[RigId, int],
+    held: frozenset[RigId],
+    rules: CycleRules,
+    now: float,
+) -> list[RigId]:
+    """The hung rigs to power-cycle now, longest silent first: silent (or ignoring commands)
+    for ``after_s`` while every outlet feeding them reads on, not excluded, not held (an
+    operator pin, or asked to be off), under ``max_per_rig_per_day`` cycles in the last 24 h and
+    the site's ``max_outlets_per_minute`` outlets switched off by cycles in the last 60 s."""
+    if not rules.enabled:
+        return []
+    budget = rules.max_outlets_per_minute - sum(1 for t in recent_outlets if t > now - 60.0)
+    due: list[RigId] = []
+    for rig_id, since in sorted(silent_since.items(), key=lambda item: (item[1], item[0])):
+        if (
+            now - since < rules.after_s
+            or rig_id in rules.excluded
+            or rig_id in held
+            or not powered.get(rig_id, False)
+            or sum(1 for t in history.get(rig_id, ()) if t > now - 86400.0)
+            >= rules.max_per_rig_per_day
+        ):
+            continue
+        need = outlets_of.get(rig_id, 1)
+        if need > budget:
+            break  # the rest wait for the next minute, oldest first
+        budget -= need
+        due.append(rig_id)
+    return due
+
+
 class PowerSwitches:
     """The switches rigs are wired to, read together once per tick."""
 
@@ -144,6 +191,7 @@ class PowerSwitches:
         timeouts: Mapping[str, float],
         concurrency: int = 64,
         off_wait_s: float = OFF_WAIT_S,
+        cycle_rules: CycleRules | None = None,
     ) -> None:
         self.switches = dict(switches)
         self.wiring = {rig: tuple(feeds) for rig, feeds in wiring.items() if feeds}
@@ -153,6 +201,12 @@ class PowerSwitches:
         self.last: OutletSweep | None = None
         self._slept_for_off: dict[RigId, float] = {}  # sleep sent on the way to off, when
         self._mining_at: dict[RigId, float] = {}  # last observed hashing, when
+        self.cycle_rules = cycle_rules or CycleRules()
+        self._silent_since: dict[RigId, float] = {}
+        self._cycles: dict[RigId, list[float]] = {}
+        self._cycled_outlets: list[float] = []
+        self.needs_hands: set[RigId] = set()
+        """Rigs still silent after their cycles of the day: somebody has to go and look."""
 
     def wired(self, rig_id: RigId) -> bool:
         return rig_id in self.wiring
@@ -214,6 +268,82 @@ class PowerSwitches:
             elif cmd.switch is not None or cmd.mode is not Mode.SLEEP:
                 self._slept_for_off.pop(cmd.rig_id, None)
 
+    async def recover(
+        self,
+        readings: Mapping[RigId, Reading],
+        ignoring: frozenset[RigId],
+        held: frozenset[RigId],
+        sends: bool,
+        now: float,
+    ) -> list[dict[str, object]]:
+        """Power-cycle the hung rigs :func:`due_cycles` names: their outlets off now; the loop
+        then sees them observed off with a target that is not, and switches them on again as a
+        power-up through the ramp (:func:`step`). Returns the audit events (cycles, and rigs
+        that need hands). With ``sends`` False (dry-run, hold) nothing is switched."""
+        for rig_id in self.wiring:
+            silent = not isinstance(readings.get(rig_id), Observation) or rig_id in ignoring
+            if silent:
+                self._silent_since.setdefault(rig_id, now)
+            else:
+                self._silent_since.pop(rig_id, None)
+                self.needs_hands.discard(rig_id)
+        sweep = self.last
+        powered = {
+            rig: sweep is not None
+            and all(
+                (r := sweep.readings.get(o)) is not None and r.on and (r.power_w or 1.0) > 0
+                for o in feeds
+            )
+            for rig, feeds in self.wiring.items()
+        }
+        rules = self.cycle_rules
+        due = due_cycles(
+            self._silent_since,
+            powered,
+            self._cycles,
+            self._cycled_outlets,
+            {r: len(f) for r, f in self.wiring.items()},
+            held,
+            rules,
+            now,
+        )
+        events: list[dict[str, object]] = []
+        for rig_id in due:
+            n = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0) + 1
+            event: dict[str, object] = {
+                "ts": now,
+                "kind": "power_cycle",
+                "rig": rig_id,
+                "silent_s": round(now - self._silent_since[rig_id], 1),
+                "cycle_today": n,
+                "dry_run": not sends,
+            }
+            if sends:
+                try:
+                    event["outlets"] = await self.switch_rig(
+                        rig_id, False, max(self.timeouts.values())
+                    )
+                except DriverError as exc:
+                    event["error"] = f"{exc.kind.value}: {exc.detail}"
+            self._cycles.setdefault(rig_id, []).append(now)
+            self._cycled_outlets += [now] * len(self.wiring[rig_id])
+            self._silent_since[rig_id] = now  # a fresh grace: boot, then judge again
+            log.warning("rig.power_cycled", **{k: v for k, v in event.items() if k != "kind"})
+            events.append(event)
+        for rig_id, since in self._silent_since.items():
+            used = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0)
+            if (
+                rules.enabled
+                and rig_id not in self.needs_hands
+                and used >= rules.max_per_rig_per_day
+                and now - since >= rules.after_s
+            ):
+                self.needs_hands.add(rig_id)
+                log.error("rig.needs_hands", rig=rig_id, cycles_today=used)
+                events.append({"ts": now, "kind": "needs_hands", "rig": rig_id, "cycles": used})
+        self._cycled_outlets = [t for t in self._cycled_outlets if t > now - 60.0]
+        return events
+
     async def switch_rig(self, rig_id: RigId, on: bool, timeout_s: float) -> str:
         """Switch every outlet feeding ``rig_id`` (DriverError from the first that fails)."""
         done = []
@@ -237,7 +367,14 @@ class PowerSwitches:
         configs = {sw.name: sw for sw in settings.switches}
         switches = {n: build_switch(configs[n], tuple(sorted(o))) for n, o in used.items()}
         timeouts = {n: configs[n].timeout_s for n in used}
-        return cls(switches, wiring, timeouts)
+        pc = settings.power_cycle
+        excluded = frozenset(
+            r.address for r in settings.rigs if not r.power_cycle or r.group in pc.exclude_groups
+        )
+        rules = CycleRules(
+            pc.enabled, pc.after_s, pc.max_per_rig_per_day, pc.max_outlets_per_minute, excluded
+        )
+        return cls(switches, wiring, timeouts, cycle_rules=rules)
 
     async def read(self, now: float) -> OutletSweep:
         """Read every switch (bounded concurrency, each within its own deadline); a switch

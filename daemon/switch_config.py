@@ -119,3 +119,18 @@ def check_outlets(
                     f"{name!r}'s shared_outlets"
                 )
             fed[(name, number)] = address
+
+
+class PowerCycleSettings(Section):
+    """``[power_cycle]``: hung rigs brought back by switching their outlets off and on."""
+
+    enabled: bool = False
+    """Off by default: an operator turns it on knowingly (docs/power-switches.md)."""
+    after_s: float = Field(default=900.0, ge=120.0, le=86400.0)
+    """How long a rig must stay silent (or marked not responding to commands) while its
+    outlets are on before it is power-cycled; also the grace after each cycle."""
+    max_per_rig_per_day: int = Field(default=2, ge=1, le=24)
+    max_outlets_per_minute: int = Field(default=4, ge=1, le=1000)
+    """For the whole site: outlets switched off by power cycles in any 60 s."""
+    exclude_groups: tuple[str, ...] = ()
+    """Rigs of these ``[[rigs]] group`` names are never power-cycled."""

@@ -264,6 +264,7 @@ class SimRig:
             return
         self._sync()
         self.powered = True
+        self.faults.pop(Fault.HANG, None)  # a hung firmware does not survive a cold boot
         self.reboot()
 
     def outlet_power_w(self) -> float:

@@ -137,3 +137,22 @@ def test_config_check_refuses_an_unknown_switch_and_hides_communities(tmp_path: 
     )
     assert bad.returncode != 0
     assert "names switch 'pdu-a2', which is not in [[switches]]" in bad.stderr
+
+
+def test_power_cycle_settings_and_opt_outs(tmp_path: Path) -> None:
+    from daemon.power import PowerSwitches
+
+    settings = load(
+        tmp_path,
+        "[power_cycle]\nenabled = true\nafter_s = 600\nexclude_groups = ['lab']\n"
+        '[[rigs]]\naddress = "10.0.0.1"\noutlets = ["pdu-a1:1"]\n'
+        '[[rigs]]\naddress = "10.0.0.2"\noutlets = ["pdu-a1:2"]\npower_cycle = false\n'
+        '[[rigs]]\naddress = "10.0.0.3"\noutlets = ["pdu-a1:3"]\ngroup = "lab"\n',
+    )
+    power = PowerSwitches.from_settings(settings)
+    assert power is not None
+    rules = power.cycle_rules
+    assert (rules.enabled, rules.after_s, rules.max_per_rig_per_day) == (True, 600.0, 2)
+    assert rules.excluded == frozenset({"10.0.0.2", "10.0.0.3"})
+    with pytest.raises(ConfigError, match=r"power_cycle\.after_s"):
+        load(tmp_path, "[power_cycle]\nafter_s = 5\n")

@@ -24,7 +24,7 @@ from daemon.market.hashprice import PushedHashprice
 from daemon.market.power import PushedPrice
 from daemon.market.service import Market
 from daemon.observer import Observer, ObserverSettings
-from daemon.power import PowerSwitches, build_switch
+from daemon.power import CycleRules, PowerSwitches, build_switch
 from daemon.reconciler import Actuator, Reconciler
 from daemon.switch_config import SwitchConfig
 from drivers.inventory import Inventory
@@ -81,6 +81,7 @@ async def harness(
     dry_run: bool = False,
     ramp_kw_per_min: float = 1000.0,
     off_wait_s: float = 600.0,
+    cycle_rules: CycleRules | None = None,
 ) -> tuple[Harness, str, str]:
     xp, s21 = sim.address("s19xp"), sim.address("s21")
     inventory = Inventory()
@@ -94,6 +95,7 @@ async def harness(
         {xp: [("px3", 1)], s21: [("px3", 2)]},
         {"px3": 2.0},
         off_wait_s=off_wait_s,
+        cycle_rules=cycle_rules,
     )
     hashprice, price = PushedHashprice(ttl_s=600), PushedPrice(ttl_s=600)
     policy = Asked()
