@@ -155,8 +155,18 @@ class ControlLoop:
         if self.power is None:
             cycle = await self.observer.cycle()
         else:  # rigs and the switches feeding them, read side by side; meters replace estimates
+            off = self.power.known_off()  # not polled: their outlets say they are off
+            addresses = None
+            if off:
+                self.observer.sync_drivers()
+                unknown = self.observer.inventory.unidentified
+                every = [
+                    *self.observer.drivers,
+                    *(a for a in unknown if a not in self.observer.drivers),
+                ]
+                addresses = [a for a in every if a not in off]
             cycle, sweep = await asyncio.gather(
-                self.observer.cycle(), self.power.read(self.clock())
+                self.observer.cycle(addresses), self.power.read(self.clock())
             )
             identities = {r: d.identity for r, d in self.observer.drivers.items()}
             cycle = replace(

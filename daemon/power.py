@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -134,6 +134,14 @@ def build_switch(cfg: SwitchConfig, outlets: tuple[int, ...]) -> PowerSwitch:
     return plug(cfg.name, cfg.address, outlets, password=password, port=cfg.default_port)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Outlet states asked of one switch together, and the answer they all wait for."""
+
+    done: asyncio.Future[None]
+    states: dict[int, bool] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class CycleRules:
     """When a hung rig may be power-cycled (``[power_cycle]``, docs/power-switches.md)."""
@@ -205,8 +213,21 @@ class PowerSwitches:
         self._silent_since: dict[RigId, float] = {}
         self._cycles: dict[RigId, list[float]] = {}
         self._cycled_outlets: list[float] = []
+        self._batches: dict[str, _Batch] = {}
         self.needs_hands: set[RigId] = set()
         """Rigs still silent after their cycles of the day: somebody has to go and look."""
+
+    def known_off(self) -> set[RigId]:
+        """Rigs every outlet of which read off in the last sweep: nothing to poll (a powered-off
+        rig only times out); the sweep observes them instead (:func:`with_switches`)."""
+        sweep = self.last
+        if sweep is None:
+            return set()
+        return {
+            rig
+            for rig, feeds in self.wiring.items()
+            if all((r := sweep.readings.get(o)) is not None and not r.on for o in feeds)
+        }
 
     def wired(self, rig_id: RigId) -> bool:
         return rig_id in self.wiring
@@ -345,14 +366,34 @@ class PowerSwitches:
         return events
 
     async def switch_rig(self, rig_id: RigId, on: bool, timeout_s: float) -> str:
-        """Switch every outlet feeding ``rig_id`` (DriverError from the first that fails)."""
+        """Switch every outlet feeding ``rig_id`` (DriverError from the first switch that
+        fails). Requests for one switch made together (the actuator sends concurrently) go out
+        as one: a PDU gets one SET for up to 24 outlets instead of one per rig."""
         done = []
         for name, number in self.wiring.get(rig_id, ()):
-            switch = self.switches[name]
-            await switch.set_outlet(number, on, timeout_s=min(timeout_s, self.timeouts[name]))
+            await self._batched(name, number, on, min(timeout_s, self.timeouts[name]))
             done.append(f"{name}:{number}")
-        log.info("switch.outlets", rig=rig_id, on=on, outlets=done)
+        log.debug("switch.outlets", rig=rig_id, on=on, outlets=done)
         return f"outlets {', '.join(done)} {'on' if on else 'off'}"
+
+    async def _batched(self, name: str, outlet: int, on: bool, timeout_s: float) -> None:
+        batch = self._batches.get(name)
+        if batch is None:
+            batch = self._batches[name] = _Batch(asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().create_task(self._flush(name, timeout_s))
+        batch.states[outlet] = on
+        await asyncio.shield(batch.done)
+
+    async def _flush(self, name: str, timeout_s: float) -> None:
+        await asyncio.sleep(0)  # let every concurrent caller of this tick join the batch
+        batch = self._batches.pop(name)
+        try:
+            await self.switches[name].set_outlets(batch.states, timeout_s=timeout_s)
+        except DriverError as exc:
+            batch.done.set_exception(exc)
+            batch.done.exception()  # retrieved: callers that went away must not warn
+        else:
+            batch.done.set_result(None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PowerSwitches | None:

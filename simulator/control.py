@@ -127,7 +127,11 @@ class ControlApi:
             case ["switches"] if method == "GET":
                 return [sw.state() for sw in self.fleet.switches.switches]
             case ["switches", address] if method == "GET":
-                return self._switch(address).state()
+                state = self._switch(address).state()
+                agent = self.fleet.switches.agents.get(address)
+                if agent is not None:  # what the SNMP agent answered, for tests and benchmarks
+                    state["snmp"] = {"requests": agent.requests, "sets": agent.sets}
+                return state
             case ["switches", address, "outlets", number] if method == "PUT":
                 sw = self._switch(address)
                 on = self._body(req).get("on")

@@ -53,9 +53,9 @@ async def test_a_hung_rig_is_power_cycled_and_comes_back(sim: SimFleet, tmp_path
     h, xp, _ = await harness(sim, tmp_path, cycle_rules=RULES)
     await h.tick()
     await asyncio.to_thread(sim.control.set_fault, xp, "hang")  # answers nothing, draws power
-    for _ in range(30):
+    for _ in range(40):
         report = await h.tick()
-        reading = report.readings[xp]
+        reading = report.readings.get(xp)
         if await asyncio.to_thread(switched, sim, 1) >= 2 and (
             isinstance(reading, Observation) and reading.mining
         ):

@@ -372,3 +372,29 @@ def test_dual_psu_rig_is_cut_only_when_its_last_outlet_is_off() -> None:
     assert pdu.outlets[2].power_w() == pytest.approx(first.outlet_power_w(), abs=0.1)
     pdu.switch(2, False)
     assert (first.powered, first.reachable(), fleet.rigs[1].powered) == (False, False, True)
+
+
+async def test_outlets_switched_together_go_out_as_one_snmp_set(sim: SimFleet) -> None:
+    from daemon.power import PowerSwitches
+
+    xp, s21 = rig_on(sim, RARITAN, 1), rig_on(sim, RARITAN, 2)
+    pdu = RaritanPdu("px3", RARITAN, (1, 2))
+    power = PowerSwitches({"px3": pdu}, {xp: [("px3", 1)], s21: [("px3", 2)]}, {"px3": T})
+    sets_before = sim.control.switch(RARITAN)["snmp"]["sets"]
+    done = await asyncio.gather(power.switch_rig(xp, False, T), power.switch_rig(s21, False, T))
+    assert list(done) == ["outlets px3:1 off", "outlets px3:2 off"]
+    state = sim.control.switch(RARITAN)
+    assert state["snmp"]["sets"] == sets_before + 1
+    assert [o["on"] for o in state["outlets"]] == [False, False]
+
+
+async def test_a_refused_batch_fails_every_rig_in_it(sim: SimFleet) -> None:
+    from daemon.power import PowerSwitches
+
+    pdu = ApcPdu("apc", APC, (1, 2), write_community="public")
+    power = PowerSwitches({"apc": pdu}, {"a": [("apc", 1)], "b": [("apc", 2)]}, {"apc": T})
+    results = await asyncio.gather(
+        power.switch_rig("a", False, T), power.switch_rig("b", False, T), return_exceptions=True
+    )
+    assert all(isinstance(r, DriverError) and "noAccess" in r.detail for r in results)
+    assert all(o["on"] for o in sim.control.switch(APC)["outlets"])

@@ -159,7 +159,7 @@ async def test_off_sleeps_first_cuts_once_asleep_and_wakes_under_the_ramp(
     h.policy.modes = {}
     for _ in range(30):
         report = await h.tick()
-        modes = [report.readings[r] for r in (xp, s21)]
+        modes = [report.readings.get(r) for r in (xp, s21)]
         if all(isinstance(m, Observation) and m.mode is Mode.NORMAL for m in modes):
             break
     assert all(isinstance(m, Observation) and m.mode is Mode.NORMAL for m in modes)

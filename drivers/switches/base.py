@@ -81,7 +81,7 @@ class PowerSwitch(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for method in ("read_outlets", "set_outlet"):
+        for method in ("read_outlets", "set_outlet", "set_outlets"):
             if method in cls.__dict__:
                 setattr(cls, method, _contained(cls.__dict__[method]))
 
@@ -115,6 +115,12 @@ class PowerSwitch(abc.ABC):
     @abc.abstractmethod
     async def set_outlet(self, outlet: int, on: bool, *, timeout_s: float) -> None:
         """Switch ``outlet`` on or off; DriverError when the switch refuses or cannot be reached."""
+
+    async def set_outlets(self, states: Mapping[int, bool], *, timeout_s: float) -> None:
+        """Switch several outlets (one request where the protocol allows it); by default one
+        :meth:`set_outlet` after the other, within the one deadline."""
+        for outlet, on in states.items():
+            await self.set_outlet(outlet, on, timeout_s=timeout_s)
 
     async def aclose(self) -> None:  # noqa: B027 - most switches hold nothing open
         """Release sockets held between calls."""

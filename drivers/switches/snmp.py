@@ -84,24 +84,30 @@ class SnmpPdu(PowerSwitch):
         return float(raw)
 
     async def _request(
-        self, oids: Sequence[str], timeout_s: float, value: int | None = None
+        self, oids: Sequence[str], timeout_s: float, values: Sequence[int] | None = None
     ) -> dict[str, Any]:
-        """GET ``oids`` (or SET the one OID to ``value``); {oid: value} or DriverError."""
+        """GET ``oids`` (or SET them to ``values``, in one request); {oid: value} or
+        DriverError."""
         target = await UdpTransportTarget.create(
             (self.address, self.port), timeout=timeout_s, retries=0
         )
-        community = self.write_community if value is not None else self.read_community
+        community = self.write_community if values is not None else self.read_community
         auth = CommunityData(community, mpModel=1)
-        if value is None:
+        if values is None:
             objects = [ObjectType(ObjectIdentity(o)) for o in oids]
             result = await get_cmd(
                 _engine(), auth, target, ContextData(), *objects, lookupMib=False
             )
         else:
-            obj = ObjectType(ObjectIdentity(oids[0]), Integer32(value))
-            result = await set_cmd(_engine(), auth, target, ContextData(), obj, lookupMib=False)
+            objects = [
+                ObjectType(ObjectIdentity(o), Integer32(v))
+                for o, v in zip(oids, values, strict=True)
+            ]
+            result = await set_cmd(
+                _engine(), auth, target, ContextData(), *objects, lookupMib=False
+            )
         indication, status, index, varbinds = result
-        what = "SET" if value is not None else "GET"
+        what = "SET" if values is not None else "GET"
         if indication:
             kind = (
                 FailureKind.TIMEOUT
@@ -178,7 +184,20 @@ class SnmpPdu(PowerSwitch):
     async def set_outlet(self, outlet: int, on: bool, *, timeout_s: float) -> None:
         self.check_outlet(outlet)
         command = self.on_command if on else self.off_command
-        await self._request([self.command_of(outlet)], timeout_s, value=command)
+        await self._request([self.command_of(outlet)], timeout_s, values=[command])
+
+    async def set_outlets(self, states: Mapping[int, bool], *, timeout_s: float) -> None:
+        """One SET per 24 outlets: a PDU applies every variable of a SET or none."""
+        for outlet in states:
+            self.check_outlet(outlet)
+        items = sorted(states.items())
+        for start in range(0, len(items), MAX_VARBINDS):
+            chunk = items[start : start + MAX_VARBINDS]
+            await self._request(
+                [self.command_of(n) for n, _ in chunk],
+                timeout_s,
+                values=[self.on_command if on else self.off_command for _, on in chunk],
+            )
 
 
 class ApcPdu(SnmpPdu):
