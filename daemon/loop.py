@@ -154,8 +154,9 @@ class ControlLoop:
         started = time.monotonic()
         if self.power is None:
             cycle = await self.observer.cycle()
-        else:  # rigs and the switches feeding them, read side by side; meters replace estimates
-            off = self.power.known_off()  # not polled: their outlets say they are off
+        else:  # the switches first: a rig they show off is observed off, not polled
+            sweep = await self.power.read(self.clock())
+            off = self.power.known_off()
             addresses = None
             if off:
                 self.observer.sync_drivers()
@@ -165,9 +166,7 @@ class ControlLoop:
                     *(a for a in unknown if a not in self.observer.drivers),
                 ]
                 addresses = [a for a in every if a not in off]
-            cycle, sweep = await asyncio.gather(
-                self.observer.cycle(addresses), self.power.read(self.clock())
-            )
+            cycle = await self.observer.cycle(addresses)
             identities = {r: d.identity for r, d in self.observer.drivers.items()}
             cycle = replace(
                 cycle,
