@@ -214,6 +214,8 @@ class PowerSwitches:
         self._cycles: dict[RigId, list[float]] = {}
         self._cycled_outlets: list[float] = []
         self._batches: dict[str, _Batch] = {}
+        self.cycle_counts: dict[str, int] = {}
+        """Power cycles by outcome (switched, dry_run, failed), for the metrics."""
         self.needs_hands: set[RigId] = set()
         """Rigs still silent after their cycles of the day: somebody has to go and look."""
 
@@ -346,6 +348,8 @@ class PowerSwitches:
                     )
                 except DriverError as exc:
                     event["error"] = f"{exc.kind.value}: {exc.detail}"
+            outcome = "dry_run" if not sends else "failed" if "error" in event else "switched"
+            self.cycle_counts[outcome] = self.cycle_counts.get(outcome, 0) + 1
             self._cycles.setdefault(rig_id, []).append(now)
             self._cycled_outlets += [now] * len(self.wiring[rig_id])
             self._silent_since[rig_id] = now  # a fresh grace: boot, then judge again

@@ -11,6 +11,7 @@ from typing import Any
 from conftest import SimFleet
 from test_true_off import PDU, harness
 
+from daemon.metrics import Metrics
 from daemon.power import CycleRules, due_cycles
 from policies.guards.model import Override
 from policies.values import Mode, Observation
@@ -67,6 +68,11 @@ async def test_a_hung_rig_is_power_cycled_and_comes_back(sim: SimFleet, tmp_path
     assert len(cycles) == 1 and cycles[0]["rig"] == xp and cycles[0]["dry_run"] is False
     assert cycles[0]["silent_s"] >= 120 and cycles[0]["outlets"] == "outlets px3:1 off"
     assert await asyncio.to_thread(switched, sim, 1) == start + 2  # off, then on: one cycle
+    metrics = Metrics(process=False)
+    metrics.record_tick(report, h.loop, h.clock.t)
+    text = metrics.render().decode()
+    assert 'rigpilot_power_cycles_total{outcome="switched"} 1.0' in text
+    assert "rigpilot_rigs_needing_hands 0.0" in text
 
 
 async def test_a_rig_that_stays_dead_is_left_for_hands(sim: SimFleet, tmp_path: Path) -> None:
