@@ -519,20 +519,19 @@ class Metrics(Collector):
         for (outcome, driver, mode), n in sorted(commands.items()):
             commanded.add_metric([outcome, driver, mode], float(n))
         yield commanded
-        if needs_hands is not None:  # only where rigs are wired to switches
-            cycled = CounterMetricFamily(
-                "rigpilot_power_cycles",
-                "Hung rigs power-cycled at their outlets, by outcome (switched, dry_run, failed).",
-                labels=["outcome"],
-            )
-            for outcome, n in sorted(cycles.items()):
-                cycled.add_metric([outcome], float(n))
-            yield cycled
-            yield _gauge(
-                "rigpilot_rigs_needing_hands",
-                "Rigs still silent after their power cycles of the day: someone must go and look.",
-                needs_hands,
-            )
+        cycled = CounterMetricFamily(
+            "rigpilot_power_cycles",
+            "Hung rigs power-cycled at their outlets, by outcome (switched, dry_run, failed).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(cycles.items()):
+            cycled.add_metric([outcome], float(n))
+        yield cycled
+        yield _gauge(  # no sample where no rig is wired to a switch
+            "rigpilot_fleet_rigs_needing_hands",
+            "Rigs still silent after their power cycles of the day: someone must go and look.",
+            needs_hands,
+        )
         yield observe_s
         yield tick_s
         if snap is None:

@@ -72,7 +72,7 @@ async def test_a_hung_rig_is_power_cycled_and_comes_back(sim: SimFleet, tmp_path
     metrics.record_tick(report, h.loop, h.clock.t)
     text = metrics.render().decode()
     assert 'rigpilot_power_cycles_total{outcome="switched"} 1.0' in text
-    assert "rigpilot_rigs_needing_hands 0.0" in text
+    assert "rigpilot_fleet_rigs_needing_hands 0.0" in text
 
 
 async def test_a_rig_that_stays_dead_is_left_for_hands(sim: SimFleet, tmp_path: Path) -> None:
