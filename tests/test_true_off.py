@@ -181,6 +181,8 @@ async def test_dry_run_sends_nothing_to_the_switch(sim: SimFleet, tmp_path: Path
     for _ in range(4):
         await h.tick()
     after = sim.control.switch(PDU)
+    assert after["snmp"]["sets"] == before["snmp"]["sets"]  # not one SNMP SET reached the PDU
+    assert after["snmp"]["requests"] > before["snmp"]["requests"]  # while it was read each tick
     assert [o["switched"] for o in after["outlets"]] == [o["switched"] for o in before["outlets"]]
     assert all(o["on"] for o in after["outlets"])
     assert (await asyncio.to_thread(sim.control.rig, xp))["mode"] == "normal"
