@@ -24,7 +24,7 @@ FIRST_OUTLET: Mapping[str, int] = {
     "shelly": 0,
     "tasmota": 1,
 }
-"""How each kind numbers its outlets (kept equal to drivers.switches.registry.FIRST_OUTLET)."""
+"""How each kind numbers its outlets (the drivers in drivers/switches/ number them so)."""
 SNMP_KINDS = frozenset({"apc", "apc-switched", "raritan"})
 
 
