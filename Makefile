@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics bench-persist backtest-sample backtest-docs soak clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-power-off bench-backtest bench-metrics bench-persist backtest-sample backtest-docs soak clean
 
 # pip runs --quiet (its output is hundreds of lines); these echo lines say what is going on.
 $(STAMP): pyproject.toml constraints.txt
@@ -49,6 +49,9 @@ soak: $(STAMP)
 
 bench-curtail: $(STAMP)
 	$(BIN)/python -m bench.curtail
+
+bench-power-off: $(STAMP)
+	$(BIN)/python -m bench.power_off
 
 bench-backtest: $(STAMP)
 	$(BIN)/python -m bench.backtest

@@ -37,6 +37,7 @@ from daemon.mqtt.topics import Topics
 from daemon.notify import Notifier
 from daemon.observer import Observer, ObserverSettings
 from daemon.persist import Persistence
+from daemon.power import PowerSwitches
 from daemon.prepare import Prepared, prepare, site_of
 from daemon.reconciler import Actuator, Reconciler
 from daemon.statelock import state_lock
@@ -138,6 +139,14 @@ def configure_loop(
     loop.usd_per_unit = settings.market.usd_per_unit
     loop.market_refresh_s = settings.market.refresh_s
     loop.groups = {r.address: r.group for r in settings.rigs}
+    # The switches and the rigs' wiring follow the file at once: an outlet re-wired to another
+    # rig must never be switched for the old one. What the old switches learnt (off waits,
+    # power cycles of the day, rigs needing hands) carries over.
+    power = PowerSwitches.from_settings(settings)
+    if power is not None and loop.power is not None:
+        power.carry_over(loop.power)
+    loop.power = power
+    loop.actuator.switch = power.switch_rig if power is not None else None
     if new_market:
         loop.use_market(prepared.market)
 

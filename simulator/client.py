@@ -96,3 +96,27 @@ class SimControl:
     def set_time_scale(self, scale: float) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", "/clock", {"time_scale": scale})
         return result
+
+    def switches(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/switches")
+        return result
+
+    def switch(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/switches/{address}")
+        return result
+
+    def set_outlet(self, address: str, outlet: int, on: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "PUT", f"/switches/{address}/outlets/{outlet}", {"on": on}
+        )
+        return result
+
+    def set_switch_fault(self, address: str, fault: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/switches/{address}/faults/{fault}", params)
+        return result
+
+    def clear_switch_fault(self, address: str, fault: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "DELETE", f"/switches/{address}/faults/{fault}", params
+        )
+        return result

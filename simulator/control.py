@@ -33,6 +33,7 @@ from simulator.httpwire import HttpError, format_response, parse_request
 from simulator.protocol import HttpRequest, HttpResponse
 from simulator.rig import Counters, Fault, SimRig
 from simulator.server import FleetServer, ServerStats
+from simulator.switches import SimSwitch, SwitchFault, reset_outlets
 
 
 class ApiError(Exception):
@@ -75,7 +76,13 @@ class ControlApi:
             raise ApiError(404, f"no simulated rig at {address}")
         return rig
 
-    def _route(self, req: HttpRequest) -> Any:  # noqa: C901, PLR0911, PLR0912  the control API's routes, one case each
+    def _switch(self, address: str) -> SimSwitch:
+        sw = self.fleet.switches.by_address.get(address)
+        if sw is None:
+            raise ApiError(404, f"no simulated switch at {address}")
+        return sw
+
+    def _route(self, req: HttpRequest) -> Any:  # noqa: C901, PLR0911, PLR0912, PLR0915  the control API's routes, one case each
         parts = [p for p in req.path.split("/") if p]
         method = req.method
         match parts:
@@ -111,7 +118,44 @@ class ControlApi:
             case ["rigs", address, "reset"] if method == "POST":
                 rig = self._rig(address)
                 rig.factory_reset()
+                reset_outlets(rig)
+                for outlet in rig.outlets:
+                    for sw in self.fleet.switches.switches:
+                        if outlet in sw.outlets.values():
+                            sw.unreachable = False
                 return rig.true_state()
+            case ["switches"] if method == "GET":
+                return [sw.state() for sw in self.fleet.switches.switches]
+            case ["switches", address] if method == "GET":
+                state = self._switch(address).state()
+                agent = self.fleet.switches.agents.get(address)
+                if agent is not None:  # what the SNMP agent answered, for tests and benchmarks
+                    state["snmp"] = {"requests": agent.requests, "sets": agent.sets}
+                return state
+            case ["switches", address, "outlets", number] if method == "PUT":
+                sw = self._switch(address)
+                on = self._body(req).get("on")
+                if not isinstance(on, bool) or not number.isdigit():
+                    raise ApiError(400, 'expected PUT /switches/ADDR/outlets/N {"on": true|false}')
+                if int(number) not in sw.outlets:
+                    raise ApiError(404, f"switch {address} has no outlet {number}")
+                sw.switch(int(number), on)
+                return sw.state()
+            case ["switches", address, "faults", name] if method in ("PUT", "DELETE"):
+                sw = self._switch(address)
+                try:
+                    switch_fault = SwitchFault(name)
+                except ValueError:
+                    known = ", ".join(f.value for f in SwitchFault)
+                    raise ApiError(400, f"unknown switch fault {name!r}; known: {known}") from None
+                try:
+                    if method == "PUT":
+                        sw.set_fault(switch_fault, self._body(req))
+                    else:
+                        sw.clear_fault(switch_fault, self._body(req))
+                except ValueError as exc:
+                    raise ApiError(400, str(exc)) from None
+                return sw.state()
             case ["rigs", address, "ambient"] if method == "PUT":
                 rig = self._rig(address)
                 body = self._body(req)

@@ -14,7 +14,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -22,7 +22,7 @@ import structlog
 
 from simulator.fleet import Fleet
 from simulator.httpwire import HttpError, format_response, parse_request
-from simulator.protocol import HttpHandler, HttpResponse, MakeHandlers
+from simulator.protocol import HttpHandler, HttpRequest, HttpResponse, MakeHandlers
 from simulator.rig import Fault, SimRig
 
 log = structlog.get_logger("simulator")
@@ -54,6 +54,7 @@ class _Conn(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.rig: SimRig | None = None
+        self.host: HostHandler | None = None  # a device that is not a rig (HttpConn only)
         self.buf = bytearray()
         self.dead = False  # hanging or offline: swallow everything
         self.last_active = time.monotonic()
@@ -86,7 +87,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.dead or self.rig is None:
+        if self.dead or (self.rig is None and self.host is None):
             return
         self.buf += data
         if len(self.buf) > MAX_REQUEST:
@@ -96,7 +97,8 @@ class _Conn(asyncio.Protocol):
             self.process()
         except Exception:  # a handler bug must never take the simulator down
             self.server.stats.errors += 1
-            log.exception("sim.handler_failed", address=self.rig.address, port=self.port)
+            where = self.rig.address if self.rig is not None else "switch"
+            log.exception("sim.handler_failed", address=where, port=self.port)
             self.reset()
 
     def process(self) -> None:
@@ -208,12 +210,46 @@ class HttpConn(_Conn):
     def serves(self, handlers: MakeHandlers, rig: SimRig) -> bool:
         return handlers.http is not None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        host = self.server.http_hosts.get(transport.get_extra_info("sockname")[0])
+        if host is None:
+            super().connection_made(transport)
+            return
+        # A smart plug (simulator/switches.py) at this address, not a rig.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.stats.connections += 1
+        self.server.open_conns.add(self)
+        self.host = host
+
     def process(self) -> None:
+        if self.host is not None:
+            self._process_host(self.host)
+            return
         rig = self.rig
         assert rig is not None
         handler = self.server.handlers[rig.spec.make].http
         assert handler is not None
         self.serve_http(handler)
+
+    def _process_host(self, host: HostHandler) -> None:
+        while not self.dead and self.transport is not None:
+            try:
+                parsed = parse_request(self.buf)
+            except HttpError as exc:
+                payload, _ = format_response(HttpResponse(exc.status, str(exc).encode()), False)
+                self._send(payload, close=True)
+                self.dead = True
+                return
+            if parsed is None:
+                return
+            request, keep_alive = parsed
+            self.server.stats.requests += 1
+            response = host(request)
+            if response is None:  # the device is unreachable: hang like a host that is down
+                self.dead = True
+                return
+            payload, keep_alive = format_response(response, keep_alive, request.version)
+            self._send(payload, close=not keep_alive)
 
 
 class FramedConn(_Conn):
@@ -282,6 +318,10 @@ def _garble(payload: bytes) -> bytes:
     return payload[:cut] + b',"}\x00'
 
 
+HostHandler = Callable[[HttpRequest], HttpResponse | None]
+"""Port 80 of a device that is not a rig (a smart plug); None = do not answer."""
+
+
 class FleetServer:
     """Owns the listening sockets of one simulated fleet."""
 
@@ -290,6 +330,8 @@ class FleetServer:
         self.handlers = dict(handlers)
         self.stats = ServerStats()
         self.open_conns: set[_Conn] = set()
+        self.http_hosts: dict[str, HostHandler] = {}
+        """Devices other than rigs answering on the web port, by address (smart plugs)."""
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 

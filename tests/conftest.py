@@ -73,6 +73,18 @@ FLEET_ARGS = [
     # drives one rig of every firmware family through the daemon): the 17th rig, inside the /27
     "--braiins",
     "s19jpro:1",
+    # power switches (tests/test_switches.py): an APC and a Raritan PDU with two outlets each,
+    # a Shelly and a Tasmota plug, on 127.2.0.1-4 (outside the rigs' /28); they feed the first
+    # six rigs above, one outlet each, and stay on unless a test switches them (a rig reset
+    # turns its outlets back on)
+    "--pdu",
+    "apc:2",
+    "--pdu",
+    "raritan:2",
+    "--plug",
+    "shelly",
+    "--plug",
+    "tasmota",
 ]
 
 
