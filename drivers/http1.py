@@ -76,13 +76,14 @@ class _Closed(Exception):
 class _Connection:
     """One TCP connection, its h11 state machine, and how many replies it has given."""
 
-    __slots__ = ("answered", "h11", "reader", "writer")
+    __slots__ = ("answered", "eof", "h11", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
         self.answered = 0
+        self.eof = False  # the server closed its side (a close-delimited body ends so)
 
     def close(self) -> None:
         self.writer.transport.abort()
@@ -186,7 +187,11 @@ class Http1:
                     # else: kept alive from an earlier call and dropped while idle: again
                     break
                 conn.answered += 1
-                if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
+                if (
+                    machine.our_state is h11.DONE
+                    and machine.their_state is h11.DONE
+                    and not conn.eof
+                ):
                     machine.start_next_cycle()
                 else:  # Connection: close, HTTP/1.0, a close-delimited body
                     self.release()
@@ -235,8 +240,10 @@ class Http1:
                     if status is None and not machine.trailing_data[0]:
                         raise _Closed(exc) from None
                     raise
-                if not data and status is None and not machine.trailing_data[0]:
-                    raise _Closed(None)
+                if not data:
+                    if status is None and not machine.trailing_data[0]:
+                        raise _Closed(None)
+                    conn.eof = True
                 machine.receive_data(data)
             elif isinstance(event, h11.Response):
                 status, headers = event.status_code, list(event.headers)
