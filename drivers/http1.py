@@ -89,7 +89,24 @@ class _Connection:
         self.writer.transport.abort()
 
 
-_Built = tuple[h11.Request, bytes, bytes | None]
+class _Built:
+    """A request as h11 checked it, its body, and its bytes on the wire once asked for (only
+    the requests after the first of a write need them)."""
+
+    __slots__ = ("body", "message", "wire")
+
+    def __init__(self, message: h11.Request, body: bytes | None) -> None:
+        self.message = message
+        self.body = body
+        self.wire: bytes | None = None
+
+    def bytes(self) -> bytes:
+        """``message`` as h11 writes it (Content-Length framing), to write several at once."""
+        if self.wire is None:
+            head = b"%s %s HTTP/1.1\r\n" % (self.message.method, self.message.target)
+            head += b"".join(b"%s: %s\r\n" % item for item in self.message.headers.raw_items())
+            self.wire = head + b"\r\n" + (self.body or b"")
+        return self.wire
 
 
 class Http1:
@@ -160,20 +177,20 @@ class Http1:
             start = len(replies)
             todo = built[start:] if pipeline else built[start : start + 1]
             machine = conn.h11
-            first, _, body = todo[0]
-            out = machine.send(first) or b""
-            if body is not None:
-                out += machine.send(h11.Data(data=body)) or b""
+            first = todo[0]
+            out = machine.send(first.message) or b""
+            if first.body is not None:
+                out += machine.send(h11.Data(data=first.body)) or b""
             out += machine.send(h11.EndOfMessage()) or b""
-            conn.writer.write(out + b"".join(wire for _, wire, _ in todo[1:]))
-            for i, (request, _, body) in enumerate(todo):
+            conn.writer.write(out + b"".join(later.bytes() for later in todo[1:]))
+            for i, request in enumerate(todo):
                 if i:  # already on the wire: this keeps h11's state in step
-                    machine.send(request)
-                    if body is not None:
-                        machine.send(h11.Data(data=body))
+                    machine.send(request.message)
+                    if request.body is not None:
+                        machine.send(h11.Data(data=request.body))
                     machine.send(h11.EndOfMessage())
                 try:
-                    replies.append(await self._response(conn, request))
+                    replies.append(await self._response(conn, request.message))
                 except _Closed as closed:
                     self.release()
                     if conn.answered > before:
@@ -200,8 +217,8 @@ class Http1:
         return replies
 
     def _build(self, request: Request) -> _Built:
-        """The h11 request and its bytes on the wire (for writing several at once); a bodiless
-        one is built once (a cycle's reads are the same every cycle)."""
+        """The h11 request; a bodiless one is built once (a cycle's reads are the same every
+        cycle)."""
         built = self._built.get(request) if request.body is None else None
         if built is not None:
             return built
@@ -215,10 +232,9 @@ class Http1:
             ]
         elif request.method in _BODY_METHODS:
             headers.append((b"Content-Length", b"0"))
-        message = h11.Request(method=request.method, target=request.target, headers=headers)
-        head = b"%s %s HTTP/1.1\r\n" % (message.method, message.target)
-        head += b"".join(b"%s: %s\r\n" % item for item in message.headers.raw_items())
-        built = message, head + b"\r\n" + (body or b""), body
+        built = _Built(
+            h11.Request(method=request.method, target=request.target, headers=headers), body
+        )
         if body is None:
             if len(self._built) >= _BUILT_CACHE:
                 self._built.clear()
