@@ -56,7 +56,7 @@ class Request:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """A whole reply of any status: the status, the headers (names in lower case), the body."""
 
@@ -161,11 +161,12 @@ class Http1:
                 FailureKind.UNREACHABLE, f"{self.label}: {exc or type(exc).__name__}"
             ) from None
 
-    async def exchange(self, requests: Sequence[Request]) -> list[Reply]:
+    async def exchange(self, requests: Sequence[Request], keep: bool = True) -> list[Reply]:
         """The replies to ``requests``, in order, without a deadline of its own (run it under
-        :meth:`guarded`). Raises h11.ProtocolError, OSError or DriverError (a body over the
-        cap)."""
-        built = [self._build(r) for r in requests]
+        :meth:`guarded`). ``keep``: remember the bodiless ones, built, for the next time (not
+        for a request sent once, as one with a digest response). Raises h11.ProtocolError,
+        OSError or DriverError (a body over the cap)."""
+        built = [self._build(r, keep) for r in requests]
         replies: list[Reply] = []
         pipeline = True
         while len(replies) < len(built):
@@ -216,10 +217,11 @@ class Http1:
                     break
         return replies
 
-    def _build(self, request: Request) -> _Built:
+    def _build(self, request: Request, keep: bool) -> _Built:
         """The h11 request; a bodiless one is built once (a cycle's reads are the same every
         cycle)."""
-        built = self._built.get(request) if request.body is None else None
+        keep = keep and request.body is None
+        built = self._built.get(request) if keep else None
         if built is not None:
             return built
         body = request.body
@@ -235,7 +237,7 @@ class Http1:
         built = _Built(
             h11.Request(method=request.method, target=request.target, headers=headers), body
         )
-        if body is None:
+        if keep:
             if len(self._built) >= _BUILT_CACHE:
                 self._built.clear()
             self._built[request] = built

@@ -126,7 +126,8 @@ class WebSession:
     async def _send(self, method: str, uri: str, body: bytes | None, auth: httpx.Request) -> Reply:
         authorization = auth.headers.get("Authorization")
         headers = () if authorization is None else ((b"Authorization", authorization.encode()),)
-        [reply] = await self.http.exchange([Request(method, uri, body, headers)])
+        # a digest response is good for one request only: nothing to keep built
+        [reply] = await self.http.exchange([Request(method, uri, body, headers)], keep=False)
         return reply
 
 
