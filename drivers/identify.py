@@ -275,13 +275,13 @@ async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float
         summary = vnish_read(
             webdigest.json_object(await driver.call("GET", "/summary", None, timeout_s), "summary")
         )
-        info = await _quiet(driver.web.get_json("/api/v1/info", timeout_s))
+        info = await _quiet(driver.get_json("/info", timeout_s, auth=False))
         # The watt presets ``limit`` can take (they vary by rig): declared in its capabilities.
         presets = preset_watts(
             preset_names(await driver.call("GET", "/autotune/presets", None, timeout_s))
         )
     finally:
-        await driver.web.release()
+        driver.web.release()
     fw = _field(info, "fw_version")
     if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
         model = own_model(info.get("miner") if info else None) or model

@@ -565,3 +565,23 @@ def test_a_vnish_rig_routed_through_pyasic_is_offered_no_limit() -> None:
     caps = PyasicGeneric(identity).capabilities
     assert caps.modes == {Mode.SLEEP, Mode.NORMAL}
     assert not caps.power_limit
+
+
+async def test_a_kept_token_refused_mid_run_is_renewed_once_for_the_summary_only() -> None:
+    """With a kept token the read is one pipelined batch (summary + perf-summary); a 401 on
+    the summary unlocks once and asks the summary again, not perf-summary."""
+    async with replayed(routes()) as (server, driver):
+        await driver.observe(3.0, 1000.0)
+        server.routes[("GET", "/api/v1/summary")] = (401, b'{"err":"Unauthorized"}')
+        with pytest.raises(DriverError) as err:
+            await driver.observe(3.0, 1001.0)
+    assert err.value.detail == "GET /summary: HTTP 401: Unauthorized"
+    assert [p for _, p, _ in server.requests] == [
+        "/api/v1/unlock",
+        "/api/v1/summary",
+        "/api/v1/perf-summary",
+        "/api/v1/summary",  # the kept token, pipelined with...
+        "/api/v1/perf-summary",
+        "/api/v1/unlock",  # refused: unlocked once more
+        "/api/v1/summary",
+    ]
