@@ -96,3 +96,8 @@ class SimControl:
     def set_time_scale(self, scale: float) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", "/clock", {"time_scale": scale})
         return result
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Jump the whole fleet's simulated time ``seconds`` ahead."""
+        result: dict[str, Any] = self.request("PUT", "/clock", {"advance_s": seconds})
+        return result

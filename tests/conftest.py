@@ -2,7 +2,9 @@
 
 The whole test session runs inside a private network namespace (entered in
 ``pytest_configure``), so simulated rigs can listen on every 127.x.y.z address and on port 80,
-and everything the tests start (simulator, broker) inherits the namespace.
+and everything the tests start (simulator, broker) inherits the namespace. Under pytest-xdist
+(``-n N``, as ``make test`` runs) each worker enters a namespace of its own, so each has its own
+session fleet on the same addresses and ports, and no worker sees another's rigs or brokers.
 
 Fixtures:
 - ``broker`` (module): a real Mosquitto with TLS, the password file and the documented ACL
@@ -15,6 +17,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +31,7 @@ from broker import Broker
 from daemon.logsetup import configure_logging
 from simulator import launch
 from simulator.client import SimControl
-from simulator.netns import ensure_private_netns
+from simulator.netns import ensure_private_netns, enter_private_netns
 from simulator.rig import SimClock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +69,13 @@ FLEET_ARGS = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    ensure_private_netns()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # A worker starts inside the controller's private namespace (as root there: the
+        # controller's user namespace maps it so), and takes one more of its own: the fleets
+        # of two workers would otherwise fight over 127.x:4028/80/4433.
+        enter_private_netns(threaded=True)
+    else:
+        ensure_private_netns()
     # As the rigpilot entry point does: logs go to stderr, never into a command's stdout.
     configure_logging(level="info", json=False, stream=sys.stderr)
 

@@ -46,16 +46,24 @@ class Clock:
 
 class Harness:
     def __init__(
-        self, loop: ControlLoop, hashprice: PushedHashprice, power: PushedPrice, clock: Clock
+        self,
+        loop: ControlLoop,
+        hashprice: PushedHashprice,
+        power: PushedPrice,
+        clock: Clock,
+        sim: SimFleet,
     ) -> None:
         self.loop, self.hashprice, self.power, self.clock = loop, hashprice, power, clock
+        self.sim = sim
 
     async def tick(self, hashprice: float, power: float = 0.05) -> TickReport:
+        """One tick, then 30 s later for the daemon's clock and the rigs' physics alike (the
+        simulator's clock jumps ahead rather than the test waiting 1 s of wall time)."""
         self.hashprice.push(hashprice, self.clock.t, "test")
         self.power.push(power, self.clock.t, "test")
         report = await self.loop.tick()
         self.clock.t += 30
-        await asyncio.sleep(1.0)  # 30 simulated seconds of physics
+        await asyncio.to_thread(self.sim.control.advance_clock, 30)
         return report
 
 
@@ -92,7 +100,7 @@ async def harness(
         market_refresh_s=0.0,
         clock=clock,
     )
-    return Harness(loop, hashprice, power, clock), addresses
+    return Harness(loop, hashprice, power, clock, sim), addresses
 
 
 async def test_curtails_in_efficiency_order_and_comes_back_ramped(
