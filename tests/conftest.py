@@ -13,6 +13,7 @@ Fixtures:
   ``.control`` (SimControl), ``.address(key)`` / ``.addresses(key)`` by model key
   (``s19jpro``, ``m60s-v3`` for the API v3 firmware rig, ...).
 - ``sim`` (function): the same fleet, with every rig reset to factory state after the test.
+- ``notify`` (function): a real NOTIFY_SOCKET collecting a daemon's sd_notify datagrams.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from broker import Broker
+from helpers import NotifySocket
 
 from daemon.logsetup import configure_logging
 from simulator import launch
@@ -34,7 +37,7 @@ from simulator.client import SimControl
 from simulator.netns import ensure_private_netns, enter_private_netns
 from simulator.rig import SimClock
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = helpers.REPO  # tests import it from here too
 V3_FIRMWARE = "20251209.16.Rel2"
 SIM_TIME_SCALE = 30.0
 
@@ -144,6 +147,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    """A real NOTIFY_SOCKET in the test's folder (helpers.NotifySocket)."""
+    n = NotifySocket(tmp_path)
+    yield n
+    n.close()
 
 
 class FrozenClock(SimClock):

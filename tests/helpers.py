@@ -5,11 +5,20 @@ test waits is made once.
   (a stock S19j Pro at 10.0.0.1, normal mode), every field overridable by keyword.
 - ``eventually`` / ``wait_rig_mode``: poll until something holds; never a fixed sleep.
 - ``write_toml``: a TOML file in a test's folder.
+- a daemon in a subprocess: ``write_config`` (a configuration for rigs of the session fleet),
+  ``start``, ``log_events`` / ``wait_log`` (its JSON log), ``NotifySocket`` (a real
+  NOTIFY_SOCKET; the ``notify`` fixture in conftest.py gives one per test).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -21,6 +30,8 @@ from policies.values import Identity, Make, Mode, Observation, PowerSource, RigI
 
 if TYPE_CHECKING:
     from conftest import SimFleet
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
 # value builders
@@ -123,3 +134,130 @@ def write_toml(folder: Path, body: str, name: str = "rigpilot.toml") -> Path:
     path = folder / name
     path.write_text(body)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# a daemon in a subprocess
+
+# The session fleet's rigs a daemon under test controls (tests/test_service.py and others).
+KEYS = ["s19jpro", "s19xp", "s21", "m30s", "m50s", "m60s-v3"]
+
+
+class NotifySocket:
+    """A real NOTIFY_SOCKET: collects the daemon's datagrams with their arrival times."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+    def fields(self, key: str) -> list[tuple[float, str]]:
+        out = []
+        for at, text in list(self.messages):
+            for line in text.splitlines():
+                k, _, v = line.partition("=")
+                if k == key:
+                    out.append((at, v))
+        return out
+
+    async def wait(
+        self,
+        key: str,
+        count: int = 1,
+        timeout: float = 60.0,
+        after: float = 0,
+        containing: str = "",
+    ) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [v for at, v in self.fields(key) if at >= after and containing in v]
+            if len(found) >= count:
+                return found[count - 1]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {key} (x{count}) within {timeout} s: {self.messages[-8:]}")
+
+
+def write_config(
+    path: Path,
+    sim: SimFleet,
+    *,
+    hashprice: float = 80.0,
+    extra: str = "",
+    keys: list[str] = KEYS,
+    top: str = "",
+) -> Path:
+    rigs = "\n".join(f'[[rigs]]\naddress = "{sim.address(k)}"' for k in keys)
+    path.write_text(f"""
+state_dir = "{path.parent / "state"}"
+{top}
+[control]
+tick_s = 1
+confirm_deadline_s = 20
+[control.guards]
+min_dwell_s = 0
+ramp_kw_per_min = 100000
+ramp_rigs_per_s = 100
+[[market.hashprice]]
+type = "fixed"
+value = {hashprice}
+[[market.power]]
+type = "fixed"
+value_per_kwh = 0.05
+{extra}
+{rigs}
+""")
+    return path
+
+
+def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    log = (config.parent / "daemon.log").open("a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "--log-json", "run", "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=log,
+        text=True,
+    )
+
+
+def log_events(config: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in (config.parent / "daemon.log").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+async def wait_log(
+    config: Path, event: str, timeout: float = 60.0, count: int = 1
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in log_events(config) if e.get("event") == event]
+        if len(found) >= count:
+            return found[count - 1]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no log event {event!r} within {timeout} s")

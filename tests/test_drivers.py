@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import SimFleet
+from helpers import eventually
 
 from daemon.fleet_cli import main_observe
 from daemon.observer import Observer, ObserverSettings
@@ -45,13 +45,6 @@ EXPECTED = {
 
 async def truth(sim: SimFleet, address: str) -> dict[str, Any]:
     return await asyncio.to_thread(sim.control.rig, address)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.3)
 
 
 async def observe(

@@ -102,7 +102,7 @@ def test_the_scan_process_exits_promptly(tmp_path: Path) -> None:
 
 async def _tick_times(config: Path, count: int, timeout: float) -> list[float]:
     """When each of the next ``count`` ``fleet.tick`` log lines appeared (polled every 0.1 s)."""
-    from test_service import log_events
+    from helpers import log_events
 
     deadline = time.monotonic() + timeout
     seen = sum(e.get("event") == "fleet.tick" for e in log_events(config))
@@ -123,7 +123,7 @@ async def test_the_daemon_keeps_its_tick_period_and_stops_on_sigterm_beside_a_ho
     """Two good rigs and one hostile rig, identified at start and again every 10 ticks: ticks
     keep their 1 s period (no gap near the identify deadline) and SIGTERM ends the process
     within 10 s."""
-    from test_service import start, wait_log, write_config
+    from helpers import start, wait_log, write_config
 
     config = write_config(
         tmp_path / "rigpilot.toml", sim, keys=["s19jpro", "m30s"], top="dry_run = true"
@@ -292,7 +292,7 @@ def test_observe_names_each_hostile_rig_within_its_deadline(
 async def test_sigterm_while_identifying_a_hostile_rig_ends_the_daemon_at_once(
     tmp_path: Path,
 ) -> None:
-    from test_service import NotifySocket, log_events, start
+    from helpers import NotifySocket, log_events, start
 
     config = tmp_path / "rigpilot.toml"
     config.write_text(

@@ -14,16 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from broker import Broker, free_port
 from conftest import SimFleet
+from helpers import KEYS, NotifySocket, log_events, start, wait_log, write_config
 from mqtt_client import Collector, daemon_settings
 from prometheus_client.parser import text_string_to_metric_families
-from test_service import KEYS, NotifySocket, log_events, start, wait_log, write_config
 
 from daemon.admin_cli import EXIT_NEVER_RAN, EXIT_STALE, EXIT_STOPPED, main_config, main_status
 from daemon.config import load_settings
@@ -54,13 +53,6 @@ TOU_MISTAKES = [
         "time '25:00' is not between 00:00 and 24:00",
     ),
 ]
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path)
-    yield n
-    n.close()
 
 
 def status_of(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

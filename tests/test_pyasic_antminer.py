@@ -7,13 +7,12 @@ control API (the rig's true state) is the referee.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyasic
 import pytest
 from conftest import SimFleet
+from helpers import eventually
 from pyasic.config import MiningModeConfig
 from pyasic.miners.backends.antminer import AntminerModern
 
@@ -29,15 +28,6 @@ EXPECTED_CLASS = {
 
 async def true_state(sim: SimFleet, address: str) -> dict[str, Any]:
     return await asyncio.to_thread(sim.control.rig, address)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 15.0) -> None:
-    """Poll ``check`` until it holds (the simulated clock runs 30x wall time)."""
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.2)
 
 
 async def antminer(address: str) -> AntminerModern:

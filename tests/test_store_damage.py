@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SimFleet
-from test_service import KEYS, write_config
+from helpers import KEYS, write_config
 
 import daemon.store as store_module
 from daemon.config import load_settings
