@@ -45,9 +45,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.backtest.engine import ReplayConfig, replay  # noqa: E402
-from daemon.backtest.inputs import Fleet, Market, MarketRow, RigGroup  # noqa: E402
-from daemon.backtest.report import summary  # noqa: E402
+from backtest.engine import ReplayConfig, replay  # noqa: E402
+from backtest.inputs import Fleet, Market, MarketRow, RigGroup  # noqa: E402
+from backtest.report import summary  # noqa: E402
 from policies.economics import Economics, cost_per_day, revenue_usd_per_day  # noqa: E402
 from policies.guards import GuardConfig  # noqa: E402
 from policies.registry import load_policy  # noqa: E402
@@ -203,7 +203,7 @@ def kept_starts(patch: Callable[[Any, str, Any], None]) -> dict[tuple[float, str
     """Collect the power-ups the replay keeps (its ramp memory after each guard step) into the
     returned dict, (start slot, rig id) -> kW, from now on. ``patch`` installs the spy:
     ``setattr``, or a test's ``monkeypatch.setattr`` to have it removed afterwards."""
-    from daemon.backtest import engine
+    from backtest import engine
 
     kept: dict[tuple[float, str], float] = {}
     guard = engine.PolicyRun._guard
@@ -232,7 +232,7 @@ def peak_kw_in_minute(starts: dict[tuple[float, str], float]) -> float:
 
 def _timed_parts() -> dict[str, float]:
     """Wrap the replay's parts with timers; returns the running totals (seconds)."""
-    from daemon.backtest import engine
+    from backtest import engine
 
     spent = {"apply_guards": 0.0, "guard path": 0.0, "policies": 0.0}
 

@@ -30,12 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from daemon.loop import ControlLoop, TickReport  # noqa: E402
-from daemon.market.service import Market  # noqa: E402
 from daemon.observer import Observer  # noqa: E402
 from daemon.persist import Persistence  # noqa: E402
 from daemon.reconciler import Actuator, Reconciler  # noqa: E402
 from daemon.store import DB_NAME, Store  # noqa: E402
 from drivers.inventory import Inventory  # noqa: E402
+from market.service import Market  # noqa: E402
 from policies.api import Site  # noqa: E402
 from policies.guards import GuardConfig, GuardState, RigGuardState, Setting  # noqa: E402
 from policies.values import Mode  # noqa: E402

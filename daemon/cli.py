@@ -167,7 +167,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
 
         return run_main(rest)
     if args.command == "backtest":
-        from daemon.backtest.cli import main as backtest_main
+        from backtest.cli import main as backtest_main
 
         return backtest_main(rest)
     if args.command == "market":

@@ -45,9 +45,9 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.control_config import ControlSettings
 from daemon.logsetup import REDACTED, is_secret_key
-from daemon.market.config import MarketSettings
 from daemon.rig_address import check_rig_address
 from daemon.settings_base import Section
+from market.config import MarketSettings
 
 __all__ = [
     "CONFIG_PATH_ENV_VAR",

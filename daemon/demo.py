@@ -107,12 +107,12 @@ def site_sleep(site_s_per_wall_s: float) -> Callable[[float], Awaitable[None]]:
 async def run(control: Path, live: bool, ticks: int, speed: float) -> None:
     from daemon.audit import AuditLog
     from daemon.loop import ControlLoop
-    from daemon.market.hashprice import PushedHashprice
-    from daemon.market.power import PushedPrice
-    from daemon.market.service import Market
     from daemon.observer import Observer, ObserverSettings
     from daemon.reconciler import Actuator, Reconciler
     from drivers.inventory import Inventory
+    from market.hashprice import PushedHashprice
+    from market.power import PushedPrice
+    from market.service import Market
     from policies.api import Site
     from policies.breakeven import BreakevenPolicy
     from policies.economics import Economics

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from daemon.audit import AuditLog
-from daemon.market.service import Market, MarketState
 from daemon.observer import Observer
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
+from market.service import Market, MarketState
 from policies.api import Intent, MarketView, Policy, RigView, Site
 from policies.combine import combine
 from policies.guards import (

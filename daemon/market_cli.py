@@ -14,9 +14,9 @@ import httpx
 
 from daemon import aio
 from daemon.config import ConfigError, load_settings
-from daemon.market.config import MarketSettings, build_market, finite_or_none
-from daemon.market.service import MarketState
 from drivers import catalogue
+from market.config import MarketSettings, build_market, finite_or_none
+from market.service import MarketState
 from policies.economics import ModePoint, breakeven
 from policies.values import PowerSource, QuoteKind
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import httpx
 
 from daemon.config import Settings
-from daemon.market.config import build_market
-from daemon.market.service import Market
 from daemon.mqtt.bridge import resolve_password, tls_context
+from market.config import build_market
+from market.service import Market
 from policies.api import Policy, Site, check_site
 from policies.guards import GuardConfig
 from policies.registry import PolicyLoadError, load_policy

@@ -34,7 +34,7 @@ COMMAND = [
 
 def block() -> str:
     """The documented run's terminal output, as it goes between the markers."""
-    from daemon.backtest import cli
+    from backtest import cli
 
     shown = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:

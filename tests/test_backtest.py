@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.backtest import kept_starts
-from daemon.backtest import cli
-from daemon.backtest.engine import Outcome, PolicyFailed, ReplayConfig, replay
-from daemon.backtest.inputs import (
+from backtest import cli
+from backtest.engine import Outcome, PolicyFailed, ReplayConfig, replay
+from backtest.inputs import (
     BacktestInputError,
     Fleet,
     Market,
@@ -28,7 +27,8 @@ from daemon.backtest.inputs import (
     load_fleet,
     load_market,
 )
-from daemon.backtest.report import PNGS, series_rows, summary, write_report
+from backtest.report import PNGS, series_rows, summary, write_report
+from bench.backtest import kept_starts
 from policies.guards import GuardConfig
 from policies.registry import load_policy
 from simulator.models import MODELS

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backtest.engine import ReplayConfig, replay
-from daemon.backtest.inputs import load_fleet, load_market
-from daemon.backtest.report import write_report
+from backtest.engine import ReplayConfig, replay
+from backtest.inputs import load_fleet, load_market
+from backtest.report import write_report
 from policies.registry import load_policy
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from backtest.engine import Outcome, ReplayConfig, _observed_at, replay
+from backtest.inputs import Fleet, Market, RigGroup
+from backtest.physics import RigPhysics, _state_key
+from backtest.report import summary
 from bench.backtest import year
-from daemon.backtest.engine import Outcome, ReplayConfig, _observed_at, replay
-from daemon.backtest.inputs import Fleet, Market, RigGroup
-from daemon.backtest.physics import RigPhysics, _state_key
-from daemon.backtest.report import summary
 from policies.guards import GuardConfig, Setting
 from policies.registry import load_policy
 from policies.values import Mode, Observation

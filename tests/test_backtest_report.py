@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backtest import cli
-from daemon.backtest.charts import MAX_POINTS, downsample, tick_label
-from daemon.backtest.engine import Outcome, ReplayConfig, replay
-from daemon.backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
-from daemon.backtest.report import PNGS, SpikeRule, charts, spikes_of, summary, write_report
+from backtest import cli
+from backtest.charts import MAX_POINTS, downsample, tick_label
+from backtest.engine import Outcome, ReplayConfig, replay
+from backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
+from backtest.report import PNGS, SpikeRule, charts, spikes_of, summary, write_report
 from policies.registry import load_policy
 from simulator.models import MODELS
 

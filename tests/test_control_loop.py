@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 
 from daemon.audit import AuditLog
 from daemon.loop import ControlLoop, TickReport
-from daemon.market.hashprice import PushedHashprice
-from daemon.market.power import PushedPrice
-from daemon.market.service import Market
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Reconciler
 from drivers.inventory import Inventory
+from market.hashprice import PushedHashprice
+from market.power import PushedPrice
+from market.service import Market
 from policies.api import Intent, MarketView, RigView, Site
 from policies.breakeven import BreakevenPolicy
 from policies.economics import Economics
@@ -406,7 +406,7 @@ def test_nearest_safe_mode_never_draws_more() -> None:
 
 
 async def test_a_hung_price_feed_does_not_hold_up_the_tick(sim: SimFleet, tmp_path: Path) -> None:
-    from daemon.market.source import Source
+    from market.source import Source
     from policies.values import Quote
 
     class Hung(Source):

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.market.fetch import FeedError
-from daemon.market.service import Market
-from daemon.market.source import Source
+from market.fetch import FeedError
+from market.service import Market
+from market.source import Source
 from policies.economics import (
     Economics,
     ModePoint,

@@ -1,4 +1,4 @@
-"""Hashprice: the formula (policies.hashprice) and the sources (daemon.market.hashprice), the
+"""Hashprice: the formula (policies.hashprice) and the sources (market.hashprice), the
 sources against a real local HTTP server serving recorded and hostile payloads."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from feedserver import FeedServer, Reply
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.market.fetch import FeedError
-from daemon.market.hashprice import (
+from market.fetch import FeedError
+from market.hashprice import (
     MEMPOOL_PATHS,
     BraiinsInsights,
     FixedHashprice,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from feedserver import FeedServer, Reply
 
-from daemon.market.hashprice import MEMPOOL_PATHS
 from daemon.market_cli import main
+from market.hashprice import MEMPOOL_PATHS
 
 FEEDS = Path(__file__).resolve().parent / "data" / "feeds"
 

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.market.fetch import FeedError
-from daemon.market.power import FixedPrice, PriceAdjust, PriceInterval, select_interval
-from daemon.market.power_feeds import Awattar, Entsoe, ErcotSpp, OctopusAgile
-from daemon.market.tou import (
+from market.fetch import FeedError
+from market.power import FixedPrice, PriceAdjust, PriceInterval, select_interval
+from market.power_feeds import Awattar, Entsoe, ErcotSpp, OctopusAgile
+from market.tou import (
     ALL_DAYS,
     TimeOfUse,
     TouSchedule,

@@ -111,7 +111,7 @@ def test_every_module_the_package_imports_is_declared() -> None:
         re.split(r"[=<>;!~ \[]", spec, maxsplit=1)[0].lower().replace("_", "-")
         for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     }
-    ours = {"daemon", "drivers", "policies", "simulator"}
+    ours = {"backtest", "daemon", "drivers", "market", "policies", "simulator"}
     providers = metadata.packages_distributions()
     undeclared: dict[str, str] = {}
     for package in sorted(ours):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.market.fetch import FeedError
-from daemon.market.power import PushedPrice
 from daemon.rig_economics import mode_points, rig_breakeven
+from market.fetch import FeedError
+from market.power import PushedPrice
 from policies.economics import Economics
 from policies.values import Board, Identity, Make, Mode, Observation, PowerSource
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.backtest import engine
-from daemon.backtest.engine import Outcome, ReplayConfig, replay
-from daemon.backtest.inputs import Fleet, Market, MarketRow, RigGroup
+from backtest import engine
+from backtest.engine import Outcome, ReplayConfig, replay
+from backtest.inputs import Fleet, Market, MarketRow, RigGroup
 from daemon.rig_economics import mode_points
 from policies.api import Intent, MarketView, RigView
 from policies.economics import Economics

@@ -18,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.admin_cli import main_status
 from daemon.loop import ControlLoop
-from daemon.market.hashprice import PushedHashprice
-from daemon.market.power import PushedPrice
-from daemon.market.service import Market
 from daemon.mqtt.topics import Topics
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Reconciler
 from drivers.inventory import Inventory
+from market.hashprice import PushedHashprice
+from market.power import PushedPrice
+from market.service import Market
 from policies.api import Site
 from policies.guards import GuardConfig
 from policies.power_cap import PowerCapPolicy

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("daemon", "drivers", "policies", "simulator")
+PACKAGES = ("backtest", "daemon", "drivers", "market", "policies", "simulator")
 SUBCOMMANDS = ("sim", "scan", "observe", "market", "run", "demo", "status", "config", "backtest")
 
 # One worker builds the wheel and its venv once (module fixtures) and runs every test of it.

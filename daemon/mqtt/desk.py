@@ -28,13 +28,13 @@ from typing import Any, Final
 import structlog
 
 from daemon.loop import ControlLoop, SiteTarget, TickReport
-from daemon.market.fetch import FeedError
-from daemon.market.hashprice import PushedHashprice
-from daemon.market.power import PushedPrice
 from daemon.mqtt import commands as c
 from daemon.mqtt.topics import rig_key
 from daemon.reconciler import Target, satisfied, shown, wanted
 from drivers.base import UnsupportedMode
+from market.fetch import FeedError
+from market.hashprice import PushedHashprice
+from market.power import PushedPrice
 from policies.guards import Override
 from policies.values import Mode, QuoteKind, RigId
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.backtest.charts import ChartSpec, chart_specs, render
-from daemon.backtest.engine import Outcome, Prices, Replay
-from daemon.backtest.inputs import iso_utc
+from backtest.charts import ChartSpec, chart_specs, render
+from backtest.engine import Outcome, Prices, Replay
+from backtest.inputs import iso_utc
 
 SERIES_CSV = "series.csv"
 RIGS_CSV = "rigs.csv"

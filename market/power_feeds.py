@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from daemon.market.fetch import FeedError, finite, need
-from daemon.market.power import FeedOptions, MarketFeed, PriceInterval
+from market.fetch import FeedError, finite, need
+from market.power import FeedOptions, MarketFeed, PriceInterval
 
 CHICAGO = ZoneInfo("America/Chicago")
 

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from daemon.market.fetch import FeedError, Fetcher, finite, need
-from daemon.market.source import Source
+from market.fetch import FeedError, Fetcher, finite, need
+from market.source import Source
 from policies.hashprice import (
     SATS_PER_BTC,
     block_subsidy_btc,

@@ -14,8 +14,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TextIO
 
-from daemon.backtest.engine import Counters, PolicyFailed, ProgressFn, ReplayConfig, replay
-from daemon.backtest.inputs import (
+from backtest.engine import Counters, PolicyFailed, ProgressFn, ReplayConfig, replay
+from backtest.inputs import (
     BacktestInputError,
     Fleet,
     Market,
@@ -23,7 +23,7 @@ from daemon.backtest.inputs import (
     load_market,
     parse_policies,
 )
-from daemon.backtest.report import (
+from backtest.report import (
     DEFAULT_SPIKE_USD_PER_KWH,
     Figures,
     SpikeRule,

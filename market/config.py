@@ -31,13 +31,13 @@ from typing import Annotated, Literal
 import httpx
 from pydantic import Field, SecretStr
 
-from daemon.market import hashprice as hp
-from daemon.market import power as pw
-from daemon.market import power_feeds as pf
-from daemon.market import tou
-from daemon.market.service import Market
-from daemon.market.source import Source
 from daemon.settings_base import Section
+from market import hashprice as hp
+from market import power as pw
+from market import power_feeds as pf
+from market import tou
+from market.service import Market
+from market.source import Source
 from policies.economics import Economics
 from policies.values import QuoteKind
 

@@ -26,8 +26,8 @@ from typing import ClassVar, TypedDict
 
 import httpx
 
-from daemon.market.fetch import FeedError, Fetcher, finite
-from daemon.market.source import Source
+from market.fetch import FeedError, Fetcher, finite
+from market.source import Source
 from policies.values import Quote, QuoteKind
 
 DEFAULT_BOUNDS_PER_KWH = (-1.0, 10.0)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from daemon.market.fetch import FeedError
-from daemon.market.source import Source
+from market.fetch import FeedError
+from market.source import Source
 from policies.values import Quote, QuoteKind
 
 log = structlog.get_logger("market")

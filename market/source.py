@@ -8,7 +8,7 @@ from policies.values import Quote, QuoteKind
 
 
 class Source(abc.ABC):
-    """Produces quotes of one kind. ``fetch`` raises FeedError (daemon.market.fetch) with a
+    """Produces quotes of one kind. ``fetch`` raises FeedError (market.fetch) with a
     message naming the problem; it never returns a value it is not sure of."""
 
     kind: QuoteKind

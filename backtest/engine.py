@@ -31,8 +31,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from daemon.backtest.inputs import MAKE_MODES, Fleet, Market, iso_utc
-from daemon.backtest.physics import RigPhysics, steady_rates
+from backtest.inputs import MAKE_MODES, Fleet, Market, iso_utc
+from backtest.physics import RigPhysics, steady_rates
 from daemon.loop import checked_opinion, nearest_safe
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from drivers import catalogue
