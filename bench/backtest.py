@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
 import pstats
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -46,45 +44,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from backtest.engine import ReplayConfig, replay  # noqa: E402
-from backtest.inputs import Fleet, Market, MarketRow, RigGroup  # noqa: E402
+from backtest.inputs import Fleet, Market, RigGroup  # noqa: E402
 from backtest.report import summary  # noqa: E402
+from backtest.synthetic import synthetic_market  # noqa: E402
 from policies.economics import Economics, cost_per_day, revenue_usd_per_day  # noqa: E402
 from policies.guards import GuardConfig  # noqa: E402
 from policies.registry import load_policy  # noqa: E402
 from simulator.models import MODELS  # noqa: E402
 
 TARGET_S = 10.0
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-STEP_S = 300
-
-
-def year(days: int, seed: int = 2026) -> Market:
-    rng = random.Random(seed)
-    rows = []
-    level = 40.0
-    hp_noise = 0.0
-    spike_left, spike_peak = 0, 0.0
-    for i in range(days * 288):
-        t = T0 + i * STEP_S
-        minute_of_day = (i % 288) * 5
-        hour = minute_of_day / 60.0
-        day = i // 288
-        if i % 12 == 0:
-            level += rng.gauss(0.0, 0.35) + 0.01 * (40.0 - level)
-            level = min(55.0, max(25.0, level))
-            hp_noise = rng.gauss(0.0, 0.4)
-        hp = level + hp_noise + rng.gauss(0.0, 0.05)
-        price = 0.030 + 0.025 * max(0.0, math.sin((hour - 6.0) / 14.0 * math.pi)) ** 1.5
-        price *= 1.0 + rng.gauss(0.0, 0.06)
-        if day % 7 == 3 and 1 <= hour < 5:
-            price = -0.005 - 0.02 * math.sin((hour - 1.0) / 4.0 * math.pi)
-        if spike_left == 0 and 16 <= hour < 20 and rng.random() < 2 / 7 / 48:
-            spike_left, spike_peak = rng.randint(2, 18), rng.uniform(0.3, 2.0)
-        if spike_left:
-            spike_left -= 1
-            price = max(price, spike_peak)
-        rows.append(MarketRow(t, round(hp, 3), round(price, 5)))
-    return Market("synthetic year", STEP_S, tuple(rows))
 
 
 def fleet() -> Fleet:
@@ -123,7 +91,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    market = year(args.days)
+    market = synthetic_market(args.days)
     rigs = fleet()
     terms = Economics()
     config = ReplayConfig(

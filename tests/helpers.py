@@ -3,6 +3,8 @@ test waits is made once.
 
 - ``identity`` / ``observation`` / ``rig_view``: value types with the defaults most tests want
   (a stock S19j Pro at 10.0.0.1, normal mode), every field overridable by keyword.
+- ``make_loop`` / ``tick_report``: a real ControlLoop over an empty inventory, an empty report
+  (tests of what is saved and restored around a loop).
 - ``eventually`` / ``wait_rig_mode``: poll until something holds; never a fixed sleep.
 - ``write_toml``: a TOML file in a test's folder.
 - a daemon in a subprocess: ``write_config`` (a configuration for rigs of the session fleet),
@@ -24,8 +26,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policies.api import RigView
+from daemon.loop import ControlLoop, TickReport
+from daemon.observer import Observer
+from daemon.reconciler import Actuator, Reconciler
+from drivers.inventory import Inventory
+from market.service import Market
+from policies.api import RigView, Site
 from policies.economics import ModePoint
+from policies.guards import GuardConfig
 from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
 
 if TYPE_CHECKING:
@@ -94,6 +102,25 @@ def rig_view(
         assert obs is not None, "an unread rig needs its rig_id"
         rig_id = obs.rig_id
     return RigView(rig_id, obs, frozenset(modes), tuple(points), group, limits_w)
+
+
+def make_loop() -> ControlLoop:
+    """A real ControlLoop over an empty inventory: nothing to observe, its state to hold."""
+    observer = Observer(Inventory())
+    return ControlLoop(
+        observer=observer,
+        market=Market({}),
+        policies=[],
+        site=Site(),
+        guard_config=GuardConfig(),
+        reconciler=Reconciler(),
+        actuator=Actuator(observer.drivers),
+    )
+
+
+def tick_report(now: float) -> TickReport:
+    """A tick at ``now`` that observed, decided and sent nothing."""
+    return TickReport(now, 0, 0, 0.0, 0.0, 0, 0, 0, None, None, {}, {}, [])
 
 
 # ---------------------------------------------------------------------------------------------
