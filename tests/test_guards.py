@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
+from helpers import identity, observation, rig_view
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +49,7 @@ from policies.guards.ramp import (
 )
 from policies.guards.ramp import _held as ramp_held
 from policies.guards.rig import Decision, decide_rig, intents_for
-from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
+from policies.values import Mode, Observation, PowerSource, RigId
 
 T0 = 1_700_000_000.0
 POLICY = "breakeven"
@@ -68,14 +69,15 @@ def observe(
     rid: RigId, mode: Mode, at: float, temp_c: float | None = 60.0, limit_w: int | None = None
 ) -> Observation:
     mining = mode not in (Mode.SLEEP, Mode.OFF)
-    return Observation(
-        identity=Identity(rid, Make.ANTMINER, "S19j Pro", "test", "antminer-stock"),
-        observed_at=at,
-        hashrate_ths=THS.get(mode, 90.0) if mining else 0.0,
-        power_w=WATTS.get(mode, float(limit_w or 3000)),
-        power_source=PowerSource.REPORTED,
-        mode=mode,
+    return observation(
+        rid,
+        mode,
+        ths=THS.get(mode, 90.0) if mining else 0.0,
+        watts=WATTS.get(mode, float(limit_w or 3000)),
+        source=PowerSource.REPORTED,
+        at=at,
         mining=mining,
+        ident=identity(rid, firmware="test"),
         max_chip_temp_c=temp_c,
         power_limit_w=limit_w if mode is Mode.LIMIT else None,
     )
@@ -96,7 +98,7 @@ def make_rig(
     scale: float = 1.0,
 ) -> RigView:
     limits = (1000, 4000) if Mode.LIMIT in modes else None
-    return RigView(rid, obs, modes, points(modes, scale), group, limits)
+    return rig_view(obs, modes, points(modes, scale), rig_id=rid, group=group, limits_w=limits)
 
 
 def rig_at(
