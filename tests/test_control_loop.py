@@ -1,7 +1,8 @@
 """The control loop end to end against the simulated fleet, with prices pushed by the test.
 
-The loop's clock is a fake advanced 30 s per tick while the simulator runs 30x real time, so
-one wall second between ticks is the same 30 s for both.
+The loop's clock is a fake advanced 30 s per tick, and the simulator's clock jumps the same 30 s
+ahead (PUT /clock advance_s) instead of the test waiting a wall second at 30x: both see the same
+30 s between ticks, and a tick costs only its own work.
 """
 
 from __future__ import annotations
