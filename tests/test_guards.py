@@ -876,6 +876,7 @@ def rise_kw(rig: RigView, before: Setting, after: Setting, fallback_w: float) ->
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_1_thermal_outranks_economics_and_operator_raises(sc: Scenario) -> None:
@@ -914,6 +915,7 @@ def exempt_from_dwell(step: Step, rig: RigView, d: Desired) -> bool:
     return d.decided_by == OVERRIDE and any(o.bypass_dwell for o in live)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
@@ -928,6 +930,7 @@ def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
             changed_at[rid] = step.elapsed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resend", [False, True], ids=["guards", "guards+resends"])
 @PROPERTY
 @given(sc=scenarios())
@@ -963,6 +966,7 @@ def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario, resend:
         assert sum(minute) <= c.ramp_kw_per_min + 1e-6 or len(minute) == 1, (end, minute)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_4_stale_prices_never_drive_a_change(sc: Scenario) -> None:
@@ -980,6 +984,7 @@ def test_invariant_4_stale_prices_never_drive_a_change(sc: Scenario) -> None:
             assert d.mode is failsafe[sc.config.stale_failsafe], d
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_6_rigs_without_an_observation_are_never_raised(sc: Scenario) -> None:
@@ -1000,6 +1005,7 @@ def snapshot(step: Step) -> object:
     return copy.deepcopy((step.intents, step.fleet, step.market, step.overrides, step.prior))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(max_ticks=15))
 def test_deterministic_pure_and_persistable(sc: Scenario) -> None:
@@ -1083,6 +1089,7 @@ def reference_guards(
     return desired, GuardState(rigs=rigs, ramp_log=kept + tuple(grants))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_apply_guards_gives_what_the_plain_reference_gives(sc: Scenario) -> None:
@@ -1098,6 +1105,7 @@ def test_apply_guards_gives_what_the_plain_reference_gives(sc: Scenario) -> None
         assert [d.reason for d in step.desired.values()] == [d.reason for d in want[0].values()]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

@@ -96,6 +96,7 @@ def _timed_scan(address: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     return time.monotonic() - start, done
 
 
+@pytest.mark.slow
 def test_the_scan_process_exits_promptly(tmp_path: Path) -> None:
     # The same command against an address where nothing answers, measured in the same run:
     # the interpreter's start and the imports, which a loaded machine stretches.
@@ -123,6 +124,7 @@ async def _tick_times(config: Path, count: int, timeout: float) -> list[float]:
     return times
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("behaviour", ["endless", "trickle"])
 async def test_the_daemon_keeps_its_tick_period_and_stops_on_sigterm_beside_a_hostile_rig(
     sim: SimFleet, tmp_path: Path, behaviour: str
@@ -296,6 +298,7 @@ def test_observe_names_each_hostile_rig_within_its_deadline(
     assert (line["ok"], line["error"]) == (False, kind), line
 
 
+@pytest.mark.slow
 async def test_sigterm_while_identifying_a_hostile_rig_ends_the_daemon_at_once(
     tmp_path: Path,
 ) -> None:

@@ -165,6 +165,7 @@ async def test_mqtt5_request_response_with_correlation_data(
         await daemon.close()
 
 
+@pytest.mark.slow
 async def test_broker_killed_and_restarted_loses_and_repeats_no_command(
     sim: SimFleet, tmp_path: Path
 ) -> None:
@@ -375,6 +376,7 @@ def hostile_payloads(rng: random.Random, rigs: list[str], n: int) -> list[tuple[
     return out
 
 
+@pytest.mark.slow
 async def test_fuzz_ten_thousand_hostile_payloads(
     broker: Broker, sim: SimFleet, tmp_path: Path
 ) -> None:
@@ -608,6 +610,7 @@ def pub_retained(broker: Broker, user: str, topic: str, payload: str) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_a_retained_request_is_rejected_cleared_and_not_applied_after_a_restart(
     broker: Broker, sim: SimFleet, tmp_path: Path
 ) -> None:
@@ -645,6 +648,7 @@ async def test_a_retained_request_is_rejected_cleared_and_not_applied_after_a_re
         assert [m for m in view.messages if m.payload] == []
 
 
+@pytest.mark.slow
 async def test_decision_events_fire_only_on_changes_and_fleet_state_names_price_sources(
     broker: Broker, sim: SimFleet, tmp_path: Path
 ) -> None:
@@ -717,6 +721,7 @@ def _channel_schemas(doc: dict[str, Any], base: str, site: str) -> list[tuple[An
     return out
 
 
+@pytest.mark.slow
 async def test_every_published_message_validates_against_the_generated_asyncapi(
     broker: Broker, sim: SimFleet, tmp_path: Path
 ) -> None:

@@ -28,6 +28,8 @@ from daemon.mqtt.topics import Topics
 from daemon.reconciler import Outcome
 from daemon.statelock import LOCK_NAME
 
+pytestmark = pytest.mark.slow  # real daemons started, stopped and killed
+
 
 def run_second(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

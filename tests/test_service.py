@@ -27,6 +27,7 @@ from daemon.persist import Persistence
 from daemon.store import DB_NAME, Store
 
 
+@pytest.mark.slow
 async def test_notify_ready_watchdog_status_reload_and_stop(
     sim: SimFleet, tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -76,6 +77,7 @@ async def test_notify_ready_watchdog_status_reload_and_stop(
             proc.wait()
 
 
+@pytest.mark.slow
 async def test_watchdog_goes_silent_while_the_loop_is_wedged(
     sim: SimFleet, tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -102,6 +104,7 @@ async def test_watchdog_goes_silent_while_the_loop_is_wedged(
     assert any(at < wedged_at[0] for at in pings), "pings before the wedge"
 
 
+@pytest.mark.slow
 async def test_hung_rigs_make_ticks_slow_but_never_silence_the_watchdog(
     sim: SimFleet, tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -148,6 +151,7 @@ def test_a_watchdog_tighter_than_a_slow_tick_is_a_config_error(tmp_path: Path) -
         load_settings(config)
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_curtailment_then_restart_converges_without_repeating_commands(
     sim: SimFleet, tmp_path: Path
 ) -> None:

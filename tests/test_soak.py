@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # two minutes of chaos
 
 
 def test_short_chaos_soak_holds_every_invariant(tmp_path: Path) -> None:
