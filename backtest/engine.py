@@ -47,6 +47,7 @@ from policies.guards import (
     FailSafe,
     GuardConfig,
     GuardState,
+    RampGrant,
     RigGuardState,
     Setting,
     apply_guards,
@@ -430,6 +431,8 @@ class Strategy:
 
 
 ProgressFn = Callable[[int, int], None]
+RampFn = Callable[[tuple[RampGrant, ...]], None]
+"""Told the ramp's memory after each guard step: the power-ups kept, with their start slots."""
 
 
 @dataclass(slots=True)
@@ -515,8 +518,10 @@ class PolicyRun:
         policies: Sequence[Policy],
         config: ReplayConfig,
         progress: ProgressFn | None = None,
+        on_ramp: RampFn | None = None,
     ) -> None:
         self.s = strategy
+        self.on_ramp = on_ramp
         self.policies = list(policies)
         self.config = config
         self.counters = Counters()
@@ -598,6 +603,8 @@ class PolicyRun:
         ]
         if busy:
             self._guard(market, busy, now, prices)
+            if self.on_ramp is not None:
+                self.on_ramp(self.ramp_log)
 
     def _moved(self, u: Unit, prices: tuple[float | None, float | None]) -> bool:
         """Whether ``breakeven``'s intent for ``u`` may differ at ``prices``."""
@@ -1060,8 +1067,11 @@ def replay(
     policies: Sequence[Policy],
     config: ReplayConfig,
     progress: ProgressFn | None = None,
+    on_ramp: RampFn | None = None,
 ) -> Outcome:
     """Run the policies, always-on and the plain threshold over ``market`` with ``fleet``.
+    ``on_ramp`` is told the policy run's ramp memory after each guard step (an audit of the
+    power-ups the replay keeps: bench/backtest.py --ramp-audit, tests).
 
     Deterministic: the same inputs give the same outcome."""
     # As in the daemon, one tick schedules power-up starts up to the next tick. The replay
@@ -1077,7 +1087,7 @@ def replay(
 
     live = Strategy(prices, terms, classes)
     _units(live, classes, market.start)
-    run = PolicyRun(live, policies, config, progress)
+    run = PolicyRun(live, policies, config, progress, on_ramp)
     p0_live = live.initial_power_w()
 
     thr = Strategy(prices, terms, classes)

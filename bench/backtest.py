@@ -36,19 +36,17 @@ import cProfile
 import pstats
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backtest.engine import ReplayConfig, replay  # noqa: E402
+from backtest.engine import RampFn, ReplayConfig, replay  # noqa: E402
 from backtest.inputs import Fleet, Market, RigGroup  # noqa: E402
 from backtest.report import summary  # noqa: E402
 from backtest.synthetic import synthetic_market  # noqa: E402
 from policies.economics import Economics, cost_per_day, revenue_usd_per_day  # noqa: E402
-from policies.guards import GuardConfig  # noqa: E402
+from policies.guards import GuardConfig, RampGrant  # noqa: E402
 from policies.registry import load_policy  # noqa: E402
 from simulator.models import MODELS  # noqa: E402
 
@@ -108,12 +106,12 @@ def main() -> int:
     base_s = time.perf_counter() - t
 
     spent = _timed_parts() if args.breakdown else None
-    starts = kept_starts(setattr) if args.ramp_audit else None
+    starts, on_ramp = kept_starts() if args.ramp_audit else (None, None)
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
     t = time.perf_counter()
-    outcome = replay(market, rigs, [policy], config)
+    outcome = replay(market, rigs, [policy], config, on_ramp=on_ramp)
     wall = time.perf_counter() - t
     if profiler is not None:
         profiler.disable()
@@ -167,21 +165,15 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def kept_starts(patch: Callable[[Any, str, Any], None]) -> dict[tuple[float, str], float]:
-    """Collect the power-ups the replay keeps (its ramp memory after each guard step) into the
-    returned dict, (start slot, rig id) -> kW, from now on. ``patch`` installs the spy:
-    ``setattr``, or a test's ``monkeypatch.setattr`` to have it removed afterwards."""
-    from backtest import engine
-
+def kept_starts() -> tuple[dict[tuple[float, str], float], RampFn]:
+    """The power-ups the replay keeps, (start slot, rig id) -> kW, filled by the returned
+    ``on_ramp`` callback for ``replay`` (the ramp's memory after each guard step)."""
     kept: dict[tuple[float, str], float] = {}
-    guard = engine.PolicyRun._guard
 
-    def keep(run: engine.PolicyRun, *args: Any) -> None:
-        guard(run, *args)
-        kept.update(((g.at, g.rig_id), g.kw) for g in run.ramp_log)
+    def keep(log: tuple[RampGrant, ...]) -> None:
+        kept.update(((g.at, g.rig_id), g.kw) for g in log)
 
-    patch(engine.PolicyRun, "_guard", keep)
-    return kept
+    return kept, keep
 
 
 def peak_kw_in_minute(starts: dict[tuple[float, str], float]) -> float:

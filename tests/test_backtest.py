@@ -28,8 +28,7 @@ from backtest.inputs import (
     load_market,
 )
 from backtest.report import PNGS, series_rows, summary, write_report
-from bench.backtest import kept_starts
-from policies.guards import GuardConfig
+from policies.guards import GuardConfig, RampGrant
 from policies.registry import load_policy
 from simulator.models import MODELS
 
@@ -146,9 +145,7 @@ def test_the_ramp_guard_paces_the_wake_up() -> None:
     assert outcome.policy.ramp_kw_per_min <= 2 * 3.5 + 0.1  # at most two rigs' boot+ramp a minute
 
 
-def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute() -> None:
     # Cohorts are shown to the guards rig by rig for a power-up, and asked twice when some are
     # held before the ramp (the first call's grants are dropped). Whatever the replay keeps must
     # still be one ramp: the kW granted in any 60 s stay within the budget.
@@ -157,9 +154,15 @@ def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute(
     fleet = Fleet(
         "f", (RigGroup(MODELS["s21"], 60, 0.95, 0.05, 3), RigGroup(MODELS["s19jpro"], 60))
     )
-    kept = kept_starts(monkeypatch.setattr)
+    kept: dict[tuple[float, str], float] = {}  # (start slot, rig) -> kW: every power-up kept
+
+    def keep(log: tuple[RampGrant, ...]) -> None:
+        kept.update(((g.at, g.rig_id), g.kw) for g in log)
+
     budget = 20.0
-    outcome = _run(Market("spike", 300, rows), fleet, guards=GuardConfig(ramp_kw_per_min=budget))
+    config = ReplayConfig(policies=("breakeven",), guards=GuardConfig(ramp_kw_per_min=budget))
+    market = Market("spike", 300, rows)
+    outcome = replay(market, fleet, [load_policy("breakeven")], config, on_ramp=keep)
     assert outcome.policy.strategy.row_hashing[-1] == 120  # every rig woke, through the ramp
     starts = sorted(kept.items())
     assert len(starts) >= 120
