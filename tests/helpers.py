@@ -132,13 +132,20 @@ async def eventually(
     limit_s: float = 20.0,
     every_s: float = 0.1,
     what: str = "condition",
+    *,
+    sim: SimFleet | None = None,
+    sim_step_s: float = 10.0,
 ) -> None:
     """Poll ``check`` until it holds; fail after ``limit_s`` (a bound, not a wait: a passing
-    test returns as soon as the condition holds)."""
+    test returns as soon as the condition holds). With ``sim``, the simulator's clock jumps
+    ``sim_step_s`` ahead between polls, so physics (booting, cooling, a reboot) takes no wall
+    time to happen."""
     deadline = time.monotonic() + limit_s
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {limit_s} s")
+        if sim is not None:
+            await asyncio.to_thread(sim.control.advance_clock, sim_step_s)
         await asyncio.sleep(every_s)
 
 

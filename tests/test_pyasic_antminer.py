@@ -102,7 +102,7 @@ async def test_stop_and_resume_mining(sim: SimFleet) -> None:
             and (state["hashrate_ths"] == 0.0)
         )
 
-    await eventually(stopped)
+    await eventually(stopped, sim=sim)
     data = await miner.get_data()
     assert len(data.hashboards) == MODELS["s19jpro"].boards  # idle boards are still listed
 
@@ -115,7 +115,7 @@ async def test_stop_and_resume_mining(sim: SimFleet) -> None:
         data = await miner.get_data()
         return data.hashrate is not None and float(data.hashrate) > 0.0
 
-    await eventually(hashing)
+    await eventually(hashing, sim=sim)
     assert (await true_state(sim, address))["hashrate_ths"] > 0.0
 
 
@@ -140,7 +140,7 @@ async def test_low_power_through_send_config(sim: SimFleet) -> None:
             and state["hashrate_ths"] == pytest.approx(0.7 * nameplate, rel=0.03)
         )
 
-    await eventually(reduced)
+    await eventually(reduced, sim=sim)
     data = await miner.get_data()
     assert data.is_mining is True
     assert data.expected_hashrate is not None
