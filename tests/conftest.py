@@ -30,6 +30,7 @@ import helpers
 import pytest
 from broker import Broker
 from helpers import NotifySocket
+from hypothesis import settings
 
 from daemon.logsetup import configure_logging
 from simulator import launch
@@ -38,6 +39,12 @@ from simulator.netns import ensure_private_netns, enter_private_netns
 from simulator.rig import SimClock
 
 REPO = helpers.REPO  # tests import it from here too
+
+# No per-example deadline (hypothesis' default is 200 ms): it is a timed assertion, and four
+# workers on two cores, or a loaded machine, stretch an example past it. A test that sets its
+# own deadline keeps it.
+settings.register_profile("rigpilot", deadline=None)
+settings.load_profile("rigpilot")
 V3_FIRMWARE = "20251209.16.Rel2"
 SIM_TIME_SCALE = 30.0
 

@@ -396,7 +396,7 @@ async def test_fuzz_ten_thousand_hostile_payloads(
                         for cmd, payload, _ in cases[i : i + 500]
                     )
                 )
-            await col.count(len(cases), 120)
+            await col.count(len(cases), 600)  # a bound: returns once all have come
             answers = [m.json() for m in col.messages]
             assert len(answers) == len(cases), f"{len(answers)} answers to {len(cases)} payloads"
             assert all(a["status"] == "rejected" for a in answers), [
