@@ -166,7 +166,7 @@ async def wait_rig_mode(sim: SimFleet, address: str, mode: str, timeout: float =
 def write_toml(folder: Path, body: str, name: str = "rigpilot.toml") -> Path:
     """Write ``body`` to ``folder/name`` and return the path."""
     path = folder / name
-    path.write_text(body)
+    path.write_text(body, encoding="utf-8")
     return path
 
 
