@@ -94,6 +94,7 @@ def test_threshold_matches_a_hand_computed_result() -> None:
     )
 
 
+@pytest.mark.slow
 def test_identical_inputs_give_identical_outputs(tmp_path: Path) -> None:
     market = tmp_path / "m.csv"
     lines = SAMPLE_MARKET.read_text().splitlines()
@@ -399,6 +400,7 @@ def _plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "broken_plugins", raising=False)
 
 
+@pytest.mark.slow
 def test_a_policy_that_fails_mid_replay_stops_its_run_with_a_named_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -446,6 +448,7 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return chunks
 
 
+@pytest.mark.slow
 def test_report_files(tmp_path: Path) -> None:
     outcome = _run(_slice(load_market(SAMPLE_MARKET), 300), load_fleet(SAMPLE_FLEET))
     write_report(outcome, tmp_path, "test")
@@ -486,6 +489,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert names == ["policy", "always-on", "threshold"]
 
 
+@pytest.mark.slow
 def test_sweep_compares_settings(tmp_path: Path) -> None:
     market = tmp_path / "m.csv"
     market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:150]) + "\n")
@@ -512,6 +516,7 @@ def test_sweep_compares_settings(tmp_path: Path) -> None:
     assert max(power[3:]) <= 150.0 + 1e-6
 
 
+@pytest.mark.slow
 def test_a_sweep_in_parallel_writes_what_one_after_the_other_writes(tmp_path: Path) -> None:
     # --jobs 2 replays the runs in two worker processes; every file of every run, the
     # comparison and the terminal summary must be what --jobs 1 gives, byte for byte.
