@@ -265,7 +265,7 @@ def apply_setting(config: ReplayConfig, key: str, value: str) -> ReplayConfig:
     return dataclasses.replace(config, guards=guards)
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:  # noqa: C901, PLR0912, PLR0915  the command line, each option checked with its own message
     """Entry point of ``rigpilot backtest``; returns the exit status (2 on bad input, 1 when a
     policy failed during a replay)."""
     stdout = out or sys.stdout

@@ -195,7 +195,6 @@ def main() -> int:
     parser.add_argument("--limit-s", type=float, default=180.0, help="give up after this long")
     args = parser.parse_args()
 
-    from daemon import aio
     from simulator import launch
     from simulator.netns import ensure_private_netns
 
@@ -208,7 +207,7 @@ def main() -> int:
         print(f"simulator: {len(rigs)} rigs (pid {sim.proc.pid}), time scale 1", flush=True)
 
         cache = work / "inventory.json"
-        ident = aio.run(identify_all(addresses, cache, 64))
+        ident = asyncio.run(identify_all(addresses, cache, 64))
         print(
             f"identify (pyasic detection, once, cached): {ident['identified']} rigs, "
             f"{ident['failed']} failed, {ident['wall_s']:.1f} s wall",
@@ -240,7 +239,7 @@ def main() -> int:
         )
 
         sim_cpu0 = ctl.stats()["cpu_s"]
-        run = aio.run(curtail(cache, args.concurrency, args.observe_concurrency, args.limit_s))
+        run = asyncio.run(curtail(cache, args.concurrency, args.observe_concurrency, args.limit_s))
         sim_cpu = ctl.stats()["cpu_s"] - sim_cpu0
         truth = Counter(ctl.rig(a)["mode"] for a in addresses[:: max(1, len(addresses) // 200)])
     finally:

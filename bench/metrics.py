@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from daemon.metrics import Metrics, _Rigs, _Snapshot
+from daemon.metrics import Metrics, RigsSnapshot, Snapshot
 from daemon.mqtt.state import Prices
 from policies.economics import Economics
 from policies.guards import Desired
@@ -46,7 +46,7 @@ MODELS = [
 ]
 
 
-def fleet(n: int) -> _Rigs:
+def fleet(n: int) -> RigsSnapshot:
     readings: dict[RigId, Reading] = {}
     desired: dict[RigId, Desired] = {}
     identities: dict[RigId, Identity] = {}
@@ -73,7 +73,7 @@ def fleet(n: int) -> _Rigs:
             inlet_c=25.0 if make is Make.WHATSMINER else None,
             outlet_c=45.0 if make is Make.WHATSMINER else None,
         )
-    return _Rigs(readings, desired, identities, frozenset(), Prices(40.0, 0.05, Economics()))
+    return RigsSnapshot(readings, desired, identities, frozenset(), Prices(40.0, 0.05, Economics()))
 
 
 class _Families(Collector):
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rigs = fleet(args.rigs)
     metrics = Metrics(per_rig=True, process=False)
-    snapshot = object.__new__(_Snapshot)  # only per_rig is read by _rig_text
+    snapshot = object.__new__(Snapshot)  # only per_rig is read by _rig_text
     object.__setattr__(snapshot, "per_rig", rigs)
     first, cached, base = [], [], []
     text = b""

@@ -115,7 +115,6 @@ async def naive_pyasic(addresses: list[str], concurrency: int) -> tuple[float, i
 def restart_phase(cache: Path, cycles: int, concurrency: int) -> None:
     """Run in a fresh process: what a restarted daemon does with a cached inventory."""
     t_start = time.monotonic()
-    from daemon import aio
     from daemon.observer import Observer, ObserverSettings
     from drivers.inventory import Inventory
 
@@ -144,7 +143,7 @@ def restart_phase(cache: Path, cycles: int, concurrency: int) -> None:
             "rss_mb": round(rss_mb(), 1),
         }
 
-    print(json.dumps(aio.run(main())), flush=True)
+    print(json.dumps(asyncio.run(main())), flush=True)
 
 
 async def identify_all(addresses: list[str], cache: Path, concurrency: int) -> dict[str, Any]:
@@ -181,7 +180,6 @@ def main() -> int:
         restart_phase(args.restart_phase, args.cycles, args.concurrency)
         return 0
 
-    from daemon import aio
     from simulator import launch
     from simulator.netns import ensure_private_netns
 
@@ -195,7 +193,7 @@ def main() -> int:
         print(f"simulator: {len(rigs)} rigs (pid {sim.proc.pid})", flush=True)
 
         cache = work / "inventory.json"
-        ident = aio.run(identify_all(addresses, cache, 64))
+        ident = asyncio.run(identify_all(addresses, cache, 64))
         print(
             f"identify (pyasic detection, once, cached): {ident['identified']} rigs, "
             f"{ident['failed']} failed, {ident['cpu_ms_per_rig']:.2f} ms CPU/rig, "
@@ -235,7 +233,7 @@ def main() -> int:
         )
 
         pairs = [(r["address"], r["make"]) for r in rigs]
-        floor_ms, floor_ok = aio.run(floor(pairs, args.concurrency))
+        floor_ms, floor_ok = asyncio.run(floor(pairs, args.concurrency))
         print(
             f"floor (one raw request per rig, decoded): {floor_ms:.3f} ms CPU/rig, {floor_ok} ok",
             flush=True,

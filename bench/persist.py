@@ -98,7 +98,7 @@ def main() -> int:
                 {
                     "guards": loop.guard_state.to_dict(),
                     "reconciler": loop.reconciler.to_dict(),
-                    "loop": persistence._loop_doc(),
+                    **loop.operator.to_docs(),
                     "status": persistence.status(report),
                 }
             )

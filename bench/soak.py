@@ -113,6 +113,14 @@ CRASH_EVENTS = {
 }
 
 
+def _going_on(opts: Options, elapsed_s: float, disruptions: list[dict[str, Any]]) -> bool:
+    """For ``--minutes``; with ``--every-kind`` on (up to 3x as long) until each kind happened."""
+    if elapsed_s < opts.minutes * 60:
+        return True
+    seen = {d["kind"] for d in disruptions}
+    return opts.every_kind and elapsed_s < opts.minutes * 60 * 3 and not set(DISRUPTIONS) <= seen
+
+
 @dataclass
 class Options:
     rigs: int = 1000
@@ -630,20 +638,11 @@ async def soak(opts: Options) -> dict[str, Any]:
         first_ready = await daemon.ready(300)
         print(f"soak: daemon ready after {first_ready:.1f} s (identification included)", flush=True)
         await room.start()
-        end = time.monotonic() + opts.minutes * 60
-        latest = time.monotonic() + opts.minutes * 60 * 3
+        started = time.monotonic()
         kinds = itertools.cycle(DISRUPTIONS)
         next_fault = time.monotonic()
         next_disruption = time.monotonic() + opts.disrupt_every_s
-
-        def going_on() -> bool:
-            now = time.monotonic()
-            if now < end:
-                return True
-            seen = {d["kind"] for d in disruptions}
-            return opts.every_kind and now < latest and not set(DISRUPTIONS) <= seen
-
-        while going_on():
+        while _going_on(opts, time.monotonic() - started, disruptions):
             now = time.monotonic()
             daemon.sample_rss()
             if now >= next_fault:

@@ -47,7 +47,7 @@ def _utc(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def main_status(argv: Sequence[str]) -> int:
+def _status_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rigpilot status",
         description="Print the daemon's state and fleet summary (from its state database).",
@@ -57,7 +57,11 @@ def main_status(argv: Sequence[str]) -> int:
     p.add_argument("--config", type=Path, default=None, help="configuration file (for state_dir)")
     p.add_argument("--state-dir", type=Path, default=None, help="override the state directory")
     p.add_argument("--json", action="store_true", help="the whole status document as JSON")
-    args = p.parse_args(argv)
+    return p
+
+
+def main_status(argv: Sequence[str]) -> int:
+    args = _status_parser().parse_args(argv)
     state_dir = args.state_dir
     control = ControlSettings()
     if state_dir is None:
@@ -75,29 +79,8 @@ def main_status(argv: Sequence[str]) -> int:
         print(f"rigpilot status: no daemon has run on {state_dir}")
         return EXIT_NEVER_RAN
     now = time.time()
-    # An older rigpilot wrote no process document: its status line names the PID.
-    proc = process or {"pid": (status or {}).get("pid")}
-    pid = proc.get("pid")
-    wedged_after_s = float(proc.get("wedged_after_s") or control.wedged_after())
-    started_at = proc.get("started_at")
-    ticked = written is not None and (started_at is None or written >= started_at)
-    age = now - written if ticked and written is not None else None
-    if proc.get("stopped_at") is not None:
-        state, exit_code = "stopped", EXIT_STOPPED
-        how = f"STOPPED at {_utc(proc['stopped_at'])} (a clean stop)"
-    elif not isinstance(pid, int) or not is_running(pid, proc.get("pid_start")):
-        state, exit_code = "stopped", EXIT_STOPPED
-        how = f"STOPPED: process {pid} is gone (killed or crashed; it did not stop cleanly)"
-    elif age is None:
-        state, exit_code = "starting", 0
-        since = f" for {now - started_at:.0f} s" if started_at is not None else ""
-        how = f"starting{since}: no tick completed yet"
-    elif age > wedged_after_s:
-        state, exit_code = "stale", EXIT_STALE
-        how = f"STALE: running, but no tick completed for {age:.0f} s: is it wedged?"
-    else:
-        state, exit_code = "running", 0
-        how = "running"
+    proc = process or {}
+    state, exit_code, how = _judge(proc, written, control, now)
     if args.json:
         doc = {
             **(status or {}),
@@ -111,28 +94,59 @@ def main_status(argv: Sequence[str]) -> int:
     shown = status or {}
     mode = "DRY-RUN" if shown.get("dry_run") else "live"
     version = proc.get("version") or shown.get("version", "")
-    print(f"rigpilot {version} pid {pid} ({mode}): {how}")
+    print(f"rigpilot {version} pid {proc.get('pid')} ({mode}): {how}")
     if status is not None and written is not None:
-        print(f"  {rig_text(status.get('summary', ''), 2000)}")
-        if status.get("conflict"):  # another instance announces this site (docs/mqtt.md)
-            print(f"  CONFLICT: {rig_text(status['conflict'], 2000)}")
-        extra = [f"policies: {', '.join(status.get('policies') or [])}"]
-        if status.get("pins"):
-            extra.append(f"{status['pins']} operator pin(s)")
-        if status.get("site_target_kw") is not None:
-            extra.append(f"site target {status['site_target_kw']:g} kW")
-        print("  " + "; ".join(extra))
-        print(f"  last tick {now - written:.0f} s ago")
-    reload = proc.get("last_reload")
-    if reload:
-        if reload.get("ok"):
-            changed = ", ".join(reload.get("changed") or []) or "no changes"
-            print(f"  last reload {_utc(reload['at'])}: applied ({changed})")
-        else:
-            error = "\n    ".join(str(reload.get("error")).splitlines())
-            print(f"  last reload {_utc(reload['at'])}: REJECTED, the running configuration")
-            print(f"    was kept: {error}")
+        _print_summary(status, now - written)
+    if proc.get("last_reload"):
+        _print_reload(proc["last_reload"])
     return exit_code
+
+
+def _judge(
+    proc: Mapping[str, Any], written: float | None, control: ControlSettings, now: float
+) -> tuple[str, int, str]:
+    """(state, exit status, what to say) of the daemon its ``process`` document describes,
+    whose status was last ``written`` then."""
+    pid = proc.get("pid")
+    wedged_after_s = float(proc.get("wedged_after_s") or control.wedged_after())
+    started_at = proc.get("started_at")
+    ticked = written is not None and (started_at is None or written >= started_at)
+    age = now - written if ticked and written is not None else None
+    if proc.get("stopped_at") is not None:
+        return "stopped", EXIT_STOPPED, f"STOPPED at {_utc(proc['stopped_at'])} (a clean stop)"
+    if not isinstance(pid, int) or not is_running(pid, proc.get("pid_start")):
+        gone = f"STOPPED: process {pid} is gone (killed or crashed; it did not stop cleanly)"
+        return "stopped", EXIT_STOPPED, gone
+    if age is None:
+        since = f" for {now - started_at:.0f} s" if started_at is not None else ""
+        return "starting", 0, f"starting{since}: no tick completed yet"
+    if age > wedged_after_s:
+        stale = f"STALE: running, but no tick completed for {age:.0f} s: is it wedged?"
+        return "stale", EXIT_STALE, stale
+    return "running", 0, "running"
+
+
+def _print_summary(status: Mapping[str, Any], age_s: float) -> None:
+    print(f"  {rig_text(status.get('summary', ''), 2000)}")
+    if status.get("conflict"):  # another instance announces this site (docs/mqtt.md)
+        print(f"  CONFLICT: {rig_text(status['conflict'], 2000)}")
+    extra = [f"policies: {', '.join(status.get('policies') or [])}"]
+    if status.get("pins"):
+        extra.append(f"{status['pins']} operator pin(s)")
+    if status.get("site_target_kw") is not None:
+        extra.append(f"site target {status['site_target_kw']:g} kW")
+    print("  " + "; ".join(extra))
+    print(f"  last tick {age_s:.0f} s ago")
+
+
+def _print_reload(reload: Mapping[str, Any]) -> None:
+    if reload.get("ok"):
+        changed = ", ".join(reload.get("changed") or []) or "no changes"
+        print(f"  last reload {_utc(reload['at'])}: applied ({changed})")
+    else:
+        error = "\n    ".join(str(reload.get("error")).splitlines())
+        print(f"  last reload {_utc(reload['at'])}: REJECTED, the running configuration")
+        print(f"    was kept: {error}")
 
 
 def main_config(argv: Sequence[str]) -> int:

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "run": "run the controller daemon (add --dry-run to send no command)",
     "demo": "the daemon on a simulated fleet through the Feb 2026 market slide",
     "status": "print the running daemon's fleet summary",
+    "fleet": "list every site seen on an MQTT broker (many sites, one control room)",
     "config": "config check [FILE]: validate a configuration, print the effective one",
     "backtest": "replay a price history through the policies and guards, report the money",
 }
@@ -33,26 +34,30 @@ EPILOG = """\
 The global options (--log-level, --log-json) may also follow COMMAND.
 
 exit status: 0 done; 1 nothing answered (observe: no rig could be read; scan: no rig found;
-market: a price with sources configured could not be had); 2 invalid command line or
-configuration; 3 partial or stale (observe: some rigs could not be read; status: the daemon's
-summary is stale or missing); 141 stdout was closed early (a pipe into head): the rest of the
-output is dropped quietly, as the shell reports a program ended by SIGPIPE. COMMAND --help
-says more."""
+market: a price with sources configured could not be had; fleet: the broker could not be
+asked, or shows no site); 2 invalid command line or configuration; 3 partial or stale
+(observe: some rigs could not be read; status: the daemon's summary is stale or missing;
+fleet: some retained payloads could not be read); 141 stdout was closed early (a pipe into
+head): the rest of the output is dropped quietly, as the shell reports a program ended by
+SIGPIPE. COMMAND --help says more."""
 
 
 def _add_global_options(p: argparse.ArgumentParser, default: object = None) -> None:
     """--log-level and --log-json; ``default=argparse.SUPPRESS`` leaves unset ones out."""
     p.add_argument(
         "--log-level",
-        default="info" if default is None else default,
+        default=default,
         choices=("debug", "info", "warning", "error"),
-        help="default: info",
+        help="default: info (`rigpilot run`: the config file's [log] level)",
     )
     p.add_argument(
         "--log-json",
         action=argparse.BooleanOptionalAction,
         default=default,
-        help="JSON log lines (default: JSON unless stderr is a terminal)",
+        help=(
+            "JSON log lines (default: JSON unless stderr is a terminal; `rigpilot run`: the "
+            "config file's [log] json)"
+        ),
     )
 
 
@@ -123,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _dispatch(argv: Sequence[str] | None) -> int:
+def _dispatch(argv: Sequence[str] | None) -> int:  # noqa: PLR0911  one return per subcommand, each imported lazily (no command loads another's modules)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -133,7 +138,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     args, rest = split_global_options(args, rest)
     from daemon.logsetup import configure_logging
 
-    configure_logging(level=args.log_level, json=args.log_json, stream=sys.stderr)
+    configure_logging(level=args.log_level or "info", json=args.log_json, stream=sys.stderr)
     if args.command == "sim":
         # The simulator is a separate program that happens to share the console script; the
         # daemon itself never imports it (docs/architecture.md).
@@ -152,6 +157,10 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         from daemon.admin_cli import main_status
 
         return main_status(rest)
+    if args.command == "fleet":
+        from daemon.sites_cli import main as fleet_main
+
+        return fleet_main(rest)
     if args.command == "config":
         from daemon.admin_cli import main_config
 
@@ -165,7 +174,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     if args.command == "run":
         from daemon.run import main as run_main
 
-        return run_main(rest)
+        return run_main(rest, log_level=args.log_level, log_json=args.log_json)
     if args.command == "backtest":
         from backtest.cli import main as backtest_main
 

@@ -418,13 +418,13 @@ def _env_name(parts: Sequence[int | str]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in parts).upper()
 
 
-def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+def models_in(annotation: Any) -> Iterator[type[BaseModel]]:
     """The pydantic models inside ``annotation`` (``X | None``, ``tuple[X, ...]``, ...)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
         return
     for arg in get_args(annotation):
-        yield from _models_in(arg)
+        yield from models_in(arg)
 
 
 def _field_keys(model: type[BaseModel]) -> dict[str, Any]:
@@ -439,7 +439,7 @@ def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
         if isinstance(part, int):
             continue
         annotation = _field_keys(model).get(part)
-        found = next(_models_in(annotation), None)
+        found = next(models_in(annotation), None)
         if found is None:
             return None
         model = found

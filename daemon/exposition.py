@@ -9,7 +9,7 @@ gauges), once per tick, and served from that cache until the next tick.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from prometheus_client.utils import floatToGoString
@@ -23,11 +23,6 @@ def escape(value: str) -> str:
     if "\\" in value or '"' in value or "\n" in value:
         return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return value
-
-
-def labels(names: Sequence[str], values: Sequence[str]) -> str:
-    """``{a="x",b="y"}`` for ``names`` and (already escaped) ``values``."""
-    return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, values, strict=True)) + "}"
 
 
 def gauge_family(name: str, doc: str, samples: Iterable[tuple[str, float]]) -> str:

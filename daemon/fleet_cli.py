@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import sys
@@ -10,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from daemon import aio
 from daemon.observer import Observer, ObserverSettings
 from daemon.rig_address import check_rig_address
 from drivers.inventory import IdentifyFailure, Inventory, InventoryError, scan
@@ -108,7 +108,7 @@ def main_scan(argv: Sequence[str], out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = scan_parser().parse_args(argv)
     try:
-        results = aio.run(scan(args.ranges, args.concurrency, identify_timeout_s=args.timeout))
+        results = asyncio.run(scan(args.ranges, args.concurrency, identify_timeout_s=args.timeout))
     except InventoryError as exc:
         print(f"rigpilot scan: error: {exc}", file=sys.stderr)
         return 2
@@ -173,7 +173,7 @@ async def _observe(args: argparse.Namespace) -> list[Reading]:
 def main_observe(argv: Sequence[str], out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = observe_parser().parse_args(argv)
-    readings = aio.run(_observe(args))
+    readings = asyncio.run(_observe(args))
     if not args.json:
         print(
             f"{'address':<15} {'model':<12} {'TH/s':>8} {'W':>6} {'chip':>5} "

@@ -16,6 +16,7 @@ import structlog
 
 from daemon.audit import AuditLog
 from daemon.observer import Observer
+from daemon.operator_state import OperatorState
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from market.service import Market, MarketState
@@ -25,7 +26,6 @@ from policies.guards import (
     Desired,
     GuardConfig,
     GuardState,
-    Override,
     Setting,
     apply_guards,
 )
@@ -99,18 +99,6 @@ class TickReport:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SiteTarget:
-    """A site power target set by the control room (demand response), until ``until``."""
-
-    kw: float
-    until: float
-    by: str
-
-    def active(self, now: float) -> bool:
-        return now < self.until
-
-
 @dataclass
 class ControlLoop:
     observer: Observer
@@ -125,8 +113,9 @@ class ControlLoop:
     market_refresh_s: float = 60.0
     market_timeout_s: float = 15.0
     clock: Callable[[], float] = time.time
-    overrides: list[Override] = field(default_factory=list)
-    site_target: SiteTarget | None = None
+    operator: OperatorState = field(default_factory=OperatorState)
+    """What the control room has set (pins, site target, hand-set prices): read each tick,
+    changed only by the command desk and restored by persistence (daemon/operator_state.py)."""
     journal: Callable[[Sequence[Command], float], None] | None = None
     """Called with the commands about to be sent, before sending (the durable store's
     write-ahead journal); an exception there sends nothing this tick."""
@@ -145,12 +134,20 @@ class ControlLoop:
     _failing: set[str] = field(default_factory=set)
     _market_state: MarketState | None = None
 
+    def use_market(self, market: Market) -> None:
+        """Take prices from ``market`` from the next tick on (a reload changed the sources)."""
+        self.market = market
+        self.force_market_refresh()
+
     async def tick(self) -> TickReport:
         """One full pass. Never raises for a rig's or a feed's failure."""
         started = time.monotonic()
         cycle = await self.observer.cycle()
         observed_s = time.monotonic() - started
         now = self.clock()
+        # The operator's hand-set prices are the market's manual quotes: the same mapping, so
+        # they outrank its feeds, and expire there.
+        self.market.manual = self.operator.prices
         if self._market_state is None or now - self._market_at >= self.market_refresh_s:
             self._market_state = await self._refresh_market(now)
             self._market_at = now
@@ -168,7 +165,7 @@ class ControlLoop:
             self.guard_config.economics,
             now,
         )
-        self.overrides = [o for o in self.overrides if o.active(now)]
+        overrides = self.operator.overrides(now)
         before = self.guard_state
         as_of = before.as_of
         if as_of is not None and now < as_of:
@@ -183,7 +180,7 @@ class ControlLoop:
             market,
             self.guard_state,
             self.guard_config,
-            self.overrides,
+            overrides,
             now,
             self.seed,
         )
@@ -294,12 +291,8 @@ class ControlLoop:
         """The site and policies for this tick: an active site target (demand response) caps
         the site below its contract limit, and brings in the power-cap policy if the
         configuration did not name it."""
-        target = self.site_target
+        target = self.operator.active_site_target(now)
         if target is None:
-            return self.site, self.policies
-        if not target.active(now):
-            log.info("site_target.expired", kw=target.kw, by=target.by)
-            self.site_target = None
             return self.site, self.policies
         contract = self.site.power_cap_kw
         cap = target.kw if contract is None else min(target.kw, contract)

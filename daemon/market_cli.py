@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -12,7 +13,6 @@ from typing import Any, TextIO
 
 import httpx
 
-from daemon import aio
 from daemon.config import ConfigError, load_settings
 from drivers import catalogue
 from market.config import MarketSettings, build_market, finite_or_none
@@ -191,7 +191,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         print(f"rigpilot market: {exc}", file=sys.stderr)
         return 2
     try:
-        state = aio.run(_fetch(settings))
+        state = asyncio.run(_fetch(settings))
     except ValueError as exc:
         print(f"rigpilot market: configuration error: {exc}", file=sys.stderr)
         return 2

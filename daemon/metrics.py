@@ -92,7 +92,7 @@ _FAILURES = tuple(k.value for k in FailureKind)
 
 
 @dataclass(frozen=True, slots=True)
-class _Rigs:
+class RigsSnapshot:
     """What the per-rig series are rendered from: the tick's own immutable values, referenced
     rather than copied, so that the per-rig work is done by the scrape, not the event loop."""
 
@@ -104,7 +104,7 @@ class _Rigs:
 
 
 @dataclass(frozen=True, slots=True)
-class _Snapshot:
+class Snapshot:
     at: float
     site: str
     dry_run: bool
@@ -133,7 +133,7 @@ class _Snapshot:
     policies: tuple[tuple[str, bool], ...]  # (name, failed this tick)
     site_target_w: float | None
     site_power_cap_w: float | None
-    per_rig: _Rigs | None
+    per_rig: RigsSnapshot | None
 
 
 @dataclass(slots=True)
@@ -262,8 +262,8 @@ class Metrics(Collector):
         self.mqtt_connected = mqtt_connected
         self._version = _package_version()
         self._lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
-        self._rig_cache: tuple[_Rigs, bytes] | None = None
+        self._snapshot: Snapshot | None = None
+        self._rig_cache: tuple[RigsSnapshot, bytes] | None = None
         self._last_desired: dict[RigId, tuple[Mode, int | None]] = {}
         self._decisions: dict[tuple[str, str], int] = {}  # (by, mode)
         self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
@@ -325,18 +325,18 @@ class Metrics(Collector):
             for kind, q in sorted(market.quotes.items())
         )
         sources = tuple((s.name, s.kind.value, s.ok, s.last_success) for s in market.sources)
-        target = loop.site_target
+        target = loop.operator.site_target
         cap_kw = loop.site.power_cap_kw
         per_rig = None
         if self.per_rig:
-            per_rig = _Rigs(
+            per_rig = RigsSnapshot(
                 readings=report.readings,
                 desired=report.desired,
                 identities={r: d.identity for r, d in drivers.items()},
                 stuck=frozenset(stuck),
                 prices=prices,
             )
-        snapshot = _Snapshot(
+        snapshot = Snapshot(
             at=report.at,
             site=loop.site.name,
             dry_run=dry,
@@ -361,7 +361,7 @@ class Metrics(Collector):
             breakeven_usd_per_phs_day=fleet["breakeven_hashprice_usd_per_ph_day"],
             quotes=quotes,
             sources=sources,
-            pins=sum(1 for o in loop.overrides if o.active(now)),
+            pins=sum(1 for o in loop.operator.overrides() if o.active(now)),
             policies=tuple(
                 (name, name in report.failed_policies)
                 for name in dict.fromkeys(
@@ -552,7 +552,7 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     return family
 
 
-def _fleet(s: _Snapshot) -> Iterator[Metric]:
+def _fleet(s: Snapshot) -> Iterator[Metric]:
     yield _gauge("rigpilot_dry_run", "1 when the daemon sends no command (dry-run).", s.dry_run)
     yield _gauge(
         "rigpilot_commands_held",
@@ -658,7 +658,7 @@ def _fleet(s: _Snapshot) -> Iterator[Metric]:
     )
 
 
-def _market(s: _Snapshot) -> Iterator[Metric]:
+def _market(s: Snapshot) -> Iterator[Metric]:
     yield _gauge(
         "rigpilot_hashprice_usd_per_phs_day",
         "Hashprice the policies used (USD per PH/s per day); absent when stale.",
@@ -737,12 +737,10 @@ _RIG_FAMILIES = (
 )
 
 
-def _per_rig_text(rigs: _Rigs) -> str:
+def _per_rig_text(rigs: RigsSnapshot) -> str:
     """Every per-rig family as exposition text (see daemon/exposition.py)."""
     out: list[list[tuple[str, float]]] = [[] for _ in _RIG_FAMILIES]
-    info, up, stuck, hashrate, power, estimated, chip, board, inlet, outlet = out[:10]
-    mode, desired, margin = out[10:]
-    estimated_source = PowerSource.ESTIMATED
+    info, up, stuck, desired = out[0], out[1], out[2], out[11]
     esc = escape
     for rig_id, reading in rigs.readings.items():
         obs = reading if isinstance(reading, Observation) else None
@@ -769,27 +767,34 @@ def _per_rig_text(rigs: _Rigs) -> str:
         d = rigs.desired.get(rig_id)
         if d is not None:
             desired.append((f'{head},mode="{d.mode.value}",by="{esc(d.decided_by)}"}}', 1.0))
-        if obs is None:
-            continue
-        hashrate.append((key, obs.hashrate_ths * TH))
-        if obs.power_w is not None:
-            power.append((key, obs.power_w))
-        if obs.power_source is not None:
-            estimated.append((key, 1.0 if obs.power_source is estimated_source else 0.0))
-        if obs.max_chip_temp_c is not None:
-            chip.append((key, obs.max_chip_temp_c))
-        for b in obs.boards:
-            if b.board_temp_c is not None:
-                board.append((f'{head},board="{b.index}"}}', b.board_temp_c))
-        if obs.inlet_c is not None:
-            inlet.append((key, obs.inlet_c))
-        if obs.outlet_c is not None:
-            outlet.append((key, obs.outlet_c))
-        mode.append((f'{head},mode="{obs.mode.value}"}}', 1.0))
-        value = margin_usd_per_day(obs, rigs.prices)
-        if value is not None:
-            margin.append((key, value))
+        if obs is not None:
+            _observed_samples(out, obs, head, key, rigs.prices)
     return "".join(
         gauge_family(name, doc, samples)
         for (name, doc), samples in zip(_RIG_FAMILIES, out, strict=True)
     )
+
+
+def _observed_samples(
+    out: list[list[tuple[str, float]]], obs: Observation, head: str, key: str, prices: Prices
+) -> None:
+    """The samples of an observed rig, into ``out`` (one list per family of _RIG_FAMILIES)."""
+    hashrate, power, estimated, chip, board, inlet, outlet, mode = out[3:11]
+    hashrate.append((key, obs.hashrate_ths * TH))
+    if obs.power_w is not None:
+        power.append((key, obs.power_w))
+    if obs.power_source is not None:
+        estimated.append((key, 1.0 if obs.power_source is PowerSource.ESTIMATED else 0.0))
+    if obs.max_chip_temp_c is not None:
+        chip.append((key, obs.max_chip_temp_c))
+    for b in obs.boards:
+        if b.board_temp_c is not None:
+            board.append((f'{head},board="{b.index}"}}', b.board_temp_c))
+    if obs.inlet_c is not None:
+        inlet.append((key, obs.inlet_c))
+    if obs.outlet_c is not None:
+        outlet.append((key, obs.outlet_c))
+    mode.append((f'{head},mode="{obs.mode.value}"}}', 1.0))
+    value = margin_usd_per_day(obs, prices)
+    if value is not None:
+        out[12].append((key, value))

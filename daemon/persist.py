@@ -6,7 +6,7 @@ What is saved when:
 - commands to rigs: the reconciler with those commands as in flight, before they are sent
   (``journal``);
 - every tick: the guards' state (the rigs whose state changed, a row each), the reconciler, the
-  desk, recent command results and the status line (``save_tick``), in one transaction.
+  operator state and the status line (``save_tick``), in one transaction.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from typing import Any
 
 import structlog
 
-from daemon.loop import ControlLoop, SiteTarget, TickReport
-from daemon.mqtt.desk import SEEN_TTL_S, CommandDesk
+from daemon.loop import ControlLoop, TickReport
+from daemon.operator_state import SEEN_TTL_S
 from daemon.reconciler import Command
 from daemon.store import Store
 from policies.guards import GuardState, RigGuardState
-from policies.values import Quote, QuoteKind
 
 log = structlog.get_logger("store")
 
@@ -42,35 +41,10 @@ def _guard_rows(rows: Mapping[str, Any]) -> dict[str, RigGuardState]:
     return rigs
 
 
-def _quote_dict(q: Quote) -> dict[str, Any]:
-    return {
-        "kind": q.kind.value,
-        "value": q.value,
-        "unit": q.unit,
-        "source": q.source,
-        "observed_at": q.observed_at,
-        "ttl_s": q.ttl_s,
-        "detail": q.detail,
-    }
-
-
-def _quote(d: dict[str, Any]) -> Quote:
-    return Quote(
-        QuoteKind(d["kind"]),
-        float(d["value"]),
-        str(d["unit"]),
-        str(d["source"]),
-        float(d["observed_at"]),
-        float(d["ttl_s"]),
-        str(d.get("detail", "")),
-    )
-
-
 @dataclass
 class Persistence:
     store: Store
     loop: ControlLoop
-    desk: CommandDesk | None = None
     version: str = ""
     _saved_rigs: Mapping[str, RigGuardState] = field(default_factory=dict)
     """The rigs' guard states as last committed (the objects themselves)."""
@@ -85,17 +59,11 @@ class Persistence:
         self._stored = set(rows)
         if guards is not None or rows:
             try:
-                doc = dict(guards or {"version": 1, "ramp_log": []})
-                legacy = "rigs" in doc  # an older rigpilot kept every rig in the document
-                if not legacy:
-                    doc["rigs"] = {}
-                restored = GuardState.from_dict(doc)
-                if not legacy:
-                    restored = replace(restored, rigs=_guard_rows(rows))
+                doc = {**(guards or {"version": 1, "ramp_log": []}), "rigs": {}}
+                restored = replace(GuardState.from_dict(doc), rigs=_guard_rows(rows))
                 self.loop.guard_state = restored
-                counts["guarded_rigs"] = len(self.loop.guard_state.rigs)
-                # After an older rigpilot's document, the first save writes every rig.
-                self._saved_rigs = {} if legacy else dict(self.loop.guard_state.rigs)
+                counts["guarded_rigs"] = len(restored.rigs)
+                self._saved_rigs = dict(restored.rigs)
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("store.guards_unusable", error=str(exc))
         recon = self.store.get("reconciler")
@@ -106,50 +74,31 @@ class Persistence:
                 counts["not_responding"] = len(self.loop.reconciler.not_responding)
             except (KeyError, ValueError, TypeError) as exc:
                 log.warning("store.reconciler_unusable", error=str(exc))
-        state = self.store.get("loop") or {}
+        operator = self.loop.operator
         try:
-            target = state.get("site_target")
-            if target:
-                self.loop.site_target = SiteTarget(
-                    float(target["kw"]), float(target["until"]), str(target["by"])
-                )
-            for q in state.get("market_manual") or []:
-                quote = _quote(q)
-                if not quote.stale(now):
-                    self.loop.market.manual[quote.kind] = quote
-            counts["hand_set_prices"] = len(self.loop.market.manual)
+            operator.restore_targets(self.store.get("loop") or {}, now)
+            counts["hand_set_prices"] = len(operator.prices)
         except (KeyError, ValueError, TypeError) as exc:
             log.warning("store.loop_state_unusable", error=str(exc))
-        if self.desk is not None:
-            desk = self.store.get("desk")
-            if desk is not None:
-                try:
-                    self.desk.restore(desk)
-                    counts["pins"] = len(self.desk.pins)
-                    counts["waiting_commands"] = len(self.desk.waits)
-                except (KeyError, ValueError, TypeError) as exc:
-                    log.warning("store.desk_unusable", error=str(exc))
-            seen = self.store.seen(now - SEEN_TTL_S)
-            self.desk.restore_seen(seen)
-            counts["command_ids"] = len(seen)
-            self.store.prune_seen(now - SEEN_TTL_S)
+        desk = self.store.get("desk")
+        if desk is not None:
+            try:
+                operator.restore_pins(desk)
+                counts["pins"] = len(operator.pins)
+                counts["waiting_commands"] = len(operator.waits)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("store.desk_unusable", error=str(exc))
+        seen = self.store.seen(now - SEEN_TTL_S)
+        operator.requests.restore(seen)
+        counts["command_ids"] = len(seen)
+        self.store.prune_seen(now - SEEN_TTL_S)
         log.info("store.restored", path=str(self.store.path), **counts)
         return counts
 
-    def _loop_doc(self) -> dict[str, Any]:
-        t = self.loop.site_target
-        return {
-            "site_target": {"kw": t.kw, "until": t.until, "by": t.by} if t else None,
-            "market_manual": [_quote_dict(q) for q in self.loop.market.manual.values()],
-        }
-
     def save_commands(self) -> None:
-        """After a control-room request: what it changed, and its id."""
-        assert self.desk is not None
-        self.store.put(
-            {"desk": self.desk.to_dict(), "loop": self._loop_doc()},
-            seen=self.desk.take_new_seen(),
-        )
+        """After a control-room request: the operator state, and the request's id."""
+        operator = self.loop.operator
+        self.store.put(operator.to_docs(), seen=operator.requests.take_unsaved())
 
     def journal(self, commands: Sequence[Command], now: float) -> None:
         """Before sending: the reconciler as it will be once these are sent."""
@@ -172,37 +121,22 @@ class Persistence:
 
     def save_tick(self, report: TickReport) -> None:
         guards, changed, gone = self._guard_changes()
+        operator = self.loop.operator
         docs: dict[str, Any] = {
             "guards": guards,
             "reconciler": self.loop.reconciler.to_dict(),
-            "loop": self._loop_doc(),
+            **operator.to_docs(),
             "status": self.status(report),
         }
-        seen: list[tuple[str, str, float, dict[str, Any] | None, str | None]] = []
-        if self.desk is not None:
-            docs["desk"] = self.desk.to_dict()
-            seen = self.desk.take_new_seen()
+        seen = operator.requests.take_unsaved()
         self.store.put(docs, seen=seen, guard_rigs=changed, guard_rigs_gone=gone)
         # Only once it is committed. The guards never modify a state they returned, so the
         # mapping itself is kept, not a copy.
         self._saved_rigs = self.loop.guard_state.rigs
         self._stored = self._saved_rigs.keys()
-        if report.results:
-            self.store.add_commands(
-                (
-                    r.at,
-                    r.command.rig_id,
-                    r.command.mode.value,
-                    r.command.power_limit_w,
-                    r.command.attempt,
-                    r.outcome.value,
-                    r.detail,
-                    r.command.decided_by,
-                )
-                for r in report.results
-            )
 
     def status(self, report: TickReport) -> dict[str, Any]:
+        target = self.loop.operator.site_target
         return {
             "pid": os.getpid(),
             "version": self.version,
@@ -221,7 +155,7 @@ class Persistence:
             "held": self.loop.actuator.hold,
             "conflict": self.loop.conflict,
             "policies": [p.name for p in self.loop.policies],
-            "pins": len(self.desk.pins) if self.desk is not None else 0,
-            "site_target_kw": self.loop.site_target.kw if self.loop.site_target else None,
+            "pins": len(self.loop.operator.pins),
+            "site_target_kw": target.kw if target else None,
             "tick_duration_s": round(report.duration_s, 3),
         }

@@ -165,60 +165,69 @@ class Reconciler:
             if target.mode is Mode.UNKNOWN:
                 continue  # never observed: the guards say leave it alone (invariant 6)
             reading = readings.get(rig_id)
-            pending = self.pending.get(rig_id)
             if satisfied(target, reading):
-                stuck = self.not_responding.pop(rig_id, None)
-                self.stuck_since.pop(rig_id, None)
-                self.pending.pop(rig_id, None)
-                if pending is not None or stuck is not None:
-                    self.confirmed.append(
-                        Confirmation(
-                            rig_id,
-                            target.mode,
-                            target.power_limit_w,
-                            pending.attempts
-                            if pending is not None and _same(pending.target, target)
-                            else 0,
-                            stuck is not None,
-                            target.decided_by,
-                        )
-                    )
-                continue
-            if not isinstance(reading, Observation):
-                continue  # observe before acting
-            stuck = self.not_responding.get(rig_id)
-            if stuck is not None:
-                if _same(stuck, target):
-                    since = self.stuck_since.setdefault(rig_id, now)
-                    if not self.stuck_retry_s or now < since + self.stuck_retry_s:
-                        continue
-                    # One more try (``record`` notes when it went); still marked until seen.
-                    commands.append(self._command(target, self.max_attempts + 1))
-                    continue
-                del self.not_responding[rig_id]  # a new target: try again
-                self.stuck_since.pop(rig_id, None)
-            if pending is not None and _same(pending.target, target):
-                if now < pending.next_try_at:
-                    continue
-                if pending.attempts >= self.max_attempts:
-                    self.pending.pop(rig_id)
-                    self.not_responding[rig_id] = target
-                    self.stuck_since[rig_id] = now
-                    log.warning(
-                        "rig.not_responding",
-                        rig=rig_id,
-                        mode=target.mode.value,
-                        attempts=pending.attempts,
-                        observed=reading.mode.value,
-                    )
-                    continue
-                attempt = pending.attempts + 1
-            else:
-                attempt = 1
-            commands.append(self._command(target, attempt))
+                self._confirm(rig_id, target)
+            elif isinstance(reading, Observation):  # else observe before acting
+                command = self._next_command(rig_id, target, reading, now)
+                if command is not None:
+                    commands.append(command)
         if self.confirmed:
             _log_confirmed(self.confirmed)
         return commands
+
+    def _confirm(self, rig_id: RigId, target: Target) -> None:
+        """``rig_id`` is seen in its target: whatever was awaited or marked is done."""
+        pending = self.pending.pop(rig_id, None)
+        stuck = self.not_responding.pop(rig_id, None)
+        self.stuck_since.pop(rig_id, None)
+        if pending is not None or stuck is not None:
+            self.confirmed.append(
+                Confirmation(
+                    rig_id,
+                    target.mode,
+                    target.power_limit_w,
+                    pending.attempts
+                    if pending is not None and _same(pending.target, target)
+                    else 0,
+                    stuck is not None,
+                    target.decided_by,
+                )
+            )
+
+    def _next_command(
+        self, rig_id: RigId, target: Target, reading: Observation, now: float
+    ) -> Command | None:
+        """The command that moves ``rig_id`` toward ``target`` now, if one is due: not while
+        the last one awaits confirmation or its backoff, and a rig marked not responding for
+        this target only once every ``stuck_retry_s``."""
+        stuck = self.not_responding.get(rig_id)
+        if stuck is not None:
+            if _same(stuck, target):
+                since = self.stuck_since.setdefault(rig_id, now)
+                if not self.stuck_retry_s or now < since + self.stuck_retry_s:
+                    return None
+                # One more try (``record`` notes when it went); still marked until seen.
+                return self._command(target, self.max_attempts + 1)
+            del self.not_responding[rig_id]  # a new target: try again
+            self.stuck_since.pop(rig_id, None)
+        pending = self.pending.get(rig_id)
+        if pending is None or not _same(pending.target, target):
+            return self._command(target, 1)
+        if now < pending.next_try_at:
+            return None
+        if pending.attempts >= self.max_attempts:
+            self.pending.pop(rig_id)
+            self.not_responding[rig_id] = target
+            self.stuck_since[rig_id] = now
+            log.warning(
+                "rig.not_responding",
+                rig=rig_id,
+                mode=target.mode.value,
+                attempts=pending.attempts,
+                observed=reading.mode.value,
+            )
+            return None
+        return self._command(target, pending.attempts + 1)
 
     @staticmethod
     def _command(target: Target, attempt: int) -> Command:

@@ -18,7 +18,7 @@ settled; what it measures is used again once it has.
 from __future__ import annotations
 
 from drivers import catalogue
-from policies.economics import BreakEven, Economics, ModePoint, breakeven
+from policies.economics import ModePoint
 from policies.values import Mode, Observation, PowerSource
 
 HASHING_MODES = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
@@ -87,17 +87,3 @@ def mode_points(
         watts = figures.hashrate_ths * figures.j_per_th * power_share
         points.append(ModePoint(mode, ths, watts, PowerSource.ESTIMATED))
     return points
-
-
-def rig_breakeven(
-    obs: Observation,
-    modes: frozenset[Mode],
-    hashprice_usd_per_ph_day: float,
-    price_per_kwh: float,
-    terms: Economics,
-) -> list[BreakEven]:
-    """Margin and break-even prices of ``obs``'s rig in each mode it supports."""
-    return [
-        breakeven(p, hashprice_usd_per_ph_day, price_per_kwh, terms)
-        for p in mode_points(obs, modes)
-    ]

@@ -8,7 +8,7 @@
   only when that rig's state changed (a 10,000-rig site rewrites a few rows a tick, not all);
 - the reconciler's in-flight commands: written **before** a command is sent, so a daemon killed
   mid-send does not send it again after the restart, but waits for the observation;
-- recent commands, and the last tick's status for ``rigpilot status``.
+- the last tick's status for ``rigpilot status``.
 
 At start the file is checked (``PRAGMA quick_check``) and brought to the current schema by the
 ordered steps of ``MIGRATIONS`` (``PRAGMA user_version``); a damaged file, or any SQLite error
@@ -37,8 +37,6 @@ from policies.values import Identity
 log = structlog.get_logger("store")
 
 DB_NAME: Final = "rigpilot.db"
-RECENT_COMMANDS: Final = 10_000
-
 _SCHEMA_V1: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS docs ("
@@ -60,13 +58,16 @@ _SCHEMA_V2: Final = (
     "ALTER TABLE seen ADD COLUMN request TEXT",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1, _SCHEMA_V2)
+_SCHEMA_V3: Final = (
+    # the recent command results were written every tick and never read (the audit log has
+    # every command and its result)
+    "DROP TABLE IF EXISTS commands",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 """The schema's steps, in order: ``MIGRATIONS[i]`` takes a file from ``PRAGMA user_version``
 ``i`` to ``i + 1``. A new schema adds a step (never edits one), so every older file is brought
-up to date. Version 0 is a new, empty file, or one written before ``user_version`` was used: an
-older rigpilot wrote exactly schema 1 (and said so in ``meta``), and step 1 only creates what is
-missing (``IF NOT EXISTS``), so such a file is adopted as version 1, then taken up by the
-later steps like any other."""
+up to date. Version 0 is a new, empty file."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -149,10 +150,6 @@ class Store:
                 f"(this one knows up to {SCHEMA_VERSION}): run the newer rigpilot, or move the "
                 f"file aside to start fresh, losing {LOST_WITH_THE_FILE}"
             )
-        if version == 0 and self._has_table("meta"):  # an older rigpilot's file
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is not None and row[0] != "1":
-                raise unusable(self.path, f"unknown schema {row[0]!r} in its meta table")
         for step in range(version, SCHEMA_VERSION):
             with self._tx():
                 for statement in MIGRATIONS[step]:
@@ -162,12 +159,6 @@ class Store:
                 )
                 self.db.execute(f"PRAGMA user_version={step + 1}")
             log.info("store.schema", path=str(self.path), version=step + 1, was=version)
-
-    def _has_table(self, name: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
-        ).fetchone()
-        return row is not None
 
     def close(self) -> None:
         self.db.close()
@@ -267,31 +258,6 @@ class Store:
         with self._tx():
             self.db.execute("DELETE FROM seen WHERE at < ?", (before,))
 
-    # -- recent commands ---------------------------------------------------------------------
-
-    def add_commands(
-        self, rows: Iterable[tuple[float, str, str, int | None, int, str, str, str]]
-    ) -> None:
-        with self._tx():
-            self.db.executemany(
-                "INSERT INTO commands (at, rig, mode, power_limit_w, attempt, outcome, detail, "
-                "decided_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                list(rows),
-            )
-            self.db.execute(
-                "DELETE FROM commands WHERE seq <= (SELECT MAX(seq) FROM commands) - ?",
-                (RECENT_COMMANDS,),
-            )
-
-    def recent_commands(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT at, rig, mode, power_limit_w, attempt, outcome, detail, decided_by "
-            "FROM commands ORDER BY seq DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        keys = ("at", "rig", "mode", "power_limit_w", "attempt", "outcome", "detail", "by")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
@@ -331,20 +297,12 @@ class StoredInventory(Inventory):
 
     KEY: Final = "inventory"
 
-    def __init__(self, store: Store, legacy_file: Path | None = None) -> None:
+    def __init__(self, store: Store) -> None:
         super().__init__(None)
         self.store = store
-        self.legacy_file = legacy_file
 
     def load(self) -> int:
         data = self.store.get(self.KEY)
-        if data is None and self.legacy_file is not None and self.legacy_file.exists():
-            legacy = Inventory(self.legacy_file)  # an older rigpilot's JSON cache: adopt it
-            count = legacy.load()
-            self.rigs.update(legacy.rigs)
-            if count:
-                self.save()
-            return count
         if data is None:
             return 0
         try:

@@ -48,7 +48,7 @@ CODE_TOKEN_CHECK = 135  # "check token err": unknown or expired token
 CODE_TOKEN_MAX = 136  # "token over max times": 32 live tokens already issued
 
 _CRYPT64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_CRYPT_SALT = frozenset(_CRYPT64)
+CRYPT_SALT = frozenset(_CRYPT64)
 
 
 # Which digest bytes make each 4-character group of the md5-crypt body (the last byte, 11,
@@ -240,7 +240,7 @@ class BtminerSession:
             raise DriverError(FailureKind.BAD_REPLY, "get_token: no Msg.time/salt/newsalt")
         stamp, salt, newsalt = (str(msg[f]) for f in fields)
         for name, value in (("salt", salt), ("newsalt", newsalt)):
-            if not value or not set(value) <= _CRYPT_SALT or len(value) > 8:
+            if not value or not set(value) <= CRYPT_SALT or len(value) > 8:
                 raise DriverError(FailureKind.BAD_REPLY, f"get_token: bad {name} {value!r}")
         key = password_key(password, salt)
         token = Token(md5_crypt_body(key.pwd_md5 + stamp, newsalt), key, password, asked_at)

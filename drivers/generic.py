@@ -14,7 +14,7 @@ from pyasic.data import MinerData
 from drivers.base import ApplyResult, RigDriver
 from drivers.parse import Status, plausible
 from drivers.pyasic_miner import miner_for
-from drivers.stock import _pyasic_call
+from drivers.stock import pyasic_call
 from drivers.transport import DriverError
 from policies.values import (
     Board,
@@ -76,9 +76,7 @@ class PyasicGeneric(RigDriver):
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         miner = miner_for(self.identity)
-        data: MinerData = await _pyasic_call(
-            "get_data", miner.get_data(include=_INCLUDE), timeout_s
-        )
+        data: MinerData = await pyasic_call("get_data", miner.get_data(include=_INCLUDE), timeout_s)
         if data.hashrate is None and not data.hashboards:
             raise DriverError(FailureKind.BAD_REPLY, "get_data returned no hashrate")
         hashrate = float(data.hashrate) if data.hashrate is not None else 0.0
@@ -148,7 +146,7 @@ class PyasicGeneric(RigDriver):
                     return False
             return await miner.resume_mining()
 
-        ok = await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        ok = await pyasic_call(f"set mode {mode.value}", send(), timeout_s)
         if ok is False:
             raise DriverError(FailureKind.BAD_REPLY, f"pyasic refused set mode {mode.value}")
         return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")

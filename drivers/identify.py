@@ -16,22 +16,36 @@ from typing import Any
 
 from pyasic import settings as pyasic_settings
 from pyasic.miners.backends.antminer import AntminerModern
+from pyasic.miners.backends.braiins_os import BOSer
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
 from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
 from drivers import webdigest
 from drivers.base import RigDriver
+from drivers.braiins import BraiinsOS, braiins_identity
 from drivers.detect import detect, within
+from drivers.epic import EPic, epic_details, epic_summary, tuning_of
 from drivers.generic import PyasicGeneric
 from drivers.luxos import LuxOS
 from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
 from drivers.stock import RPC_PORT, V3_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
 from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_framed, request
+from drivers.vnish import VNish, vnish_read
 from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
-    cls.name: cls for cls in (AntminerStock, WhatsminerV2, WhatsminerV3, PyasicGeneric, LuxOS)
+    cls.name: cls
+    for cls in (
+        AntminerStock,
+        WhatsminerV2,
+        WhatsminerV3,
+        PyasicGeneric,
+        LuxOS,
+        BraiinsOS,
+        EPic,
+        VNish,
+    )
 }
 MAX_DETAIL = 64  # characters kept of a rig's serial, MAC or firmware text
 _MAKES = {"BOS+": Make.BRAIINS, "LuxOS": Make.LUXOS, "VNish": Make.VNISH}
@@ -173,6 +187,16 @@ async def _describe(address: str, miner: Any, timeout_s: float) -> Identity:
         )
     if firmware_kind == "LuxOS":
         return await _luxos_identity(address, model, miner, timeout_s)
+    if isinstance(miner, BOSer):  # Braiins OS with the BOSer daemon: its REST API from 25.07 on
+        found = await braiins_identity(
+            address, model, _extra(miner, None, firmware_kind, ""), timeout_s
+        )
+        if found is not None:
+            return found
+    if firmware_kind == "ePIC":
+        return await _epic_identity(address, model, miner, timeout_s)
+    if firmware_kind == "VNish":
+        return await _vnish_identity(address, model, miner, timeout_s)
     # Other firmwares: pyasic's per-firmware detail readers have no size cap, so identification
     # does not call them; the firmware is pyasic's name for it, serial and MAC stay unknown.
     if miner.raw_model is None:
@@ -211,6 +235,76 @@ async def _luxos_identity(address: str, model: str, miner: Any, timeout_s: float
         _field(config, "MACAddr"),
         _extra(miner, version, "LuxOS", fingerprint),
     )
+
+
+async def _epic_identity(address: str, model: str, miner: Any, timeout_s: float) -> Identity:
+    """ePIC: its HTTP API on 4028 (as pyasic reads it): firmware from ``/summary``'s
+    ``Software`` (also the fingerprint), serial from ``/capabilities``' control board
+    ``cpuSerial`` (as asic-rs reads it), MAC from ``/network``; the tuning facts are checked
+    here, so a rig whose capabilities the driver cannot use is not taken for an ePIC rig."""
+    session = webdigest.WebSession(address, "root", "", port=RPC_PORT)
+    try:
+        capabilities = await session.get_json("/capabilities", timeout_s)
+        tuning_of(capabilities)
+        summary = epic_summary(await session.get_json("/summary", timeout_s))
+        network = await _quiet(session.get_json("/network", timeout_s))
+    finally:
+        await session.release()
+    version = summary.status.fingerprint or "ePIC"
+    serial, mac = epic_details(capabilities, network)
+    if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
+        model = own_model(capabilities.get("Model")) or model
+    return Identity(
+        address,
+        Make.EPIC,
+        model,
+        version,
+        EPic.name,
+        serial,
+        mac,
+        _extra(miner, version, "ePIC", summary.status.fingerprint),
+    )
+
+
+async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float) -> Identity:
+    """VNish: its REST API on 80, as the driver reads it (unlock, then ``summary`` for the
+    fingerprint ``miner_type``); firmware, serial and MAC from ``info`` (``fw_version``,
+    ``serial``, ``system.network_status.mac``, as asic-rs reads them)."""
+    driver = VNish(Identity(address, Make.VNISH, model, "VNish", VNish.name))
+    try:
+        summary = vnish_read(
+            webdigest.json_object(await driver.call("GET", "/summary", None, timeout_s), "summary")
+        )
+        info = await _quiet(driver.web.get_json("/api/v1/info", timeout_s))
+    finally:
+        await driver.web.release()
+    fw = _field(info, "fw_version")
+    if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
+        model = own_model(info.get("miner") if info else None) or model
+    version = f"Vnish {fw}" if fw else "VNish"
+    serial = _field(info, "serial")
+    network = _msg(_msg(info, "system"), "network_status")
+    return Identity(
+        address,
+        Make.VNISH,
+        model,
+        version,
+        VNish.name,
+        None if serial == "N/A" else serial,
+        _field(network, "mac"),
+        _extra(miner, version, "VNish", summary.status.fingerprint),
+    )
+
+
+def own_model(value: Any) -> str | None:
+    """A custom firmware's own model name (``AntMiner S19 XP``, ``Antminer S21 XP Hyd.``)
+    as the catalogue names models (``S19 XP``), or None."""
+    if not isinstance(value, str):
+        return None
+    named = value.strip()
+    if named.lower().startswith("antminer "):
+        named = named[len("antminer ") :]
+    return rig_text(named, MAX_DETAIL) or None
 
 
 async def _antminer_system_info(address: str, timeout_s: float) -> dict[str, Any]:

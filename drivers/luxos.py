@@ -26,7 +26,7 @@ from typing import Any
 
 from drivers.base import ApplyResult, RigDriver
 from drivers.parse import Status, antminer_stats, cgminer_section, refused
-from drivers.stock import RPC_PORT, _observation
+from drivers.stock import RPC_PORT, status_observation
 from drivers.transport import DriverError, decode, request
 from policies import timing
 from policies.values import Capabilities, FailureKind, Mode, Observation, rig_text
@@ -138,7 +138,7 @@ class LuxOS(RigDriver):
         state = luxos_read(decode(raw), self.expected_boards)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
-        return _observation(self, state.status, state.mode, now)
+        return status_observation(self, state.status, state.mode, now)
 
     async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
         self.check_supported(mode, power_limit_w)

@@ -345,6 +345,30 @@ def _plausible_temp(value: float | None) -> bool:
     return value is not None and MIN_TEMP_C <= value <= MAX_TEMP_C
 
 
+def _plausible_board(b: Board, bounds: Bounds, errors: list[str]) -> Board:
+    """``b`` with its implausible fields made unknown (a hashrate: zero), each named in
+    ``errors`` as :func:`plausible` says."""
+    rate, board_t, chip_t = b.hashrate_ths, b.board_temp_c, b.chip_temp_c
+    temp_range = f"{MIN_TEMP_C:g}..{MAX_TEMP_C:g} °C"
+    if not 0.0 <= rate <= bounds.hashrate_ths:
+        errors.append(
+            f"implausible boards[{b.index}].hashrate_ths: {rate:g} "
+            f"(plausible 0..{bounds.hashrate_ths:g} TH/s)"
+        )
+        rate = 0.0
+    if board_t is not None and not _plausible_temp(board_t):
+        errors.append(
+            f"implausible boards[{b.index}].board_temp_c: {board_t:g} (plausible {temp_range})"
+        )
+        board_t = None
+    if chip_t is not None and not _plausible_temp(chip_t):
+        errors.append(
+            f"implausible boards[{b.index}].chip_temp_c: {chip_t:g} (plausible {temp_range})"
+        )
+        chip_t = None
+    return Board(b.index, rate, board_t, chip_t, b.chips, b.alive)
+
+
 def plausible(status: Status, bounds: Bounds) -> Status:
     """``status`` with every implausible field made unknown and named in ``errors``.
 
@@ -367,19 +391,7 @@ def plausible(status: Status, bounds: Bounds) -> Status:
         errors.append(f"implausible {field}: {value:g} (plausible {plausible_range})")
 
     temp_range = f"{MIN_TEMP_C:g}..{MAX_TEMP_C:g} °C"
-    boards = []
-    for b in status.boards:
-        rate, board_t, chip_t = b.hashrate_ths, b.board_temp_c, b.chip_temp_c
-        if not 0.0 <= rate <= bounds.hashrate_ths:
-            flag(f"boards[{b.index}].hashrate_ths", rate, f"0..{bounds.hashrate_ths:g} TH/s")
-            rate = 0.0
-        if board_t is not None and not _plausible_temp(board_t):
-            flag(f"boards[{b.index}].board_temp_c", board_t, temp_range)
-            board_t = None
-        if chip_t is not None and not _plausible_temp(chip_t):
-            flag(f"boards[{b.index}].chip_temp_c", chip_t, temp_range)
-            chip_t = None
-        boards.append(Board(b.index, rate, board_t, chip_t, b.chips, b.alive))
+    boards = [_plausible_board(b, bounds, errors) for b in status.boards]
     summary_t = status.max_chip_temp_c
     if summary_t is not None and not _plausible_temp(summary_t):
         flag("max_chip_temp_c", summary_t, temp_range)

@@ -66,7 +66,7 @@ def _power(
     return estimate.power_w, estimate.source
 
 
-def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> Observation:
+def status_observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> Observation:
     status = plausible(status, driver.bounds)  # raises IMPLAUSIBLE for an impossible hashrate
     identity = driver.identity
     power, source = _power(driver.entry, status, mode)
@@ -91,7 +91,7 @@ def _observation(driver: RigDriver, status: Status, mode: Mode, now: float) -> O
     )
 
 
-async def _pyasic_call(what: str, call: Any, timeout_s: float) -> Any:
+async def pyasic_call(what: str, call: Any, timeout_s: float) -> Any:
     """Run a pyasic coroutine under our deadline; its own socket timeout is 100 s."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -221,7 +221,7 @@ class AntminerStock(RigDriver):
             note = await self._read_watts(deadline)
         if self.reports_watts and self.watts is not None:
             status = replace(status, power_w=self.watts)
-        obs = _observation(self, status, self.known_mode or Mode.UNKNOWN, now)
+        obs = status_observation(self, status, self.known_mode or Mode.UNKNOWN, now)
         errors = self.web_errors + note
         return replace(obs, errors=obs.errors + errors) if errors else obs
 
@@ -362,7 +362,7 @@ class WhatsminerV2(RigDriver):
         status = whatsminer_summary(decode(raw), self.expected_boards)
         self.check_fingerprint(status.fingerprint)
         mode = status.mode or Mode.NORMAL
-        return _observation(self, status, mode, now)
+        return status_observation(self, status, mode, now)
 
     async def _stopped(self, deadline: float, now: float) -> Observation:
         left = max(0.05, deadline - time.monotonic())
@@ -382,7 +382,7 @@ class WhatsminerV2(RigDriver):
             mining=False,
             errors=() if off else ("btminer not running",),
         )
-        return _observation(self, status, Mode.SLEEP if off else Mode.UNKNOWN, now)
+        return status_observation(self, status, Mode.SLEEP if off else Mode.UNKNOWN, now)
 
     async def apply(
         self,
@@ -446,7 +446,7 @@ class WhatsminerV3(RigDriver):
             mode = Mode.SLEEP
         else:
             mode = Mode.UNKNOWN  # drawing power but not hashing: booting or faulted
-        return _observation(self, status, mode, now)
+        return status_observation(self, status, mode, now)
 
     async def apply(
         self,
@@ -465,7 +465,7 @@ class WhatsminerV3(RigDriver):
                 await rpc.set_miner_power_limit(power_limit_w)
             return await rpc.set_miner_service("start")
 
-        reply = await _pyasic_call(f"set mode {mode.value}", send(), timeout_s)
+        reply = await pyasic_call(f"set mode {mode.value}", send(), timeout_s)
         if isinstance(reply, dict) and reply.get("code") not in (0, None):
             raise DriverError(FailureKind.BAD_REPLY, f"rig refused: {rig_text(reply.get('msg'))}")
         return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")

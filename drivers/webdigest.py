@@ -105,9 +105,35 @@ class WebSession:
         self, method: str, uri: str, body: bytes | None, timeout_s: float
     ) -> dict[str, Any]:
         """One request (two on a new or stale challenge); errors as :meth:`get_json`."""
+        status, headers, reply = await self.request(method, uri, body, timeout_s)
+        if status == 401:
+            offered = headers.get("www-authenticate", "")
+            if offered and not offered.lower().startswith("digest "):
+                scheme = offered.split(" ", maxsplit=1)[0]
+                raise DriverError(
+                    FailureKind.BAD_REPLY, f"web UI asks for {scheme!r} auth, not digest"
+                )
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"web UI refused the credentials for user {self.user!r}"
+            )
+        if status != 200:
+            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
+        return json_object(reply, f"web UI {uri}")
+
+    async def request(
+        self,
+        method: str,
+        uri: str,
+        body: bytes | None,
+        timeout_s: float,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One request (two on a new or stale challenge): the status, headers and body of any
+        status; DriverError TIMEOUT, UNREACHABLE, or BAD_REPLY (a body over the cap, broken
+        framing). ``extra`` headers go with it (a firmware's own token, say)."""
         try:
             async with asyncio.timeout(timeout_s):
-                status, headers, reply = await self._authenticated(method, uri, body)
+                status, headers, reply = await self._authenticated(method, uri, body, extra)
         except TimeoutError:
             await self.release()  # whatever the connection was doing, it is not reusable
             raise DriverError(
@@ -126,28 +152,10 @@ class WebSession:
             raise DriverError(
                 FailureKind.UNREACHABLE, f"web UI: {exc or type(exc).__name__}"
             ) from None
-        if status == 401:
-            offered = headers.get("www-authenticate", "")
-            if offered and not offered.lower().startswith("digest "):
-                scheme = offered.split(" ", maxsplit=1)[0]
-                raise DriverError(
-                    FailureKind.BAD_REPLY, f"web UI asks for {scheme!r} auth, not digest"
-                )
-            raise DriverError(
-                FailureKind.BAD_REPLY, f"web UI refused the credentials for user {self.user!r}"
-            )
-        if status != 200:
-            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: HTTP {status}")
-        try:
-            value = json.loads(reply)
-        except (ValueError, UnicodeDecodeError):
-            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not JSON") from None
-        if not isinstance(value, dict):
-            raise DriverError(FailureKind.BAD_REPLY, f"web UI {uri}: not a JSON object")
-        return value
+        return status, headers, reply
 
     async def _authenticated(
-        self, method: str, uri: str, body: bytes | None
+        self, method: str, uri: str, body: bytes | None, extra: tuple[tuple[bytes, bytes], ...]
     ) -> tuple[int, httpx.Headers, bytes]:
         """Run httpx's digest flow over our connection: the request, and again on a 401.
 
@@ -161,25 +169,31 @@ class WebSession:
         flow = self._auth.sync_auth_flow(request)
         try:
             request = next(flow)
-            status, raw, reply = await self._exchange(method, uri, body, request)
+            status, raw, reply = await self._exchange(method, uri, body, request, extra)
             if status == 401:
                 challenge = httpx.Response(401, headers=raw, request=request)
                 try:
                     request = flow.send(challenge)
                 except StopIteration:
                     return status, challenge.headers, reply
-                status, raw, reply = await self._exchange(method, uri, body, request)
+                status, raw, reply = await self._exchange(method, uri, body, request, extra)
         finally:
             flow.close()
         return status, httpx.Headers(raw), reply
 
     async def _exchange(
-        self, method: str, uri: str, body: bytes | None, auth: httpx.Request
+        self,
+        method: str,
+        uri: str,
+        body: bytes | None,
+        auth: httpx.Request,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         headers = [(b"Host", self._host_header.encode()), (b"Accept", b"application/json")]
         authorization = auth.headers.get("Authorization")
         if authorization is not None:
             headers.append((b"Authorization", authorization.encode()))
+        headers += extra
         if body is not None:
             headers += [
                 (b"Content-Type", b"application/json"),
@@ -201,7 +215,7 @@ class WebSession:
                     ) from None
         raise AssertionError("unreachable")
 
-    async def _roundtrip(
+    async def _roundtrip(  # noqa: C901, PLR0912  one HTTP/1.1 exchange as h11's event loop: each event kind is a case
         self, conn: _Connection, request: h11.Request, body: bytes | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         machine = conn.h11
@@ -248,6 +262,17 @@ class WebSession:
         else:
             await self.release()  # Connection: close, HTTP/1.0, or a close-delimited body
         return status, headers, b"".join(chunks)
+
+
+def json_object(body: bytes, where: str) -> dict[str, Any]:
+    """``body`` as a JSON object; DriverError BAD_REPLY naming ``where`` otherwise."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise DriverError(FailureKind.BAD_REPLY, f"{where}: not JSON") from None
+    if not isinstance(value, dict):
+        raise DriverError(FailureKind.BAD_REPLY, f"{where}: not a JSON object")
+    return value
 
 
 async def get_json(

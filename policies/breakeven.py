@@ -73,7 +73,7 @@ class BreakevenPolicy:
 _SLEEP = Mode.SLEEP  # a module global: reading an Enum member off its class costs more
 
 
-def _pick(
+def _pick(  # noqa: C901, PLR0912  the hot path at 10,000 rigs: inlined on purpose (bench/decide.py)
     rig: RigView, hashprice: float, price: float, terms: Economics
 ) -> tuple[float, Mode] | None:
     """(the rig's curtailment key, minus its J/TH; its best mode), or None without a supported

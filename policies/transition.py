@@ -84,7 +84,7 @@ def change_cost_usd(
     return cost
 
 
-def hold_transitions(
+def hold_transitions(  # noqa: C901  each case of a settling rig is one early continue, in the order they apply
     intents: Mapping[RigId, Intent],
     fleet: Sequence[RigView],
     memory: Mapping[RigId, RigGuardState],

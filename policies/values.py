@@ -24,6 +24,7 @@ class Make(StrEnum):
     BRAIINS = "braiins"
     LUXOS = "luxos"
     VNISH = "vnish"
+    EPIC = "epic"  # ePIC PowerPlay (umcOS) on Antminers
     OTHER = "other"
 
 

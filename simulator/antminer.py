@@ -305,7 +305,7 @@ def _rpc_summary(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any
     }
 
 
-def _rpc_stats(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:
+def _rpc_stats(rig: SimRig, snap: Snapshot | None, when: int) -> dict[str, Any]:  # noqa: PLR0915  the stats reply: one statement per field the firmware sends
     assert snap is not None
     ghs = round(snap.hashrate_ths * 1000.0, 2)
     st = _state(rig)
@@ -503,8 +503,11 @@ def _rpc_error(code: int, msg: str, when: int) -> dict[str, Any]:
     return {"STATUS": [_status(code, msg, when, "E")], "id": 1}
 
 
-def handle_rpc(rig: SimRig, request: Any) -> bytes:
-    """Answer one cgminer API request (JSON, or cgminer's plain-text ``cmd|param`` form)."""
+def handle_rpc(
+    rig: SimRig, request: Any, reads: dict[str, tuple[SectionBuilder, bool]] = _RPC
+) -> bytes:
+    """Answer one cgminer API request (JSON, or cgminer's plain-text ``cmd|param`` form) from
+    ``reads`` (stock bmminer's; VNish's cgminer answers the same way with its own)."""
     when = int(time.time())
     counters = rig.counters
     plain = False
@@ -529,7 +532,7 @@ def handle_rpc(rig: SimRig, request: Any) -> bytes:
 
     names = command.split("+") if "+" in command else [command]
     sections = read_sections(
-        rig, names, _RPC, lambda: _rpc_error(CODE_INVALID_COMMAND, "Invalid command", when), when
+        rig, names, reads, lambda: _rpc_error(CODE_INVALID_COMMAND, "Invalid command", when), when
     )
     if plain:
         return _plain(sections.values()).encode() + b"\x00"

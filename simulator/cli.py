@@ -29,12 +29,15 @@ log = structlog.get_logger("simulator")
 
 def handlers() -> dict[str, MakeHandlers]:
     """The protocol handlers of every simulated make."""
-    from simulator import antminer, luxos, whatsminer
+    from simulator import antminer, braiins, epic, luxos, vnish, whatsminer
 
     return {
         "antminer": antminer.HANDLERS,
         "whatsminer": whatsminer.HANDLERS,
         "luxos": luxos.HANDLERS,
+        "braiins": braiins.HANDLERS,
+        "epic": epic.HANDLERS,
+        "vnish": vnish.HANDLERS,
     }
 
 
@@ -45,8 +48,10 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         description=(
             "Run simulated Antminer and Whatsminer rigs that unmodified pyasic takes for real "
             "ones: cgminer RPC on 4028, the Antminer web UI on 80, btminer API v2 on 4028 and "
-            "v3 on 4433, LuxOS's API on 4028, each rig on its own loopback address, inside a "
-            "private network namespace. Runs until SIGINT/SIGTERM."
+            "v3 on 4433, LuxOS's API on 4028, Braiins OS's REST API on 80, gRPC on 50051 and "
+            "cgminer API on 4028, ePIC's HTTP API on 4028, VNish's RPC on 4028 and REST API on "
+            "80, each rig on its own loopback address, inside a private network namespace. "
+            "Runs until SIGINT/SIGTERM."
         ),
         epilog=f"Models: {models}. Faults: {', '.join(f.value for f in Fault)}.",
     )
@@ -70,6 +75,27 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         default=[],
         metavar="MODEL[@FW]:COUNT",
         help="add COUNT Antminers of MODEL running LuxOS (repeatable), e.g. s19jpro:10",
+    )
+    p.add_argument(
+        "--braiins",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Antminers of MODEL running Braiins OS 25.x (repeatable), e.g. s19jpro:10",
+    )
+    p.add_argument(
+        "--epic",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Antminers of MODEL running ePIC PowerPlay (repeatable), e.g. s19jpro:10",
+    )
+    p.add_argument(
+        "--vnish",
+        action="append",
+        default=[],
+        metavar="MODEL[@FW]:COUNT",
+        help="add COUNT Antminers of MODEL running VNish (repeatable), e.g. s19jpro:10",
     )
     p.add_argument(
         "--fleet",
@@ -146,13 +172,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
         groups += [parse_group(t, "antminer") for t in args.antminer]
         groups += [parse_group(t, "whatsminer") for t in args.whatsminer]
         groups += [replace(parse_group(t, "antminer"), os="luxos") for t in args.luxos]
+        groups += [replace(parse_group(t, "antminer"), os="braiins") for t in args.braiins]
+        groups += [replace(parse_group(t, "antminer"), os="epic") for t in args.epic]
+        groups += [replace(parse_group(t, "antminer"), os="vnish") for t in args.vnish]
         faults = [_parse_fault(t) for t in args.fault]
     except ValueError as exc:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
     if not groups:
         print(
-            "rigpilot sim: error: no rigs; give --antminer, --whatsminer, --luxos or --fleet",
+            "rigpilot sim: error: no rigs; give --antminer, --whatsminer, --luxos, --braiins, "
+            "--epic, --vnish or --fleet",
             file=sys.stderr,
         )
         return 2
@@ -198,6 +228,14 @@ async def _serve(fleet: Fleet, control_path: Path, as_json: bool) -> int:
     except OSError as exc:
         print(f"rigpilot sim: error: cannot listen: {exc}", file=sys.stderr)
         return 1
+    from simulator import braiins
+
+    try:
+        grpc_servers = await braiins.serve_grpc([r for r in fleet.rigs if r.spec.make == "braiins"])
+    except OSError as exc:
+        await server.close()
+        print(f"rigpilot sim: error: cannot listen for gRPC: {exc}", file=sys.stderr)
+        return 1
     api_server = await serve_control(ControlApi(fleet, server), control_path)
     if as_json:
         sys.stdout.write(json.dumps([r.identity() for r in fleet.rigs]) + "\n")
@@ -216,6 +254,8 @@ async def _serve(fleet: Fleet, control_path: Path, as_json: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     api_server.close()
+    for grpc_server in grpc_servers:
+        grpc_server.close()
     await server.close()
     control_path.unlink(missing_ok=True)
     log.info("sim.stopped", requests=server.stats.requests)

@@ -82,7 +82,7 @@ class ControlApi:
             raise ApiError(404, f"no simulated rig at {address}")
         return rig
 
-    def _route(self, req: HttpRequest) -> Any:
+    def _route(self, req: HttpRequest) -> Any:  # noqa: C901, PLR0911, PLR0912  the control API's routes, one case each
         parts = [p for p in req.path.split("/") if p]
         method = req.method
         match parts:
@@ -135,22 +135,25 @@ class ControlApi:
                 self.server.stats = ServerStats()
                 return self.stats()
             case ["clock"] if method == "PUT":
-                body = self._body(req)
-                scale = body.get("time_scale")
-                advance = body.get("advance_s")
-                usage = 'expected {"time_scale": <positive number>, "advance_s": <seconds >= 0>}'
-                if scale is None and advance is None:
-                    raise ApiError(400, usage)
-                if scale is not None and (not _is_number(scale) or scale <= 0):
-                    raise ApiError(400, f"time_scale must be a positive number: {usage}")
-                if advance is not None and (not _is_number(advance) or advance < 0):
-                    raise ApiError(400, f"advance_s must be a number >= 0: {usage}")
-                if scale is not None:
-                    self.fleet.clock.set_scale(float(scale))
-                if advance is not None:
-                    self.fleet.clock.advance(float(advance))
-                return self.stats()
+                return self._clock(self._body(req))
         raise ApiError(404, f"no route {method} {req.path}")
+
+    def _clock(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT /clock: a new scale, a jump ahead, or both."""
+        scale = body.get("time_scale")
+        advance = body.get("advance_s")
+        usage = 'expected {"time_scale": <positive number>, "advance_s": <seconds >= 0>}'
+        if scale is None and advance is None:
+            raise ApiError(400, usage)
+        if scale is not None and (not _is_number(scale) or scale <= 0):
+            raise ApiError(400, f"time_scale must be a positive number: {usage}")
+        if advance is not None and (not _is_number(advance) or advance < 0):
+            raise ApiError(400, f"advance_s must be a number >= 0: {usage}")
+        if scale is not None:
+            self.fleet.clock.set_scale(float(scale))
+        if advance is not None:
+            self.fleet.clock.advance(float(advance))
+        return self.stats()
 
     def stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.models import Make, lookup, on_luxos
+from simulator.models import Make, ModelSpec, lookup, on_braiins, on_epic, on_luxos, on_vnish
 from simulator.rig import Fault, SimClock, SimRig
 
 DEFAULT_BASE = "127.1.0.1"
-OSES = ("stock", "luxos")
+OSES = ("stock", "luxos", "braiins", "epic", "vnish")
+_ON_OS: dict[str, Callable[[ModelSpec], ModelSpec]] = {
+    "luxos": on_luxos,
+    "braiins": on_braiins,
+    "epic": on_epic,
+    "vnish": on_vnish,
+}
+"""The custom firmwares: each one's spec for an Antminer running it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +33,8 @@ class GroupSpec:
     ambient_c: float = 25.0
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     os: str = "stock"
-    """The firmware family: ``stock``, or ``luxos`` (Antminers only)."""
+    """The firmware family: ``stock``, or ``luxos`` / ``braiins`` / ``epic`` / ``vnish``
+    (Antminers only)."""
 
 
 def parse_group(text: str, make: Make | None = None) -> GroupSpec:
@@ -73,8 +81,8 @@ def load_fleet_file(path: Path) -> tuple[list[GroupSpec], dict[str, Any]]:
             os_name = str(raw.get("os", "stock"))
             if os_name not in OSES:
                 raise ValueError(f"os must be one of {', '.join(OSES)}, got {os_name!r}")
-            if os_name == "luxos":
-                on_luxos(spec)
+            if os_name in _ON_OS:
+                _ON_OS[os_name](spec)
         except KeyError:
             raise ValueError(f"{where}: 'model' is required") from None
         except (TypeError, ValueError) as exc:
@@ -122,8 +130,8 @@ class Fleet:
         addr_iter = addresses(base_address, total)
         for group in groups:
             spec = lookup(group.model)
-            if group.os == "luxos":
-                spec = on_luxos(spec)
+            if group.os in _ON_OS:
+                spec = _ON_OS[group.os](spec)
             for _ in range(group.count):
                 rig = SimRig(
                     next(addr_iter),

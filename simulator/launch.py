@@ -38,9 +38,16 @@ class RunningSim:
 
 
 def start(
-    args: list[str], control_path: Path, log_path: Path | None = None, timeout_s: float = 30.0
+    args: list[str],
+    control_path: Path,
+    log_path: Path | None = None,
+    timeout_s: float = 30.0,
+    netns: str = "current",
 ) -> RunningSim:
     """Run ``python -m simulator ARGS --json`` and return once its control API answers.
+
+    ``netns="new"`` runs it in a network namespace of its own (join it from a thread with
+    ``/proc/PID/ns/net``): a second fleet beside one that already holds the ports.
 
     Logs go to ``log_path`` (never to a pipe nobody reads, which would block the simulator
     once full). Raises RuntimeError with the log's tail when it does not start.
@@ -55,7 +62,7 @@ def start(
         "--control",
         str(control_path),
         "--netns",
-        "current",
+        netns,
     ]
     proc = subprocess.Popen(
         cmd,

@@ -616,7 +616,7 @@ def _logon(rig: SimRig, args: list[str], when: int) -> dict[str, Any]:
     }
 
 
-def _privileged(rig: SimRig, name: str, args: list[str], when: int) -> dict[str, Any]:
+def _privileged(rig: SimRig, name: str, args: list[str], when: int) -> dict[str, Any]:  # noqa: PLR0911  one reply per privileged command
     st = _state(rig)
     if not args or not st.session or args[0] != st.session:
         return _error(rig, CODE_BAD_SESSION, "Invalid session id", when)

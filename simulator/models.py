@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-Make = Literal["antminer", "whatsminer", "luxos"]
-"""``luxos``: an Antminer running LuxOS (see :func:`on_luxos`)."""
+Make = Literal["antminer", "whatsminer", "luxos", "braiins", "epic", "vnish"]
+"""``luxos``: an Antminer running LuxOS (see :func:`on_luxos`); ``braiins``: one running
+Braiins OS (see :func:`on_braiins`); ``epic``: one running ePIC's PowerPlay firmware (see
+:func:`on_epic`); ``vnish``: one running VNish (:func:`on_vnish`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,3 +220,39 @@ def on_luxos(spec: ModelSpec) -> ModelSpec:
     if spec.make != "antminer":
         raise ValueError(f"{spec.key} is a {spec.make}: LuxOS runs on Antminers only")
     return replace(spec, make="luxos", firmware=LUXOS_FIRMWARE)
+
+
+BOS_FIRMWARE = "2025-08-06-0-3881c51d-25.07-plus"
+"""``bos_version.current`` of the Braiins OS captures (tests/fixtures/captures/braiins/v25_07)."""
+
+
+def on_braiins(spec: ModelSpec) -> ModelSpec:
+    """``spec``, an Antminer, running Braiins OS 25.x instead of stock firmware (same hardware,
+    same physics; make ``braiins``, whose handlers are ``simulator/braiins.py``)."""
+    if spec.make != "antminer":
+        raise ValueError(f"{spec.key} is a {spec.make}: Braiins OS runs on Antminers here")
+    return replace(spec, make="braiins", firmware=BOS_FIRMWARE)
+
+
+EPIC_FIRMWARE = "PowerPlay-BMS v1.5.13"
+"""The ``Software`` of the ePIC captures (tests/fixtures/captures/epic/v1)."""
+
+
+def on_epic(spec: ModelSpec) -> ModelSpec:
+    """``spec``, an Antminer, running ePIC's PowerPlay firmware (same hardware, same physics;
+    make ``epic``, whose handlers are ``simulator/epic.py``)."""
+    if spec.make != "antminer":
+        raise ValueError(f"{spec.key} is a {spec.make}: ePIC runs on Antminers only")
+    return replace(spec, make="epic", firmware=EPIC_FIRMWARE)
+
+
+VNISH_FIRMWARE = "Vnish 1.2.6"
+"""What VNish 1.2.6 appends to the model (``Antminer S19 (Vnish 1.2.6)``, its API reference)."""
+
+
+def on_vnish(spec: ModelSpec) -> ModelSpec:
+    """``spec``, an Antminer, running VNish (same hardware, same physics; make ``vnish``, whose
+    handlers are ``simulator/vnish.py``)."""
+    if spec.make != "antminer":
+        raise ValueError(f"{spec.key} is a {spec.make}: VNish runs on Antminers only")
+    return replace(spec, make="vnish", firmware=VNISH_FIRMWARE)

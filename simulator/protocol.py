@@ -57,11 +57,14 @@ def _always(rig: SimRig) -> bool:
 class MakeHandlers:
     """What one make answers on each port; None = nothing listens there for this make."""
 
-    rpc: RpcHandler
+    rpc: RpcHandler | None
+    """None when port 4028 speaks HTTP instead (``api_http``)."""
     http: HttpHandler | None
     framed: FramedHandler | None
     framed_for: Callable[[SimRig], bool] = _always
     """Which rigs of the make run the framed API (Whatsminer: firmware after 2024-11 only)."""
+    api_http: HttpHandler | None = None
+    """Port 4028 as an HTTP server (ePIC's API), with the framing and keep-alive of port 80."""
 
 
 SectionBuilder = Callable[[SimRig, "Snapshot | None", int], dict[str, Any]]

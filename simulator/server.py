@@ -14,7 +14,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -22,7 +22,7 @@ import structlog
 
 from simulator.fleet import Fleet
 from simulator.httpwire import HttpError, format_response, parse_request
-from simulator.protocol import HttpResponse, MakeHandlers
+from simulator.protocol import HttpHandler, HttpResponse, MakeHandlers
 from simulator.rig import Fault, SimRig
 
 log = structlog.get_logger("simulator")
@@ -132,6 +132,27 @@ class _Conn(asyncio.Protocol):
         if close:
             self.transport.close()
 
+    def serve_http(self, handler: HttpHandler) -> None:
+        """Answer every complete HTTP request in the buffer (keep-alive, pipelined requests)."""
+        rig = self.rig
+        assert rig is not None
+        while not self.dead and self.transport is not None:
+            try:
+                parsed = parse_request(self.buf)
+            except HttpError as exc:
+                body = f"<html><body><h1>{exc.status}</h1>{exc}</body></html>".encode()
+                payload, _ = format_response(HttpResponse(exc.status, body), False)
+                self.deliver(payload, close=True)
+                self.dead = True
+                return
+            if parsed is None:
+                return
+            request, keep_alive = parsed
+            response = handler(rig, request)
+            framing = rig.faults.get(Fault.HTTP_FRAMING, {}).get("framing", "chunked")
+            payload, keep_alive = format_response(response, keep_alive, request.version, framing)
+            self.deliver(payload, close=not keep_alive)
+
     def reset(self) -> None:
         """Close with RST, as a peer that aborts does."""
         transport = self.transport
@@ -154,11 +175,16 @@ class RpcConn(_Conn):
         return True
 
     def process(self) -> None:
+        rig = self.rig
+        assert rig is not None
+        handlers = self.server.handlers[rig.spec.make]
+        if handlers.api_http is not None:  # ePIC: an HTTP API on 4028
+            self.serve_http(handlers.api_http)
+            return
+        assert handlers.rpc is not None
         state = _json_complete(self.buf)
         if state is None:
             return  # wait for the rest of the object
-        rig = self.rig
-        assert rig is not None
         raw = bytes(self.buf).rstrip(b"\x00 \r\n\t")
         self.buf.clear()
         request: object
@@ -169,7 +195,7 @@ class RpcConn(_Conn):
                 request = raw
         else:
             request = raw
-        reply = self.server.handlers[rig.spec.make].rpc(rig, request)
+        reply = handlers.rpc(rig, request)
         self.dead = True  # one request per connection: ignore anything after it
         self.deliver(reply, close=True)
 
@@ -187,22 +213,7 @@ class HttpConn(_Conn):
         assert rig is not None
         handler = self.server.handlers[rig.spec.make].http
         assert handler is not None
-        while not self.dead and self.transport is not None:
-            try:
-                parsed = parse_request(self.buf)
-            except HttpError as exc:
-                body = f"<html><body><h1>{exc.status}</h1>{exc}</body></html>".encode()
-                payload, _ = format_response(HttpResponse(exc.status, body), False)
-                self.deliver(payload, close=True)
-                self.dead = True
-                return
-            if parsed is None:
-                return
-            request, keep_alive = parsed
-            response = handler(rig, request)
-            framing = rig.faults.get(Fault.HTTP_FRAMING, {}).get("framing", "chunked")
-            payload, keep_alive = format_response(response, keep_alive, request.version, framing)
-            self.deliver(payload, close=not keep_alive)
+        self.serve_http(handler)
 
 
 class FramedConn(_Conn):
@@ -269,9 +280,6 @@ def _garble(payload: bytes) -> bytes:
     """What a firmware with a broken JSON writer sends: cut short, with a stray brace."""
     cut = max(1, len(payload) // 2)
     return payload[:cut] + b',"}\x00'
-
-
-ConnFactory = Callable[[], asyncio.Protocol]
 
 
 class FleetServer:

@@ -193,7 +193,7 @@ def _salt_for(rig: SimRig, password: str, tag: str) -> str:
     return "".join(_CRYPT_ALPHABET[b % 64] for b in digest[:8])
 
 
-def _state(rig: SimRig) -> _State:
+def state_of(rig: SimRig) -> _State:
     st = rig.firmware_state
     if not isinstance(st, _State) or st.password != rig.api_password:
         salt = _salt_for(rig, rig.api_password, "v2")
@@ -221,7 +221,7 @@ def _stamp(t: float | None = None) -> str:
 
 def _errors(rig: SimRig, snap: Snapshot) -> list[tuple[int, str]]:
     """Active error codes with the time each was first seen."""
-    st = _state(rig)
+    st = state_of(rig)
     seen = st.error_seen
     for code in list(seen):
         if code not in snap.errors:
@@ -244,7 +244,7 @@ def _cg_status(code: int, msg: str, when: int) -> list[dict[str, Any]]:
 
 
 def _elapsed(rig: SimRig, snap: Snapshot) -> int:
-    started = max(rig.boot_t, _state(rig).miner_start_t)
+    started = max(rig.boot_t, state_of(rig).miner_start_t)
     return max(0, min(snap.uptime_s, int(snap.t - started)))
 
 
@@ -501,7 +501,7 @@ def _bt_error(code: int, msg: str) -> bytes:
 
 def _status_msg(rig: SimRig) -> dict[str, Any]:
     off = _mining_off(rig)
-    st = _state(rig)
+    st = state_of(rig)
     mode = st.resume_mode if off else rig.mode
     return {
         "mineroff": "true" if off else "false",
@@ -533,7 +533,7 @@ def _get_psu(rig: SimRig) -> dict[str, Any]:
 def _get_miner_info(rig: SimRig) -> dict[str, Any]:
     return {
         "hostname": rig.hostname,
-        "ledstat": _state(rig).led,
+        "ledstat": state_of(rig).led,
         "mac": rig.mac,
         "minersn": rig.serial,
         "ip": rig.address,
@@ -555,7 +555,7 @@ _BT_COMMANDS: dict[str, Callable[[SimRig], Any]] = {
 
 
 def _get_token(rig: SimRig) -> bytes:
-    st = _state(rig)
+    st = state_of(rig)
     now = time.monotonic()
     for sign, expiry in list(st.tokens.items()):
         if expiry <= now:
@@ -590,9 +590,9 @@ _WRITE_COMMANDS = frozenset(
 )
 
 
-def _do_write(rig: SimRig, cmd: str, req: dict[str, Any]) -> str | None:
+def _do_write(rig: SimRig, cmd: str, req: dict[str, Any]) -> str | None:  # noqa: C901, PLR0912  one case per privileged command, as the firmware's table
     """Apply a privileged command; returns an error message for a bad parameter, else None."""
-    st = _state(rig)
+    st = state_of(rig)
     ignore = rig.has(Fault.IGNORE_WRITES)
     if cmd == "power_off":
         if not _mining_off(rig):
@@ -643,7 +643,7 @@ def _do_write(rig: SimRig, cmd: str, req: dict[str, Any]) -> str | None:
 
 def _privileged(rig: SimRig, req: dict[str, Any]) -> bytes:
     counters = rig.counters
-    st = _state(rig)
+    st = state_of(rig)
     data = req.get("data")
     if not isinstance(data, str):
         counters.rejected += 1
@@ -780,7 +780,7 @@ def _v3_reply(desc: str, msg: Any, code: int = 0) -> bytes:
 def _device_info(rig: SimRig) -> dict[str, Any]:
     snap = rig.snapshot()
     spec = rig.spec
-    st = _state(rig)
+    st = state_of(rig)
     per_board = int(spec.hashrate_ths * 1000 / spec.boards)
     miner: dict[str, Any] = {
         "board-num": str(spec.boards),
@@ -899,7 +899,7 @@ def _v3_pools(rig: SimRig) -> list[dict[str, Any]]:
 
 
 def _miner_setting(rig: SimRig) -> dict[str, Any]:
-    st = _state(rig)
+    st = state_of(rig)
     mode = st.resume_mode if _mining_off(rig) else rig.mode
     return {
         "power-mode": mode.value if mode is not Mode.SLEEP else "normal",
@@ -928,9 +928,9 @@ _V3_SETTINGS: dict[str, Callable[[SimRig], dict[str, Any]]] = {
 }
 
 
-def _v3_write(rig: SimRig, cmd: str, param: Any) -> tuple[int, str]:
+def _v3_write(rig: SimRig, cmd: str, param: Any) -> tuple[int, str]:  # noqa: C901, PLR0912  one case per v3 write command, as the firmware's table
     """Apply a v3 write; returns (code, msg)."""
-    st = _state(rig)
+    st = state_of(rig)
     ignore = rig.has(Fault.IGNORE_WRITES)
     if cmd == "set.miner.service":
         if param == "stop":
@@ -960,7 +960,7 @@ def _v3_write(rig: SimRig, cmd: str, param: Any) -> tuple[int, str]:
     return 0, "ok"
 
 
-def handle_v3(rig: SimRig, request: Any) -> bytes:
+def handle_v3(rig: SimRig, request: Any) -> bytes:  # noqa: C901, PLR0911, PLR0912  the v3 framing's checks, one reply each
     """Answer one framed request on port 4433 (btminer API v3); returns the JSON payload."""
     counters = rig.counters
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -1003,7 +1003,7 @@ def handle_v3(rig: SimRig, request: Any) -> bytes:
     ts = request.get("ts")
     token = request.get("token")
     expected = (
-        v3_token(cmd, _v3_password(rig), _state(rig).v3_salt, ts) if isinstance(ts, int) else None
+        v3_token(cmd, _v3_password(rig), state_of(rig).v3_salt, ts) if isinstance(ts, int) else None
     )
     if request.get("account") != V3_ACCOUNT or expected is None or token != expected:
         counters.rejected += 1

@@ -15,7 +15,9 @@ import ipaddress
 import random
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,3 +293,121 @@ class Broker:
         for name, value in props.items():
             args += ["-D", "publish", name.replace("_", "-"), value]
         subprocess.run([*args, "-m", payload], check=True, capture_output=True, timeout=10)
+
+
+# --- Sites bridged to a control room (docs/multi-site.md) -------------------------------------
+
+BRIDGE_FILE = REPO / "docs" / "mosquitto" / "site-bridge.conf"
+BRIDGE_SITE = "north"  # the site the shipped bridge file is written for
+
+
+class Link:
+    """The network between a site's broker and the control room's: a TCP relay whose ``cut()``
+    drops every connection through it at once (as a lost WAN link seen by both ends: each gets
+    a reset, the control room's broker fires the bridge's last will) and refuses new ones
+    until ``restore()``."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.up = threading.Event()
+        self.up.set()
+        self.accepted = 0  # connections relayed (a bridge that reconnected shows here)
+        self._socks: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.2)
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self.up.is_set():
+                _reset(conn)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                _reset(conn)
+                continue
+            with self._lock:
+                self._socks |= {conn, upstream}
+                self.accepted += 1
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            src.settimeout(None)
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            _reset(s)
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()
+        self._thread.join(2)
+
+
+def _reset(s: socket.socket) -> None:
+    """Close ``s`` with a TCP reset (SO_LINGER 0), as a dropped link looks to both ends."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv (close alone would not)
+    with contextlib.suppress(OSError):
+        s.close()
+
+
+def bridge_conf(site: str, control: Broker, port: int, *, retry_s: int = 1, **more: str) -> str:
+    """The shipped bridge file (``docs/mosquitto/site-bridge.conf``) for ``site``, pointed at
+    ``control`` through ``port``: only the site's name, the address, the password, the CA file
+    and the retry delay differ from the file."""
+    text = BRIDGE_FILE.read_text().replace(BRIDGE_SITE, site)
+    values = {
+        "address": f"127.0.0.1:{port}",
+        "remote_password": USERS[site_user(site)],
+        "bridge_cafile": str(control.pki["ca"]),
+        "restart_timeout": str(retry_s),
+        **more,
+    }
+    lines = []
+    for line in text.splitlines():
+        key = line.split(" ", 1)[0]
+        lines.append(f"{key} {values.pop(key)}" if key in values and line.strip() else line)
+    if values:
+        raise ValueError(f"{BRIDGE_FILE} has no {', '.join(values)} line")
+    return "\n".join(lines) + "\n"
+
+
+def bridged_site(control: Broker, folder: Path, site: str) -> tuple[Broker, Link]:
+    """A site's broker (TLS, password file, the documented ACL) bridged to ``control`` with the
+    shipped bridge file, through a :class:`Link` that the test can cut. Both brokers get the
+    site's user; start the returned broker yourself."""
+    control.add_site(site)
+    local = Broker(folder)
+    local.add_site(site)
+    link = Link(control.port)
+    with (local.folder / "mosquitto.conf").open("a") as conf:
+        conf.write(bridge_conf(site, control, link.port))
+    return local, link

@@ -75,6 +75,13 @@ FLEET_ARGS = [
     # an Antminer on LuxOS (key "s19jpro-luxos"); the 14th rig, still inside scans of /28
     "--luxos",
     "s19jpro:1",
+    # Antminers on ePIC PowerPlay and on VNish (keys "s19jpro-epic", "s19jpro-vnish";
+    # tests/test_epic.py, tests/test_vnish.py): the 15th and 16th rigs, at 127.1.0.15 and .16,
+    # past the hosts of a /28, so the fleet scan covers a /27
+    "--epic",
+    "s19jpro:1",
+    "--vnish",
+    "s19jpro:1",
 ]
 
 
@@ -134,8 +141,8 @@ def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
     keys = []
     for rig in running.rigs:
         key = running.control.rig(rig["address"])["key"]
-        if rig["make"] == "luxos":
-            key = f"{key}-luxos"
+        if rig["make"] in ("luxos", "epic", "vnish"):
+            key = f"{key}-{rig['make']}"
         keys.append(f"{key}-v3" if rig["firmware"] == V3_FIRMWARE else key)
     yield SimFleet(running.rigs, running.control, running.proc, keys)
     running.stop()

@@ -334,7 +334,7 @@ def _icon(value: object) -> str | None:
     return None
 
 
-def _topic(value: object, *, publish: bool) -> str | None:
+def _topic(value: object, *, publish: bool) -> str | None:  # noqa: PLR0911  one problem per rule of Home Assistant's topic validator
     if not isinstance(value, str):
         return f"must be an MQTT topic string, got {_type_name(value)}"
     if not value:
@@ -589,7 +589,7 @@ def _resolve_base_topic(expanded: dict[str, object], problems: list[str]) -> Non
 # --------------------------------------------------------------------------------------------
 
 
-def _device_problems(value: object) -> list[str]:
+def _device_problems(value: object) -> list[str]:  # noqa: PLR0912  one branch per device field Home Assistant checks
     device = _as_mapping(value)
     if device is None:
         return [f"device: must be a mapping, got {_type_name(value)}"]

@@ -50,7 +50,7 @@ def _is(value: Any, kind: str) -> bool:
     return isinstance(value, _TYPES[kind])
 
 
-def problems(
+def problems(  # noqa: C901, PLR0912  one branch per JSON Schema keyword it supports
     value: Any, schema: Mapping[str, Any], doc: Mapping[str, Any], at: str = ""
 ) -> list[str]:
     """What is wrong with ``value`` against ``schema`` (empty: nothing)."""

@@ -74,7 +74,7 @@ def test_md5_crypt_is_passlibs(secret: str, salt: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     secret=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"), max_size=70),
-    salt=st.text(alphabet=sorted(btminer._CRYPT_SALT), min_size=1, max_size=8),
+    salt=st.text(alphabet=sorted(btminer.CRYPT_SALT), min_size=1, max_size=8),
 )
 def test_md5_crypt_is_passlibs_on_drawn_inputs(secret: str, salt: str) -> None:
     """Every secret length crosses the 16-byte blocks and the bit loop differently."""

@@ -63,6 +63,24 @@ def test_global_options_are_accepted_after_the_subcommand(tmp_path: Path) -> Non
     assert loud.returncode == 0 and '"event": "daemon.ready"' in loud.stderr
 
 
+def test_the_config_files_log_section_applies_and_the_command_line_wins(tmp_path: Path) -> None:
+    """`[log]` in the config file sets `rigpilot run`'s level and format (it was read, checked
+    and then ignored); a global option given on the command line wins over it."""
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "text").mkdir()
+    quiet = config(tmp_path / "quiet", FIXED_MARKET + '\n[log]\nlevel = "warning"\njson = true\n')
+    done = rigpilot("run", "--config", str(quiet), "--ticks", "1")
+    assert done.returncode == 0, done.stderr
+    assert "daemon.started" not in done.stderr and "daemon.ready" not in done.stderr
+    text = config(tmp_path / "text", FIXED_MARKET + '\n[log]\nlevel = "info"\njson = false\n')
+    shown = rigpilot("run", "--config", str(text), "--ticks", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "daemon.ready" in shown.stderr and '"event": "daemon.ready"' not in shown.stderr
+    loud = rigpilot("run", "--config", str(quiet), "--ticks", "1", "--log-level", "info")
+    assert loud.returncode == 0, loud.stderr
+    assert '"event": "daemon.ready"' in loud.stderr  # level from the command line, JSON from [log]
+
+
 @pytest.mark.parametrize("command", ["config", "status", "market", "observe", "scan"])
 def test_every_subcommand_takes_the_global_options_after_it(
     tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]

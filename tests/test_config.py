@@ -404,7 +404,7 @@ def test_every_settings_section_refuses_inf_and_nan() -> None:
         seen.add(model)
         assert model.model_config.get("allow_inf_nan") is False, model.__name__
         for field in model.model_fields.values():
-            todo.extend(config._models_in(field.annotation))
+            todo.extend(config.models_in(field.annotation))
     assert len(seen) > 10
 
 

@@ -12,8 +12,8 @@ import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 from conftest import SimFleet
 from structlog.testing import capture_logs
@@ -323,9 +323,9 @@ async def test_a_schedule_window_for_a_group_applies_to_that_group_only(
     # The groups in [[rigs]] reach the policies: a schedule window for "row-a" sleeps the rig
     # of row-a and leaves row-b's alone, in the daemon as wired from a config file; a reload
     # that moves a rig to another group moves it out of the window.
-    from daemon.config import Settings, load_settings
+    from daemon.config import load_settings
     from daemon.notify import Notifier
-    from daemon.run import _Progress, _reload, build_loop
+    from daemon.run import Service, serve
 
     a, b = sim.address("s19jpro"), sim.address("m50s")
 
@@ -360,31 +360,45 @@ group = "{group_of_b}"
     config = tmp_path / "rigpilot.toml"
     config.write_text(config_text("row-b"))
     settings = load_settings(config)
-    inventory = Inventory()
-    await inventory.ensure([a, b])
-    async with httpx.AsyncClient() as client:
-        loop = build_loop(settings, True, client, inventory)
-        report = await loop.tick()
-        assert report.desired[a].mode is Mode.SLEEP
-        assert report.desired[a].decided_by == "schedule"
-        assert report.desired[b].mode is Mode.NORMAL  # no window: it keeps what it does
-        assert report.desired[b].decided_by != "schedule"
-        progress = _Progress.of(settings.control)
+    stop, reload = asyncio.Event(), asyncio.Event()
+    reports: list[TickReport] = []
+    services: list[Service] = []
+    reloads: list[dict[str, Any] | None] = []  # as `rigpilot status` shows them
 
-        async def reload(text: str) -> Settings:
-            config.write_text(text)  # then SIGHUP
-            new, _ = await _reload(
-                settings, config, loop, None, inventory, Notifier({}), True, [], progress, client
-            )
-            return new
+    def on_tick(report: TickReport) -> None:
+        reports.append(report)
+        reloads.append(services[0].lifecycle["last_reload"])
+        if len(reports) == 1:
+            # A reload with a schedule that cannot be used is refused; the running one stays.
+            config.write_text(config_text("row-a").replace('"UTC"', '"Mars/Olympus"'))
+            reload.set()  # as SIGHUP does
+        elif len(reports) == 2:
+            config.write_text(config_text("row-a"))  # b moved to row-a
+            reload.set()
+        elif len(reports) == 3:
+            stop.set()
 
-        # A reload with a schedule that cannot be used is refused; the running one stays.
-        assert await reload(config_text("row-a").replace('"UTC"', '"Mars/Olympus"')) == settings
-        assert (await loop.tick()).desired[b].mode is Mode.NORMAL
-        settings = await reload(config_text("row-a"))  # b moved to row-a
-        report = await loop.tick()
-        assert report.desired[b].mode is Mode.SLEEP
-        assert report.desired[b].decided_by == "schedule"
+    await serve(
+        settings,
+        True,
+        on_tick=on_tick,
+        stop=stop,
+        config_path=config,
+        reload=reload,
+        notifier=Notifier({}),
+        on_start=services.append,
+    )
+    first, refused, moved = reports
+    assert first.desired[a].mode is Mode.SLEEP
+    assert first.desired[a].decided_by == "schedule"
+    assert first.desired[b].mode is Mode.NORMAL  # no window: it keeps what it does
+    assert first.desired[b].decided_by != "schedule"
+    assert reloads[0] is None and reloads[1] is not None and reloads[2] is not None
+    assert not reloads[1]["ok"] and "Mars/Olympus" in reloads[1]["error"]
+    assert reloads[2]["ok"] and "rigs" in reloads[2]["changed"]
+    assert refused.desired[b].mode is Mode.NORMAL
+    assert moved.desired[b].mode is Mode.SLEEP
+    assert moved.desired[b].decided_by == "schedule"
 
 
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
@@ -465,7 +479,7 @@ async def test_a_mode_the_rig_cannot_do_is_sent_as_the_nearest_safe_one(
 
     h, _ = await harness(sim, tmp_path, dry_run=False)
     stock = sim.address("s19jpro")  # stock Antminer firmware: no power limit
-    h.loop.overrides = [
+    h.loop.operator.pin(
         Override(
             Mode.LIMIT,
             h.clock.t + 3600,
@@ -474,7 +488,7 @@ async def test_a_mode_the_rig_cannot_do_is_sent_as_the_nearest_safe_one(
             frozenset({stock}),
             power_limit_w=2000,
         )
-    ]
+    )
     report = await h.tick(hashprice=80.0)
     assert report.desired[stock].mode is Mode.LIMIT
     [sent] = [r for r in report.results if r.command.rig_id == stock]
@@ -488,7 +502,7 @@ async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
     from dataclasses import replace
 
     from daemon.reconciler import Command
-    from daemon.run import _bounded_tick
+    from daemon.run import bounded_tick
 
     h, addresses = await harness(sim, tmp_path, dry_run=False)
     # Start slots 2 s apart (site time = wall time here: the clock stands still in a tick).
@@ -506,7 +520,7 @@ async def test_a_stop_mid_ramp_unjournals_the_power_ups_not_yet_sent(
     await h.loop.market.refresh(h.clock.t)  # a jump is taken once seen twice
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(1.0, stop.set)
-    abandoned = await _bounded_tick(h.loop, stop, grace_s=2.0)  # slots at +0, +2, +4 ... s
+    abandoned = await bounded_tick(h.loop, stop, grace_s=2.0)  # slots at +0, +2, +4 ... s
     assert abandoned is None, "the tick was abandoned"
     planned, kept = journaled
     assert len(planned) == len(addresses)  # every rig raised, each at its own slot

@@ -34,7 +34,7 @@ from policies.guards import (
     Setting,
     apply_guards,
 )
-from policies.guards.core import _next_rig_state as next_rig_state
+from policies.guards.core import next_rig_state
 from policies.guards.model import RampGrant
 from policies.guards.power import is_raise
 from policies.guards.ramp import (
@@ -45,9 +45,9 @@ from policies.guards.ramp import (
     new_grants,
     order_rises,
     prune_log,
+    ramp_held,
     ramp_sends,
 )
-from policies.guards.ramp import _held as ramp_held
 from policies.guards.rig import Decision, decide_rig, intents_for
 from policies.values import Mode, Observation, PowerSource, RigId
 

@@ -24,9 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_control_loop import Harness, harness
 
-from daemon.loop import SiteTarget, TickReport
+from daemon.loop import TickReport
 from daemon.metrics import DURATION_BUCKETS_S, Metrics, MetricsServer
 from daemon.mqtt.state import Prices, margin_usd_per_day
+from daemon.operator_state import SiteTarget
 from policies.guards import Override
 from policies.values import Mode, Observation, PowerSource
 
@@ -151,7 +152,7 @@ async def setup(sim: SimFleet, tmp_path: Path) -> AsyncIterator[Setup]:
 
 
 def pin(s: Setup, rig: str, mode: Mode = Mode.SLEEP) -> None:
-    s.h.loop.overrides.append(
+    s.h.loop.operator.pin(
         Override(
             mode=mode,
             expires_at=s.h.clock.t + 3600,
@@ -169,7 +170,7 @@ async def test_values_match_the_tick_report(setup: Setup, sim: SimFleet) -> None
     unreadable = s.addresses[2]
     await asyncio.to_thread(sim.control.set_fault, unreadable, "malformed")
     pin(s, s.addresses[0])
-    s.h.loop.site_target = SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid")
+    s.h.loop.operator.set_site_target(SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid"))
     report = await s.tick(hashprice=80.0, power=0.05)
     m = await scrape(s.server)
 
@@ -362,7 +363,7 @@ async def test_per_rig_off_has_no_rig_labels_and_keeps_the_totals(setup: Setup) 
 async def test_names_units_and_types_follow_prometheus_conventions(setup: Setup) -> None:
     s = setup
     pin(s, s.addresses[0])
-    s.h.loop.site_target = SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid")
+    s.h.loop.operator.set_site_target(SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid"))
     report = await s.tick()
     ours = Metrics(process=False, mqtt_connected=lambda: True)
     ours.record_tick(report, s.h.loop, report.at)
@@ -408,7 +409,7 @@ async def test_the_dashboard_only_queries_exposed_metrics(setup: Setup) -> None:
     s = setup
     pin(s, s.addresses[0])
     s.h.loop.site = replace(s.h.loop.site, power_cap_kw=1000.0)
-    s.h.loop.site_target = SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid")
+    s.h.loop.operator.set_site_target(SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid"))
     report = await s.tick()
     await s.tick()  # a second tick: counters with labels exist
     exposed = _exposed_names(s, report) | (await scrape(s.server)).names

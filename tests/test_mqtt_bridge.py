@@ -513,8 +513,10 @@ async def test_an_answer_cut_off_before_its_puback_is_sent_again_marked_repeated
     import signal
     from typing import cast
 
+    from daemon.mqtt.answers import Answer
     from daemon.mqtt.bridge import Bridge, resolve_password, tls_context
-    from daemon.mqtt.desk import Answer, CommandDesk, Envelope
+    from daemon.mqtt.desk import CommandDesk
+    from daemon.operator_state import Envelope
 
     broker = Broker(tmp_path / "broker")
     broker.start()

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from test_control_loop import Harness, harness
 
 from daemon.mqtt import commands as c
-from daemon.mqtt.desk import Answer, CommandDesk, Envelope
+from daemon.mqtt.answers import Answer
+from daemon.mqtt.desk import CommandDesk
+from daemon.operator_state import Envelope, OperatorState
 from policies.values import Mode, QuoteKind
 
 
@@ -56,7 +58,7 @@ async def test_curtail_is_accepted_then_done_once_observed_asleep(
     body = only(ask(desk, "curtail", {"rig": rig, "transaction": "t-1", "by": "alice"}))
     assert body["status"] == "accepted" and body["transaction"] == "t-1"
     assert body["result"]["rigs"] == 1
-    assert [o.mode for o in h.loop.overrides] == [Mode.SLEEP]
+    assert [o.mode for o in h.loop.operator.overrides()] == [Mode.SLEEP]
     finals: list[dict[str, Any]] = []
     for _ in range(8):
         report = await h.tick(hashprice=80.0)  # every rig pays: only the pin can sleep it
@@ -96,7 +98,7 @@ async def test_redelivery_by_transaction_or_correlation_is_not_applied_twice(
         ask(desk, "pin", {"rig": addresses[0], "mode": "sleep", "for_s": 600, "transaction": "x"})
     )
     assert again == {**first, "repeated": True}
-    assert [o.mode for o in h.loop.overrides] == [Mode.NORMAL]
+    assert [o.mode for o in h.loop.operator.overrides()] == [Mode.NORMAL]
     # MQTT 5 clients without a transaction: the correlation data is the id.
     corr = b"\x01\x02corr"
     status = only(ask(desk, "status", {}, corr))
@@ -167,7 +169,8 @@ async def test_bad_commands_are_rejected_naming_the_problem(
     assert answer["status"] == "rejected"
     assert answer["transaction"] == "bad-1"
     assert expect in answer["reason"], answer["reason"]
-    assert h.loop.overrides == [] and h.loop.site_target is None and not h.loop.market.manual
+    operator = h.loop.operator
+    assert operator.overrides() == [] and operator.site_target is None and not operator.prices
 
 
 @pytest.mark.parametrize(
@@ -202,7 +205,7 @@ async def test_a_mode_the_rig_cannot_do_is_rejected_naming_the_rig(
     answer = only(ask(desk, "set", {"rig": stock, "mode": "limit", "power_limit_w": 2000}))
     assert answer["status"] == "rejected"
     assert stock in answer["reason"] and "cannot do" in answer["reason"]
-    assert h.loop.overrides == []
+    assert h.loop.operator.overrides() == []
 
 
 async def test_newest_pin_wins_and_resume_hands_back_to_the_policies(
@@ -212,13 +215,13 @@ async def test_newest_pin_wins_and_resume_hands_back_to_the_policies(
     row_a = sorted(addresses[0::2])
     only(ask(desk, "pin", {"group": "row-a", "mode": "sleep", "for_s": 3600}))
     only(ask(desk, "pin", {"rig": row_a[0], "mode": "low", "for_s": 3600}))
-    pins = {p.override.mode: p.override.rig_ids for p in desk.pins.values()}
+    pins = {p.override.mode: p.override.rig_ids for p in desk.state.pins.values()}
     assert pins == {Mode.SLEEP: frozenset(row_a[1:]), Mode.LOW: frozenset(row_a[:1])}
     status = only(ask(desk, "status", {"rigs": False}))["result"]
     assert sorted(p["rigs"] for p in status["pins"]) == [1, len(row_a) - 1]
     answer = only(ask(desk, "resume", {"all": True}))
     assert answer["status"] == "done" and answer["result"]["released"] == len(row_a)
-    assert desk.pins == {} and h.loop.overrides == []
+    assert desk.state.pins == {} and h.loop.operator.overrides() == []
     report = await h.tick(hashprice=80.0)
     assert all(d.decided_by != "override" for d in report.desired.values())
 
@@ -226,11 +229,11 @@ async def test_newest_pin_wins_and_resume_hands_back_to_the_policies(
 async def test_pins_expire(setup: tuple[Harness, CommandDesk, list[str]]) -> None:
     h, desk, addresses = setup
     only(ask(desk, "pin", {"rig": addresses[0], "mode": "sleep", "for_s": 45}))
-    assert len(h.loop.overrides) == 1
+    assert len(h.loop.operator.overrides()) == 1
     await h.tick(hashprice=80.0)  # the clock moves 30 s per tick
     report = await h.tick(hashprice=80.0)
     desk.after_tick(report)
-    assert desk.pins == {} and h.loop.overrides == []
+    assert desk.state.pins == {} and h.loop.operator.overrides() == []
 
 
 async def test_hand_set_market_input_outranks_the_feeds_until_cleared(
@@ -245,7 +248,7 @@ async def test_hand_set_market_input_outranks_the_feeds_until_cleared(
     assert only(ask(desk, "market_clear", {"input": "hashprice"}))["reason"] == "hashprice cleared"
     report = await h.tick(hashprice=80.0)
     assert report.hashprice_usd_per_ph_day == 80.0
-    assert QuoteKind.HASHPRICE not in h.loop.market.manual
+    assert QuoteKind.HASHPRICE not in h.loop.operator.prices
 
 
 async def test_site_target_sheds_load_and_answers_when_observed_under_it(
@@ -266,7 +269,7 @@ async def test_site_target_sheds_load_and_answers_when_observed_under_it(
     assert report.power_kw <= target_kw
     assert "power-cap" in {d.decided_by for d in report.desired.values()}
     assert only(ask(desk, "site_target", {"kw": None}))["status"] == "done"
-    assert h.loop.site_target is None
+    assert h.loop.operator.site_target is None
 
 
 async def test_a_rig_that_ignores_commands_fails_the_wait_with_the_reason(
@@ -345,7 +348,7 @@ async def test_a_transaction_reused_with_another_payload_is_a_conflict_naming_th
     reason = conflict["reason"]
     assert reason.startswith("conflict: transaction 'x' was first used at "), reason
     assert '"mode":"sleep"' in reason and "pin {" in reason, reason
-    assert [o.mode for o in h.loop.overrides] == [Mode.SLEEP]  # nothing applied
+    assert [o.mode for o in h.loop.operator.overrides()] == [Mode.SLEEP]  # nothing applied
     # The first request's redelivery, even spelled differently, is still a redelivery: its
     # own answer again, not the conflict's.
     respelled = json.dumps(dict(reversed(list(first.items()))), indent=1).encode()
@@ -358,9 +361,10 @@ async def test_a_transaction_reused_with_another_payload_is_a_conflict_naming_th
     from daemon.store import Store
 
     store = Store(tmp_path / "seen.db")
-    store.put({}, seen=desk.take_new_seen())
+    store.put({}, seen=desk.state.requests.take_unsaved())
+    h.loop.operator = OperatorState()  # as after a restart: nothing but what is stored
+    h.loop.operator.requests.restore(store.seen(0.0))
     fresh = desk_for(h, addresses)
-    fresh.restore_seen(store.seen(0.0))
     assert only(ask(fresh, "pin", other))["reason"] == reason
     assert only(ask(fresh, "pin", first))["repeated"] is True
 
@@ -374,7 +378,13 @@ async def test_a_retained_request_is_rejected_and_not_applied(
     answer = only(answers)
     assert answer["status"] == "rejected" and answer["transaction"] == "r-1"
     assert "retain flag" in answer["reason"] and "mosquitto_pub without -r" in answer["reason"]
-    assert h.loop.overrides == []
+    assert h.loop.operator.overrides() == []
     # Not remembered: the same request published properly is applied.
     assert only(ask(desk, "curtail", payload))["status"] == "accepted"
-    assert [o.mode for o in h.loop.overrides] == [Mode.SLEEP]
+    assert [o.mode for o in h.loop.operator.overrides()] == [Mode.SLEEP]
+
+
+def test_every_command_has_one_handler() -> None:
+    from daemon.mqtt.handlers import HANDLERS
+
+    assert set(HANDLERS) == set(c.COMMANDS.values())

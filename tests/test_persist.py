@@ -98,24 +98,6 @@ def test_a_save_that_fails_is_written_in_full_by_the_next(tmp_path: Path) -> Non
     assert restored(path) == loop.guard_state
 
 
-def test_an_older_rigpilots_document_is_adopted_and_rewritten_as_rows(tmp_path: Path) -> None:
-    path = tmp_path / DB_NAME
-    old = state_of(20)
-    store = Store(path)
-    store.put({"guards": old.to_dict()}, guard_rigs={"10.9.9.9": old.rigs["10.0.0.1"].to_dict()})
-    loop = make_loop()
-    persistence = Persistence(store, loop)
-    assert persistence.restore(T0)["guarded_rigs"] == 20
-    assert loop.guard_state == old  # the document wins over a stale row
-    persistence.save_tick(report())
-    store.close()
-    with sqlite3.connect(path) as db:
-        rows = {r for (r,) in db.execute("SELECT rig FROM guard_rigs")}
-        doc = db.execute("SELECT value FROM docs WHERE key='guards'").fetchone()[0]
-    assert rows == set(old.rigs) and '"rigs"' not in doc
-    assert restored(path) == old
-
-
 def test_unreadable_rows_are_named_and_skipped(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
     store, _, persistence = saver(path, state_of(5))

@@ -131,3 +131,25 @@ def test_every_module_the_package_imports_is_declared() -> None:
                     if not dists & declared:
                         undeclared[top] = str(path.relative_to(REPO))
     assert undeclared == {}
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """A leading underscore means "this module's own": another module (a test or a benchmark
+    included) that needs it asks for a public name instead (docs/architecture.md)."""
+    import ast
+
+    ours = {"backtest", "bench", "daemon", "drivers", "market", "policies", "scripts", "simulator"}
+    found: list[str] = []
+    for folder in [*sorted(ours), "tests"]:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                    continue
+                if node.module.split(".")[0] not in ours:
+                    continue
+                found += [
+                    f"{path.relative_to(REPO)}:{node.lineno}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not found, "private names imported across modules:\n" + "\n".join(found)

@@ -6,10 +6,10 @@ import pytest
 from helpers import identity
 from helpers import observation as make_observation
 
-from daemon.rig_economics import mode_points, rig_breakeven
+from daemon.rig_economics import mode_points
 from market.fetch import FeedError
 from market.power import PushedPrice
-from policies.economics import Economics
+from policies.economics import Economics, breakeven
 from policies.values import Board, Make, Mode, Observation, PowerSource
 
 ALL = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH})
@@ -59,9 +59,8 @@ def test_only_supported_modes_are_offered() -> None:
 
 
 def test_rig_breakeven_at_feb_2026_prices() -> None:
-    rows = {
-        b.mode: b for b in rig_breakeven(observation(), ALL, 34.9, 0.055, Economics(pool_fee=0.0))
-    }
+    terms = Economics(pool_fee=0.0)
+    rows = {p.mode: breakeven(p, 34.9, 0.055, terms) for p in mode_points(observation(), ALL)}
     assert rows[Mode.NORMAL].breakeven_power_price_per_kwh == pytest.approx(0.0493, abs=5e-4)
     assert not rows[Mode.NORMAL].pays
     assert rows[Mode.LOW].pays  # underclocked, the same rig still earns at 5.5 c/kWh

@@ -21,8 +21,9 @@ from test_control_loop import harness
 from daemon.admin_cli import main_config, main_status
 from daemon.config import ConfigError, load_settings
 from daemon.loop import TickReport
-from daemon.mqtt.desk import CommandDesk, Envelope
+from daemon.mqtt.desk import CommandDesk
 from daemon.notify import Notifier
+from daemon.operator_state import Envelope
 from daemon.persist import Persistence
 from daemon.store import DB_NAME, Store
 
@@ -206,7 +207,7 @@ async def test_pins_command_ids_and_waits_survive_a_restart(sim: SimFleet, tmp_p
     h, addresses = await harness(sim, tmp_path, dry_run=False)
     store = Store(tmp_path / DB_NAME)
     desk = CommandDesk(loop=h.loop, site="s", configured=frozenset(addresses), clock=h.clock)
-    persistence = Persistence(store, h.loop, desk)
+    persistence = Persistence(store, h.loop)
     desk.persist = persistence.save_commands
     pin = json.dumps({"rig": addresses[0], "mode": "sleep", "for_s": 3600, "transaction": "p1"})
     [answer] = desk.commit(desk.handle(Envelope("pin", pin.encode(), h.clock())))
@@ -219,13 +220,13 @@ async def test_pins_command_ids_and_waits_survive_a_restart(sim: SimFleet, tmp_p
     h2, _ = await harness(sim, tmp_path / "second", dry_run=False)
     store2 = Store(tmp_path / DB_NAME)
     desk2 = CommandDesk(loop=h2.loop, site="s", configured=frozenset(addresses), clock=h.clock)
-    counts = Persistence(store2, h2.loop, desk2).restore(h.clock())
+    counts = Persistence(store2, h2.loop).restore(h.clock())
     assert counts["pins"] == 2 and counts["waiting_commands"] == 1 and counts["command_ids"] == 2
-    assert {o.mode.value for o in h2.loop.overrides} == {"sleep"}
+    assert {o.mode.value for o in h2.loop.operator.overrides()} == {"sleep"}
     # A redelivery after the restart: not applied again, the stored final answer repeated.
     [again] = desk2.handle(Envelope("pin", pin.encode(), h.clock()))
     assert again.body == {**answer.body, "repeated": True}
-    assert len(desk2.pins) == 2
+    assert len(desk2.state.pins) == 2
     report = await h2.tick(hashprice=80.0)
     for _ in range(5):
         answers = desk2.after_tick(report)

@@ -125,36 +125,22 @@ def test_the_real_command_exits_2_with_one_line(
     assert "Traceback" not in proc.stderr
 
 
-OLD_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE docs (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE guard_rigs (rig TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE seen (
-    command TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, answer TEXT,
-    PRIMARY KEY (command, id)
-);
-CREATE INDEX seen_at ON seen (at);
-CREATE TABLE commands (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, rig TEXT NOT NULL,
-    mode TEXT NOT NULL, power_limit_w INTEGER, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,
-    detail TEXT NOT NULL, decided_by TEXT NOT NULL
-);
-INSERT INTO meta VALUES ('schema', '1');
-INSERT INTO docs VALUES ('loop', '{"site_target": {"kw": 500}}', 1.0);
-"""
-
-
-def test_an_older_rigpilots_file_is_adopted_and_migrated(tmp_path: Path) -> None:
+def test_a_version_2_file_drops_the_unread_commands_table(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
-    old = sqlite3.connect(path)  # as the rigpilot before user_version wrote it
-    old.executescript(OLD_SCHEMA)
+    old = sqlite3.connect(path)  # as rigpilot with schema 2 wrote it, commands table and all
+    for step in store_module.MIGRATIONS[:2]:
+        for statement in step:
+            old.execute(statement)
+    old.execute("INSERT INTO commands VALUES (1, 1.0, 'r1', 'sleep', NULL, 1, 'sent', '', 'x')")
+    old.execute("""INSERT INTO docs VALUES ('loop', '{"site_target": {"kw": 500}}', 1.0)""")
+    old.execute("PRAGMA user_version=2")
+    old.commit()
     old.close()
     store = Store(path)
     try:
-        # adopted as version 1, then step 2 (seen.request) like any version-1 file
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-        columns = {row[1] for row in store.db.execute("PRAGMA table_info(seen)")}
-        assert "request" in columns
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
+        assert "commands" not in tables and "seen" in tables
         assert store.get("loop") == {"site_target": {"kw": 500}}
     finally:
         store.close()
@@ -165,13 +151,14 @@ def test_a_schema_change_migrates_an_older_file_in_order(
 ) -> None:
     path = tmp_path / DB_NAME
     Store(path).close()  # the current version
-    later = ("ALTER TABLE commands ADD COLUMN note TEXT",)
-    last = ("UPDATE commands SET note = 'migrated'", "CREATE TABLE extra (x INTEGER)")
+    later = ("ALTER TABLE seen ADD COLUMN note TEXT",)
+    last = ("UPDATE seen SET note = 'migrated'", "CREATE TABLE extra (x INTEGER)")
     monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, later, last))
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     store = Store(path)
     try:
-        store.add_commands([(1.0, "r1", "sleep", None, 1, "sent", "", "test")])
+        store.put({}, seen=[("pin", "t-1", 1.0, None, None)])
+        assert store.db.execute("SELECT note FROM seen").fetchall() == [(None,)]
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 2
         assert store.db.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 0
     finally:

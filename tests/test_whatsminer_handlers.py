@@ -331,7 +331,7 @@ def test_unknown_or_expired_token_is_refused() -> None:
     reply = client.send("set_low_power")
     assert (reply["Code"], reply["Msg"]) == (135, "check token err")
     client = OwnClient(rig, "admin")
-    tokens = wm._state(rig).tokens
+    tokens = wm.state_of(rig).tokens
     tokens[client.sign] = time.monotonic() - 1.0
     assert client.send("set_low_power")["Code"] == 135
     assert mode(rig) is Mode.NORMAL

@@ -126,7 +126,7 @@ async def _reply(
     return keep
 
 
-async def _serve_web(rig: Rig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_web(rig: Rig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:  # noqa: C901, PLR0912  a firmware's web server: one case per request it answers
     rig.connections += 1
     try:
         while True:

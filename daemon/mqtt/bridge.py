@@ -48,7 +48,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from daemon.config import MqttSettings
 from daemon.loop import TickReport
 from daemon.mqtt import discovery
-from daemon.mqtt.desk import Answer, CommandDesk, Envelope
+from daemon.mqtt.answers import Answer
+from daemon.mqtt.commands import transaction_of
+from daemon.mqtt.desk import CommandDesk
 from daemon.mqtt.state import (
     Prices,
     command_event,
@@ -59,6 +61,7 @@ from daemon.mqtt.state import (
     rig_state,
 )
 from daemon.mqtt.topics import Topics
+from daemon.operator_state import Envelope
 from policies.values import Observation, ObservationFailure, QuoteKind, RigId
 
 log = structlog.get_logger("mqtt")
@@ -336,7 +339,8 @@ class Bridge:
         interval = self.settings.state_interval_s
         stuck = loop.reconciler.not_responding
         dry = not loop.actuator.sends
-        pinned = self.desk.pinned()
+        operator = loop.operator
+        pinned = operator.pinned()
         for rig_id, reading in report.readings.items():
             desired = report.desired.get(rig_id)
             pin = pinned.get(rig_id)
@@ -381,7 +385,7 @@ class Bridge:
         for result in report.results:
             self._event("command", command_event(result, dry))
         entries = {r: d.entry for r, d in drivers.items()}
-        market = loop.market.manual
+        market = operator.prices
         hp_origin = report.price_origins.get(QuoteKind.HASHPRICE)
         pp_origin = report.price_origins.get(QuoteKind.POWER_PRICE)
         self._put(
@@ -401,10 +405,10 @@ class Bridge:
                 hashprice_age_s=hp_origin[1] if hp_origin else None,
                 power_price_source=pp_origin[0] if pp_origin else "",
                 power_price_age_s=pp_origin[1] if pp_origin else None,
-                pins=len(self.desk.pins),
+                pins=len(operator.pins),
                 site_target=(
-                    {"kw": loop.site_target.kw, "until": loop.site_target.until}
-                    if loop.site_target
+                    {"kw": operator.site_target.kw, "until": operator.site_target.until}
+                    if operator.site_target
                     else None
                 ),
                 manual_market={
@@ -500,11 +504,7 @@ class Bridge:
         if response_topic is not None:
             problem = self._bad_response_topic(str(response_topic))
             if problem:
-                from daemon.mqtt.commands import _transaction_of
-
-                self.answer(
-                    self.desk._answer(env, _transaction_of(env.payload), "rejected", problem)
-                )
+                self.answer(self.desk.answer(env, transaction_of(env.payload), "rejected", problem))
                 return
             env = Envelope(
                 name, bytes(payload), env.received_at, str(response_topic), correlation, retained

@@ -12,7 +12,6 @@ from these models (``python -m daemon.mqtt.asyncapi``).
 from __future__ import annotations
 
 import json
-import math
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
@@ -272,7 +271,7 @@ def parse(command: str, payload: bytes, now: float) -> Request:
     if model is None:
         raise Rejected(
             f"unknown command {command!r}; commands: {', '.join(sorted(COMMANDS))}",
-            _transaction_of(payload[:MAX_PAYLOAD_BYTES]),
+            transaction_of(payload[:MAX_PAYLOAD_BYTES]),
         )
     if len(payload) > MAX_PAYLOAD_BYTES:  # not parsed at all, so no transaction to echo
         raise Rejected(f"payload too large: {len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})")
@@ -291,9 +290,9 @@ def parse(command: str, payload: bytes, now: float) -> Request:
     try:
         request = model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
-        raise Rejected(describe(exc), _transaction_of(payload)) from None
+        raise Rejected(describe(exc), transaction_of(payload)) from None
     except (ValueError, TypeError, RecursionError) as exc:  # pragma: no cover - pydantic wraps
-        raise Rejected(f"invalid payload: {exc}", _transaction_of(payload)) from None
+        raise Rejected(f"invalid payload: {exc}", transaction_of(payload)) from None
     if request.expires_at is not None and request.expires_at <= now:
         raise Rejected(
             f"expired: expires_at {request.expires_at:.3f} is {now - request.expires_at:.1f} s "
@@ -321,7 +320,7 @@ def describe(exc: ValidationError) -> str:
     return "invalid command: " + "; ".join(parts)
 
 
-def _transaction_of(payload: bytes) -> str | None:
+def transaction_of(payload: bytes) -> str | None:
     """Best effort: the ``transaction`` of a payload that failed validation, so the answer
     can still be matched by the client."""
     try:
@@ -333,10 +332,3 @@ def _transaction_of(payload: bytes) -> str | None:
         if isinstance(tx, str) and 0 < len(tx) <= 64:
             return tx
     return None
-
-
-def finite(value: float, what: str) -> float:
-    """``value`` if it is a finite number; Rejected naming ``what`` otherwise."""
-    if not math.isfinite(value):
-        raise Rejected(f"{what} must be a finite number")
-    return value

@@ -24,8 +24,6 @@ from policies.values import RigId
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
-COMMAND_NAME = re.compile(r"^[a-z_]{1,32}$")
-
 
 def rig_key(rig_id: RigId) -> str:
     """``rig_id`` as one safe topic level (and Home Assistant object id part)."""
@@ -77,11 +75,3 @@ class Topics:
         """MQTT 5 response topics must lie under this prefix (so a commander cannot make the
         daemon publish over its own state or availability topics)."""
         return f"{self.root}/response/"
-
-    def command_of(self, topic: str) -> str | None:
-        """The command name of a request topic, or None if ``topic`` is not one."""
-        prefix = f"{self.root}/request/"
-        if not topic.startswith(prefix):
-            return None
-        name = topic[len(prefix) :]
-        return name if COMMAND_NAME.match(name) else None

@@ -76,7 +76,7 @@ def apply_guards(
             final.held_back,
             final.start_at,
         )
-        memory = _next_rig_state(prior, hold, final, latch, now)
+        memory = next_rig_state(prior, hold, final, latch, now)
         if memory is not prior:
             rigs[rid] = memory
     return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
@@ -94,7 +94,7 @@ def _refuse_duplicates(fleet: Sequence[RigView]) -> None:
         seen.add(rid)
 
 
-def _next_rig_state(
+def next_rig_state(
     prior: RigGuardState | None, hold: Setting, decision: Decision, latch: Latch, now: float
 ) -> RigGuardState:
     """The rig's memory after this tick: a change is stamped with its time, origin and what it

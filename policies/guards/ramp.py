@@ -174,10 +174,10 @@ def apply_ramp(
             slots_left -= 1
             continue
         blocked = True
-        out[rise.rig.rig_id] = _held(rise, kw_left, slots_left)
+        out[rise.rig.rig_id] = ramp_held(rise, kw_left, slots_left)
     for rise in rises:
         if rise.rig.rig_id not in ordered:
-            out[rise.rig.rig_id] = _held(rise, kw_left, slots_left)
+            out[rise.rig.rig_id] = ramp_held(rise, kw_left, slots_left)
     return out, kept + tuple(grants)
 
 
@@ -194,7 +194,7 @@ def _at(decision: Decision, at: float) -> Decision:
     )
 
 
-def _held(rise: Rise, kw_left: float, slots_left: int) -> Decision:
+def ramp_held(rise: Rise, kw_left: float, slots_left: int) -> Decision:
     why = (rise.decision.setting.mode, rise.kw, rise.decision.decided_by, kw_left, slots_left)
     return Decision(rise.hold, RAMP, (ramp_text, why), SOURCE_HOLD, held_back=True)
 

@@ -1,0 +1,609 @@
+"""Braiins OS 25.x (BOS+, ``BOSer``) on an Antminer: its public REST API on port 80, read and
+driven directly.
+
+pyasic's ``BOSer`` reads through Braiins' gRPC API on 50051 (a new HTTP/2 channel per call) plus
+the cgminer-compatible API on 4028: about a dozen exchanges per ``get_data``. BOS 25.x also
+serves the same public API as JSON over HTTP (``/api/v1/...``, the API asic-rs reads, and the
+one the captures in ``tests/fixtures/captures/braiins/v25_07`` come from); this driver speaks
+that:
+
+- Read: ``GET miner/details`` (``status``: 2 mining, 3 paused; model and firmware for the
+  fingerprint), ``miner/stats`` (hashrate, ``power_stats.approximated_consumption`` watts),
+  ``miner/hw/hashboards`` (boards, chip and board temperatures) and
+  ``performance/tuner-state`` (the power target in force). The API has no joined read, so the
+  four requests are pipelined (written at once, the replies read in order) on one connection,
+  which is kept for the next cycle; fans are not read each cycle.
+- Modes: ``sleep`` is ``PUT actions/pause``; ``limit W`` is ``PUT performance/power-target``
+  ``{"watt": W}`` then ``PUT actions/resume``; ``normal`` is the same with the rig's default
+  power target. Observed: paused is sleep; otherwise the target in force is ``power_limit_w``,
+  and the mode is normal at the default target and limit at any other. The default and the
+  allowed range are the rig's own (``GET configuration/constraints``, read at identification);
+  a rig that does not tell them offers only sleep and limit. BOS has no preset profiles, so low
+  and high are not offered: a power target is the honest control.
+- Auth: ``POST auth/login`` (user ``root``, pyasic's ``default_bosminer_password``) gives a
+  token sent as the ``Authorization`` header; a 401 logs in once more and retries.
+
+HTTP framing is h11's (Content-Length, chunked, close-delimited, HTTP/1.0), bodies are capped,
+every call has a deadline, and every failure is a DriverError with a kind and a detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from pyasic import settings as pyasic_settings
+
+from drivers.base import ApplyResult, RigDriver
+from drivers.parse import Status, pad_boards
+from drivers.stock import status_observation
+from drivers.transport import DriverError
+from policies.values import (
+    Board,
+    Capabilities,
+    FailureKind,
+    Identity,
+    Make,
+    Mode,
+    Observation,
+    rig_text,
+)
+
+WEB_PORT = 80
+MAX_BODY = 1024 * 1024
+MAX_DETAIL = 64
+USER = "root"
+_READ = 64 * 1024
+
+STATUS_NOT_STARTED, STATUS_NORMAL, STATUS_PAUSED, STATUS_SUSPENDED, STATUS_RESTRICTED = (
+    1,
+    2,
+    3,
+    4,
+    5,
+)
+TUNER_ERROR = 4
+
+# identity.extra keys: the rig's power target constraints, read at identification
+EXTRA_DEFAULT, EXTRA_MIN, EXTRA_MAX = "bos_target_default_w", "bos_target_min_w", "bos_target_max_w"
+
+READS = ("miner/details", "miner/stats", "miner/hw/hashboards", "performance/tuner-state")
+
+
+def _password() -> str:
+    return str(pyasic_settings.get("default_bosminer_password", "root"))
+
+
+class _Dropped(Exception):
+    """The server closed a kept-alive connection before answering anything on it."""
+
+
+class BosSession:
+    """One rig's REST API: the token, and one connection kept alive across a burst."""
+
+    def __init__(
+        self, host: str, password: str, port: int = WEB_PORT, max_body: int = MAX_BODY
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.password = password
+        self.max_body = max_body
+        self.token: str | None = None
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
+        self._used = False
+        self._built: dict[tuple[str, str, str | None], tuple[h11.Request, bytes]] = {}
+        authority = f"[{host}]" if ":" in host else host
+        self._host_header = (authority if port == WEB_PORT else f"{authority}:{port}").encode()
+
+    def release(self) -> None:
+        """Close the connection (the token stays); the next call opens one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn[1].transport.abort()
+
+    async def call(self, method: str, path: str, payload: Any, timeout_s: float) -> Any:
+        """``method`` ``/api/v1/<path>`` (with ``payload`` as JSON, if not None); the reply's
+        JSON value. Logs in first when there is no token, and once more on a 401.
+
+        Raises DriverError: TIMEOUT, UNREACHABLE, or BAD_REPLY (refused credentials, an error
+        status with the rig's message, a broken or oversized reply, not JSON).
+        """
+        body = None if payload is None else json.dumps(payload).encode()
+        return (await self._guarded([(method, path, body)], timeout_s))[0]
+
+    async def get_all(self, paths: tuple[str, ...], timeout_s: float) -> list[Any]:
+        """GET every one of ``paths``, pipelined (RFC 9112 9.3.2): all the requests written at
+        once, the replies read back in order, so a read costs one send however many paths it
+        takes. A server that closes the connection part way gets the rest again on a new one.
+        Errors as :meth:`call`."""
+        return await self._guarded([("GET", path, None) for path in paths], timeout_s)
+
+    async def _guarded(
+        self, batch: list[tuple[str, str, bytes | None]], timeout_s: float
+    ) -> list[Any]:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._authorised(batch)
+        except TimeoutError:
+            self.release()
+            raise DriverError(
+                FailureKind.TIMEOUT, f"Braiins OS API: no answer within {timeout_s:.1f} s"
+            ) from None
+        except DriverError:
+            self.release()
+            raise
+        except h11.ProtocolError as exc:
+            self.release()
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"Braiins OS API {batch[0][1]}: broken HTTP reply ({exc})"
+            ) from None
+        except OSError as exc:
+            self.release()
+            raise DriverError(
+                FailureKind.UNREACHABLE, f"Braiins OS API: {exc or type(exc).__name__}"
+            ) from None
+
+    async def _authorised(self, batch: list[tuple[str, str, bytes | None]]) -> list[Any]:
+        if self.token is None:
+            await self._login()
+        replies = await self._exchange(batch)
+        refused = [
+            path for (_, path, _), (status, _) in zip(batch, replies, strict=True) if status == 401
+        ]
+        if refused:
+            await self._login()
+            replies = await self._exchange(batch)
+            for (_, path, _), (status, _) in zip(batch, replies, strict=True):
+                if status == 401:
+                    raise DriverError(
+                        FailureKind.BAD_REPLY, f"Braiins OS API {path}: token refused after login"
+                    )
+        return [
+            _decoded(path, status, body)
+            for (_, path, _), (status, body) in zip(batch, replies, strict=True)
+        ]
+
+    async def _login(self) -> None:
+        self.token = None
+        credentials = json.dumps({"username": USER, "password": self.password}).encode()
+        [(status, body)] = await self._exchange([("POST", "auth/login", credentials)])
+        if status == 401:
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"Braiins OS API refused the credentials for user {USER!r}"
+            )
+        reply = _decoded("auth/login", status, body)
+        token = reply.get("token") if isinstance(reply, dict) else None
+        if not isinstance(token, str) or not token:
+            raise DriverError(FailureKind.BAD_REPLY, "Braiins OS API auth/login: no token")
+        if not token.isprintable() or not token.isascii() or len(token) > 4096:
+            raise DriverError(
+                FailureKind.BAD_REPLY, "Braiins OS API auth/login: token not a header value"
+            )
+        self.token = token
+
+    def _request(self, method: str, path: str, body: bytes | None) -> tuple[h11.Request, bytes]:
+        """The request and its bytes on the wire; a bodiless one is built once per token (the
+        reads are the same every cycle)."""
+        key = (method, path, self.token)
+        if body is None and key in self._built:
+            return self._built[key]
+        headers = [(b"Host", self._host_header), (b"Accept", b"application/json")]
+        if self.token is not None and path != "auth/login":
+            headers.append((b"Authorization", self.token.encode()))
+        if body is not None:
+            headers += [
+                (b"Content-Type", b"application/json"),
+                (b"Content-Length", str(len(body)).encode()),
+            ]
+        elif method in ("PUT", "POST", "PATCH"):
+            headers.append((b"Content-Length", b"0"))
+        request = h11.Request(method=method, target=f"/api/v1/{path}", headers=headers)
+        built = request, _wire(request, body)
+        if body is None:
+            if len(self._built) > 64:
+                self._built.clear()
+            self._built[key] = built
+        return built
+
+    async def _exchange(
+        self, batch: list[tuple[str, str, bytes | None]]
+    ) -> list[tuple[int, bytes]]:
+        """Send ``batch`` on the connection (opened if need be) and read its replies in order;
+        what a closing server left unanswered goes again on a new connection, once."""
+        results: list[tuple[int, bytes]] = []
+        pending = [(*self._request(m, p, b), b) for m, p, b in batch]
+        dropped = False
+        while pending:
+            if self._conn is None:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                self._conn = (reader, writer, h11.Connection(h11.CLIENT))
+                self._used = False
+            reader, writer, machine = self._conn
+            reused, self._used = self._used, True
+            sent, pending = pending, []
+            writer.write(b"".join(wire for _, wire, _ in sent))
+            for i, (request, _, body) in enumerate(sent):
+                machine.send(request)  # already on the wire: this keeps h11's state in step
+                if body is not None:
+                    machine.send(h11.Data(data=body))
+                machine.send(h11.EndOfMessage())
+                try:
+                    results.append(await self._response(machine, reader, request, reused and not i))
+                except _Dropped:
+                    self.release()
+                    if dropped:
+                        raise h11.RemoteProtocolError(
+                            "the server closed the connection without answering"
+                        ) from None
+                    dropped, pending = True, sent[i:]
+                    break
+                if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
+                    machine.start_next_cycle()
+                else:  # Connection: close, HTTP/1.0, a close-delimited body
+                    self.release()
+                    pending = sent[i + 1 :]
+                    break
+        return results
+
+    async def _response(
+        self,
+        machine: h11.Connection,
+        reader: asyncio.StreamReader,
+        request: h11.Request,
+        may_be_dropped: bool,
+    ) -> tuple[int, bytes]:
+        status: int | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = machine.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await reader.read(_READ)
+                except ConnectionError:
+                    if may_be_dropped and status is None:
+                        raise _Dropped from None
+                    raise
+                if not data and may_be_dropped and status is None:
+                    raise _Dropped  # nothing answered on a kept-alive connection
+                machine.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.max_body:
+                    raise DriverError(
+                        FailureKind.BAD_REPLY,
+                        f"Braiins OS API {request.target.decode()}: reply over "
+                        f"{self.max_body} bytes",
+                    )
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert status is not None
+                return status, b"".join(chunks)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("the connection closed before a reply")
+
+
+def _wire(request: h11.Request, body: bytes | None) -> bytes:
+    """``request`` as h11 writes it (Content-Length framing), for writing several at once."""
+    head = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
+    head += b"".join(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw_items())
+    return head + b"\r\n" + (body or b"")
+
+
+def _decoded(path: str, status: int, body: bytes) -> Any:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        if status != 200:
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"Braiins OS API {path}: HTTP {status}"
+            ) from None
+        raise DriverError(FailureKind.BAD_REPLY, f"Braiins OS API {path}: not JSON") from None
+    if status != 200:
+        message = value.get("message") if isinstance(value, dict) else None
+        said = f": {rig_text(message, 120)}" if message else ""
+        raise DriverError(FailureKind.BAD_REPLY, f"Braiins OS API {path}: HTTP {status}{said}")
+    return value
+
+
+# ---- parsing (pure) -----------------------------------------------------------------------------
+
+
+def _bad(where: str, detail: str = "missing") -> DriverError:
+    return DriverError(FailureKind.BAD_REPLY, f"{where}: {detail}")
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(where, "not an object")
+    return value
+
+
+def _path(value: Any, where: str, *keys: str) -> Any:
+    """``value[k1][k2]...``; DriverError naming the path when a step is missing."""
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise _bad(f"{where}.{'.'.join(keys[: i + 1])}")
+        value = value[key]
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(where, f"not a number: {rig_text(value, 40)!r}")
+    return float(value)
+
+
+def _opt_number(value: Any, *keys: str) -> float | None:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class BosState:
+    """What one read says: the status, paused or not, and the power target in force."""
+
+    status: Status
+    paused: bool
+    target_w: int
+
+    def mode(self, default_w: int | None) -> Mode:
+        if self.paused:
+            return Mode.SLEEP
+        return Mode.NORMAL if self.target_w == default_w else Mode.LIMIT
+
+
+def fingerprint(details: dict[str, Any]) -> str:
+    """Model and firmware as ``miner/details`` states them (``name|bos_version.current``)."""
+    name = _path(details, "miner/details", "miner_identity", "name")
+    version = _path(details, "miner/details", "bos_version", "current")
+    return f"{rig_text(name, MAX_DETAIL)}|{rig_text(version, MAX_DETAIL)}"
+
+
+def bos_read(
+    details: Any,
+    stats: Any,
+    hashboards: Any,
+    tuner: Any,
+    expected_boards: int | None = None,
+) -> BosState:
+    """Parse the four replies of one read (``miner/details``, ``miner/stats``,
+    ``miner/hw/hashboards``, ``performance/tuner-state``)."""
+    details = _obj(details, "miner/details")
+    status_code = _path(details, "miner/details", "status")
+    if status_code not in (
+        STATUS_NOT_STARTED,
+        STATUS_NORMAL,
+        STATUS_PAUSED,
+        STATUS_SUSPENDED,
+        STATUS_RESTRICTED,
+    ):
+        raise _bad("miner/details.status", f"unknown status {rig_text(status_code, 20)!r}")
+    hashrate = _number(
+        _path(
+            stats, "miner/stats", "miner_stats", "real_hashrate", "last_5s", "gigahash_per_second"
+        ),
+        "miner/stats.miner_stats.real_hashrate.last_5s",
+    )
+    watts = _opt_number(stats, "power_stats", "approximated_consumption", "watt")
+    target = _number(
+        _path(
+            tuner,
+            "performance/tuner-state",
+            "mode_state",
+            "powertargetmodestate",
+            "current_target",
+            "watt",
+        ),
+        "performance/tuner-state...current_target.watt",
+    )
+    boards_raw = _path(hashboards, "miner/hw/hashboards", "hashboards")
+    if not isinstance(boards_raw, list):
+        raise _bad("miner/hw/hashboards.hashboards", "not a list")
+    boards: list[Board] = []
+    inlet: list[float] = []
+    outlet: list[float] = []
+    for i, raw in enumerate(boards_raw):
+        board = _obj(raw, f"miner/hw/hashboards[{i}]")
+        try:
+            index = int(str(board.get("id", i + 1))) - 1
+        except ValueError:
+            raise _bad(f"miner/hw/hashboards[{i}].id", "not a number") from None
+        ths = (
+            _opt_number(board, "stats", "real_hashrate", "last_5s", "gigahash_per_second") or 0.0
+        ) / 1000
+        chips = _opt_number(board, "chips_count")
+        enabled = board.get("enabled") is not False
+        boards.append(
+            Board(
+                index=index,
+                hashrate_ths=ths,
+                board_temp_c=_opt_number(board, "board_temp", "degree_c"),
+                chip_temp_c=_opt_number(board, "highest_chip_temp", "temperature", "degree_c"),
+                chips=int(chips) if chips is not None else None,
+                alive=enabled and bool(chips),
+            )
+        )
+        if (t := _opt_number(board, "lowest_inlet_temp", "degree_c")) is not None:
+            inlet.append(t)
+        if (t := _opt_number(board, "highest_outlet_temp", "degree_c")) is not None:
+            outlet.append(t)
+    boards.sort(key=lambda b: b.index)
+    chip_temps = [b.chip_temp_c for b in boards if b.chip_temp_c is not None and b.alive]
+    errors: tuple[str, ...] = ()
+    if isinstance(tuner, dict) and tuner.get("overall_tuner_state") == TUNER_ERROR:
+        errors = ("tuner: error",)
+    uptime = _opt_number(details, "bosminer_uptime_s")
+    paused = status_code == STATUS_PAUSED
+    status = Status(
+        hashrate_ths=hashrate / 1000,
+        boards=tuple(pad_boards(boards, expected_boards)),
+        max_chip_temp_c=max(chip_temps) if chip_temps else None,
+        fan_rpm=(),
+        uptime_s=int(uptime) if uptime is not None else None,
+        power_w=watts if watts is not None and watts > 0 else None,
+        power_limit_w=int(target),
+        mode=Mode.SLEEP if paused else None,
+        mining=status_code == STATUS_NORMAL and hashrate > 0,
+        inlet_c=min(inlet) if inlet else None,
+        outlet_c=max(outlet) if outlet else None,
+        errors=errors,
+        fingerprint=fingerprint(details),
+    )
+    return BosState(status, paused, int(target))
+
+
+def target_constraints(reply: Any) -> tuple[int, int, int]:
+    """(min, default, max) W from a ``configuration/constraints`` reply."""
+    where = "configuration/constraints.tuner_constraints.power_target"
+    values = [
+        _number(
+            _path(
+                reply, "configuration/constraints", "tuner_constraints", "power_target", k, "watt"
+            ),
+            f"{where}.{k}",
+        )
+        for k in ("min", "default", "max")
+    ]
+    lo, default, hi = (int(v) for v in values)
+    if not 0 < lo <= default <= hi:
+        raise _bad(where, f"not min <= default <= max: {lo}, {default}, {hi}")
+    return lo, default, hi
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+
+
+class BraiinsOS(RigDriver):
+    """Braiins OS 25.x on an Antminer: its REST API on one kept-alive connection."""
+
+    name = "braiins-os"
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(identity)
+        self.session = BosSession(identity.address, _password())
+        extra = identity.extra
+        try:
+            self.default_w: int | None = int(extra[EXTRA_DEFAULT])
+            self.range_w: tuple[int, int] | None = (int(extra[EXTRA_MIN]), int(extra[EXTRA_MAX]))
+        except (KeyError, ValueError):
+            self.default_w, self.range_w = None, None
+        modes = {Mode.SLEEP, Mode.LIMIT} | ({Mode.NORMAL} if self.default_w else set())
+        self._caps = Capabilities(
+            modes=frozenset(modes),
+            power_limit=True,
+            power_limit_range_w=self.range_w,
+            reports_power=True,
+            notes=(
+                "limit is Braiins OS's power target (the autotuner holds it); normal is the "
+                "rig's default target"
+                if self.default_w
+                else "limit is Braiins OS's power target; the rig told no default target, so "
+                "normal is not offered",
+                "sleep is pause mining; no low/high: Braiins OS has no preset profiles",
+                "transition timing: the stock figures (no Braiins OS measurements in hand)",
+            ),
+        )
+        self.last: BosState | None = None
+        # One connection, one exchange at a time: a command sent while a read is under way
+        # (the MQTT bridge, say) waits for it rather than interleaving on the connection.
+        self._busy = asyncio.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    async def observe(self, timeout_s: float, now: float) -> Observation:
+        # The connection stays open for the next cycle (a failed call closes it; a server that
+        # dropped it while idle gets the read again on a new one).
+        async with self._busy:
+            details, stats, boards, tuner = await self.session.get_all(READS, timeout_s)
+        state = bos_read(details, stats, boards, tuner, self.expected_boards)
+        self.check_fingerprint(state.status.fingerprint)
+        self.last = state
+        return status_observation(self, state.status, state.mode(self.default_w), now)
+
+    async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
+        self.check_supported(mode, power_limit_w)
+        try:
+            async with asyncio.timeout(timeout_s), self._busy:
+                try:
+                    return await self._send(mode, power_limit_w, timeout_s)
+                finally:
+                    self.session.release()  # commands are rare: no connection kept for them
+        except TimeoutError:
+            raise DriverError(
+                FailureKind.TIMEOUT, f"Braiins OS API: command not done within {timeout_s:.1f} s"
+            ) from None
+
+    async def _send(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
+        session = self.session
+        if mode is Mode.SLEEP:
+            await session.call("PUT", "actions/pause", None, timeout_s)
+            return ApplyResult(True, mode, None, "paused; confirm by observation")
+        watts = self.default_w if mode is Mode.NORMAL else power_limit_w
+        assert watts is not None  # check_supported: limit has watts, normal a default
+        reply = await session.call("PUT", "performance/power-target", {"watt": watts}, timeout_s)
+        set_w = _opt_number(reply, "power_target", "watt")
+        if set_w is not None and int(set_w) != watts:
+            raise DriverError(
+                FailureKind.BAD_REPLY,
+                f"Braiins OS set the power target to {int(set_w)} W, not {watts} W",
+            )
+        await session.call("PUT", "actions/resume", None, timeout_s)
+        limit = watts if mode is Mode.LIMIT else None
+        return ApplyResult(True, mode, limit, f"power target {watts} W; confirm by observation")
+
+
+async def braiins_identity(
+    address: str, model: str, extra: dict[str, str], timeout_s: float, port: int = WEB_PORT
+) -> Identity | None:
+    """A Braiins OS 25.x rig's identity: serial, MAC, firmware and fingerprint from
+    ``miner/details``, the power target constraints (when the rig tells them) in ``extra``.
+
+    None when the rig has no such REST API (Braiins OS before 25.07 runs ``BOSer`` too, with
+    only gRPC and GraphQL: its ``/api/v1`` answers 404 or the web UI's page, a BAD_REPLY here);
+    such a rig is left to pyasic. An unreachable or silent rig is an error, as anywhere.
+    """
+    session = BosSession(address, _password(), port)
+    try:
+        try:
+            reply = await session.call("GET", "miner/details", None, timeout_s)
+        except DriverError as exc:
+            if exc.kind is FailureKind.BAD_REPLY:
+                return None  # no /api/v1 here (an error status, a web page): not 25.07+
+            raise
+        details = _obj(reply, "miner/details")  # the API is there: its garbage is an error
+        stamp = fingerprint(details)
+        try:
+            lo, default, hi = target_constraints(
+                await session.call("GET", "configuration/constraints", None, timeout_s)
+            )
+        except DriverError:
+            pass  # older firmware: no constraints; the driver then offers sleep and limit only
+        else:
+            extra = {**extra, EXTRA_MIN: str(lo), EXTRA_DEFAULT: str(default), EXTRA_MAX: str(hi)}
+    finally:
+        session.release()
+    version = stamp.split("|", 1)[1]
+    serial, mac = details.get("serial_number"), details.get("mac_address")
+    return Identity(
+        address,
+        Make.BRAIINS,
+        model,
+        version,
+        BraiinsOS.name,
+        rig_text(serial, MAX_DETAIL) if isinstance(serial, str) and serial else None,
+        rig_text(mac, MAX_DETAIL).upper() if isinstance(mac, str) and mac else None,
+        {**extra, "fingerprint": stamp},
+    )
