@@ -149,7 +149,7 @@ class RigPhysics:
             return self._integrate(t_end, sink, weight)
         # Whole seconds: every step lands on a whole second, so a segment's arithmetic does not
         # depend on when it starts, and identical rigs' identical segments are replayed.
-        key = (self.spec.key, self.health, self.target, t_end - s.t, *_state_key(s))
+        key = (self.spec.key, self.health, self.target, t_end - s.t, *state_key(s))
         seg = _SEGMENTS.get(key)
         if seg is None:
             seg = self._record(t_end)
@@ -177,7 +177,7 @@ class RigPhysics:
             levels.append((t - t0, s.power_w, self.power_w))  # (when, new level, old level)
 
         energy, hashes = self._integrate(t_end, note, 1.0)
-        return Segment(t_end - t0, _state_key(s), self.settled, energy, hashes, tuple(levels))
+        return Segment(t_end - t0, state_key(s), self.settled, energy, hashes, tuple(levels))
 
     def _integrate(
         self, t_end: float, sink: PowerSink | None, weight: float
@@ -229,7 +229,7 @@ class RigPhysics:
 StateKey = tuple[float, sp.Phase, float, float, float, float, float, float, float, int]
 
 
-def _state_key(s: sp.PhysState) -> StateKey:
+def state_key(s: sp.PhysState) -> StateKey:
     """Everything of ``s`` but its time that the physics' steps read or write."""
     return (
         s.ambient_c,

@@ -8,7 +8,7 @@ import dataclasses
 
 from backtest.engine import Outcome, ReplayConfig, _observed_at, replay
 from backtest.inputs import Fleet, Market, RigGroup
-from backtest.physics import RigPhysics, _state_key
+from backtest.physics import RigPhysics, state_key
 from backtest.report import summary
 from backtest.synthetic import synthetic_market
 from policies.guards import GuardConfig, Setting
@@ -83,7 +83,7 @@ def _wake(base: RigPhysics, start: float, cached: bool) -> Wake:
             sums.append(rig._integrate(end, sink, 3.0))
             rig.state.t = end
         assert rig.state.t == end
-    return sums, events, _state_key(rig.state), rig.settled, rig.power_w
+    return sums, events, state_key(rig.state), rig.settled, rig.power_w
 
 
 def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
