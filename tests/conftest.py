@@ -45,6 +45,7 @@ REPO = helpers.REPO  # tests import it from here too
 # own deadline keeps it.
 settings.register_profile("rigpilot", deadline=None)
 settings.load_profile("rigpilot")
+
 V3_FIRMWARE = "20251209.16.Rel2"
 SIM_TIME_SCALE = 30.0
 
