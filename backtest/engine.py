@@ -486,7 +486,7 @@ def _observation(u: Unit, now: float) -> Observation:
     )
 
 
-def _observed_at(obs: Observation, now: float) -> Observation:
+def read_again_at(obs: Observation, now: float) -> Observation:
     """``obs`` read again at ``now`` (``dataclasses.replace`` without its introspection)."""
     return Observation(
         obs.identity,
@@ -573,7 +573,7 @@ class PolicyRun:
                 )
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
-                obs = _observed_at(view.observation, now)
+                obs = read_again_at(view.observation, now)
                 view = RigView(u.uid, obs, u.cls.modes, view.points, group=u.cls.group)
             u.view = view
             out.append(view)

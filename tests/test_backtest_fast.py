@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from backtest.engine import Outcome, ReplayConfig, _observed_at, replay
+from backtest.engine import Outcome, ReplayConfig, read_again_at, replay
 from backtest.inputs import Fleet, Market, RigGroup
 from backtest.physics import RigPhysics, state_key
 from backtest.report import summary
@@ -103,4 +103,4 @@ def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
 def test_an_observation_read_again_keeps_every_other_field() -> None:
     values = {f.name: f"v{n}" for n, f in enumerate(dataclasses.fields(Observation))}
     obs = Observation(**values)  # type: ignore[arg-type]
-    assert _observed_at(obs, 5.0) == dataclasses.replace(obs, observed_at=5.0)
+    assert read_again_at(obs, 5.0) == dataclasses.replace(obs, observed_at=5.0)
