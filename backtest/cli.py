@@ -14,7 +14,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TextIO
 
-from backtest.engine import Counters, PolicyFailed, ProgressFn, ReplayConfig, replay
+from backtest.classes import ProgressFn, ReplayConfig
+from backtest.cohorts import Counters, PolicyFailed
+from backtest.engine import replay
 from backtest.inputs import (
     BacktestInputError,
     Fleet,
@@ -153,6 +155,8 @@ class RunResult:
     counters: Counters | None
     figures: list[Figures]
     spikes: Spikes
+    failures: tuple[PolicyFailed, ...] = ()
+    """Policies that failed during the replay (each failing tick held the fleet, as live)."""
 
 
 def run_one(
@@ -176,11 +180,13 @@ def run_one(
     if progress is not None:
         print(file=sys.stderr)
     notes = [f"sweep: {label}"] if label else []
+    notes += [f"FAILED: {f}" for f in outcome.failures]
     rule = rule or SpikeRule()
     write_report(outcome, out, f"rigpilot backtest: {name}", notes, rule)
     spikes, _ = spikes_of(outcome, rule)
     figs = summary(outcome, rule)
-    return RunResult(label, cfg, name, out, wall, outcome.policy.counters, figs, spikes)
+    counters = outcome.policy.counters
+    return RunResult(label, cfg, name, out, wall, counters, figs, spikes, outcome.failures)
 
 
 def base_config(args: argparse.Namespace) -> ReplayConfig:
@@ -317,17 +323,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:  
 
     jobs = min(len(runs), args.jobs if args.jobs is not None else cpus())
     results: list[RunResult] = []
-    failed: dict[int, PolicyFailed] = {}
     if jobs <= 1:
         for n, (label, cfg) in enumerate(runs, start=1):
             name = _run_name(label, cfg)
             progress = None if args.quiet else _progress(f"[{n}/{len(runs)}] {name}")
-            try:
-                result = run_one(label, cfg, market, fleet, out_dir(n), progress, rule)
-            except PolicyFailed as exc:
-                failed[n] = exc
-                _failed(n, len(runs), name, exc)
-                continue
+            result = run_one(label, cfg, market, fleet, out_dir(n), progress, rule)
+            _failed(n, len(runs), result)
             _shown(result, stdout)
             results.append(result)
     else:
@@ -341,12 +342,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:  
             done: dict[int, RunResult] = {}
             for future in as_completed(futures):
                 n = futures[future]
-                try:
-                    done[n] = result = future.result()
-                except PolicyFailed as exc:
-                    failed[n] = exc
-                    _failed(n, len(runs), _run_name(*runs[n - 1]), exc)
-                    continue
+                done[n] = result = future.result()
+                _failed(n, len(runs), result)
                 if not args.quiet:
                     print(
                         f"[{n}/{len(runs)}] {result.name}: done in {result.wall_s:.1f} s",
@@ -355,15 +352,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:  
         for n in sorted(done):  # shown in run order, whatever order they finished in
             _shown(done[n], stdout)
             results.append(done[n])
-    if failed:  # the runs that finished keep their reports; no sweep table without them all
+    if len(runs) > 1:
+        _write_sweep(results, args.out, stdout)
+    failed = sum(1 for r in results if r.failures)
+    if failed:  # every report is written, and says so; the exit status says it too
         print(
-            f"rigpilot backtest: {len(failed)} of {len(runs)} runs failed: a policy failed "
-            "(see above); the other runs' reports are written",
+            f"rigpilot backtest: {failed} of {len(runs)} runs had a failing policy (see above): "
+            "the fleet held at each failing tick, as the daemon would; their figures say "
+            "nothing about that policy",
             file=sys.stderr,
         )
         return 1
-    if len(runs) > 1:
-        _write_sweep(results, args.out, stdout)
     return 0
 
 
@@ -372,8 +371,11 @@ def _run_name(label: str, cfg: ReplayConfig) -> str:
     return label or "+".join(cfg.policies)
 
 
-def _failed(n: int, total: int, name: str, exc: PolicyFailed) -> None:
-    print(f"\nrigpilot backtest: error: [{n}/{total}] {name}: {exc}", file=sys.stderr)
+def _failed(n: int, total: int, result: RunResult) -> None:
+    for failure in result.failures:
+        print(
+            f"\nrigpilot backtest: error: [{n}/{total}] {result.name}: {failure}", file=sys.stderr
+        )
 
 
 def _shown(result: RunResult, out: TextIO) -> None:
@@ -436,7 +438,11 @@ def inert_reasons(cfg: ReplayConfig) -> list[str]:
 
 
 def run_flag(result: RunResult) -> str:
-    """ "inert: ..." when the policy never changed a rig's mode (the run is always-on), else ""."""
+    """ "policy failed: ..." when a policy failed during the run; "inert: ..." when the policy
+    never changed a rig's mode (the run is always-on); else ""."""
+    if result.failures:
+        names = ", ".join(repr(f.policy) for f in result.failures)
+        return f"policy failed: {names} (the fleet held at each failing tick)"
     if result.figures[0].mode_changes:
         return ""
     why = "; ".join(inert_reasons(result.config)) or "its settings never asked for a change"

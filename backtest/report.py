@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backtest.charts import ChartSpec, chart_specs, render
-from backtest.engine import Outcome, Prices, Replay
+from backtest.engine import Outcome, Replay
 from backtest.inputs import iso_utc
+from backtest.ledger import Prices
 
 SERIES_CSV = "series.csv"
 RIGS_CSV = "rigs.csv"

@@ -20,37 +20,16 @@ from daemon.operator_state import OperatorState
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from market.service import Market, MarketState
-from policies.api import Intent, MarketView, Policy, RigView, Site
-from policies.combine import combine
-from policies.guards import (
-    Desired,
-    GuardConfig,
-    GuardState,
-    Setting,
-    apply_guards,
-)
+from policies.api import MarketView, Policy, RigView, Site
+from policies.guards import Desired, GuardConfig, GuardState, Setting
 from policies.guards.power import FLOOR_MODES
 from policies.guards.ramp import Send, new_grants, ramp_sends
-from policies.power_cap import PowerCapPolicy
+from policies.tick import PolicyFailure, tick
 from policies.timing import STOCK, Transition
-from policies.transition import hold_transitions, settling_until
+from policies.transition import settling_until
 from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
 log = structlog.get_logger("loop")
-
-
-_BY_POWER = (Mode.SLEEP, Mode.LOW, Mode.LIMIT, Mode.NORMAL, Mode.HIGH)
-
-
-def nearest_safe(mode: Mode, supported: frozenset[Mode]) -> Mode:
-    """The supported mode closest below ``mode`` in power (sleep as the last resort)."""
-    if mode in supported:
-        return mode
-    rank = _BY_POWER.index(mode) if mode in _BY_POWER else len(_BY_POWER)
-    for candidate in reversed(_BY_POWER[:rank]):
-        if candidate in supported and candidate is not Mode.LIMIT:
-            return candidate
-    return Mode.SLEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +133,6 @@ class ControlLoop:
         market_state = self.market.state(now)
         market = self._view(market_state, now)
         fleet = self._fleet(cycle.readings, now)
-        site, policies = self._site_and_policies(now)
-        intents, failed = self._decide(policies, market, fleet, site, now)
-        intents = hold_transitions(
-            intents,
-            fleet,
-            self.guard_state.rigs,
-            self._transition,
-            market,
-            self.guard_config.economics,
-            now,
-        )
-        overrides = self.operator.overrides(now)
         before = self.guard_state
         as_of = before.as_of
         if as_of is not None and now < as_of:
@@ -174,16 +141,21 @@ class ControlLoop:
                 by_s=round(as_of - now, 3),
                 note="the guards' dwell, cool-down and ramp times are shifted back as much",
             )
-        desired, self.guard_state = apply_guards(
-            intents,
+        decided = tick(
+            self.policies,
             fleet,
             market,
-            self.guard_state,
+            self.site,
+            before,
             self.guard_config,
-            overrides,
             now,
-            self.seed,
+            overrides=self.operator.overrides(now),
+            site_target_kw=self._site_target_kw(now),
+            seed=self.seed,
+            transition=self._transition,
         )
+        desired, self.guard_state = decided.desired, decided.guard_state
+        failed = self._log_failures(decided.failures)
         targets = {r: self._target(d) for r, d in desired.items()}
         commands = self.reconciler.plan(targets, cycle.readings, now)
         commands = self._ramp_ungranted(
@@ -251,56 +223,29 @@ class ControlLoop:
             log.warning("market.refresh_slow", timeout_s=self.market_timeout_s)
             return self.market.state(now)
 
-    def _decide(
-        self,
-        policies: Sequence[Policy],
-        market: MarketView,
-        fleet: Sequence[RigView],
-        site: Site,
-        now: float,
-    ) -> tuple[Mapping[RigId, Intent], tuple[str, ...]]:
-        """Every policy's intents, combined. A policy that raises (a plugin's bug, settings it
-        cannot use) makes the tick hold: no policy moves any rig, since without its opinion
-        the others could raise power it would have kept down (a schedule's 4CP window, a
-        cap). The guards still act (thermal protection, overrides) and the next tick tries
-        again. Logged when a policy starts failing, with the error, and when it recovers."""
-        opinions: list[Mapping[RigId, Intent]] = []
-        failed: list[str] = []
-        for policy in policies:
-            try:
-                opinions.append(
-                    checked_opinion(policy.name, policy.decide(market, fleet, site, now))
+    def _log_failures(self, failures: Sequence[PolicyFailure]) -> tuple[str, ...]:
+        """Log a policy when it starts failing, with the error, and when it recovers; the
+        names of those failing this tick (the tick held the fleet: policies/tick.py)."""
+        failed = tuple(f.policy for f in failures)
+        for f in failures:
+            if f.policy not in self._failing:
+                log.error(
+                    "policy.failed",
+                    policy=f.policy,
+                    error=f.error,
+                    exc_info=f.exception,
+                    note="no policy moves any rig until it decides again; guards still act",
                 )
-            except Exception as exc:
-                failed.append(policy.name)
-                if policy.name not in self._failing:
-                    log.exception(
-                        "policy.failed",
-                        policy=policy.name,
-                        error=f"{type(exc).__name__}: {exc}",
-                        note="no policy moves any rig until it decides again; guards still act",
-                    )
         for name in sorted(self._failing - set(failed)):
             log.info("policy.recovered", policy=name)
         self._failing = set(failed)
-        if failed:
-            return {}, tuple(failed)
-        return combine(opinions, fleet), ()
+        return failed
 
-    def _site_and_policies(self, now: float) -> tuple[Site, Sequence[Policy]]:
-        """The site and policies for this tick: an active site target (demand response) caps
-        the site below its contract limit, and brings in the power-cap policy if the
-        configuration did not name it."""
+    def _site_target_kw(self, now: float) -> float | None:
+        """The active site target's kW (demand response), None without one (an expired one
+        is dropped by the operator state)."""
         target = self.operator.active_site_target(now)
-        if target is None:
-            return self.site, self.policies
-        contract = self.site.power_cap_kw
-        cap = target.kw if contract is None else min(target.kw, contract)
-        site = replace(self.site, power_cap_kw=cap)
-        policies = list(self.policies)
-        if not any(p.name == PowerCapPolicy.name for p in policies):
-            policies.append(PowerCapPolicy())
-        return site, policies
+        return None if target is None else target.kw
 
     def _ramp_ungranted(
         self,
@@ -365,7 +310,7 @@ class ControlLoop:
             return Target(
                 d.rig_id, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by, d.start_at
             )
-        safe = nearest_safe(d.mode, driver.capabilities.modes)
+        safe = d.mode.nearest_safe(driver.capabilities.modes)
         note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
 
@@ -537,20 +482,6 @@ class ControlLoop:
             readings=readings,
             results=results,
         )
-
-
-def checked_opinion(name: str, opinion: object) -> Mapping[RigId, Intent]:
-    """A policy's answer, if it is what the API promises (a mapping of rig ids to Intents);
-    TypeError naming the policy and the problem otherwise."""
-    if not isinstance(opinion, Mapping):
-        raise TypeError(f"policy {name!r} returned {type(opinion).__name__}, not a mapping")
-    for rig_id, intent in opinion.items():
-        if not isinstance(intent, Intent):
-            raise TypeError(
-                f"policy {name!r} returned {type(intent).__name__} for rig {rig_id!r}, "
-                "not an Intent"
-            )
-    return opinion
 
 
 def _setting_doc(

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 from drivers import catalogue
 from policies.economics import ModePoint
-from policies.values import Mode, Observation, PowerSource
-
-HASHING_MODES = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
-
+from policies.values import HASHING_MODES, Mode, Observation, PowerSource
 
 _LOOKUP = object()
 

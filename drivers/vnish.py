@@ -181,29 +181,54 @@ def preset_names(body: bytes) -> list[str]:
     return [str(p["name"]) for p in items if isinstance(p, dict) and isinstance(p.get("name"), str)]
 
 
+EXTRA_PRESETS = "vnish_presets_w"
+"""Identity.extra key: the rig's watt presets, comma-separated (read at identification)."""
+
+
+def preset_watts(names: list[str]) -> tuple[int, ...]:
+    """The watt presets among ``names`` (``disabled`` and any non-numeric name left out),
+    ascending."""
+    return tuple(sorted({int(n) for n in names if n.isdigit() and 0 < int(n) < 100_000}))
+
+
+def cached_presets(text: str) -> tuple[int, ...]:
+    """Inverse of the identity's ``vnish_presets_w`` (empty when missing or damaged)."""
+    try:
+        return tuple(sorted({int(w) for w in text.split(",") if w}))
+    except ValueError:
+        return ()
+
+
 class VNish(RigDriver):
     """VNish on an Antminer: summary + perf-summary per cycle, presets as power limits."""
 
     name = "vnish"
-    _CAPS = Capabilities(
-        modes=frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
-        power_limit=True,
-        reports_power=True,
-        notes=(
-            "limit W selects the autotune preset of exactly W watts (the rig's preset list)",
-            "normal is the preset 'disabled' (stock clocks); no low/high: presets are watts",
-        ),
-    )
 
     def __init__(self, identity: Any, port: int = WEB_PORT) -> None:
         super().__init__(identity)
         self.web = WebSession(identity.address, "", password(), port=port)
         self.token: str | None = None
         self.last: VnishState | None = None
+        self.presets_w = cached_presets(identity.extra.get(EXTRA_PRESETS, ""))
+        limit = {Mode.LIMIT} if self.presets_w else set()
+        self._caps = Capabilities(
+            modes=frozenset({Mode.SLEEP, Mode.NORMAL} | limit),
+            power_limit=bool(self.presets_w),
+            power_limit_range_w=(self.presets_w[0], self.presets_w[-1]) if self.presets_w else None,
+            power_limit_presets_w=self.presets_w or None,
+            reports_power=True,
+            notes=(
+                "limit W selects the autotune preset of exactly W watts: the presets the rig "
+                "listed at identification, and no other watts"
+                if self.presets_w
+                else "the rig listed no watt presets at identification, so limit is not offered",
+                "normal is the preset 'disabled' (stock clocks); no low/high: presets are watts",
+            ),
+        )
 
     @property
     def capabilities(self) -> Capabilities:
-        return self._CAPS
+        return self._caps
 
     async def _unlock(self, timeout_s: float) -> str:
         body = json.dumps({"pw": password()}).encode()

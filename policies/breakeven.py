@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from policies.api import Intent, MarketView, RigView, Site
-from policies.builtin import HASHING_MODES, point_for, rig_label, supported_points
+from policies.builtin import point_for, rig_label, supported_points
 from policies.economics import (
     BreakEven,
     Economics,
@@ -23,7 +23,7 @@ from policies.economics import (
     cost_per_day,
     revenue_usd_per_day,
 )
-from policies.values import Mode, PowerSource, RigId
+from policies.values import HASHING_MODES, Mode, PowerSource, RigId
 
 NAME = "breakeven"
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from policies.api import RigView
 from policies.economics import ModePoint
-from policies.values import Mode
+from policies.values import HASHING_MODES, Mode
 
 BUILTIN_POLICIES: Mapping[str, str] = {
     "breakeven": "policies.breakeven:BreakevenPolicy",
@@ -21,19 +21,6 @@ BUILTIN_POLICIES: Mapping[str, str] = {
     "schedule": "policies.schedule:SchedulePolicy",
 }
 """Built-in policy name -> entry-point value (``module:factory``)."""
-
-HASHING_MODES = frozenset({Mode.LOW, Mode.NORMAL, Mode.HIGH})
-
-# When watts are unknown, modes still order: off < sleep < low < limit < normal < high.
-_MODE_RANK: Mapping[Mode, int] = {
-    Mode.OFF: 0,
-    Mode.SLEEP: 1,
-    Mode.LOW: 2,
-    Mode.LIMIT: 3,
-    Mode.NORMAL: 4,
-    Mode.HIGH: 5,
-    Mode.UNKNOWN: 6,
-}
 
 
 def supported_points(rig: RigView) -> tuple[ModePoint, ...]:
@@ -76,10 +63,10 @@ def power_order_key(
     """A sort key that orders intents for one rig from least to most expected power.
 
     Expected watts first (:func:`expected_power_w`); equal watts fall back to the mode order
-    off < sleep < low < limit < normal < high, then to the lower limit.
+    (:attr:`policies.values.Mode.power_rank`), then to the lower limit.
     """
     limit = math.inf if power_limit_w is None else float(power_limit_w)
-    return (expected_power_w(rig, mode, power_limit_w), _MODE_RANK[mode], limit)
+    return (expected_power_w(rig, mode, power_limit_w), mode.power_rank, limit)
 
 
 def mode_label(mode: Mode, power_limit_w: int | None = None) -> str:

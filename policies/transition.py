@@ -84,7 +84,7 @@ def change_cost_usd(
     return cost
 
 
-def hold_transitions(  # noqa: C901  each case of a settling rig is one early continue, in the order they apply
+def hold_transitions(
     intents: Mapping[RigId, Intent],
     fleet: Sequence[RigView],
     memory: Mapping[RigId, RigGuardState],
@@ -106,6 +106,13 @@ def hold_transitions(  # noqa: C901  each case of a settling rig is one early co
     hp, pp = market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh
     held: dict[RigId, tuple[Setting, str]] = {}
     limit_mode = Mode.LIMIT
+    # Rigs that share their memory, points and timing (the same objects: the backtest's copies
+    # of one cohort) and want the same get the same answer: worked out once per call. Keyed by
+    # identity; each entry keeps its timing object alive so that no id is reused meanwhile
+    # (the memory and the points are kept alive by the arguments).
+    known: dict[
+        tuple[int, int, int, Mode, int | None], tuple[Transition, tuple[Setting, str] | None]
+    ] = {}
     for rig in fleet:
         rid = rig.rig_id
         mem = memory.get(rid)
@@ -119,26 +126,15 @@ def hold_transitions(  # noqa: C901  each case of a settling rig is one early co
         if mode is setting.mode and (mode is not limit_mode or limit == setting.power_limit_w):
             continue
         rig_timing = timing(rid)
-        until = settling_until(mem, rig_timing)
-        if until is not None and now < until:
-            held[rid] = (setting, settling_reason(mem, until, now))
-            continue
-        if hp is None or pp is None or Mode.LIMIT in (mode, setting.mode):
-            continue
-        here, there = point_for(rig, setting.mode), point_for(rig, mode)
-        if here is None or there is None:
-            continue
-        cost = change_cost_usd(rig_timing, setting.mode, rig, there, hp, pp, terms)
-        if cost <= 0:
-            continue
-        gain = _margin(there, hp, pp, terms) - _margin(here, hp, pp, terms)
-        if gain * PAYBACK_S / SECONDS_PER_DAY < cost:
-            held[rid] = (
-                setting,
-                f"{mode.value} would earn ${gain:.2f}/day more than {setting.mode.value}, which "
-                f"does not repay the change (${cost:.4f}: hash lost while booting and ramping) "
-                f"within {PAYBACK_S / 3600:g} h",
-            )
+        key = (id(mem), id(rig.points), id(rig_timing), mode, limit)
+        seen = known.get(key)
+        if seen is not None:
+            answer = seen[1]
+        else:
+            answer = _hold(rig, mem, mode, rig_timing, hp, pp, terms, now)
+            known[key] = (rig_timing, answer)
+        if answer is not None:
+            held[rid] = answer
     if not held:
         return intents
     out = dict(intents)
@@ -154,6 +150,41 @@ def hold_transitions(  # noqa: C901  each case of a settling rig is one early co
             setting.power_limit_w if setting.mode is Mode.LIMIT else None,
         )
     return out
+
+
+def _hold(
+    rig: RigView,
+    mem: RigGuardState,
+    mode: Mode,
+    rig_timing: Transition,
+    hp: float | None,
+    pp: float | None,
+    terms: Economics,
+    now: float,
+) -> tuple[Setting, str] | None:
+    """(the setting to keep, why) when a change of ``rig`` to ``mode`` must wait: it is
+    settling, or the change would not pay for itself; None when it may be made."""
+    setting = mem.setting
+    until = settling_until(mem, rig_timing)
+    if until is not None and now < until:
+        return setting, settling_reason(mem, until, now)
+    if hp is None or pp is None or Mode.LIMIT in (mode, setting.mode):
+        return None
+    here, there = point_for(rig, setting.mode), point_for(rig, mode)
+    if here is None or there is None:
+        return None
+    cost = change_cost_usd(rig_timing, setting.mode, rig, there, hp, pp, terms)
+    if cost <= 0:
+        return None
+    gain = _margin(there, hp, pp, terms) - _margin(here, hp, pp, terms)
+    if gain * PAYBACK_S / SECONDS_PER_DAY < cost:
+        return (
+            setting,
+            f"{mode.value} would earn ${gain:.2f}/day more than {setting.mode.value}, which "
+            f"does not repay the change (${cost:.4f}: hash lost while booting and ramping) "
+            f"within {PAYBACK_S / 3600:g} h",
+        )
+    return None
 
 
 def _margin(point: ModePoint, hp: float, pp: float, terms: Economics) -> float:

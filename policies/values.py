@@ -39,6 +39,43 @@ class Mode(StrEnum):
     OFF = "off"  # only where a rig or PDU really supports it
     UNKNOWN = "unknown"
 
+    @property
+    def power_rank(self) -> int:
+        """The modes' power order when watts are not known: off < sleep < low < limit <
+        normal < high, and unknown above all (assumed the worst). The one definition of it."""
+        return _POWER_RANK[self]
+
+    @property
+    def hashing(self) -> bool:
+        """True for the modes that hash at a catalogue point: low, normal, high."""
+        return self in HASHING_MODES
+
+    def nearest_safe(self, supported: frozenset[Mode]) -> Mode:
+        """This mode if ``supported``, else the supported mode closest below it in power among
+        sleep, low and normal (never ``limit``, which needs a setting of its own, nor ``off``,
+        which cuts power), else sleep as the last resort."""
+        if self in supported:
+            return self
+        rank = _POWER_RANK[self]
+        below = [m for m in supported if m in _SAFE_STEPS and _POWER_RANK[m] < rank]
+        return max(below, key=_POWER_RANK.__getitem__) if below else Mode.SLEEP
+
+
+_POWER_RANK: dict[Mode, int] = {
+    Mode.OFF: 0,
+    Mode.SLEEP: 1,
+    Mode.LOW: 2,
+    Mode.LIMIT: 3,
+    Mode.NORMAL: 4,
+    Mode.HIGH: 5,
+    Mode.UNKNOWN: 6,
+}
+
+HASHING_MODES: tuple[Mode, ...] = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
+"""The modes that hash, lowest power first (the one definition)."""
+
+_SAFE_STEPS = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH})
+
 
 class PowerSource(StrEnum):
     """Where an observation's watts came from; estimated figures are flagged wherever shown."""
@@ -227,11 +264,21 @@ Reading = Observation | ObservationFailure
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a driver can do to its rig."""
+    """What a driver can do to its rig: the one model the reconciler, the MQTT answers, Home
+    Assistant discovery and the audit read (docs/drivers.md, "Supported firmware").
+
+    ``modes`` are exactly the modes the rig can be put in and confirmed in by observation
+    (daemon/reconciler.py ``satisfied``); ``limit`` is declared only with the watts it takes
+    (a range, or presets), so a request is checked before anything is sent.
+    """
 
     modes: frozenset[Mode]
     power_limit: bool = False
     power_limit_range_w: tuple[int, int] | None = None
+    """The watts ``limit`` takes, lowest and highest (inclusive)."""
+    power_limit_presets_w: tuple[int, ...] | None = None
+    """When the firmware limits power by presets (VNish): the only watts ``limit`` takes,
+    ascending; ``power_limit_range_w`` is then their lowest and highest."""
     reports_power: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
     transition: Transition = STOCK

@@ -77,11 +77,15 @@ FLEET_ARGS = [
     "--luxos",
     "s19jpro:1",
     # Antminers on ePIC PowerPlay and on VNish (keys "s19jpro-epic", "s19jpro-vnish";
-    # tests/test_epic.py, tests/test_vnish.py): the 15th and 16th rigs, at 127.1.0.15 and .16,
-    # past the hosts of a /28, so the fleet scan covers a /27
+    # tests/test_epic.py, tests/test_vnish.py): past the hosts of a /28, so the fleet scan
+    # covers a /27 (the simulator numbers rigs by firmware: Braiins OS, below, comes first)
     "--epic",
     "s19jpro:1",
     "--vnish",
+    "s19jpro:1",
+    # An Antminer on Braiins OS (key "s19jpro-braiins"; tests/test_firmware_matrix.py, which
+    # drives one rig of every firmware family through the daemon): the 17th rig, inside the /27
+    "--braiins",
     "s19jpro:1",
 ]
 
@@ -142,7 +146,7 @@ def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
     keys = []
     for rig in running.rigs:
         key = running.control.rig(rig["address"])["key"]
-        if rig["make"] in ("luxos", "epic", "vnish"):
+        if rig["make"] in ("luxos", "epic", "vnish", "braiins"):
             key = f"{key}-{rig['make']}"
         keys.append(f"{key}-v3" if rig["firmware"] == V3_FIRMWARE else key)
     yield SimFleet(running.rigs, running.control, running.proc, keys)

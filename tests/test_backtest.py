@@ -401,7 +401,7 @@ def _plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_a_policy_that_fails_mid_replay_stops_its_run_with_a_named_error(
+def test_a_policy_that_fails_mid_replay_is_reported_and_its_run_held_the_fleet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "src").mkdir()
@@ -415,20 +415,67 @@ def test_a_policy_that_fails_mid_replay_stops_its_run_with_a_named_error(
     err = capsys.readouterr().err
     assert (
         "error: [2/2] policy=exploding: policy 'exploding' failed at 2026-02-01T01:00:00Z in the "
-        "replay: ZeroDivisionError: the plugin's bug" in err
+        "replay: ZeroDivisionError: the plugin's bug (the fleet held, as live; 100 ticks failed, "
+        "the fleet held at each)" in err
     )
-    assert "1 of 2 runs failed" in err
-    assert (out / "run-01" / "summary.csv").exists(), "the run that finished keeps its report"
-    assert not (out / "run-02" / "summary.csv").exists() and not (out / "sweep.csv").exists()
+    assert "1 of 2 runs had a failing policy" in err
+    for run in ("run-01", "run-02"):  # every run's report is written
+        assert (out / run / "summary.csv").exists()
+    assert (
+        "FAILED: policy &#x27;exploding&#x27; failed"
+        in (out / "run-02" / "report.html").read_text()
+    )
+    with (out / "sweep.csv").open() as f:
+        flags = [row["flag"] for row in csv.DictReader(f)]
+    assert flags[0] == ""
+    assert flags[1].startswith("policy failed: 'exploding' (the fleet held at each failing tick)")
     # An answer that is not a mapping of Intents fails the same way, named as the loop names it.
     assert cli.main([*args, "--policy", "garbage", "--out", str(tmp_path / "g")]) == 1
     err = capsys.readouterr().err
     assert "policy 'garbage' failed at 2026-02-01T00:00:00Z in the replay: TypeError: " in err
     assert "policy 'garbage' returned str for rig" in err
     # The failure crosses to the parent of a --jobs worker intact.
-    exc = PolicyFailed("exploding", T0, "ZeroDivisionError: x")
+    exc = PolicyFailed("exploding", T0, "ZeroDivisionError: x", 3)
     again = pickle.loads(pickle.dumps(exc))
-    assert str(again) == str(exc) and again.policy == "exploding"
+    assert str(again) == str(exc) and again == exc
+
+
+class FailingFor:
+    """Wants nothing, and raises from ``start`` until ``end`` (a plugin's bug)."""
+
+    name = "flaky"
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = start, end
+
+    def decide(self, market: object, fleet: object, site: object, now: float) -> dict[str, object]:
+        if self.start <= now < self.end:
+            raise ZeroDivisionError("the plugin's bug")
+        return {}
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_failing_policy_holds_the_replayed_fleet_as_live(exact: bool) -> None:
+    # Cheap power for an hour, then dear for two: breakeven alone puts every rig to sleep
+    # after the first hour. With a policy failing from 30 min to 2 h beside it, no policy
+    # moves any rig while it fails (policies/tick.py, as the daemon): the fleet hashes on
+    # through the dear hour, and sleeps once the policy decides again.
+    prices = [0.03] * 12 + [0.60] * 24
+    market = Market("m", 300, tuple(MarketRow(T0 + 300 * i, 50.0, p) for i, p in enumerate(prices)))
+    fleet = Fleet("f", (RigGroup(MODELS["s21"], 6),))
+    config = ReplayConfig(policies=("breakeven", "flaky"), exact=exact)
+    alone = replay(
+        market, fleet, [load_policy("breakeven")], replace(config, policies=("breakeven",))
+    )
+    flaky = FailingFor(T0 + 1800, T0 + 7200)
+    held = replay(market, fleet, [load_policy("breakeven"), flaky], config)  # type: ignore[list-item]
+    assert alone.failures == ()
+    assert alone.policy.strategy.row_hashing == [6] * 12 + [0] * 24
+    assert held.policy.strategy.row_hashing == [6] * 24 + [0] * 12
+    (failure,) = held.failures
+    assert (failure.policy, failure.at) == ("flaky", T0 + 1800)
+    assert failure.error == "ZeroDivisionError: the plugin's bug"
+    assert failure.ticks == (7200 - 1800) // 30  # every tick while it failed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -412,13 +412,19 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_nearest_safe_mode_never_draws_more() -> None:
-    from daemon.loop import nearest_safe
-
     stock = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL})
-    assert nearest_safe(Mode.HIGH, stock) is Mode.NORMAL
-    assert nearest_safe(Mode.LIMIT, stock) is Mode.LOW
-    assert nearest_safe(Mode.LOW, frozenset({Mode.SLEEP, Mode.NORMAL})) is Mode.SLEEP
-    assert nearest_safe(Mode.NORMAL, stock) is Mode.NORMAL
+    assert Mode.HIGH.nearest_safe(stock) is Mode.NORMAL
+    assert Mode.LIMIT.nearest_safe(stock) is Mode.LOW
+    assert Mode.LOW.nearest_safe(frozenset({Mode.SLEEP, Mode.NORMAL})) is Mode.SLEEP
+    assert Mode.NORMAL.nearest_safe(stock) is Mode.NORMAL
+    # Never off (a power cut) nor limit (needs a setting) in place of another mode; an
+    # unsupported off becomes sleep, not the highest mode the rig has.
+    assert Mode.NORMAL.nearest_safe(frozenset({Mode.OFF, Mode.LIMIT})) is Mode.SLEEP
+    assert Mode.OFF.nearest_safe(frozenset({Mode.SLEEP, Mode.HIGH})) is Mode.SLEEP
+    order = sorted(Mode, key=lambda m: m.power_rank)
+    assert order == [
+        Mode.OFF, Mode.SLEEP, Mode.LOW, Mode.LIMIT, Mode.NORMAL, Mode.HIGH, Mode.UNKNOWN
+    ]  # fmt: skip
 
 
 async def test_a_hung_price_feed_does_not_hold_up_the_tick(sim: SimFleet, tmp_path: Path) -> None:

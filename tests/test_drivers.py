@@ -281,7 +281,7 @@ async def test_changed_rig_is_reidentified(sim: SimFleet, tmp_path: Path) -> Non
 
 
 async def test_scan_finds_the_fleet_and_caches_it(sim: SimFleet, tmp_path: Path) -> None:
-    results = await scan(["127.1.0.0/27"], identify_timeout_s=10)  # the fleet: 16 rigs
+    results = await scan(["127.1.0.0/27"], identify_timeout_s=10)  # the fleet: 17 rigs
     found = {r.address for r in results if isinstance(r, Identity)}
     assert found == {r["address"] for r in sim.rigs}
     inventory = Inventory(tmp_path / "inv.json")

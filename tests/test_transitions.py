@@ -17,7 +17,7 @@ from helpers import identity, observation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtest import engine
+from backtest import ledger
 from backtest.engine import Outcome, ReplayConfig, replay
 from backtest.inputs import Fleet, Market, MarketRow, RigGroup
 from daemon.rig_economics import mode_points
@@ -75,16 +75,16 @@ def commands_seen() -> Iterator[dict[str, list[tuple[float, Setting]]]]:
     """Every command the replay's rigs receive, per rig: (time, setting). A spy: the command
     is carried out as it would be."""
     seen: dict[str, list[tuple[float, Setting]]] = defaultdict(list)
-    original = engine.Strategy.command
+    original = ledger.Strategy.command
 
-    def spy(self: engine.Strategy, u: engine.Unit, setting: Setting, t: float) -> None:
+    def spy(self: ledger.Strategy, u: ledger.Unit, setting: Setting, t: float) -> None:
         if setting != u.setting:
             for member in u.members:
                 seen[f"{id(self)}:{member}"].append((t, setting))
         original(self, u, setting, t)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine.Strategy, "command", spy)
+        mp.setattr(ledger.Strategy, "command", spy)
         yield seen
 
 

@@ -176,11 +176,9 @@ def stale_guard(
     decision: Decision, rig: RigView, hold: Setting, market: MarketView, config: GuardConfig
 ) -> Decision:
     """While a price is stale a policy's intent is replaced by the configured fail-safe."""
+    if decision.source != SOURCE_POLICY or not stale_applies(decision.decided_by, market, config):
+        return decision
     hashprice, price = market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh
-    if hashprice is not None and price is not None:
-        return decision
-    if decision.source != SOURCE_POLICY or decision.decided_by in config.stale_exempt_policies:
-        return decision
     stale = [
         name
         for name, value in (
@@ -194,6 +192,14 @@ def stale_guard(
     if target == hold:
         return _held(decision, hold, STALE_INPUT, why)
     return Decision(target, STALE_INPUT, why, SOURCE_FAILSAFE)
+
+
+def stale_applies(policy: str, market: MarketView, config: GuardConfig) -> bool:
+    """Whether the stale-input guard acts on ``policy``'s intents: a price is stale and the
+    policy is not exempt (``stale_exempt_policies``)."""
+    if market.hashprice_usd_per_ph_day is not None and market.power_price_usd_per_kwh is not None:
+        return False
+    return policy not in config.stale_exempt_policies
 
 
 def _failsafe_setting(rig: RigView, hold: Setting, failsafe: FailSafe) -> Setting:
@@ -257,10 +263,26 @@ def dwell_guard(
         return decision
     if decision.source == SOURCE_OVERRIDE and decision.bypass_dwell:
         return decision
-    elapsed = now - prior.changed_at
-    if elapsed >= config.min_dwell_s:
+    if not dwell_holds(prior, now, config):
         return decision
+    elapsed = now - prior.changed_at
     return _held(decision, hold, DWELL, (dwell_text, (elapsed, config.min_dwell_s)))
+
+
+def dwell_holds(prior: RigGuardState | None, now: float, config: GuardConfig) -> bool:
+    """Whether the rig's last change is younger than ``min_dwell_s`` at ``now`` (the dwell
+    guard's one test)."""
+    if prior is None or prior.changed_at is None:
+        return False
+    return now - prior.changed_at < config.min_dwell_s
+
+
+def dwell_ends(prior: RigGuardState | None, config: GuardConfig) -> float | None:
+    """About when the dwell of the rig's last change ends (None: no change remembered); the
+    guard itself decides by :func:`dwell_holds`."""
+    if prior is None or prior.changed_at is None:
+        return None
+    return prior.changed_at + config.min_dwell_s
 
 
 def dwell_text(args: tuple[float, float]) -> str:
@@ -277,7 +299,7 @@ def update_latch(
     cap = prior.thermal_cap if prior is not None else None
     at = prior.thermal_at if prior is not None else None
     temp = None if obs is None else obs.max_chip_temp_c
-    if temp is not None and temp >= c.thermal_limit_c:
+    if temp is not None and is_hot(temp, c):
         return Latch(thermal_target(rig, temp, c).mode, now)
     if obs is None or cap is None:
         return _NO_LATCH if cap is None and at is None else Latch(cap, at)
@@ -287,6 +309,11 @@ def update_latch(
     if temp is None and not obs.mining and cooled_long_enough:
         return Latch(None, at)
     return Latch(cap, at)
+
+
+def is_hot(temp_c: float, config: GuardConfig) -> bool:
+    """A chip temperature at or above ``thermal_limit_c``: the thermal guard acts."""
+    return temp_c >= config.thermal_limit_c
 
 
 def thermal_target(rig: RigView, temp_c: float, config: GuardConfig) -> Setting:
@@ -307,7 +334,7 @@ def thermal_guard(
     """A hot rig goes down to its thermal target (or stays lower); a latched rig or one whose
     chips cannot be read while hashing is not raised. Outranks everything before it."""
     temp = obs.max_chip_temp_c if obs is not None else None
-    if temp is not None and temp >= config.thermal_limit_c:
+    if temp is not None and is_hot(temp, config):
         return _hot(decision, rig, temp, hold, config)
     if not is_raise(rig, hold, decision.setting):
         return decision

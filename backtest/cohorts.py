@@ -1,0 +1,637 @@
+"""The cohort optimiser: the live decision path (policies/tick.py) over cohorts of identical rigs.
+
+Per tick, what ``daemon/loop.py`` does with what it observed: build a ``MarketView`` and a
+``RigView`` per cohort (observation from the physics, mode points from
+``daemon.rig_economics.mode_points``), ask every configured policy through
+:func:`policies.tick.ask`, combine them (:func:`policies.tick.combined`: a policy that fails
+holds the fleet, as live), run the tick's guard stage (:func:`policies.tick.guard`) with the
+guards' memory carried from the last tick, and hand the desired modes to the rigs (here: the
+physics, which then sleeps within seconds or boots and ramps).
+
+Two things make a year of 1,000 rigs cheap without changing a decision (docs/backtest.md):
+
+- **Cohorts.** Rigs of one class (model, health, ambient, group, modes) in the same physical
+  state with the same guard memory are indistinguishable to pure policies and guards, so one
+  ``RigView`` stands for all of them. A cohort splits only when the guards treat its members
+  differently (the power-up ramp lets some go first), and cohorts merge again once they are
+  indistinguishable. Policies that look at the whole fleet (``power-cap``, plugins) see one
+  view per rig.
+- **Skipping.** A tick is run when the market row changes and then every ``tick_s`` while
+  anything may change with time: a rig in transition or thermally latched, or held back by a
+  guard whose hold may end (when it ends, as the guards say: ``held_until``). Per-rig,
+  clock-free policies (``breakeven``) are asked about every cohort when the prices changed and
+  about the cohorts whose observation changed otherwise; the guards are not called for a
+  cohort whose answer they say is known (``policies/guards/horizon.py``: ``keeps``, nothing
+  asks it to change; ``held_again``, the same inputs held it back before and the hold lasts).
+  ``exact=True`` calls everything every ``tick_s``; ``plain=True`` also shows every rig as its
+  own cohort (the plain replay). The tests check that all three give the same results (the
+  plain replay where the ramp does not bind: docs/backtest.md says why).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from backtest.classes import ProgressFn, RampFn, ReplayConfig
+from backtest.inputs import iso_utc
+from backtest.ledger import Strategy, Unit
+from daemon.rig_economics import mode_points, rig_ratios
+from policies.api import Intent, MarketView, Policy, RigView
+from policies.guards import (
+    RAMP,
+    Desired,
+    GuardState,
+    RigGuardState,
+    Setting,
+)
+from policies.guards.horizon import held_again, held_until, keeps
+from policies.guards.power import is_raise
+from policies.guards.ramp import prune_log, start_slots
+from policies.guards.rig import dwell_holds
+from policies.tick import PolicyFailure, ask, combined, guard
+from policies.timing import STOCK, Transition
+from policies.transition import settling_until
+from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
+
+PER_RIG_POLICIES = frozenset({"breakeven", "schedule"})
+"""Policies whose intent for a rig depends on that rig's view alone (docs/policies.md)."""
+CLOCK_FREE_POLICIES = frozenset({"breakeven", "power-cap"})
+"""Policies documented not to read ``now``; any other is called every ``tick_s``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFailed:
+    """A policy that failed during the replay (raised, or answered with something that is not
+    a mapping of Intents): when first, with what error, and at how many ticks. As live
+    (policies/tick.py), each of those ticks held the fleet: no policy moved any rig."""
+
+    policy: str
+    at: float
+    error: str
+    ticks: int = 1
+
+    def __str__(self) -> str:
+        again = f"; {self.ticks:,} ticks failed, the fleet held at each" if self.ticks > 1 else ""
+        return (
+            f"policy {self.policy!r} failed at {iso_utc(self.at)} in the replay: {self.error} "
+            f"(the fleet held, as live{again})"
+        )
+
+
+def _copy_id(uid: str, k: int) -> RigId:
+    """The id of the ``k``-th rig of cohort ``uid`` shown rig by rig."""
+    return f"{uid}/{k}"
+
+
+def _retarget(intent: Intent, rig_id: str) -> Intent:
+    """``intent`` for another rig of the same cohort (Intent is an immutable slots class)."""
+    return Intent(rig_id, intent.mode, intent.lazy_reason, intent.policy, intent.power_limit_w)
+
+
+@dataclass(slots=True)
+class Counters:
+    ticks: int = 0
+    decide_calls: int = 0
+    guard_calls: int = 0
+    peak_units: int = 0
+    views: int = 0
+
+
+def _observation(u: Unit, now: float) -> Observation:
+    s = u.phys.state
+    spec = u.cls.spec
+    identity = Identity(u.uid, Make(spec.make), spec.model, spec.firmware, f"backtest-{spec.make}")
+    hashing = u.phys.hashing
+    return Observation(
+        identity=identity,
+        observed_at=now,
+        hashrate_ths=round(u.phys.hashrate_ths, 3),
+        power_w=round(s.power_w, 1),
+        power_source=PowerSource.REPORTED,
+        mode=u.setting.mode,
+        mining=hashing,
+        max_chip_temp_c=round(s.chip_temp_c, 1),
+        ambient_c=s.ambient_c,
+        power_limit_w=u.setting.power_limit_w,
+    )
+
+
+def read_again(obs: Observation, now: float) -> Observation:
+    """``obs`` read again at ``now`` (``dataclasses.replace`` without its introspection)."""
+    return Observation(
+        obs.identity,
+        now,
+        obs.hashrate_ths,
+        obs.power_w,
+        obs.power_source,
+        obs.mode,
+        obs.mining,
+        obs.boards,
+        obs.max_chip_temp_c,
+        obs.inlet_c,
+        obs.outlet_c,
+        obs.ambient_c,
+        obs.fan_rpm,
+        obs.power_limit_w,
+        obs.errors,
+        obs.uptime_s,
+        obs.model_unknown,
+    )
+
+
+class PolicyRun:
+    """The live decision path over cohorts (see the module docstring)."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        policies: Sequence[Policy],
+        config: ReplayConfig,
+        progress: ProgressFn | None = None,
+        on_ramp: RampFn | None = None,
+    ) -> None:
+        self.s = strategy
+        self.on_ramp = on_ramp
+        self.policies = list(policies)
+        self.config = config
+        self.counters = Counters()
+        self.exact = config.exact or config.plain  # no call skipped
+        self.failing = False  # a policy failed at the last decision: decide again each tick
+        self.failures: dict[str, PolicyFailed] = {}
+        self.ramp_log = GuardState().ramp_log
+        self.intents: dict[RigId, Intent] = {}
+        self.intents_market: tuple[float | None, float | None] | None = None
+        names = {p.name for p in self.policies}
+        self.clocked = bool(names - CLOCK_FREE_POLICIES)
+        self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
+        self.fleetwide = bool(names - PER_RIG_POLICIES)
+
+    # -- views ------------------------------------------------------------------------------
+    def _look(self, now: float) -> None:
+        """Notice every rig whose observation changed since the core last saw it, or that
+        has stopped settling after a change (it is then scored on what it measures again)."""
+        for u in self.s.units:
+            settling = _settling(u, now)
+            if settling != u.settling:
+                u.settling = settling
+                u.stale_view = True
+            if not u.stale_view:
+                continue
+            u.stale_view = False
+            key = (u.setting, u.phys.hashing, *u.phys.key()[1:], u.settling)
+            u.temp_c = round(u.phys.state.chip_temp_c, 1)
+            if key != u.view_key:
+                u.view_key = key
+                u.view = None
+                u.changed = True
+
+    def _views(self, units: Sequence[Unit], now: float) -> list[RigView]:
+        """These cohorts' views at ``now`` (built again only when an observation changed)."""
+        out = []
+        for u in units:
+            view = u.view
+            if view is None:
+                obs = _observation(u, now)
+                if not u.settling:  # as the loop does: the shares it was last measured at
+                    u.ratios = rig_ratios(obs, u.cls.entry) or u.ratios
+                points = tuple(
+                    mode_points(obs, u.cls.modes, u.cls.entry, settling=u.settling, ratios=u.ratios)
+                )
+                view = RigView(u.uid, obs, u.cls.modes, points, group=u.cls.group)
+                self.counters.views += 1
+            elif view.observation is not None and view.observation.observed_at != now:
+                obs = read_again(view.observation, now)
+                view = RigView(u.uid, obs, u.cls.modes, view.points, group=u.cls.group)
+            u.view = view
+            out.append(view)
+        return out
+
+    # -- one tick ---------------------------------------------------------------------------
+    def tick(self, now: float, market: MarketView) -> None:
+        """One pass of the loop's decision path at ``now``."""
+        self.counters.ticks += 1
+        prices = (market.hashprice_usd_per_ph_day, market.power_price_usd_per_kwh)
+        self._look(now)
+        if self.exact or not self.partial or self.intents_market is None or self.failing:
+            self._decide(market, list(self.s.units), now)
+        else:
+            # Per-rig, clock-free policies: a cohort's intent can change only when its
+            # observation or the prices did (the policies themselves are asked which).
+            moved = prices != self.intents_market
+            todo = list(self.s.units) if moved else [u for u in self.s.units if u.changed]
+            if todo:
+                self._decide(market, todo, now)
+        self.intents_market = prices
+        for u in self.s.units:
+            u.changed = False
+        busy = [u for u in self.s.units if self.exact or not self._quiet(u, market, prices, now)]
+        if busy:
+            self._guard(market, busy, now, prices)
+            if self.on_ramp is not None:
+                self.on_ramp(self.ramp_log)
+
+    def _decide(self, market: MarketView, units: list[Unit], now: float) -> None:
+        self.counters.decide_calls += 1
+        site = self.config.site
+        if self.fleetwide:  # every cohort's view, for the policies that see each rig
+            self._views(self.s.units, now)
+        fleetwide = {
+            p.name: self._decide_fleetwide(p, market, now)
+            for p in self.policies
+            if p.name not in PER_RIG_POLICIES
+        }
+        if fleetwide:
+            units = list(self.s.units)
+        views = self._views(units, now)
+        intents, failures = combined(
+            [
+                fleetwide[p.name] if p.name in fleetwide else ask(p, market, views, site, now)
+                for p in self.policies
+            ],
+            views,
+        )
+        self.failing = bool(failures)
+        if failures:  # as live: no policy moves any rig this tick (policies/tick.py)
+            self._failed(failures, now)
+            self.intents.clear()
+            return
+        for u in units:
+            want = intents.get(u.uid)
+            if want is None:
+                self.intents.pop(u.uid, None)
+            else:
+                self.intents[u.uid] = want
+
+    def _quiet(
+        self, u: Unit, market: MarketView, prices: tuple[float | None, float | None], now: float
+    ) -> bool:
+        """True when the guards' answer for ``u`` is known, as the guards themselves say
+        (policies/guards/horizon.py): it stays as it is with the same memory; or the guard
+        that held it back at the last call, with exactly these inputs, holds it again."""
+        mem = u.memory
+        if u.pending:
+            if u.guard_key != self._guard_key(u, prices):
+                return False
+            return held_again(u.held_by, mem, now, self.config.guards)
+        return keeps(mem, self.intents.get(u.uid), u.temp_c, market, self.config.guards)
+
+    def _failed(self, failures: Sequence[PolicyFailure], now: float) -> None:
+        for f in failures:
+            seen = self.failures.get(f.policy)
+            self.failures[f.policy] = (
+                PolicyFailed(f.policy, now, f.error)
+                if seen is None
+                else dataclasses.replace(seen, ticks=seen.ticks + 1)
+            )
+
+    def _decide_fleetwide(
+        self, policy: Policy, market: MarketView, now: float
+    ) -> dict[RigId, Intent] | PolicyFailure:
+        """One view per rig; a cohort whose rigs get different intents is split by intent."""
+        expanded: list[RigView] = []
+        owner: dict[RigId, tuple[Unit, int]] = {}
+        for u in self.s.units:
+            assert u.view is not None
+            for k in range(u.m):
+                rid = f"{u.uid}.{k}"
+                expanded.append(dataclasses.replace(u.view, rig_id=rid))
+                owner[rid] = (u, k)
+        raw = ask(policy, market, expanded, self.config.site, now)
+        if isinstance(raw, PolicyFailure):
+            return raw
+        by_unit: dict[str, list[Intent | None]] = {u.uid: [None] * u.m for u in self.s.units}
+        for rid, intent in raw.items():
+            if rid in owner:
+                u, k = owner[rid]
+                by_unit[u.uid][k] = intent
+        out: dict[RigId, Intent] = {}
+        for u in list(self.s.units):
+            wants = by_unit[u.uid]
+            groups: dict[tuple[object, ...], list[int]] = {}
+            for k, w in enumerate(wants):
+                key = None if w is None else (w.mode, w.power_limit_w, w.policy)
+                groups.setdefault((key,), []).append(k)
+            parts = self._split(u, list(groups.values()), now)
+            for part, ks in zip(parts, groups.values(), strict=True):
+                w = wants[ks[0]]
+                if w is not None:
+                    out[part.uid] = _retarget(w, part.uid)
+        return out
+
+    def _split(self, u: Unit, index_groups: list[list[int]], now: float) -> list[Unit]:
+        """``u`` split into one unit per group of member positions (the first keeps ``u``)."""
+        if len(index_groups) == 1:
+            return [u]
+        self.s.settle(u, now)
+        self.s.flush(u)
+        members = u.members
+        parts = []
+        for n in range(len(index_groups)):
+            if n == 0:
+                part = u
+            else:
+                part = Unit(
+                    self.s.new_uid(),
+                    u.cls,
+                    [],
+                    u.phys.copy(),
+                    u.setting,
+                    now,
+                    memory=u.memory,
+                    pending=u.pending,
+                    held_by=u.held_by,
+                    settling=u.settling,
+                    ratios=u.ratios,
+                )
+                if u.view is not None:
+                    part.view = dataclasses.replace(u.view, rig_id=part.uid)
+                    part.view_key = u.view_key
+                self.s.units.insert(self.s.units.index(u) + n, part)
+            parts.append(part)
+        for part, ks in zip(parts, index_groups, strict=True):
+            part.members = [members[k] for k in ks]
+        self.s.touch(now)
+        return parts
+
+    def _guard_key(self, u: Unit, prices: tuple[float | None, float | None]) -> tuple[object, ...]:
+        return (prices, u.view_key, _intent_key(self.intents.get(u.uid)), u.memory, u.m)
+
+    def _guard(
+        self,
+        market: MarketView,
+        units: list[Unit],
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`), power-ups
+        shown rig by rig (:meth:`_shown`).
+
+        The guards decide each rig by the per-rig chain, and only the ramp looks across rigs,
+        at the rises (docs/guards.md, "How a tick is computed"). So when some cohort would be
+        shown rig by rig, all are first shown one rig each: a cohort whose outcome is not a rise
+        (held by hysteresis or the dwell, a step down, nothing to do) has its answer, the same
+        as in one call with everything. If a cohort to be shown rig by rig is among the rises,
+        the rises are asked again, alone, with the ramp's memory from before the first call:
+        the ramp sees exactly the rises it would have seen in one call. The one call is always
+        right, the first one only saves showing copies of cohorts that are held before the ramp;
+        so it is skipped when every cohort to be shown rig by rig was held back by the ramp
+        with the same inputs last time (a rise again: hysteresis and the dwell let it through
+        then, and the dwell only runs out). ``exact`` makes the one call."""
+        self.counters.guard_calls += 1
+        self._views(units, now)
+        guards = self.config.guards
+        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
+        shown = {u.uid: self._shown(u, slots) for u in units}
+        wide = {uid for uid, ids in shown.items() if len(ids) > 1}
+        known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
+        if self.exact or not wide or known:
+            self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices)
+            return
+        log = self.ramp_log
+        desired, state = self._call(market, [(u, [u.uid]) for u in units], now)
+        rises = [u for u in units if _is_rise(u, desired[u.uid], state.rigs.get(u.uid), now)]
+        again = {u.uid for u in rises} if any(u.uid in wide for u in rises) else set()
+        for u in units:
+            if u.uid not in again:
+                self._take(u, desired[u.uid], state.rigs.get(u.uid), now, prices)
+        if again:
+            self.counters.guard_calls += 1
+            self.ramp_log = log
+            self._guard_once(market, [(u, shown[u.uid]) for u in rises], now, prices)
+
+    def _guard_once(
+        self,
+        market: MarketView,
+        shown: list[tuple[Unit, list[str]]],
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """One ``apply_guards`` call over the cohorts, each shown under its ids."""
+        desired, state = self._call(market, shown, now)
+        for u, ids in shown:
+            if len(ids) == 1:
+                self._take(u, desired[ids[0]], state.rigs.get(ids[0]), now, prices)
+            else:
+                self._take_split(u, ids, desired, state, now, prices)
+
+    def _shown(self, u: Unit, slots: int) -> list[str]:
+        """The ids ``u`` is shown to the guards under. Only the ramp treats a cohort's rigs
+        differently, and only for a power-up: it grants at most one rig per start slot left
+        this tick, so that many plus one (to be held) are shown; the others stand behind the
+        one held."""
+        want = self.intents.get(u.uid)
+        if want is None or slots == 0 or u.m == 1 or u.view is None:
+            return [u.uid]
+        hold = u.memory.setting if u.memory is not None else u.setting
+        wanted = Setting.of(want.mode, want.power_limit_w)
+        if wanted == hold or not is_raise(u.view, hold, wanted):
+            return [u.uid]
+        n = min(u.m, slots + 1)
+        return [_copy_id(u.uid, k) for k in range(n)]
+
+    def _call(
+        self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
+    ) -> tuple[Mapping[RigId, Desired], GuardState]:
+        """``apply_guards`` over the cohorts as shown; keeps the new ramp log."""
+        fleet: list[RigView] = []
+        intents: dict[RigId, Intent] = {}
+        memory: dict[RigId, RigGuardState] = {}
+        for u, ids in shown:
+            view = u.view
+            assert view is not None
+            want = self.intents.get(u.uid)
+            mem = u.memory
+            if len(ids) == 1:  # as itself
+                fleet.append(view)
+                if want is not None:
+                    intents[u.uid] = want
+                if mem is not None:
+                    memory[u.uid] = mem
+                continue
+            copies = self._intent_copies(u, want, len(ids)) if want is not None else None
+            obs, modes, points, group = view.observation, view.modes, view.points, view.group
+            limits = view.power_limit_range_w
+            for k, rid in enumerate(ids):
+                fleet.append(RigView(rid, obs, modes, points, group, limits))
+                if copies is not None:
+                    intents[rid] = copies[k]
+                if mem is not None:
+                    memory[rid] = mem
+        # The tick's guard stage, as live: the transitions' hold, then the guards.
+        state = GuardState(rigs=memory, ramp_log=self.ramp_log)
+        desired, new_state = guard(
+            intents, fleet, market, state, self.config.guards, (), now, self.config.seed, _timing
+        )
+        self.ramp_log = new_state.ramp_log
+        return desired, new_state
+
+    def _intent_copies(self, u: Unit, want: Intent, n: int) -> list[Intent]:
+        """``want`` for the first ``n`` of the ids ``u`` is shown under rig by rig (kept while
+        its intent is the same object: intents are immutable)."""
+        kept = u.intent_copies
+        if kept is None or kept[0] is not want:
+            kept = u.intent_copies = (want, [])
+        copies = kept[1]
+        while len(copies) < n:
+            copies.append(_retarget(want, _copy_id(u.uid, len(copies))))
+        return copies
+
+    def _take(
+        self,
+        u: Unit,
+        d: Desired,
+        memory: RigGuardState | None,
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """The guards' answer for a cohort shown as one rig."""
+        u.memory = memory
+        u.pending, u.held_by = d.held_back, d.decided_by
+        self._apply(u, d.mode, d.power_limit_w, now)
+        u.guard_key = self._guard_key(u, prices)
+        u.rise_key = u.guard_key if d.decided_by == RAMP else None
+
+    def _take_split(
+        self,
+        u: Unit,
+        ids: list[str],
+        desired: Mapping[RigId, Desired],
+        new_state: GuardState,
+        now: float,
+        prices: tuple[float | None, float | None],
+    ) -> None:
+        """The guards' answers for a cohort shown rig by rig: split by outcome."""
+        rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
+        # Rigs not shown stand behind one that was held back (all alike), or the first.
+        rigs = new_state.rigs
+        groups: dict[tuple[object, ...], list[int]] = {}
+        firsts: list[str] = []
+        for k, rid in enumerate(ids):
+            d = desired[rid]
+            key = (d.mode, d.power_limit_w, d.held_back, rigs.get(rid))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+                firsts.append(rid)
+            group.append(k)
+            if rid == rest_id:
+                group.extend(range(len(ids), u.m))
+        parts = self._split(u, list(groups.values()), now)
+        for part, rid in zip(parts, firsts, strict=True):
+            d = desired[rid]
+            part.memory = new_state.rigs.get(rid)
+            part.pending, part.held_by = d.held_back, d.decided_by
+            part.guard_key = None
+            want = self.intents.get(u.uid)
+            if want is not None and part is not u:  # u keeps its own (and its copies)
+                self.intents[part.uid] = _retarget(want, part.uid)
+            self._apply(part, d.mode, d.power_limit_w, now)
+            part.rise_key = self._guard_key(part, prices) if d.decided_by == RAMP else None
+
+    def _apply(self, u: Unit, mode: Mode, limit: int | None, now: float) -> None:
+        """What the reconciler and the rig do with a desired mode."""
+        if mode is Mode.UNKNOWN:
+            return
+        safe = mode.nearest_safe(u.cls.modes)
+        setting = Setting.of(safe, limit if safe is mode else None)
+        if setting != u.setting:
+            self.s.command(u, setting, now)
+
+    def next_tick(self, now: float) -> float | None:
+        """When the next tick could change anything, before new prices: the next ``tick_s``
+        while a rig is in transition, thermally latched, or held back by a guard whose hold
+        may end with time; otherwise when the first hold ends, as the guards say
+        (``held_until``: a dwell when it ends, hysteresis never by time)."""
+        tick = self.config.tick_s
+        if self.exact or self.clocked or self.failing:
+            return now + tick
+        due: float | None = None
+        for u in self.s.units:
+            mem = u.memory
+            if not u.phys.settled or (mem is not None and mem.thermal_cap is not None):
+                return now + tick
+            if u.settling:  # decided again (and scored on its readings) once settled
+                return now + tick
+            if not u.pending:
+                continue
+            when = held_until(u.held_by, mem, self.config.guards)
+            if when is None:
+                return now + tick
+            if when == math.inf:
+                continue
+            steps = max(1, math.ceil((when - now) / tick - 1e-9))
+            at = now + steps * tick
+            due = at if due is None else min(due, at)
+        return due
+
+    def merge(self, now: float) -> None:
+        """Cohorts that have become indistinguishable become one again: the time of a change
+        stops counting once its dwell is over (``dwell_holds``, the dwell guard's test)."""
+        guards = self.config.guards
+        if self.config.plain:  # every rig its own cohort, throughout
+            self.counters.peak_units = len(self.s.units)
+            return
+        seen: dict[tuple[object, ...], Unit] = {}
+        keep: list[Unit] = []
+        merged = False
+        for u in self.s.units:
+            mem = u.memory
+            if not u.phys.settled or u.pending or mem is None or u.settling:
+                keep.append(u)
+                continue
+            recent = dwell_holds(mem, now, guards)
+            key = (
+                u.cls.label,
+                u.setting,
+                u.phys.key(),
+                mem.setting,
+                mem.previous,
+                mem.changed_by,
+                mem.thermal_cap,
+                None if mem.thermal_cap is None else mem.thermal_at,
+                mem.changed_at if recent else None,
+                _intent_key(self.intents.get(u.uid)),
+            )
+            into = seen.get(key)
+            if into is None:
+                seen[key] = u
+                keep.append(u)
+                continue
+            for x in (into, u):
+                self.s.settle(x, now)
+                self.s.flush(x)
+            into.members = sorted(into.members + u.members)
+            self.intents.pop(u.uid, None)
+            merged = True
+        if merged:
+            self.s.units = keep
+            self.s.touch(now)
+        self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+
+
+def _timing(rig_id: RigId) -> Transition:
+    """The backtest's rigs are the simulator's, which follow the stock timing."""
+    return STOCK
+
+
+def _settling(u: Unit, now: float) -> bool:
+    until = settling_until(u.memory, STOCK)
+    return until is not None and now < until
+
+
+def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> bool:
+    """Whether the guards' answer ``d`` for ``u`` went through the ramp: held by it, or a change
+    that raises power (``is_raise`` from the setting the guards held, as they judge it)."""
+    if d.decided_by == RAMP or d.start_at is not None:
+        return True
+    if memory is None or memory.changed_at != now or memory.previous is None:
+        return False
+    assert u.view is not None
+    return is_raise(u.view, memory.previous, memory.setting)
+
+
+def _intent_key(intent: Intent | None) -> tuple[object, ...] | None:
+    return None if intent is None else (intent.mode, intent.power_limit_w, intent.policy)
