@@ -120,3 +120,8 @@ class SimControl:
             "DELETE", f"/switches/{address}/faults/{fault}", params
         )
         return result
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Jump the whole fleet's simulated time ``seconds`` ahead."""
+        result: dict[str, Any] = self.request("PUT", "/clock", {"advance_s": seconds})
+        return result

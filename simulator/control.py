@@ -15,13 +15,16 @@ network namespace. Routes (all bodies and replies JSON):
 - ``PUT /rigs/{address}/ambient``                -> ``{"ambient_c": 35}``
 - ``GET /stats``                                 -> process CPU, request counters, clock
 - ``POST /counters/reset``                       -> zero every rig's and the server's counters
-- ``PUT /clock``                                 -> ``{"time_scale": 10}``
+- ``PUT /clock``                                 -> ``{"time_scale": 10}`` to change the scale,
+  ``{"advance_s": 30}`` to jump simulated time ahead at once (a test's "30 s later" without
+  waiting 30 s / scale of wall time); either or both
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import resource
 import time
@@ -34,6 +37,10 @@ from simulator.protocol import HttpRequest, HttpResponse
 from simulator.rig import Counters, Fault, SimRig
 from simulator.server import FleetServer, ServerStats
 from simulator.switches import SimSwitch, SwitchFault, reset_outlets
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ApiError(Exception):
@@ -172,13 +179,25 @@ class ControlApi:
                 self.server.stats = ServerStats()
                 return self.stats()
             case ["clock"] if method == "PUT":
-                body = self._body(req)
-                scale = body.get("time_scale")
-                if not isinstance(scale, int | float) or scale <= 0:
-                    raise ApiError(400, 'expected {"time_scale": <positive number>}')
-                self.fleet.clock.set_scale(float(scale))
-                return self.stats()
+                return self._clock(self._body(req))
         raise ApiError(404, f"no route {method} {req.path}")
+
+    def _clock(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT /clock: a new scale, a jump ahead, or both."""
+        scale = body.get("time_scale")
+        advance = body.get("advance_s")
+        usage = 'expected {"time_scale": <positive number>, "advance_s": <seconds >= 0>}'
+        if scale is None and advance is None:
+            raise ApiError(400, usage)
+        if scale is not None and (not _is_number(scale) or scale <= 0):
+            raise ApiError(400, f"time_scale must be a positive number: {usage}")
+        if advance is not None and (not _is_number(advance) or advance < 0):
+            raise ApiError(400, f"advance_s must be a number >= 0: {usage}")
+        if scale is not None:
+            self.fleet.clock.set_scale(float(scale))
+        if advance is not None:
+            self.fleet.clock.advance(float(advance))
+        return self.stats()
 
     def stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -69,6 +69,10 @@ class SimClock:
         now = self.now()
         self._wall0, self._sim0, self.scale = time.monotonic(), now, scale
 
+    def advance(self, seconds: float) -> None:
+        """Jump ``seconds`` of simulated time ahead at once (time never goes back)."""
+        self._sim0 += seconds
+
 
 @dataclass(slots=True)
 class Counters:

@@ -15,9 +15,9 @@ from typing import Any
 
 from broker import Broker
 from conftest import SimFleet
+from helpers import KEYS, write_config
 from mqtt_client import daemon_settings
 from pydantic import BaseModel
-from test_service import KEYS, write_config
 
 from daemon.config import Settings, load_settings
 from daemon.loop import TickReport
