@@ -16,7 +16,7 @@ import structlog
 
 from daemon.audit import AuditLog
 from daemon.market.service import Market, MarketState
-from daemon.observer import Observer
+from daemon.observer import FleetObserver
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView, Site
@@ -113,7 +113,7 @@ class SiteTarget:
 
 @dataclass
 class ControlLoop:
-    observer: Observer
+    observer: FleetObserver  # rigpilot run: daemon.workers.ObserverPool
     market: Market
     policies: Sequence[Policy]
     site: Site

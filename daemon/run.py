@@ -34,12 +34,13 @@ from daemon.mqtt.commands import COMMANDS
 from daemon.mqtt.desk import CommandDesk
 from daemon.mqtt.topics import Topics
 from daemon.notify import Notifier
-from daemon.observer import Observer, ObserverSettings
+from daemon.observer import ObserverSettings
 from daemon.persist import Persistence
 from daemon.prepare import Prepared, prepare
 from daemon.reconciler import Actuator, Reconciler
 from daemon.statelock import state_lock
 from daemon.store import DB_NAME, Store, StoredInventory, StoreError
+from daemon.workers import ObserverPool
 from drivers.inventory import IdentifyFailure, Inventory
 
 log = structlog.get_logger("daemon")
@@ -93,12 +94,15 @@ def build_loop(
     ValueError naming a bad setting)."""
     prepared = prepared or prepare(settings, client)
     control = settings.control
-    observer = Observer(
+    observer = ObserverPool(  # worker processes, started by the first cycle (daemon/workers.py)
         inventory,
         ObserverSettings(
             concurrency=control.observe_concurrency, timeout_s=control.observe_timeout_s
         ),
+        workers=control.workers,
         clock=clock,
+        log_level=settings.log.level,
+        log_json=settings.log.json_output,
     )
     observer.sync_drivers()
     return ControlLoop(
@@ -298,6 +302,7 @@ async def serve(
                 metrics_server.close()
             if loop.audit is not None:
                 loop.audit.close()
+            await loop.observer.close()  # the observer workers
             lifecycle["stopped_at"] = time.time()
             _save_lifecycle(store, lifecycle)
             store.close()
