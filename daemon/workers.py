@@ -310,6 +310,9 @@ class ObserverPool:
         log.info("observe_workers.started", workers=n, rigs=rigs, pids=[p.pid for p in self.procs])
 
     async def _start_one(self, index: int) -> None:
+        old = self.procs[index]
+        if old.alive:  # never two processes for one share
+            await old.stop()
         proc = _Proc(index)
         proc.on_death = self._on_death
         self.procs[index] = proc
@@ -327,7 +330,9 @@ class ObserverPool:
         if self.procs[proc.index] is not proc:
             return
         log.error("observe_worker.died", worker=proc.index, detail=proc.lost)
-        self._restarts[proc.index] = asyncio.create_task(self._restart(proc.index))
+        running = self._restarts.get(proc.index)
+        if running is None or running.done():
+            self._restarts[proc.index] = asyncio.create_task(self._restart(proc.index))
 
     async def _restart(self, index: int) -> None:
         await self._start_one(index)
@@ -335,14 +340,15 @@ class ObserverPool:
             log.info("observe_worker.restarted", worker=index, pid=self.procs[index].pid)
 
     async def _ready(self) -> None:
-        """Workers started, restarts finished, and every worker told about its rigs."""
+        """Workers started, restarts finished (a worker that could not be started is tried
+        once more), and every worker told about its rigs."""
         await self.start()
-        for index, task in list(self._restarts.items()):
-            with contextlib.suppress(Exception):
-                await task
-            del self._restarts[index]
-        for index, proc in enumerate(self.procs):
-            if not proc.alive:  # dead and not being restarted (a failed start): once more
+        for index in range(self.size):
+            task = self._restarts.pop(index, None)
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await task
+            if not self.procs[index].alive and index not in self._restarts:
                 await self._start_one(index)
         await asyncio.gather(*(self._flush_one(i) for i in range(self.size)))
 

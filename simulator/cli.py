@@ -22,7 +22,7 @@ from simulator.models import MODELS
 from simulator.netns import NetnsError, enter_private_netns, join_instructions, loopback_only
 from simulator.protocol import MakeHandlers
 from simulator.rig import Fault, SimClock
-from simulator.server import FleetServer
+from simulator.server import BLOCK_RIGS, FleetServer, block_base
 
 log = structlog.get_logger("simulator")
 
@@ -87,6 +87,15 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         "--base-address",
         default=None,
         help=f"first rig address in 127.0.0.0/8 (default {DEFAULT_BASE})",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve as the N-th of several simulator processes sharing the ports: rigs from "
+        "127.(N+1).0.1 (at most 65,024), connections to 127.(N+1).0.0/16 steered to this "
+        "process; start the processes in block order (docs/simulator.md)",
     )
     p.add_argument(
         "--fault",
@@ -172,6 +181,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
     scale = args.time_scale if args.time_scale is not None else options.get("time_scale", 1.0)
     base = args.base_address or options.get("base_address", DEFAULT_BASE)
     try:
+        if args.block is not None:
+            if args.base_address or "base_address" in options:
+                raise ValueError("--block sets the base address; give no --base-address")
+            base = block_base(args.block)
+            total = sum(g.count for g in groups)
+            if total > BLOCK_RIGS:
+                raise ValueError(
+                    f"--block {args.block}: {total} rigs do not fit in one address block "
+                    f"(at most {BLOCK_RIGS}); run more processes"
+                )
         fleet = Fleet(groups, SimClock(scale=float(scale)), base_address=str(base))
         for address, fault, params in faults:
             fleet.get(address).set_fault(fault, params)
@@ -179,7 +198,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
     control = args.control or Path(tempfile.gettempdir()) / f"rigpilot-sim-{os.getpid()}.sock"
-    return _run(_serve(fleet, control, args.json))
+    return _run(_serve(fleet, control, args.json, args.block))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -191,10 +210,10 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def _serve(fleet: Fleet, control_path: Path, as_json: bool) -> int:
+async def _serve(fleet: Fleet, control_path: Path, as_json: bool, block: int | None) -> int:
     server = FleetServer(fleet, handlers())
     try:
-        await server.start()
+        await server.start(block=block)
     except OSError as exc:
         print(f"rigpilot sim: error: cannot listen: {exc}", file=sys.stderr)
         return 1
