@@ -98,3 +98,30 @@ def test_a_block_too_large_is_refused(tmp_path: Path) -> None:
     from simulator.cli import main
 
     assert main(["--antminer", "s19jpro:65025", "--block", "0", "--netns", "current"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--block", "0", "--base-address", "127.5.0.1"], "--block sets the base address"),
+        (["--block", "254"], "block must be 0..253, got 254"),
+    ],
+)
+def test_block_options_that_cannot_work_are_named(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulator.cli import main
+
+    assert main(["--antminer", "s19jpro:1", *extra, "--netns", "current"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fleet_control_names_an_address_in_no_block() -> None:
+    from simulator.client import ControlError, FleetControl, SimControl
+
+    control = FleetControl([SimControl("/nonexistent-0"), SimControl("/nonexistent-1")])
+    assert control.block_of("127.2.0.9") is control.controls[1]
+    with pytest.raises(ControlError, match=r"127\.3\.0\.1 \(no such address block\)"):
+        control.block_of("127.3.0.1")
+    with pytest.raises(ControlError, match="no simulated rig at rig-7"):
+        control.block_of("rig-7")

@@ -22,6 +22,7 @@ from conftest import SIM_TIME_SCALE, SimFleet
 
 from daemon import readings as codec
 from daemon.config import ConfigError, load_settings
+from daemon.observe_worker import FRAME, MAX_FRAME, FrameError, read_frame
 from daemon.observer import Observer, ObserverSettings
 from daemon.reconciler import Actuator, Outcome, Reconciler, Target
 from daemon.workers import ObserverPool, owner, worker_count
@@ -39,6 +40,19 @@ from policies.values import (
 )
 
 IDENTITY = Identity("127.9.0.1", Make.ANTMINER, "S19j Pro", "stock-2023", "antminer-stock")
+
+
+async def test_a_frame_that_breaks_the_protocol_is_refused() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(FRAME.pack(MAX_FRAME + 1, ord("C")))
+    with pytest.raises(FrameError, match=f"longer than {MAX_FRAME}"):
+        await read_frame(reader)
+    reader = asyncio.StreamReader()
+    reader.feed_data(FRAME.pack(2, ord("C")) + b"{}")
+    reader.feed_eof()
+    assert await read_frame(reader) == (b"C", b"{}")
+    with pytest.raises(asyncio.IncompleteReadError):  # the other end closed
+        await read_frame(reader)
 
 
 def test_readings_round_trip_through_the_binary_layout() -> None:
@@ -251,3 +265,19 @@ async def test_dry_run_sends_nothing_through_the_workers(sim: SimFleet, pool: Ob
         truth = sim.control.rig(a)
         assert truth["counters"]["writes"] == writes[a], a
         assert truth["mode"] == "normal"
+
+
+async def test_a_worker_sent_a_broken_frame_exits_and_is_replaced_before_the_next_cycle(
+    sim: SimFleet, pool: ObserverPool
+) -> None:
+    await pool.cycle()
+    first = pool.procs[0]
+    await first.send(b"Z", b"{}")  # not a frame kind the worker knows: it stops
+    for _ in range(3000):
+        if first.lost:
+            break
+        await asyncio.sleep(0.01)
+    assert not first.alive and "exit 1" in first.lost
+    cycle = await pool.cycle()
+    assert cycle.ok == len(pool.drivers)
+    assert pool.procs[0] is not first and pool.procs[0].alive
