@@ -280,6 +280,8 @@ class ObserverPool:
     _given: list[dict[str, Identity]] = field(default_factory=list)
     _restarts: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _next_id: int = 0
+    _owners: dict[str, int] = field(default_factory=dict)  # address -> worker, cached
+    _dirty: bool = True  # drivers changed since the workers were last told
     commands_sent: int = 0
     """Commands handed to a worker since the start (dry-run hands none)."""
 
@@ -294,8 +296,17 @@ class ObserverPool:
             driver = self.drivers.get(address)
             if driver is None or driver.identity != identity:
                 self.drivers[address] = RemoteDriver(driver_for(identity), self)
+                self._dirty = True
         for address in [a for a in self.drivers if a not in self.inventory.rigs]:
             del self.drivers[address]
+            self._dirty = True
+
+    def owner_of(self, address: str) -> int:
+        """The worker that owns ``address`` (:func:`owner`, cached)."""
+        index = self._owners.get(address)
+        if index is None:
+            index = self._owners[address] = owner(address, self.size)
+        return index
 
     async def start(self) -> None:
         """Start the workers (done by the first cycle; idempotent)."""
@@ -350,15 +361,16 @@ class ObserverPool:
                     await task
             if not self.procs[index].alive and index not in self._restarts:
                 await self._start_one(index)
-        await asyncio.gather(*(self._flush_one(i) for i in range(self.size)))
+        if self._dirty:
+            self._dirty = False
+            await asyncio.gather(*(self._flush_one(i) for i in range(self.size)))
 
     async def _flush_one(self, index: int) -> None:
         """Tell worker ``index`` which of its rigs were added, changed or dropped."""
         proc, given = self.procs[index], self._given[index]
         if not proc.alive:
             return
-        n = self.size
-        mine = {a: d.identity for a, d in self.drivers.items() if owner(a, n) == index}
+        mine = {a: d.identity for a, d in self.drivers.items() if self.owner_of(a) == index}
         put = [i for a, i in mine.items() if given.get(a) is not i]
         drop = [a for a in given if a not in mine]
         if not put and not drop:
@@ -388,7 +400,7 @@ class ObserverPool:
         shares: list[list[str]] = [[] for _ in range(n)]
         for address in targets:
             if address in self.drivers:
-                shares[owner(address, n)].append(address)
+                shares[self.owner_of(address)].append(address)
         per_worker = ObserverSettings(
             **{
                 **settings_doc(self.settings),
@@ -474,7 +486,7 @@ class ObserverPool:
         """Send a command through the worker that owns ``address``; DriverError or
         UnsupportedMode as the driver raised them there."""
         await self._ready()
-        index = owner(address, self.size)
+        index = self.owner_of(address)
         request_id = self._request_id()
         doc = {
             "id": request_id,
