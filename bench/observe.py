@@ -178,6 +178,7 @@ def pool_phase(cache: Path, workers: int, cycles: int, concurrency: int) -> None
     inventory, ``workers`` worker processes."""
     t_start = time.monotonic()
     from daemon import aio
+    from daemon.gctune import tune_gc
     from daemon.observer import ObserverSettings
     from daemon.workers import ObserverPool
     from drivers.inventory import Inventory
@@ -188,6 +189,8 @@ def pool_phase(cache: Path, workers: int, cycles: int, concurrency: int) -> None
         pool = ObserverPool(
             inventory, ObserverSettings(concurrency=concurrency, timeout_s=5.0), workers=workers
         )
+        pool.sync_drivers()
+        tune_gc()  # as rigpilot run does once its loop is built
         try:
             first = await pool.cycle()
             first_s = time.monotonic() - t_start

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from daemon import readings as codec
+from daemon.gctune import tune_gc
 from daemon.observer import Observer, ObserverSettings
 from drivers.base import UnsupportedMode
 from drivers.inventory import Inventory
@@ -114,6 +115,7 @@ class Worker:
             inventory.put(identity)
             self.assigned[identity.address] = identity
         self.observer.sync_drivers()
+        tune_gc()  # as the daemon does: the drivers are the long-lived heap (daemon/gctune.py)
 
     async def cycle(self, doc: dict[str, Any]) -> None:
         self.clock.set(float(doc["now"]))
