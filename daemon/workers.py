@@ -28,6 +28,7 @@ import json
 import math
 import os
 import socket
+import struct
 import sys
 import time
 import zlib
@@ -128,13 +129,13 @@ class _Proc:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    async def start(self, log_level: str, log_json: bool | None) -> None:
+    async def start(self, log_level: str, log_json: bool | None, module: str) -> None:
         parent, child = socket.socketpair()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "daemon.observe_worker",
+                module,
                 "--fd",
                 str(child.fileno()),
                 "--index",
@@ -275,6 +276,8 @@ class ObserverPool:
     clock: Callable[[], float] = time.time
     log_level: str = "info"
     log_json: bool | None = None
+    worker_module: str = "daemon.observe_worker"
+    """What each worker runs (``python -m``); tests give a worker that breaks the protocol."""
     drivers: dict[str, RigDriver] = field(default_factory=dict)
     procs: list[_Proc] = field(default_factory=list)
     _given: list[dict[str, Identity]] = field(default_factory=list)
@@ -329,7 +332,9 @@ class ObserverPool:
         self.procs[index] = proc
         self._given[index] = {}
         try:
-            await asyncio.wait_for(proc.start(self.log_level, self.log_json), START_TIMEOUT_S)
+            await asyncio.wait_for(
+                proc.start(self.log_level, self.log_json, self.worker_module), START_TIMEOUT_S
+            )
         except Exception as exc:
             proc.lost = f"observer worker {index} could not be started: {exc!r}"
             log.error("observe_worker.start_failed", worker=index, error=repr(exc))
@@ -457,17 +462,37 @@ class ObserverPool:
                 for a in share
                 if a in self.drivers
             }
+        try:
+            return self._decoded(index, payload)
+        except (codec.LayoutError, ValueError, KeyError, struct.error) as exc:
+            # A reply that breaks the protocol: the worker cannot be trusted; replace it.
+            log.error("observe_worker.broken_reply", worker=index, error=str(exc))
+            if proc.proc is not None and proc.proc.returncode is None:
+                proc.proc.kill()
+            detail = f"observer worker {index} sent a broken reply ({exc}); it is restarted"
+            return {
+                a: ObservationFailure(
+                    a, FailureKind.WORKER_LOST, detail, now, self.drivers[a].identity
+                )
+                for a in share
+                if a in self.drivers
+            }
+
+    def _decoded(self, index: int, payload: bytes) -> dict[str, Reading]:
+        """A readings frame's readings (LayoutError, ValueError, KeyError if it is broken).
+        A rig dropped from the configuration since the worker read it keeps the identity the
+        worker had; the cycle then leaves it out."""
         _, meta_len = READINGS_HEAD.unpack_from(payload)
         start = READINGS_HEAD.size
         meta = json.loads(payload[start : start + meta_len])
         changed = [Identity.from_dict(raw) for raw in meta.get("identities", [])]
         if changed:
             self._reidentified(index, changed)
-        drivers = self.drivers
+        drivers, given = self.drivers, self._given[index]
 
         def identity_of(address: str) -> Identity | None:
             driver = drivers.get(address)
-            return driver.identity if driver is not None else None
+            return driver.identity if driver is not None else given.get(address)
 
         return dict(codec.decode(payload[start + meta_len :], identity_of))
 

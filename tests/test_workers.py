@@ -281,3 +281,25 @@ async def test_a_worker_sent_a_broken_frame_exits_and_is_replaced_before_the_nex
     cycle = await pool.cycle()
     assert cycle.ok == len(pool.drivers)
     assert pool.procs[0] is not first and pool.procs[0].alive
+
+
+async def test_a_worker_reply_that_breaks_the_layout_leaves_its_rigs_unread(
+    sim: SimFleet, identified: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tests = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    pool = ObserverPool(identified, ObserverSettings(timeout_s=2.0), workers=1)
+    pool.worker_module = "broken_worker"
+    try:
+        cycle = await pool.cycle()
+        first = pool.procs[0]
+        assert cycle.ok == 0 and len(cycle.readings) == len(sim.rigs)
+        for reading in cycle.readings.values():
+            assert isinstance(reading, ObservationFailure)
+            assert reading.kind is FailureKind.WORKER_LOST
+            assert "observer worker 0 sent a broken reply" in reading.detail
+            assert "unknown record tag 7" in reading.detail
+        await pool.cycle()  # the worker was replaced (by another broken one)
+        assert pool.procs[0] is not first
+    finally:
+        await pool.close()
