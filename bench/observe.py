@@ -128,7 +128,6 @@ async def naive_pyasic(addresses: list[str], concurrency: int) -> tuple[float, i
 def restart_phase(cache: Path, cycles: int, concurrency: int) -> None:
     """Run in a fresh process: what a restarted daemon does with a cached inventory."""
     t_start = time.monotonic()
-    from daemon import aio
     from daemon.observer import Observer, ObserverSettings
     from drivers.inventory import Inventory
 
@@ -157,7 +156,7 @@ def restart_phase(cache: Path, cycles: int, concurrency: int) -> None:
             "rss_mb": round(rss_mb(), 1),
         }
 
-    print(json.dumps(aio.run(main())), flush=True)
+    print(json.dumps(asyncio.run(main())), flush=True)
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -177,7 +176,6 @@ def pool_phase(cache: Path, workers: int, cycles: int, concurrency: int) -> None
     """Run in a fresh process: ``rigpilot run``'s observer (the worker pool) over a cached
     inventory, ``workers`` worker processes."""
     t_start = time.monotonic()
-    from daemon import aio
     from daemon.gctune import tune_gc
     from daemon.observer import ObserverSettings
     from daemon.workers import ObserverPool
@@ -221,7 +219,7 @@ def pool_phase(cache: Path, workers: int, cycles: int, concurrency: int) -> None
             "worker_rss_mb": worker_rss,
         }
 
-    print(json.dumps(aio.run(main())), flush=True)
+    print(json.dumps(asyncio.run(main())), flush=True)
 
 
 async def identify_all(addresses: list[str], cache: Path, concurrency: int) -> dict[str, Any]:
@@ -342,7 +340,6 @@ def main() -> int:
         return 0
     counts = [int(n) for n in args.workers.split(",") if n.strip()]
 
-    from daemon import aio
     from simulator import launch
     from simulator.netns import ensure_private_netns
 
@@ -367,7 +364,7 @@ def main() -> int:
         print(f"simulator: {len(rigs)} rigs (pids {pids})", flush=True)
 
         cache = work / "inventory.json"
-        ident = aio.run(identify_fleet(rigs, cache, 64, args.identify_sample))
+        ident = asyncio.run(identify_fleet(rigs, cache, 64, args.identify_sample))
         print(
             f"identify (pyasic detection, once, cached): {ident['identified']} rigs, "
             f"{ident['failed']} failed, {ident['cpu_ms_per_rig']:.2f} ms CPU/rig, "
@@ -430,7 +427,7 @@ def main() -> int:
 
         if not args.skip_baselines:
             pairs = [(r["address"], r["make"]) for r in rigs]
-            floor_ms, floor_ok = aio.run(floor(pairs, args.concurrency))
+            floor_ms, floor_ok = asyncio.run(floor(pairs, args.concurrency))
             print(
                 f"floor (one raw request per rig, decoded): {floor_ms:.3f} ms CPU/rig, "
                 f"{floor_ok} ok",

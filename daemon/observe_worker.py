@@ -213,9 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_logs = {"auto": None, "yes": True, "no": False}[args.log_json]
     configure_logging(level=args.log_level, json=json_logs, stream=sys.stderr)
     structlog.contextvars.bind_contextvars(observer_worker=args.index)
-    from daemon import aio
 
-    aio.run(serve(args.fd))
+    asyncio.run(serve(args.fd))
     return 0
 
 
