@@ -44,7 +44,7 @@ bench-sim: $(STAMP)
 	$(BIN)/python -m bench.sim_rps
 
 bench-observe: $(STAMP)
-	$(BIN)/python -m bench.observe
+	$(BIN)/python -m bench.observe $(ARGS)
 
 bench-decide: $(STAMP)
 	$(BIN)/python -m bench.decide

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from daemon.audit import AuditLog
-from daemon.observer import Observer
+from daemon.observer import FleetObserver
 from daemon.operator_state import OperatorState
 from daemon.power import PowerSwitches, with_switches
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
@@ -82,7 +82,7 @@ class TickReport:
 
 @dataclass
 class ControlLoop:
-    observer: Observer
+    observer: FleetObserver  # rigpilot run: daemon.workers.ObserverPool
     market: Market
     policies: Sequence[Policy]
     site: Site

@@ -94,6 +94,7 @@ class FailureKind(StrEnum):
     UNKNOWN_MINER = "unknown_miner"  # nothing pyasic recognises at this address
     CIRCUIT_OPEN = "circuit_open"  # skipped: failing repeatedly, retried later with backoff
     IMPLAUSIBLE = "implausible"  # answered, with a hashrate no such rig can have (a lie)
+    WORKER_LOST = "worker_lost"  # not read: its observer worker process died this cycle
 
 
 @dataclass(frozen=True, slots=True)

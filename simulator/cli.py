@@ -22,7 +22,7 @@ from simulator.models import MODELS
 from simulator.netns import NetnsError, enter_private_netns, join_instructions, loopback_only
 from simulator.protocol import MakeHandlers
 from simulator.rig import Fault, SimClock
-from simulator.server import FleetServer
+from simulator.server import BLOCK_RIGS, FleetServer, block_base
 from simulator.switches import PDU_KINDS, SwitchBank, build_switches, parse_switch, wire
 
 log = structlog.get_logger("simulator")
@@ -149,6 +149,15 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         help="UDP port of the simulated PDUs' SNMP agents (default 161)",
     )
     p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve as the N-th of several simulator processes sharing the ports: rigs from "
+        "127.(N+1).0.1 (at most 65,024), connections to 127.(N+1).0.0/16 steered to this "
+        "process; start the processes in block order (docs/simulator.md)",
+    )
+    p.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -196,7 +205,7 @@ def _parse_fault(text: str) -> tuple[str, Fault, dict[str, Any]]:
     return address, fault, params
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:  # noqa: C901, PLR0912  the simulator's start-up: each listener and its failure
+def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:  # noqa: C901, PLR0912, PLR0915  the simulator's start-up: each listener and its failure
     args = build_parser(prog).parse_args(argv)
     try:
         groups: list[GroupSpec] = []
@@ -245,6 +254,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int: 
     scale = args.time_scale if args.time_scale is not None else options.get("time_scale", 1.0)
     base = args.base_address or options.get("base_address", DEFAULT_BASE)
     try:
+        if args.block is not None:
+            if args.base_address or "base_address" in options:
+                raise ValueError("--block sets the base address; give no --base-address")
+            base = block_base(args.block)
+            total = sum(g.count for g in groups)
+            if total > BLOCK_RIGS:
+                raise ValueError(
+                    f"--block {args.block}: {total} rigs do not fit in one address block "
+                    f"(at most {BLOCK_RIGS}); run more processes"
+                )
         fleet = Fleet(groups, SimClock(scale=float(scale)), base_address=str(base))
         for address, fault, params in faults:
             fleet.get(address).set_fault(fault, params)
@@ -258,7 +277,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int: 
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
     control = args.control or Path(tempfile.gettempdir()) / f"rigpilot-sim-{os.getpid()}.sock"
-    return _run(_serve(fleet, control, args.json, args.snmp_port))
+    return _run(_serve(fleet, control, args.json, args.snmp_port, args.block))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -270,10 +289,12 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def _serve(fleet: Fleet, control_path: Path, as_json: bool, snmp_port: int = 161) -> int:
+async def _serve(
+    fleet: Fleet, control_path: Path, as_json: bool, snmp_port: int = 161, block: int | None = None
+) -> int:
     server = FleetServer(fleet, handlers())
     try:
-        await server.start()
+        await server.start(block=block)
         await fleet.switches.start(server.http_hosts, snmp_port)
     except OSError as exc:
         print(f"rigpilot sim: error: cannot listen: {exc}", file=sys.stderr)

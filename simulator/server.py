@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import socket
 import struct
@@ -321,6 +322,44 @@ def _garble(payload: bytes) -> bytes:
 HostHandler = Callable[[HttpRequest], HttpResponse | None]
 """Port 80 of a device that is not a rig (a smart plug); None = do not answer."""
 
+SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; not in Python's socket module
+_SKF_NET_OFF = -0x100000  # classic BPF: loads relative to the network (IPv4) header
+MAX_BLOCKS = 254
+BLOCK_RIGS = 256 * 254  # loopback addresses in 127.N.0.0/16 without .0 and .255 host bytes
+
+
+def block_base(block: int) -> str:
+    """The first rig address of address block ``block``: 127.(block + 1).0.1."""
+    if not 0 <= block < MAX_BLOCKS:
+        raise ValueError(f"block must be 0..{MAX_BLOCKS - 1}, got {block}")
+    return f"127.{block + 1}.0.1"
+
+
+def _steer_by_block() -> bytes:
+    """A classic BPF program for a SO_REUSEPORT group: a connection to 127.N.x.y goes to the
+    group's socket number N - 1, i.e. the simulator process of block N - 1 (sockets join the
+    group in the order their processes start listening)."""
+
+    def insn(code: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, 0, 0, k & 0xFFFFFFFF)
+
+    return b"".join(
+        [
+            insn(0x20, _SKF_NET_OFF + 16),  # ld [net + 16]: the IPv4 destination address
+            insn(0x74, 16),  # rsh #16
+            insn(0x54, 0xFF),  # and #0xff: its second byte, N
+            insn(0x14, 1),  # sub #1
+            insn(0x16, 0),  # ret a
+        ]
+    )
+
+
+def _attach_steering(sock: socket.socket) -> None:
+    program = _steer_by_block()
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
 
 class FleetServer:
     """Owns the listening sockets of one simulated fleet."""
@@ -336,16 +375,29 @@ class FleetServer:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(
-        self, host: str = "0.0.0.0", ports: Mapping[int, type[_Conn]] | None = None
+        self,
+        host: str = "0.0.0.0",
+        ports: Mapping[int, type[_Conn]] | None = None,
+        block: int | None = None,
     ) -> None:
-        """Listen on every port (4028, 80, 4433 by default) on ``host``."""
+        """Listen on every port (4028, 80, 4433 by default) on ``host``.
+
+        ``block`` set: this is one of several simulator processes sharing the ports, each
+        serving the address block 127.(block + 1).0.0/16; the listening sockets join a
+        SO_REUSEPORT group whose filter hands each connection to its block's process.
+        Processes must start listening in block order (simulator/launch.py does).
+        """
         loop = asyncio.get_running_loop()
         classes = ports or {RPC_PORT: RpcConn, WEB_PORT: HttpConn, V3_PORT: FramedConn}
         for port, cls in classes.items():
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if block is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(4096)
+            if block is not None:
+                _attach_steering(sock)
             sock.setblocking(False)
 
             def factory(cls: type[_Conn] = cls) -> asyncio.Protocol:

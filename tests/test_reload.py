@@ -23,7 +23,7 @@ from daemon.config import Settings, load_settings
 from daemon.loop import TickReport
 from daemon.notify import Notifier
 from daemon.power import CycleRules
-from daemon.run import RESTART_ONLY, Service, handle_signals, serve
+from daemon.run import RESTART_ONLY, RESTART_ONLY_SETTINGS, Service, handle_signals, serve
 from policies.guards import FailSafe
 from policies.values import QuoteKind
 
@@ -298,7 +298,7 @@ def reloadable(model: type[BaseModel] = Settings, prefix: str = "") -> set[str]:
     restart-only ones (a section is a model; anything else is one setting)."""
     out: set[str] = set()
     for name, info in model.model_fields.items():
-        if not prefix and name in RESTART_ONLY:
+        if (not prefix and name in RESTART_ONLY) or prefix + name in RESTART_ONLY_SETTINGS:
             continue
         kind = info.annotation
         if isinstance(kind, type) and issubclass(kind, BaseModel):

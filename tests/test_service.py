@@ -312,7 +312,9 @@ def test_config_check_prints_the_effective_configuration_masked(
     out = capsys.readouterr().out
     assert "hunter2" not in out and 'password = "**********"' in out
     effective = tomllib.loads(out)
-    assert effective["rigs"] == [{"address": "10.0.0.1", "group": "a"}]
+    assert effective["rigs"] == [
+        {"address": "10.0.0.1", "group": "a", "outlets": [], "power_cycle": True}
+    ]
     assert effective["mqtt"]["username"] == "rigpilot"
     assert effective["control"]["tick_s"] == 30.0
 
