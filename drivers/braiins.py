@@ -40,6 +40,9 @@ from pyasic import settings as pyasic_settings
 from drivers.base import ApplyResult, RigDriver
 from drivers.http1 import MAX_BODY, Http1, Reply, Request
 from drivers.parse import Status, pad_boards
+from drivers.parse import bad_reply as _bad
+from drivers.parse import field_number as _number
+from drivers.parse import field_object as _obj
 from drivers.stock import status_observation
 from drivers.transport import DriverError
 from policies.values import (
@@ -177,16 +180,6 @@ def _decoded(path: str, status: int, body: bytes) -> Any:
 # ---- parsing (pure) -----------------------------------------------------------------------------
 
 
-def _bad(where: str, detail: str = "missing") -> DriverError:
-    return DriverError(FailureKind.BAD_REPLY, f"{where}: {detail}")
-
-
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(where, "not an object")
-    return value
-
-
 def _path(value: Any, where: str, *keys: str) -> Any:
     """``value[k1][k2]...``; DriverError naming the path when a step is missing."""
     for i, key in enumerate(keys):
@@ -194,12 +187,6 @@ def _path(value: Any, where: str, *keys: str) -> Any:
             raise _bad(f"{where}.{'.'.join(keys[: i + 1])}")
         value = value[key]
     return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(where, f"not a number: {rig_text(value, 40)!r}")
-    return float(value)
 
 
 def _opt_number(value: Any, *keys: str) -> float | None:

@@ -27,7 +27,6 @@ DriverError with the rig's own words.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,14 @@ from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver
 from drivers.http1 import Http1, Request
-from drivers.parse import Status, pad_boards
+from drivers.parse import (
+    Status,
+    bad_reply,
+    field_number,
+    field_object,
+    field_opt_number,
+    pad_boards,
+)
 from drivers.stock import status_observation
 from drivers.transport import DriverError
 from drivers.webdigest import json_object
@@ -91,23 +97,19 @@ class EpicState:
 
 
 def _bad(field: str, detail: str = "missing") -> DriverError:
-    return DriverError(FailureKind.BAD_REPLY, f"summary {field}: {detail}")
+    return bad_reply(f"summary {field}", detail)
 
 
 def _obj(value: Any, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(field, "not an object" if value is not None else "missing")
-    return value
+    return field_object(value, f"summary {field}")
 
 
 def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(field, f"not a number: {value!r}")
-    return float(value)
+    return field_number(value, f"summary {field}")
 
 
 def _opt_number(value: Any, field: str) -> float | None:
-    return None if value is None else _number(value, field)
+    return field_opt_number(value, f"summary {field}")
 
 
 def tuning_of(capabilities: dict[str, Any]) -> Tuning:

@@ -59,6 +59,32 @@ def _bad(field: str, detail: str = "missing") -> DriverError:
     return DriverError(FailureKind.BAD_REPLY, f"{field}: {detail}")
 
 
+def bad_reply(where: str, detail: str = "missing") -> DriverError:
+    """The error for a reply field ``where`` that is missing or wrong (``detail``)."""
+    return DriverError(FailureKind.BAD_REPLY, f"{where}: {detail}")
+
+
+def field_object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` when it is a JSON object; else the error naming ``where``."""
+    if not isinstance(value, dict):
+        raise bad_reply(where, "not an object" if value is not None else "missing")
+    return value
+
+
+def field_number(value: Any, where: str) -> float:
+    """``value`` as a float when it is a finite JSON number (``true`` is not one; Python's JSON
+    reader accepts ``NaN`` and ``Infinity``, which no rig means); else the error naming
+    ``where`` and the value (shortened and made printable)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_reply(where, f"not a number: {rig_text(value, 40)!r}")
+    return float(value)
+
+
+def field_opt_number(value: Any, where: str) -> float | None:
+    """:func:`field_number`, with None (absent) allowed."""
+    return None if value is None else field_number(value, where)
+
+
 def refused(reply: dict[str, Any]) -> str | None:
     """A cgminer-style reply's refusal (``"E: Invalid command"``): its first STATUS is neither
     S (success) nor I (information). None when the reply did not refuse, or has no STATUS."""

@@ -26,7 +26,6 @@ the rig answers 401. Every failure is a DriverError with the rig's ``err`` text.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver, UnsupportedMode
 from drivers.http1 import Http1, Reply, Request
-from drivers.parse import Status, pad_boards
+from drivers.parse import Status, bad_reply, field_number, field_object, pad_boards
 from drivers.stock import status_observation
 from drivers.transport import DriverError
 from drivers.webdigest import WEB_PORT, json_object
@@ -71,19 +70,15 @@ class VnishState:
 
 
 def _bad(field: str, detail: str = "missing") -> DriverError:
-    return DriverError(FailureKind.BAD_REPLY, f"summary {field}: {detail}")
+    return bad_reply(f"summary {field}", detail)
 
 
 def _obj(value: Any, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(field, "not an object" if value is not None else "missing")
-    return value
+    return field_object(value, f"summary {field}")
 
 
 def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(field, f"not a number: {value!r}")
-    return float(value)
+    return field_number(value, f"summary {field}")
 
 
 def _max_temp(value: Any, field: str) -> float | None:

@@ -253,3 +253,24 @@ def test_truncated_reply_repaired_by_pyasic_is_still_refused() -> None:
     cut = b'{"STATUS":[{"STATUS":"S"}],"SUMMARY":[{"MHS'
     with pytest.raises(DriverError, match="SUMMARY"):
         whatsminer_summary(decode(cut))
+
+
+def test_a_reply_field_must_be_a_finite_number() -> None:
+    """Python's JSON reader takes NaN and Infinity, and true is an int to isinstance: none of
+    them is a reading. The error names the field (the Braiins OS driver let NaN through)."""
+    import json
+
+    from drivers.parse import field_number, field_object, field_opt_number
+
+    reply = json.loads('{"w": NaN, "t": Infinity, "b": true, "ok": 3125, "none": null}')
+    for key in ("w", "t", "b"):
+        with pytest.raises(DriverError) as err:
+            field_number(reply[key], f"stats.{key}")
+        assert err.value.kind is FailureKind.BAD_REPLY
+        assert err.value.detail.startswith(f"stats.{key}: not a number")
+    assert field_number(reply["ok"], "stats.ok") == 3125.0
+    assert field_opt_number(reply["none"], "stats.none") is None
+    with pytest.raises(DriverError, match=r"^stats: not an object$"):
+        field_object([1], "stats")
+    with pytest.raises(DriverError, match=r"^stats: missing$"):
+        field_object(None, "stats")
