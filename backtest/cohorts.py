@@ -31,6 +31,7 @@ Two things make a year of 1,000 rigs cheap without changing a decision (docs/bac
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import math
@@ -87,7 +88,15 @@ class PolicyFailed:
 def rig_id(index: int) -> RigId:
     """The id the rig at ``index`` in the fleet is shown to the policies and guards under,
     whatever cohort it is in (the ramp's jitter is drawn by rig id)."""
-    return f"rig{index}"
+    while len(_RIG_IDS) <= index:
+        n = len(_RIG_IDS)
+        _RIG_IDS.append(f"rig{n}")
+        _RIG_INDEX[_RIG_IDS[n]] = n
+    return _RIG_IDS[index]
+
+
+_RIG_IDS: list[RigId] = []
+_RIG_INDEX: dict[RigId, int] = {}
 
 
 def _retarget(intent: Intent, rig_id: str) -> Intent:
@@ -436,11 +445,12 @@ class PolicyRun:
         wanted = Setting.of(want.mode, want.power_limit_w)
         if wanted == hold or not is_raise(u.view, hold, wanted):
             return [u.uid]
-        ids = [rig_id(i) for i in u.members]
+        rig_id(u.members[-1])  # members are sorted: every id is known
+        ids = [_RIG_IDS[i] for i in u.members]
         n = min(u.m, slots + 1)
         if n == u.m:
             return ids
-        return heapq.nsmallest(n, ids, key=lambda rid: (draw(rid), rid))
+        return [rid for _, rid in heapq.nsmallest(n, zip(map(draw, ids), ids, strict=True))]
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
@@ -516,8 +526,8 @@ class PolicyRun:
         """The guards' answers for a cohort shown rig by rig: split by outcome."""
         rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
         # Rigs not shown stand behind one that was held back (all alike), or the first.
-        position = {rig_id(i): k for k, i in enumerate(u.members)}
-        rest = set(range(u.m))
+        members = u.members  # sorted
+        shown: set[int] = set()
         rigs = new_state.rigs
         groups: dict[tuple[object, ...], list[int]] = {}
         firsts: list[str] = []
@@ -529,12 +539,13 @@ class PolicyRun:
             if group is None:
                 group = groups[key] = []
                 firsts.append(rid)
-            k = position[rid]
+            k = bisect.bisect_left(members, _RIG_INDEX[rid])
             group.append(k)
-            rest.discard(k)
+            shown.add(k)
             if rid == rest_id:
                 rest_group = group
-        rest_group.extend(rest)
+        if len(shown) < u.m:
+            rest_group.extend(set(range(u.m)).difference(shown))
         parts = self._split(u, [sorted(g) for g in groups.values()], now)
         for part, rid in zip(parts, firsts, strict=True):
             d = desired[rid]

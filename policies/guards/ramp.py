@@ -68,12 +68,13 @@ def jitter(seed: int, now: float) -> Callable[[RigId], float]:
     (BLAKE2b) of ``seed``, ``now`` and the rig id alone, so a rig's draw does not depend on
     which other rigs are rising (a cohort of identical rigs can show only those that may reach
     the front: ``backtest/cohorts.py``)."""
-    base = hashlib.blake2b(f"{seed}:{now!r}:".encode(), digest_size=8, person=_JITTER_KEY)
+    copy = hashlib.blake2b(f"{seed}:{now!r}:".encode(), digest_size=8, person=_JITTER_KEY).copy
+    from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> float:
-        h = base.copy()
+        h = copy()
         h.update(rig_id.encode())
-        return (int.from_bytes(h.digest(), "big") >> 11) * _TO_UNIT
+        return (from_bytes(h.digest(), "big") >> 11) * _TO_UNIT
 
     return draw
 
