@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-backtest bench-metrics bench-persist backtest-sample backtest-docs soak clean
+.PHONY: setup demo test lint typecheck unit bench-sim bench-observe bench-decide bench-curtail bench-power-off bench-backtest bench-metrics bench-persist backtest-sample backtest-docs soak clean
 
 # pip runs --quiet (its output is hundreds of lines); these echo lines say what is going on.
 $(STAMP): pyproject.toml constraints.txt
@@ -30,8 +30,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# pytest-xdist workers (TEST_WORKERS=0: one process). Most of the suite waits on subprocesses,
+# sockets, brokers and daemons' ticks, so more workers than the 2 cores it was sized on pay off.
+# Each worker has a network namespace and a simulated fleet of its own (tests/conftest.py).
+# --dist loadgroup keeps the tests of an xdist_group (the wheel's) on one worker.
+TEST_WORKERS ?= 4
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit
 
@@ -39,7 +44,7 @@ bench-sim: $(STAMP)
 	$(BIN)/python -m bench.sim_rps
 
 bench-observe: $(STAMP)
-	$(BIN)/python -m bench.observe
+	$(BIN)/python -m bench.observe $(ARGS)
 
 bench-decide: $(STAMP)
 	$(BIN)/python -m bench.decide
@@ -49,6 +54,9 @@ soak: $(STAMP)
 
 bench-curtail: $(STAMP)
 	$(BIN)/python -m bench.curtail
+
+bench-power-off: $(STAMP)
+	$(BIN)/python -m bench.power_off
 
 bench-backtest: $(STAMP)
 	$(BIN)/python -m bench.backtest

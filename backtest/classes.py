@@ -12,6 +12,7 @@ from policies.api import Site
 from policies.economics import Economics
 from policies.guards import (
     GuardConfig,
+    RampGrant,
 )
 from policies.values import Mode
 from simulator.models import ModelSpec
@@ -74,3 +75,6 @@ def classes_of(fleet: Fleet) -> list[RigClass]:
 
 ProgressFn = Callable[[int, int], None]
 """Called with (rows done, rows in all) as a replay goes."""
+
+RampFn = Callable[[tuple[RampGrant, ...]], None]
+"""Told the ramp's memory after each guard step: the power-ups kept, with their start slots."""

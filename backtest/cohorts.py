@@ -38,7 +38,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from backtest.classes import ProgressFn, ReplayConfig
+from backtest.classes import ProgressFn, RampFn, ReplayConfig
 from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from backtest.physics import state_key
@@ -164,8 +164,10 @@ class PolicyRun:
         policies: Sequence[Policy],
         config: ReplayConfig,
         progress: ProgressFn | None = None,
+        on_ramp: RampFn | None = None,
     ) -> None:
         self.s = strategy
+        self.on_ramp = on_ramp
         self.policies = list(policies)
         self.config = config
         self.counters = Counters()
@@ -241,6 +243,8 @@ class PolicyRun:
         busy = [u for u in self.s.units if self.exact or not self._quiet(u, market, prices, now)]
         if busy:
             self._guard(market, busy, now, prices)
+            if self.on_ramp is not None:
+                self.on_ramp(self.ramp_log)
 
     def _decide(self, market: MarketView, units: list[Unit], now: float) -> None:
         self.counters.decide_calls += 1

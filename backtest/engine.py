@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backtest.classes import ProgressFn, ReplayConfig, RigClass, classes_of
+from backtest.classes import ProgressFn, RampFn, ReplayConfig, RigClass, classes_of
 from backtest.cohorts import Counters, PolicyFailed, PolicyRun
 from backtest.inputs import Fleet, Market
 from backtest.ledger import Prices, Strategy, Unit
@@ -23,7 +23,7 @@ from policies.guards import (
 )
 from policies.values import Mode
 
-__all__ = ["Outcome", "PolicyFailed", "ProgressFn", "Replay", "ReplayConfig", "replay"]
+__all__ = ["Outcome", "PolicyFailed", "ProgressFn", "RampFn", "Replay", "ReplayConfig", "replay"]
 
 
 @dataclass(slots=True)
@@ -79,8 +79,11 @@ def replay(
     policies: Sequence[Policy],
     config: ReplayConfig,
     progress: ProgressFn | None = None,
+    on_ramp: RampFn | None = None,
 ) -> Outcome:
     """Run the policies, always-on and the plain threshold over ``market`` with ``fleet``.
+    ``on_ramp`` is told the policy run's ramp memory after each guard step (an audit of the
+    power-ups the replay keeps: bench/backtest.py --ramp-audit, tests).
 
     Deterministic: the same inputs give the same outcome."""
     # As in the daemon, one tick schedules power-up starts up to the next tick. The replay
@@ -96,7 +99,7 @@ def replay(
 
     live = Strategy(prices, terms, classes)
     _units(live, classes, market.start, config.plain)
-    run = PolicyRun(live, policies, config, progress)
+    run = PolicyRun(live, policies, config, progress, on_ramp)
     p0_live = live.initial_power_w()
 
     thr = Strategy(prices, terms, classes)

@@ -34,57 +34,22 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
 import pstats
-import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backtest.engine import ReplayConfig, replay  # noqa: E402
-from backtest.inputs import Fleet, Market, MarketRow, RigGroup  # noqa: E402
+from backtest.engine import RampFn, ReplayConfig, replay  # noqa: E402
+from backtest.inputs import Fleet, Market, RigGroup  # noqa: E402
 from backtest.report import summary  # noqa: E402
+from backtest.synthetic import synthetic_market  # noqa: E402
 from policies.economics import Economics, cost_per_day, revenue_usd_per_day  # noqa: E402
-from policies.guards import GuardConfig  # noqa: E402
+from policies.guards import GuardConfig, RampGrant  # noqa: E402
 from policies.registry import load_policy  # noqa: E402
 from simulator.models import MODELS  # noqa: E402
-
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-STEP_S = 300
-
-
-def year(days: int, seed: int = 2026) -> Market:
-    rng = random.Random(seed)
-    rows = []
-    level = 40.0
-    hp_noise = 0.0
-    spike_left, spike_peak = 0, 0.0
-    for i in range(days * 288):
-        t = T0 + i * STEP_S
-        minute_of_day = (i % 288) * 5
-        hour = minute_of_day / 60.0
-        day = i // 288
-        if i % 12 == 0:
-            level += rng.gauss(0.0, 0.35) + 0.01 * (40.0 - level)
-            level = min(55.0, max(25.0, level))
-            hp_noise = rng.gauss(0.0, 0.4)
-        hp = level + hp_noise + rng.gauss(0.0, 0.05)
-        price = 0.030 + 0.025 * max(0.0, math.sin((hour - 6.0) / 14.0 * math.pi)) ** 1.5
-        price *= 1.0 + rng.gauss(0.0, 0.06)
-        if day % 7 == 3 and 1 <= hour < 5:
-            price = -0.005 - 0.02 * math.sin((hour - 1.0) / 4.0 * math.pi)
-        if spike_left == 0 and 16 <= hour < 20 and rng.random() < 2 / 7 / 48:
-            spike_left, spike_peak = rng.randint(2, 18), rng.uniform(0.3, 2.0)
-        if spike_left:
-            spike_left -= 1
-            price = max(price, spike_peak)
-        rows.append(MarketRow(t, round(hp, 3), round(price, 5)))
-    return Market("synthetic year", STEP_S, tuple(rows))
 
 
 def fleet() -> Fleet:
@@ -136,7 +101,7 @@ def main() -> int:
 
 def run(days: int, args: argparse.Namespace) -> bool:
     """Replay ``days`` of the synthetic history; print the figures; whether within target."""
-    market = year(days)
+    market = synthetic_market(days)
     rigs = fleet()
     terms = Economics()
     config = ReplayConfig(
@@ -153,12 +118,12 @@ def run(days: int, args: argparse.Namespace) -> bool:
     base_s, base_cpu = time.perf_counter() - t, time.process_time() - base_cpu
 
     spent = _timed_parts() if args.breakdown else None
-    starts = kept_starts(setattr) if args.ramp_audit else None
+    starts, on_ramp = kept_starts() if args.ramp_audit else (None, None)
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
     t, cpu = time.perf_counter(), time.process_time()
-    outcome = replay(market, rigs, [policy], config)
+    outcome = replay(market, rigs, [policy], config, on_ramp=on_ramp)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     if profiler is not None:
         profiler.disable()
@@ -215,21 +180,15 @@ def run(days: int, args: argparse.Namespace) -> bool:
     return ok
 
 
-def kept_starts(patch: Callable[[Any, str, Any], None]) -> dict[tuple[float, str], float]:
-    """Collect the power-ups the replay keeps (its ramp memory after each guard step) into the
-    returned dict, (start slot, rig id) -> kW, from now on. ``patch`` installs the spy:
-    ``setattr``, or a test's ``monkeypatch.setattr`` to have it removed afterwards."""
-    from backtest import cohorts
-
+def kept_starts() -> tuple[dict[tuple[float, str], float], RampFn]:
+    """The power-ups the replay keeps, (start slot, rig id) -> kW, filled by the returned
+    ``on_ramp`` callback for ``replay`` (the ramp's memory after each guard step)."""
     kept: dict[tuple[float, str], float] = {}
-    guard = cohorts.PolicyRun._guard
 
-    def keep(run: cohorts.PolicyRun, *args: Any) -> None:
-        guard(run, *args)
-        kept.update(((g.at, g.rig_id), g.kw) for g in run.ramp_log)
+    def keep(log: tuple[RampGrant, ...]) -> None:
+        kept.update(((g.at, g.rig_id), g.kw) for g in log)
 
-    patch(cohorts.PolicyRun, "_guard", keep)
-    return kept
+    return kept, keep
 
 
 def peak_kw_in_minute(starts: dict[tuple[float, str], float]) -> float:

@@ -37,8 +37,12 @@ convergence check, and:
 
 Ends with a table and ``RESULT ... ok=yes|no``; writes ``soak.json`` into ``--out``.
 
+``--every-kind`` runs on past ``--minutes`` (up to three times as long) until each kind of
+disruption has happened once: on a loaded machine recoveries take longer and a short run could
+end before the last kind (tests/test_soak.py uses it).
+
 Usage: python -m bench.soak [--rigs 1000] [--minutes 10] [--disrupt-every 60] [--seed 1]
-       [--faulty 0.1] [--out DIR]
+       [--faulty 0.1] [--out DIR] [--every-kind]
 """
 
 from __future__ import annotations
@@ -109,6 +113,14 @@ CRASH_EVENTS = {
 }
 
 
+def _going_on(opts: Options, elapsed_s: float, disruptions: list[dict[str, Any]]) -> bool:
+    """For ``--minutes``; with ``--every-kind`` on (up to 3x as long) until each kind happened."""
+    if elapsed_s < opts.minutes * 60:
+        return True
+    seen = {d["kind"] for d in disruptions}
+    return opts.every_kind and elapsed_s < opts.minutes * 60 * 3 and not set(DISRUPTIONS) <= seen
+
+
 @dataclass
 class Options:
     rigs: int = 1000
@@ -117,6 +129,7 @@ class Options:
     seed: int = 1
     faulty: float = 0.1
     out: Path | None = None
+    every_kind: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,11 +638,11 @@ async def soak(opts: Options) -> dict[str, Any]:
         first_ready = await daemon.ready(300)
         print(f"soak: daemon ready after {first_ready:.1f} s (identification included)", flush=True)
         await room.start()
-        end = time.monotonic() + opts.minutes * 60
+        started = time.monotonic()
         kinds = itertools.cycle(DISRUPTIONS)
         next_fault = time.monotonic()
         next_disruption = time.monotonic() + opts.disrupt_every_s
-        while time.monotonic() < end:
+        while _going_on(opts, time.monotonic() - started, disruptions):
             now = time.monotonic()
             daemon.sample_rss()
             if now >= next_fault:
@@ -859,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--faulty", type=float, default=0.1)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--every-kind",
+        action="store_true",
+        help="run past --minutes (up to 3x) until each kind of disruption happened once",
+    )
     opts = Options(**vars(p.parse_args(argv)))
     from simulator.netns import enter_private_netns
 

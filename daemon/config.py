@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +48,12 @@ from daemon.control_config import ControlSettings
 from daemon.logsetup import REDACTED, is_secret_key
 from daemon.rig_address import check_rig_address
 from daemon.settings_base import Section
+from daemon.switch_config import (
+    PowerCycleSettings,
+    SwitchConfig,
+    check_outlets,
+    check_switches,
+)
 from market.config import MarketSettings
 
 __all__ = [
@@ -172,6 +179,11 @@ class RigConfig(_Section):
     driver: str | None = None
     # Operator-defined group (row, container, PDU): commands can address a whole group.
     group: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    # The switch outlets feeding the rig, "SWITCH:NUMBER" (two for a dual-PSU rig):
+    # docs/power-switches.md.
+    outlets: tuple[str, ...] = Field(default=(), max_length=4)
+    # False: never power-cycle this rig when it hangs ([power_cycle]).
+    power_cycle: bool = True
 
     @field_validator("address", mode="before")
     @classmethod
@@ -206,20 +218,31 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     # Safety invariant 5: no write command reaches any rig.
     dry_run: bool = False
+    switches: tuple[SwitchConfig, ...] = ()
+    power_cycle: PowerCycleSettings = PowerCycleSettings()
     rigs: tuple[RigConfig, ...] = ()
     market: MarketSettings = MarketSettings()
     control: ControlSettings = ControlSettings()
 
     @field_validator("rigs")
     @classmethod
-    def _unique_rigs(cls, rigs: tuple[RigConfig, ...]) -> tuple[RigConfig, ...]:
+    def _unique_rigs(
+        cls, rigs: tuple[RigConfig, ...], info: ValidationInfo
+    ) -> tuple[RigConfig, ...]:
         seen: set[str] = set()
         for rig in rigs:
             key = rig.address.lower()
             if key in seen:
                 raise ValueError(f"rig {rig.address} is listed more than once")
             seen.add(key)
+        check_outlets(info.data.get("switches", ()), ((r.address, r.outlets) for r in rigs))
         return rigs
+
+    @field_validator("switches")
+    @classmethod
+    def _unique_switches(cls, switches: tuple[SwitchConfig, ...]) -> tuple[SwitchConfig, ...]:
+        check_switches(switches)
+        return switches
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field, model_validator
 
 from daemon.settings_base import Section
@@ -45,6 +47,9 @@ class ControlSettings(Section):
     power_cap_kw: float | None = Field(default=None, gt=0)
     observe_timeout_s: float = Field(default=5.0, gt=0, le=60)
     observe_concurrency: int = Field(default=256, ge=1, le=4096)
+    # Observer worker processes (daemon/workers.py): "auto" (one per core, see
+    # docs/control-loop.md) or a number. Read at start-up; a reload keeps the running count.
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
     command_concurrency: int = Field(default=256, ge=1, le=4096)
     command_timeout_s: float = Field(default=30.0, gt=0, le=300)
     confirm_deadline_s: float = Field(default=300.0, gt=0, le=86400)

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from daemon.audit import AuditLog
-from daemon.observer import Observer
+from daemon.observer import FleetObserver
 from daemon.operator_state import OperatorState
+from daemon.power import PowerSwitches, with_switches
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
+from drivers.base import RigDriver
 from market.service import Market, MarketState
 from policies.api import MarketView, Policy, RigView, Site
 from policies.guards import Desired, GuardConfig, GuardState, Setting
@@ -80,7 +82,7 @@ class TickReport:
 
 @dataclass
 class ControlLoop:
-    observer: Observer
+    observer: FleetObserver  # rigpilot run: daemon.workers.ObserverPool
     market: Market
     policies: Sequence[Policy]
     site: Site
@@ -106,6 +108,8 @@ class ControlLoop:
     conflict: str | None = None
     """Another live instance announces this site (set by the MQTT bridge): shown by
     ``rigpilot status`` and the metrics until it is gone."""
+    power: PowerSwitches | None = None
+    """The PDUs and plugs feeding the rigs (daemon/power.py), None when none is wired."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _ratios: dict[RigId, Ratios] = field(default_factory=dict)  # measured shares of rated
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
@@ -118,10 +122,31 @@ class ControlLoop:
         self.market = market
         self.force_market_refresh()
 
-    async def tick(self) -> TickReport:
+    async def tick(self) -> TickReport:  # noqa: PLR0915  one tick's steps in their order, each one line or a call
         """One full pass. Never raises for a rig's or a feed's failure."""
         started = time.monotonic()
-        cycle = await self.observer.cycle()
+        if self.power is None:
+            cycle = await self.observer.cycle()
+        else:  # the switches first: a rig they show off is observed off, not polled
+            sweep = await self.power.read(self.clock())
+            off = self.power.known_off()
+            addresses = None
+            if off:
+                self.observer.sync_drivers()
+                unknown = self.observer.inventory.unidentified
+                every = [
+                    *self.observer.drivers,
+                    *(a for a in unknown if a not in self.observer.drivers),
+                ]
+                addresses = [a for a in every if a not in off]
+            cycle = await self.observer.cycle(addresses)
+            identities = {r: d.identity for r, d in self.observer.drivers.items()}
+            cycle = replace(
+                cycle,
+                readings=with_switches(
+                    cycle.readings, sweep.readings, self.power.wiring, identities, self.clock()
+                ),
+            )
         observed_s = time.monotonic() - started
         now = self.clock()
         # The operator's hand-set prices are the market's manual quotes: the same mapping, so
@@ -161,6 +186,8 @@ class ControlLoop:
         commands = self._ramp_ungranted(
             commands, new_grants(before, self.guard_state), fleet, cycle.readings, market, now
         )
+        if self.power is not None:  # off and on through the outlets (daemon/power.py)
+            commands = self.power.steps(commands, targets, cycle.readings, now)
         if commands and self.journal is not None and self.actuator.sends:
             try:
                 self.journal(commands, now)
@@ -183,6 +210,9 @@ class ControlLoop:
                 )
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
+        if self.power is not None:
+            self.power.record(results)
+            await self._recover(desired, cycle.readings, now)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
@@ -306,13 +336,45 @@ class ControlLoop:
         """The command target for ``d``: a mode the rig cannot do becomes the nearest mode
         that draws no more power, with a note saying so."""
         driver = self.observer.drivers.get(d.rig_id)
-        if driver is None or d.mode is Mode.UNKNOWN or d.mode in driver.capabilities.modes:
+        if driver is None or d.mode is Mode.UNKNOWN or d.mode in self._modes(d.rig_id, driver):
             return Target(
                 d.rig_id, d.mode, d.power_limit_w, d.lazy_reason, d.decided_by, d.start_at
             )
-        safe = d.mode.nearest_safe(driver.capabilities.modes)
+        safe = d.mode.nearest_safe(self._modes(d.rig_id, driver))
         note = f" [{driver.identity.model} cannot do {d.mode.value}: {safe.value} instead]"
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
+
+    async def _recover(
+        self, desired: Mapping[RigId, Desired], readings: Mapping[RigId, Reading], now: float
+    ) -> None:
+        """Hung rigs power-cycled (daemon/power.py), never one an operator pinned or one
+        meant to be off; each cycle audited."""
+        assert self.power is not None
+        held = {r for r, d in desired.items() if d.mode is Mode.OFF}
+        for o in self.operator.overrides(now):
+            held |= o.rig_ids
+            if o.group:
+                held |= {r for r, g in self.groups.items() if g == o.group}
+        events = await self.power.recover(
+            readings,
+            frozenset(self.reconciler.not_responding),
+            frozenset(held),
+            self.actuator.sends,
+            now,
+        )
+        for event in events:
+            if event["kind"] == "power_cycle" and not event["dry_run"]:
+                # its old command is moot: judge it afresh once it answers again
+                self.reconciler.clear(str(event["rig"]))
+            if self.audit is not None:
+                self.audit.write(event)
+
+    def _modes(self, rig_id: RigId, driver: RigDriver) -> frozenset[Mode]:
+        """What the rig can be put in: its firmware's modes, and off where outlets feed it."""
+        modes = driver.capabilities.modes
+        if self.power is not None and self.power.wired(rig_id):
+            return modes | {Mode.OFF}
+        return modes
 
     def _view(self, state: MarketState, now: float) -> MarketView:
         hp = state.fresh(QuoteKind.HASHPRICE)
@@ -364,7 +426,7 @@ class ControlLoop:
                 RigView(
                     rig_id,
                     obs,
-                    caps.modes,
+                    self._modes(rig_id, driver),
                     points,
                     groups.get(rig_id, ""),
                     caps.power_limit_range_w,
@@ -499,4 +561,5 @@ def _action_doc(c: Command) -> dict[str, object]:
     return {
         **_setting_doc(c.mode, c.power_limit_w, "not_before", c.not_before),
         "attempt": c.attempt,
+        **({} if c.switch is None else {"outlets": "on" if c.switch else "off"}),
     }

@@ -267,6 +267,8 @@ class Metrics(Collector):
         self._last_desired: dict[RigId, tuple[Mode, int | None]] = {}
         self._decisions: dict[tuple[str, str], int] = {}  # (by, mode)
         self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
+        self._power_cycles: dict[str, int] = {}  # by outcome (daemon/power.py)
+        self._needs_hands: int | None = None
         self._observe_s = _Histogram(DURATION_BUCKETS_S)
         self._tick_s = _Histogram(DURATION_BUCKETS_S)
         self._reload: tuple[bool, float | None] | None = None  # (ok, last success)
@@ -375,6 +377,9 @@ class Metrics(Collector):
         with self._lock:
             self._snapshot = snapshot
             self._count(report, drivers)
+            if loop.power is not None:
+                self._power_cycles = dict(loop.power.cycle_counts)
+                self._needs_hands = len(loop.power.needs_hands)
             self._observe_s.observe(report.observe_duration_s)
             self._tick_s.observe(report.duration_s)
 
@@ -465,6 +470,7 @@ class Metrics(Collector):
             snap = self._snapshot
             decisions = dict(self._decisions)
             commands = dict(self._commands)
+            cycles, needs_hands = dict(self._power_cycles), self._needs_hands
             reload = self._reload
             observe_s = self._observe_s.family(
                 "rigpilot_observation_duration_seconds",
@@ -513,6 +519,19 @@ class Metrics(Collector):
         for (outcome, driver, mode), n in sorted(commands.items()):
             commanded.add_metric([outcome, driver, mode], float(n))
         yield commanded
+        cycled = CounterMetricFamily(
+            "rigpilot_power_cycles",
+            "Hung rigs power-cycled at their outlets, by outcome (switched, dry_run, failed).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(cycles.items()):
+            cycled.add_metric([outcome], float(n))
+        yield cycled
+        yield _gauge(  # no sample where no rig is wired to a switch
+            "rigpilot_fleet_rigs_needing_hands",
+            "Rigs still silent after their power cycles of the day: someone must go and look.",
+            needs_hands,
+        )
         yield observe_s
         yield tick_s
         if snap is None:

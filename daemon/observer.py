@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 from tenacity import (
@@ -81,6 +82,39 @@ class ObserverSettings:
     reidentify_timeout_s: float = 10.0
 
 
+class FleetObserver(Protocol):
+    """What the control loop needs of an observer: :class:`Observer` in one process, or
+    :class:`daemon.workers.ObserverPool` (``rigpilot run``) across worker processes."""
+
+    inventory: Inventory
+    settings: ObserverSettings
+
+    @property
+    def drivers(self) -> dict[str, RigDriver]: ...
+
+    def sync_drivers(self) -> None: ...
+
+    async def cycle(self, addresses: Iterable[str] | None = None) -> Cycle: ...
+
+    async def close(self) -> None: ...
+
+
+def unidentified_reading(inventory: Inventory, address: str, now: float) -> ObservationFailure:
+    """The reading of a rig without a driver: why it could not be identified, since when."""
+    unknown = inventory.unidentified.get(address)
+    if unknown is None:
+        return ObservationFailure(address, FailureKind.UNKNOWN_MINER, "not in the inventory", now)
+    since = datetime.fromtimestamp(unknown.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return ObservationFailure(
+        address,
+        unknown.failure.kind,
+        f"never identified (since {since}, {unknown.attempts} tries): {unknown.failure.detail}",
+        now,
+        None,
+        unknown.attempts,
+    )
+
+
 def _retryable(exc: BaseException) -> bool:
     return (
         isinstance(exc, DriverError)
@@ -121,6 +155,9 @@ class Observer:
         t0 = time.monotonic()
         readings = await bounded_map(targets, self._observe_one, self.settings.concurrency)
         return Cycle(dict(zip(targets, readings, strict=True)), started, time.monotonic() - t0)
+
+    async def close(self) -> None:
+        """Nothing to stop: the in-process observer holds no process (see ObserverPool)."""
 
     async def _observe_one(self, address: str) -> Reading:
         now = self.clock()
@@ -183,21 +220,7 @@ class Observer:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _unidentified(self, address: str, now: float) -> ObservationFailure:
-        """The reading of a rig without a driver: why it could not be identified, since when."""
-        unknown = self.inventory.unidentified.get(address)
-        if unknown is None:
-            return ObservationFailure(
-                address, FailureKind.UNKNOWN_MINER, "not in the inventory", now
-            )
-        since = datetime.fromtimestamp(unknown.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return ObservationFailure(
-            address,
-            unknown.failure.kind,
-            f"never identified (since {since}, {unknown.attempts} tries): {unknown.failure.detail}",
-            now,
-            None,
-            unknown.attempts,
-        )
+        return unidentified_reading(self.inventory, address, now)
 
     def _failed(
         self,

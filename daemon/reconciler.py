@@ -55,6 +55,8 @@ class Command:
     decided_by: str
     attempt: int  # 1 for the first send of this target
     not_before: float | None = None  # not sent before this time (the ramp's start slot)
+    switch: bool | None = None
+    """Carried out by the rig's outlets (on / off), not its firmware: daemon/power.py."""
 
 
 class Outcome(StrEnum):
@@ -400,6 +402,8 @@ class Actuator:
     started: list[Command] = field(default_factory=list)
     """The commands of the last ``send`` that reached their driver (or all, in dry-run): if
     that send is cancelled, the others were never sent."""
+    switch: Callable[[RigId, bool, float], Awaitable[str]] | None = None
+    """Switches a rig's outlets (``PowerSwitches.switch_rig``) for commands that say so."""
     hold: str | None = None
     """Why commands are held although the configuration is live (another instance commands
     this site: daemon/mqtt/bridge.py). While set, every command is handled as in dry-run;
@@ -427,7 +431,7 @@ class Actuator:
             out[i] = result
         return [r for r in out if r is not None]
 
-    async def _send_one(self, cmd: Command) -> CommandResult:
+    async def _send_one(self, cmd: Command) -> CommandResult:  # noqa: PLR0911  one result per way a send ends
         now = self.clock()
         if self.dry_run:
             return CommandResult(cmd, Outcome.DRY_RUN, "dry-run: not sent", now)
@@ -436,6 +440,16 @@ class Actuator:
         if cmd.not_before is not None and cmd.not_before > now:
             await self.sleep(min(cmd.not_before - now, self.max_wait_s))
         self.started.append(cmd)
+        if cmd.switch is not None:
+            if self.switch is None:
+                return CommandResult(cmd, Outcome.FAILED, "no power switch configured", now)
+            try:
+                detail = await self.switch(cmd.rig_id, cmd.switch, self.timeout_s)
+            except DriverError as exc:
+                return CommandResult(
+                    cmd, Outcome.FAILED, f"{exc.kind.value}: {exc.detail}", self.clock()
+                )
+            return CommandResult(cmd, Outcome.SENT, detail, self.clock())
         driver = self.drivers.get(cmd.rig_id)
         if driver is None:
             return CommandResult(cmd, Outcome.FAILED, "no driver for this rig", now)

@@ -35,12 +35,14 @@ from daemon.mqtt.commands import COMMANDS
 from daemon.mqtt.desk import CommandDesk
 from daemon.mqtt.topics import Topics
 from daemon.notify import Notifier
-from daemon.observer import Observer, ObserverSettings
+from daemon.observer import ObserverSettings
 from daemon.persist import Persistence
+from daemon.power import PowerSwitches
 from daemon.prepare import Prepared, prepare, site_of
 from daemon.reconciler import Actuator, Reconciler
 from daemon.statelock import state_lock
 from daemon.store import DB_NAME, Store, StoredInventory, StoreError
+from daemon.workers import ObserverPool
 from drivers.inventory import IdentifyFailure, Inventory
 
 log = structlog.get_logger("daemon")
@@ -94,7 +96,14 @@ def build_loop(
     ValueError naming a bad setting). Every setting reaches it through :func:`configure_loop`,
     the function a reload calls too."""
     prepared = prepared or prepare(settings, client)
-    observer = Observer(inventory, observer_settings(settings.control), clock=clock)
+    observer = ObserverPool(  # worker processes, started by the first cycle (daemon/workers.py)
+        inventory,
+        observer_settings(settings.control),
+        workers=settings.control.workers,
+        clock=clock,
+        log_level=settings.log.level,
+        log_json=settings.log.json_output,
+    )
     observer.sync_drivers()
     loop = ControlLoop(
         observer=observer,
@@ -138,6 +147,14 @@ def configure_loop(
     loop.usd_per_unit = settings.market.usd_per_unit
     loop.market_refresh_s = settings.market.refresh_s
     loop.groups = {r.address: r.group for r in settings.rigs}
+    # The switches and the rigs' wiring follow the file at once: an outlet re-wired to another
+    # rig must never be switched for the old one. What the old switches learnt (off waits,
+    # power cycles of the day, rigs needing hands) carries over.
+    power = PowerSwitches.from_settings(settings)
+    if power is not None and loop.power is not None:
+        power.carry_over(loop.power)
+    loop.power = power
+    loop.actuator.switch = power.switch_rig if power is not None else None
     if new_market:
         loop.use_market(prepared.market)
 
@@ -234,9 +251,16 @@ class Service:
         old = self.settings
         changed = [k for k in type(new).model_fields if getattr(new, k) != getattr(old, k)]
         restart_only = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        kept: dict[str, Any] = {k: getattr(old, k) for k in RESTART_ONLY}
+        for dotted in RESTART_ONLY_SETTINGS:
+            section, key = dotted.split(".")
+            was = getattr(getattr(old, section), key)
+            if getattr(getattr(new, section), key) != was:
+                restart_only.append(dotted)
+            kept[section] = kept.get(section, getattr(new, section)).model_copy(update={key: was})
         if restart_only:
             log.warning("config.needs_restart", sections=restart_only, note="kept as they were")
-        new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
+        new = new.model_copy(update=kept)
         prepared = dataclasses.replace(prepared, settings=new, site=site_of(new))
         if new.rigs != old.rigs:
             await self.identify([r.address for r in new.rigs])
@@ -258,7 +282,10 @@ class Service:
 
 
 RESTART_ONLY: Final = ("state_dir", "site", "mqtt", "metrics", "log")
-"""The configuration's sections a reload does not change (each needs a restart)."""
+"""The configuration's sections a reload does not change (each needs a restart); so is
+``control.workers``, the number of observer worker processes."""
+RESTART_ONLY_SETTINGS: Final = ("control.workers",)
+"""Single settings a reload does not change, inside otherwise reloadable sections."""
 
 
 async def serve(
@@ -512,6 +539,7 @@ async def _teardown(service: Service, stop: asyncio.Event, tasks: list[asyncio.T
             await asyncio.wait_for(task, 10.0)
     if service.loop.audit is not None:
         service.loop.audit.close()
+    await service.loop.observer.close()  # the observer workers
     service.lifecycle["stopped_at"] = time.time()
     save_lifecycle(service.store, service.lifecycle)
     service.store.close()

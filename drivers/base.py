@@ -123,6 +123,13 @@ class RigDriver(abc.ABC):
         if mode is Mode.LIMIT:
             if power_limit_w is None:
                 raise UnsupportedMode("mode limit needs power_limit_w")
+            presets = caps.power_limit_presets_w
+            if presets is not None and power_limit_w not in presets:
+                watts = ", ".join(str(w) for w in presets)
+                raise UnsupportedMode(
+                    f"{self.identity.address}: power limit {power_limit_w} W is not one of "
+                    f"the rig's presets ({watts} W)"
+                )
             bounds = caps.power_limit_range_w
             if bounds and not bounds[0] <= power_limit_w <= bounds[1]:
                 raise UnsupportedMode(

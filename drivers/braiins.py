@@ -23,8 +23,9 @@ that:
 - Auth: ``POST auth/login`` (user ``root``, pyasic's ``default_bosminer_password``) gives a
   token sent as the ``Authorization`` header; a 401 logs in once more and retries.
 
-HTTP framing is h11's (Content-Length, chunked, close-delimited, HTTP/1.0), bodies are capped,
-every call has a deadline, and every failure is a DriverError with a kind and a detail.
+HTTP is ``drivers.http1``'s (h11 framing: Content-Length, chunked, close-delimited, HTTP/1.0;
+bodies capped, a deadline on every call, pipelining, the kept connection reopened when dropped),
+and every failure is a DriverError with a kind and a detail.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver
+from drivers.http1 import MAX_BODY, Http1, Reply, Request
 from drivers.parse import Status, pad_boards
 from drivers.stock import status_observation
 from drivers.transport import DriverError
@@ -53,10 +54,8 @@ from policies.values import (
 )
 
 WEB_PORT = 80
-MAX_BODY = 1024 * 1024
 MAX_DETAIL = 64
 USER = "root"
-_READ = 64 * 1024
 
 STATUS_NOT_STARTED, STATUS_NORMAL, STATUS_PAUSED, STATUS_SUSPENDED, STATUS_RESTRICTED = (
     1,
@@ -77,12 +76,8 @@ def _password() -> str:
     return str(pyasic_settings.get("default_bosminer_password", "root"))
 
 
-class _Dropped(Exception):
-    """The server closed a kept-alive connection before answering anything on it."""
-
-
 class BosSession:
-    """One rig's REST API: the token, and one connection kept alive across a burst."""
+    """One rig's REST API: the token, on the one connection of ``drivers.http1``."""
 
     def __init__(
         self, host: str, password: str, port: int = WEB_PORT, max_body: int = MAX_BODY
@@ -90,19 +85,12 @@ class BosSession:
         self.host = host
         self.port = port
         self.password = password
-        self.max_body = max_body
+        self.http = Http1(host, port, "Braiins OS API", max_body)
         self.token: str | None = None
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
-        self._used = False
-        self._built: dict[tuple[str, str, str | None], tuple[h11.Request, bytes]] = {}
-        authority = f"[{host}]" if ":" in host else host
-        self._host_header = (authority if port == WEB_PORT else f"{authority}:{port}").encode()
 
     def release(self) -> None:
         """Close the connection (the token stays); the next call opens one."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn[1].transport.abort()
+        self.http.release()
 
     async def call(self, method: str, path: str, payload: Any, timeout_s: float) -> Any:
         """``method`` ``/api/v1/<path>`` (with ``payload`` as JSON, if not None); the reply's
@@ -115,67 +103,43 @@ class BosSession:
         return (await self._guarded([(method, path, body)], timeout_s))[0]
 
     async def get_all(self, paths: tuple[str, ...], timeout_s: float) -> list[Any]:
-        """GET every one of ``paths``, pipelined (RFC 9112 9.3.2): all the requests written at
-        once, the replies read back in order, so a read costs one send however many paths it
-        takes. A server that closes the connection part way gets the rest again on a new one.
-        Errors as :meth:`call`."""
+        """GET every one of ``paths``, pipelined (written at once, the replies read in order:
+        ``drivers.http1``), so a read costs one send however many paths it takes. Errors as
+        :meth:`call`."""
         return await self._guarded([("GET", path, None) for path in paths], timeout_s)
 
     async def _guarded(
         self, batch: list[tuple[str, str, bytes | None]], timeout_s: float
     ) -> list[Any]:
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await self._authorised(batch)
-        except TimeoutError:
-            self.release()
-            raise DriverError(
-                FailureKind.TIMEOUT, f"Braiins OS API: no answer within {timeout_s:.1f} s"
-            ) from None
-        except DriverError:
-            self.release()
-            raise
-        except h11.ProtocolError as exc:
-            self.release()
-            raise DriverError(
-                FailureKind.BAD_REPLY, f"Braiins OS API {batch[0][1]}: broken HTTP reply ({exc})"
-            ) from None
-        except OSError as exc:
-            self.release()
-            raise DriverError(
-                FailureKind.UNREACHABLE, f"Braiins OS API: {exc or type(exc).__name__}"
-            ) from None
+        return await self.http.guarded(self._authorised(batch), timeout_s, batch[0][1])
 
     async def _authorised(self, batch: list[tuple[str, str, bytes | None]]) -> list[Any]:
         if self.token is None:
             await self._login()
         replies = await self._exchange(batch)
-        refused = [
-            path for (_, path, _), (status, _) in zip(batch, replies, strict=True) if status == 401
-        ]
-        if refused:
+        if any(reply.status == 401 for reply in replies):
             await self._login()
             replies = await self._exchange(batch)
-            for (_, path, _), (status, _) in zip(batch, replies, strict=True):
-                if status == 401:
+            for (_, path, _), reply in zip(batch, replies, strict=True):
+                if reply.status == 401:
                     raise DriverError(
                         FailureKind.BAD_REPLY, f"Braiins OS API {path}: token refused after login"
                     )
         return [
-            _decoded(path, status, body)
-            for (_, path, _), (status, body) in zip(batch, replies, strict=True)
+            _decoded(path, reply.status, reply.body)
+            for (_, path, _), reply in zip(batch, replies, strict=True)
         ]
 
     async def _login(self) -> None:
         self.token = None
         credentials = json.dumps({"username": USER, "password": self.password}).encode()
-        [(status, body)] = await self._exchange([("POST", "auth/login", credentials)])
-        if status == 401:
+        [reply] = await self._exchange([("POST", "auth/login", credentials)])
+        if reply.status == 401:
             raise DriverError(
                 FailureKind.BAD_REPLY, f"Braiins OS API refused the credentials for user {USER!r}"
             )
-        reply = _decoded("auth/login", status, body)
-        token = reply.get("token") if isinstance(reply, dict) else None
+        decoded = _decoded("auth/login", reply.status, reply.body)
+        token = decoded.get("token") if isinstance(decoded, dict) else None
         if not isinstance(token, str) or not token:
             raise DriverError(FailureKind.BAD_REPLY, "Braiins OS API auth/login: no token")
         if not token.isprintable() or not token.isascii() or len(token) > 4096:
@@ -184,115 +148,14 @@ class BosSession:
             )
         self.token = token
 
-    def _request(self, method: str, path: str, body: bytes | None) -> tuple[h11.Request, bytes]:
-        """The request and its bytes on the wire; a bodiless one is built once per token (the
-        reads are the same every cycle)."""
-        key = (method, path, self.token)
-        if body is None and key in self._built:
-            return self._built[key]
-        headers = [(b"Host", self._host_header), (b"Accept", b"application/json")]
-        if self.token is not None and path != "auth/login":
-            headers.append((b"Authorization", self.token.encode()))
-        if body is not None:
-            headers += [
-                (b"Content-Type", b"application/json"),
-                (b"Content-Length", str(len(body)).encode()),
+    async def _exchange(self, batch: list[tuple[str, str, bytes | None]]) -> list[Reply]:
+        auth = ((b"Authorization", self.token.encode()),) if self.token is not None else ()
+        return await self.http.exchange(
+            [
+                Request(method, f"/api/v1/{path}", body, () if path == "auth/login" else auth)
+                for method, path, body in batch
             ]
-        elif method in ("PUT", "POST", "PATCH"):
-            headers.append((b"Content-Length", b"0"))
-        request = h11.Request(method=method, target=f"/api/v1/{path}", headers=headers)
-        built = request, _wire(request, body)
-        if body is None:
-            if len(self._built) > 64:
-                self._built.clear()
-            self._built[key] = built
-        return built
-
-    async def _exchange(
-        self, batch: list[tuple[str, str, bytes | None]]
-    ) -> list[tuple[int, bytes]]:
-        """Send ``batch`` on the connection (opened if need be) and read its replies in order;
-        what a closing server left unanswered goes again on a new connection, once."""
-        results: list[tuple[int, bytes]] = []
-        pending = [(*self._request(m, p, b), b) for m, p, b in batch]
-        dropped = False
-        while pending:
-            if self._conn is None:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                self._conn = (reader, writer, h11.Connection(h11.CLIENT))
-                self._used = False
-            reader, writer, machine = self._conn
-            reused, self._used = self._used, True
-            sent, pending = pending, []
-            writer.write(b"".join(wire for _, wire, _ in sent))
-            for i, (request, _, body) in enumerate(sent):
-                machine.send(request)  # already on the wire: this keeps h11's state in step
-                if body is not None:
-                    machine.send(h11.Data(data=body))
-                machine.send(h11.EndOfMessage())
-                try:
-                    results.append(await self._response(machine, reader, request, reused and not i))
-                except _Dropped:
-                    self.release()
-                    if dropped:
-                        raise h11.RemoteProtocolError(
-                            "the server closed the connection without answering"
-                        ) from None
-                    dropped, pending = True, sent[i:]
-                    break
-                if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
-                    machine.start_next_cycle()
-                else:  # Connection: close, HTTP/1.0, a close-delimited body
-                    self.release()
-                    pending = sent[i + 1 :]
-                    break
-        return results
-
-    async def _response(
-        self,
-        machine: h11.Connection,
-        reader: asyncio.StreamReader,
-        request: h11.Request,
-        may_be_dropped: bool,
-    ) -> tuple[int, bytes]:
-        status: int | None = None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = machine.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    data = await reader.read(_READ)
-                except ConnectionError:
-                    if may_be_dropped and status is None:
-                        raise _Dropped from None
-                    raise
-                if not data and may_be_dropped and status is None:
-                    raise _Dropped  # nothing answered on a kept-alive connection
-                machine.receive_data(data)
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.max_body:
-                    raise DriverError(
-                        FailureKind.BAD_REPLY,
-                        f"Braiins OS API {request.target.decode()}: reply over "
-                        f"{self.max_body} bytes",
-                    )
-                chunks.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                assert status is not None
-                return status, b"".join(chunks)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise h11.RemoteProtocolError("the connection closed before a reply")
-
-
-def _wire(request: h11.Request, body: bytes | None) -> bytes:
-    """``request`` as h11 writes it (Content-Length framing), for writing several at once."""
-    head = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
-    head += b"".join(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw_items())
-    return head + b"\r\n" + (body or b"")
+        )
 
 
 def _decoded(path: str, status: int, body: bytes) -> Any:

@@ -34,10 +34,11 @@ from typing import Any
 from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver
+from drivers.http1 import Http1, Request
 from drivers.parse import Status, pad_boards
 from drivers.stock import status_observation
 from drivers.transport import DriverError
-from drivers.webdigest import WebSession, json_object
+from drivers.webdigest import json_object
 from policies import timing
 from policies.values import Board, Capabilities, FailureKind, Mode, Observation, rig_text
 
@@ -244,7 +245,7 @@ class EPic(RigDriver):
 
     def __init__(self, identity: Any, port: int = API_PORT) -> None:
         super().__init__(identity)
-        self.web = WebSession(identity.address, "root", password(), port=port)
+        self.web = Http1(identity.address, port, "web UI")
         self.tuning: Tuning | None = None
         self.last: EpicState | None = None
 
@@ -253,22 +254,25 @@ class EPic(RigDriver):
         return self._CAPS
 
     async def _get(self, path: str, timeout_s: float) -> dict[str, Any]:
-        status, _, body = await self.web.request("GET", path, None, timeout_s)
-        if status != 200:
-            raise DriverError(FailureKind.BAD_REPLY, f"GET {path}: HTTP {status}{_said(body)}")
-        return json_object(body, f"GET {path}")
+        [reply] = await self.web.fetch([Request("GET", path)], timeout_s)
+        if reply.status != 200:
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"GET {path}: HTTP {reply.status}{_said(reply.body)}"
+            )
+        return json_object(reply.body, f"GET {path}")
 
     async def _post(self, path: str, param: Any, timeout_s: float) -> None:
         payload = json.dumps({"param": param, "password": password()}).encode()
-        status, _, body = await self.web.request("POST", path, payload, timeout_s)
+        [reply] = await self.web.fetch([Request("POST", path, payload)], timeout_s)
+        status, body = reply.status, reply.body
         if status == 401:
             raise DriverError(
                 FailureKind.BAD_REPLY, f"POST {path}: the rig refused the password{_said(body)}"
             )
         if status != 200:
             raise DriverError(FailureKind.BAD_REPLY, f"POST {path}: HTTP {status}{_said(body)}")
-        reply = json_object(body, f"POST {path}")
-        if reply.get("result") is not True:
+        reply_json = json_object(body, f"POST {path}")
+        if reply_json.get("result") is not True:
             raise DriverError(FailureKind.BAD_REPLY, f"POST {path}: rig answered{_said(body)}")
 
     async def _tuning(self, timeout_s: float) -> Tuning:
@@ -305,7 +309,7 @@ class EPic(RigDriver):
                 if state.idle:
                     await self._post("/miner", "Autostart", timeout_s)
         finally:
-            await self.web.release()
+            self.web.release()
         return ApplyResult(True, mode, None, "sent; confirm by observation")
 
 

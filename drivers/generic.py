@@ -46,17 +46,20 @@ FIRMWARE_CAPS: dict[str, Capabilities] = {
         reports_power=True,
         notes=("autotuning to a power target",),
     ),
+    # pyasic's LuxOS set_power_limit picks the highest profile at or under the watts and then
+    # reports that profile's watts: W is observed only when it is exactly a profile's, so no
+    # limit is declared (as the LuxOS driver, drivers/luxos.py, declares none).
     "LuxOS": Capabilities(
-        frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
-        power_limit=True,
+        frozenset({Mode.SLEEP, Mode.NORMAL}),
         reports_power=True,
-        notes=("power limit: nearest preset",),
+        notes=("no power limit through pyasic: it would set a profile's watts, not W",),
     ),
+    # pyasic's VNish set_power_limit never takes effect: no limit through pyasic (the VNish
+    # driver, drivers/vnish.py, selects the rig's presets itself).
     "VNish": Capabilities(
-        frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
-        power_limit=True,
+        frozenset({Mode.SLEEP, Mode.NORMAL}),
         reports_power=True,
-        notes=("power limit: nearest preset",),
+        notes=("no power limit through pyasic: its VNish set_power_limit has no effect",),
     ),
 }
 _DEFAULT_CAPS = Capabilities(

@@ -31,7 +31,7 @@ from drivers.parse import antminer_stats, cgminer_section, whatsminer_summary
 from drivers.pyasic_miner import classify, forget
 from drivers.stock import RPC_PORT, V3_PORT, AntminerStock, WhatsminerV2, WhatsminerV3
 from drivers.transport import BTMINER_STOPPED, DriverError, decode, decode_framed, request
-from drivers.vnish import VNish, vnish_read
+from drivers.vnish import EXTRA_PRESETS, VNish, preset_names, preset_watts, vnish_read
 from policies.values import FailureKind, Identity, Make, rig_text
 
 DRIVERS: dict[str, type[RigDriver]] = {
@@ -275,9 +275,13 @@ async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float
         summary = vnish_read(
             webdigest.json_object(await driver.call("GET", "/summary", None, timeout_s), "summary")
         )
-        info = await _quiet(driver.web.get_json("/api/v1/info", timeout_s))
+        info = await _quiet(driver.get_json("/info", timeout_s, auth=False))
+        # The watt presets ``limit`` can take (they vary by rig): declared in its capabilities.
+        presets = preset_watts(
+            preset_names(await driver.call("GET", "/autotune/presets", None, timeout_s))
+        )
     finally:
-        await driver.web.release()
+        driver.web.release()
     fw = _field(info, "fw_version")
     if not miner.raw_model:  # pyasic's fallback class knows no model: the rig says it
         model = own_model(info.get("miner") if info else None) or model
@@ -292,7 +296,10 @@ async def _vnish_identity(address: str, model: str, miner: Any, timeout_s: float
         VNish.name,
         None if serial == "N/A" else serial,
         _field(network, "mac"),
-        _extra(miner, version, "VNish", summary.status.fingerprint),
+        {
+            **_extra(miner, version, "VNish", summary.status.fingerprint),
+            EXTRA_PRESETS: ",".join(str(w) for w in presets),
+        },
     )
 
 

@@ -328,6 +328,13 @@ class AntminerStock(RigDriver):
         )
 
 
+KEPT_LIMIT = (
+    "a power limit sits on top of the power mode and stays when a power mode is set after it "
+    "(the firmware's; no documented way to lift it is known): normal is confirmed by the power "
+    "mode, limit by the reported power limit"
+)
+
+
 class WhatsminerV2(RigDriver):
     """Stock MicroBT firmware, btminer API v2: ``summary+devs`` every cycle.
 
@@ -341,7 +348,10 @@ class WhatsminerV2(RigDriver):
         power_limit=True,
         power_limit_range_w=(500, 6000),
         reports_power=True,
-        notes=('writes need the API unlocked on the rig ("can\'t access write cmd" otherwise)',),
+        notes=(
+            'writes need the API unlocked on the rig ("can\'t access write cmd" otherwise)',
+            KEPT_LIMIT,
+        ),
     )
 
     def __init__(self, identity: Identity) -> None:
@@ -429,7 +439,10 @@ class WhatsminerV3(RigDriver):
         power_limit=True,
         power_limit_range_w=(500, 6000),
         reports_power=True,
-        notes=("low/high modes are not offered: pyasic's API v3 send_config is broken",),
+        notes=(
+            "low/high modes are not offered: pyasic's API v3 send_config is broken",
+            KEPT_LIMIT,
+        ),
     )
     _REQUEST = json.dumps({"cmd": "get.miner.status", "param": "summary+edevs"}).encode()
 

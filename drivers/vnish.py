@@ -1,13 +1,13 @@
 """VNish (an Antminer firmware with autotune presets): its REST API on port 80, read and driven
 directly.
 
-Read, every cycle, two requests on one connection: ``GET /api/v1/summary`` (with the token):
-hashrate (``miner.hr_realtime``, GH/s), boards (``miner.chains``: ``id`` from 1, ``hashrate_rt``
-GH/s, ``pcb_temp`` / ``chip_temp`` max, ``status.state``; a board missing or in ``failure`` is
-dead), fans (``cooling.fans[].rpm``), reported watts (``power_consumption``), the state
-(``miner_status.miner_state``: ``stopped`` is asleep) and the model + firmware fingerprint
-(``miner_type``); and ``GET /api/v1/perf-summary`` (no token) for the active preset
-(``current_preset.name``), which ``summary`` does not carry.
+Read, every cycle, two requests pipelined on one kept-alive connection (``drivers.http1``): ``GET
+/api/v1/summary`` (with the token): hashrate (``miner.hr_realtime``, GH/s), boards
+(``miner.chains``: ``id`` from 1, ``hashrate_rt`` GH/s, ``pcb_temp`` / ``chip_temp`` max,
+``status.state``; a board missing or in ``failure`` is dead), fans (``cooling.fans[].rpm``),
+reported watts (``power_consumption``), the state (``miner_status.miner_state``: ``stopped`` is
+asleep) and the model + firmware fingerprint (``miner_type``); and ``GET /api/v1/perf-summary`` (no
+token) for the active preset (``current_preset.name``), which ``summary`` does not carry.
 
 Modes: ``sleep`` is ``POST /api/v1/mining/stop``, waking ``mining/start``. VNish sets power by
 autotune preset, each named by its watts (``"2950"``): ``limit W`` selects the preset of exactly
@@ -33,10 +33,11 @@ from typing import Any
 from pyasic import settings as pyasic_settings
 
 from drivers.base import ApplyResult, RigDriver, UnsupportedMode
+from drivers.http1 import Http1, Reply, Request
 from drivers.parse import Status, pad_boards
 from drivers.stock import status_observation
 from drivers.transport import DriverError
-from drivers.webdigest import WEB_PORT, WebSession, json_object
+from drivers.webdigest import WEB_PORT, json_object
 from policies.values import Board, Capabilities, FailureKind, Mode, Observation, rig_text
 
 API = "/api/v1"
@@ -181,73 +182,126 @@ def preset_names(body: bytes) -> list[str]:
     return [str(p["name"]) for p in items if isinstance(p, dict) and isinstance(p.get("name"), str)]
 
 
+EXTRA_PRESETS = "vnish_presets_w"
+"""Identity.extra key: the rig's watt presets, comma-separated (read at identification)."""
+
+
+def preset_watts(names: list[str]) -> tuple[int, ...]:
+    """The watt presets among ``names`` (``disabled`` and any non-numeric name left out),
+    ascending."""
+    return tuple(sorted({int(n) for n in names if n.isdigit() and 0 < int(n) < 100_000}))
+
+
+def cached_presets(text: str) -> tuple[int, ...]:
+    """Inverse of the identity's ``vnish_presets_w`` (empty when missing or damaged)."""
+    try:
+        return tuple(sorted({int(w) for w in text.split(",") if w}))
+    except ValueError:
+        return ()
+
+
 class VNish(RigDriver):
     """VNish on an Antminer: summary + perf-summary per cycle, presets as power limits."""
 
     name = "vnish"
-    _CAPS = Capabilities(
-        modes=frozenset({Mode.SLEEP, Mode.NORMAL, Mode.LIMIT}),
-        power_limit=True,
-        reports_power=True,
-        notes=(
-            "limit W selects the autotune preset of exactly W watts (the rig's preset list)",
-            "normal is the preset 'disabled' (stock clocks); no low/high: presets are watts",
-        ),
-    )
 
     def __init__(self, identity: Any, port: int = WEB_PORT) -> None:
         super().__init__(identity)
-        self.web = WebSession(identity.address, "", password(), port=port)
+        self.web = Http1(identity.address, port, "web UI")
         self.token: str | None = None
         self.last: VnishState | None = None
+        self.presets_w = cached_presets(identity.extra.get(EXTRA_PRESETS, ""))
+        limit = {Mode.LIMIT} if self.presets_w else set()
+        self._caps = Capabilities(
+            modes=frozenset({Mode.SLEEP, Mode.NORMAL} | limit),
+            power_limit=bool(self.presets_w),
+            power_limit_range_w=(self.presets_w[0], self.presets_w[-1]) if self.presets_w else None,
+            power_limit_presets_w=self.presets_w or None,
+            reports_power=True,
+            notes=(
+                "limit W selects the autotune preset of exactly W watts: the presets the rig "
+                "listed at identification, and no other watts"
+                if self.presets_w
+                else "the rig listed no watt presets at identification, so limit is not offered",
+                "normal is the preset 'disabled' (stock clocks); no low/high: presets are watts",
+            ),
+        )
 
     @property
     def capabilities(self) -> Capabilities:
-        return self._CAPS
+        return self._caps
 
-    async def _unlock(self, timeout_s: float) -> str:
+    def _request(self, method: str, path: str, body: bytes | None, auth: bool) -> Request:
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        if auth and self.token is not None:
+            headers = ((b"Authorization", f"Bearer {self.token}".encode()),)
+        return Request(method, API + path, body, headers)
+
+    async def _unlock(self) -> None:
         body = json.dumps({"pw": password()}).encode()
-        status, _, reply = await self.web.request("POST", f"{API}/unlock", body, timeout_s)
-        if status == 401:
+        [reply] = await self.web.exchange([self._request("POST", "/unlock", body, False)])
+        if reply.status == 401:
             raise DriverError(
-                FailureKind.BAD_REPLY, f"unlock: the rig refused the password{_said(reply)}"
+                FailureKind.BAD_REPLY, f"unlock: the rig refused the password{_said(reply.body)}"
             )
-        if status != 200:
-            raise DriverError(FailureKind.BAD_REPLY, f"unlock: HTTP {status}{_said(reply)}")
-        token = json_object(reply, "unlock").get("token")
+        if reply.status != 200:
+            raise DriverError(
+                FailureKind.BAD_REPLY, f"unlock: HTTP {reply.status}{_said(reply.body)}"
+            )
+        token = json_object(reply.body, "unlock").get("token")
         if not isinstance(token, str) or not token:
             raise DriverError(FailureKind.BAD_REPLY, "unlock: no token in the reply")
         self.token = token
-        return token
 
     async def call(
         self, method: str, path: str, payload: Any, timeout_s: float, auth: bool = True
     ) -> bytes:
-        """One API request; with ``auth``, the token (unlocking first, and once more on a 401).
-        Returns the body of a 200; DriverError otherwise."""
+        """One API request, within ``timeout_s``; with ``auth``, the token (unlocking first,
+        and once more on a 401). Returns the body of a 200; DriverError otherwise."""
         body = None if payload is None else json.dumps(payload).encode()
-        for attempt in (1, 2):
-            extra: tuple[tuple[bytes, bytes], ...] = ()
-            if auth:
-                token = self.token or await self._unlock(timeout_s)
-                extra = ((b"Authorization", f"Bearer {token}".encode()),)
-            status, _, reply = await self.web.request(method, API + path, body, timeout_s, extra)
-            if status == 401 and auth and attempt == 1:
-                self.token = None  # expired or forgotten (a reboot): unlock again
-                continue
-            if status != 200:
-                raise DriverError(
-                    FailureKind.BAD_REPLY, f"{method} {path}: HTTP {status}{_said(reply)}"
-                )
-            return reply
-        raise AssertionError("unreachable")
+        return await self.web.guarded(self._call(method, path, body, auth), timeout_s, API + path)
+
+    async def get_json(self, path: str, timeout_s: float, auth: bool = True) -> dict[str, Any]:
+        """``GET /api/v1<path>``'s JSON object; errors as :meth:`call`."""
+        return json_object(await self.call("GET", path, None, timeout_s, auth), path[1:])
+
+    async def _call(
+        self, method: str, path: str, body: bytes | None, auth: bool, renew: bool = True
+    ) -> bytes:
+        """:meth:`call` without its deadline; ``renew``: unlock again on a 401, once."""
+        if auth and self.token is None:
+            await self._unlock()
+        [reply] = await self.web.exchange([self._request(method, path, body, auth)])
+        if reply.status == 401 and auth and renew:
+            self.token = None  # expired or forgotten (a reboot): unlock again
+            return await self._call(method, path, body, auth, renew=False)
+        return _ok(method, path, reply)
 
     async def _read(self, timeout_s: float) -> VnishState:
-        summary = json_object(await self.call("GET", "/summary", None, timeout_s), "summary")
-        perf = json_object(
-            await self.call("GET", "/perf-summary", None, timeout_s, auth=False), "perf-summary"
+        summary, perf = await self.web.guarded(self._read_bodies(), timeout_s, f"{API}/summary")
+        return vnish_read(
+            json_object(summary, "summary"), json_object(perf, "perf-summary"), self.expected_boards
         )
-        return vnish_read(summary, perf, self.expected_boards)
+
+    async def _read_bodies(self) -> tuple[bytes, bytes]:
+        """``summary`` and ``perf-summary``: pipelined on the kept connection with the kept
+        token (every cycle but the first); right after an unlock, one by one (a rig that
+        refuses its fresh token is asked nothing more)."""
+        if self.token is None:
+            summary = await self._call("GET", "/summary", None, True)
+            return summary, await self._call("GET", "/perf-summary", None, False)
+        first, second = await self.web.exchange(
+            [
+                self._request("GET", "/summary", None, True),
+                self._request("GET", "/perf-summary", None, False),
+            ]
+        )
+        if first.status == 401:  # the kept token expired (a reboot): unlock, summary again
+            self.token = None
+            summary = await self._call("GET", "/summary", None, True, renew=False)
+        else:
+            summary = _ok("GET", "/summary", first)
+        return summary, _ok("GET", "/perf-summary", second)
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         # One kept-alive connection per rig, across cycles (as the ePIC driver; a connection
@@ -282,8 +336,17 @@ class VNish(RigDriver):
                 if state.mode is Mode.SLEEP:
                     await self.call("POST", "/mining/start", None, timeout_s)
         finally:
-            await self.web.release()
+            self.web.release()
         return ApplyResult(True, mode, power_limit_w, "sent; confirm by observation")
+
+
+def _ok(method: str, path: str, reply: Reply) -> bytes:
+    """The body of a 200; DriverError naming the request and the rig's text otherwise."""
+    if reply.status != 200:
+        raise DriverError(
+            FailureKind.BAD_REPLY, f"{method} {path}: HTTP {reply.status}{_said(reply.body)}"
+        )
+    return reply.body
 
 
 def _said(body: bytes) -> str:

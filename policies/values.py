@@ -94,6 +94,7 @@ class FailureKind(StrEnum):
     UNKNOWN_MINER = "unknown_miner"  # nothing pyasic recognises at this address
     CIRCUIT_OPEN = "circuit_open"  # skipped: failing repeatedly, retried later with backoff
     IMPLAUSIBLE = "implausible"  # answered, with a hashrate no such rig can have (a lie)
+    WORKER_LOST = "worker_lost"  # not read: its observer worker process died this cycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,11 +265,21 @@ Reading = Observation | ObservationFailure
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a driver can do to its rig."""
+    """What a driver can do to its rig: the one model the reconciler, the MQTT answers, Home
+    Assistant discovery and the audit read (docs/drivers.md, "Supported firmware").
+
+    ``modes`` are exactly the modes the rig can be put in and confirmed in by observation
+    (daemon/reconciler.py ``satisfied``); ``limit`` is declared only with the watts it takes
+    (a range, or presets), so a request is checked before anything is sent.
+    """
 
     modes: frozenset[Mode]
     power_limit: bool = False
     power_limit_range_w: tuple[int, int] | None = None
+    """The watts ``limit`` takes, lowest and highest (inclusive)."""
+    power_limit_presets_w: tuple[int, ...] | None = None
+    """When the firmware limits power by presets (VNish): the only watts ``limit`` takes,
+    ascending; ``power_limit_range_w`` is then their lowest and highest."""
     reports_power: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
     transition: Transition = STOCK

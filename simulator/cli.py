@@ -22,7 +22,8 @@ from simulator.models import MODELS
 from simulator.netns import NetnsError, enter_private_netns, join_instructions, loopback_only
 from simulator.protocol import MakeHandlers
 from simulator.rig import Fault, SimClock
-from simulator.server import FleetServer
+from simulator.server import BLOCK_RIGS, FleetServer, block_base
+from simulator.switches import PDU_KINDS, SwitchBank, build_switches, parse_switch, wire
 
 log = structlog.get_logger("simulator")
 
@@ -115,6 +116,48 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         help=f"first rig address in 127.0.0.0/8 (default {DEFAULT_BASE})",
     )
     p.add_argument(
+        "--pdu",
+        action="append",
+        default=[],
+        metavar="KIND:OUTLETS",
+        help="add a switched, metered rack PDU answering SNMP v2c on UDP 161 (repeatable): "
+        "apc:24 (PowerNet-MIB) or raritan:24 (PDU2-MIB); see docs/power-switches.md",
+    )
+    p.add_argument(
+        "--plug",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="add a metered smart plug on port 80 (repeatable): shelly (Gen2 RPC) or tasmota",
+    )
+    p.add_argument(
+        "--switch-base",
+        default="127.2.0.1",
+        help="first switch address: PDUs, then plugs, in the order given (default 127.2.0.1)",
+    )
+    p.add_argument(
+        "--outlets-per-rig",
+        type=int,
+        default=1,
+        help="outlets feeding each rig (2 for dual-PSU rigs); rigs are wired in order to "
+        "the switches' outlets in order (default 1)",
+    )
+    p.add_argument(
+        "--snmp-port",
+        type=int,
+        default=161,
+        help="UDP port of the simulated PDUs' SNMP agents (default 161)",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve as the N-th of several simulator processes sharing the ports: rigs from "
+        "127.(N+1).0.1 (at most 65,024), connections to 127.(N+1).0.0/16 steered to this "
+        "process; start the processes in block order (docs/simulator.md)",
+    )
+    p.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -162,7 +205,7 @@ def _parse_fault(text: str) -> tuple[str, Fault, dict[str, Any]]:
     return address, fault, params
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:  # noqa: C901, PLR0912, PLR0915  the simulator's start-up: each listener and its failure
     args = build_parser(prog).parse_args(argv)
     try:
         groups: list[GroupSpec] = []
@@ -176,6 +219,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
         groups += [replace(parse_group(t, "antminer"), os="epic") for t in args.epic]
         groups += [replace(parse_group(t, "antminer"), os="vnish") for t in args.vnish]
         faults = [_parse_fault(t) for t in args.fault]
+        switch_specs = [parse_switch(t) for t in args.pdu]
+        for text in args.pdu:
+            if parse_switch(text).kind not in PDU_KINDS:
+                raise ValueError(f"--pdu {text!r}: not a PDU kind; use --plug for plugs")
+        for text in args.plug:
+            spec = parse_switch(text)
+            if spec.kind in PDU_KINDS:
+                raise ValueError(f"--plug {text!r}: a PDU; use --pdu {spec.kind}:OUTLETS")
+            switch_specs.append(spec)
     except ValueError as exc:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
@@ -202,14 +254,30 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int:
     scale = args.time_scale if args.time_scale is not None else options.get("time_scale", 1.0)
     base = args.base_address or options.get("base_address", DEFAULT_BASE)
     try:
+        if args.block is not None:
+            if args.base_address or "base_address" in options:
+                raise ValueError("--block sets the base address; give no --base-address")
+            base = block_base(args.block)
+            total = sum(g.count for g in groups)
+            if total > BLOCK_RIGS:
+                raise ValueError(
+                    f"--block {args.block}: {total} rigs do not fit in one address block "
+                    f"(at most {BLOCK_RIGS}); run more processes"
+                )
         fleet = Fleet(groups, SimClock(scale=float(scale)), base_address=str(base))
         for address, fault, params in faults:
             fleet.get(address).set_fault(fault, params)
+        switches = build_switches(switch_specs, fleet.clock, args.switch_base)
+        clash = {sw.address for sw in switches} & set(fleet.by_address)
+        if clash:
+            raise ValueError(f"switch address {sorted(clash)[0]} is a rig's; move --switch-base")
+        wire(switches, fleet.rigs, args.outlets_per_rig)
+        fleet.switches = SwitchBank(switches)
     except (KeyError, ValueError) as exc:
         print(f"rigpilot sim: error: {exc}", file=sys.stderr)
         return 2
     control = args.control or Path(tempfile.gettempdir()) / f"rigpilot-sim-{os.getpid()}.sock"
-    return _run(_serve(fleet, control, args.json))
+    return _run(_serve(fleet, control, args.json, args.snmp_port, args.block))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -221,10 +289,13 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def _serve(fleet: Fleet, control_path: Path, as_json: bool) -> int:
+async def _serve(
+    fleet: Fleet, control_path: Path, as_json: bool, snmp_port: int = 161, block: int | None = None
+) -> int:
     server = FleetServer(fleet, handlers())
     try:
-        await server.start()
+        await server.start(block=block)
+        await fleet.switches.start(server.http_hosts, snmp_port)
     except OSError as exc:
         print(f"rigpilot sim: error: cannot listen: {exc}", file=sys.stderr)
         return 1
@@ -256,6 +327,7 @@ async def _serve(fleet: Fleet, control_path: Path, as_json: bool) -> int:
     api_server.close()
     for grpc_server in grpc_servers:
         grpc_server.close()
+    fleet.switches.close()
     await server.close()
     control_path.unlink(missing_ok=True)
     log.info("sim.stopped", requests=server.stats.requests)

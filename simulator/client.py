@@ -96,3 +96,87 @@ class SimControl:
     def set_time_scale(self, scale: float) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", "/clock", {"time_scale": scale})
         return result
+
+    def switches(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/switches")
+        return result
+
+    def switch(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/switches/{address}")
+        return result
+
+    def set_outlet(self, address: str, outlet: int, on: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "PUT", f"/switches/{address}/outlets/{outlet}", {"on": on}
+        )
+        return result
+
+    def set_switch_fault(self, address: str, fault: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/switches/{address}/faults/{fault}", params)
+        return result
+
+    def clear_switch_fault(self, address: str, fault: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "DELETE", f"/switches/{address}/faults/{fault}", params
+        )
+        return result
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Jump the whole fleet's simulated time ``seconds`` ahead."""
+        result: dict[str, Any] = self.request("PUT", "/clock", {"advance_s": seconds})
+        return result
+
+
+class FleetControl(SimControl):
+    """The control API of several simulator processes, one per address block (``--block``),
+    as one: a rig's routes go to the process of its block (127.(N+1).x.y is block N), the
+    rig list is every block's, ``/stats`` adds the blocks' counters up (each block's under
+    ``blocks``), and the other routes (clock, counters) go to every block."""
+
+    SUMMED = (
+        "rigs",
+        "cpu_s",
+        "connections",
+        "requests",
+        "handler_errors",
+        "open_connections",
+        "reads",
+        "writes",
+    )
+
+    def __init__(self, controls: list[SimControl]) -> None:
+        super().__init__(controls[0].path, controls[0].timeout)
+        self.controls = controls
+
+    def block_of(self, address: str) -> SimControl:
+        try:
+            block = int(address.split(".")[1]) - 1
+        except (IndexError, ValueError):
+            raise ControlError(404, f"no simulated rig at {address}") from None
+        if not 0 <= block < len(self.controls):
+            raise ControlError(404, f"no simulated rig at {address} (no such address block)")
+        return self.controls[block]
+
+    def request(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+        parts = route.strip("/").split("/")
+        if parts[0] == "rigs" and len(parts) > 1:
+            return self.block_of(parts[1]).request(method, route, body)
+        answers = [c.request(method, route, body) for c in self.controls]
+        if route == "/rigs":
+            return [rig for answer in answers for rig in answer]
+        if all(isinstance(a, dict) and "cpu_s" in a for a in answers):
+            return self._summed(answers)
+        return answers
+
+    def _summed(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
+        out = dict(stats[0])
+        for key in self.SUMMED:
+            if all(key in s for s in stats):
+                out[key] = sum(s[key] for s in stats)
+        by_port: dict[str, int] = {}
+        for s in stats:
+            for port, n in dict(s.get("requests_by_port") or {}).items():
+                by_port[port] = by_port.get(port, 0) + n
+        out["requests_by_port"] = by_port
+        out["blocks"] = stats
+        return out

@@ -15,13 +15,16 @@ network namespace. Routes (all bodies and replies JSON):
 - ``PUT /rigs/{address}/ambient``                -> ``{"ambient_c": 35}``
 - ``GET /stats``                                 -> process CPU, request counters, clock
 - ``POST /counters/reset``                       -> zero every rig's and the server's counters
-- ``PUT /clock``                                 -> ``{"time_scale": 10}``
+- ``PUT /clock``                                 -> ``{"time_scale": 10}`` to change the scale,
+  ``{"advance_s": 30}`` to jump simulated time ahead at once (a test's "30 s later" without
+  waiting 30 s / scale of wall time); either or both
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import resource
 import time
@@ -33,6 +36,11 @@ from simulator.httpwire import HttpError, format_response, parse_request
 from simulator.protocol import HttpRequest, HttpResponse
 from simulator.rig import Counters, Fault, SimRig
 from simulator.server import FleetServer, ServerStats
+from simulator.switches import SimSwitch, SwitchFault, reset_outlets
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ApiError(Exception):
@@ -75,7 +83,13 @@ class ControlApi:
             raise ApiError(404, f"no simulated rig at {address}")
         return rig
 
-    def _route(self, req: HttpRequest) -> Any:  # noqa: C901, PLR0911, PLR0912  the control API's routes, one case each
+    def _switch(self, address: str) -> SimSwitch:
+        sw = self.fleet.switches.by_address.get(address)
+        if sw is None:
+            raise ApiError(404, f"no simulated switch at {address}")
+        return sw
+
+    def _route(self, req: HttpRequest) -> Any:  # noqa: C901, PLR0911, PLR0912, PLR0915  the control API's routes, one case each
         parts = [p for p in req.path.split("/") if p]
         method = req.method
         match parts:
@@ -111,7 +125,44 @@ class ControlApi:
             case ["rigs", address, "reset"] if method == "POST":
                 rig = self._rig(address)
                 rig.factory_reset()
+                reset_outlets(rig)
+                for outlet in rig.outlets:
+                    for sw in self.fleet.switches.switches:
+                        if outlet in sw.outlets.values():
+                            sw.unreachable = False
                 return rig.true_state()
+            case ["switches"] if method == "GET":
+                return [sw.state() for sw in self.fleet.switches.switches]
+            case ["switches", address] if method == "GET":
+                state = self._switch(address).state()
+                agent = self.fleet.switches.agents.get(address)
+                if agent is not None:  # what the SNMP agent answered, for tests and benchmarks
+                    state["snmp"] = {"requests": agent.requests, "sets": agent.sets}
+                return state
+            case ["switches", address, "outlets", number] if method == "PUT":
+                sw = self._switch(address)
+                on = self._body(req).get("on")
+                if not isinstance(on, bool) or not number.isdigit():
+                    raise ApiError(400, 'expected PUT /switches/ADDR/outlets/N {"on": true|false}')
+                if int(number) not in sw.outlets:
+                    raise ApiError(404, f"switch {address} has no outlet {number}")
+                sw.switch(int(number), on)
+                return sw.state()
+            case ["switches", address, "faults", name] if method in ("PUT", "DELETE"):
+                sw = self._switch(address)
+                try:
+                    switch_fault = SwitchFault(name)
+                except ValueError:
+                    known = ", ".join(f.value for f in SwitchFault)
+                    raise ApiError(400, f"unknown switch fault {name!r}; known: {known}") from None
+                try:
+                    if method == "PUT":
+                        sw.set_fault(switch_fault, self._body(req))
+                    else:
+                        sw.clear_fault(switch_fault, self._body(req))
+                except ValueError as exc:
+                    raise ApiError(400, str(exc)) from None
+                return sw.state()
             case ["rigs", address, "ambient"] if method == "PUT":
                 rig = self._rig(address)
                 body = self._body(req)
@@ -128,13 +179,25 @@ class ControlApi:
                 self.server.stats = ServerStats()
                 return self.stats()
             case ["clock"] if method == "PUT":
-                body = self._body(req)
-                scale = body.get("time_scale")
-                if not isinstance(scale, int | float) or scale <= 0:
-                    raise ApiError(400, 'expected {"time_scale": <positive number>}')
-                self.fleet.clock.set_scale(float(scale))
-                return self.stats()
+                return self._clock(self._body(req))
         raise ApiError(404, f"no route {method} {req.path}")
+
+    def _clock(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT /clock: a new scale, a jump ahead, or both."""
+        scale = body.get("time_scale")
+        advance = body.get("advance_s")
+        usage = 'expected {"time_scale": <positive number>, "advance_s": <seconds >= 0>}'
+        if scale is None and advance is None:
+            raise ApiError(400, usage)
+        if scale is not None and (not _is_number(scale) or scale <= 0):
+            raise ApiError(400, f"time_scale must be a positive number: {usage}")
+        if advance is not None and (not _is_number(advance) or advance < 0):
+            raise ApiError(400, f"advance_s must be a number >= 0: {usage}")
+        if scale is not None:
+            self.fleet.clock.set_scale(float(scale))
+        if advance is not None:
+            self.fleet.clock.advance(float(advance))
+        return self.stats()
 
     def stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -11,6 +11,7 @@ from typing import Any
 
 from simulator.models import Make, ModelSpec, lookup, on_braiins, on_epic, on_luxos, on_vnish
 from simulator.rig import Fault, SimClock, SimRig
+from simulator.switches import SwitchBank
 
 DEFAULT_BASE = "127.1.0.1"
 OSES = ("stock", "luxos", "braiins", "epic", "vnish")
@@ -145,6 +146,8 @@ class Fleet:
                     rig.set_fault(Fault(name), params)
                 self.rigs.append(rig)
         self.by_address: dict[str, SimRig] = {r.address: r for r in self.rigs}
+        self.switches = SwitchBank([])
+        """The PDUs and plugs feeding these rigs (simulator/switches.py), none by default."""
 
     def __len__(self) -> int:
         return len(self.rigs)

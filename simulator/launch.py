@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.client import SimControl
+from simulator.client import FleetControl, SimControl
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +91,84 @@ def start(
                 raise
             time.sleep(0.05)
     return RunningSim(proc, rigs, control, log_path)
+
+
+GROUP_FLAGS = ("--antminer", "--whatsminer", "--luxos")
+
+
+@dataclass
+class RunningFleet:
+    """Several simulator processes, one per address block, as one fleet."""
+
+    sims: list[RunningSim]
+    rigs: list[dict[str, Any]]
+    control: FleetControl
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.sims[0].proc
+
+    def stop(self) -> None:
+        for sim in reversed(self.sims):
+            sim.stop()
+
+
+def split_groups(args: list[str], processes: int) -> list[list[str]]:
+    """``args`` for each of ``processes`` simulators: every ``--antminer``/``--whatsminer``/
+    ``--luxos MODEL:COUNT`` group split as evenly as can be, the other options to all.
+    ValueError for an option that names addresses (``--fleet``, ``--base-address``,
+    ``--fault``, ``--block``): the blocks choose the addresses."""
+    shares: list[list[str]] = [[] for _ in range(processes)]
+    common: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        if flag in ("--fleet", "--base-address", "--fault", "--block", "--control", "--netns"):
+            raise ValueError(f"{flag} cannot be given to a fleet of several simulators")
+        if flag in GROUP_FLAGS:
+            name, _, count = args[i + 1].rpartition(":")
+            if not name or not count.isdigit():
+                raise ValueError(f"{flag} {args[i + 1]!r}: expected MODEL[@FW]:COUNT")
+            total = int(count)
+            for k in range(processes):
+                n = total // processes + (1 if k < total % processes else 0)
+                if n:
+                    shares[k] += [flag, f"{name}:{n}"]
+            i += 2
+        else:
+            common.append(flag)
+            i += 1
+    return [share + common for share in shares]
+
+
+def start_blocks(
+    args: list[str],
+    folder: Path,
+    processes: int,
+    timeout_s: float = 120.0,
+    keep_logs: bool = False,
+) -> RunningFleet:
+    """Start ``processes`` simulators sharing the ports, process N serving the rigs of block
+    N (127.(N+1).0.0/16), one after the other (the order their sockets join the port's
+    SO_REUSEPORT group is the order the steering filter counts on: simulator/server.py).
+    The rigs are ``args``' groups split among them (:func:`split_groups`)."""
+    sims: list[RunningSim] = []
+    try:
+        for block, share in enumerate(split_groups(args, processes)):
+            if not share or not any(a in GROUP_FLAGS for a in share):
+                break  # fewer rigs than processes
+            log_path = folder / f"sim-{block}.log" if keep_logs else None
+            sims.append(
+                start(
+                    [*share, "--block", str(block)],
+                    folder / f"sim-{block}.sock",
+                    log_path,
+                    timeout_s,
+                )
+            )
+    except BaseException:
+        for sim in sims:
+            sim.stop()
+        raise
+    rigs = [rig for sim in sims for rig in sim.rigs]
+    return RunningFleet(sims, rigs, FleetControl([sim.control for sim in sims]))

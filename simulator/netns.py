@@ -40,13 +40,21 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def enter_private_netns() -> None:
+def enter_private_netns(*, threaded: bool = False) -> None:
     """Move this process into a new network namespace with ``lo`` up.
 
     As root only a network namespace is created; otherwise a user namespace too, mapping the
-    current uid to root inside it. Must run before the process starts threads.
+    current uid to root inside it. Must run before the process starts threads, unless
+    ``threaded``: then only the calling thread moves (and the threads and child processes it
+    starts from then on), which needs root, or root inside a user namespace entered earlier (a
+    threaded process cannot create a user namespace). pytest-xdist workers use it.
     """
     uid, gid = os.geteuid(), os.getegid()
+    if threaded and uid != 0:
+        raise NetnsError(
+            "a process with threads can take a private network namespace only as root "
+            "(or as root of a user namespace entered before its threads started)"
+        )
     flags = CLONE_NEWNET if uid == 0 else CLONE_NEWUSER | CLONE_NEWNET
     if _libc().unshare(flags) != 0:
         err = ctypes.get_errno()

@@ -69,6 +69,10 @@ class SimClock:
         now = self.now()
         self._wall0, self._sim0, self.scale = time.monotonic(), now, scale
 
+    def advance(self, seconds: float) -> None:
+        """Jump ``seconds`` of simulated time ahead at once (time never goes back)."""
+        self._sim0 += seconds
+
 
 @dataclass(slots=True)
 class Counters:
@@ -159,6 +163,10 @@ class SimRig:
         now = clock.now()
         self.boot_t = now
         self.offline_until = -1.0
+        self.powered = True
+        """False while every outlet feeding the rig is off (simulator/switches.py)."""
+        self.outlets: tuple[Any, ...] = ()
+        """The switch outlets feeding the rig (``simulator.switches.SimOutlet``)."""
         self.phys = PhysState(t=now, ambient_c=ambient_c)
         # Start in steady state at normal mode so a fresh fleet looks like a running site.
         self.phys.chip_temp_c = CHIP_TARGET_C + (self._seed % 7) - 3.0
@@ -208,7 +216,11 @@ class SimRig:
 
     def reachable(self) -> bool:
         """False while the rig is offline or rebooting."""
-        return Fault.OFFLINE not in self.faults and self.clock.now() >= self.offline_until
+        return (
+            self.powered
+            and Fault.OFFLINE not in self.faults
+            and self.clock.now() >= self.offline_until
+        )
 
     # ---- control (what protocol handlers call on a successful write) -------------------------
     def set_mode(self, mode: Mode) -> bool:
@@ -242,6 +254,27 @@ class SimRig:
         self.mode, self.power_limit_w, self.freq_pct = Mode.NORMAL, None, 0
         self.phys.phase, self.phys.freq, self.phys.boot_left_s = Phase.BOOTING, 0.0, REBOOT_S
 
+    def power_off(self) -> None:
+        """The last outlet feeding the rig went off: it stops answering and draws nothing."""
+        if not self.powered:
+            return
+        self._sync()
+        self.powered = False
+
+    def power_on(self) -> None:
+        """An outlet came back on: a cold boot (control board first, then the hashboards), in
+        the firmware's default mode, like :meth:`reboot`."""
+        if self.powered:
+            return
+        self._sync()
+        self.powered = True
+        self.faults.pop(Fault.HANG, None)  # a hung firmware does not survive a cold boot
+        self.reboot()
+
+    def outlet_power_w(self) -> float:
+        """What the rig draws at the wall now: nothing unpowered, 18 W asleep."""
+        return self.snapshot().power_w if self.powered else 0.0
+
     def set_ambient(self, ambient_c: float) -> None:
         """Change the air temperature at the rig's inlet."""
         self._sync()
@@ -253,6 +286,7 @@ class SimRig:
         self.mode, self.power_limit_w, self.freq_pct = Mode.NORMAL, None, 0
         now = self.clock.now()
         self.boot_t, self.offline_until = now, -1.0
+        self.powered = True
         self.phys = PhysState(t=now, ambient_c=self.phys.ambient_c)
         self.phys.chip_temp_c = CHIP_TARGET_C + (self._seed % 7) - 3.0
         self.counters = Counters()
@@ -260,6 +294,8 @@ class SimRig:
 
     # ---- observation --------------------------------------------------------------------------
     def _target(self) -> float:
+        if not self.powered:
+            return 0.0
         working = self.spec.boards - len(self.phys.dead_boards)
         return target_freq(self.mode, self.power_limit_w, self.freq_pct, self.spec, working)
 
@@ -337,6 +373,7 @@ class SimRig:
             "serial": self.serial,
             "mac": self.mac,
             "reachable": self.reachable(),
+            "powered": self.powered,
             "mode": s.mode.value,
             "phase": s.phase.value,
             "mining": s.mining,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -22,7 +23,7 @@ import structlog
 
 from simulator.fleet import Fleet
 from simulator.httpwire import HttpError, format_response, parse_request
-from simulator.protocol import HttpHandler, HttpResponse, MakeHandlers
+from simulator.protocol import HttpHandler, HttpRequest, HttpResponse, MakeHandlers
 from simulator.rig import Fault, SimRig
 
 log = structlog.get_logger("simulator")
@@ -54,6 +55,7 @@ class _Conn(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.rig: SimRig | None = None
+        self.host: HostHandler | None = None  # a device that is not a rig (HttpConn only)
         self.buf = bytearray()
         self.dead = False  # hanging or offline: swallow everything
         self.last_active = time.monotonic()
@@ -86,7 +88,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.dead or self.rig is None:
+        if self.dead or (self.rig is None and self.host is None):
             return
         self.buf += data
         if len(self.buf) > MAX_REQUEST:
@@ -96,7 +98,8 @@ class _Conn(asyncio.Protocol):
             self.process()
         except Exception:  # a handler bug must never take the simulator down
             self.server.stats.errors += 1
-            log.exception("sim.handler_failed", address=self.rig.address, port=self.port)
+            where = self.rig.address if self.rig is not None else "switch"
+            log.exception("sim.handler_failed", address=where, port=self.port)
             self.reset()
 
     def process(self) -> None:
@@ -208,12 +211,46 @@ class HttpConn(_Conn):
     def serves(self, handlers: MakeHandlers, rig: SimRig) -> bool:
         return handlers.http is not None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        host = self.server.http_hosts.get(transport.get_extra_info("sockname")[0])
+        if host is None:
+            super().connection_made(transport)
+            return
+        # A smart plug (simulator/switches.py) at this address, not a rig.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.stats.connections += 1
+        self.server.open_conns.add(self)
+        self.host = host
+
     def process(self) -> None:
+        if self.host is not None:
+            self._process_host(self.host)
+            return
         rig = self.rig
         assert rig is not None
         handler = self.server.handlers[rig.spec.make].http
         assert handler is not None
         self.serve_http(handler)
+
+    def _process_host(self, host: HostHandler) -> None:
+        while not self.dead and self.transport is not None:
+            try:
+                parsed = parse_request(self.buf)
+            except HttpError as exc:
+                payload, _ = format_response(HttpResponse(exc.status, str(exc).encode()), False)
+                self._send(payload, close=True)
+                self.dead = True
+                return
+            if parsed is None:
+                return
+            request, keep_alive = parsed
+            self.server.stats.requests += 1
+            response = host(request)
+            if response is None:  # the device is unreachable: hang like a host that is down
+                self.dead = True
+                return
+            payload, keep_alive = format_response(response, keep_alive, request.version)
+            self._send(payload, close=not keep_alive)
 
 
 class FramedConn(_Conn):
@@ -282,6 +319,48 @@ def _garble(payload: bytes) -> bytes:
     return payload[:cut] + b',"}\x00'
 
 
+HostHandler = Callable[[HttpRequest], HttpResponse | None]
+"""Port 80 of a device that is not a rig (a smart plug); None = do not answer."""
+
+SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; not in Python's socket module
+_SKF_NET_OFF = -0x100000  # classic BPF: loads relative to the network (IPv4) header
+MAX_BLOCKS = 254
+BLOCK_RIGS = 256 * 254  # loopback addresses in 127.N.0.0/16 without .0 and .255 host bytes
+
+
+def block_base(block: int) -> str:
+    """The first rig address of address block ``block``: 127.(block + 1).0.1."""
+    if not 0 <= block < MAX_BLOCKS:
+        raise ValueError(f"block must be 0..{MAX_BLOCKS - 1}, got {block}")
+    return f"127.{block + 1}.0.1"
+
+
+def _steer_by_block() -> bytes:
+    """A classic BPF program for a SO_REUSEPORT group: a connection to 127.N.x.y goes to the
+    group's socket number N - 1, i.e. the simulator process of block N - 1 (sockets join the
+    group in the order their processes start listening)."""
+
+    def insn(code: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, 0, 0, k & 0xFFFFFFFF)
+
+    return b"".join(
+        [
+            insn(0x20, _SKF_NET_OFF + 16),  # ld [net + 16]: the IPv4 destination address
+            insn(0x74, 16),  # rsh #16
+            insn(0x54, 0xFF),  # and #0xff: its second byte, N
+            insn(0x14, 1),  # sub #1
+            insn(0x16, 0),  # ret a
+        ]
+    )
+
+
+def _attach_steering(sock: socket.socket) -> None:
+    program = _steer_by_block()
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
 class FleetServer:
     """Owns the listening sockets of one simulated fleet."""
 
@@ -290,20 +369,35 @@ class FleetServer:
         self.handlers = dict(handlers)
         self.stats = ServerStats()
         self.open_conns: set[_Conn] = set()
+        self.http_hosts: dict[str, HostHandler] = {}
+        """Devices other than rigs answering on the web port, by address (smart plugs)."""
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(
-        self, host: str = "0.0.0.0", ports: Mapping[int, type[_Conn]] | None = None
+        self,
+        host: str = "0.0.0.0",
+        ports: Mapping[int, type[_Conn]] | None = None,
+        block: int | None = None,
     ) -> None:
-        """Listen on every port (4028, 80, 4433 by default) on ``host``."""
+        """Listen on every port (4028, 80, 4433 by default) on ``host``.
+
+        ``block`` set: this is one of several simulator processes sharing the ports, each
+        serving the address block 127.(block + 1).0.0/16; the listening sockets join a
+        SO_REUSEPORT group whose filter hands each connection to its block's process.
+        Processes must start listening in block order (simulator/launch.py does).
+        """
         loop = asyncio.get_running_loop()
         classes = ports or {RPC_PORT: RpcConn, WEB_PORT: HttpConn, V3_PORT: FramedConn}
         for port, cls in classes.items():
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if block is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(4096)
+            if block is not None:
+                _attach_steering(sock)
             sock.setblocking(False)
 
             def factory(cls: type[_Conn] = cls) -> asyncio.Protocol:

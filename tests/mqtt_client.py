@@ -199,6 +199,18 @@ class RunningDaemon:
         self.stop.set()
         return await asyncio.wait_for(self.task, 30)
 
+    async def ticks(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until the daemon has ticked ``n`` more times (a bound, not a sleep)."""
+        want = len(self.reports) + n
+        deadline = time.monotonic() + timeout
+        while len(self.reports) < want:
+            if self.task.done():
+                self.task.result()
+                raise AssertionError(f"the daemon stopped after {len(self.reports)} ticks")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {n} ticks within {timeout} s")
+            await asyncio.sleep(0.05)
+
 
 async def start_daemon(settings: Settings) -> RunningDaemon:
     from daemon.run import serve

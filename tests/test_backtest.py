@@ -28,8 +28,7 @@ from backtest.inputs import (
     load_market,
 )
 from backtest.report import PNGS, series_rows, summary, write_report
-from bench.backtest import kept_starts
-from policies.guards import GuardConfig
+from policies.guards import GuardConfig, RampGrant
 from policies.registry import load_policy
 from simulator.models import MODELS
 
@@ -95,6 +94,7 @@ def test_threshold_matches_a_hand_computed_result() -> None:
     )
 
 
+@pytest.mark.slow
 def test_identical_inputs_give_identical_outputs(tmp_path: Path) -> None:
     market = tmp_path / "m.csv"
     lines = SAMPLE_MARKET.read_text().splitlines()
@@ -146,9 +146,7 @@ def test_the_ramp_guard_paces_the_wake_up() -> None:
     assert outcome.policy.ramp_kw_per_min <= 2 * 3.5 + 0.1  # at most two rigs' boot+ramp a minute
 
 
-def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute() -> None:
     # Cohorts are shown to the guards rig by rig for a power-up, and asked twice when some are
     # held before the ramp (the first call's grants are dropped). Whatever the replay keeps must
     # still be one ramp: the kW granted in any 60 s stay within the budget.
@@ -157,9 +155,15 @@ def test_the_replays_grants_stay_within_the_kw_budget_in_every_minute(
     fleet = Fleet(
         "f", (RigGroup(MODELS["s21"], 60, 0.95, 0.05, 3), RigGroup(MODELS["s19jpro"], 60))
     )
-    kept = kept_starts(monkeypatch.setattr)
+    kept: dict[tuple[float, str], float] = {}  # (start slot, rig) -> kW: every power-up kept
+
+    def keep(log: tuple[RampGrant, ...]) -> None:
+        kept.update(((g.at, g.rig_id), g.kw) for g in log)
+
     budget = 20.0
-    outcome = _run(Market("spike", 300, rows), fleet, guards=GuardConfig(ramp_kw_per_min=budget))
+    config = ReplayConfig(policies=("breakeven",), guards=GuardConfig(ramp_kw_per_min=budget))
+    market = Market("spike", 300, rows)
+    outcome = replay(market, fleet, [load_policy("breakeven")], config, on_ramp=keep)
     assert outcome.policy.strategy.row_hashing[-1] == 120  # every rig woke, through the ramp
     starts = sorted(kept.items())
     assert len(starts) >= 120
@@ -396,6 +400,7 @@ def _plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "broken_plugins", raising=False)
 
 
+@pytest.mark.slow
 def test_a_policy_that_fails_mid_replay_is_reported_and_its_run_held_the_fleet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -490,6 +495,7 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return chunks
 
 
+@pytest.mark.slow
 def test_report_files(tmp_path: Path) -> None:
     outcome = _run(_slice(load_market(SAMPLE_MARKET), 300), load_fleet(SAMPLE_FLEET))
     write_report(outcome, tmp_path, "test")
@@ -530,6 +536,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert names == ["policy", "always-on", "threshold"]
 
 
+@pytest.mark.slow
 def test_sweep_compares_settings(tmp_path: Path) -> None:
     market = tmp_path / "m.csv"
     market.write_text("\n".join(SAMPLE_MARKET.read_text().splitlines()[:150]) + "\n")
@@ -556,6 +563,7 @@ def test_sweep_compares_settings(tmp_path: Path) -> None:
     assert max(power[3:]) <= 150.0 + 1e-6
 
 
+@pytest.mark.slow
 def test_a_sweep_in_parallel_writes_what_one_after_the_other_writes(tmp_path: Path) -> None:
     # --jobs 2 replays the runs in two worker processes; every file of every run, the
     # comparison and the terminal summary must be what --jobs 1 gives, byte for byte.

@@ -16,7 +16,7 @@ from backtest.engine import Outcome, ReplayConfig, replay
 from backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
 from backtest.physics import RigPhysics, state_key
 from backtest.report import summary
-from bench.backtest import year
+from backtest.synthetic import synthetic_market
 from policies.guards import FailSafe, GuardConfig, Setting
 from policies.registry import load_policy
 from policies.values import Mode, Observation
@@ -55,7 +55,8 @@ def _same(fast: Outcome, exact: Outcome) -> None:
 
 
 def test_fast_equals_exact_with_a_tight_ramp() -> None:
-    market = year(2)  # two days: a negative-price night and daily swings, new prices each row
+    # two days: a negative-price night and daily swings, new prices each row
+    market = synthetic_market(2)
     fast = _run(market, False, ramp_kw_per_min=20.0)
     exact = _run(market, True, ramp_kw_per_min=20.0)
     _same(fast, exact)
@@ -65,7 +66,7 @@ def test_fast_equals_exact_with_a_tight_ramp() -> None:
 
 
 def test_fast_equals_exact_with_slow_starts() -> None:
-    market = year(2)
+    market = synthetic_market(2)
     fast = _run(market, False, ramp_rigs_per_s=0.2)
     exact = _run(market, True, ramp_rigs_per_s=0.2)
     _same(fast, exact)

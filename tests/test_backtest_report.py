@@ -28,6 +28,10 @@ SAMPLE_FLEET = REPO / "examples" / "backtest" / "fleet.toml"
 T0 = 1_769_904_000.0  # 2026-02-01T00:00:00Z
 
 
+# Replays of the sample month and charts drawn: seconds each (the month is one module fixture).
+pytestmark = pytest.mark.slow
+
+
 def _run(market: Market, fleet: Fleet, policies: str = "breakeven") -> Outcome:
     config = ReplayConfig(policies=tuple(policies.split("+")))
     return replay(market, fleet, [load_policy(n) for n in config.policies], config)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import write_toml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,6 +38,8 @@ ECONOMICS_ROWS = [
     (Make.WHATSMINER, "M50S", 126, 3276, 26.0),
     (Make.WHATSMINER, "M60S", 186, 3422, 18.4),
 ]
+
+CATALOGUE = "catalogue.toml"
 
 
 def entry(make: Make | str, model: str) -> ModelEntry:
@@ -306,14 +309,8 @@ source = "test"
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "catalogue.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def test_load_good_file(tmp_path: Path) -> None:
-    catalogue = load(write(tmp_path, GOOD_ENTRY))
+    catalogue = load(write_toml(tmp_path, GOOD_ENTRY, CATALOGUE))
     assert isinstance(catalogue, Catalogue)
     assert [e.model for e in catalogue.entries] == ["S19j Pro"]
     assert catalogue.lookup("antminer", "ANTMINER S19J PRO") is catalogue.entries[0]
@@ -343,7 +340,7 @@ def test_broken_entry_names_model_and_field(
     tmp_path: Path, old: str, new: str, model: str, field: str
 ) -> None:
     assert old in GOOD_ENTRY
-    path = write(tmp_path, GOOD_ENTRY.replace(old, new, 1))
+    path = write_toml(tmp_path, GOOD_ENTRY.replace(old, new, 1), CATALOGUE)
     with pytest.raises(CatalogueError) as info:
         load(path)
     message = str(info.value)
@@ -357,13 +354,13 @@ def test_duplicate_name_is_refused(tmp_path: Path) -> None:
         "aliases = []", 'aliases = ["s19j pro"]'
     )
     with pytest.raises(CatalogueError, match=r"model 'S19j Pro Copy'.*'aliases'.*'S19j Pro'"):
-        load(write(tmp_path, GOOD_ENTRY + twin))
+        load(write_toml(tmp_path, GOOD_ENTRY + twin, CATALOGUE))
 
 
 def test_unreadable_file_is_a_catalogue_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogueError, match="cannot read"):
-        load(write(tmp_path, GOOD_ENTRY + "\n[[models]\n"))
+        load(write_toml(tmp_path, GOOD_ENTRY + "\n[[models]\n", CATALOGUE))
     with pytest.raises(CatalogueError, match="cannot read"):
         load(tmp_path / "missing.toml")
     with pytest.raises(CatalogueError, match="models"):
-        load(write(tmp_path, "title = 'no models'\n"))
+        load(write_toml(tmp_path, "title = 'no models'\n", CATALOGUE))

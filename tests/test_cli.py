@@ -51,6 +51,7 @@ def config(tmp_path: Path, body: str = FIXED_MARKET, rigs: list[str] | None = No
 # --- global options after the subcommand ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_global_options_are_accepted_after_the_subcommand(tmp_path: Path) -> None:
     """`rigpilot run ... --log-level warning` runs (it was refused: unrecognized arguments),
     and the level is applied: the info lines are gone."""
@@ -126,6 +127,7 @@ def into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
         os.close(write)
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path, sim: SimFleet) -> None:
     path = config(tmp_path)
     for argv in (
@@ -187,6 +189,7 @@ def test_market_exits_1_when_a_configured_price_cannot_be_had(
 # --- metrics port -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))

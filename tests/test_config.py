@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from helpers import write_toml
 from pydantic import BaseModel
 
 from daemon import config
@@ -21,12 +22,6 @@ from policies.economics import Economics
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "daemon" / "rigpilot.example.toml"
 NO_ENV: dict[str, str] = {}
-
-
-def write(tmp_path: Path, text: str, name: str = "rigpilot.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +64,7 @@ driver = "antminer"
 
 
 def test_valid_file_loads_every_section(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, VALID), NO_ENV)
+    s = load_settings(write_toml(tmp_path, VALID), NO_ENV)
     assert s.dry_run is True
     assert s.state_dir == Path("/tmp/rigpilot-state")
     assert s.site.name == "north-1"
@@ -114,7 +109,7 @@ def test_example_config_loads_cleanly() -> None:
 
 
 def test_settings_are_immutable(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, VALID), NO_ENV)
+    s = load_settings(write_toml(tmp_path, VALID), NO_ENV)
     with pytest.raises(ValueError, match="frozen"):
         s.dry_run = False
 
@@ -130,7 +125,7 @@ def test_env_overrides_file_with_nested_delimiter(tmp_path: Path) -> None:
         "rigpilot_site__name": "south",  # names are case-insensitive, as in pydantic-settings
         "RIGPILOT_MQTT__PASSWORD": "hunter2-env",
     }
-    s = load_settings(write(tmp_path, VALID), env)
+    s = load_settings(write_toml(tmp_path, VALID), env)
     assert s.mqtt.port == 1884
     assert s.mqtt.host == "broker.example"  # the rest of [mqtt] still comes from the file
     assert s.mqtt.tls.enabled is False
@@ -143,13 +138,13 @@ def test_env_overrides_file_with_nested_delimiter(tmp_path: Path) -> None:
 
 def test_env_json_value_for_a_list(tmp_path: Path) -> None:
     env = {"RIGPILOT_RIGS": '[{"address": "10.9.9.9"}]'}
-    s = load_settings(write(tmp_path, VALID), env)
+    s = load_settings(write_toml(tmp_path, VALID), env)
     assert [r.address for r in s.rigs] == ["10.9.9.9"]
 
 
 def test_overrides_win_over_env_and_file(tmp_path: Path) -> None:
     s = load_settings(
-        write(tmp_path, VALID), {"RIGPILOT_DRY_RUN": "true"}, overrides={"dry_run": False}
+        write_toml(tmp_path, VALID), {"RIGPILOT_DRY_RUN": "true"}, overrides={"dry_run": False}
     )
     assert s.dry_run is False
 
@@ -158,12 +153,12 @@ def test_env_argument_isolates_from_os_environ(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RIGPILOT_MQTT__PORT", "not-a-port")
-    assert load_settings(write(tmp_path, VALID), NO_ENV).mqtt.port == 8883
+    assert load_settings(write_toml(tmp_path, VALID), NO_ENV).mqtt.port == 8883
 
 
 def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RIGPILOT_MQTT__PORT", "1999")
-    assert load_settings(write(tmp_path, VALID)).mqtt.port == 1999
+    assert load_settings(write_toml(tmp_path, VALID)).mqtt.port == 1999
 
 
 # --- config file location --------------------------------------------------------------------
@@ -182,7 +177,7 @@ def test_default_path_used_only_when_it_exists(
 
 
 def test_config_path_from_env_variable(tmp_path: Path) -> None:
-    path = write(tmp_path, '[site]\nname = "via-env"\n')
+    path = write_toml(tmp_path, '[site]\nname = "via-env"\n')
     env = {"RIGPILOT_CONFIG": str(path)}
     assert resolve_config_path(None, env) == path
     assert load_settings(None, env).site.name == "via-env"
@@ -204,7 +199,7 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
 
 
 def test_type_error_in_file_names_key_file_expectation_and_value(tmp_path: Path) -> None:
-    path = write(tmp_path, '[mqtt]\nport = "eighty"\n')
+    path = write_toml(tmp_path, '[mqtt]\nport = "eighty"\n')
     with pytest.raises(ConfigError) as info:
         load_settings(path, NO_ENV)
     msg = str(info.value)
@@ -217,7 +212,7 @@ def test_type_error_in_file_names_key_file_expectation_and_value(tmp_path: Path)
 
 
 def test_type_error_in_env_names_the_variable(tmp_path: Path) -> None:
-    path = write(tmp_path, VALID)
+    path = write_toml(tmp_path, VALID)
     with pytest.raises(ConfigError) as info:
         load_settings(path, {"RIGPILOT_MQTT__PORT": "abc"})
     msg = str(info.value)
@@ -230,33 +225,33 @@ def test_type_error_in_env_names_the_variable(tmp_path: Path) -> None:
 
 def test_value_out_of_range(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"mqtt\.port .*less than or equal to 65535; got 70000"):
-        load_settings(write(tmp_path, "[mqtt]\nport = 70000\n"), NO_ENV)
+        load_settings(write_toml(tmp_path, "[mqtt]\nport = 70000\n"), NO_ENV)
 
 
 def test_error_inside_a_list_names_the_index(tmp_path: Path) -> None:
     text = '[[rigs]]\naddress = "10.0.0.1"\n[[rigs]]\naddress = 42\n'
     with pytest.raises(ConfigError, match=r"rigs\[1\]\.address .*valid string; got 42"):
-        load_settings(write(tmp_path, text), NO_ENV)
+        load_settings(write_toml(tmp_path, text), NO_ENV)
 
 
 def test_missing_required_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"rigs\[0\]\.address .*required key is missing"):
-        load_settings(write(tmp_path, '[[rigs]]\ndriver = "antminer"\n'), NO_ENV)
+        load_settings(write_toml(tmp_path, '[[rigs]]\ndriver = "antminer"\n'), NO_ENV)
 
 
 def test_duplicate_rig_is_rejected(tmp_path: Path) -> None:
     text = '[[rigs]]\naddress = "10.0.0.1"\n[[rigs]]\naddress = "10.0.0.1"\n'
     with pytest.raises(ConfigError, match="listed more than once"):
-        load_settings(write(tmp_path, text), NO_ENV)
+        load_settings(write_toml(tmp_path, text), NO_ENV)
 
 
 def test_wildcard_in_base_topic_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"mqtt\.base_topic .*wildcards"):
-        load_settings(write(tmp_path, '[mqtt]\nbase_topic = "a/#"\n'), NO_ENV)
+        load_settings(write_toml(tmp_path, '[mqtt]\nbase_topic = "a/#"\n'), NO_ENV)
 
 
 def test_unknown_key_in_file_suggests_the_close_one(tmp_path: Path) -> None:
-    path = write(tmp_path, '[mqtt]\nhsot = "broker"\n')
+    path = write_toml(tmp_path, '[mqtt]\nhsot = "broker"\n')
     with pytest.raises(ConfigError) as info:
         load_settings(path, NO_ENV)
     msg = str(info.value)
@@ -267,7 +262,7 @@ def test_unknown_key_in_file_suggests_the_close_one(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key_and_section(tmp_path: Path) -> None:
-    path = write(tmp_path, "dryrun = true\n[mqt]\nhost = 'x'\n[zzzz]\n")
+    path = write_toml(tmp_path, "dryrun = true\n[mqt]\nhost = 'x'\n[zzzz]\n")
     with pytest.raises(ConfigError) as info:
         load_settings(path, NO_ENV)
     msg = str(info.value)
@@ -298,7 +293,7 @@ def test_invalid_json_in_env_names_the_variable() -> None:
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
-    path = write(tmp_path, '[mqtt]\nport = "x"\nhots = "y"\n')
+    path = write_toml(tmp_path, '[mqtt]\nport = "x"\nhots = "y"\n')
     with pytest.raises(ConfigError) as info:
         load_settings(path, {"RIGPILOT_LOG__LEVEL": "loud"})
     keys = {issue.key for issue in info.value.issues}
@@ -307,7 +302,7 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_toml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
-    path = write(tmp_path, '[site]\nname = "ok"\n[mqtt]\nport = = 1\n')
+    path = write_toml(tmp_path, '[site]\nname = "ok"\n[mqtt]\nport = = 1\n')
     with pytest.raises(ConfigError) as info:
         load_settings(path, NO_ENV)
     msg = str(info.value)
@@ -326,14 +321,14 @@ def test_override_errors_name_their_source() -> None:
 
 
 def test_secret_never_appears_in_repr_str_or_json(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, VALID), NO_ENV)
+    s = load_settings(write_toml(tmp_path, VALID), NO_ENV)
     for text in (repr(s), str(s), repr(s.mqtt), s.model_dump_json()):
         assert "hunter2" not in text
     assert "hunter2" not in json.dumps(s.model_dump(mode="json"))
 
 
 def test_secret_is_masked_in_error_messages(tmp_path: Path) -> None:
-    path = write(tmp_path, "[mqtt]\npassword = 987654321\n")
+    path = write_toml(tmp_path, "[mqtt]\npassword = 987654321\n")
     with pytest.raises(ConfigError) as info:
         load_settings(path, NO_ENV)
     msg = str(info.value)
@@ -343,7 +338,7 @@ def test_secret_is_masked_in_error_messages(tmp_path: Path) -> None:
 
 
 def test_misspelt_secret_key_value_is_not_echoed(tmp_path: Path) -> None:
-    path = write(tmp_path, '[mqtt]\npasword = "hunter2"\n')
+    path = write_toml(tmp_path, '[mqtt]\npasword = "hunter2"\n')
     with pytest.raises(ConfigError, match=r"did you mean 'mqtt\.password'") as info:
         load_settings(path, NO_ENV)
     assert "hunter2" not in str(info.value)
@@ -362,7 +357,7 @@ def log_stream() -> Iterator[io.StringIO]:
 
 
 def test_secret_never_appears_in_logs(tmp_path: Path, log_stream: io.StringIO) -> None:
-    s = load_settings(write(tmp_path, VALID), NO_ENV)
+    s = load_settings(write_toml(tmp_path, VALID), NO_ENV)
     log = get_logger("test")
     log.info("config.loaded", settings=s, mqtt=s.mqtt.model_dump(), password=s.mqtt.password)
     log.info("config.dumped", config=s.model_dump())
@@ -395,7 +390,7 @@ INFINITE = [
 @pytest.mark.parametrize(("text", "key"), INFINITE)
 def test_no_float_setting_takes_inf_or_nan(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key) + ".*finite number"):
-        load_settings(write(tmp_path, text), NO_ENV)
+        load_settings(write_toml(tmp_path, text), NO_ENV)
 
 
 def test_every_settings_section_refuses_inf_and_nan() -> None:
@@ -427,7 +422,7 @@ def test_timeouts_and_intervals_have_maximums(
 ) -> None:
     match = key.replace(".", r"\.") + f".*less than or equal to {limit}"
     with pytest.raises(ConfigError, match=match):
-        load_settings(write(tmp_path, text), NO_ENV)
+        load_settings(write_toml(tmp_path, text), NO_ENV)
 
 
 def test_invalid_json_in_env_never_echoes_its_value() -> None:

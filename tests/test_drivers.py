@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import SimFleet
+from helpers import eventually
 
 from daemon.fleet_cli import main_observe
 from daemon.observer import Observer, ObserverSettings
@@ -45,13 +45,6 @@ EXPECTED = {
 
 async def truth(sim: SimFleet, address: str) -> dict[str, Any]:
     return await asyncio.to_thread(sim.control.rig, address)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.3)
 
 
 async def observe(
@@ -105,7 +98,7 @@ async def apply_and_wait(
         obs = await driver.observe(5.0, time.time())
         return obs.mode is mode and (mode is not Mode.SLEEP or not obs.mining)
 
-    await eventually(seen)
+    await eventually(seen, sim=sim)
     assert (await truth(sim, address))["mode"] == ("normal" if mode is Mode.LIMIT else mode.value)
 
 
@@ -127,7 +120,7 @@ async def test_whatsminer_power_limit_changes_physics(sim: SimFleet) -> None:
         obs = await driver.observe(5.0, time.time())
         return obs.power_limit_w == 2500 and obs.power_w is not None and obs.power_w <= 2550
 
-    await eventually(capped)
+    await eventually(capped, sim=sim)
     assert (await truth(sim, address))["power_w"] <= 2550
 
 
@@ -140,13 +133,13 @@ async def test_whatsminer_v3_sleep_and_wake(sim: SimFleet) -> None:
         obs = await driver.observe(5.0, time.time())
         return obs.mode is Mode.SLEEP and not obs.mining
 
-    await eventually(asleep)
+    await eventually(asleep, sim=sim)
     await driver.apply(Mode.NORMAL, None, 10.0)
 
     async def hashing() -> bool:
         return (await driver.observe(5.0, time.time())).mining
 
-    await eventually(hashing, 30)
+    await eventually(hashing, 30, sim=sim)
 
 
 async def test_unsupported_mode_is_refused_by_name(sim: SimFleet) -> None:
@@ -164,7 +157,7 @@ async def test_ignored_write_is_not_reported_as_done(sim: SimFleet) -> None:
     await asyncio.to_thread(sim.control.set_fault, address, "ignore_writes")
     result = await driver.apply(Mode.SLEEP, None, 10.0)
     assert result.sent  # the rig said OK ...
-    await asyncio.sleep(1.0)
+    await asyncio.to_thread(sim.control.advance_clock, 60)  # a minute later
     obs = await driver.observe(5.0, time.time())
     assert obs.mode is Mode.NORMAL  # ... and the next observation shows it did nothing
     assert obs.mining
@@ -259,7 +252,7 @@ async def test_rebooting_rig_fails_then_recovers(sim: SimFleet) -> None:
             return False
         return True
 
-    await eventually(back, 20)
+    await eventually(back, 20, sim=sim, sim_step_s=30)
 
 
 async def test_changed_rig_is_reidentified(sim: SimFleet, tmp_path: Path) -> None:
@@ -288,7 +281,7 @@ async def test_changed_rig_is_reidentified(sim: SimFleet, tmp_path: Path) -> Non
 
 
 async def test_scan_finds_the_fleet_and_caches_it(sim: SimFleet, tmp_path: Path) -> None:
-    results = await scan(["127.1.0.0/27"], identify_timeout_s=10)  # the fleet: 16 rigs
+    results = await scan(["127.1.0.0/27"], identify_timeout_s=10)  # the fleet: 17 rigs
     found = {r.address for r in results if isinstance(r, Identity)}
     assert found == {r["address"] for r in sim.rigs}
     inventory = Inventory(tmp_path / "inv.json")
@@ -385,7 +378,7 @@ async def test_dead_board_and_overheat_are_visible(sim: SimFleet, key: str) -> N
         reading = await driver.observe(5.0, time.time())
         return not reading.mining and (await truth(sim, address))["phase"] == "protected"
 
-    await eventually(protected, 30)
+    await eventually(protected, 30, sim=sim)
     hot = await driver.observe(5.0, time.time())
     assert hot.hashrate_ths == 0
     if key != "m60s-v3":  # API v3 status carries no error codes; get.device.info does
@@ -400,7 +393,7 @@ async def test_a_rig_answering_garbage_to_a_command_is_a_bad_reply(sim: SimFleet
     driver = driver_for(await identify(address))
     await asyncio.to_thread(sim.control.set_fault, address, "malformed")
     with pytest.raises(DriverError) as info:
-        await driver.apply(Mode.SLEEP, None, 5.0)
+        await driver.apply(Mode.SLEEP, None, 2.0)
     # Depending on the protocol, garbage is refused at once or read until the deadline.
     assert info.value.kind in (FailureKind.BAD_REPLY, FailureKind.TIMEOUT)
     assert "set mode sleep" in str(info.value)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
+from helpers import identity, observation, rig_view
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +50,7 @@ from policies.guards.ramp import (
     ramp_sends,
 )
 from policies.guards.rig import Decision, decide_rig, intents_for
-from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
+from policies.values import Mode, Observation, PowerSource, RigId
 
 T0 = 1_700_000_000.0
 POLICY = "breakeven"
@@ -69,14 +70,15 @@ def observe(
     rid: RigId, mode: Mode, at: float, temp_c: float | None = 60.0, limit_w: int | None = None
 ) -> Observation:
     mining = mode not in (Mode.SLEEP, Mode.OFF)
-    return Observation(
-        identity=Identity(rid, Make.ANTMINER, "S19j Pro", "test", "antminer-stock"),
-        observed_at=at,
-        hashrate_ths=THS.get(mode, 90.0) if mining else 0.0,
-        power_w=WATTS.get(mode, float(limit_w or 3000)),
-        power_source=PowerSource.REPORTED,
-        mode=mode,
+    return observation(
+        rid,
+        mode,
+        ths=THS.get(mode, 90.0) if mining else 0.0,
+        watts=WATTS.get(mode, float(limit_w or 3000)),
+        source=PowerSource.REPORTED,
+        at=at,
         mining=mining,
+        ident=identity(rid, firmware="test"),
         max_chip_temp_c=temp_c,
         power_limit_w=limit_w if mode is Mode.LIMIT else None,
     )
@@ -97,7 +99,7 @@ def make_rig(
     scale: float = 1.0,
 ) -> RigView:
     limits = (1000, 4000) if Mode.LIMIT in modes else None
-    return RigView(rid, obs, modes, points(modes, scale), group, limits)
+    return rig_view(obs, modes, points(modes, scale), rig_id=rid, group=group, limits_w=limits)
 
 
 def rig_at(
@@ -875,6 +877,7 @@ def rise_kw(rig: RigView, before: Setting, after: Setting, fallback_w: float) ->
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_1_thermal_outranks_economics_and_operator_raises(sc: Scenario) -> None:
@@ -913,6 +916,7 @@ def exempt_from_dwell(step: Step, rig: RigView, d: Desired) -> bool:
     return d.decided_by == OVERRIDE and any(o.bypass_dwell for o in live)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
@@ -927,6 +931,7 @@ def test_invariant_2_no_change_within_the_dwell_time(sc: Scenario) -> None:
             changed_at[rid] = step.elapsed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resend", [False, True], ids=["guards", "guards+resends"])
 @PROPERTY
 @given(sc=scenarios())
@@ -962,6 +967,7 @@ def test_invariant_3_power_ups_stay_within_the_ramp_budget(sc: Scenario, resend:
         assert sum(minute) <= c.ramp_kw_per_min + 1e-6 or len(minute) == 1, (end, minute)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_4_stale_prices_never_drive_a_change(sc: Scenario) -> None:
@@ -979,6 +985,7 @@ def test_invariant_4_stale_prices_never_drive_a_change(sc: Scenario) -> None:
             assert d.mode is failsafe[sc.config.stale_failsafe], d
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_invariant_6_rigs_without_an_observation_are_never_raised(sc: Scenario) -> None:
@@ -999,6 +1006,7 @@ def snapshot(step: Step) -> object:
     return copy.deepcopy((step.intents, step.fleet, step.market, step.overrides, step.prior))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(max_ticks=15))
 def test_deterministic_pure_and_persistable(sc: Scenario) -> None:
@@ -1082,6 +1090,7 @@ def reference_guards(
     return desired, GuardState(rigs=rigs, ramp_log=kept + tuple(grants))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(scenarios())
 def test_apply_guards_gives_what_the_plain_reference_gives(sc: Scenario) -> None:
@@ -1097,6 +1106,7 @@ def test_apply_guards_gives_what_the_plain_reference_gives(sc: Scenario) -> None
         assert [d.reason for d in step.desired.values()] == [d.reason for d in want[0].values()]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

@@ -264,8 +264,12 @@ def feb_payload(path: str) -> Any:
     return load(OUR_FEEDS / FEB_FILES[path])
 
 
-def mempool(srv: FeedServer, c: httpx.AsyncClient, **kw: Any) -> MempoolHashprice:
-    return MempoolHashprice(srv.url, client=c, attempts=1, timeout_s=1.0, **kw)
+def mempool(
+    srv: FeedServer, c: httpx.AsyncClient, timeout_s: float = 10.0, **kw: Any
+) -> MempoolHashprice:
+    """A mempool source on the test server; the timeout is a bound a loaded machine never
+    reaches, except where a test sets a short one to see it expire."""
+    return MempoolHashprice(srv.url, client=c, attempts=1, timeout_s=timeout_s, **kw)
 
 
 # --- mempool ----------------------------------------------------------------------------------
@@ -438,7 +442,7 @@ async def test_mempool_timeout(server: FeedServer, client: httpx.AsyncClient) ->
     serve_feb_mempool(server)
     server.routes[TIP] = Reply(b"936144", content_type="text/plain", delay_s=10)
     with pytest.raises(FeedError, match=r"tip/height: no answer within 1 s"):
-        await mempool(server, client).fetch(FEB_NOW)
+        await mempool(server, client, timeout_s=1.0).fetch(FEB_NOW)
 
 
 async def test_mempool_retries_a_502_then_succeeds(
@@ -464,8 +468,8 @@ async def test_mempool_connection_refused(client: httpx.AsyncClient) -> None:
 # --- Braiins Insights -------------------------------------------------------------------------
 
 
-def braiins(srv: FeedServer, c: httpx.AsyncClient) -> BraiinsInsights:
-    return BraiinsInsights(srv.url, client=c, attempts=1, timeout_s=1.0)
+def braiins(srv: FeedServer, c: httpx.AsyncClient, timeout_s: float = 10.0) -> BraiinsInsights:
+    return BraiinsInsights(srv.url, client=c, attempts=1, timeout_s=timeout_s)
 
 
 BRAIINS = "/v1.0/hashrate-stats"
@@ -527,7 +531,7 @@ async def test_braiins_429_and_timeout(server: FeedServer, client: httpx.AsyncCl
         await braiins(server, client).fetch(FEB_NOW)
     server.routes[BRAIINS] = Reply(b'{"hash_price": 0.0349}', delay_s=10)
     with pytest.raises(FeedError, match=r"no answer within 1 s"):
-        await braiins(server, client).fetch(FEB_NOW)
+        await braiins(server, client, timeout_s=1.0).fetch(FEB_NOW)
 
 
 # --- Luxor Hashrate Index ---------------------------------------------------------------------

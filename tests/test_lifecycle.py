@@ -14,16 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from broker import Broker, free_port
 from conftest import SimFleet
+from helpers import KEYS, NotifySocket, log_events, start, wait_log, write_config
 from mqtt_client import Collector, daemon_settings
 from prometheus_client.parser import text_string_to_metric_families
-from test_service import KEYS, NotifySocket, log_events, start, wait_log, write_config
 
 from daemon.admin_cli import EXIT_NEVER_RAN, EXIT_STALE, EXIT_STOPPED, main_config, main_status
 from daemon.config import load_settings
@@ -56,13 +55,6 @@ TOU_MISTAKES = [
 ]
 
 
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    n = NotifySocket(tmp_path)
-    yield n
-    n.close()
-
-
 def status_of(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main_status(["--config", str(config)])
     return code, capsys.readouterr().out
@@ -91,6 +83,7 @@ def test_config_check_builds_the_market_and_names_a_tou_mistake(
     assert main_config(["check", str(config)]) == 0  # the tariff without its mistake is fine
 
 
+@pytest.mark.slow
 async def test_a_reload_with_a_tou_mistake_keeps_the_daemon_and_its_configuration(
     sim: SimFleet, tmp_path: Path, notify: NotifySocket, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,6 +135,7 @@ async def test_a_reload_with_a_tou_mistake_keeps_the_daemon_and_its_configuratio
             proc.wait()
 
 
+@pytest.mark.slow
 async def test_status_reports_a_sigkilled_daemon_stopped_within_a_second(
     sim: SimFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,6 +176,7 @@ def test_a_process_is_told_apart_from_a_later_one_with_its_pid() -> None:
     zombie.wait()
 
 
+@pytest.mark.slow
 async def test_status_running_stale_and_stopped_in_process(
     sim: SimFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,6 +219,7 @@ async def test_status_running_stale_and_stopped_in_process(
         assert line in help_text
 
 
+@pytest.mark.slow
 async def test_the_watchdog_follows_a_reloaded_tick(
     sim: SimFleet, tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -269,6 +265,7 @@ async def test_the_watchdog_follows_a_reloaded_tick(
     assert max(gaps) < 1.0, f"the watchdog went silent for {max(gaps):.1f} s after the reload"
 
 
+@pytest.mark.slow
 async def test_a_rejected_reload_is_published_and_exported(
     broker: Broker, sim: SimFleet, tmp_path: Path
 ) -> None:

@@ -18,10 +18,11 @@ from conftest import SimFleet
 from pyasic import get_miner
 from pyasic.miners.backends.luxminer import LUXMiner
 
+from drivers.generic import PyasicGeneric
 from drivers.identify import driver_for, identify
 from drivers.luxos import LuxOS, luxos_read, profile_for
 from drivers.transport import DriverError
-from policies.values import FailureKind, Make, Mode, Observation, PowerSource
+from policies.values import FailureKind, Identity, Make, Mode, Observation, PowerSource
 from simulator import luxos as sim_luxos
 from simulator.fleet import Fleet, GroupSpec, load_fleet_file
 from simulator.rig import SimClock
@@ -323,3 +324,21 @@ def test_sim_cli_refuses_luxos_on_a_whatsminer(capsys: pytest.CaptureFixture[str
 
     assert main(["--luxos", "m30s+:1"]) == 2
     assert "m30s+ is a whatsminer, not a antminer" in capsys.readouterr().err
+
+
+def test_a_luxos_rig_routed_through_pyasic_is_offered_no_limit() -> None:
+    """pyasic's LuxOS set_power_limit sets the highest profile at or under the watts, and its
+    reading is that profile's watts, never W: a rig reached through the generic pyasic driver
+    (an inventory cached before the LuxOS driver) declares no limit, as the LuxOS driver."""
+    identity = Identity(
+        "127.0.0.1",
+        Make.LUXOS,
+        "S19j Pro",
+        "LuxOS",
+        PyasicGeneric.name,
+        extra={"pyasic_firmware": "LuxOS"},
+    )
+    caps = PyasicGeneric(identity).capabilities
+    assert caps.modes == {Mode.SLEEP, Mode.NORMAL}
+    assert not caps.power_limit
+    assert Mode.LIMIT not in LuxOS(identity).capabilities.modes

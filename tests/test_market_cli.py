@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from feedserver import FeedServer, Reply
+from helpers import write_toml
 
 from daemon.market_cli import main
 from market.hashprice import MEMPOOL_PATHS
@@ -35,12 +36,6 @@ def feeds() -> Iterator[FeedServer]:
     srv.close()
 
 
-def write_config(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "rigpilot.toml"
-    path.write_text(body)
-    return path
-
-
 def run_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
     assert main(["--config", str(path), "--json"]) == 0
     doc: dict[str, object] = json.loads(capsys.readouterr().out)
@@ -50,7 +45,7 @@ def run_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object
 def test_market_json_with_live_sources(
     feeds: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(
+    config = write_toml(
         tmp_path,
         f"""
 [market]
@@ -84,7 +79,7 @@ def test_market_falls_back_in_priority_order_and_names_the_failure(
     feeds: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     feeds.routes[MEMPOOL_PATHS.prices] = Reply(b"<html>502 Bad Gateway</html>", 502, "text/html")
-    config = write_config(
+    config = write_toml(
         tmp_path,
         f"""
 [market]
@@ -115,7 +110,7 @@ default_per_kwh = 0.049
 def test_market_config_errors_name_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(
+    config = write_toml(
         tmp_path,
         """
 [[market.hashprice]]
@@ -125,7 +120,7 @@ type = "mempol"
     assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "market.hashprice[0]" in err and "'mempool'" in err
-    config = write_config(
+    config = write_toml(
         tmp_path,
         """
 [market]
@@ -138,7 +133,7 @@ type = "awattar"
     # same currency: no fx needed, so no configuration error (exit 2); with no network here,
     # neither price can be had (exit 1)
     assert main(["--config", str(config)]) == 1
-    config = write_config(
+    config = write_toml(
         tmp_path,
         """
 [[market.power]]
@@ -152,7 +147,7 @@ type = "awattar"
 def test_market_table_marks_stale_values(
     feeds: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(
+    config = write_toml(
         tmp_path,
         f"""
 [[market.hashprice]]

@@ -58,6 +58,7 @@ UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_fleet_rigs_hashing",
     "rigpilot_fleet_rigs_curtailed",
     "rigpilot_fleet_rigs_not_responding",
+    "rigpilot_fleet_rigs_needing_hands",
     "rigpilot_fleet_rigs_power_estimated",
     "rigpilot_fleet_rigs_held_back",
     "rigpilot_fleet_rigs_unreadable",

@@ -307,6 +307,7 @@ async def test_dry_run_answers_from_the_decision_and_sends_nothing(
     assert sim.control.rig(addresses[0])["mode"] == "normal"
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     command=st.sampled_from([*c.COMMANDS, "bogus"]),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import identity, observation
+
 from daemon.mqtt import asyncapi
 from daemon.mqtt.commands import COMMANDS
 from daemon.mqtt.state import Prices, fleet_state, rig_state
 from policies.economics import Economics
-from policies.values import Identity, Make, Mode, Observation, PowerSource
+from policies.values import Mode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,8 +41,8 @@ def test_every_command_has_a_request_and_a_response_channel() -> None:
 
 
 def test_published_documents_have_exactly_the_documented_fields() -> None:
-    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
-    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    ident = identity("10.0.0.7", firmware="2024")
+    obs = observation(at=1.0, ident=ident)
     prices = Prices(45.0, 0.05, Economics())
     doc = rig_state("10.0.0.7", ident, obs, None, prices)
     assert set(doc) == set(asyncapi.RIG_STATE_SCHEMA["properties"])
@@ -69,8 +71,8 @@ def test_published_documents_have_exactly_the_documented_fields() -> None:
 def test_in_dry_run_the_fleet_state_says_what_would_be_curtailed_not_what_is() -> None:
     from policies.guards import Desired
 
-    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
-    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    ident = identity("10.0.0.7", firmware="2024")
+    obs = observation(at=1.0, ident=ident)
     prices = Prices(45.0, 0.05, Economics())
     desired = {"10.0.0.7": Desired("10.0.0.7", Mode.SLEEP, None, "loses money", "breakeven")}
 
@@ -100,8 +102,8 @@ def test_the_document_refuses_a_field_it_lacks_and_requires_every_field() -> Non
 
     doc = asyncapi.document()
     schemas = doc["components"]["schemas"]
-    ident = Identity("10.0.0.7", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
-    obs = Observation(ident, 1.0, 100.0, 3000.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+    ident = identity("10.0.0.7", firmware="2024")
+    obs = observation(at=1.0, ident=ident)
     rig = rig_state("10.0.0.7", ident, obs, None, Prices(45.0, 0.05, Economics()))
     assert problems(rig, schemas["RigState"], doc) == []
     assert problems({**rig, "colour": "red"}, schemas["RigState"], doc) == [

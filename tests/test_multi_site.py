@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from broker import USERS, Broker, Link, bridged_site
 from conftest import SimFleet
+from helpers import start
 from mqtt_client import Collector, Msg, RunningDaemon, daemon_settings, start_daemon
-from test_service import start
 
 from daemon.sites_cli import main as fleet_main
 

@@ -18,15 +18,17 @@ from typing import Any
 import pytest
 from broker import Broker
 from conftest import REPO, SimFleet
+from helpers import KEYS, start, wait_log, write_config
 from mqtt_client import Collector, Msg, daemon_settings, start_daemon
 from test_mqtt_bridge import wait_rig
-from test_service import KEYS, start, wait_log, write_config
 
 from daemon.admin_cli import main_status
 from daemon.config import Settings, load_settings
 from daemon.mqtt.topics import Topics
 from daemon.reconciler import Outcome
 from daemon.statelock import LOCK_NAME
+
+pytestmark = pytest.mark.slow  # real daemons started, stopped and killed
 
 
 def run_second(config: Path) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import structlog
+from helpers import make_loop, tick_report
 
-from bench.persist import make_loop, tick_report
 from daemon.loop import ControlLoop, TickReport
 from daemon.persist import Persistence
 from daemon.store import DB_NAME, Store

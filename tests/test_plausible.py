@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import FrozenClock
+from helpers import observation, rig_view
 from hostile import HostileRig, hostile
 
 from drivers.identify import driver_for
@@ -109,7 +110,7 @@ def view(obs: Observation) -> RigView:
         ModePoint(Mode.NORMAL, 100.0, 3250.0, PowerSource.ESTIMATED),
         ModePoint(Mode.HIGH, 115.0, 4000.0, PowerSource.ESTIMATED),
     )
-    return RigView(obs.rig_id, obs, modes, pts)
+    return rig_view(obs, modes, pts)
 
 
 def guarded(obs: Observation, want: Mode) -> tuple[Mode, str]:
@@ -155,17 +156,12 @@ async def test_a_hashing_rig_with_no_plausible_temperature_is_unknown_heat_not_c
 
 
 def read(rid: str, watts: float) -> RigView:
-    obs = Observation(
-        identity=Identity(rid, Make.ANTMINER, "S19j Pro", "fw", "antminer-stock"),
-        observed_at=0.0, hashrate_ths=100.0, power_w=watts,
-        power_source=PowerSource.REPORTED, mode=Mode.NORMAL, mining=True,
-    )  # fmt: skip
-    return view(obs)
+    return view(observation(rid, watts=watts, source=PowerSource.REPORTED))
 
 
 def test_an_unread_rig_counts_at_catalogue_points_never_at_another_rigs_reading() -> None:
     liar = read("liar", 2.95e31)
-    unread = RigView("u", None, frozenset({Mode.SLEEP, Mode.NORMAL}), ())  # no catalogue points
+    unread = rig_view(None, {Mode.SLEEP, Mode.NORMAL}, rig_id="u")  # no catalogue points
     fleet = [read("h0", 3250.0), liar, unread]
     assert counted_power_w(unread, fleet_fallback_w(fleet)) == 4000.0  # the fleet's top point
 
@@ -180,7 +176,7 @@ async def test_a_power_capped_site_keeps_its_healthy_rigs_running_beside_a_liar(
         {"summary+devs": wire(whatsminer_reply(Power=1e30))},
     )  # fmt: skip
     healthy = [read(f"h{i}", 3250.0) for i in range(3)]
-    unread = RigView("u", None, frozenset({Mode.SLEEP, Mode.NORMAL}), ())
+    unread = rig_view(None, {Mode.SLEEP, Mode.NORMAL}, rig_id="u")
     fleet = [*healthy, view(liar), unread]
     intents = PowerCapPolicy().decide(MarketView(50.0, 0.04), fleet, Site(power_cap_kw=20.0), 0.0)
     assert intents == {}, [i.reason for i in intents.values()]

@@ -13,6 +13,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+from helpers import identity, observation, rig_view
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,7 @@ from policies.combine import combine
 from policies.economics import Economics, ModePoint, breakeven
 from policies.power_cap import PowerCapPolicy, counted_power_w, fleet_fallback_w
 from policies.schedule import ScheduleError, SchedulePolicy, parse_schedule
-from policies.values import Identity, Make, Mode, Observation, PowerSource, RigId
+from policies.values import Mode, PowerSource, RigId
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_HOURS = REPO / "examples" / "quiet_hours"
@@ -70,23 +71,17 @@ def make_rig(
     obs = None
     if readable:
         watts = power_w if power_w != -1.0 else (current.power_w if current else None)
-        obs = Observation(
-            identity=Identity(rig_id, Make.ANTMINER, model, "fw", "antminer-stock"),
-            observed_at=0.0,
-            hashrate_ths=current.hashrate_ths if current else 0.0,
-            power_w=watts,
-            power_source=PowerSource.REPORTED,
-            mode=mode,
-            mining=current is not None and current.hashrate_ths > 0,
+        obs = observation(
+            rig_id,
+            mode,
+            ths=current.hashrate_ths if current else 0.0,
+            watts=watts,
+            source=PowerSource.REPORTED,
+            ident=identity(rig_id, model=model),
             power_limit_w=power_limit_w,
         )
-    return RigView(
-        rig_id=rig_id,
-        observation=obs,
-        modes=modes if modes is not None else frozenset({Mode.SLEEP, *points}),
-        points=pts,
-        group=group,
-    )
+    modes = modes if modes is not None else frozenset({Mode.SLEEP, *points})
+    return rig_view(obs, modes, pts, rig_id=rig_id, group=group)
 
 
 def model_rig(index: int, *, mode: Mode = Mode.NORMAL, group: str = "") -> RigView:

@@ -7,13 +7,12 @@ control API (the rig's true state) is the referee.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyasic
 import pytest
 from conftest import SimFleet
+from helpers import eventually
 from pyasic.config import MiningModeConfig
 from pyasic.miners.backends.antminer import AntminerModern
 
@@ -29,15 +28,6 @@ EXPECTED_CLASS = {
 
 async def true_state(sim: SimFleet, address: str) -> dict[str, Any]:
     return await asyncio.to_thread(sim.control.rig, address)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 15.0) -> None:
-    """Poll ``check`` until it holds (the simulated clock runs 30x wall time)."""
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.2)
 
 
 async def antminer(address: str) -> AntminerModern:
@@ -112,7 +102,7 @@ async def test_stop_and_resume_mining(sim: SimFleet) -> None:
             and (state["hashrate_ths"] == 0.0)
         )
 
-    await eventually(stopped)
+    await eventually(stopped, sim=sim)
     data = await miner.get_data()
     assert len(data.hashboards) == MODELS["s19jpro"].boards  # idle boards are still listed
 
@@ -125,7 +115,7 @@ async def test_stop_and_resume_mining(sim: SimFleet) -> None:
         data = await miner.get_data()
         return data.hashrate is not None and float(data.hashrate) > 0.0
 
-    await eventually(hashing)
+    await eventually(hashing, sim=sim)
     assert (await true_state(sim, address))["hashrate_ths"] > 0.0
 
 
@@ -150,7 +140,7 @@ async def test_low_power_through_send_config(sim: SimFleet) -> None:
             and state["hashrate_ths"] == pytest.approx(0.7 * nameplate, rel=0.03)
         )
 
-    await eventually(reduced)
+    await eventually(reduced, sim=sim)
     data = await miner.get_data()
     assert data.is_mining is True
     assert data.expected_hashrate is not None

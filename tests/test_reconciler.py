@@ -7,6 +7,7 @@ import json
 import time
 
 from conftest import SimFleet
+from helpers import observation
 from structlog.testing import capture_logs
 
 from daemon.observer import Observer, ObserverSettings
@@ -14,8 +15,6 @@ from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconci
 from drivers.inventory import Inventory
 from policies.values import (
     FailureKind,
-    Identity,
-    Make,
     Mode,
     Observation,
     ObservationFailure,
@@ -24,8 +23,7 @@ from policies.values import (
 
 
 def obs(rig: str, mode: Mode, mining: bool = True) -> Observation:
-    ident = Identity(rig, Make.ANTMINER, "S19j Pro", "fw", "antminer-stock")
-    return Observation(ident, 0.0, 100.0 if mining else 0.0, 3000.0, None, mode, mining)
+    return observation(rig, mode, ths=100.0 if mining else 0.0, source=None)
 
 
 def target(rig: str, mode: Mode) -> Target:

@@ -15,14 +15,15 @@ from typing import Any
 
 from broker import Broker
 from conftest import SimFleet
+from helpers import KEYS, write_config
 from mqtt_client import daemon_settings
 from pydantic import BaseModel
-from test_service import KEYS, write_config
 
 from daemon.config import Settings, load_settings
 from daemon.loop import TickReport
 from daemon.notify import Notifier
-from daemon.run import RESTART_ONLY, Service, handle_signals, serve
+from daemon.power import CycleRules
+from daemon.run import RESTART_ONLY, RESTART_ONLY_SETTINGS, Service, handle_signals, serve
 from policies.guards import FailSafe
 from policies.values import QuoteKind
 
@@ -60,6 +61,16 @@ value = 60.0
 [[market.power]]
 type = "fixed"
 value_per_kwh = 0.03
+[[switches]]
+name = "pdu-a"
+kind = "apc"
+address = "127.2.0.1"
+[power_cycle]
+enabled = false
+after_s = 600
+max_per_rig_per_day = 2
+max_outlets_per_minute = 4
+exclude_groups = []
 """
 
 SECOND = """
@@ -104,6 +115,16 @@ value = 70.0
 [[market.power]]
 type = "fixed"
 value_per_kwh = 0.04
+[[switches]]
+name = "pdu-b"
+kind = "raritan"
+address = "127.2.0.2"
+[power_cycle]
+enabled = true
+after_s = 1200
+max_per_rig_per_day = 3
+max_outlets_per_minute = 6
+exclude_groups = ["row-b"]
 """
 
 Check = Callable[[Service, TickReport], Any]
@@ -114,6 +135,11 @@ def desk_rigs(service: Service) -> tuple[dict[str, str], list[str]]:
     assert service.bridge is not None
     desk = service.bridge.desk
     return dict(desk.groups), sorted(desk.configured)
+
+
+def power_rules(service: Service) -> CycleRules:
+    assert service.loop.power is not None
+    return service.loop.power.cycle_rules
 
 
 def checks(a: str, b: str, c: str) -> dict[str, tuple[Check, Any, Any]]:
@@ -229,6 +255,35 @@ def checks(a: str, b: str, c: str) -> dict[str, tuple[Check, Any, Any]]:
             (1.25, 0.05),  # 0.04 EUR/kWh at 1.25 USD per EUR
         ),
         "market.refresh_s": (lambda s, r: s.loop.market_refresh_s, 60.0, 120.0),
+        # The switches and the wiring follow at once (an outlet moved to another rig must not
+        # be switched for the old one), and the actuator switches through the new ones.
+        "switches": (
+            lambda s, r: (
+                sorted(s.loop.power.switches) if s.loop.power else None,
+                dict(s.loop.power.wiring) if s.loop.power else None,
+                s.loop.power is not None
+                and getattr(s.loop.actuator.switch, "__self__", None) is s.loop.power,
+            ),
+            (["pdu-a"], {a: (("pdu-a", 1),)}, True),
+            (["pdu-b"], {a: (("pdu-b", 2),)}, True),
+        ),
+        "power_cycle.enabled": (lambda s, r: power_rules(s).enabled, False, True),
+        "power_cycle.after_s": (lambda s, r: power_rules(s).after_s, 600.0, 1200.0),
+        "power_cycle.max_per_rig_per_day": (
+            lambda s, r: power_rules(s).max_per_rig_per_day,
+            2,
+            3,
+        ),
+        "power_cycle.max_outlets_per_minute": (
+            lambda s, r: power_rules(s).max_outlets_per_minute,
+            4,
+            6,
+        ),
+        "power_cycle.exclude_groups": (
+            lambda s, r: sorted(power_rules(s).excluded),
+            [],
+            sorted([b, c]),
+        ),
         "market.hashprice": (lambda s, r: r.hashprice_usd_per_ph_day, 60.0, 70.0),
         "market.power": (
             lambda s, r: s.loop.market.state(r.at).quotes[QuoteKind.POWER_PRICE].value,
@@ -243,7 +298,7 @@ def reloadable(model: type[BaseModel] = Settings, prefix: str = "") -> set[str]:
     restart-only ones (a section is a model; anything else is one setting)."""
     out: set[str] = set()
     for name, info in model.model_fields.items():
-        if not prefix and name in RESTART_ONLY:
+        if (not prefix and name in RESTART_ONLY) or prefix + name in RESTART_ONLY_SETTINGS:
             continue
         kind = info.annotation
         if isinstance(kind, type) and issubclass(kind, BaseModel):
@@ -269,10 +324,12 @@ async def test_a_sighup_applies_every_reloadable_setting(
     assert "dry_run = false\n" in head
     first_head = head.replace("dry_run = false\n", "dry_run = true\n")
     rigs_first = (
-        f'[[rigs]]\naddress = "{a}"\ngroup = "row-a"\n[[rigs]]\naddress = "{b}"\ngroup = "row-a"\n'
+        f'[[rigs]]\naddress = "{a}"\ngroup = "row-a"\noutlets = ["pdu-a:1"]\n'
+        f'[[rigs]]\naddress = "{b}"\ngroup = "row-a"\n'
     )
     rigs_second = (
-        f'[[rigs]]\naddress = "{a}"\ngroup = "row-a"\n[[rigs]]\naddress = "{b}"\ngroup = "row-b"\n'
+        f'[[rigs]]\naddress = "{a}"\ngroup = "row-a"\noutlets = ["pdu-b:2"]\n'
+        f'[[rigs]]\naddress = "{b}"\ngroup = "row-b"\n'
         f'[[rigs]]\naddress = "{c}"\ngroup = "row-b"\n'
     )
     config.write_text(first_head + FIRST + rigs_first)

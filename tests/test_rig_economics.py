@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from helpers import identity
+from helpers import observation as make_observation
 
 from daemon.rig_economics import mode_points
 from market.fetch import FeedError
 from market.power import PushedPrice
 from policies.economics import Economics, breakeven
-from policies.values import Board, Identity, Make, Mode, Observation, PowerSource
+from policies.values import Board, Make, Mode, Observation, PowerSource
 
 ALL = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH})
 
@@ -21,9 +23,11 @@ def observation(
     mode: Mode = Mode.NORMAL,
     source: PowerSource = PowerSource.ESTIMATED,
 ) -> Observation:
-    identity = Identity("10.0.0.1", make, model, "fw", "antminer-stock")
     boards = (Board(0, ths / 3, 60, 70, 126, True),)
-    return Observation(identity, 0.0, ths, watts, source, mode, ths > 0, boards)
+    ident = identity(make=make, model=model)
+    return make_observation(
+        mode=mode, ths=ths, watts=watts, source=source, ident=ident, boards=boards
+    )
 
 
 def test_current_mode_uses_measured_figures_others_the_catalogue() -> None:

@@ -18,6 +18,7 @@ import pytest
 from simulator.client import ControlError, SimControl
 from simulator.control import ControlApi, serve_control
 from simulator.fleet import Fleet, GroupSpec
+from simulator.physics import Mode
 from simulator.protocol import HttpRequest, HttpResponse, MakeHandlers
 from simulator.rig import Fault, SimClock, SimRig
 from simulator.server import FleetServer, FramedConn, HttpConn, RpcConn
@@ -228,8 +229,33 @@ async def test_control_api_errors_name_the_problem(
         await control(ctl, "set_fault", fleet.rigs[0].address, "melt")
     with pytest.raises(ControlError, match=r"board must be 0\.\.2"):
         await control(ctl, "set_fault", fleet.rigs[0].address, "dead_board", board=5)
-    with pytest.raises(ControlError, match="time_scale"):
+    with pytest.raises(ControlError, match="time_scale must be a positive number"):
         await control(ctl, "request", "PUT", "/clock", {"time_scale": -1})
+    with pytest.raises(ControlError, match="advance_s must be a number >= 0"):
+        await control(ctl, "request", "PUT", "/clock", {"advance_s": -30})
+    with pytest.raises(ControlError, match="advance_s must be a number >= 0"):
+        await control(ctl, "request", "PUT", "/clock", {"advance_s": "30"})
+    with pytest.raises(ControlError, match=r"400: expected \{"):
+        await control(ctl, "request", "PUT", "/clock", {})
+
+
+async def test_advancing_the_clock_moves_simulated_time_and_physics_at_once(
+    served: tuple[Fleet, FleetServer, SimControl],
+) -> None:
+    fleet, _, ctl = served
+    rig = fleet.rigs[0]
+    await control(ctl, "set_time_scale", 1.0)  # so wall time adds next to nothing
+    before = (await control(ctl, "stats"))["sim_time_s"]
+    await rpc(rig.address, b'{"command":"summary"}')
+    rig.set_mode(Mode.SLEEP)
+    assert (await control(ctl, "rig", rig.address))["hashrate_ths"] > 0  # still winding down
+    stats = await control(ctl, "advance_clock", 600)
+    assert 600 <= stats["sim_time_s"] - before < 610
+    # Ten simulated minutes after the sleep command: the hashboards are off.
+    state = await control(ctl, "rig", rig.address)
+    assert state["mode"] == "sleep"
+    assert not state["mining"]
+    assert state["hashrate_ths"] == 0
 
 
 async def test_control_api_reports_true_state_and_counters(

@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # two minutes of chaos
 
 
 def test_short_chaos_soak_holds_every_invariant(tmp_path: Path) -> None:
     out = tmp_path / "soak"
-    args = ["--rigs", "100", "--minutes", "2", "--disrupt-every", "8", "--out", str(out)]
+    args = ["--rigs", "100", "--minutes", "2", "--disrupt-every", "8", "--every-kind"]
+    args += ["--out", str(out)]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.soak", *args],
         cwd=REPO,

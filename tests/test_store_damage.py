@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SimFleet
-from test_service import KEYS, write_config
+from helpers import KEYS, write_config
 
 import daemon.store as store_module
 from daemon.config import load_settings
@@ -65,6 +65,7 @@ def written(sim_fleet: SimFleet, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return db
 
 
+@pytest.mark.slow
 def test_damage_in_any_page_gives_one_clear_line_never_a_traceback(
     written: Path,
     sim: SimFleet,
@@ -101,6 +102,7 @@ def test_damage_in_any_page_gives_one_clear_line_never_a_traceback(
     print(f"refused {len(refused)} of {pages} pages")
 
 
+@pytest.mark.slow
 def test_the_real_command_exits_2_with_one_line(
     written: Path, sim: SimFleet, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from helpers import identity, observation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ from policies.guards import GuardConfig, RigGuardState, Setting
 from policies.registry import load_policy
 from policies.timing import BOOT_S, STOCK
 from policies.transition import PAYBACK_S, hold_transitions, settling_until
-from policies.values import Identity, Make, Mode, Observation, PowerSource
+from policies.values import Mode, Observation
 from simulator import physics as sp
 from simulator.models import MODELS
 
@@ -138,9 +139,17 @@ def test_no_policy_command_reaches_a_rig_in_transition(
             before = s0
 
 
-def _s19(mode: Mode, ths: float, watts: float) -> Observation:
-    ident = Identity("10.0.0.1", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
-    return Observation(ident, 1.0, ths, watts, PowerSource.ESTIMATED, mode, True)
+def _s19(mode: Mode, ths: float, watts: float, rig_id: str = "10.0.0.1") -> Observation:
+    """A stock S19j Pro read at t=1, hashing or about to (a booting rig counts as mining)."""
+    return observation(
+        rig_id,
+        mode,
+        ths=ths,
+        watts=watts,
+        at=1.0,
+        mining=True,
+        ident=identity(rig_id, firmware="2024"),
+    )
 
 
 def test_a_booting_rig_is_scored_on_the_mode_it_is_going_to() -> None:
@@ -202,8 +211,7 @@ def test_hold_transitions_holds_the_settling_rigs_of_a_fleet_in_the_policy_order
     memory: dict[str, RigGuardState] = {}
     for i in range(6):
         rid = f"10.0.0.{i}"
-        ident = Identity(rid, Make.ANTMINER, "S19j Pro", "2024", "antminer-stock")
-        obs = Observation(ident, 1.0, 104.0, 3068.0, PowerSource.ESTIMATED, Mode.NORMAL, True)
+        obs = _s19(Mode.NORMAL, 104.0, 3068.0, rid)
         views.append(RigView(rid, obs, modes, tuple(mode_points(obs, modes))))
         before = Mode.SLEEP if i % 2 else Mode.LOW  # woken 30 s ago, or stepped up 300 s ago
         memory[rid] = RigGuardState(
@@ -230,14 +238,8 @@ def test_a_change_that_does_not_pay_for_itself_is_not_made() -> None:
     """A sleeping rig is not woken for a gain an hour would not repay (booting and ramping
     lose about 80 s of hash); a step down costs nothing and is made at once."""
     modes = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL})
-    asleep = Observation(
-        Identity("10.0.0.1", Make.ANTMINER, "S19j Pro", "2024", "antminer-stock"),
-        1.0,
-        0.0,
-        18.0,
-        PowerSource.ESTIMATED,
-        Mode.SLEEP,
-        False,
+    asleep = observation(
+        mode=Mode.SLEEP, ths=0.0, watts=18.0, at=1.0, ident=identity(firmware="2024")
     )
     view = RigView("10.0.0.1", asleep, modes, tuple(mode_points(asleep, modes)))
     memory = {"10.0.0.1": RigGuardState(Setting.of(Mode.SLEEP, None), changed_at=0.0)}

@@ -24,6 +24,7 @@ from replayhttp import ReplayServer, Route
 
 from daemon.reconciler import Target, satisfied
 from drivers.base import UnsupportedMode
+from drivers.generic import PyasicGeneric
 from drivers.identify import driver_for, identify
 from drivers.transport import DriverError
 from drivers.vnish import VNish, preset_names, vnish_read
@@ -187,11 +188,12 @@ def routes(**extra: Route) -> dict[tuple[str, str], Route]:
 
 @contextlib.asynccontextmanager
 async def replayed(
-    table: dict[tuple[str, str], Route],
+    table: dict[tuple[str, str], Route], presets: str = ""
 ) -> AsyncIterator[tuple[ReplayServer, VNish]]:
     server = ReplayServer(table)
     server.server = await asyncio.start_server(server.serve, "127.0.0.1", 0)
-    identity = Identity("127.0.0.1", Make.VNISH, "S19j Pro", "Vnish 1.2.6", VNish.name)
+    extra = {"vnish_presets_w": presets} if presets else {}
+    identity = Identity("127.0.0.1", Make.VNISH, "S19j Pro", "Vnish 1.2.6", VNish.name, extra=extra)
     try:
         yield server, VNish(identity, port=server.port)
     finally:
@@ -261,19 +263,44 @@ async def test_limit_needs_a_preset_of_exactly_those_watts() -> None:
         get_autotune__presets=(200, json.dumps(presets).encode()),
         post_settings=(200, b'{"restart_required":false,"reboot_required":false}'),
     )
-    async with replayed(table) as (server, driver):
+    # The presets the rig listed at identification are its declared watts: others are
+    # refused before anything is sent.
+    async with replayed(table, "2140,2580") as (server, driver):
+        assert driver.capabilities.power_limit_presets_w == (2140, 2580)
+        assert driver.capabilities.power_limit_range_w == (2140, 2580)
         with pytest.raises(UnsupportedMode) as err:
-            await driver.apply(Mode.LIMIT, 2500, 3.0)
+            driver.check_supported(Mode.LIMIT, 2500)
         assert str(err.value) == (
-            "127.0.0.1: VNish sets power by preset; 2500 W is not one (presets: 2140, 2580 W)"
+            "127.0.0.1: power limit 2500 W is not one of the rig's presets (2140, 2580 W)"
         )
-        assert not [r for r in server.requests if r[1] == "/api/v1/settings"]
+        with pytest.raises(UnsupportedMode):
+            await driver.apply(Mode.LIMIT, 2500, 3.0)
+        assert not server.requests
         await driver.apply(Mode.LIMIT, 2580, 3.0)
         posted = [json.loads(b) for _, p, b in server.requests if p == "/api/v1/settings"]
         assert posted == [{"miner": {"overclock": {"preset": "2580"}}}]
         assert Mode.LOW not in driver.capabilities.modes
         with pytest.raises(UnsupportedMode):
             await driver.apply(Mode.LOW, None, 3.0)
+    # A preset listed at identification and gone from the rig since: the rig's list decides.
+    async with replayed(table, "2140,2500,2580") as (server, driver):
+        with pytest.raises(UnsupportedMode) as err:
+            await driver.apply(Mode.LIMIT, 2500, 3.0)
+        assert str(err.value) == (
+            "127.0.0.1: VNish sets power by preset; 2500 W is not one (presets: 2140, 2580 W)"
+        )
+        assert not [r for r in server.requests if r[1] == "/api/v1/settings"]
+
+
+async def test_a_rig_whose_presets_are_unknown_declares_no_limit() -> None:
+    """An identity cached without the presets (or with a damaged list): no limit offered."""
+    for presets in ("", "2140,abc"):
+        async with replayed(routes(), presets) as (_, driver):
+            caps = driver.capabilities
+            assert caps.modes == {Mode.SLEEP, Mode.NORMAL}
+            assert not caps.power_limit and caps.power_limit_range_w is None
+            with pytest.raises(UnsupportedMode, match="cannot do limit; it supports: normal"):
+                driver.check_supported(Mode.LIMIT, 2140)
 
 
 # ---- the simulated rig's API ---------------------------------------------------------------------
@@ -399,6 +426,10 @@ async def test_detect(sim: SimFleet) -> None:
     assert identity.serial == rig["serial"]
     assert identity.mac == rig["mac"]
     assert identity.extra["fingerprint"] == "Antminer S19j Pro (Vnish 1.2.6)"
+    # its watt presets, as pyasic (the independent client) lists them
+    presets = sorted(await sim_presets(address))
+    assert identity.extra["vnish_presets_w"] == ",".join(str(w) for w in presets)
+    assert driver_for(identity).capabilities.power_limit_presets_w == tuple(presets)
     miner = await get_miner(address)
     assert isinstance(miner, VNishS19jPro)
     assert str(miner).startswith("S19j Pro (VNish)")
@@ -518,3 +549,39 @@ def test_sim_cli_refuses_vnish_on_a_whatsminer(capsys: pytest.CaptureFixture[str
 
     assert main(["--vnish", "m30s+:1"]) == 2
     assert "m30s+ is a whatsminer, not a antminer" in capsys.readouterr().err
+
+
+def test_a_vnish_rig_routed_through_pyasic_is_offered_no_limit() -> None:
+    """pyasic's VNish set_power_limit never takes effect: a rig reached through the generic
+    pyasic driver (an inventory cached before the VNish driver) declares no limit."""
+    identity = Identity(
+        "127.0.0.1",
+        Make.VNISH,
+        "S19j Pro",
+        "VNish",
+        PyasicGeneric.name,
+        extra={"pyasic_firmware": "VNish"},
+    )
+    caps = PyasicGeneric(identity).capabilities
+    assert caps.modes == {Mode.SLEEP, Mode.NORMAL}
+    assert not caps.power_limit
+
+
+async def test_a_kept_token_refused_mid_run_is_renewed_once_for_the_summary_only() -> None:
+    """With a kept token the read is one pipelined batch (summary + perf-summary); a 401 on
+    the summary unlocks once and asks the summary again, not perf-summary."""
+    async with replayed(routes()) as (server, driver):
+        await driver.observe(3.0, 1000.0)
+        server.routes[("GET", "/api/v1/summary")] = (401, b'{"err":"Unauthorized"}')
+        with pytest.raises(DriverError) as err:
+            await driver.observe(3.0, 1001.0)
+    assert err.value.detail == "GET /summary: HTTP 401: Unauthorized"
+    assert [p for _, p, _ in server.requests] == [
+        "/api/v1/unlock",
+        "/api/v1/summary",
+        "/api/v1/perf-summary",
+        "/api/v1/summary",  # the kept token, pipelined with...
+        "/api/v1/perf-summary",
+        "/api/v1/unlock",  # refused: unlocked once more
+        "/api/v1/summary",
+    ]

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("backtest", "daemon", "drivers", "market", "policies", "simulator")
 SUBCOMMANDS = ("sim", "scan", "observe", "market", "run", "demo", "status", "config", "backtest")
 
-pytestmark = pytest.mark.slow
+# One worker builds the wheel and its venv once (module fixtures) and runs every test of it.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 300, **kw: object) -> str:

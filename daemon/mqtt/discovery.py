@@ -19,7 +19,8 @@ HA_PIN_S: Final = 30 * 86400
 SELECT_MODES: Final = (Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH, Mode.LIMIT)
 """The select offers each of these the rig's capabilities include; ``limit`` (a power limit on
 top of the power mode) only with a limit range, and chosen there it asks for the top of the
-range: the Power limit number sets the watts."""
+range (with presets, the highest preset): the Power limit number sets the watts, where any
+watts in the range are taken (not for presets)."""
 
 
 def _object_id(text: str) -> str:
@@ -191,7 +192,11 @@ def rig_configs(
             command_template=_set_template(rig_id, '"{{ value }}"', _limit_part(caps)),
         ),
     ]
-    if caps.power_limit and caps.power_limit_range_w is not None:
+    if (
+        caps.power_limit
+        and caps.power_limit_range_w is not None
+        and caps.power_limit_presets_w is None  # presets (VNish): not any watts in between
+    ):
         lo, hi = caps.power_limit_range_w
         out.append(
             entity(

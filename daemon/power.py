@@ -1,0 +1,468 @@
+"""The site's power switches in the daemon: reading every outlet once per tick, what the
+outlets say about their rigs, and the one rule by which ``off`` is carried out.
+
+:class:`PowerSwitches` is shell (sockets, deadlines, logging). The rules are pure functions:
+
+- :func:`with_switches`: a rig whose every outlet is metered and was read this tick has, as its
+  power, the sum of what those outlets draw, with ``power_source = meter`` (preferred over the
+  catalogue's estimate and over the rig's own PSU figure, which leaves out the PSU's losses); a
+  rig that does not answer while every outlet feeding it is read off is observed ``off``.
+- :func:`step`: how a command is carried out for a rig wired to outlets. ``off`` is firmware
+  sleep first, and the outlets are switched off only once the rig is observed asleep (never
+  while it is observed hashing); any other mode asked of a rig observed ``off`` switches its
+  outlets on (the command is a power-up like any other, so it goes through the site ramp),
+  and the firmware mode follows once the rig answers. The actuator's dry-run and hold apply
+  before anything is sent, so dry-run sends nothing to a switch either.
+
+See docs/power-switches.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from daemon.config import Settings
+from daemon.reconciler import Command, CommandResult, Outcome, Target
+from daemon.switch_config import SwitchConfig, parse_outlet
+from drivers.switches.base import OutletReading, PowerSwitch
+from drivers.switches.plugs import ShellyGen2, Tasmota
+from drivers.switches.snmp import ApcPdu, ApcPduUnmetered, RaritanPdu, SnmpPdu
+from drivers.transport import DriverError
+from policies.values import Identity, Mode, Observation, PowerSource, Reading, RigId
+
+log = structlog.get_logger("power")
+
+OFF_WAIT_S = 600.0
+"""How long a rig told to sleep on its way to ``off`` may stay silent before its outlets are cut
+anyway (never when it was seen hashing since)."""
+
+OutletId = tuple[str, int]
+"""(switch name, outlet number as the device numbers it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutletSweep:
+    """Every configured outlet as read in one tick: a reading, or why there is none."""
+
+    readings: Mapping[OutletId, OutletReading]
+    failures: Mapping[str, DriverError]  # by switch name
+    at: float
+
+
+def with_switches(
+    readings: Mapping[RigId, Reading],
+    outlets: Mapping[OutletId, OutletReading],
+    wiring: Mapping[RigId, Sequence[OutletId]],
+    identities: Mapping[RigId, Identity],
+    now: float,
+) -> dict[RigId, Reading]:
+    """``readings`` as the outlets complete them: each fully metered rig's power replaced by
+    its outlets' sum; a rig not answering with every outlet read off, observed ``off``."""
+    out = dict(readings)
+    for rig_id, feeds in wiring.items():
+        obs = out.get(rig_id)
+        if not feeds:
+            continue
+        read = [outlets.get(o) for o in feeds]
+        known = [r for r in read if r is not None]
+        if len(known) != len(feeds):
+            continue
+        if not isinstance(obs, Observation):
+            identity = identities.get(rig_id)
+            if identity is not None and not any(r.on for r in known):
+                watts = [r.power_w for r in known if r.power_w is not None]
+                out[rig_id] = Observation(
+                    identity,
+                    now,
+                    0.0,
+                    sum(watts) if len(watts) == len(known) else 0.0,
+                    PowerSource.METER if len(watts) == len(known) else None,
+                    Mode.OFF,
+                    False,
+                    errors=("powered off at its outlets",),
+                )
+            continue
+        watts = [r.power_w for r in known if r.power_w is not None]
+        if len(watts) != len(feeds):
+            continue
+        out[rig_id] = replace(obs, power_w=sum(watts), power_source=PowerSource.METER)
+    return out
+
+
+def step(cmd: Command, reading: Reading | None) -> Command:
+    """How ``cmd`` is carried out on a rig wired to outlets (see the module's docstring)."""
+    if cmd.mode is Mode.OFF:
+        if isinstance(reading, Observation) and reading.mode is Mode.SLEEP and not reading.mining:
+            return replace(cmd, switch=False, reason=f"{cmd.reason}; observed asleep: outlets off")
+        return replace(
+            cmd,
+            mode=Mode.SLEEP,
+            switch=None,
+            reason=f"{cmd.reason}; off: sleep first, the outlets once it is seen asleep",
+        )
+    if isinstance(reading, Observation) and reading.mode is Mode.OFF:
+        return replace(
+            cmd,
+            switch=True,
+            reason=f"{cmd.reason}; outlets on, then {cmd.mode.value} once the rig answers",
+        )
+    return cmd
+
+
+def build_switch(cfg: SwitchConfig, outlets: tuple[int, ...]) -> PowerSwitch:
+    """The driver for one ``[[switches]]`` entry, for the outlets rigs are wired to."""
+    if cfg.kind in ("apc", "apc-switched", "raritan"):
+        pdus: dict[str, type[SnmpPdu]] = {
+            "apc": ApcPdu,
+            "apc-switched": ApcPduUnmetered,
+            "raritan": RaritanPdu,
+        }
+        return pdus[cfg.kind](
+            cfg.name,
+            cfg.address,
+            outlets,
+            read_community=cfg.read_community.get_secret_value(),
+            write_community=cfg.write_community.get_secret_value(),
+            port=cfg.default_port,
+        )
+    plug = ShellyGen2 if cfg.kind == "shelly" else Tasmota
+    password = cfg.password.get_secret_value() if cfg.password else None
+    return plug(cfg.name, cfg.address, outlets, password=password, port=cfg.default_port)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Outlet states asked of one switch together, and the answer they all wait for."""
+
+    done: asyncio.Future[None]
+    states: dict[int, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRules:
+    """When a hung rig may be power-cycled (``[power_cycle]``, docs/power-switches.md)."""
+
+    enabled: bool = False
+    after_s: float = 900.0
+    max_per_rig_per_day: int = 2
+    max_outlets_per_minute: int = 4
+    excluded: frozenset[RigId] = frozenset()
+
+
+def due_cycles(
+    silent_since: Mapping[RigId, float],
+    powered: Mapping[RigId, bool],
+    history: Mapping[RigId, Sequence[float]],
+    recent_outlets: Sequence[float],
+    outlets_of: Mapping[RigId, int],
+    held: frozenset[RigId],
+    rules: CycleRules,
+    now: float,
+) -> list[RigId]:
+    """The hung rigs to power-cycle now, longest silent first: silent (or ignoring commands)
+    for ``after_s`` while every outlet feeding them reads on, not excluded, not held (an
+    operator pin, or asked to be off), under ``max_per_rig_per_day`` cycles in the last 24 h and
+    the site's ``max_outlets_per_minute`` outlets switched off by cycles in the last 60 s."""
+    if not rules.enabled:
+        return []
+    budget = rules.max_outlets_per_minute - sum(1 for t in recent_outlets if t > now - 60.0)
+    due: list[RigId] = []
+    for rig_id, since in sorted(silent_since.items(), key=lambda item: (item[1], item[0])):
+        if (
+            now - since < rules.after_s
+            or rig_id in rules.excluded
+            or rig_id in held
+            or not powered.get(rig_id, False)
+            or sum(1 for t in history.get(rig_id, ()) if t > now - 86400.0)
+            >= rules.max_per_rig_per_day
+        ):
+            continue
+        need = outlets_of.get(rig_id, 1)
+        if need > budget:
+            break  # the rest wait for the next minute, oldest first
+        budget -= need
+        due.append(rig_id)
+    return due
+
+
+class PowerSwitches:
+    """The switches rigs are wired to, read together once per tick."""
+
+    def __init__(
+        self,
+        switches: Mapping[str, PowerSwitch],
+        wiring: Mapping[RigId, Sequence[OutletId]],
+        timeouts: Mapping[str, float],
+        concurrency: int = 64,
+        off_wait_s: float = OFF_WAIT_S,
+        cycle_rules: CycleRules | None = None,
+    ) -> None:
+        self.switches = dict(switches)
+        self.wiring = {rig: tuple(feeds) for rig, feeds in wiring.items() if feeds}
+        self.timeouts = dict(timeouts)
+        self.concurrency = concurrency
+        self.off_wait_s = off_wait_s
+        self.last: OutletSweep | None = None
+        self._slept_for_off: dict[RigId, float] = {}  # sleep sent on the way to off, when
+        self._mining_at: dict[RigId, float] = {}  # last observed hashing, when
+        self.cycle_rules = cycle_rules or CycleRules()
+        self._silent_since: dict[RigId, float] = {}
+        self._cycles: dict[RigId, list[float]] = {}
+        self._cycled_outlets: list[float] = []
+        self._batches: dict[str, _Batch] = {}
+        self.cycle_counts: dict[str, int] = {}
+        """Power cycles by outcome (switched, dry_run, failed), for the metrics."""
+        self.needs_hands: set[RigId] = set()
+        """Rigs still silent after their cycles of the day: somebody has to go and look."""
+
+    def carry_over(self, old: PowerSwitches) -> None:
+        """Take what ``old`` (the switches before a reload) learnt about the rigs: the last
+        sweep, rigs on their way to off, when each was last seen hashing or went silent, the
+        day's power cycles and the rigs needing hands. Only for rigs still wired here."""
+        wired = set(self.wiring)
+        self.last = old.last
+        self._slept_for_off = {r: t for r, t in old._slept_for_off.items() if r in wired}
+        self._mining_at = {r: t for r, t in old._mining_at.items() if r in wired}
+        self._silent_since = {r: t for r, t in old._silent_since.items() if r in wired}
+        self._cycles = {r: list(t) for r, t in old._cycles.items() if r in wired}
+        self._cycled_outlets = list(old._cycled_outlets)
+        self.cycle_counts = dict(old.cycle_counts)
+        self.needs_hands = old.needs_hands & wired
+
+    def known_off(self) -> set[RigId]:
+        """Rigs every outlet of which read off in the last sweep: nothing to poll (a powered-off
+        rig only times out); the sweep observes them instead (:func:`with_switches`)."""
+        sweep = self.last
+        if sweep is None:
+            return set()
+        return {
+            rig
+            for rig, feeds in self.wiring.items()
+            if all((r := sweep.readings.get(o)) is not None and not r.on for o in feeds)
+        }
+
+    def wired(self, rig_id: RigId) -> bool:
+        return rig_id in self.wiring
+
+    def steps(
+        self,
+        commands: Sequence[Command],
+        targets: Mapping[RigId, Target],
+        readings: Mapping[RigId, Reading],
+        now: float,
+    ) -> list[Command]:
+        """``commands`` as the outlets carry them out (:func:`step`), plus the outlets of
+        rigs on their way to ``off`` that went silent after being told to sleep: cut after
+        ``off_wait_s``, provided nothing showed them hashing since (the bounded wait)."""
+        for rig_id, reading in readings.items():
+            if isinstance(reading, Observation) and reading.mining:
+                self._mining_at[rig_id] = reading.observed_at
+        out = [step(c, readings.get(c.rig_id)) if self.wired(c.rig_id) else c for c in commands]
+        planned = {c.rig_id for c in out}
+        sweep = self.last
+        for rig_id, target in targets.items():
+            slept = self._slept_for_off.get(rig_id)
+            if (
+                target.mode is not Mode.OFF
+                or rig_id in planned
+                or slept is None
+                or now < slept + self.off_wait_s
+                or isinstance(readings.get(rig_id), Observation)
+                or self._mining_at.get(rig_id, float("-inf")) > slept
+                or sweep is None
+                or not any(
+                    sweep.readings.get(o, OutletReading(o[1], False)).on
+                    for o in self.wiring.get(rig_id, ())
+                )
+            ):
+                continue
+            out.append(
+                Command(
+                    rig_id,
+                    Mode.OFF,
+                    None,
+                    f"off: told to sleep {now - slept:.0f} s ago, silent since and not seen "
+                    "hashing: outlets off",
+                    target.decided_by,
+                    1,
+                    switch=False,
+                )
+            )
+        return out
+
+    def record(self, results: Sequence[CommandResult]) -> None:
+        """Note when a rig on its way to ``off`` was told to sleep (for the bounded wait)."""
+        for r in results:
+            cmd = r.command
+            if r.outcome is not Outcome.SENT or not self.wired(cmd.rig_id):
+                continue
+            if cmd.mode is Mode.SLEEP and "off: sleep first" in cmd.reason:
+                self._slept_for_off[cmd.rig_id] = r.at  # the last time it was told
+            elif cmd.switch is not None or cmd.mode is not Mode.SLEEP:
+                self._slept_for_off.pop(cmd.rig_id, None)
+
+    async def recover(
+        self,
+        readings: Mapping[RigId, Reading],
+        ignoring: frozenset[RigId],
+        held: frozenset[RigId],
+        sends: bool,
+        now: float,
+    ) -> list[dict[str, object]]:
+        """Power-cycle the hung rigs :func:`due_cycles` names: their outlets off now; the loop
+        then sees them observed off with a target that is not, and switches them on again as a
+        power-up through the ramp (:func:`step`). Returns the audit events (cycles, and rigs
+        that need hands). With ``sends`` False (dry-run, hold) nothing is switched."""
+        for rig_id in self.wiring:
+            silent = not isinstance(readings.get(rig_id), Observation) or rig_id in ignoring
+            if silent:
+                self._silent_since.setdefault(rig_id, now)
+            else:
+                self._silent_since.pop(rig_id, None)
+                self.needs_hands.discard(rig_id)
+        sweep = self.last
+        powered = {
+            rig: sweep is not None
+            and all(
+                (r := sweep.readings.get(o)) is not None and r.on and (r.power_w or 1.0) > 0
+                for o in feeds
+            )
+            for rig, feeds in self.wiring.items()
+        }
+        rules = self.cycle_rules
+        due = due_cycles(
+            self._silent_since,
+            powered,
+            self._cycles,
+            self._cycled_outlets,
+            {r: len(f) for r, f in self.wiring.items()},
+            held,
+            rules,
+            now,
+        )
+        events: list[dict[str, object]] = []
+        for rig_id in due:
+            n = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0) + 1
+            event: dict[str, object] = {
+                "ts": now,
+                "kind": "power_cycle",
+                "rig": rig_id,
+                "silent_s": round(now - self._silent_since[rig_id], 1),
+                "cycle_today": n,
+                "dry_run": not sends,
+            }
+            if sends:
+                try:
+                    event["outlets"] = await self.switch_rig(
+                        rig_id, False, max(self.timeouts.values())
+                    )
+                except DriverError as exc:
+                    event["error"] = f"{exc.kind.value}: {exc.detail}"
+            outcome = "dry_run" if not sends else "failed" if "error" in event else "switched"
+            self.cycle_counts[outcome] = self.cycle_counts.get(outcome, 0) + 1
+            self._cycles.setdefault(rig_id, []).append(now)
+            self._cycled_outlets += [now] * len(self.wiring[rig_id])
+            self._silent_since[rig_id] = now  # a fresh grace: boot, then judge again
+            log.warning("rig.power_cycled", **{k: v for k, v in event.items() if k != "kind"})
+            events.append(event)
+        for rig_id, since in self._silent_since.items():
+            used = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0)
+            if (
+                rules.enabled
+                and rig_id not in self.needs_hands
+                and used >= rules.max_per_rig_per_day
+                and now - since >= rules.after_s
+            ):
+                self.needs_hands.add(rig_id)
+                log.error("rig.needs_hands", rig=rig_id, cycles_today=used)
+                events.append({"ts": now, "kind": "needs_hands", "rig": rig_id, "cycles": used})
+        self._cycled_outlets = [t for t in self._cycled_outlets if t > now - 60.0]
+        return events
+
+    async def switch_rig(self, rig_id: RigId, on: bool, timeout_s: float) -> str:
+        """Switch every outlet feeding ``rig_id`` (DriverError from the first switch that
+        fails). Requests for one switch made together (the actuator sends concurrently) go out
+        as one: a PDU gets one SET for up to 24 outlets instead of one per rig."""
+        done = []
+        for name, number in self.wiring.get(rig_id, ()):
+            await self._batched(name, number, on, min(timeout_s, self.timeouts[name]))
+            done.append(f"{name}:{number}")
+        log.debug("switch.outlets", rig=rig_id, on=on, outlets=done)
+        return f"outlets {', '.join(done)} {'on' if on else 'off'}"
+
+    async def _batched(self, name: str, outlet: int, on: bool, timeout_s: float) -> None:
+        batch = self._batches.get(name)
+        if batch is None:
+            batch = self._batches[name] = _Batch(asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().create_task(self._flush(name, timeout_s))
+        batch.states[outlet] = on
+        await asyncio.shield(batch.done)
+
+    async def _flush(self, name: str, timeout_s: float) -> None:
+        await asyncio.sleep(0)  # let every concurrent caller of this tick join the batch
+        batch = self._batches.pop(name)
+        try:
+            await self.switches[name].set_outlets(batch.states, timeout_s=timeout_s)
+        except DriverError as exc:
+            batch.done.set_exception(exc)
+            batch.done.exception()  # retrieved: callers that went away must not warn
+        else:
+            batch.done.set_result(None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PowerSwitches | None:
+        """None when no rig is wired to a switch."""
+        wiring = {r.address: tuple(parse_outlet(o) for o in r.outlets) for r in settings.rigs}
+        used: dict[str, set[int]] = {}
+        for feeds in wiring.values():
+            for name, number in feeds:
+                used.setdefault(name, set()).add(number)
+        if not used:
+            return None
+        configs = {sw.name: sw for sw in settings.switches}
+        switches = {n: build_switch(configs[n], tuple(sorted(o))) for n, o in used.items()}
+        timeouts = {n: configs[n].timeout_s for n in used}
+        pc = settings.power_cycle
+        excluded = frozenset(
+            r.address for r in settings.rigs if not r.power_cycle or r.group in pc.exclude_groups
+        )
+        rules = CycleRules(
+            pc.enabled, pc.after_s, pc.max_per_rig_per_day, pc.max_outlets_per_minute, excluded
+        )
+        return cls(switches, wiring, timeouts, cycle_rules=rules)
+
+    async def read(self, now: float) -> OutletSweep:
+        """Read every switch (bounded concurrency, each within its own deadline); a switch
+        that fails is logged and its outlets are left out of this sweep."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(name: str, sw: PowerSwitch) -> Mapping[int, OutletReading] | DriverError:
+            async with gate:
+                try:
+                    return await sw.read_outlets(timeout_s=self.timeouts[name])
+                except DriverError as exc:
+                    return exc
+
+        names = list(self.switches)
+        results = await asyncio.gather(*(one(n, self.switches[n]) for n in names))
+        readings: dict[OutletId, OutletReading] = {}
+        failures: dict[str, DriverError] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, DriverError):
+                failures[name] = result
+                log.warning(
+                    "switch.read_failed", switch=name, kind=result.kind.value, detail=result.detail
+                )
+                continue
+            for number, reading in result.items():
+                readings[(name, number)] = reading
+        self.last = OutletSweep(readings, failures, now)
+        return self.last
+
+    async def aclose(self) -> None:
+        for sw in self.switches.values():
+            await sw.aclose()

@@ -1,0 +1,223 @@
+"""A true ``off``, end to end over real sockets: the control loop, the simulated rigs and the
+simulated Raritan PDU (SNMP over UDP) feeding the S19 XP (outlet 1) and the S21 (outlet 2).
+
+Off is firmware sleep first; the outlet goes off only once the rig is observed asleep (or,
+for a rig that went silent after being told to sleep, after a bounded wait), never while it is
+observed hashing; on is the outlet first, through the site ramp, then the mode once the rig
+answers. Dry-run sends nothing to the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from conftest import SimFleet
+
+from daemon.audit import AuditLog
+from daemon.loop import ControlLoop, TickReport
+from daemon.observer import Observer, ObserverSettings
+from daemon.power import CycleRules, PowerSwitches, build_switch
+from daemon.reconciler import Actuator, Reconciler
+from daemon.switch_config import SwitchConfig
+from drivers.inventory import Inventory
+from market.hashprice import PushedHashprice
+from market.power import PushedPrice
+from market.service import Market
+from policies.api import Intent, MarketView, RigView, Site
+from policies.economics import Economics
+from policies.guards import GuardConfig
+from policies.values import Mode, Observation, QuoteKind, RigId
+
+PDU = "127.2.0.2"
+TERMS = Economics(pool_fee=0.02, overhead=1.0)
+
+
+class Asked:
+    """A policy that asks each rig for the mode the test sets (normal by default)."""
+
+    name = "asked"
+
+    def __init__(self) -> None:
+        self.modes: dict[RigId, Mode] = {}
+
+    def decide(
+        self, market: MarketView, fleet: Sequence[RigView], site: Site, now: float
+    ) -> dict[RigId, Intent]:
+        return {
+            r.rig_id: Intent(r.rig_id, self.modes.get(r.rig_id, Mode.NORMAL), "asked", self.name)
+            for r in fleet
+        }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Harness:
+    def __init__(self, loop: ControlLoop, policy: Asked, clock: Clock, prices: Any) -> None:
+        self.loop, self.policy, self.clock, self.prices = loop, policy, clock, prices
+
+    async def tick(self) -> TickReport:
+        for feed, value in self.prices:
+            feed.push(value, self.clock.t, "test")
+        report = await self.loop.tick()
+        self.clock.t += 30
+        await asyncio.sleep(1.0)  # 30 simulated seconds of physics
+        return report
+
+
+async def harness(
+    sim: SimFleet,
+    tmp_path: Path,
+    dry_run: bool = False,
+    ramp_kw_per_min: float = 1000.0,
+    off_wait_s: float = 600.0,
+    cycle_rules: CycleRules | None = None,
+) -> tuple[Harness, str, str]:
+    xp, s21 = sim.address("s19xp"), sim.address("s21")
+    inventory = Inventory()
+    await inventory.ensure([xp, s21])
+    clock = Clock()
+    observer = Observer(inventory, ObserverSettings(timeout_s=3.0), clock=clock)
+    observer.sync_drivers()
+    pdu = build_switch(SwitchConfig(name="px3", kind="raritan", address=PDU), (1, 2))
+    power = PowerSwitches(
+        {"px3": pdu},
+        {xp: [("px3", 1)], s21: [("px3", 2)]},
+        {"px3": 2.0},
+        off_wait_s=off_wait_s,
+        cycle_rules=cycle_rules,
+    )
+    hashprice, price = PushedHashprice(ttl_s=600), PushedPrice(ttl_s=600)
+    policy = Asked()
+    loop = ControlLoop(
+        observer=observer,
+        market=Market({QuoteKind.HASHPRICE: [hashprice], QuoteKind.POWER_PRICE: [price]}),
+        policies=[policy],
+        site=Site(economics=TERMS),
+        guard_config=GuardConfig(
+            min_dwell_s=0.0,
+            hysteresis_usd_per_day=0.25,
+            ramp_kw_per_min=ramp_kw_per_min,
+            ramp_rigs_per_s=10,
+            economics=TERMS,
+        ),
+        reconciler=Reconciler(confirm_deadline_s=120, max_attempts=3),
+        actuator=Actuator(observer.drivers, dry_run=dry_run, clock=clock, switch=power.switch_rig),
+        audit=AuditLog(tmp_path / "audit.jsonl"),
+        market_refresh_s=0.0,
+        clock=clock,
+        power=power,
+    )
+    return Harness(loop, policy, clock, [(hashprice, 80.0), (price, 0.05)]), xp, s21
+
+
+def outlet_on(sim: SimFleet, outlet: int) -> bool:
+    state = sim.control.switch(PDU)
+    return bool(next(o for o in state["outlets"] if o["outlet"] == outlet)["on"])
+
+
+def audit(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+async def test_off_sleeps_first_cuts_once_asleep_and_wakes_under_the_ramp(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    h, xp, s21 = await harness(sim, tmp_path, ramp_kw_per_min=4.0)
+    await h.tick()
+    h.policy.modes = {xp: Mode.OFF, s21: Mode.OFF}
+    seen: list[tuple[Mode, bool, bool]] = []  # (observed this tick, hashing, outlet after it)
+    for _ in range(12):
+        report = await h.tick()
+        reading = report.readings[xp]
+        assert isinstance(reading, Observation)
+        seen.append((reading.mode, reading.mining, await asyncio.to_thread(outlet_on, sim, 1)))
+        other = report.readings[s21]
+        if reading.mode is Mode.OFF and isinstance(other, Observation) and other.mode is Mode.OFF:
+            break
+    assert seen[0][2] is True, "the first step is firmware sleep, not the outlet"
+    cut = next(i for i, s in enumerate(seen) if not s[2])
+    assert seen[cut][:2] == (Mode.SLEEP, False), f"cut only once seen asleep: {seen}"
+    assert all(s[2] for s in seen[:cut] if s[1]), "never cut while observed hashing"
+    assert seen[-1][0] is Mode.OFF  # observed off: unreachable with its outlet read off
+    truth = await asyncio.to_thread(sim.control.rig, xp)
+    assert (truth["powered"], truth["reachable"]) == (False, False)
+    final = report.readings[xp]
+    assert isinstance(final, Observation) and final.power_w == 0.0
+
+    start = h.clock.t
+    h.policy.modes = {}
+    for _ in range(30):
+        report = await h.tick()
+        modes = [report.readings.get(r) for r in (xp, s21)]
+        if all(isinstance(m, Observation) and m.mode is Mode.NORMAL for m in modes):
+            break
+    assert all(isinstance(m, Observation) and m.mode is Mode.NORMAL for m in modes)
+    ups = [
+        x
+        for x in audit(tmp_path)
+        if x["kind"] == "command" and x["ts"] >= start and x["action"].get("outlets") == "on"
+    ]
+    assert sorted(x["rig"] for x in ups) == sorted([xp, s21])
+    starts = sorted(x["action"].get("not_before", x["ts"]) for x in ups)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 45.0, f"outlet power-ups not spaced by the 4 kW/min ramp: {gaps}"
+
+
+async def test_dry_run_sends_nothing_to_the_switch(sim: SimFleet, tmp_path: Path) -> None:
+    h, xp, _ = await harness(sim, tmp_path, dry_run=True)
+    before = sim.control.switch(PDU)
+    h.policy.modes = {xp: Mode.OFF}
+    for _ in range(4):
+        await h.tick()
+    after = sim.control.switch(PDU)
+    assert after["snmp"]["sets"] == before["snmp"]["sets"]  # not one SNMP SET reached the PDU
+    assert after["snmp"]["requests"] > before["snmp"]["requests"]  # while it was read each tick
+    assert [o["switched"] for o in after["outlets"]] == [o["switched"] for o in before["outlets"]]
+    assert all(o["on"] for o in after["outlets"])
+    assert (await asyncio.to_thread(sim.control.rig, xp))["mode"] == "normal"
+
+
+async def test_a_rig_observed_hashing_is_never_cut(sim: SimFleet, tmp_path: Path) -> None:
+    h, xp, _ = await harness(sim, tmp_path, off_wait_s=30.0)
+    await h.tick()
+    await asyncio.to_thread(sim.control.set_fault, xp, "ignore_writes")  # says OK, hashes on
+    h.policy.modes = {xp: Mode.OFF}
+    for _ in range(8):
+        report = await h.tick()
+        reading = report.readings[xp]
+        assert isinstance(reading, Observation) and reading.mining
+        assert await asyncio.to_thread(outlet_on, sim, 1)
+
+
+async def test_a_rig_silent_after_sleep_is_cut_after_the_bounded_wait(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    h, xp, _ = await harness(sim, tmp_path, off_wait_s=90.0)
+    await h.tick()
+    await asyncio.to_thread(sim.control.set_fault, xp, "ignore_writes")
+    h.policy.modes = {xp: Mode.OFF}
+    await h.tick()  # told to sleep (ignored), still seen hashing
+    await asyncio.to_thread(sim.control.clear_fault, xp, "ignore_writes")
+    await h.tick()  # told to sleep again: obeys
+    await asyncio.to_thread(sim.control.set_fault, xp, "offline")  # and goes silent
+    cut_after = None
+    for i in range(8):
+        await h.tick()
+        if not await asyncio.to_thread(outlet_on, sim, 1):
+            cut_after = i
+            break
+    assert cut_after is not None, "the outlet is cut once the wait is over"
+    assert cut_after >= 2, "not before the bounded wait (90 s = 3 ticks of 30 s)"
+    lines = [x for x in audit(tmp_path) if x["kind"] == "command" and x["rig"] == xp]
+    assert any("silent since and not seen hashing" in str(x) for x in lines)
