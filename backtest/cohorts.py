@@ -24,20 +24,24 @@ Two things make a year of 1,000 rigs cheap without changing a decision (docs/bac
   cohort whose answer they say is known (``policies/guards/horizon.py``: ``keeps``, nothing
   asks it to change; ``held_again``, the same inputs held it back before and the hold lasts).
   ``exact=True`` calls everything every ``tick_s``; ``plain=True`` also shows every rig as its
-  own cohort (the plain replay). The tests check that all three give the same results (the
-  plain replay where the ramp does not bind: docs/backtest.md says why).
+  own cohort (the plain replay). The tests check that all three give the same results, with
+  ramps that bind too: the ramp's jitter is each rig's own draw, so a cohort waiting for it
+  shows only its members first in the ramp's order (docs/backtest.md).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backtest.classes import ProgressFn, RampFn, ReplayConfig
 from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
+from backtest.physics import state_key
 from daemon.rig_economics import mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView
 from policies.guards import (
@@ -49,7 +53,7 @@ from policies.guards import (
 )
 from policies.guards.horizon import held_again, held_until, keeps
 from policies.guards.power import is_raise
-from policies.guards.ramp import prune_log, start_slots
+from policies.guards.ramp import jitter, prune_log, start_slots
 from policies.guards.rig import dwell_holds
 from policies.tick import PolicyFailure, ask, combined, guard
 from policies.timing import STOCK, Transition
@@ -81,9 +85,18 @@ class PolicyFailed:
         )
 
 
-def _copy_id(uid: str, k: int) -> RigId:
-    """The id of the ``k``-th rig of cohort ``uid`` shown rig by rig."""
-    return f"{uid}/{k}"
+def rig_id(index: int) -> RigId:
+    """The id the rig at ``index`` in the fleet is shown to the policies and guards under,
+    whatever cohort it is in (the ramp's jitter is drawn by rig id)."""
+    while len(_RIG_IDS) <= index:
+        n = len(_RIG_IDS)
+        _RIG_IDS.append(f"rig{n}")
+        _RIG_INDEX[_RIG_IDS[n]] = n
+    return _RIG_IDS[index]
+
+
+_RIG_IDS: list[RigId] = []
+_RIG_INDEX: dict[RigId, int] = {}
 
 
 def _retarget(intent: Intent, rig_id: str) -> Intent:
@@ -295,8 +308,8 @@ class PolicyRun:
         owner: dict[RigId, tuple[Unit, int]] = {}
         for u in self.s.units:
             assert u.view is not None
-            for k in range(u.m):
-                rid = f"{u.uid}.{k}"
+            for k, index in enumerate(u.members):
+                rid = rig_id(index)
                 expanded.append(dataclasses.replace(u.view, rig_id=rid))
                 owner[rid] = (u, k)
         raw = ask(policy, market, expanded, self.config.site, now)
@@ -384,19 +397,24 @@ class PolicyRun:
         self._views(units, now)
         guards = self.config.guards
         slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
-        shown = {u.uid: self._shown(u, slots) for u in units}
+        draw = jitter(self.config.seed, now)
+        shown = {u.uid: self._shown(u, slots, draw) for u in units}
         wide = {uid for uid, ids in shown.items() if len(ids) > 1}
         known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
         if self.exact or not wide or known:
             self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices)
             return
         log = self.ramp_log
-        desired, state = self._call(market, [(u, [u.uid]) for u in units], now)
-        rises = [u for u in units if _is_rise(u, desired[u.uid], state.rigs.get(u.uid), now)]
+        first = [(u, [u.uid] if u.uid in wide else shown[u.uid]) for u in units]
+        desired, state = self._call(market, first, now)
+        rises = []
+        for u, (rid,) in first:
+            if _is_rise(u, desired[rid], state.rigs.get(rid), now):
+                rises.append(u)
         again = {u.uid for u in rises} if any(u.uid in wide for u in rises) else set()
-        for u in units:
+        for u, (rid,) in first:
             if u.uid not in again:
-                self._take(u, desired[u.uid], state.rigs.get(u.uid), now, prices)
+                self._take(u, desired[rid], state.rigs.get(rid), now, prices)
         if again:
             self.counters.guard_calls += 1
             self.ramp_log = log
@@ -417,20 +435,26 @@ class PolicyRun:
             else:
                 self._take_split(u, ids, desired, state, now, prices)
 
-    def _shown(self, u: Unit, slots: int) -> list[str]:
-        """The ids ``u`` is shown to the guards under. Only the ramp treats a cohort's rigs
-        differently, and only for a power-up: it grants at most one rig per start slot left
-        this tick, so that many plus one (to be held) are shown; the others stand behind the
-        one held."""
+    def _shown(self, u: Unit, slots: int, draw: Callable[[RigId], float]) -> list[RigId]:
+        """The ids ``u`` is shown to the guards under: the cohort's own id, or, for a power-up
+        the ramp may grant, its rigs' ids. Only the ramp treats a cohort's rigs differently: it
+        grants at most one rig per start slot left this tick, in its order, where rigs alike
+        differ only by their own jitter (``draw``, then the id). So the members first in that
+        order, as many as the slots plus one (to be held), are shown, each under its own id as
+        in the plain replay; the others stand behind the one held."""
         want = self.intents.get(u.uid)
-        if want is None or slots == 0 or u.m == 1 or u.view is None:
+        if want is None or slots == 0 or u.view is None:
             return [u.uid]
         hold = u.memory.setting if u.memory is not None else u.setting
         wanted = Setting.of(want.mode, want.power_limit_w)
         if wanted == hold or not is_raise(u.view, hold, wanted):
             return [u.uid]
+        rig_id(u.members[-1])  # members are sorted: every id is known
+        ids = [_RIG_IDS[i] for i in u.members]
         n = min(u.m, slots + 1)
-        return [_copy_id(u.uid, k) for k in range(n)]
+        if n == u.m:
+            return ids
+        return [rid for _, rid in heapq.nsmallest(n, zip(map(draw, ids), ids, strict=True))]
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
@@ -444,20 +468,23 @@ class PolicyRun:
             assert view is not None
             want = self.intents.get(u.uid)
             mem = u.memory
-            if len(ids) == 1:  # as itself
+            if ids[0] == u.uid:  # as itself
                 fleet.append(view)
                 if want is not None:
                     intents[u.uid] = want
                 if mem is not None:
                     memory[u.uid] = mem
                 continue
-            copies = self._intent_copies(u, want, len(ids)) if want is not None else None
+            copies = self._intent_copies(u, want) if want is not None else None
             obs, modes, points, group = view.observation, view.modes, view.points, view.group
             limits = view.power_limit_range_w
-            for k, rid in enumerate(ids):
+            for rid in ids:
                 fleet.append(RigView(rid, obs, modes, points, group, limits))
                 if copies is not None:
-                    intents[rid] = copies[k]
+                    intent = copies.get(rid)
+                    if intent is None:
+                        intent = copies[rid] = _retarget(copies[u.uid], rid)
+                    intents[rid] = intent
                 if mem is not None:
                     memory[rid] = mem
         # The tick's guard stage, as live: the transitions' hold, then the guards.
@@ -468,16 +495,13 @@ class PolicyRun:
         self.ramp_log = new_state.ramp_log
         return desired, new_state
 
-    def _intent_copies(self, u: Unit, want: Intent, n: int) -> list[Intent]:
-        """``want`` for the first ``n`` of the ids ``u`` is shown under rig by rig (kept while
-        its intent is the same object: intents are immutable)."""
+    def _intent_copies(self, u: Unit, want: Intent) -> dict[RigId, Intent]:
+        """``want`` retargeted to the rigs of ``u`` shown rig by rig, by rig id, filled as they
+        are shown (kept while its intent is the same object: intents are immutable)."""
         kept = u.intent_copies
         if kept is None or kept[0] is not want:
-            kept = u.intent_copies = (want, [])
-        copies = kept[1]
-        while len(copies) < n:
-            copies.append(_retarget(want, _copy_id(u.uid, len(copies))))
-        return copies
+            kept = u.intent_copies = (want, {u.uid: want})
+        return kept[1]
 
     def _take(
         self,
@@ -506,20 +530,27 @@ class PolicyRun:
         """The guards' answers for a cohort shown rig by rig: split by outcome."""
         rest_id = next((rid for rid in ids if desired[rid].held_back), ids[0])
         # Rigs not shown stand behind one that was held back (all alike), or the first.
+        members = u.members  # sorted
+        shown: set[int] = set()
         rigs = new_state.rigs
         groups: dict[tuple[object, ...], list[int]] = {}
         firsts: list[str] = []
-        for k, rid in enumerate(ids):
+        rest_group: list[int] = []
+        for rid in ids:
             d = desired[rid]
             key = (d.mode, d.power_limit_w, d.held_back, rigs.get(rid))
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
                 firsts.append(rid)
+            k = bisect.bisect_left(members, _RIG_INDEX[rid])
             group.append(k)
+            shown.add(k)
             if rid == rest_id:
-                group.extend(range(len(ids), u.m))
-        parts = self._split(u, list(groups.values()), now)
+                rest_group = group
+        if len(shown) < u.m:
+            rest_group.extend(set(range(u.m)).difference(shown))
+        parts = self._split(u, [sorted(g) for g in groups.values()], now)
         for part, rid in zip(parts, firsts, strict=True):
             d = desired[rid]
             part.memory = new_state.rigs.get(rid)
@@ -568,8 +599,11 @@ class PolicyRun:
         return due
 
     def merge(self, now: float) -> None:
-        """Cohorts that have become indistinguishable become one again: the time of a change
-        stops counting once its dwell is over (``dwell_holds``, the dwell guard's test)."""
+        """Cohorts that have become indistinguishable become one again: settled in exactly the
+        same physical state (not only the same observation: rigs started apart by the ramp can
+        settle a hair apart, and one copy going on for both would change their energy), and the
+        time of a change stops counting once its dwell is over (``dwell_holds``, the dwell
+        guard's test)."""
         guards = self.config.guards
         if self.config.plain:  # every rig its own cohort, throughout
             self.counters.peak_units = len(self.s.units)
@@ -586,7 +620,8 @@ class PolicyRun:
             key = (
                 u.cls.label,
                 u.setting,
-                u.phys.key(),
+                u.phys.target,
+                state_key(u.phys.state),  # the exact state: one copy goes on for both
                 mem.setting,
                 mem.previous,
                 mem.changed_by,

@@ -86,7 +86,7 @@ class Unit:
     held_by: str = ""
     guard_key: tuple[object, ...] | None = None  # the guards' inputs when they last held it
     rise_key: tuple[object, ...] | None = None  # ... when the ramp last held it back
-    intent_copies: tuple[Intent, list[Intent]] | None = None  # see PolicyRun._intent_copies
+    intent_copies: tuple[Intent, dict[str, Intent]] | None = None  # see PolicyRun._intent_copies
     temp_c: float = 0.0  # chip temperature as observed (rounded), at the last look
     view: RigView | None = None
     view_key: tuple[object, ...] | None = None

@@ -215,7 +215,7 @@ class RigPhysics:
         return energy, hashes
 
     def key(self) -> tuple[object, ...]:
-        """Equal for two settled states that will behave the same from now on."""
+        """The target and the state as observed (rounded as the observation is)."""
         s = self.state
         return (
             self.target,

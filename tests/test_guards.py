@@ -41,6 +41,7 @@ from policies.guards.ramp import (
     Rise,
     Send,
     first_rises,
+    jitter,
     make_rise,
     new_grants,
     order_rises,
@@ -1132,6 +1133,31 @@ def test_first_rises_are_the_front_of_the_full_order(
         rises.append(Rise(rig, Setting(Mode.SLEEP), decision, kw, score))
     full = order_rises(rises, config, seed, T0)
     assert first_rises(rises, count, config, seed, T0) == full[:count]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([None, 0.0, 0.07, 0.3]), st.booleans()), max_size=30),
+    st.integers(0, 2**32),
+    st.floats(0.0, 1e9, allow_nan=False),
+)
+def test_a_rises_place_among_near_ties_does_not_depend_on_the_other_rises(
+    raw: list[tuple[float | None, bool]], seed: int, now: float
+) -> None:
+    # Each rig's jitter is its own draw: the order of any subset of the rises is the full order
+    # restricted to it (the backtest shows only the rigs of a cohort that can reach the front).
+    config = replace(QUIET, ramp_tie_usd_per_kw_day=1.0)
+    rises = []
+    for i, (score, keep) in enumerate(raw):
+        decision = Decision(Setting(Mode.NORMAL), POLICY, "test", "policy")
+        rise = Rise(rig_at(f"r{i}", Mode.SLEEP, T0), Setting(Mode.SLEEP), decision, 1.0, score)
+        rises.append((rise, keep))
+    full = order_rises([r for r, _ in rises], config, seed, now)
+    subset = [r for r, keep in rises if keep]
+    assert order_rises(subset, config, seed, now) == [r for r in full if r in subset]
+    draw = jitter(seed, now)
+    assert all(0.0 <= draw(r.rig.rig_id) < 1.0 for r in full)
+    assert draw("r0") == jitter(seed, now)("r0")
 
 
 def test_state_round_trips_through_json() -> None:

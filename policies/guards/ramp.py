@@ -12,11 +12,10 @@ Going down is never ramped.
 
 from __future__ import annotations
 
-import bisect
+import hashlib
 import heapq
 import math
-import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from policies.api import MarketView, RigView
@@ -31,9 +30,11 @@ from policies.guards.model import (
 )
 from policies.guards.power import is_raise, margin_usd_per_day, power_up_kw, power_w
 from policies.guards.rig import SOURCE_HOLD, SOURCE_OVERRIDE, SOURCE_POLICY, Decision
-from policies.values import Mode
+from policies.values import Mode, RigId
 
 _EPS_KW = 1e-9
+_JITTER_KEY: Final = b"rigpilot.ramp"
+_TO_UNIT: Final = 2.0**-53
 
 
 class Rise:
@@ -62,25 +63,37 @@ def make_rise(
     return Rise(rig, hold, decision, kw, score)
 
 
+def jitter(seed: int, now: float) -> Callable[[RigId], float]:
+    """The ramp's near-tie jitter at ``now``: each rig's own draw in [0, 1), a keyed hash
+    (BLAKE2b) of ``seed``, ``now`` and the rig id alone, so a rig's draw does not depend on
+    which other rigs are rising (a cohort of identical rigs can show only those that may reach
+    the front: ``backtest/cohorts.py``)."""
+    copy = hashlib.blake2b(f"{seed}:{now!r}:".encode(), digest_size=8, person=_JITTER_KEY).copy
+    from_bytes = int.from_bytes
+
+    def draw(rig_id: RigId) -> float:
+        h = copy()
+        h.update(rig_id.encode())
+        return (from_bytes(h.digest(), "big") >> 11) * _TO_UNIT
+
+    return draw
+
+
 def order_rises(rises: Sequence[Rise], config: GuardConfig, seed: int, now: float) -> list[Rise]:
     """Overrides first, then the most margin per kW; scores within the same
-    ``ramp_tie_usd_per_kw_day`` step are near-ties, ordered by a jitter drawn from ``seed``."""
-    rng = random.Random(f"rigpilot.guards.ramp:{seed}:{now!r}")
-    jitter = {r.rig.rig_id: rng.random() for r in sorted(rises, key=lambda r: r.rig.rig_id)}
+    ``ramp_tie_usd_per_kw_day`` step are near-ties, ordered by each rig's :func:`jitter`
+    (then by rig id)."""
+    draw = jitter(seed, now)
+    return sorted(rises, key=lambda r: (*_head(r, config), draw(r.rig.rig_id), r.rig.rig_id))
 
-    def key(rise: Rise) -> tuple[int, int, float, float, str]:
-        bucket = 0.0
-        if rise.score is not None:
-            bucket = -math.floor(rise.score / config.ramp_tie_usd_per_kw_day)
-        return (
-            0 if rise.decision.source == SOURCE_OVERRIDE else 1,
-            0 if rise.score is not None else 1,
-            bucket,
-            jitter[rise.rig.rig_id],
-            rise.rig.rig_id,
-        )
 
-    return sorted(rises, key=key)
+def _head(rise: Rise, config: GuardConfig) -> tuple[int, int, float]:
+    """The order's key before the jitter: (override first, known score first, score step)."""
+    return (
+        0 if rise.decision.source == SOURCE_OVERRIDE else 1,
+        0 if rise.score is not None else 1,
+        0.0 if rise.score is None else -math.floor(rise.score / config.ramp_tie_usd_per_kw_day),
+    )
 
 
 def first_rises(
@@ -90,38 +103,18 @@ def first_rises(
 
     The ramp stops at its first misfit, so a tick looks at no more than the rigs budget plus
     one: with thousands of rises waiting, only those that can reach the front need a full key.
-    Those are the rises whose (override, known score, bucket) is at most the ``count``-th
-    smallest; each one's jitter is the draw at its rank among all rises by rig id, as in
-    :func:`order_rises`.
+    Those are the rises whose (override, known score, score step) is at most the
+    ``count``-th smallest; each rig's jitter is its own draw, as in :func:`order_rises`.
     """
     if count <= 0:
         return []
     if count >= len(rises):
         return order_rises(rises, config, seed, now)
-    tie = config.ramp_tie_usd_per_kw_day
-    heads = [
-        (
-            0 if r.decision.source == SOURCE_OVERRIDE else 1,
-            0 if r.score is not None else 1,
-            0.0 if r.score is None else -math.floor(r.score / tie),
-        )
-        for r in rises
-    ]
+    heads = [_head(r, config) for r in rises]
     threshold = heapq.nsmallest(count, heads)[-1]
     front = [(h, r) for h, r in zip(heads, rises, strict=True) if h <= threshold]
-    if 2 * len(front) > len(rises):
-        return order_rises(rises, config, seed, now)[:count]
-    ids = sorted(r.rig.rig_id for _, r in front)
-    below = [0] * (len(ids) + 1)  # below[j]: rises with ids[j-1] <= id < ids[j]
-    for rise in rises:
-        below[bisect.bisect_right(ids, rise.rig.rig_id)] += 1
-    rank, seen = {}, 0
-    for j, rig_id in enumerate(ids):
-        seen += below[j]
-        rank[rig_id] = seen  # how many rises have a smaller id
-    rng = random.Random(f"rigpilot.guards.ramp:{seed}:{now!r}")
-    draws = [rng.random() for _ in range(max(rank.values()) + 1)]
-    front.sort(key=lambda hr: (*hr[0], draws[rank[hr[1].rig.rig_id]], hr[1].rig.rig_id))
+    draw = jitter(seed, now)
+    front.sort(key=lambda hr: (*hr[0], draw(hr[1].rig.rig_id), hr[1].rig.rig_id))
     return [r for _, r in front[:count]]
 
 
