@@ -345,11 +345,14 @@ async def test_a_sighup_applies_every_reloadable_setting(
 
     def on_tick(report: TickReport) -> None:
         service = services[0]
-        seen.append({k: check(service, report) for k, (check, _, _) in expect.items()})
-        if len(seen) == 1:
+        if not seen:
+            seen.append({k: check(service, report) for k, (check, _, _) in expect.items()})
             config.write_text(head + SECOND + rigs_second)
             os.kill(os.getpid(), signal.SIGHUP)
-        elif len(seen) == 2:
+        elif service.lifecycle.get("last_reload"):
+            # The first tick after the reload: a tick can still come before the event loop
+            # has handled the signal (an early tick after a command), which shows the old values.
+            seen.append({k: check(service, report) for k, (check, _, _) in expect.items()})
             stop.set()
 
     try:
