@@ -211,8 +211,7 @@ class ControlLoop:
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
         if self.power is not None:
-            self.power.record(results)
-            await self._recover(desired, cycle.readings, now)
+            await self._recover(desired, cycle.readings, results, now)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
@@ -345,11 +344,19 @@ class ControlLoop:
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
 
     async def _recover(
-        self, desired: Mapping[RigId, Desired], readings: Mapping[RigId, Reading], now: float
+        self,
+        desired: Mapping[RigId, Desired],
+        readings: Mapping[RigId, Reading],
+        results: Sequence[CommandResult],
+        now: float,
     ) -> None:
-        """Hung rigs power-cycled (daemon/power.py), never one an operator pinned or one
-        meant to be off; each cycle audited."""
+        """After the tick's sends: the switches note them (thermal emergency cuts audited),
+        then hung rigs are power-cycled (daemon/power.py), never one an operator pinned or
+        one meant to be off; each cycle audited."""
         assert self.power is not None
+        for event in self.power.record(results):
+            if self.audit is not None:
+                self.audit.write(event)
         held = {r for r, d in desired.items() if d.mode is Mode.OFF}
         for o in self.operator.overrides(now):
             held |= o.rig_ids
