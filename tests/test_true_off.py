@@ -20,6 +20,7 @@ from conftest import SimFleet
 
 from daemon.audit import AuditLog
 from daemon.loop import ControlLoop, TickReport
+from daemon.metrics import Metrics
 from daemon.observer import Observer, ObserverSettings
 from daemon.power import CycleRules, PowerSwitches, build_switch
 from daemon.reconciler import Actuator, Reconciler
@@ -328,5 +329,8 @@ async def test_a_hot_rig_ignoring_sleep_is_cut_and_a_hashing_one_never(
     assert "thermal emergency: max chip" in cuts[0]["reason"]
     assert told and cuts[0]["ts"] - told[0] >= 120.0
     assert h.loop.power is not None and h.loop.power.thermal_cut_counts == {"switched": 1}
+    metrics = Metrics(process=False)
+    metrics.record_tick(report, h.loop, h.clock.t)
+    assert 'rigpilot_thermal_cuts_total{outcome="switched"} 1.0' in metrics.render().decode()
     truth = await asyncio.to_thread(sim.control.rig, xp)
     assert not truth["powered"]
