@@ -17,21 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from conftest import SimFleet
+from helpers import observation
 
 from daemon.audit import AuditLog
 from daemon.loop import ControlLoop, TickReport
 from daemon.metrics import Metrics
 from daemon.observer import Observer, ObserverSettings
-from daemon.power import CycleRules, PowerSwitches, build_switch
-from daemon.reconciler import Actuator, Reconciler
+from daemon.power import CycleRules, OutletSweep, PowerSwitches, build_switch
+from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.switch_config import SwitchConfig
 from drivers.inventory import Inventory
+from drivers.switches.base import OutletReading
 from market.hashprice import PushedHashprice
 from market.power import PushedPrice
 from market.service import Market
 from policies.api import Intent, MarketView, RigView, Site
 from policies.economics import Economics
 from policies.guards import GuardConfig
+from policies.guards.model import THERMAL_EMERGENCY
 from policies.off import OffRule, off_after_s, off_case
 from policies.timing import STOCK
 from policies.values import Mode, Observation, QuoteKind, RigId
@@ -334,3 +337,37 @@ async def test_a_hot_rig_ignoring_sleep_is_cut_and_a_hashing_one_never(
     assert 'rigpilot_thermal_cuts_total{outcome="switched"} 1.0' in metrics.render().decode()
     truth = await asyncio.to_thread(sim.control.rig, xp)
     assert not truth["powered"]
+
+
+def test_an_emergency_cut_goes_out_at_once_even_while_the_reconciler_waits() -> None:
+    """daemon/power.py without sockets: a rig in a thermal emergency is cut without the sleep
+    first, also when the reconciler planned nothing (an earlier off still awaits its
+    confirmation); a policy's off on a hashing rig is still sleep first; nothing more once the
+    outlets read off. Dry-run cuts are counted as such."""
+    pdu = build_switch(SwitchConfig(name="px3", kind="raritan", address=PDU), (1, 2))
+    power = PowerSwitches({"px3": pdu}, {"a": [("px3", 1)], "b": [("px3", 2)]}, {"px3": 2.0})
+    power.last = OutletSweep({("px3", n): OutletReading(n, True) for n in (1, 2)}, {}, 0.0)
+    targets = {
+        "a": Target("a", Mode.OFF, None, "thermal emergency: hot", THERMAL_EMERGENCY),
+        "b": Target("b", Mode.OFF, None, "asked", "asked"),
+    }
+    hashing = {r: observation(r, Mode.NORMAL) for r in ("a", "b")}
+    waiting = power.steps([], targets, hashing, 10.0)
+    assert [(c.rig_id, c.mode, c.switch) for c in waiting] == [("a", Mode.OFF, False)]
+    assert waiting[0].reason == "thermal emergency: hot; outlets off at once"
+    planned = [
+        Command("a", Mode.OFF, None, "hot", THERMAL_EMERGENCY, 1),
+        Command("b", Mode.OFF, None, "asked", "asked", 1),
+    ]
+    steps = power.steps(planned, targets, hashing, 10.0)
+    assert [(c.rig_id, c.mode, c.switch) for c in steps] == [
+        ("a", Mode.OFF, False),
+        ("b", Mode.SLEEP, None),
+    ]
+    events = power.record([CommandResult(steps[0], Outcome.DRY_RUN, "dry-run", 11.0)])
+    assert [(e["kind"], e["rig"], e["outcome"], e["dry_run"]) for e in events] == [
+        ("thermal_cut", "a", "dry_run", True)
+    ]
+    assert power.thermal_cut_counts == {"dry_run": 1}
+    power.last = OutletSweep({("px3", n): OutletReading(n, False) for n in (1, 2)}, {}, 20.0)
+    assert power.steps([], targets, hashing, 20.0) == []
