@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from drivers import catalogue
 from drivers.catalogue import ModelEntry
 from policies.values import HASHING_MODES, Mode, Observation, PowerSource
 
@@ -194,11 +195,12 @@ def sample_of(obs: Observation, entry: ModelEntry | None, *, settling: bool) -> 
 class RigEfficiency:
     """What one rig was measured doing, per mode, and what the policies use of it.
 
-    ``model`` and ``serial``: the rig it was learned on; another rig at the same address
-    starts afresh. ``j_per_th``: the learned J/TH of each trusted mode; ``ratio``: learned /
+    ``make``, ``model`` and ``serial``: the rig it was learned on; another rig at the same
+    address starts afresh. ``j_per_th``: the learned J/TH of each trusted mode; ``ratio``: learned /
     catalogue J/TH of the trusted mode with the most samples (``reference``), for the others.
     """
 
+    make: str
     model: str
     serial: str | None
     modes: Mapping[Mode, ModeEstimate]
@@ -209,6 +211,7 @@ class RigEfficiency:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
+            "make": self.make,
             "model": self.model,
             "serial": self.serial,
             "modes": {m.value: e.to_dict() for m, e in self.modes.items()},
@@ -216,7 +219,11 @@ class RigEfficiency:
 
 
 def rig_efficiency(
-    model: str, serial: str | None, modes: Mapping[Mode, ModeEstimate], entry: ModelEntry | None
+    make: str,
+    model: str,
+    serial: str | None,
+    modes: Mapping[Mode, ModeEstimate],
+    entry: ModelEntry | None,
 ) -> RigEfficiency:
     """A rig's estimates with what the policies use of them worked out."""
     trusted = {m: e for m, e in modes.items() if e.trusted}
@@ -229,21 +236,22 @@ def rig_efficiency(
             figures = entry.figures(reference)
             assert figures is not None
             ratio = jth[reference] / figures.j_per_th
-    return RigEfficiency(model, serial, dict(modes), jth, ratio, reference)
+    return RigEfficiency(make, model, serial, dict(modes), jth, ratio, reference)
 
 
-def from_dict(data: Mapping[str, Any], entry: ModelEntry | None) -> RigEfficiency:
-    """Inverse of :meth:`RigEfficiency.to_dict`; ValueError/KeyError/TypeError when it is not
-    one (the caller names the rig and starts it afresh)."""
+def from_dict(data: Mapping[str, Any]) -> RigEfficiency:
+    """Inverse of :meth:`RigEfficiency.to_dict`, with the catalogue entry of the row's model;
+    ValueError/KeyError/TypeError when it is not one (the caller names the rig and starts it
+    afresh)."""
     if data.get("version") != 1:
         raise ValueError(f"efficiency row version {data.get('version')!r}, expected 1")
     modes = {Mode(k): ModeEstimate.from_dict(v) for k, v in dict(data["modes"]).items()}
     if any(m not in HASHING_MODES for m in modes):
         raise ValueError(f"efficiency learned in a mode that does not hash: {sorted(modes)}")
     serial = data.get("serial")
-    return rig_efficiency(
-        str(data["model"]), None if serial is None else str(serial), modes, entry
-    )
+    make, model = str(data["make"]), str(data["model"])
+    entry = catalogue.lookup(make, model)
+    return rig_efficiency(make, model, None if serial is None else str(serial), modes, entry)
 
 
 def learn(
@@ -263,7 +271,7 @@ def learn(
     if after is before:
         return rig
     modes = {**rig.modes, obs.mode: after} if rig is not None else {obs.mode: after}
-    return rig_efficiency(ident.model, ident.serial, modes, entry)
+    return rig_efficiency(ident.make.value, ident.model, ident.serial, modes, entry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,19 +174,19 @@ def test_shown_names_the_source_and_the_samples() -> None:
 
 def test_a_stored_row_round_trips_and_a_bad_one_names_the_problem() -> None:
     learned = trained()
-    again = efficiency.from_dict(learned.to_dict(), ENTRY)
+    again = efficiency.from_dict(learned.to_dict())
     assert again == learned
     row = learned.to_dict()
     row["modes"]["normal"]["power_w"] = -1
     with pytest.raises(ValueError, match="positive watts"):
-        efficiency.from_dict(row, ENTRY)
+        efficiency.from_dict(row)
     row = learned.to_dict()
     row["modes"]["normal"]["source"] = "estimated"
     with pytest.raises(ValueError, match="not a measurement"):
-        efficiency.from_dict(row, ENTRY)
+        efficiency.from_dict(row)
     row = learned.to_dict()
     row["modes"]["sleep"] = row["modes"]["normal"]
     with pytest.raises(ValueError, match="does not hash"):
-        efficiency.from_dict(row, ENTRY)
+        efficiency.from_dict(row)
     with pytest.raises(ValueError, match="version"):
-        efficiency.from_dict({**learned.to_dict(), "version": 9}, ENTRY)
+        efficiency.from_dict({**learned.to_dict(), "version": 9})
