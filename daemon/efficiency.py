@@ -141,10 +141,7 @@ def update(estimate: ModeEstimate | None, sample: Sample) -> ModeEstimate:
     if _outranks(estimate.source, sample.source):
         return estimate  # learned from a meter: the rig's own report is not taken
     jth = sample.power_w / sample.hashrate_ths
-    if (
-        estimate.samples >= CHECK_AFTER
-        and abs(jth / estimate.j_per_th - 1.0) > OUTLIER_SHARE
-    ):
+    if estimate.samples >= CHECK_AFTER and abs(jth / estimate.j_per_th - 1.0) > OUTLIER_SHARE:
         if estimate.rejected + 1 >= RESET_AFTER:
             return _first(sample)
         return replace(estimate, rejected=estimate.rejected + 1)
@@ -161,9 +158,7 @@ def update(estimate: ModeEstimate | None, sample: Sample) -> ModeEstimate:
 
 
 def _first(sample: Sample) -> ModeEstimate:
-    return ModeEstimate(
-        sample.power_w, sample.hashrate_ths, 1, sample.at, sample.at, sample.source
-    )
+    return ModeEstimate(sample.power_w, sample.hashrate_ths, 1, sample.at, sample.at, sample.source)
 
 
 def _outranks(a: PowerSource, b: PowerSource) -> bool:

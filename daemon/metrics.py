@@ -47,8 +47,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from daemon.efficiency import RigEfficiency, shown
 from daemon.exposition import escape, gauge_family
 from daemon.mqtt.state import CURTAILED, Prices, curtailed_kw, fleet_state, margin_usd_per_day
+from drivers.catalogue import ModelEntry
 from policies.guards import Desired
 from policies.values import (
     FailureKind,
@@ -101,6 +103,10 @@ class RigsSnapshot:
     identities: Mapping[RigId, Identity]
     stuck: frozenset[RigId]
     prices: Prices
+    efficiency: Mapping[RigId, RigEfficiency] = field(default_factory=dict)
+    """The rigs' learned efficiencies (a copy of the loop's mapping, whose values are
+    immutable), with ``entries`` their catalogue entries: shown by the scrape."""
+    entries: Mapping[RigId, ModelEntry | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +343,8 @@ class Metrics(Collector):
                 identities={r: d.identity for r, d in drivers.items()},
                 stuck=frozenset(stuck),
                 prices=prices,
+                efficiency=dict(loop.efficiency),
+                entries=entries,
             )
         snapshot = Snapshot(
             at=report.at,
@@ -753,6 +761,16 @@ _RIG_FAMILIES = (
         "rigpilot_rig_margin_usd_per_day",
         "Revenue minus power cost per day as observed now, at the tick's prices.",
     ),
+    (
+        "rigpilot_rig_efficiency_joules_per_hash",
+        "The efficiency the policies score the rig at, in the labelled mode (x 1e12 for "
+        "J/TH): learned from its measured watts (source meter or reported) once trusted, "
+        "else the catalogue's.",
+    ),
+    (
+        "rigpilot_rig_efficiency_samples",
+        "Samples of measured watts taken towards the rig's learned efficiency (rigs with any).",
+    ),
 )
 
 
@@ -788,10 +806,26 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
             desired.append((f'{head},mode="{d.mode.value}",by="{esc(d.decided_by)}"}}', 1.0))
         if obs is not None:
             _observed_samples(out, obs, head, key, rigs.prices)
+        if identity is not None and rig_id in rigs.entries:
+            _efficiency_samples(out, rigs, rig_id, head, key)
     return "".join(
         gauge_family(name, doc, samples)
         for (name, doc), samples in zip(_RIG_FAMILIES, out, strict=True)
     )
+
+
+def _efficiency_samples(
+    out: list[list[tuple[str, float]]], rigs: RigsSnapshot, rig_id: RigId, head: str, key: str
+) -> None:
+    """An identified rig's efficiency samples, into ``out``."""
+    view = shown(rigs.efficiency.get(rig_id), rigs.entries[rig_id])
+    if view.j_per_th is not None:
+        learned = view.source == "learned" and view.learned_from is not None
+        source = view.learned_from.value if learned and view.learned_from else "catalogue"
+        labels = f'{head},source="{source}",mode="{view.mode.value}"}}'
+        out[13].append((labels, view.j_per_th / TH))
+    if view.samples:
+        out[14].append((key, float(view.samples)))
 
 
 def _observed_samples(

@@ -126,10 +126,9 @@ class Persistence:
         rows: dict[str, Any] = {}
         for rig_id, learned in self.loop.efficiency.items():
             last = saved.get(rig_id)
-            if last is None:
-                rows[rig_id] = learned.to_dict()
-            elif last[0] is not learned and (
-                now - last[1] >= EFFICIENCY_SAVE_S or last[0].reference != learned.reference
+            if last is None or (
+                last[0] is not learned
+                and (now - last[1] >= EFFICIENCY_SAVE_S or last[0].reference != learned.reference)
             ):
                 rows[rig_id] = learned.to_dict()
         gone = [rig_id for rig_id in saved if rig_id not in self.loop.efficiency]

@@ -247,7 +247,7 @@ class Store:
     def _rig_rows(self, table: str, event: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         with self._reading():
-            rows = self.db.execute(f"SELECT rig, value FROM {table}").fetchall()  # noqa: S608  our own table names
+            rows = self.db.execute(f"SELECT rig, value FROM {table}").fetchall()
         for rig, value in rows:
             try:
                 out[str(rig)] = json.loads(value)
@@ -309,9 +309,11 @@ def read_efficiency(state_dir: Path) -> dict[str, dict[str, Any]]:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-            rows = db.execute("SELECT rig, value FROM efficiency").fetchall() if (
-                "efficiency" in tables
-            ) else []
+            rows = (
+                db.execute("SELECT rig, value FROM efficiency").fetchall()
+                if ("efficiency" in tables)
+                else []
+            )
         finally:
             db.close()
     except sqlite3.Error as exc:

@@ -65,12 +65,16 @@ class Daemon:
         self.inventory = inventory
         self.observer = Observer(inventory, ObserverSettings(timeout_s=3.0), clock=self.now)
         pdu = build_switch(SwitchConfig(name="apc", kind="apc", address=APC), (1, 2))
-        power = PowerSwitches({"apc": pdu}, {r: [("apc", o)] for r, o in rigs.items()}, {"apc": 2.0})
+        power = PowerSwitches(
+            {"apc": pdu}, {r: [("apc", o)] for r, o in rigs.items()}, {"apc": 2.0}
+        )
         self.hashprice, self.price = PushedHashprice(ttl_s=600), PushedPrice(ttl_s=600)
         self.policy = Ordered()
         self.loop = ControlLoop(
             observer=self.observer,
-            market=Market({QuoteKind.HASHPRICE: [self.hashprice], QuoteKind.POWER_PRICE: [self.price]}),
+            market=Market(
+                {QuoteKind.HASHPRICE: [self.hashprice], QuoteKind.POWER_PRICE: [self.price]}
+            ),
             policies=[self.policy],
             site=Site(economics=TERMS),
             guard_config=GuardConfig(
@@ -120,7 +124,7 @@ def asleep(report: TickReport, rig: RigId) -> bool:
 
 
 @pytest.mark.slow
-async def test_the_meter_teaches_each_rigs_efficiency_which_survives_a_restart_and_orders_curtailment(
+async def test_the_meter_teaches_efficiency_which_survives_a_restart_and_orders_curtailment(
     sim: SimFleet, tmp_path: Path
 ) -> None:
     # The worse rig sorts last by id, so an order by id (equal figures) puts it last.
