@@ -174,7 +174,7 @@ class ControlApi:
             case ["rigs", address, "power_factor"] if method == "PUT":
                 rig = self._rig(address)
                 factor = self._body(req).get("power_factor")
-                if not _is_number(factor):
+                if not isinstance(factor, int | float) or not _is_number(factor):
                     raise ApiError(400, 'expected {"power_factor": <number between 0.5 and 2>}')
                 try:
                     rig.set_power_factor(float(factor))

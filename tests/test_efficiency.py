@@ -22,8 +22,9 @@ from daemon.rig_economics import mode_points
 from drivers import catalogue
 from policies.values import Mode, Observation, PowerSource
 
-ENTRY = catalogue.lookup("antminer", "S19j Pro")
-assert ENTRY is not None
+_ENTRY = catalogue.lookup("antminer", "S19j Pro")
+assert _ENTRY is not None
+ENTRY: catalogue.ModelEntry = _ENTRY
 RATED = ENTRY.normal  # 104 TH/s at 29.5 J/TH
 ALL = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL})
 METER = PowerSource.METER

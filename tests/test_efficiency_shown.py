@@ -22,8 +22,9 @@ from policies.economics import Economics
 from policies.values import Make, Mode, PowerSource
 
 T0 = 1_800_000_000.0
-ENTRY = catalogue.lookup("antminer", "S19j Pro")
-assert ENTRY is not None
+_ENTRY = catalogue.lookup("antminer", "S19j Pro")
+assert _ENTRY is not None
+ENTRY: catalogue.ModelEntry = _ENTRY
 
 
 def learnt(samples: int, watts: float = 3540.0) -> RigEfficiency:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import structlog
 from helpers import make_loop, observation, tick_report
@@ -33,7 +34,7 @@ def learnt(samples: int, rig: RigEfficiency | None = None, start: float = T0) ->
     return rig
 
 
-def rows(path: Path) -> dict[str, dict[str, object]]:
+def rows(path: Path) -> dict[str, Any]:
     db = sqlite3.connect(path)
     try:
         return {r: json.loads(v) for r, v in db.execute("SELECT rig, value FROM efficiency")}
