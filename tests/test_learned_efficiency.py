@@ -32,6 +32,7 @@ from policies.breakeven import BreakevenPolicy
 from policies.economics import Economics
 from policies.guards import GuardConfig
 from policies.values import Mode, Observation, QuoteKind, RigId
+from simulator.client import ControlError
 
 APC = "127.2.0.1"
 TERMS = Economics(pool_fee=0.02, overhead=1.0)
@@ -174,3 +175,13 @@ async def test_the_meter_teaches_efficiency_which_survives_a_restart_and_orders_
     assert fresh.policy.order == [better, worse]  # equal figures: by id
     assert report.desired[better].mode is report.desired[worse].mode is Mode.LOW
     fresh.store.close()
+
+
+def test_the_simulators_power_factor_is_set_over_its_control_api(sim: SimFleet) -> None:
+    rig = sim.address("s19jpro")
+    assert sim.control.set_power_factor(rig, 1.1)["power_factor"] == 1.1
+    with pytest.raises(ControlError, match=r"power_factor must be between 0\.5 and 2\.0, got 5"):
+        sim.control.set_power_factor(rig, 5.0)
+    with pytest.raises(ControlError, match="expected"):
+        sim.control.request("PUT", f"/rigs/{rig}/power_factor", {"power_factor": "high"})
+    assert sim.control.reset(rig)["power_factor"] == 1.0
