@@ -47,7 +47,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from daemon.efficiency import RigEfficiency, shown
+from daemon.efficiency import RigEfficiency, Shown, shown
 from daemon.exposition import escape, gauge_family
 from daemon.mqtt.state import CURTAILED, Prices, curtailed_kw, fleet_state, margin_usd_per_day
 from drivers.catalogue import ModelEntry
@@ -779,6 +779,8 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
     out: list[list[tuple[str, float]]] = [[] for _ in _RIG_FAMILIES]
     info, up, stuck, desired = out[0], out[1], out[2], out[11]
     esc = escape
+    efficiency, entries = rigs.efficiency, rigs.entries
+    rated: dict[int, tuple[str, float] | None] = {}  # a model's catalogue series, by entry
     for rig_id, reading in rigs.readings.items():
         obs = reading if isinstance(reading, Observation) else None
         identity = obs.identity if obs is not None else rigs.identities.get(rig_id)
@@ -806,8 +808,20 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
             desired.append((f'{head},mode="{d.mode.value}",by="{esc(d.decided_by)}"}}', 1.0))
         if obs is not None:
             _observed_samples(out, obs, head, key, rigs.prices)
-        if identity is not None and rig_id in rigs.entries:
-            _efficiency_samples(out, rigs, rig_id, head, key)
+        if identity is None or rig_id not in entries:
+            continue
+        learned = efficiency.get(rig_id)
+        if learned is None:  # the catalogue's figure, the same for every rig of the model
+            entry = entries[rig_id]
+            if id(entry) not in rated:
+                view = shown(None, entry)
+                jth = view.j_per_th
+                rated[id(entry)] = None if jth is None else (view.mode.value, jth / TH)
+            figure = rated[id(entry)]
+            if figure is not None:
+                out[13].append((f'{head},source="catalogue",mode="{figure[0]}"}}', figure[1]))
+        else:
+            _efficiency_samples(out, shown(learned, entries[rig_id]), head, key)
     return "".join(
         gauge_family(name, doc, samples)
         for (name, doc), samples in zip(_RIG_FAMILIES, out, strict=True)
@@ -815,10 +829,9 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
 
 
 def _efficiency_samples(
-    out: list[list[tuple[str, float]]], rigs: RigsSnapshot, rig_id: RigId, head: str, key: str
+    out: list[list[tuple[str, float]]], view: Shown, head: str, key: str
 ) -> None:
-    """An identified rig's efficiency samples, into ``out``."""
-    view = shown(rigs.efficiency.get(rig_id), rigs.entries[rig_id])
+    """The efficiency samples of a rig with samples of its measured watts, into ``out``."""
     if view.j_per_th is not None:
         learned = view.source == "learned" and view.learned_from is not None
         source = view.learned_from.value if learned and view.learned_from else "catalogue"

@@ -136,11 +136,15 @@ async def test_the_meter_teaches_efficiency_which_survives_a_restart_and_orders_
     first = Daemon(sim, rigs, state, dry_run=False, t=1_800_000_000.0)
     await first.start([better, worse])
 
-    # Both pay at 80 USD/PH/day: they hash in normal, each metered sample taken in.
-    for _ in range(efficiency.TRUST_SAMPLES + 5):
-        await first.tick(80.0)
+    # Both pay at 80 USD/PH/day: they hash in normal, each metered sample taken in, until
+    # both estimates are trusted (20 samples over 15 minutes: 20 ticks if every read works).
     learned = first.loop.efficiency
+    for _ in range(3 * efficiency.TRUST_SAMPLES):
+        await first.tick(80.0)
+        if all(r in learned and learned[r].reference is not None for r in (better, worse)):
+            break
     assert learned[better].reference is Mode.NORMAL and learned[worse].reference is Mode.NORMAL
+    assert learned[worse].modes[Mode.NORMAL].samples >= efficiency.TRUST_SAMPLES
     good, bad = learned[better].j_per_th[Mode.NORMAL], learned[worse].j_per_th[Mode.NORMAL]
     assert bad / good == pytest.approx(WORSE_BY, rel=0.03)
     truth = await asyncio.to_thread(first.sim.control.rig, worse)
