@@ -279,7 +279,8 @@ class Bridge:
     info: dict[str, Any] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     connected: bool = False
-    events_dropped: int = 0
+    events_dropped: int = 0  # since start: the metric rigpilot_mqtt_events_dropped_total
+    _dropping_since: int | None = None  # events_dropped when this overflow began (logged once)
     _retained: dict[str, bytes] = field(default_factory=dict)
     _dirty: dict[str, None] = field(default_factory=dict)  # ordered set of retained topics
     _answers: deque[_Out] = field(default_factory=deque)
@@ -436,6 +437,14 @@ class Bridge:
     def _event(self, kind: str, doc: Mapping[str, Any]) -> None:
         if len(self._events) >= EVENT_QUEUE_MAX:
             self._events.popleft()
+            if self._dropping_since is None:
+                self._dropping_since = self.events_dropped
+                log.warning(
+                    "mqtt.events_dropped",
+                    waiting=EVENT_QUEUE_MAX,
+                    note="the broker is not taking events: the oldest are dropped and counted "
+                    "(rigpilot_mqtt_events_dropped_total); answers and state are kept",
+                )
             self.events_dropped += 1
         self._events.append(_Out(self.topics.event(kind), _dumps(doc), 0))
         self._wake.set()
@@ -683,6 +692,9 @@ class Bridge:
             n = min(PUBLISH_BATCH, len(self._events))
             batch_out = [self._events.popleft() for _ in range(n)]
             await asyncio.gather(*(self._publish(client, o) for o in batch_out))
+        if self._dropping_since is not None:
+            log.info("mqtt.events_flowing", dropped=self.events_dropped - self._dropping_since)
+            self._dropping_since = None
 
     async def _publish(self, client: aiomqtt.Client, out: _Out) -> None:
         props = None
