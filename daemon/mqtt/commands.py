@@ -56,8 +56,10 @@ AllRigs = Annotated[
 
 
 class SetMode(StrEnum):
-    """What ``set`` may ask for: an operating mode, or ``auto`` (hand back to the policies)."""
+    """What ``set`` may ask for: an operating mode, or ``auto`` (hand back to the policies).
+    ``off`` only for rigs wired to outlets (docs/power-switches.md)."""
 
+    OFF = "off"
     SLEEP = "sleep"
     LOW = "low"
     NORMAL = "normal"
@@ -70,6 +72,7 @@ class SetMode(StrEnum):
 
 
 class PinMode(StrEnum):
+    OFF = "off"
     SLEEP = "sleep"
     LOW = "low"
     NORMAL = "normal"

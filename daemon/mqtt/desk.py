@@ -34,7 +34,8 @@ from daemon.mqtt.topics import rig_key
 from daemon.operator_state import Envelope, OperatorState, RequestKey, Wait
 from daemon.reconciler import Target, satisfied, shown, wanted
 from drivers.base import UnsupportedMode
-from policies.values import Mode, RigId
+from policies.guards.power import FLOOR_MODES
+from policies.values import Mode, Observation, RigId
 
 log = structlog.get_logger("mqtt.desk")
 
@@ -240,11 +241,8 @@ class CommandDesk:
         """Rejected naming the rigs that cannot do ``mode`` (at ``limit``)."""
         problems = []
         for rig_id in rigs:
-            driver = self.loop.observer.drivers.get(rig_id)
-            if driver is None:
-                continue  # not identified yet: the guards only ever lower an unobserved rig
             try:
-                driver.check_supported(mode, limit)
+                self.loop.check_supported(rig_id, mode, limit)
             except UnsupportedMode as exc:
                 problems.append(str(exc))
         if problems:
@@ -319,11 +317,7 @@ class CommandDesk:
                 or d.mode is not mode
                 or d.power_limit_w != wait.power_limit_w
             ]
-        return [
-            r
-            for r in live
-            if not satisfied(Target(r, mode, wait.power_limit_w, "", ""), report.readings.get(r))
-        ]
+        return [r for r in live if not _observed_in(r, mode, wait.power_limit_w, report)]
 
     def _settle_pin(self, wait: Wait, report: TickReport) -> Answer | None:
         assert wait.mode is not None
@@ -385,7 +379,8 @@ class CommandDesk:
             return f"{rig_id}: held by {d.decided_by}: {d.reason}"
         assert wait.mode is not None
         target = Target(rig_id, wait.mode, wait.power_limit_w, "", "")
-        return f"{rig_id}: observed {shown(target, reading)}"
+        hashing = "" if not satisfied(target, reading) else " but not hashing"
+        return f"{rig_id}: observed {shown(target, reading)}{hashing}"
 
     # ---------------------------------------------------------------------------------------
 
@@ -462,6 +457,15 @@ class CommandDesk:
         if remember and status != "accepted" and key is not None:
             self.state.requests.answered(key, body)
         return Answer(env, body)
+
+
+def _observed_in(rig_id: RigId, mode: Mode, limit: int | None, report: TickReport) -> bool:
+    """The rig is observed as a command asked: in ``mode`` (the reconciler's test), and, for a
+    mode that hashes, hashing (a rig powered on again answers in its mode while it boots)."""
+    reading = report.readings.get(rig_id)
+    if not satisfied(Target(rig_id, mode, limit, "", ""), reading):
+        return False
+    return mode in FLOOR_MODES or (isinstance(reading, Observation) and reading.mining)
 
 
 class _Conflict(c.Rejected):
