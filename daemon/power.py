@@ -45,6 +45,15 @@ OutletId = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
+class Outlets:
+    """The outlets feeding one rig: their names (``switch:outlet``), and whether every one is
+    metered (its switch reports power per outlet)."""
+
+    names: tuple[str, ...]
+    metered: bool
+
+
+@dataclass(frozen=True, slots=True)
 class OutletSweep:
     """Every configured outlet as read in one tick: a reading, or why there is none."""
 
@@ -299,6 +308,16 @@ class PowerSwitches:
 
     def wired(self, rig_id: RigId) -> bool:
         return rig_id in self.wiring
+
+    def outlets_info(self, rig_id: RigId) -> Outlets | None:
+        """What feeds ``rig_id`` (for Home Assistant's entities): None when no outlet does."""
+        feeds = self.wiring.get(rig_id)
+        if not feeds:
+            return None
+        return Outlets(
+            tuple(f"{name}:{number}" for name, number in feeds),
+            all(self.switches[name].metered for name, _ in feeds),
+        )
 
     def steps(
         self,
