@@ -40,6 +40,8 @@ OFF_WAIT_S = 600.0
 """How long a rig told to sleep on its way to ``off`` may stay silent before its outlets are cut
 anyway (never when it was seen hashing since)."""
 
+NO_OUTLETS = "no outlets feed it ([[rigs]] outlets), so it cannot be power-cycled"
+
 OutletId = tuple[str, int]
 """(switch name, outlet number as the device numbers it)."""
 
@@ -392,7 +394,7 @@ class PowerSwitches:
     def refusal(self, rig_id: RigId, held: Mapping[RigId, str], now: float) -> str | None:
         """Why ``rig_id`` may not be power-cycled now (:func:`cycle_refusal`), or None."""
         if not self.wired(rig_id):
-            return "no outlets feed it ([[rigs]] outlets), so it cannot be power-cycled"
+            return NO_OUTLETS
         return cycle_refusal(
             rig_id,
             self._powered().get(rig_id, False),

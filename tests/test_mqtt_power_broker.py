@@ -55,7 +55,9 @@ async def ask(col: Collector, topics: Topics, command: str, body: dict[str, Any]
 
 async def rig_doc(col: Collector, topics: Topics, rig: str, after: int = 0) -> dict[str, Any]:
     """The rig's latest state document received since message ``after``."""
-    docs = [m.json() for m in col.messages[after:] if m.topic == topics.rig_state(rig)]
+    docs: list[dict[str, Any]] = [
+        m.json() for m in col.messages[after:] if m.topic == topics.rig_state(rig)
+    ]
     assert docs, f"no state for {rig}"
     return docs[-1]
 

@@ -253,7 +253,7 @@ def _outlet_entities(
         entity(
             "switch",
             "outlet",
-            title="Outlet power",
+            title="Outlet",
             state_topic=state,
             command_topic=request,
             value_template="{{ 'None' if value_json.outlets.on is none else "

@@ -20,6 +20,7 @@ from daemon.loop import ControlLoop
 from daemon.mqtt import commands as c
 from daemon.mqtt.answers import Answer
 from daemon.operator_state import CycleWait, Envelope, OperatorState, Pin, SiteTarget, Wait
+from daemon.power import NO_OUTLETS
 from market.fetch import FeedError
 from market.hashprice import PushedHashprice
 from market.power import PushedPrice
@@ -321,11 +322,7 @@ def handle_power_cycle(
     held = desk.loop.pinned_for_cycles(now)
     problems = []
     for rig_id in rigs:
-        why = (
-            "no outlets feed it ([[rigs]] outlets), so it cannot be power-cycled"
-            if power is None
-            else power.refusal(rig_id, held, now)
-        )
+        why = NO_OUTLETS if power is None else power.refusal(rig_id, held, now)
         if why is not None:
             problems.append(f"{rig_id}: {why}")
     if problems:
