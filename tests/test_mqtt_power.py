@@ -242,3 +242,19 @@ async def test_dry_run_power_cycle_answers_would_and_switches_nothing(
     assert all(o["on"] for o in after["outlets"])
     cycles = [x for x in audit(tmp_path) if x["kind"] == "power_cycle"]
     assert sorted((x["rig"], x["dry_run"]) for x in cycles) == sorted([(xp, True), (s21, True)])
+
+
+def test_a_power_cycle_wait_survives_a_restart_with_its_progress() -> None:
+    """Waits are saved with the operator state (daemon/persist.py): a power_cycle's progress
+    rig by rig comes back as it was, so an answer after a restart says the same."""
+    from daemon.operator_state import CycleWait, OperatorState, Wait
+
+    env = Envelope("power_cycle", b'{"rigs": ["a", "b", "c"]}', 100.0, None, b"corr")
+    progress = CycleWait(["a"], {"a": 130.0, "b": 130.0}, ["a"], {"c": "refused: pinned"})
+    state = OperatorState()
+    state.wait(Wait(env, "power_cycle", "t", 1900.0, 100.0, ["a", "b", "c"], cycle=progress))
+    saved = json.loads(json.dumps(state.to_docs()))  # through JSON, as the store keeps it
+    restored = OperatorState()
+    restored.restore_pins(saved["desk"])
+    assert restored.waits == state.waits
+    assert restored.waits[0].cycle == progress and restored.waits[0].mode is None
