@@ -58,6 +58,8 @@ from daemon.mqtt.state import (
     decision_key,
     fault_event,
     fleet_state,
+    outlets_state,
+    power_event,
     rig_state,
 )
 from daemon.mqtt.topics import Topics
@@ -342,10 +344,14 @@ class Bridge:
         dry = not loop.actuator.sends
         operator = loop.operator
         pinned = operator.pinned()
+        power = loop.power
+        sweep = power.last.readings if power is not None and power.last is not None else {}
         for rig_id, reading in report.readings.items():
             desired = report.desired.get(rig_id)
             pin = pinned.get(rig_id)
             driver = drivers.get(rig_id)
+            feeds = power.wiring.get(rig_id) if power is not None else None
+            outlets = outlets_state(feeds, sweep) if feeds else None
             key = (
                 type(reading).__name__,
                 getattr(reading, "mode", None),
@@ -354,6 +360,7 @@ class Bridge:
                 None if desired is None else (desired.mode, desired.power_limit_w, desired.reason),
                 None if pin is None else pin[0],
                 rig_id in stuck,
+                None if outlets is None else outlets["on"],
             )
             changed = self._rig_keys.get(rig_id) != key
             if changed or now - self._rig_sent_at.get(rig_id, float("-inf")) >= interval:
@@ -368,6 +375,7 @@ class Bridge:
                     group=self.desk.groups.get(rig_id, ""),
                     pin=pin,
                     not_responding=rig_id in stuck,
+                    outlets=outlets,
                 )
                 self._put(self.topics.rig_state(rig_id), doc)
             if isinstance(reading, ObservationFailure) and rig_id not in self._failing:
@@ -385,6 +393,8 @@ class Bridge:
                 self._announce_rig(rig_id)
         for result in report.results:
             self._event("command", command_event(result, dry))
+        for event in report.power_events:
+            self._event("power", power_event(event, dry))
         entries = {r: d.entry for r, d in drivers.items()}
         market = operator.prices
         hp_origin = report.price_origins.get(QuoteKind.HASHPRICE)
@@ -453,12 +463,16 @@ class Bridge:
         driver = self.desk.loop.observer.drivers.get(rig_id)
         if driver is None:
             return
+        power = self.desk.loop.power
+        outlets = power.outlets_info(rig_id) if power is not None else None
         for topic, config in discovery.rig_configs(
             self.topics,
             driver.identity,
             driver.capabilities,
             self._version,
             self.settings.discovery_prefix,
+            outlets=outlets.names if outlets is not None else (),
+            metered=outlets is not None and outlets.metered,
         ):
             self._put(topic, config)
 
