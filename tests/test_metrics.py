@@ -445,7 +445,7 @@ async def test_the_doc_describes_every_metric(setup: Setup) -> None:
     s = setup
     report = await s.tick()
     doc = DOC.read_text()
-    ours = Metrics(process=False, mqtt_connected=lambda: True)
+    ours = Metrics(process=False, mqtt_connected=lambda: True, mqtt_events_dropped=lambda: 0)
     ours.record_tick(report, s.h.loop, report.at)
     ours.record_reload(True, report.at)
     families = parse(ours.render().decode()).families
