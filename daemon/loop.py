@@ -21,7 +21,7 @@ from daemon.operator_state import OperatorState
 from daemon.power import PowerSwitches, with_switches
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
-from drivers.base import RigDriver
+from drivers.base import RigDriver, UnsupportedMode
 from market.service import Market, MarketState
 from policies.api import MarketView, Policy, RigView, Site
 from policies.guards import Desired, GuardConfig, GuardState, Setting
@@ -57,6 +57,9 @@ class TickReport:
     failed_policies: tuple[str, ...] = ()  # raised this tick: no policy moved any rig
     price_origins: Mapping[QuoteKind, tuple[str, float]] = field(default_factory=dict)
     """Each price's source and age in seconds (the best quote, even a stale one)."""
+    power_events: tuple[Mapping[str, object], ...] = ()
+    """This tick's power cycles (hung or asked for), refused requests and rigs needing hands,
+    as audited (daemon/power.py)."""
 
     def summary(self) -> str:
         hp = (
@@ -214,15 +217,17 @@ class ControlLoop:
                 )
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
+        power_events: list[Mapping[str, object]] = []
         if self.power is not None:
             self.power.record(results)
-            await self._recover(desired, cycle.readings, now)
+            power_events = await self._recover(desired, cycle.readings, now)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
             observe_duration_s=observed_s,
             duration_s=time.monotonic() - started,
             failed_policies=failed,
+            power_events=tuple(power_events),
             price_origins={k: (q.source, q.age_s(now)) for k, q in market_state.quotes.items()},
         )
         log.info("fleet.tick", summary=report.summary())
@@ -350,19 +355,21 @@ class ControlLoop:
 
     async def _recover(
         self, desired: Mapping[RigId, Desired], readings: Mapping[RigId, Reading], now: float
-    ) -> None:
-        """Hung rigs power-cycled (daemon/power.py), never one an operator pinned or one
-        meant to be off; each cycle audited."""
+    ) -> list[Mapping[str, object]]:
+        """Hung rigs, and those an operator asked for, power-cycled (daemon/power.py), never
+        one an operator pinned or one meant to be off; each cycle audited, and handed on in
+        the tick's report (MQTT publishes them)."""
         assert self.power is not None
-        held = {r for r, d in desired.items() if d.mode is Mode.OFF}
-        for o in self.operator.overrides(now):
-            held |= o.rig_ids
-            if o.group:
-                held |= {r for r, g in self.groups.items() if g == o.group}
+        held = {
+            r: f"asked to be off (by {d.decided_by}): a power cycle would not bring it back"
+            for r, d in desired.items()
+            if d.mode is Mode.OFF
+        }
+        held.update(self.pinned_for_cycles(now))
         events = await self.power.recover(
             readings,
             frozenset(self.reconciler.not_responding),
-            frozenset(held),
+            held,
             self.actuator.sends,
             now,
         )
@@ -372,6 +379,38 @@ class ControlLoop:
                 self.reconciler.clear(str(event["rig"]))
             if self.audit is not None:
                 self.audit.write(event)
+        return list(events)
+
+    def pinned_for_cycles(self, now: float) -> dict[RigId, str]:
+        """The rigs an operator pinned, and why none of them is power-cycled (hung or asked
+        for: unpin or resume it first)."""
+        held: dict[RigId, str] = {}
+        for o in self.operator.overrides(now):
+            rigs = set(o.rig_ids)
+            if o.group:
+                rigs |= {r for r, g in self.groups.items() if g == o.group}
+            why = (
+                f"pinned to {o.mode.value} by {o.by} until {o.expires_at:.0f}: an operator's "
+                "pin is never power-cycled (unpin or resume the rig first)"
+            )
+            held.update(dict.fromkeys(rigs, why))
+        return held
+
+    def check_supported(self, rig_id: RigId, mode: Mode, power_limit_w: int | None) -> None:
+        """UnsupportedMode naming why ``rig_id`` cannot be put in ``mode`` (at
+        ``power_limit_w``): ``off`` needs outlets feeding the rig, any other mode its firmware
+        (a rig not identified yet is not refused: the guards only ever lower an unobserved
+        rig). The one check of what an operator may ask (the MQTT desk uses it)."""
+        if mode is Mode.OFF:
+            if self.power is None or not self.power.wired(rig_id):
+                raise UnsupportedMode(
+                    f"{rig_id} has no outlets (no [[rigs]] outlets feed it), so it cannot be "
+                    "switched off; sleep is the lowest it goes"
+                )
+            return
+        driver = self.observer.drivers.get(rig_id)
+        if driver is not None:
+            driver.check_supported(mode, power_limit_w)
 
     def _modes(self, rig_id: RigId, driver: RigDriver) -> frozenset[Mode]:
         """What the rig can be put in: its firmware's modes, and off where outlets feed it."""

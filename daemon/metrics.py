@@ -251,8 +251,9 @@ class Metrics(Collector):
 
     ``per_rig=False`` leaves out every series labelled with a rig (for very large fleets);
     the fleet totals and the per-mode counts stay. ``process`` adds the standard
-    ``process_*`` and ``python_*`` collectors to the registry. ``mqtt_connected``, if given,
-    is called at each scrape (on the HTTP thread: it must only read a flag).
+    ``process_*`` and ``python_*`` collectors to the registry. ``mqtt_connected`` and
+    ``mqtt_events_dropped``, if given, are called at each scrape (on the HTTP thread: they must
+    only read a flag or a counter).
     """
 
     def __init__(
@@ -262,10 +263,12 @@ class Metrics(Collector):
         registry: CollectorRegistry | None = None,
         process: bool = True,
         mqtt_connected: Callable[[], bool] | None = None,
+        mqtt_events_dropped: Callable[[], int] | None = None,
     ) -> None:
         self.per_rig = per_rig
         self.registry = registry if registry is not None else CollectorRegistry()
         self.mqtt_connected = mqtt_connected
+        self.mqtt_events_dropped = mqtt_events_dropped
         self._version = _package_version()
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
@@ -499,6 +502,14 @@ class Metrics(Collector):
                 "1 while the MQTT bridge is connected to its broker.",
                 1.0 if _safe(self.mqtt_connected) else 0.0,
             )
+        if self.mqtt_events_dropped is not None:
+            dropped = CounterMetricFamily(
+                "rigpilot_mqtt_events_dropped",
+                "Events (fault, decision, command) dropped because more than the bridge's "
+                "queue waited for the broker; answers and state are never dropped.",
+            )
+            dropped.add_metric([], float(self.mqtt_events_dropped()))
+            yield dropped
         if reload is not None:
             yield _gauge(
                 "rigpilot_config_last_reload_successful",
