@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from daemon.audit import AuditLog
+from daemon.efficiency import RigEfficiency, learn
 from daemon.observer import FleetObserver
 from daemon.operator_state import OperatorState
 from daemon.power import PowerSwitches, with_switches
@@ -115,6 +116,9 @@ class ControlLoop:
     """The PDUs and plugs feeding the rigs (daemon/power.py), None when none is wired."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _ratios: dict[RigId, Ratios] = field(default_factory=dict)  # measured shares of rated
+    efficiency: dict[RigId, RigEfficiency] = field(default_factory=dict)
+    """Each rig's efficiency learned from measured watts (daemon/efficiency.py): updated each
+    tick from its reading, restored and saved by persistence (daemon/persist.py)."""
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
     _market_at: float = float("-inf")
     _failing: set[str] = field(default_factory=set)
@@ -444,10 +448,13 @@ class ControlLoop:
             caps = driver.capabilities
             until = settling_until(memory.get(rig_id), caps.transition)
             settling = until is not None and now < until
-            if obs is not None and not settling:
-                measured = rig_ratios(obs, driver.entry)
-                if measured is not None:
-                    self._ratios[rig_id] = measured
+            learned = self.efficiency.get(rig_id)
+            if obs is not None:
+                learned = self._learn(rig_id, learned, obs, driver, settling)
+                if not settling:
+                    measured = rig_ratios(obs, driver.entry)
+                    if measured is not None:
+                        self._ratios[rig_id] = measured
             points = (
                 tuple(
                     mode_points(
@@ -456,6 +463,7 @@ class ControlLoop:
                         driver.entry,
                         settling=settling,
                         ratios=self._ratios.get(rig_id),
+                        learned=learned,
                     )
                 )
                 if basis
@@ -478,6 +486,23 @@ class ControlLoop:
                 # (power-cap counts it at the most any rig of the fleet draws).
                 views.append(RigView(rig_id, None, frozenset(), (), groups.get(rig_id, "")))
         return views
+
+    def _learn(
+        self,
+        rig_id: RigId,
+        learned: RigEfficiency | None,
+        obs: Observation,
+        driver: RigDriver,
+        settling: bool,
+    ) -> RigEfficiency | None:
+        """The rig's efficiency after ``obs`` (daemon/efficiency.py), kept in ``efficiency``."""
+        after = learn(learned, obs, driver.entry, settling=settling)
+        if after is not learned:
+            if after is None:
+                del self.efficiency[rig_id]
+            else:
+                self.efficiency[rig_id] = after
+        return after
 
     def _audit(
         self,

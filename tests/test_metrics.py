@@ -37,6 +37,7 @@ UNIT_SUFFIXES = (
     "_watts",
     "_celsius",
     "_hashes_per_second",
+    "_joules_per_hash",
     "_ratio",
     "_total",
     "_info",
@@ -71,6 +72,7 @@ UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_rig_power_estimated",
     "rigpilot_rig_mode",
     "rigpilot_rig_desired_mode",
+    "rigpilot_rig_efficiency_samples",
 }
 NOT_BASE_UNITS = re.compile(r"_(kw|kwh|ths|phs|th|ms|milliseconds|c|temp|pct|percent)(_|$)")
 PRICE = re.compile(r"_usd_per_(phs_day|kwh|day)$")

@@ -42,6 +42,28 @@ RIG_STATE_SCHEMA: dict[str, Any] = {  # made strict by _strict, below
         "power_limit_w": _NUM,
         "max_chip_temp_c": _NUM,
         "efficiency_j_per_th": _NUM,
+        "efficiency": {
+            "type": ["object", "null"],
+            "description": "The J/TH the policies use for this rig: learned from its measured "
+            "watts once trusted (docs/power-switches.md#learned-efficiency), else the "
+            "catalogue's; null for a rig never identified.",
+            "properties": {
+                "source": {"type": "string", "enum": ["learned", "catalogue"]},
+                "learned_from": {
+                    "type": ["string", "null"],
+                    "enum": ["meter", "reported", None],
+                    "description": "what the samples' watts came from (null: none taken)",
+                },
+                "mode": {"type": "string", "description": "the mode the figure is for"},
+                "j_per_th": _NUM,
+                "catalogue_j_per_th": _NUM,
+                "samples": {
+                    "type": "integer",
+                    "description": "samples taken in that mode (learned: trusted after 20 "
+                    "over 15 minutes)",
+                },
+            },
+        },
         "margin_usd_per_day": _NUM,
         "observed_at": _NUM,
         "desired": {

@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import MqttSettings
+from daemon.efficiency import shown
 from daemon.loop import TickReport
 from daemon.mqtt import discovery
 from daemon.mqtt.answers import Answer
@@ -376,6 +377,11 @@ class Bridge:
                     pin=pin,
                     not_responding=rig_id in stuck,
                     outlets=outlets,
+                    efficiency=(
+                        None
+                        if driver is None
+                        else shown(loop.efficiency.get(rig_id), driver.entry).as_dict()
+                    ),
                 )
                 self._put(self.topics.rig_state(rig_id), doc)
             if isinstance(reading, ObservationFailure) and rig_id not in self._failing:

@@ -94,9 +94,11 @@ def rig_state(
     pin: tuple[str, Override] | None = None,
     not_responding: bool = False,
     outlets: Mapping[str, Any] | None = None,
+    efficiency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One rig's retained state document; ``outlets`` (:func:`outlets_state`) for a rig wired
-    to outlets, else null."""
+    to outlets, else null; ``efficiency``: the J/TH its policies use
+    (:meth:`daemon.efficiency.Shown.as_dict`)."""
     obs = reading if isinstance(reading, Observation) else None
     ident = obs.identity if obs is not None else identity
     out: dict[str, Any] = {
@@ -116,6 +118,7 @@ def rig_state(
         "power_limit_w": obs.power_limit_w if obs else None,
         "max_chip_temp_c": obs.max_chip_temp_c if obs else None,
         "efficiency_j_per_th": _r(obs.efficiency_j_per_th, 2) if obs else None,
+        "efficiency": dict(efficiency) if efficiency is not None else None,
         "margin_usd_per_day": _r(margin_usd_per_day(obs, prices), 3) if obs else None,
         "observed_at": obs.observed_at if obs else None,
         "desired": None,
