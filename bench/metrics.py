@@ -1,7 +1,8 @@
 """Scrape cost of the per-rig series: 10,000 rigs, written as text vs prometheus_client.
 
 Builds one tick's per-rig state in memory (10,000 rigs over six models, three boards each,
-1 % unread, desired modes from a policy and a guard) and times, per scrape:
+1 % unread, desired modes from a policy and a guard, the Whatsminers' efficiency learned from
+their reported watts) and times, per scrape:
 
 - ``Metrics._rig_text`` as the daemon runs it: the per-rig series written as text on the first
   scrape after a tick (``daemon/exposition.py``), served from that cache until the next tick;
@@ -30,8 +31,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from daemon.efficiency import RigEfficiency, learn
 from daemon.metrics import Metrics, RigsSnapshot, Snapshot
 from daemon.mqtt.state import Prices
+from drivers import catalogue
 from policies.economics import Economics
 from policies.guards import Desired
 from policies.values import Board, Identity, Make, Mode, Observation, PowerSource, Reading, RigId
@@ -73,7 +76,47 @@ def fleet(n: int) -> RigsSnapshot:
             inlet_c=25.0 if make is Make.WHATSMINER else None,
             outlet_c=45.0 if make is Make.WHATSMINER else None,
         )
-    return RigsSnapshot(readings, desired, identities, frozenset(), Prices(40.0, 0.05, Economics()))
+    entries = {rig: catalogue.lookup(i.make.value, i.model) for rig, i in identities.items()}
+    return RigsSnapshot(
+        readings,
+        desired,
+        identities,
+        frozenset(),
+        Prices(40.0, 0.05, Economics()),
+        efficiency=learned(identities, entries),
+        entries=entries,
+    )
+
+
+def learned(
+    identities: dict[RigId, Identity], entries: dict[RigId, catalogue.ModelEntry | None]
+) -> dict[RigId, RigEfficiency]:
+    """Every Whatsminer's efficiency learned from its reported watts (25 samples over 24 min,
+    trusted), one object per model shared by its rigs: the Antminers keep the catalogue."""
+    per_model: dict[str, RigEfficiency] = {}
+    out: dict[RigId, RigEfficiency] = {}
+    for rig, identity in identities.items():
+        if identity.make is not Make.WHATSMINER:
+            continue
+        if identity.model not in per_model:
+            entry = entries[rig]
+            assert entry is not None
+            learnt: RigEfficiency | None = None
+            for k in range(25):
+                obs = Observation(
+                    identity,
+                    60.0 * k,
+                    entry.hashrate_ths,
+                    entry.power_w * 1.05,
+                    PowerSource.REPORTED,
+                    Mode.NORMAL,
+                    True,
+                )
+                learnt = learn(learnt, obs, entry, settling=False)
+            assert learnt is not None and learnt.reference is Mode.NORMAL
+            per_model[identity.model] = learnt
+        out[rig] = per_model[identity.model]
+    return out
 
 
 class _Families(Collector):

@@ -17,10 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from daemon import efficiency
 from daemon.config import ConfigError, Settings, load_settings, resolve_config_path
 from daemon.control_config import ControlSettings
 from daemon.lifecycle import is_running
-from daemon.store import StoreError, read_status
+from daemon.store import StoreError, read_efficiency, read_status
+from drivers import catalogue
 from policies.values import rig_text
 
 EXIT_STOPPED = 3  # as systemctl status: "not running"
@@ -57,6 +59,12 @@ def _status_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="configuration file (for state_dir)")
     p.add_argument("--state-dir", type=Path, default=None, help="override the state directory")
     p.add_argument("--json", action="store_true", help="the whole status document as JSON")
+    p.add_argument(
+        "--efficiency",
+        action="store_true",
+        help="also list each rig's efficiency learned from its measured watts, as last saved "
+        "(J/TH against the catalogue's, source, samples); with --json, under 'efficiency_rigs'",
+    )
     return p
 
 
@@ -72,6 +80,7 @@ def main_status(argv: Sequence[str]) -> int:
     try:
         status, written = read_status(state_dir)
         process, _ = read_status(state_dir, "process")
+        learned = learned_rigs(read_efficiency(state_dir)) if args.efficiency else None
     except StoreError as exc:
         print(f"rigpilot status: {exc}", file=sys.stderr)
         return 2
@@ -89,6 +98,8 @@ def main_status(argv: Sequence[str]) -> int:
             "stale": state == "stale",
             "process": process,
         }
+        if learned is not None:
+            doc["efficiency_rigs"] = learned
         print(json.dumps(doc, indent=2))
         return exit_code
     shown = status or {}
@@ -99,6 +110,8 @@ def main_status(argv: Sequence[str]) -> int:
         _print_summary(status, now - written)
     if proc.get("last_reload"):
         _print_reload(proc["last_reload"])
+    if learned is not None:
+        _print_learned(learned)
     return exit_code
 
 
@@ -136,7 +149,49 @@ def _print_summary(status: Mapping[str, Any], age_s: float) -> None:
     if status.get("site_target_kw") is not None:
         extra.append(f"site target {status['site_target_kw']:g} kW")
     print("  " + "; ".join(extra))
+    learned = status.get("efficiency")
+    if learned:
+        print(
+            f"  efficiency: {learned.get('learned_meter', 0)} rig(s) learned from their meters, "
+            f"{learned.get('learned_reported', 0)} from their own reports, "
+            f"{learned.get('learning', 0)} learning; the others on the catalogue"
+        )
     print(f"  last tick {age_s:.0f} s ago")
+
+
+def learned_rigs(rows: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The stored rows as shown (daemon/efficiency.py ``shown``), by rig; a row that is not one
+    is listed with its problem."""
+    out: list[dict[str, Any]] = []
+    for rig_id in sorted(rows):
+        row = rows[rig_id]
+        try:
+            learned = efficiency.from_dict(row)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            out.append({"rig": rig_id, "problem": f"unreadable row: {exc!r}"})
+            continue
+        entry = catalogue.lookup(learned.make, learned.model)
+        view = efficiency.shown(learned, entry).as_dict()
+        out.append({"rig": rig_id, "model": learned.model, **view})
+    return out
+
+
+def _print_learned(rigs: Sequence[Mapping[str, Any]]) -> None:
+    print(f"  learned efficiency ({len(rigs)} rig(s) with samples; the others on the catalogue):")
+    for r in rigs:
+        if "problem" in r:
+            print(f"    {rig_text(r['rig'])}: {r['problem']}")
+            continue
+        rated = r["catalogue_j_per_th"]
+        vs = ""
+        if r["source"] == "learned" and rated:
+            vs = f" ({(r['j_per_th'] / rated - 1) * 100:+.1f} % vs the catalogue's {rated:g})"
+        source = f"learned from {r['learned_from']}" if r["source"] == "learned" else "catalogue"
+        jth = "n/a" if r["j_per_th"] is None else f"{r['j_per_th']:g}"
+        print(
+            f"    {rig_text(r['rig'])} {rig_text(r['model'], 64)}: {r['mode']} {jth} J/TH{vs}, "
+            f"{source}, {r['samples']} sample(s)"
+        )
 
 
 def _print_reload(reload: Mapping[str, Any]) -> None:

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from daemon.audit import AuditLog
+from daemon.efficiency import RigEfficiency, learn
 from daemon.observer import FleetObserver
 from daemon.operator_state import OperatorState
 from daemon.power import PowerSwitches, with_switches
 from daemon.reconciler import Actuator, Command, CommandResult, Outcome, Reconciler, Target
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
-from drivers.base import RigDriver
+from drivers.base import RigDriver, UnsupportedMode
 from market.service import Market, MarketState
 from policies.api import MarketView, Policy, RigView, Site
 from policies.guards import Desired, GuardConfig, GuardState, Setting
@@ -56,6 +57,9 @@ class TickReport:
     failed_policies: tuple[str, ...] = ()  # raised this tick: no policy moved any rig
     price_origins: Mapping[QuoteKind, tuple[str, float]] = field(default_factory=dict)
     """Each price's source and age in seconds (the best quote, even a stale one)."""
+    power_events: tuple[Mapping[str, object], ...] = ()
+    """This tick's power cycles (hung or asked for), refused requests and rigs needing hands,
+    as audited (daemon/power.py)."""
 
     def summary(self) -> str:
         hp = (
@@ -112,6 +116,9 @@ class ControlLoop:
     """The PDUs and plugs feeding the rigs (daemon/power.py), None when none is wired."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _ratios: dict[RigId, Ratios] = field(default_factory=dict)  # measured shares of rated
+    efficiency: dict[RigId, RigEfficiency] = field(default_factory=dict)
+    """Each rig's efficiency learned from measured watts (daemon/efficiency.py): updated each
+    tick from its reading, restored and saved by persistence (daemon/persist.py)."""
     _last_desired: dict[RigId, tuple[Mode, int | None]] = field(default_factory=dict)
     _market_at: float = float("-inf")
     _failing: set[str] = field(default_factory=set)
@@ -210,14 +217,16 @@ class ControlLoop:
                 )
         results = await self.actuator.send(commands)
         self.reconciler.record(results)
+        power_events: list[Mapping[str, object]] = []
         if self.power is not None:
-            await self._recover(desired, cycle.readings, results, now)
+            power_events = await self._recover(desired, cycle.readings, results, now)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
             observe_duration_s=observed_s,
             duration_s=time.monotonic() - started,
             failed_policies=failed,
+            power_events=tuple(power_events),
             price_origins={k: (q.source, q.age_s(now)) for k, q in market_state.quotes.items()},
         )
         log.info("fleet.tick", summary=report.summary())
@@ -349,23 +358,25 @@ class ControlLoop:
         readings: Mapping[RigId, Reading],
         results: Sequence[CommandResult],
         now: float,
-    ) -> None:
+    ) -> list[Mapping[str, object]]:
         """After the tick's sends: the switches note them (thermal emergency cuts audited),
-        then hung rigs are power-cycled (daemon/power.py), never one an operator pinned or
-        one meant to be off; each cycle audited."""
+        then hung rigs, and those an operator asked for, are power-cycled (daemon/power.py),
+        never one an operator pinned or one meant to be off; each cycle audited, and handed on
+        in the tick's report (MQTT publishes them)."""
         assert self.power is not None
         for event in self.power.record(results):
             if self.audit is not None:
                 self.audit.write(event)
-        held = {r for r, d in desired.items() if d.mode is Mode.OFF}
-        for o in self.operator.overrides(now):
-            held |= o.rig_ids
-            if o.group:
-                held |= {r for r, g in self.groups.items() if g == o.group}
+        held = {
+            r: f"asked to be off (by {d.decided_by}): a power cycle would not bring it back"
+            for r, d in desired.items()
+            if d.mode is Mode.OFF
+        }
+        held.update(self.pinned_for_cycles(now))
         events = await self.power.recover(
             readings,
             frozenset(self.reconciler.not_responding),
-            frozenset(held),
+            held,
             self.actuator.sends,
             now,
         )
@@ -375,6 +386,38 @@ class ControlLoop:
                 self.reconciler.clear(str(event["rig"]))
             if self.audit is not None:
                 self.audit.write(event)
+        return list(events)
+
+    def pinned_for_cycles(self, now: float) -> dict[RigId, str]:
+        """The rigs an operator pinned, and why none of them is power-cycled (hung or asked
+        for: unpin or resume it first)."""
+        held: dict[RigId, str] = {}
+        for o in self.operator.overrides(now):
+            rigs = set(o.rig_ids)
+            if o.group:
+                rigs |= {r for r, g in self.groups.items() if g == o.group}
+            why = (
+                f"pinned to {o.mode.value} by {o.by} until {o.expires_at:.0f}: an operator's "
+                "pin is never power-cycled (unpin or resume the rig first)"
+            )
+            held.update(dict.fromkeys(rigs, why))
+        return held
+
+    def check_supported(self, rig_id: RigId, mode: Mode, power_limit_w: int | None) -> None:
+        """UnsupportedMode naming why ``rig_id`` cannot be put in ``mode`` (at
+        ``power_limit_w``): ``off`` needs outlets feeding the rig, any other mode its firmware
+        (a rig not identified yet is not refused: the guards only ever lower an unobserved
+        rig). The one check of what an operator may ask (the MQTT desk uses it)."""
+        if mode is Mode.OFF:
+            if self.power is None or not self.power.wired(rig_id):
+                raise UnsupportedMode(
+                    f"{rig_id} has no outlets (no [[rigs]] outlets feed it), so it cannot be "
+                    "switched off; sleep is the lowest it goes"
+                )
+            return
+        driver = self.observer.drivers.get(rig_id)
+        if driver is not None:
+            driver.check_supported(mode, power_limit_w)
 
     def _modes(self, rig_id: RigId, driver: RigDriver) -> frozenset[Mode]:
         """What the rig can be put in: its firmware's modes, and off where outlets feed it."""
@@ -412,10 +455,13 @@ class ControlLoop:
             caps = driver.capabilities
             until = settling_until(memory.get(rig_id), caps.transition)
             settling = until is not None and now < until
-            if obs is not None and not settling:
-                measured = rig_ratios(obs, driver.entry)
-                if measured is not None:
-                    self._ratios[rig_id] = measured
+            learned = self.efficiency.get(rig_id)
+            if obs is not None:
+                learned = self._learn(rig_id, learned, obs, driver, settling)
+                if not settling:
+                    measured = rig_ratios(obs, driver.entry)
+                    if measured is not None:
+                        self._ratios[rig_id] = measured
             points = (
                 tuple(
                     mode_points(
@@ -424,6 +470,7 @@ class ControlLoop:
                         driver.entry,
                         settling=settling,
                         ratios=self._ratios.get(rig_id),
+                        learned=learned,
                     )
                 )
                 if basis
@@ -446,6 +493,23 @@ class ControlLoop:
                 # (power-cap counts it at the most any rig of the fleet draws).
                 views.append(RigView(rig_id, None, frozenset(), (), groups.get(rig_id, "")))
         return views
+
+    def _learn(
+        self,
+        rig_id: RigId,
+        learned: RigEfficiency | None,
+        obs: Observation,
+        driver: RigDriver,
+        settling: bool,
+    ) -> RigEfficiency | None:
+        """The rig's efficiency after ``obs`` (daemon/efficiency.py), kept in ``efficiency``."""
+        after = learn(learned, obs, driver.entry, settling=settling)
+        if after is not learned:
+            if after is None:
+                del self.efficiency[rig_id]
+            else:
+                self.efficiency[rig_id] = after
+        return after
 
     def _audit(
         self,

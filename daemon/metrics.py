@@ -47,8 +47,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from daemon.efficiency import RigEfficiency, Shown, shown
 from daemon.exposition import escape, gauge_family
 from daemon.mqtt.state import CURTAILED, Prices, curtailed_kw, fleet_state, margin_usd_per_day
+from drivers.catalogue import ModelEntry
 from policies.guards import Desired
 from policies.values import (
     FailureKind,
@@ -101,6 +103,10 @@ class RigsSnapshot:
     identities: Mapping[RigId, Identity]
     stuck: frozenset[RigId]
     prices: Prices
+    efficiency: Mapping[RigId, RigEfficiency] = field(default_factory=dict)
+    """The rigs' learned efficiencies (a copy of the loop's mapping, whose values are
+    immutable), with ``entries`` their catalogue entries: shown by the scrape."""
+    entries: Mapping[RigId, ModelEntry | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +251,9 @@ class Metrics(Collector):
 
     ``per_rig=False`` leaves out every series labelled with a rig (for very large fleets);
     the fleet totals and the per-mode counts stay. ``process`` adds the standard
-    ``process_*`` and ``python_*`` collectors to the registry. ``mqtt_connected``, if given,
-    is called at each scrape (on the HTTP thread: it must only read a flag).
+    ``process_*`` and ``python_*`` collectors to the registry. ``mqtt_connected`` and
+    ``mqtt_events_dropped``, if given, are called at each scrape (on the HTTP thread: they must
+    only read a flag or a counter).
     """
 
     def __init__(
@@ -256,10 +263,12 @@ class Metrics(Collector):
         registry: CollectorRegistry | None = None,
         process: bool = True,
         mqtt_connected: Callable[[], bool] | None = None,
+        mqtt_events_dropped: Callable[[], int] | None = None,
     ) -> None:
         self.per_rig = per_rig
         self.registry = registry if registry is not None else CollectorRegistry()
         self.mqtt_connected = mqtt_connected
+        self.mqtt_events_dropped = mqtt_events_dropped
         self._version = _package_version()
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
@@ -338,6 +347,8 @@ class Metrics(Collector):
                 identities={r: d.identity for r, d in drivers.items()},
                 stuck=frozenset(stuck),
                 prices=prices,
+                efficiency=dict(loop.efficiency),
+                entries=entries,
             )
         snapshot = Snapshot(
             at=report.at,
@@ -494,6 +505,14 @@ class Metrics(Collector):
                 "1 while the MQTT bridge is connected to its broker.",
                 1.0 if _safe(self.mqtt_connected) else 0.0,
             )
+        if self.mqtt_events_dropped is not None:
+            dropped = CounterMetricFamily(
+                "rigpilot_mqtt_events_dropped",
+                "Events (fault, decision, command) dropped because more than the bridge's "
+                "queue waited for the broker; answers and state are never dropped.",
+            )
+            dropped.add_metric([], float(self.mqtt_events_dropped()))
+            yield dropped
         if reload is not None:
             yield _gauge(
                 "rigpilot_config_last_reload_successful",
@@ -765,6 +784,16 @@ _RIG_FAMILIES = (
         "rigpilot_rig_margin_usd_per_day",
         "Revenue minus power cost per day as observed now, at the tick's prices.",
     ),
+    (
+        "rigpilot_rig_efficiency_joules_per_hash",
+        "The efficiency the policies score the rig at, in the labelled mode (x 1e12 for "
+        "J/TH): learned from its measured watts (source meter or reported) once trusted, "
+        "else the catalogue's.",
+    ),
+    (
+        "rigpilot_rig_efficiency_samples",
+        "Samples of measured watts taken towards the rig's learned efficiency (rigs with any).",
+    ),
 )
 
 
@@ -773,6 +802,8 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
     out: list[list[tuple[str, float]]] = [[] for _ in _RIG_FAMILIES]
     info, up, stuck, desired = out[0], out[1], out[2], out[11]
     esc = escape
+    efficiency, entries = rigs.efficiency, rigs.entries
+    rated: dict[int, tuple[str, float] | None] = {}  # a model's catalogue series, by entry
     for rig_id, reading in rigs.readings.items():
         obs = reading if isinstance(reading, Observation) else None
         identity = obs.identity if obs is not None else rigs.identities.get(rig_id)
@@ -800,10 +831,37 @@ def _per_rig_text(rigs: RigsSnapshot) -> str:
             desired.append((f'{head},mode="{d.mode.value}",by="{esc(d.decided_by)}"}}', 1.0))
         if obs is not None:
             _observed_samples(out, obs, head, key, rigs.prices)
+        if identity is None or rig_id not in entries:
+            continue
+        learned = efficiency.get(rig_id)
+        if learned is None:  # the catalogue's figure, the same for every rig of the model
+            entry = entries[rig_id]
+            if id(entry) not in rated:
+                view = shown(None, entry)
+                jth = view.j_per_th
+                rated[id(entry)] = None if jth is None else (view.mode.value, jth / TH)
+            figure = rated[id(entry)]
+            if figure is not None:
+                out[13].append((f'{head},source="catalogue",mode="{figure[0]}"}}', figure[1]))
+        else:
+            _efficiency_samples(out, shown(learned, entries[rig_id]), head, key)
     return "".join(
         gauge_family(name, doc, samples)
         for (name, doc), samples in zip(_RIG_FAMILIES, out, strict=True)
     )
+
+
+def _efficiency_samples(
+    out: list[list[tuple[str, float]]], view: Shown, head: str, key: str
+) -> None:
+    """The efficiency samples of a rig with samples of its measured watts, into ``out``."""
+    if view.j_per_th is not None:
+        learned = view.source == "learned" and view.learned_from is not None
+        source = view.learned_from.value if learned and view.learned_from else "catalogue"
+        labels = f'{head},source="{source}",mode="{view.mode.value}"}}'
+        out[13].append((labels, view.j_per_th / TH))
+    if view.samples:
+        out[14].append((key, float(view.samples)))
 
 
 def _observed_samples(

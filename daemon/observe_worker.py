@@ -50,7 +50,11 @@ READINGS_HEAD = struct.Struct("<II")
 MAX_FRAME = 1 << 30
 
 ASSIGN, CYCLE, APPLY = b"A", b"C", b"X"
-READINGS, APPLIED = b"R", b"Y"
+READINGS, APPLIED, ALIVE = b"R", b"Y", b"H"
+
+ALIVE_EVERY_S = 1.0
+"""A worker says it is alive this often (an empty ``ALIVE`` frame, written by its event loop),
+so the controller tells a hung worker from a slow cycle (``daemon/workers.py``)."""
 
 
 class FrameError(ValueError):
@@ -180,6 +184,7 @@ async def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
     worker = Worker(writer)
+    worker.spawn(_say_alive(writer))
     try:
         while True:
             try:
@@ -199,6 +204,14 @@ async def serve(fd: int) -> None:
         for task in list(worker.tasks):
             task.cancel()
         writer.close()
+
+
+async def _say_alive(writer: asyncio.StreamWriter) -> None:
+    """An ``ALIVE`` frame every :data:`ALIVE_EVERY_S` while the event loop runs."""
+    while True:
+        writer.write(frame(ALIVE, b""))
+        await writer.drain()
+        await asyncio.sleep(ALIVE_EVERY_S)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

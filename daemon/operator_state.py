@@ -80,9 +80,42 @@ class Pin:
 
 
 @dataclass
+class CycleWait:
+    """How a ``power_cycle`` request is getting on, rig by rig (the desk updates it each tick
+    from the tick's power events and observations)."""
+
+    hashing: list[RigId] = field(default_factory=list)
+    """Rigs seen hashing when asked: back means hashing again."""
+    cycled: dict[RigId, float] = field(default_factory=dict)
+    """When each rig's outlets were switched off (in dry-run: would have been)."""
+    gone: list[RigId] = field(default_factory=list)
+    """Rigs seen gone (not answering, or observed off) after their cycle."""
+    failed: dict[RigId, str] = field(default_factory=dict)
+    """Rigs refused at their turn, or whose switch failed, and why."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hashing": self.hashing,
+            "cycled": self.cycled,
+            "gone": self.gone,
+            "failed": self.failed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CycleWait:
+        return cls(
+            [str(r) for r in d.get("hashing") or []],
+            {str(r): float(t) for r, t in (d.get("cycled") or {}).items()},
+            [str(r) for r in d.get("gone") or []],
+            {str(r): str(w) for r, w in (d.get("failed") or {}).items()},
+        )
+
+
+@dataclass
 class Wait:
     """An accepted command waiting for the fleet to be observed doing what it asked: rigs in
-    ``mode`` (a pin) or the site at or under ``kw`` (a site target), until ``deadline``."""
+    ``mode`` (a pin), the site at or under ``kw`` (a site target), or rigs power-cycled and
+    back (``cycle``), until ``deadline``."""
 
     envelope: Envelope
     command: str
@@ -94,6 +127,7 @@ class Wait:
     power_limit_w: int | None = None
     pin_id: str | None = None
     kw: float | None = None
+    cycle: CycleWait | None = None
 
     def to_dict(self) -> dict[str, Any]:
         env = self.envelope
@@ -111,6 +145,7 @@ class Wait:
             "power_limit_w": self.power_limit_w,
             "pin_id": self.pin_id,
             "kw": self.kw,
+            "cycle": self.cycle.to_dict() if self.cycle is not None else None,
         }
 
     @classmethod
@@ -135,6 +170,7 @@ class Wait:
             w.get("power_limit_w"),
             w.get("pin_id"),
             w.get("kw"),
+            CycleWait.from_dict(w["cycle"]) if w.get("cycle") else None,
         )
 
 

@@ -6,7 +6,10 @@ What is saved when:
 - commands to rigs: the reconciler with those commands as in flight, before they are sent
   (``journal``);
 - every tick: the guards' state (the rigs whose state changed, a row each), the reconciler, the
-  operator state and the status line (``save_tick``), in one transaction.
+  operator state and the status line (``save_tick``), in one transaction; with them the rigs'
+  learned efficiencies (daemon/efficiency.py) that changed, each at most every
+  :data:`EFFICIENCY_SAVE_S` unless it became trusted or stopped being so (a restart loses at
+  most that much learning, against a time constant of an hour).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 
 import structlog
 
+from daemon import efficiency
+from daemon.efficiency import RigEfficiency
 from daemon.loop import ControlLoop, TickReport
 from daemon.operator_state import SEEN_TTL_S
 from daemon.reconciler import Command
@@ -27,6 +32,9 @@ from daemon.store import Store
 from policies.guards import GuardState, RigGuardState
 
 log = structlog.get_logger("store")
+
+EFFICIENCY_SAVE_S = 600.0
+"""A rig's learned efficiency is rewritten at most this often (seconds of the loop's clock)."""
 
 
 def _guard_rows(rows: Mapping[str, Any]) -> dict[str, RigGuardState]:
@@ -50,6 +58,8 @@ class Persistence:
     """The rigs' guard states as last committed (the objects themselves)."""
     _stored: Collection[str] = field(default_factory=set)
     """The rigs the store has a guard-state row for."""
+    _efficiency_saved: dict[str, tuple[RigEfficiency, float]] = field(default_factory=dict)
+    """Each rig's learned efficiency as last committed, and when (the loop's clock)."""
 
     def restore(self, now: float) -> dict[str, int]:
         """Load what the last run left; returns counts of what was restored (logged)."""
@@ -66,6 +76,8 @@ class Persistence:
                 self._saved_rigs = dict(restored.rigs)
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("store.guards_unusable", error=str(exc))
+        self._restore_efficiency(now)
+        counts["learned_efficiency"] = len(self.loop.efficiency)
         recon = self.store.get("reconciler")
         if recon is not None:
             try:
@@ -94,6 +106,33 @@ class Persistence:
         self.store.prune_seen(now - SEEN_TTL_S)
         log.info("store.restored", path=str(self.store.path), **counts)
         return counts
+
+    def _restore_efficiency(self, now: float) -> None:
+        """The rigs' learned efficiencies; a row that is not one is named and that rig learns
+        afresh."""
+        learned: dict[str, RigEfficiency] = {}
+        for rig_id, row in self.store.efficiency().items():
+            try:
+                learned[rig_id] = efficiency.from_dict(row)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("store.efficiency_row_unusable", rig=rig_id, error=repr(exc))
+        self.loop.efficiency = learned
+        self._efficiency_saved = {rig_id: (e, now) for rig_id, e in learned.items()}
+
+    def _efficiency_changes(self, now: float) -> tuple[dict[str, Any], list[str]]:
+        """The learned efficiencies to write now (see the module's docstring), and the rigs
+        whose row goes (learning restarted for another rig at that address)."""
+        saved = self._efficiency_saved
+        rows: dict[str, Any] = {}
+        for rig_id, learned in self.loop.efficiency.items():
+            last = saved.get(rig_id)
+            if last is None or (
+                last[0] is not learned
+                and (now - last[1] >= EFFICIENCY_SAVE_S or last[0].reference != learned.reference)
+            ):
+                rows[rig_id] = learned.to_dict()
+        gone = [rig_id for rig_id in saved if rig_id not in self.loop.efficiency]
+        return rows, gone
 
     def save_commands(self) -> None:
         """After a control-room request: the operator state, and the request's id."""
@@ -129,7 +168,20 @@ class Persistence:
             "status": self.status(report),
         }
         seen = operator.requests.take_unsaved()
-        self.store.put(docs, seen=seen, guard_rigs=changed, guard_rigs_gone=gone)
+        learned, unlearned = self._efficiency_changes(report.at)
+        self.store.put(
+            docs,
+            seen=seen,
+            guard_rigs=changed,
+            guard_rigs_gone=gone,
+            efficiency=learned,
+            efficiency_gone=unlearned,
+        )
+        current = self.loop.efficiency
+        for rig_id in learned:
+            self._efficiency_saved[rig_id] = (current[rig_id], report.at)
+        for rig_id in unlearned:
+            del self._efficiency_saved[rig_id]
         # Only once it is committed. The guards never modify a state they returned, so the
         # mapping itself is kept, not a copy.
         self._saved_rigs = self.loop.guard_state.rigs
@@ -158,4 +210,15 @@ class Persistence:
             "pins": len(self.loop.operator.pins),
             "site_target_kw": target.kw if target else None,
             "tick_duration_s": round(report.duration_s, 3),
+            "efficiency": self.efficiency_counts(),
         }
+
+    def efficiency_counts(self) -> dict[str, int]:
+        """How many rigs' J/TH is learned (trusted), still being learned, from each source."""
+        counts = {"learned_meter": 0, "learned_reported": 0, "learning": 0}
+        for learned in self.loop.efficiency.values():
+            if learned.reference is None:
+                counts["learning"] += 1
+            else:
+                counts[f"learned_{learned.modes[learned.reference].source.value}"] += 1
+        return counts

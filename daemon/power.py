@@ -45,8 +45,19 @@ OFF_WAIT_S = 600.0
 """How long a rig told to sleep on its way to ``off`` may stay silent before its outlets are cut
 anyway (never when it was seen hashing since)."""
 
+NO_OUTLETS = "no outlets feed it ([[rigs]] outlets), so it cannot be power-cycled"
+
 OutletId = tuple[str, int]
 """(switch name, outlet number as the device numbers it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outlets:
+    """The outlets feeding one rig: their names (``switch:outlet``), and whether every one is
+    metered (its switch reports power per outlet)."""
+
+    names: tuple[str, ...]
+    metered: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,40 +171,89 @@ class CycleRules:
     excluded: frozenset[RigId] = frozenset()
 
 
-def due_cycles(
+def cycle_refusal(
+    rig_id: RigId,
+    powered: bool,
+    history: Sequence[float],
+    held: Mapping[RigId, str],
+    rules: CycleRules,
+    now: float,
+) -> str | None:
+    """Why ``rig_id`` may not be power-cycled now, or None: the limits every cycle keeps,
+    whether the rig is hung or an operator asked for it. Excluded (``power_cycle = false`` or
+    its group), held (an operator pin, or asked to be off: ``held`` says which), its outlets
+    not all reading on and drawing power, or ``max_per_rig_per_day`` cycles in the last 24 h.
+    The site's ``max_outlets_per_minute`` is not a refusal: a rig over it waits its turn."""
+    if rig_id in rules.excluded:
+        return (
+            "excluded from power cycling (power_cycle = false, or its group is in "
+            "[power_cycle] exclude_groups)"
+        )
+    why = held.get(rig_id)
+    if why is not None:
+        return why
+    if not powered:
+        return "its outlets did not all read on (and drawing power) at the last sweep"
+    used = sum(1 for t in history if t > now - 86400.0)
+    if used >= rules.max_per_rig_per_day:
+        return (
+            f"power-cycled {used} time(s) in the last 24 h "
+            f"(max_per_rig_per_day = {rules.max_per_rig_per_day})"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CyclePlan:
+    """The rigs to power-cycle now, and the ones asked for that may not be (and why)."""
+
+    due: list[RigId]
+    refused: dict[RigId, str]
+
+
+def plan_cycles(
     silent_since: Mapping[RigId, float],
     powered: Mapping[RigId, bool],
     history: Mapping[RigId, Sequence[float]],
     recent_outlets: Sequence[float],
     outlets_of: Mapping[RigId, int],
-    held: frozenset[RigId],
+    held: Mapping[RigId, str],
     rules: CycleRules,
     now: float,
-) -> list[RigId]:
-    """The hung rigs to power-cycle now, longest silent first: silent (or ignoring commands)
-    for ``after_s`` while every outlet feeding them reads on, not excluded, not held (an
-    operator pin, or asked to be off), under ``max_per_rig_per_day`` cycles in the last 24 h and
-    the site's ``max_outlets_per_minute`` outlets switched off by cycles in the last 60 s."""
-    if not rules.enabled:
-        return []
+    requested: Sequence[RigId] = (),
+) -> CyclePlan:
+    """The rigs to power-cycle now: first those an operator asked for (``requested``, in the
+    order asked), then, with ``rules.enabled``, the hung ones, longest silent first: silent (or
+    ignoring commands) for ``after_s``. Each must pass :func:`cycle_refusal`; together they stay
+    within the site's ``max_outlets_per_minute`` outlets switched off by cycles in the last 60 s
+    (the rest wait for a later tick, in the same order). A requested rig refused is named in
+    ``refused`` with the reason; a hung one refused is only skipped."""
     budget = rules.max_outlets_per_minute - sum(1 for t in recent_outlets if t > now - 60.0)
+    hung = (
+        [
+            rig_id
+            for rig_id, since in sorted(silent_since.items(), key=lambda item: (item[1], item[0]))
+            if now - since >= rules.after_s and rig_id not in requested
+        ]
+        if rules.enabled
+        else []
+    )
     due: list[RigId] = []
-    for rig_id, since in sorted(silent_since.items(), key=lambda item: (item[1], item[0])):
-        if (
-            now - since < rules.after_s
-            or rig_id in rules.excluded
-            or rig_id in held
-            or not powered.get(rig_id, False)
-            or sum(1 for t in history.get(rig_id, ()) if t > now - 86400.0)
-            >= rules.max_per_rig_per_day
-        ):
+    refused: dict[RigId, str] = {}
+    for rig_id in [*requested, *hung]:
+        why = cycle_refusal(
+            rig_id, powered.get(rig_id, False), history.get(rig_id, ()), held, rules, now
+        )
+        if why is not None:
+            if rig_id in requested:
+                refused[rig_id] = why
             continue
         need = outlets_of.get(rig_id, 1)
         if need > budget:
-            break  # the rest wait for the next minute, oldest first
+            break  # the rest wait for the next minute, in order
         budget -= need
         due.append(rig_id)
-    return due
+    return CyclePlan(due, refused)
 
 
 class PowerSwitches:
@@ -227,11 +287,13 @@ class PowerSwitches:
         """Rigs still silent after their cycles of the day: somebody has to go and look."""
         self.thermal_cut_counts: dict[str, int] = {}
         """Outlets cut in a thermal emergency, by outcome (switched, dry_run, failed)."""
+        self._requested: dict[RigId, float] = {}  # power cycles an operator asked for, until
 
     def carry_over(self, old: PowerSwitches) -> None:
         """Take what ``old`` (the switches before a reload) learnt about the rigs: the last
         sweep, rigs on their way to off, when each was last seen hashing or went silent, the
-        day's power cycles and the rigs needing hands. Only for rigs still wired here."""
+        day's power cycles, the cycles asked for and the rigs needing hands. Only for rigs
+        still wired here."""
         wired = set(self.wiring)
         self.last = old.last
         self._slept_for_off = {r: t for r, t in old._slept_for_off.items() if r in wired}
@@ -242,6 +304,7 @@ class PowerSwitches:
         self.cycle_counts = dict(old.cycle_counts)
         self.thermal_cut_counts = dict(old.thermal_cut_counts)
         self.needs_hands = old.needs_hands & wired
+        self._requested = {r: t for r, t in old._requested.items() if r in wired}
 
     def known_off(self) -> set[RigId]:
         """Rigs every outlet of which read off in the last sweep: nothing to poll (a powered-off
@@ -257,6 +320,16 @@ class PowerSwitches:
 
     def wired(self, rig_id: RigId) -> bool:
         return rig_id in self.wiring
+
+    def outlets_info(self, rig_id: RigId) -> Outlets | None:
+        """What feeds ``rig_id`` (for Home Assistant's entities): None when no outlet does."""
+        feeds = self.wiring.get(rig_id)
+        if not feeds:
+            return None
+        return Outlets(
+            tuple(f"{name}:{number}" for name, number in feeds),
+            all(self.switches[name].metered for name, _ in feeds),
+        )
 
     def steps(
         self,
@@ -366,27 +439,11 @@ class PowerSwitches:
         log.warning("rig.thermal_cut", **{k: v for k, v in event.items() if k != "kind"})
         return event
 
-    async def recover(
-        self,
-        readings: Mapping[RigId, Reading],
-        ignoring: frozenset[RigId],
-        held: frozenset[RigId],
-        sends: bool,
-        now: float,
-    ) -> list[dict[str, object]]:
-        """Power-cycle the hung rigs :func:`due_cycles` names: their outlets off now; the loop
-        then sees them observed off with a target that is not, and switches them on again as a
-        power-up through the ramp (:func:`step`). Returns the audit events (cycles, and rigs
-        that need hands). With ``sends`` False (dry-run, hold) nothing is switched."""
-        for rig_id in self.wiring:
-            silent = not isinstance(readings.get(rig_id), Observation) or rig_id in ignoring
-            if silent:
-                self._silent_since.setdefault(rig_id, now)
-            else:
-                self._silent_since.pop(rig_id, None)
-                self.needs_hands.discard(rig_id)
+    def _powered(self) -> dict[RigId, bool]:
+        """Each wired rig: every outlet feeding it read on (and, where metered, drawing power)
+        at the last sweep."""
         sweep = self.last
-        powered = {
+        return {
             rig: sweep is not None
             and all(
                 (r := sweep.readings.get(o)) is not None and r.on and (r.power_w or 1.0) > 0
@@ -394,42 +451,74 @@ class PowerSwitches:
             )
             for rig, feeds in self.wiring.items()
         }
+
+    def refusal(self, rig_id: RigId, held: Mapping[RigId, str], now: float) -> str | None:
+        """Why ``rig_id`` may not be power-cycled now (:func:`cycle_refusal`), or None."""
+        if not self.wired(rig_id):
+            return NO_OUTLETS
+        return cycle_refusal(
+            rig_id,
+            self._powered().get(rig_id, False),
+            self._cycles.get(rig_id, ()),
+            held,
+            self.cycle_rules,
+            now,
+        )
+
+    def request_cycles(self, rigs: Sequence[RigId], until: float) -> None:
+        """An operator asks for these rigs to be power-cycled (the ``power_cycle`` command):
+        :meth:`recover` cycles them first, within the same limits as hung rigs, until
+        ``until``. Asking again for a rig already waiting changes nothing."""
+        for rig_id in rigs:
+            if self.wired(rig_id):
+                self._requested.setdefault(rig_id, until)
+
+    def cancel_cycles(self, rigs: Sequence[RigId]) -> None:
+        """Forget the requests for these rigs that were not carried out."""
+        for rig_id in rigs:
+            self._requested.pop(rig_id, None)
+
+    async def recover(
+        self,
+        readings: Mapping[RigId, Reading],
+        ignoring: frozenset[RigId],
+        held: Mapping[RigId, str],
+        sends: bool,
+        now: float,
+    ) -> list[dict[str, object]]:
+        """Power-cycle the rigs :func:`plan_cycles` names (those asked for, then the hung
+        ones): their outlets off now; the loop then sees them observed off with a target that
+        is not, and switches them on again as a power-up through the ramp (:func:`step`).
+        Returns the audit events (cycles, requests refused, and rigs that need hands). With
+        ``sends`` False (dry-run, hold) nothing is switched. ``held``: rigs an operator pinned
+        or that are asked to be off, and why."""
+        for rig_id in self.wiring:
+            silent = not isinstance(readings.get(rig_id), Observation) or rig_id in ignoring
+            if silent:
+                self._silent_since.setdefault(rig_id, now)
+            else:
+                self._silent_since.pop(rig_id, None)
+                self.needs_hands.discard(rig_id)
+        self._requested = {r: t for r, t in self._requested.items() if t > now}
         rules = self.cycle_rules
-        due = due_cycles(
+        plan = plan_cycles(
             self._silent_since,
-            powered,
+            self._powered(),
             self._cycles,
             self._cycled_outlets,
             {r: len(f) for r, f in self.wiring.items()},
             held,
             rules,
             now,
+            list(self._requested),
         )
         events: list[dict[str, object]] = []
-        for rig_id in due:
-            n = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0) + 1
-            event: dict[str, object] = {
-                "ts": now,
-                "kind": "power_cycle",
-                "rig": rig_id,
-                "silent_s": round(now - self._silent_since[rig_id], 1),
-                "cycle_today": n,
-                "dry_run": not sends,
-            }
-            if sends:
-                try:
-                    event["outlets"] = await self.switch_rig(
-                        rig_id, False, max(self.timeouts.values())
-                    )
-                except DriverError as exc:
-                    event["error"] = f"{exc.kind.value}: {exc.detail}"
-            outcome = "dry_run" if not sends else "failed" if "error" in event else "switched"
-            self.cycle_counts[outcome] = self.cycle_counts.get(outcome, 0) + 1
-            self._cycles.setdefault(rig_id, []).append(now)
-            self._cycled_outlets += [now] * len(self.wiring[rig_id])
-            self._silent_since[rig_id] = now  # a fresh grace: boot, then judge again
-            log.warning("rig.power_cycled", **{k: v for k, v in event.items() if k != "kind"})
-            events.append(event)
+        for rig_id, why in plan.refused.items():
+            del self._requested[rig_id]
+            log.warning("rig.power_cycle_refused", rig=rig_id, reason=why)
+            events.append({"ts": now, "kind": "power_cycle_refused", "rig": rig_id, "reason": why})
+        for rig_id in plan.due:
+            events.append(await self._cycle(rig_id, sends, now))
         for rig_id, since in self._silent_since.items():
             used = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0)
             if (
@@ -443,6 +532,32 @@ class PowerSwitches:
                 events.append({"ts": now, "kind": "needs_hands", "rig": rig_id, "cycles": used})
         self._cycled_outlets = [t for t in self._cycled_outlets if t > now - 60.0]
         return events
+
+    async def _cycle(self, rig_id: RigId, sends: bool, now: float) -> dict[str, object]:
+        """Switch ``rig_id``'s outlets off (unless not ``sends``), count it; its audit event."""
+        n = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0) + 1
+        since = self._silent_since.get(rig_id)
+        event: dict[str, object] = {
+            "ts": now,
+            "kind": "power_cycle",
+            "rig": rig_id,
+            "cause": "hung" if self._requested.pop(rig_id, None) is None else "requested",
+            "silent_s": None if since is None else round(now - since, 1),
+            "cycle_today": n,
+            "dry_run": not sends,
+        }
+        if sends:
+            try:
+                event["outlets"] = await self.switch_rig(rig_id, False, max(self.timeouts.values()))
+            except DriverError as exc:
+                event["error"] = f"{exc.kind.value}: {exc.detail}"
+        outcome = "dry_run" if not sends else "failed" if "error" in event else "switched"
+        self.cycle_counts[outcome] = self.cycle_counts.get(outcome, 0) + 1
+        self._cycles.setdefault(rig_id, []).append(now)
+        self._cycled_outlets += [now] * len(self.wiring[rig_id])
+        self._silent_since[rig_id] = now  # a fresh grace: boot, then judge again
+        log.warning("rig.power_cycled", **{k: v for k, v in event.items() if k != "kind"})
+        return event
 
     async def switch_rig(self, rig_id: RigId, on: bool, timeout_s: float) -> str:
         """Switch every outlet feeding ``rig_id`` (DriverError from the first switch that

@@ -13,10 +13,17 @@ A rig in transition (commanded, and not yet settled: policies/transition.py) mea
 transition, not a mode: booting boards draw power and hash nothing, a ramp hashes a fraction.
 Such a rig is scored on the catalogue's figures, its current mode included, as it will be once
 settled; what it measures is used again once it has.
+
+A rig whose efficiency was learned from measured watts (daemon/efficiency.py) is scored, in
+every mode but the one it is measured in now, at its learned J/TH: the modes it was learned in
+at theirs, the others at the catalogue's times its learned / catalogue ratio. Its hashrate
+share still comes from what it measures (a dead board shows at once); the learned J/TH replaces
+the power share of one reading.
 """
 
 from __future__ import annotations
 
+from daemon.efficiency import RigEfficiency
 from drivers import catalogue
 from policies.economics import ModePoint
 from policies.values import HASHING_MODES, Mode, Observation, PowerSource
@@ -50,6 +57,7 @@ def mode_points(
     *,
     settling: bool = False,
     ratios: Ratios | None = None,
+    learned: RigEfficiency | None = None,
 ) -> list[ModePoint]:
     """What ``obs``'s rig would do in each of ``modes`` it supports (sleep always included).
 
@@ -58,7 +66,9 @@ def mode_points(
     current mode (when hashing) and sleep. ``settling``: the rig is in transition, so what it
     measures says nothing of its mode; every mode gets the catalogue's rated figures.
     ``ratios``: the shares the rig was last measured at (:func:`rig_ratios`), for a rig that
-    measures none now (asleep, booting, settling); as rated without them.
+    measures none now (asleep, booting, settling); as rated without them. ``learned``: the
+    rig's efficiency learned from measured watts (:func:`daemon.efficiency.learn`); its
+    trusted J/TH replaces the power share in the modes not measured now.
     """
     if entry is _LOOKUP:
         entry = catalogue.lookup(obs.identity.make.value, obs.identity.model)
@@ -81,6 +91,15 @@ def mode_points(
         if figures is None:
             continue
         ths = figures.hashrate_ths * hash_share
+        if learned is not None and learned.reference is not None:
+            jth = learned.j_per_th.get(mode)
+            if jth is None:
+                assert learned.ratio is not None  # set with the reference
+                jth, est = figures.j_per_th * learned.ratio, learned.modes[learned.reference]
+            else:
+                est = learned.modes[mode]
+            points.append(ModePoint(mode, ths, ths * jth, est.source))
+            continue
         watts = figures.hashrate_ths * figures.j_per_th * power_share
         points.append(ModePoint(mode, ths, watts, PowerSource.ESTIMATED))
     return points

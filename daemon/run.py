@@ -448,6 +448,7 @@ def _wire(service: Service) -> None:
         service.metrics = Metrics(
             per_rig=settings.metrics.per_rig,
             mqtt_connected=(lambda: bridge.connected) if bridge is not None else None,
+            mqtt_events_dropped=(lambda: bridge.events_dropped) if bridge is not None else None,
         )
         service.metrics.record_reload(True, service.lifecycle["started_at"])
     service.listeners.append(service.announce)

@@ -6,6 +6,8 @@
 - the ids of processed commands (a redelivery after a restart is still recognised);
 - the guards' state (dwell timers, thermal cool-downs, the ramp's log): a row per rig, written
   only when that rig's state changed (a 10,000-rig site rewrites a few rows a tick, not all);
+- each rig's efficiency learned from measured watts (daemon/efficiency.py): a row per rig,
+  rewritten at most every few minutes (daemon/persist.py);
 - the reconciler's in-flight commands: written **before** a command is sent, so a daemon killed
   mid-send does not send it again after the restart, but waits for the observation;
 - the last tick's status for ``rigpilot status``.
@@ -64,7 +66,12 @@ _SCHEMA_V3: Final = (
     "DROP TABLE IF EXISTS commands",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+_SCHEMA_V4: Final = (
+    # each rig's efficiency learned from measured watts (daemon/efficiency.py)
+    "CREATE TABLE IF NOT EXISTS efficiency (rig TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 """The schema's steps, in order: ``MIGRATIONS[i]`` takes a file from ``PRAGMA user_version``
 ``i`` to ``i + 1``. A new schema adds a step (never edits one), so every older file is brought
 up to date. Version 0 is a new, empty file."""
@@ -193,9 +200,13 @@ class Store:
         seen: Iterable[tuple[str, str, float, Mapping[str, Any] | None, str | None]] = (),
         guard_rigs: Mapping[str, Mapping[str, Any]] | None = None,
         guard_rigs_gone: Iterable[str] = (),
+        efficiency: Mapping[str, Mapping[str, Any]] | None = None,
+        efficiency_gone: Iterable[str] = (),
     ) -> None:
-        """Write ``docs``, new processed-command ids, and the rigs' guard states that changed
-        (``guard_rigs``; the ones in ``guard_rigs_gone`` are deleted), in one transaction."""
+        """Write ``docs``, new processed-command ids, the rigs' guard states that changed
+        (``guard_rigs``; the ones in ``guard_rigs_gone`` are deleted) and the rigs' learned
+        efficiencies to save (``efficiency``; ``efficiency_gone`` deleted), in one
+        transaction."""
         now = time.time()
         rows = [(k, _dumps(v), now) for k, v in docs.items()]
         with self._tx():
@@ -208,6 +219,14 @@ class Store:
             self.db.executemany(
                 "DELETE FROM guard_rigs WHERE rig=?", [(r,) for r in guard_rigs_gone]
             )
+            if efficiency:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO efficiency VALUES (?, ?)",
+                    [(r, _dumps(v)) for r, v in efficiency.items()],
+                )
+            self.db.executemany(
+                "DELETE FROM efficiency WHERE rig=?", [(r,) for r in efficiency_gone]
+            )
             self.db.executemany(
                 "INSERT INTO seen (command, id, at, answer, request) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (command, id) DO UPDATE "
@@ -218,16 +237,22 @@ class Store:
 
     def guard_rigs(self) -> dict[str, dict[str, Any]]:
         """Every rig's stored guard state (a row that is not JSON is skipped, and logged)."""
+        return self._rig_rows("guard_rigs", "store.guard_row_unreadable")
+
+    def efficiency(self) -> dict[str, dict[str, Any]]:
+        """Every rig's stored learned efficiency (a row that is not JSON is skipped, and
+        logged)."""
+        return self._rig_rows("efficiency", "store.efficiency_row_unreadable")
+
+    def _rig_rows(self, table: str, event: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         with self._reading():
-            rows = self.db.execute("SELECT rig, value FROM guard_rigs").fetchall()
+            rows = self.db.execute(f"SELECT rig, value FROM {table}").fetchall()
         for rig, value in rows:
             try:
                 out[str(rig)] = json.loads(value)
             except ValueError as exc:
-                log.warning(
-                    "store.guard_row_unreadable", path=str(self.path), rig=rig, error=str(exc)
-                )
+                log.warning(event, path=str(self.path), rig=rig, error=str(exc))
         return out
 
     def _tx(self) -> _Transaction:
@@ -271,6 +296,33 @@ class _Transaction:
             self.db.execute("COMMIT")
         else:
             self.db.execute("ROLLBACK")
+
+
+def read_efficiency(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """The rigs' learned efficiencies as last saved (read-only, for ``rigpilot status``); an
+    empty mapping when there is no database or it predates them. Rows that are not JSON are
+    left out."""
+    path = state_dir / DB_NAME
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            rows = (
+                db.execute("SELECT rig, value FROM efficiency").fetchall()
+                if ("efficiency" in tables)
+                else []
+            )
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"state database {path} cannot be read: {exc}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for rig, value in rows:
+        with contextlib.suppress(ValueError):
+            out[str(rig)] = json.loads(value)
+    return out
 
 
 def read_status(state_dir: Path, key: str = "status") -> tuple[dict[str, Any] | None, float | None]:

@@ -15,7 +15,9 @@
   entry, identity); it never speaks to a rig.
 - A worker that dies is restarted; the rigs it owned are read as ``worker_lost`` failures for
   that cycle (never dropped), and a command it was sending fails (retried as any failed send,
-  confirmed by observation).
+  confirmed by observation). A worker that hangs (stopped, or its event loop stuck) is found
+  by its silence: it says it is alive every second, and one silent for ``SILENT_AFTER_S`` is
+  killed and restarted the same way; a cycle that is only slow is never cut short.
 
 ``workers = "auto"`` (the default) chooses with :func:`worker_count`. See docs/control-loop.md.
 """
@@ -40,6 +42,7 @@ import structlog
 
 from daemon import readings as codec
 from daemon.observe_worker import (
+    ALIVE,
     APPLIED,
     APPLY,
     ASSIGN,
@@ -76,6 +79,10 @@ AUTO_RIGS_PER_WORKER = 1_000
 AUTO_RESERVE_FROM_CORES = 4
 """``auto`` leaves one core to the controller from this many cores on."""
 START_TIMEOUT_S = 60.0
+SILENT_AFTER_S = 30.0
+"""A worker that sends nothing, not even its once-a-second ``ALIVE`` frame, for this long is
+hung (stopped, or its event loop stuck): it is killed and restarted, and the rigs it owned are
+unread for that cycle. A slow cycle keeps saying it is alive and is never cut short."""
 
 
 def usable_cores() -> int:
@@ -115,8 +122,12 @@ class WorkerLost(Exception):
 class _Proc:
     """One worker process and the socket the controller speaks to it over."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, silent_after_s: float = SILENT_AFTER_S) -> None:
         self.index = index
+        self.silent_after_s = silent_after_s
+        self.heard_at = time.monotonic()
+        self.hung = ""  # why it was killed as hung, if it was
+        self.watch_task: asyncio.Task[None] | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, asyncio.Future[bytes]] = {}
@@ -155,12 +166,35 @@ class _Proc:
             child.close()
         reader, self.writer = await asyncio.open_connection(sock=parent, limit=1 << 20)
         self.alive = True
+        self.heard_at = time.monotonic()
         self.reader_task = asyncio.create_task(self._read(reader), name=f"worker-{self.index}")
+        self.watch_task = asyncio.create_task(self._watch(), name=f"worker-{self.index}-watch")
+
+    async def _watch(self) -> None:
+        """Kill the worker once it has been silent for ``silent_after_s`` (it is hung)."""
+        started = self.heard_at
+        while self.alive:
+            silent = time.monotonic() - self.heard_at
+            # Until its first frame the worker is importing: it has START_TIMEOUT_S for that.
+            allowed = self.silent_after_s if self.heard_at > started else START_TIMEOUT_S
+            if silent >= allowed and self.proc is not None:
+                self.hung = (
+                    f"observer worker {self.index} (pid {self.pid}) sent nothing for "
+                    f"{silent:.0f} s (hung): killed and restarted"
+                )
+                log.error("observe_worker.hung", worker=self.index, pid=self.pid, silent_s=silent)
+                if self.proc.returncode is None:
+                    self.proc.kill()
+                return
+            await asyncio.sleep(min(1.0, self.silent_after_s / 4))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 kind, payload = await read_frame(reader)
+                self.heard_at = time.monotonic()
+                if kind == ALIVE:
+                    continue
                 if kind == READINGS:
                     request_id, _ = READINGS_HEAD.unpack_from(payload)
                 elif kind == APPLIED:
@@ -188,7 +222,7 @@ class _Proc:
                 self.proc.kill()
                 code = await self.proc.wait()
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-        self.lost = f"observer worker {self.index} (pid {self.pid}) died: {how}"
+        self.lost = self.hung or f"observer worker {self.index} (pid {self.pid}) died: {how}"
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(WorkerLost(self.lost))
@@ -220,6 +254,8 @@ class _Proc:
 
     async def stop(self) -> None:
         self.on_death = None
+        if self.watch_task is not None:
+            self.watch_task.cancel()
         if self.writer is not None:
             self.writer.close()  # the worker exits when its end closes
         if self.proc is not None and self.proc.returncode is None:
@@ -278,6 +314,7 @@ class ObserverPool:
     log_json: bool | None = None
     worker_module: str = "daemon.observe_worker"
     """What each worker runs (``python -m``); tests give a worker that breaks the protocol."""
+    silent_after_s: float = SILENT_AFTER_S
     drivers: dict[str, RigDriver] = field(default_factory=dict)
     procs: list[_Proc] = field(default_factory=list)
     _given: list[dict[str, Identity]] = field(default_factory=list)
@@ -327,7 +364,7 @@ class ObserverPool:
         old = self.procs[index]
         if old.alive:  # never two processes for one share
             await old.stop()
-        proc = _Proc(index)
+        proc = _Proc(index, self.silent_after_s)
         proc.on_death = self._on_death
         self.procs[index] = proc
         self._given[index] = {}

@@ -11,6 +11,7 @@ the authoritative setting on the next observation, and the caller confirms by ob
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -200,36 +201,58 @@ class AntminerStock(RigDriver):
 
     async def observe(self, timeout_s: float, now: float) -> Observation:
         deadline = time.monotonic() + timeout_s
-        reply = await request(
-            self.identity.address, self.rpc_port, b'{"command":"stats"}', timeout_s
-        )
-        status = antminer_stats(decode(reply), self.expected_boards)
-        self.check_fingerprint(status.fingerprint)
-        note: tuple[str, ...] = ()
-        if self._need_conf(status, now):
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0.05:
-                    raise DriverError(FailureKind.TIMEOUT, "no time left in the deadline")
-                await self._read_conf(left, now)
+        # A web read known to be due before the status arrives (the configured mode: first
+        # read, after a command, every CONF_REFRESH_S; or this firmware's reported watts) runs
+        # beside the RPC read, each within the deadline: on a slow link (or a slow control
+        # board) the two one after the other would not fit, and the mode would never be read.
+        early = self._conf_due_now(now)
+        web: asyncio.Task[tuple[str, ...]] | None = None
+        if early or self.reports_watts:
+            read = self._try_conf(deadline, now) if early else self._read_watts(deadline)
+            web = asyncio.ensure_future(read)
+        try:
+            reply = await request(
+                self.identity.address, self.rpc_port, b'{"command":"stats"}', timeout_s
+            )
+            status = antminer_stats(decode(reply), self.expected_boards)
+            self.check_fingerprint(status.fingerprint)
+            note = await web if web is not None else ()
+        finally:
+            if web is not None and not web.done():
+                web.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await web
+        if early and not note:
+            self.alive_at_conf = self._alive_boards(status)
+        elif not early and self._status_needs_conf(status, now):
+            note = await self._try_conf(deadline, now)
+            if not note:
                 self.alive_at_conf = self._alive_boards(status)
-            except DriverError as exc:
-                # The status read succeeded: report it, with the mode as last known (or
-                # unknown) and why, rather than failing the whole observation.
-                note = (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
-        elif self.reports_watts:
-            note = await self._read_watts(deadline)
         if self.reports_watts and self.watts is not None:
             status = replace(status, power_w=self.watts)
         obs = status_observation(self, status, self.known_mode or Mode.UNKNOWN, now)
         errors = self.web_errors + note
         return replace(obs, errors=obs.errors + errors) if errors else obs
 
-    def _need_conf(self, status: Status, now: float) -> bool:
-        if self.conf_due or self.known_mode is None:
-            return True
-        if now - self.conf_read_at >= CONF_REFRESH_S:
-            return True
+    async def _try_conf(self, deadline: float, now: float) -> tuple[str, ...]:
+        """Read the configured mode within ``deadline``; a note saying why it was not, or ()."""
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                raise DriverError(FailureKind.TIMEOUT, "no time left in the deadline")
+            await self._read_conf(left, now)
+        except DriverError as exc:
+            # The status read succeeds without it: the mode stays as last known (or unknown).
+            return (f"mode not confirmed: get_miner_conf {exc.kind.value}: {exc.detail}",)
+        return ()
+
+    def _conf_due_now(self, now: float) -> bool:
+        """The configured mode must be read whatever the status says."""
+        return self.conf_due or self.known_mode is None or now - self.conf_read_at >= CONF_REFRESH_S
+
+    def _status_needs_conf(self, status: Status, now: float) -> bool:
+        """The status disagrees with the mode last read (hashing in sleep, or the reverse, or
+        boards that changed): read it again, at most every CONF_RECHECK_S."""
         contradicts = (status.hashrate_ths > 0) == (self.known_mode is Mode.SLEEP)
         boards_changed = self._alive_boards(status) != self.alive_at_conf
         return (contradicts or boards_changed) and now - self.conf_read_at >= CONF_RECHECK_S

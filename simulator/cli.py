@@ -132,8 +132,9 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--switch-base",
-        default="127.2.0.1",
-        help="first switch address: PDUs, then plugs, in the order given (default 127.2.0.1)",
+        default=None,
+        help="first switch address: PDUs, then plugs, in the order given (default 127.2.0.1; "
+        "with --block N, 127.(N+1).254.1: a switch must be in its own process's block)",
     )
     p.add_argument(
         "--outlets-per-rig",
@@ -184,6 +185,15 @@ def build_parser(prog: str = "rigpilot sim") -> argparse.ArgumentParser:
         help="print one JSON line first: the rigs' address, make, model, firmware",
     )
     return p
+
+
+def default_switch_base(block: int | None) -> str:
+    """Where switches start unless ``--switch-base`` says: 127.2.0.1 for one simulator process;
+    with ``--block N``, high in that block's own /16 (127.(N+1).254.1), because a connection to
+    another block's addresses is steered to that block's process."""
+    if block is None:
+        return "127.2.0.1"
+    return block_base(block).rsplit(".", 2)[0] + ".254.1"
 
 
 def _parse_fault(text: str) -> tuple[str, Fault, dict[str, Any]]:
@@ -267,7 +277,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "rigpilot sim") -> int: 
         fleet = Fleet(groups, SimClock(scale=float(scale)), base_address=str(base))
         for address, fault, params in faults:
             fleet.get(address).set_fault(fault, params)
-        switches = build_switches(switch_specs, fleet.clock, args.switch_base)
+        switch_base = args.switch_base or default_switch_base(args.block)
+        if args.block is not None and switch_base.split(".")[:2] != base.split(".")[:2]:
+            raise ValueError(
+                f"--switch-base {switch_base} is outside block {args.block} "
+                f"({block_base(args.block).rsplit('.', 2)[0]}.0.0/16): connections to it would "
+                "reach another block's process"
+            )
+        switches = build_switches(switch_specs, fleet.clock, switch_base)
         clash = {sw.address for sw in switches} & set(fleet.by_address)
         if clash:
             raise ValueError(f"switch address {sorted(clash)[0]} is a rig's; move --switch-base")

@@ -85,6 +85,12 @@ class SimControl:
         )
         return result
 
+    def set_power_factor(self, address: str, factor: float) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "PUT", f"/rigs/{address}/power_factor", {"power_factor": factor}
+        )
+        return result
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "/stats")
         return result

@@ -171,6 +171,16 @@ class ControlApi:
                 except (KeyError, TypeError, ValueError):
                     raise ApiError(400, 'expected {"ambient_c": <number>}') from None
                 return rig.true_state()
+            case ["rigs", address, "power_factor"] if method == "PUT":
+                rig = self._rig(address)
+                factor = self._body(req).get("power_factor")
+                if not isinstance(factor, int | float) or not _is_number(factor):
+                    raise ApiError(400, 'expected {"power_factor": <number between 0.5 and 2>}')
+                try:
+                    rig.set_power_factor(float(factor))
+                except ValueError as exc:
+                    raise ApiError(400, str(exc)) from None
+                return rig.true_state()
             case ["stats"] if method == "GET":
                 return self.stats()
             case ["counters", "reset"] if method == "POST":

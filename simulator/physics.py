@@ -105,6 +105,8 @@ class PhysState:
     hashrate_ths: float = 0.0
     dead_boards: set[int] = field(default_factory=set)
     thermal_extra_c: float = 0.0  # added heat (blocked airflow, failed fan): the overheat fault
+    power_factor: float = 1.0  # hashing power drawn per rated watt: > 1 for a rig less
+    # efficient than its model (worn PSU, dust), < 1 for a better one; hashrate is unchanged
 
 
 def target_freq(
@@ -170,7 +172,7 @@ def _step(state: PhysState, spec: ModelSpec, target: float, dt: float) -> None:
 
 def _power_now(state: PhysState, spec: ModelSpec, working: int) -> float:
     if state.phase is Phase.RUNNING and state.freq > 0 and working > 0:
-        return power_at(spec, state.freq, working, state.chip_temp_c)
+        return power_at(spec, state.freq, working, state.chip_temp_c) * state.power_factor
     if state.phase is Phase.BOOTING:
         return SLEEP_POWER_W + BOOT_POWER_SHARE * spec.power_w * working / spec.boards
     return SLEEP_POWER_W

@@ -27,6 +27,7 @@ from simulator.physics import (
 )
 
 REBOOT_S = COLD_BOOT_S  # simulated seconds a rebooting (cold-booting) rig is unreachable
+POWER_FACTOR_RANGE = (0.5, 2.0)  # what set_power_factor takes
 
 
 HTTP_FRAMINGS = ("chunked", "length", "close", "http10")
@@ -276,6 +277,16 @@ class SimRig:
         """What the rig draws at the wall now: nothing unpowered, 18 W asleep."""
         return self.snapshot().power_w if self.powered else 0.0
 
+    def set_power_factor(self, factor: float) -> None:
+        """Draw ``factor`` times the model's power while hashing, for the same hashrate: a rig
+        less efficient than its model (``1.15``: 15 % more J/TH) or a better one. ValueError
+        outside [0.5, 2]."""
+        if not POWER_FACTOR_RANGE[0] <= factor <= POWER_FACTOR_RANGE[1]:
+            low, high = POWER_FACTOR_RANGE
+            raise ValueError(f"power_factor must be between {low} and {high}, got {factor}")
+        self._sync()
+        self.phys.power_factor = factor
+
     def set_ambient(self, ambient_c: float) -> None:
         """Change the air temperature at the rig's inlet."""
         self._sync()
@@ -383,6 +394,7 @@ class SimRig:
             "freq": round(self.phys.freq, 4),
             "hashrate_ths": round(s.hashrate_ths, 3),
             "power_w": s.power_w,
+            "power_factor": self.phys.power_factor,
             "chip_temp_c": s.chip_temp_c,
             "inlet_c": s.inlet_c,
             "outlet_c": s.outlet_c,

@@ -144,14 +144,19 @@ def daemon_settings(
     dry_run: bool = False,
     discovery: bool = False,
     extra: str = "",
+    outlets: dict[str, list[str]] | None = None,
 ) -> Settings:
-    """A config file for ``rigs`` ({address: group}) with the broker's TLS and the credentials
-    of ``site``'s daemon user."""
+    """A config file for ``rigs`` ({address: group}, each fed by its ``outlets``, if any) with
+    the broker's TLS and the credentials of ``site``'s daemon user."""
     tmp.mkdir(parents=True, exist_ok=True)
     password = tmp / "mqtt_password"
     user = broker.add_site(site)
     password.write_text(USERS[user] + "\n")
-    rig_lines = "\n".join(f'[[rigs]]\naddress = "{a}"\ngroup = "{g}"' for a, g in rigs.items())
+    feeds = outlets or {}
+    rig_lines = "\n".join(
+        f'[[rigs]]\naddress = "{a}"\ngroup = "{g}"\noutlets = {json.dumps(feeds.get(a, []))}'
+        for a, g in rigs.items()
+    )
     config = tmp / "rigpilot.toml"
     config.write_text(f"""
 state_dir = "{tmp / "state"}"

@@ -397,3 +397,24 @@ async def test_a_rig_answering_garbage_to_a_command_is_a_bad_reply(sim: SimFleet
     # Depending on the protocol, garbage is refused at once or read until the deadline.
     assert info.value.kind in (FailureKind.BAD_REPLY, FailureKind.TIMEOUT)
     assert "set mode sleep" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["s19jpro", "s19xp"])
+async def test_a_slow_stock_antminer_has_its_mode_read_within_the_deadline(
+    sim: SimFleet, key: str
+) -> None:
+    """Each reply 0.9 s late, a 1.5 s deadline: the RPC status and the web configuration one
+    after the other (1.8 s) would never fit, so the mode would stay unknown for ever. Read side
+    by side they do, from the second cycle on (the first also fetches the digest challenge)."""
+    address = sim.address(key)
+    inventory = Inventory()
+    await inventory.ensure([address])
+    await asyncio.to_thread(sim.control.set_fault, address, "slow", delay_s=0.9)
+    observer = Observer(inventory, ObserverSettings(timeout_s=1.5))
+    modes = []
+    for _ in range(3):
+        reading = (await observer.cycle()).readings[address]
+        assert isinstance(reading, Observation), reading
+        modes.append(reading.mode)
+    assert modes[-1] is Mode(sim.control.rig(address)["mode"]), modes
+    assert Mode.UNKNOWN not in modes[1:], modes

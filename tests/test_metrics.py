@@ -37,6 +37,7 @@ UNIT_SUFFIXES = (
     "_watts",
     "_celsius",
     "_hashes_per_second",
+    "_joules_per_hash",
     "_ratio",
     "_total",
     "_info",
@@ -71,6 +72,7 @@ UNITLESS = {  # counts and 0/1 states: no unit to name
     "rigpilot_rig_power_estimated",
     "rigpilot_rig_mode",
     "rigpilot_rig_desired_mode",
+    "rigpilot_rig_efficiency_samples",
 }
 NOT_BASE_UNITS = re.compile(r"_(kw|kwh|ths|phs|th|ms|milliseconds|c|temp|pct|percent)(_|$)")
 PRICE = re.compile(r"_usd_per_(phs_day|kwh|day)$")
@@ -366,11 +368,12 @@ async def test_names_units_and_types_follow_prometheus_conventions(setup: Setup)
     pin(s, s.addresses[0])
     s.h.loop.operator.set_site_target(SiteTarget(kw=500.0, until=s.h.clock.t + 3600, by="grid"))
     report = await s.tick()
-    ours = Metrics(process=False, mqtt_connected=lambda: True)
+    ours = Metrics(process=False, mqtt_connected=lambda: True, mqtt_events_dropped=lambda: 7)
     ours.record_tick(report, s.h.loop, report.at)
     ours.record_reload(True, report.at)
     m = parse(ours.render().decode())
     assert m.value("rigpilot_mqtt_connected") == 1
+    assert m.value("rigpilot_mqtt_events_dropped_total") == 7
     assert len(m.families) >= 40
     for name, family in m.families.items():
         assert NAME.match(name), name
@@ -444,7 +447,7 @@ async def test_the_doc_describes_every_metric(setup: Setup) -> None:
     s = setup
     report = await s.tick()
     doc = DOC.read_text()
-    ours = Metrics(process=False, mqtt_connected=lambda: True)
+    ours = Metrics(process=False, mqtt_connected=lambda: True, mqtt_events_dropped=lambda: 0)
     ours.record_tick(report, s.h.loop, report.at)
     ours.record_reload(True, report.at)
     families = parse(ours.render().decode()).families

@@ -797,3 +797,38 @@ async def test_every_published_message_validates_against_the_generated_asyncapi(
     kinds = {k.split("/")[0] for k in seen}
     assert {"bridge", "fleet", "rig", "event", "response"} <= kinds, seen
     assert {"event/decision", "event/command", "response/set", "response/pin"} <= set(seen)
+
+
+async def test_events_that_overflow_the_queue_are_counted_logged_once_and_the_rest_delivered(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the broker does not take events, the oldest beyond the queue's bound are dropped:
+    counted (the metric), logged once when it starts and once when events flow again; the ones
+    kept reach the broker in order."""
+    from typing import cast
+
+    from structlog.testing import capture_logs
+
+    from daemon.mqtt import bridge as bridge_module
+    from daemon.mqtt.bridge import Bridge, resolve_password, tls_context
+    from daemon.mqtt.desk import CommandDesk
+
+    monkeypatch.setattr(bridge_module, "EVENT_QUEUE_MAX", 50)  # the bound, not the behaviour
+    settings = daemon_settings(tmp_path / "d", broker, "drop", {})
+    topics = Topics("rigpilot", "drop")
+    bridge = Bridge(settings.mqtt, topics, cast(CommandDesk, None))
+    with capture_logs() as logs:
+        for n in range(57):  # no connection yet: they wait
+            bridge._event("fault", {"n": n})
+        assert bridge.events_dropped == 7
+        async with Collector(broker, "operator", [f"{topics.root}/event/#"], "drop-watch") as col:
+            client = bridge._client_for(resolve_password(settings.mqtt), tls_context(settings.mqtt))
+            async with client:
+                await bridge.flush(client)
+                await col.wait_for(lambda m: m.json().get("n") == 56, 15)
+            seen = [m.json()["n"] for m in col.messages]
+        bridge._event("fault", {"n": 57})  # flowing again: not logged
+    assert seen == list(range(7, 57))  # the oldest seven went, the rest in order
+    events = [e["event"] for e in logs if e["event"].startswith("mqtt.events_")]
+    assert events == ["mqtt.events_dropped", "mqtt.events_flowing"]
+    assert next(e for e in logs if e["event"] == "mqtt.events_flowing")["dropped"] == 7

@@ -131,6 +131,7 @@ def test_the_document_refuses_a_field_it_lacks_and_requires_every_field() -> Non
         "CommandEvent",
         "FaultEvent",
         "InstanceEvent",
+        "PowerEvent",
         "FleetState",
     ):
         schema = schemas[name]
@@ -140,3 +141,53 @@ def test_the_document_refuses_a_field_it_lacks_and_requires_every_field() -> Non
     # Every channel the daemon publishes on is under the configured base topic.
     for channel in doc["channels"].values():
         assert channel["address"].startswith("{base_topic}/{site}/")
+
+
+def test_power_events_and_outlets_match_the_document() -> None:
+    """Each kind of power event daemon/power.py audits, and a rig's outlets, as published."""
+    from schema_check import problems
+
+    from daemon.mqtt.state import outlets_state, power_event
+    from drivers.switches.base import OutletReading
+
+    doc = asyncapi.document()
+    schema = doc["components"]["schemas"]["PowerEvent"]
+    audited: list[dict[str, object]] = [
+        {"ts": 5.0, "kind": "power_cycle", "rig": "r", "cause": "hung", "silent_s": 901.0,
+         "cycle_today": 1, "dry_run": False, "outlets": "outlets px3:1 off"},
+        {"ts": 5.0, "kind": "power_cycle", "rig": "r", "cause": "requested", "silent_s": None,
+         "cycle_today": 2, "dry_run": False, "error": "timeout: switch px3: no answer"},
+        {"ts": 5.0, "kind": "power_cycle_refused", "rig": "r", "reason": "pinned to low"},
+        {"ts": 5.0, "kind": "needs_hands", "rig": "r", "cycles": 2},
+    ]  # fmt: skip
+    published = [power_event(e, dry_run=False) for e in audited]
+    for event in published:
+        assert problems(event, schema, doc) == [], event
+    assert [(e["kind"], e["cause"], e["cycle_today"]) for e in published] == [
+        ("power_cycle", "hung", 1),
+        ("power_cycle", "requested", 2),
+        ("power_cycle_refused", None, None),
+        ("needs_hands", None, 2),
+    ]
+    assert published[2]["reason"] == "pinned to low" and "go and look" in str(
+        published[3]["reason"]
+    )
+    assert problems({**published[0], "kind": "reboot"}, schema, doc) != []
+
+    feeds = [("pdu", 7), ("pdu", 8)]
+    metered = {("pdu", 7): OutletReading(7, True, 1500.0), ("pdu", 8): OutletReading(8, False, 0.0)}
+    assert outlets_state(feeds, metered) == {
+        "names": ["pdu:7", "pdu:8"],
+        "on": True,
+        "power_w": 1500.0,
+    }
+    half = {("pdu", 7): OutletReading(7, False, None), ("pdu", 8): OutletReading(8, False, 2.0)}
+    assert outlets_state(feeds, half) == {"names": ["pdu:7", "pdu:8"], "on": False, "power_w": None}
+    unread = {("pdu", 7): OutletReading(7, True, 1500.0)}
+    assert outlets_state(feeds, unread)["on"] is None
+    ident = identity("10.0.0.7", firmware="2024")
+    rig = rig_state(
+        "10.0.0.7", ident, observation(at=1.0, ident=ident), None, Prices(45.0, 0.05, Economics()),
+        outlets=outlets_state(feeds, metered),
+    )  # fmt: skip
+    assert problems(rig, doc["components"]["schemas"]["RigState"], doc) == []

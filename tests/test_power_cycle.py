@@ -12,33 +12,57 @@ from conftest import SimFleet
 from test_true_off import PDU, harness
 
 from daemon.metrics import Metrics
-from daemon.power import CycleRules, due_cycles
+from daemon.power import CyclePlan, CycleRules, plan_cycles
 from policies.guards.model import Override
 from policies.values import Mode, Observation
 
 RULES = CycleRules(enabled=True, after_s=120.0, max_per_rig_per_day=2, max_outlets_per_minute=4)
 
 
-def test_due_cycles_keeps_every_limit() -> None:
+def test_plan_cycles_keeps_every_limit() -> None:
     now = 10_000.0
     silent = {"a": now - 200, "b": now - 500, "c": now - 60, "d": now - 900, "e": now - 300}
     powered = {"a": True, "b": True, "c": True, "d": True, "e": False}
     outlets = {"a": 1, "b": 2, "c": 1, "d": 1, "e": 1}
     history = {"d": [now - 3600, now - 7200]}  # two cycles today already
 
+    def plan(
+        recent: list[float],
+        held: dict[str, str] | None = None,
+        rules: CycleRules = RULES,
+        requested: tuple[str, ...] = (),
+    ) -> CyclePlan:
+        return plan_cycles(
+            silent, powered, history, recent, outlets, held or {}, rules, now, requested
+        )
+
     def due(
-        recent: list[float], held: frozenset[str] = frozenset(), rules: CycleRules = RULES
+        recent: list[float], held: dict[str, str] | None = None, rules: CycleRules = RULES
     ) -> list[str]:
-        return due_cycles(silent, powered, history, recent, outlets, held, rules, now)
+        return plan(recent, held, rules).due
 
     # c: not silent long enough; d: out of cycles today; e: its outlet is not on
     assert due([]) == ["b", "a"]  # longest silent first
     assert due([now - 30] * 3) == []  # the site's budget: 4 outlets a minute, 3 used
     assert due([now - 30] * 2) == ["b"]  # b's two outlets fit, a waits its turn
     assert due([now - 90] * 4) == ["b", "a"]  # older than a minute: not counted
-    assert due([], held=frozenset({"b"})) == ["a"]
+    assert due([], held={"b": "pinned"}) == ["a"]
     assert due([], rules=CycleRules(True, 120.0, 2, 4, frozenset({"a"}))) == ["b"]
     assert due([], rules=CycleRules(False, 120.0, 2, 4)) == []
+    # Asked for: first, silent or not, even with automatic cycling off, within the same
+    # limits; a refusal is named with its reason, the budget only makes it wait.
+    off = CycleRules(False, 120.0, 2, 4, frozenset({"a"}))
+    asked = plan([], {"b": "pinned to sleep"}, off, ("c", "d", "e", "a", "b"))
+    assert asked.due == ["c"]
+    assert asked.refused == {
+        "d": "power-cycled 2 time(s) in the last 24 h (max_per_rig_per_day = 2)",
+        "e": "its outlets did not all read on (and drawing power) at the last sweep",
+        "a": "excluded from power cycling (power_cycle = false, or its group is in "
+        "[power_cycle] exclude_groups)",
+        "b": "pinned to sleep",
+    }
+    assert plan([], rules=RULES, requested=("c",)).due == ["c", "b", "a"]
+    assert plan([now - 30] * 4, rules=RULES, requested=("c",)) == CyclePlan([], {})
 
 
 def audit(tmp_path: Path) -> list[dict[str, Any]]:

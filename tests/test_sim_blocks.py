@@ -105,6 +105,10 @@ def test_a_block_too_large_is_refused(tmp_path: Path) -> None:
     [
         (["--block", "0", "--base-address", "127.5.0.1"], "--block sets the base address"),
         (["--block", "254"], "block must be 0..253, got 254"),
+        (
+            ["--block", "0", "--pdu", "apc:8", "--switch-base", "127.2.0.1"],
+            "--switch-base 127.2.0.1 is outside block 0 (127.1.0.0/16)",
+        ),
     ],
 )
 def test_block_options_that_cannot_work_are_named(
@@ -114,6 +118,14 @@ def test_block_options_that_cannot_work_are_named(
 
     assert main(["--antminer", "s19jpro:1", *extra, "--netns", "current"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_switches_default_into_their_own_block() -> None:
+    from simulator.cli import default_switch_base
+
+    assert default_switch_base(None) == "127.2.0.1"
+    assert default_switch_base(0) == "127.1.254.1"  # not 127.2.0.1: block 1's process
+    assert default_switch_base(3) == "127.4.254.1"
 
 
 def test_fleet_control_names_an_address_in_no_block() -> None:

@@ -156,3 +156,21 @@ def test_state_stays_physical(mode: Mode, dt: float, ambient: float) -> None:
     assert state.hashrate_ths >= 0
     assert ambient - 1 <= state.chip_temp_c < 130
     assert 0 <= state.fan_pct <= 100
+
+
+def test_a_power_factor_makes_a_rig_less_efficient_than_its_model() -> None:
+    rig, clock = make_rig()
+    clock.t = 600.0
+    plain = rig.snapshot()
+    rig.set_power_factor(1.2)
+    clock.t = 660.0
+    worse = rig.snapshot()
+    assert worse.hashrate_ths == pytest.approx(plain.hashrate_ths, rel=0.03)  # same hash
+    assert worse.power_w == pytest.approx(plain.power_w * 1.2, rel=0.02)  # more watts
+    rig.set_mode(Mode.SLEEP)
+    clock.t = 900.0
+    assert rig.snapshot().power_w == SLEEP_POWER_W  # only the hashing draw is scaled
+    with pytest.raises(ValueError, match=r"power_factor must be between 0\.5 and 2\.0, got 3"):
+        rig.set_power_factor(3.0)
+    rig.factory_reset()
+    assert rig.phys.power_factor == 1.0

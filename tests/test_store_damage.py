@@ -138,7 +138,7 @@ def test_a_version_2_file_drops_the_unread_commands_table(tmp_path: Path) -> Non
     old.close()
     store = Store(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
         assert "commands" not in tables and "seen" in tables
         assert store.get("loop") == {"site_target": {"kw": 500}}

@@ -223,6 +223,35 @@ async def test_a_worker_killed_mid_cycle_leaves_its_rigs_unread_for_that_cycle(
     assert pool.procs[1].pid == survivor_pid  # the other worker was left alone
 
 
+async def test_a_hung_worker_is_killed_after_its_silence_and_its_rigs_are_unread(
+    sim: SimFleet, identified: Inventory
+) -> None:
+    """A stopped worker (SIGSTOP) says nothing: after ``silent_after_s`` the cycle gets its
+    rigs as unread, the worker is replaced, and the next cycle reads every rig."""
+    pool = ObserverPool(
+        identified, ObserverSettings(timeout_s=2.0, open_after=100), workers=2, silent_after_s=1.5
+    )
+    try:
+        first = await pool.cycle()
+        assert first.ok == len(pool.drivers)
+        victim = pool.procs[0]
+        mine = {a for a in pool.drivers if owner(a, 2) == 0}
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGSTOP)
+        result = await pool.cycle()
+        for address in mine:
+            reading = result.readings[address]
+            assert isinstance(reading, ObservationFailure), address
+            assert reading.kind is FailureKind.WORKER_LOST
+            assert "observer worker 0" in reading.detail and "(hung)" in reading.detail
+        assert all(isinstance(result.readings[a], Observation) for a in set(pool.drivers) - mine)
+        after = await pool.cycle()
+        assert after.ok == len(pool.drivers)
+        assert pool.procs[0].pid not in (None, victim.pid)
+    finally:
+        await pool.close()
+
+
 async def test_commands_go_through_the_workers_and_are_confirmed_by_observation(
     sim: SimFleet, pool: ObserverPool
 ) -> None:

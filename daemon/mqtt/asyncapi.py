@@ -42,6 +42,28 @@ RIG_STATE_SCHEMA: dict[str, Any] = {  # made strict by _strict, below
         "power_limit_w": _NUM,
         "max_chip_temp_c": _NUM,
         "efficiency_j_per_th": _NUM,
+        "efficiency": {
+            "type": ["object", "null"],
+            "description": "The J/TH the policies use for this rig: learned from its measured "
+            "watts once trusted (docs/power-switches.md#learned-efficiency), else the "
+            "catalogue's; null for a rig never identified.",
+            "properties": {
+                "source": {"type": "string", "enum": ["learned", "catalogue"]},
+                "learned_from": {
+                    "type": ["string", "null"],
+                    "enum": ["meter", "reported", None],
+                    "description": "what the samples' watts came from (null: none taken)",
+                },
+                "mode": {"type": "string", "description": "the mode the figure is for"},
+                "j_per_th": _NUM,
+                "catalogue_j_per_th": _NUM,
+                "samples": {
+                    "type": "integer",
+                    "description": "samples taken in that mode (learned: trusted after 20 "
+                    "over 15 minutes)",
+                },
+            },
+        },
         "margin_usd_per_day": _NUM,
         "observed_at": _NUM,
         "desired": {
@@ -67,6 +89,17 @@ RIG_STATE_SCHEMA: dict[str, Any] = {  # made strict by _strict, below
             },
         },
         "not_responding": {"type": "boolean"},
+        "outlets": {
+            "type": ["object", "null"],
+            "description": "null for a rig no outlet feeds; else its outlets as the last "
+            "sweep read them: on (any reads on; false once all read off; null while one was "
+            "not read), power_w (their sum, where all are metered and read)",
+            "properties": {
+                "names": {"type": "array", "items": {"type": "string"}},
+                "on": _BOOL,
+                "power_w": _NUM,
+            },
+        },
     },
 }
 
@@ -223,6 +256,32 @@ FAULT_EVENT_SCHEMA: dict[str, Any] = _strict(
     }
 )
 
+POWER_EVENT_SCHEMA: dict[str, Any] = _strict(
+    {
+        "type": "object",
+        "description": "Not retained. A rig's outlets switched off for a power cycle (kind "
+        "power_cycle: cause 'hung' or 'requested', the outlets switched or the switch's "
+        "error; the loop switches them on again through the site ramp), a requested cycle "
+        "refused at its turn (power_cycle_refused, with the reason), or a rig still silent "
+        "after its cycles of the day (needs_hands).",
+        "properties": {
+            "rig": {"type": "string"},
+            "kind": {
+                "type": "string",
+                "enum": ["power_cycle", "power_cycle_refused", "needs_hands"],
+            },
+            "cause": {"type": ["string", "null"], "enum": ["hung", "requested", None]},
+            "reason": _STR,
+            "silent_s": _NUM,
+            "cycle_today": {"type": ["integer", "null"]},
+            "outlets": _STR,
+            "error": _STR,
+            "dry_run": {"type": "boolean"},
+            "at": {"type": "number"},
+        },
+    }
+)
+
 INFO_SCHEMA: dict[str, Any] = _strict(
     {
         "type": "object",
@@ -278,7 +337,7 @@ INSTANCE_EVENT_SCHEMA: dict[str, Any] = _strict(
     }
 )
 
-EVENT_KINDS = ("decision", "command", "fault", "instance")
+EVENT_KINDS = ("decision", "command", "fault", "instance", "power")
 
 
 def document(version: str = "0.1.0") -> dict[str, Any]:
@@ -360,6 +419,7 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         "CommandEvent": COMMAND_EVENT_SCHEMA,
         "FaultEvent": FAULT_EVENT_SCHEMA,
         "InstanceEvent": INSTANCE_EVENT_SCHEMA,
+        "PowerEvent": POWER_EVENT_SCHEMA,
     }
     for name, model in sorted(COMMANDS.items()):
         title = model.__name__

@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import MqttSettings
+from daemon.efficiency import shown
 from daemon.loop import TickReport
 from daemon.mqtt import discovery
 from daemon.mqtt.answers import Answer
@@ -58,6 +59,8 @@ from daemon.mqtt.state import (
     decision_key,
     fault_event,
     fleet_state,
+    outlets_state,
+    power_event,
     rig_state,
 )
 from daemon.mqtt.topics import Topics
@@ -279,7 +282,8 @@ class Bridge:
     info: dict[str, Any] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     connected: bool = False
-    events_dropped: int = 0
+    events_dropped: int = 0  # since start: the metric rigpilot_mqtt_events_dropped_total
+    _dropping_since: int | None = None  # events_dropped when this overflow began (logged once)
     _retained: dict[str, bytes] = field(default_factory=dict)
     _dirty: dict[str, None] = field(default_factory=dict)  # ordered set of retained topics
     _answers: deque[_Out] = field(default_factory=deque)
@@ -341,10 +345,14 @@ class Bridge:
         dry = not loop.actuator.sends
         operator = loop.operator
         pinned = operator.pinned()
+        power = loop.power
+        sweep = power.last.readings if power is not None and power.last is not None else {}
         for rig_id, reading in report.readings.items():
             desired = report.desired.get(rig_id)
             pin = pinned.get(rig_id)
             driver = drivers.get(rig_id)
+            feeds = power.wiring.get(rig_id) if power is not None else None
+            outlets = outlets_state(feeds, sweep) if feeds else None
             key = (
                 type(reading).__name__,
                 getattr(reading, "mode", None),
@@ -353,6 +361,7 @@ class Bridge:
                 None if desired is None else (desired.mode, desired.power_limit_w, desired.reason),
                 None if pin is None else pin[0],
                 rig_id in stuck,
+                None if outlets is None else outlets["on"],
             )
             changed = self._rig_keys.get(rig_id) != key
             if changed or now - self._rig_sent_at.get(rig_id, float("-inf")) >= interval:
@@ -367,6 +376,12 @@ class Bridge:
                     group=self.desk.groups.get(rig_id, ""),
                     pin=pin,
                     not_responding=rig_id in stuck,
+                    outlets=outlets,
+                    efficiency=(
+                        None
+                        if driver is None
+                        else shown(loop.efficiency.get(rig_id), driver.entry).as_dict()
+                    ),
                 )
                 self._put(self.topics.rig_state(rig_id), doc)
             if isinstance(reading, ObservationFailure) and rig_id not in self._failing:
@@ -384,6 +399,8 @@ class Bridge:
                 self._announce_rig(rig_id)
         for result in report.results:
             self._event("command", command_event(result, dry))
+        for event in report.power_events:
+            self._event("power", power_event(event, dry))
         entries = {r: d.entry for r, d in drivers.items()}
         market = operator.prices
         hp_origin = report.price_origins.get(QuoteKind.HASHPRICE)
@@ -436,6 +453,14 @@ class Bridge:
     def _event(self, kind: str, doc: Mapping[str, Any]) -> None:
         if len(self._events) >= EVENT_QUEUE_MAX:
             self._events.popleft()
+            if self._dropping_since is None:
+                self._dropping_since = self.events_dropped
+                log.warning(
+                    "mqtt.events_dropped",
+                    waiting=EVENT_QUEUE_MAX,
+                    note="the broker is not taking events: the oldest are dropped and counted "
+                    "(rigpilot_mqtt_events_dropped_total); answers and state are kept",
+                )
             self.events_dropped += 1
         self._events.append(_Out(self.topics.event(kind), _dumps(doc), 0))
         self._wake.set()
@@ -444,12 +469,16 @@ class Bridge:
         driver = self.desk.loop.observer.drivers.get(rig_id)
         if driver is None:
             return
+        power = self.desk.loop.power
+        outlets = power.outlets_info(rig_id) if power is not None else None
         for topic, config in discovery.rig_configs(
             self.topics,
             driver.identity,
             driver.capabilities,
             self._version,
             self.settings.discovery_prefix,
+            outlets=outlets.names if outlets is not None else (),
+            metered=outlets is not None and outlets.metered,
         ):
             self._put(topic, config)
 
@@ -683,6 +712,9 @@ class Bridge:
             n = min(PUBLISH_BATCH, len(self._events))
             batch_out = [self._events.popleft() for _ in range(n)]
             await asyncio.gather(*(self._publish(client, o) for o in batch_out))
+        if self._dropping_since is not None:
+            log.info("mqtt.events_flowing", dropped=self.events_dropped - self._dropping_since)
+            self._dropping_since = None
 
     async def _publish(self, client: aiomqtt.Client, out: _Out) -> None:
         props = None

@@ -56,8 +56,10 @@ AllRigs = Annotated[
 
 
 class SetMode(StrEnum):
-    """What ``set`` may ask for: an operating mode, or ``auto`` (hand back to the policies)."""
+    """What ``set`` may ask for: an operating mode, or ``auto`` (hand back to the policies).
+    ``off`` only for rigs wired to outlets (docs/power-switches.md)."""
 
+    OFF = "off"
     SLEEP = "sleep"
     LOW = "low"
     NORMAL = "normal"
@@ -70,6 +72,7 @@ class SetMode(StrEnum):
 
 
 class PinMode(StrEnum):
+    OFF = "off"
     SLEEP = "sleep"
     LOW = "low"
     NORMAL = "normal"
@@ -236,6 +239,14 @@ class RetryCommand(Targeted):
     """Forget that these rigs ignored their commands, so they are commanded again."""
 
 
+class PowerCycleCommand(Targeted):
+    """Power-cycle rigs at their outlets: off, then on through the site ramp; answered once each
+    is back (hashing, if it was). Only rigs wired to outlets, none an operator pinned, within
+    the [power_cycle] limits."""
+
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_WAIT_S)] | None = None
+
+
 COMMANDS: Final[dict[str, type[Request]]] = {
     "set": SetCommand,
     "curtail": CurtailCommand,
@@ -247,9 +258,10 @@ COMMANDS: Final[dict[str, type[Request]]] = {
     "market_clear": MarketClearCommand,
     "status": StatusCommand,
     "retry": RetryCommand,
+    "power_cycle": PowerCycleCommand,
 }
 
-LONG_COMMANDS: Final = frozenset({"set", "curtail", "site_target"})
+LONG_COMMANDS: Final = frozenset({"set", "curtail", "site_target", "power_cycle"})
 """Answered "accepted" at once and "done"/"failed" once the fleet is observed."""
 
 

@@ -8,7 +8,7 @@ the desk answers from what the next observations show:
 
 - every command gets exactly one final answer: ``done``, ``rejected`` (with the reason, nothing
   applied) or ``failed`` (applied, but the fleet was not observed to follow in time, and why);
-  ``set``, ``curtail`` and ``site_target`` get an ``accepted`` answer first;
+  ``set``, ``curtail``, ``site_target`` and ``power_cycle`` get an ``accepted`` answer first;
 - a command carrying a ``transaction`` id (or MQTT 5 correlation data) is remembered, and a
   redelivery of it is recognised and neither applied nor answered again;
 - nothing a payload does can raise into the caller: every failure becomes a rejection.
@@ -31,10 +31,11 @@ from daemon.mqtt import commands as c
 from daemon.mqtt.answers import Answer
 from daemon.mqtt.handlers import HANDLERS, listed
 from daemon.mqtt.topics import rig_key
-from daemon.operator_state import Envelope, OperatorState, RequestKey, Wait
+from daemon.operator_state import CycleWait, Envelope, OperatorState, RequestKey, Wait
 from daemon.reconciler import Target, satisfied, shown, wanted
 from drivers.base import UnsupportedMode
-from policies.values import Mode, RigId
+from policies.guards.power import FLOOR_MODES
+from policies.values import Mode, Observation, Reading, RigId
 
 log = structlog.get_logger("mqtt.desk")
 
@@ -240,11 +241,8 @@ class CommandDesk:
         """Rejected naming the rigs that cannot do ``mode`` (at ``limit``)."""
         problems = []
         for rig_id in rigs:
-            driver = self.loop.observer.drivers.get(rig_id)
-            if driver is None:
-                continue  # not identified yet: the guards only ever lower an unobserved rig
             try:
-                driver.check_supported(mode, limit)
+                self.loop.check_supported(rig_id, mode, limit)
             except UnsupportedMode as exc:
                 problems.append(str(exc))
         if problems:
@@ -276,7 +274,56 @@ class CommandDesk:
     def _settle(self, wait: Wait, report: TickReport) -> Answer | None:
         if wait.kw is not None:
             return self._settle_site_target(wait, wait.kw, report)
+        if wait.cycle is not None:
+            return self._settle_cycle(wait, wait.cycle, report)
         return self._settle_pin(wait, report)
+
+    def observed(self, rig_id: RigId) -> Reading | None:
+        """The rig as the last tick observed it (None before the first tick)."""
+        return None if self._last is None else self._last.readings.get(rig_id)
+
+    def _settle_cycle(self, wait: Wait, cw: CycleWait, report: TickReport) -> Answer | None:
+        """A ``power_cycle``: done once every rig was cycled and is back (answering, in a mode
+        other than off, and hashing if it was when asked); failed, with each rig's reason, at
+        the deadline or once every rig still missing was refused or its switch failed. In
+        dry-run: done once every rig's cycle was decided (``would``), nothing switched."""
+        now = report.at
+        power = self.loop.power
+        dry = not self.loop.actuator.sends
+        note_cycles(wait, cw, report)
+        back = list(cw.cycled) if dry else [r for r in wait.rigs if is_back(r, cw, report)]
+        waiting = [r for r in wait.rigs if r not in back and r not in cw.failed]
+        if power is not None:  # again after a restart, which forgets what was asked
+            power.request_cycles([r for r in waiting if r not in cw.cycled], wait.deadline)
+        if waiting and now < wait.deadline:
+            return None
+        if power is not None:
+            power.cancel_cycles(waiting)
+        result: dict[str, Any] = {
+            "rigs": len(wait.rigs),
+            ("would" if dry else "back"): len(back),
+            "after_s": round(now - wait.started, 1),
+        }
+        if not waiting and not cw.failed:
+            hashing = sum(1 for r in back if r in cw.hashing)
+            text = (
+                f"dry-run: {len(back)} rig(s) would be power-cycled; nothing switched"
+                if dry
+                else f"{len(back)} rig(s) power-cycled and observed back"
+                + (f" ({hashing} hashing again)" if hashing else "")
+            )
+            return self.answer(wait.envelope, wait.transaction, "done", text, result)
+        reasons = [f"{r}: {cw.failed[r]}" for r in wait.rigs if r in cw.failed] + [
+            f"{r}: {not_back(r, cw, report)}" for r in waiting
+        ]
+        result["not_back"] = [r for r in wait.rigs if r not in back][:1000]
+        head = (
+            f"{len(wait.rigs) - len(back)} of {len(wait.rigs)} rig(s) not power-cycled and "
+            f"back after {now - wait.started:.0f} s: "
+        )
+        return self.answer(
+            wait.envelope, wait.transaction, "failed", head + "; ".join(reasons[:LISTED]), result
+        )
 
     def _settle_site_target(self, wait: Wait, kw: float, report: TickReport) -> Answer | None:
         now = report.at
@@ -319,11 +366,7 @@ class CommandDesk:
                 or d.mode is not mode
                 or d.power_limit_w != wait.power_limit_w
             ]
-        return [
-            r
-            for r in live
-            if not satisfied(Target(r, mode, wait.power_limit_w, "", ""), report.readings.get(r))
-        ]
+        return [r for r in live if not _observed_in(r, mode, wait.power_limit_w, report)]
 
     def _settle_pin(self, wait: Wait, report: TickReport) -> Answer | None:
         assert wait.mode is not None
@@ -385,7 +428,8 @@ class CommandDesk:
             return f"{rig_id}: held by {d.decided_by}: {d.reason}"
         assert wait.mode is not None
         target = Target(rig_id, wait.mode, wait.power_limit_w, "", "")
-        return f"{rig_id}: observed {shown(target, reading)}"
+        hashing = "" if not satisfied(target, reading) else " but not hashing"
+        return f"{rig_id}: observed {shown(target, reading)}{hashing}"
 
     # ---------------------------------------------------------------------------------------
 
@@ -462,6 +506,65 @@ class CommandDesk:
         if remember and status != "accepted" and key is not None:
             self.state.requests.answered(key, body)
         return Answer(env, body)
+
+
+def note_cycles(wait: Wait, cw: CycleWait, report: TickReport) -> None:
+    """Bring ``cw`` up to date with a tick: the cycles of the wait's rigs (or refusals, or a
+    switch failing) among its power events, and the rigs seen gone after their cycle (not
+    answering, or observed off) in a tick after it."""
+    asked = set(wait.rigs)
+    for event in report.power_events:
+        rig_id = str(event["rig"])
+        if rig_id not in asked or rig_id in cw.cycled or rig_id in cw.failed:
+            continue
+        if event["kind"] == "power_cycle_refused":
+            cw.failed[rig_id] = f"refused: {event['reason']}"
+        elif event["kind"] == "power_cycle" and "error" in event:
+            cw.failed[rig_id] = f"the switch failed: {event['error']}"
+        elif event["kind"] == "power_cycle":
+            cw.cycled[rig_id] = float(str(event["ts"]))
+    for rig_id, at in cw.cycled.items():
+        if rig_id in cw.gone or report.at <= at:
+            continue
+        reading = report.readings.get(rig_id)
+        if not isinstance(reading, Observation) or reading.mode is Mode.OFF:
+            cw.gone.append(rig_id)
+
+
+def is_back(rig_id: RigId, cw: CycleWait, report: TickReport) -> bool:
+    """Seen gone after its cycle, and now answering in a mode other than off (hashing, if it
+    was hashing when the cycle was asked)."""
+    reading = report.readings.get(rig_id)
+    return (
+        rig_id in cw.gone
+        and isinstance(reading, Observation)
+        and reading.mode is not Mode.OFF
+        and (rig_id not in cw.hashing or reading.mining)
+    )
+
+
+def not_back(rig_id: RigId, cw: CycleWait, report: TickReport) -> str:
+    """Why a rig of a power cycle is not back yet, for the failed answer."""
+    reading = report.readings.get(rig_id)
+    if rig_id not in cw.cycled:
+        return "not cycled yet (waiting for the site's max_outlets_per_minute budget)"
+    if rig_id not in cw.gone:
+        return "its outlets were switched off but it was never seen gone (a stuck relay?)"
+    if not isinstance(reading, Observation):
+        detail = getattr(reading, "detail", "not observed")
+        return f"not answering since its cycle ({detail})"
+    if reading.mode is Mode.OFF:
+        return "still off: its outlets are not on again yet (the site ramp grants power-ups)"
+    return f"back in {reading.mode.value} but not hashing"
+
+
+def _observed_in(rig_id: RigId, mode: Mode, limit: int | None, report: TickReport) -> bool:
+    """The rig is observed as a command asked: in ``mode`` (the reconciler's test), and, for a
+    mode that hashes, hashing (a rig powered on again answers in its mode while it boots)."""
+    reading = report.readings.get(rig_id)
+    if not satisfied(Target(rig_id, mode, limit, "", ""), reading):
+        return False
+    return mode in FLOOR_MODES or (isinstance(reading, Observation) and reading.mining)
 
 
 class _Conflict(c.Rejected):

@@ -8,6 +8,7 @@ bridge publishes anyway (``value_template`` picks its field), commands go throug
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from daemon.mqtt.topics import Topics, rig_key
@@ -86,8 +87,13 @@ def rig_configs(
     caps: Capabilities,
     version: str,
     prefix: str = "homeassistant",
+    *,
+    outlets: Sequence[str] = (),
+    metered: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Discovery configs for one rig's device."""
+    """Discovery configs for one rig's device; a rig fed by ``outlets`` also gets their
+    ``switch`` (and, where every one is ``metered``, their power sensor) and ``off`` in its
+    mode select."""
     rig_id = identity.rig_id
     key = _object_id(rig_key(rig_id))
     node = fleet_device_id(topics)
@@ -187,7 +193,11 @@ def rig_configs(
             title="Mode",
             state_topic=state,
             command_topic=request,
-            options=["auto", *(m.value for m in _select_modes(caps))],
+            options=[
+                "auto",
+                *(["off"] if outlets else []),
+                *(m.value for m in _select_modes(caps)),
+            ],
             value_template="{{ value_json.pinned.mode if value_json.pinned else 'auto' }}",
             command_template=_set_template(rig_id, '"{{ value }}"', _limit_part(caps)),
         ),
@@ -219,6 +229,56 @@ def rig_configs(
                 command_template=_set_template(
                     rig_id, '"limit"', ', "power_limit_w": {{ value | int }}'
                 ),
+            )
+        )
+    if outlets:
+        out += _outlet_entities(entity, topics, rig_id, state, request, metered)
+    return out
+
+
+def _outlet_entities(
+    entity: Callable[..., tuple[str, dict[str, Any]]],
+    topics: Topics,
+    rig_id: str,
+    state: str,
+    request: str,
+    metered: bool,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The outlets feeding a rig: a switch (off asks ``set`` ``off``: firmware sleep, then the
+    outlets; on asks ``auto``: the policies decide again, and a rig they want running is
+    powered on through the site ramp) and, where metered, their power. Both follow the
+    daemon's availability only: an outlet can be switched while its rig does not answer."""
+    daemon_only = _availability(topics)
+    out = [
+        entity(
+            "switch",
+            "outlet",
+            title="Outlet",
+            state_topic=state,
+            command_topic=request,
+            value_template="{{ 'None' if value_json.outlets.on is none else "
+            "('ON' if value_json.outlets.on else 'OFF') }}",
+            state_on="ON",
+            state_off="OFF",
+            payload_on=_set_template(rig_id, '"auto"'),
+            payload_off=_set_template(rig_id, '"off"'),
+            device_class="outlet",
+            icon="mdi:power-socket",
+            **daemon_only,
+        )
+    ]
+    if metered:
+        out.append(
+            entity(
+                "sensor",
+                "outlet_power",
+                title="Outlet power draw",
+                state_topic=state,
+                value_template="{{ value_json.outlets.power_w }}",
+                unit_of_measurement="W",
+                device_class="power",
+                state_class="measurement",
+                **daemon_only,
             )
         )
     return out

@@ -19,12 +19,13 @@ import structlog
 from daemon.loop import ControlLoop
 from daemon.mqtt import commands as c
 from daemon.mqtt.answers import Answer
-from daemon.operator_state import Envelope, OperatorState, Pin, SiteTarget, Wait
+from daemon.operator_state import CycleWait, Envelope, OperatorState, Pin, SiteTarget, Wait
+from daemon.power import NO_OUTLETS
 from market.fetch import FeedError
 from market.hashprice import PushedHashprice
 from market.power import PushedPrice
 from policies.guards import Override
-from policies.values import Mode, QuoteKind, RigId
+from policies.values import Mode, Observation, QuoteKind, Reading, RigId
 
 log = structlog.get_logger("mqtt.desk")
 
@@ -60,6 +61,9 @@ class Desk(Protocol):
     ) -> None: ...
 
     def status(self, with_rigs: bool) -> dict[str, Any]: ...
+
+    def observed(self, rig_id: RigId) -> Reading | None:
+        """The rig as the last tick observed it (None before the first tick)."""
 
 
 Handler = Callable[[Desk, Envelope, Any, str], list[Answer]]
@@ -301,6 +305,60 @@ def handle_retry(desk: Desk, env: Envelope, req: c.RetryCommand, by: str) -> lis
     ]
 
 
+# -------------------------------------------------------------------------------------------
+# Power cycle
+
+
+def handle_power_cycle(
+    desk: Desk, env: Envelope, req: c.PowerCycleCommand, by: str
+) -> list[Answer]:
+    """Ask the switches to power-cycle the rigs (daemon/power.py: the same limits and the same
+    path as a hung rig's cycle), and answer once each is back. Rejected, naming each rig and
+    why, when any may not be cycled now (no outlets, pinned, excluded, out of cycles today,
+    its outlets not on); the site's outlets-per-minute budget only makes rigs wait their turn."""
+    rigs = desk.resolve(req)
+    now = env.received_at
+    power = desk.loop.power
+    held = desk.loop.pinned_for_cycles(now)
+    problems = []
+    for rig_id in rigs:
+        why = NO_OUTLETS if power is None else power.refusal(rig_id, held, now)
+        if why is not None:
+            problems.append(f"{rig_id}: {why}")
+    if problems:
+        raise c.Rejected(
+            f"{len(problems)} rig(s) cannot be power-cycled now: {listed(problems)}",
+            req.transaction,
+        )
+    assert power is not None
+    timeout = req.timeout_s or desk.default_timeout_s
+    hashing = [r for r in rigs if isinstance(o := desk.observed(r), Observation) and o.mining]
+    power.request_cycles(rigs, now + timeout)
+    desk.state.wait(
+        Wait(
+            env,
+            env.command,
+            req.transaction,
+            now + timeout,
+            now,
+            list(rigs),
+            cycle=CycleWait(hashing),
+        )
+    )
+    desk.changed()
+    log.info("power_cycle.asked", rigs=len(rigs), by=by, transaction=req.transaction)
+    return [
+        desk.answer(
+            env,
+            req.transaction,
+            "accepted",
+            f"{len(rigs)} rig(s) to be power-cycled; answering once each is back"
+            f"{' and hashing' if hashing else ''} (within {timeout:.0f} s)",
+            {"rigs": len(rigs), "hashing": len(hashing), "timeout_s": timeout},
+        )
+    ]
+
+
 HANDLERS: Final[Mapping[type[c.Request], Handler]] = {
     c.SetCommand: handle_set,
     c.CurtailCommand: handle_curtail,
@@ -312,5 +370,6 @@ HANDLERS: Final[Mapping[type[c.Request], Handler]] = {
     c.MarketClearCommand: handle_market_clear,
     c.StatusCommand: handle_status,
     c.RetryCommand: handle_retry,
+    c.PowerCycleCommand: handle_power_cycle,
 }
 """Each request type's handler (every command in ``commands.COMMANDS`` has one: tested)."""

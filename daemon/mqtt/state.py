@@ -6,12 +6,13 @@ Watts that were estimated (stock Antminers report none) say so in ``power_source
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.reconciler import CommandResult
 from drivers.catalogue import ModelEntry
+from drivers.switches.base import OutletReading
 from policies.economics import Economics, breakeven_hashprice, cost_per_day, revenue_usd_per_day
 from policies.economics import ModePoint as _Point
 from policies.guards import Desired, Override
@@ -65,6 +66,23 @@ def pin_state(pin_id: str, override: Override) -> dict[str, Any]:
     }
 
 
+def outlets_state(
+    feeds: Sequence[tuple[str, int]], readings: Mapping[tuple[str, int], OutletReading]
+) -> dict[str, Any]:
+    """The outlets feeding a rig as the last sweep read them: their names (``switch:outlet``),
+    ``on`` (true while any reads on, false once every one reads off, null while one was not
+    read) and ``power_w`` (their sum, where every one is metered and was read; else null)."""
+    read = [readings.get(o) for o in feeds]
+    known = [r for r in read if r is not None]
+    whole = len(known) == len(feeds)
+    watts = [r.power_w for r in known if r.power_w is not None]
+    return {
+        "names": [f"{name}:{number}" for name, number in feeds],
+        "on": any(r.on for r in known) if whole else None,
+        "power_w": _r(sum(watts), 1) if whole and len(watts) == len(feeds) else None,
+    }
+
+
 def rig_state(
     rig_id: RigId,
     identity: Identity | None,
@@ -75,8 +93,12 @@ def rig_state(
     group: str = "",
     pin: tuple[str, Override] | None = None,
     not_responding: bool = False,
+    outlets: Mapping[str, Any] | None = None,
+    efficiency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One rig's retained state document."""
+    """One rig's retained state document; ``outlets`` (:func:`outlets_state`) for a rig wired
+    to outlets, else null; ``efficiency``: the J/TH its policies use
+    (:meth:`daemon.efficiency.Shown.as_dict`)."""
     obs = reading if isinstance(reading, Observation) else None
     ident = obs.identity if obs is not None else identity
     out: dict[str, Any] = {
@@ -96,11 +118,13 @@ def rig_state(
         "power_limit_w": obs.power_limit_w if obs else None,
         "max_chip_temp_c": obs.max_chip_temp_c if obs else None,
         "efficiency_j_per_th": _r(obs.efficiency_j_per_th, 2) if obs else None,
+        "efficiency": dict(efficiency) if efficiency is not None else None,
         "margin_usd_per_day": _r(margin_usd_per_day(obs, prices), 3) if obs else None,
         "observed_at": obs.observed_at if obs else None,
         "desired": None,
         "pinned": pin_state(*pin) if pin else None,
         "not_responding": not_responding,
+        "outlets": dict(outlets) if outlets is not None else None,
     }
     if isinstance(reading, ObservationFailure):
         out["error"] = f"{reading.kind.value}: {rig_text(reading.detail)}"
@@ -241,3 +265,32 @@ def decision_event(d: Desired, at: float, dry_run: bool) -> dict[str, Any]:
 
 def fault_event(rig_id: RigId, problem: str, at: float, recovered: bool = False) -> dict[str, Any]:
     return {"rig": rig_id, "problem": problem, "recovered": recovered, "at": at}
+
+
+NEEDS_HANDS = "still silent after its power cycles of the day: somebody has to go and look"
+
+
+def power_event(event: Mapping[str, object], dry_run: bool) -> dict[str, Any]:
+    """``event/power``: a power cycle (``cause`` hung or requested; ``outlets`` switched, or
+    the switch's ``error``), a requested cycle refused at its turn (``reason``), or a rig that
+    needs hands, from the audit event daemon/power.py made of it."""
+    kind = str(event["kind"])
+
+    def text(key: str) -> str | None:
+        value = event.get(key)
+        return None if value is None else rig_text(str(value), MAX_REASON)
+
+    cycles = event.get("cycle_today", event.get("cycles"))
+    silent = event.get("silent_s")
+    return {
+        "rig": str(event["rig"]),
+        "kind": kind,
+        "cause": text("cause"),
+        "reason": NEEDS_HANDS if kind == "needs_hands" else text("reason"),
+        "silent_s": float(str(silent)) if silent is not None else None,
+        "cycle_today": int(str(cycles)) if cycles is not None else None,
+        "outlets": text("outlets"),
+        "error": text("error"),
+        "dry_run": bool(event.get("dry_run", dry_run)),
+        "at": float(str(event["ts"])),
+    }

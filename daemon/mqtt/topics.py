@@ -6,7 +6,7 @@
     <root>/bridge/info             retained  version, site, rigs, dry-run, policies, commands
     <root>/fleet/state             retained  fleet summary
     <root>/rig/<rig>/state         retained  one rig: observation, mode, desired, reason, margin
-    <root>/event/<kind>            events: decision, command, fault (not retained)
+    <root>/event/<kind>            events: decision, command, fault, instance, power (not retained)
     <root>/request/<command>       commands in (JSON)
     <root>/response/<command>      answers, for clients without MQTT 5 response topics
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from policies.api import MarketView, RigView
-from policies.economics import Economics, ModePoint, cost_per_day, revenue_usd_per_day
+from policies.builtin import point_for
+from policies.economics import Economics, cost_per_day, revenue_usd_per_day
 from policies.guards.model import Setting
 from policies.values import Mode
 
@@ -12,14 +13,6 @@ FLOOR_MODES = frozenset({Mode.SLEEP, Mode.OFF})
 _EPS_W = 1e-6
 # Module globals: reading an Enum member off its class costs more, and these run for every rig.
 _OFF, _LIMIT, _SLEEP = Mode.OFF, Mode.LIMIT, Mode.SLEEP
-
-
-def point_for(rig: RigView, mode: Mode) -> ModePoint | None:
-    """The rig's mode point for ``mode``, or None when its driver gave none."""
-    for point in rig.points:
-        if point.mode is mode:
-            return point
-    return None
 
 
 def power_w(rig: RigView, setting: Setting) -> float | None:

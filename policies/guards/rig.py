@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple
 
 from policies.api import Intent, LazyReason, MarketView, RigView, reason_text
+from policies.builtin import point_for
 from policies.guards.model import (
     DWELL,
     GUARD_NAMES,
@@ -33,7 +34,6 @@ from policies.guards.power import (
     is_raise,
     lowest_setting,
     margin_usd_per_day,
-    point_for,
     power_w,
 )
 from policies.values import Mode, Observation
