@@ -599,7 +599,7 @@ class ControlLoop:
         market: MarketView,
     ) -> TickReport:
         observed = [r for r in readings.values() if isinstance(r, Observation)]
-        curtailed = sum(1 for d in desired.values() if d.mode in (Mode.SLEEP, Mode.LOW))
+        curtailed = sum(1 for d in desired.values() if d.mode in (Mode.SLEEP, Mode.LOW, Mode.OFF))
         return TickReport(
             at=now,
             rigs=len(readings),
