@@ -212,7 +212,7 @@ def base_config(args: argparse.Namespace) -> ReplayConfig:
             power_cap_kw=control.power_cap_kw,
             params=dict(control.policy_params),
         )
-        guards = control.guards.to_config(economics, control.tick_s)
+        guards = control.guards.to_config(economics, control.tick_s, control.off.rule())
         tick = control.tick_s
     else:
         economics = Economics()

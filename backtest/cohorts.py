@@ -627,6 +627,7 @@ class PolicyRun:
                 mem.changed_by,
                 mem.thermal_cap,
                 None if mem.thermal_cap is None else mem.thermal_at,
+                mem.critical_since,
                 mem.changed_at if recent else None,
                 _intent_key(self.intents.get(u.uid)),
             )

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from daemon.settings_base import Section
 from policies.economics import Economics
 from policies.guards import FailSafe, GuardConfig
+from policies.off import OffRule
 
 
 class GuardSettings(Section):
@@ -17,18 +18,27 @@ class GuardSettings(Section):
     thermal_limit_c: float = Field(default=90.0, gt=40, lt=130)
     thermal_critical_c: float = Field(default=95.0, gt=40, lt=130)
     thermal_resume_c: float = Field(default=80.0, gt=20, lt=130)
+    # A rig wired to outlets, hashing at or above thermal_critical_c this long after it was
+    # set to sleep (its firmware ignores the command), has its outlets cut (docs/guards.md).
+    thermal_cut: bool = True
+    thermal_cut_after_s: float = Field(default=120.0, ge=30, le=3600)
     stale_failsafe: FailSafe = FailSafe.HOLD
     min_dwell_s: float = Field(default=600.0, ge=0, le=86400)
     hysteresis_usd_per_day: float = Field(default=0.25, ge=0)
     ramp_kw_per_min: float = Field(default=100.0, gt=0)
     ramp_rigs_per_s: float = Field(default=1.0, gt=0)
 
-    def to_config(self, economics: Economics, tick_s: float) -> GuardConfig:
-        """The guards' configuration; power-up starts are scheduled up to one tick ahead."""
+    def to_config(
+        self, economics: Economics, tick_s: float, off: OffRule | None = None
+    ) -> GuardConfig:
+        """The guards' configuration, with the off-over-sleep rule (``[control.off]``, default
+        when None); power-up starts are scheduled up to one tick ahead."""
         return GuardConfig(
             thermal_limit_c=self.thermal_limit_c,
             thermal_critical_c=self.thermal_critical_c,
             thermal_resume_c=self.thermal_resume_c,
+            thermal_cut=self.thermal_cut,
+            thermal_cut_after_s=self.thermal_cut_after_s,
             stale_failsafe=self.stale_failsafe,
             min_dwell_s=self.min_dwell_s,
             hysteresis_usd_per_day=self.hysteresis_usd_per_day,
@@ -36,7 +46,27 @@ class GuardSettings(Section):
             ramp_rigs_per_s=self.ramp_rigs_per_s,
             economics=economics,
             ramp_horizon_s=tick_s,
+            off=off or OffRule(),
         )
+
+
+class OffSettings(Section):
+    """``[control.off]``: when a curtailed rig wired to outlets is switched off rather than
+    left asleep (policies/off.py, docs/power-switches.md)."""
+
+    # A policy's sleep becomes off once the rig has been asleep long enough for off to pay for
+    # its longer (cold) boot; false: off only when a policy or a pin asks for it.
+    prefer_off: bool = True
+    # Never off before asleep this long, whatever the break-even says.
+    min_asleep_s: float = Field(default=1800.0, ge=0, le=7 * 86400)
+    # What a rig's outlet feed still draws when switched off.
+    standby_w: float = Field(default=0.0, ge=0, le=500)
+    # A rig told to sleep on its way to off that then stops answering is cut after this long
+    # (never when it was seen hashing since).
+    silent_wait_s: float = Field(default=600.0, ge=60, le=86400)
+
+    def rule(self) -> OffRule:
+        return OffRule(self.prefer_off, self.min_asleep_s, self.standby_w)
 
 
 class ControlSettings(Section):
@@ -63,6 +93,7 @@ class ControlSettings(Section):
     # The watchdog goes silent when no tick completed for this long (None: 3 ticks, >= 120 s).
     wedged_after_s: float | None = Field(default=None, gt=0, le=86400)
     guards: GuardSettings = GuardSettings()
+    off: OffSettings = OffSettings()
 
     def slowest_tick_s(self) -> float:
         """The longest a healthy tick can take: the wait, a full observation deadline, the

@@ -219,8 +219,7 @@ class ControlLoop:
         self.reconciler.record(results)
         power_events: list[Mapping[str, object]] = []
         if self.power is not None:
-            self.power.record(results)
-            power_events = await self._recover(desired, cycle.readings, now)
+            power_events = await self._recover(desired, cycle.readings, results, now)
         self._audit(desired, cycle.readings, market, results, now)
         report = replace(
             self._report(now, cycle.readings, desired, results, market),
@@ -354,12 +353,20 @@ class ControlLoop:
         return Target(d.rig_id, safe, None, d.reason + note, d.decided_by, d.start_at)
 
     async def _recover(
-        self, desired: Mapping[RigId, Desired], readings: Mapping[RigId, Reading], now: float
+        self,
+        desired: Mapping[RigId, Desired],
+        readings: Mapping[RigId, Reading],
+        results: Sequence[CommandResult],
+        now: float,
     ) -> list[Mapping[str, object]]:
-        """Hung rigs, and those an operator asked for, power-cycled (daemon/power.py), never
-        one an operator pinned or one meant to be off; each cycle audited, and handed on in
-        the tick's report (MQTT publishes them)."""
+        """After the tick's sends: the switches note them (thermal emergency cuts audited),
+        then hung rigs, and those an operator asked for, are power-cycled (daemon/power.py),
+        never one an operator pinned or one meant to be off; each cycle audited, and handed on
+        in the tick's report (MQTT publishes them)."""
         assert self.power is not None
+        for event in self.power.record(results):
+            if self.audit is not None:
+                self.audit.write(event)
         held = {
             r: f"asked to be off (by {d.decided_by}): a power cycle would not bring it back"
             for r, d in desired.items()
@@ -592,7 +599,7 @@ class ControlLoop:
         market: MarketView,
     ) -> TickReport:
         observed = [r for r in readings.values() if isinstance(r, Observation)]
-        curtailed = sum(1 for d in desired.values() if d.mode in (Mode.SLEEP, Mode.LOW))
+        curtailed = sum(1 for d in desired.values() if d.mode in (Mode.SLEEP, Mode.LOW, Mode.OFF))
         return TickReport(
             at=now,
             rigs=len(readings),

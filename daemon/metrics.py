@@ -277,6 +277,7 @@ class Metrics(Collector):
         self._decisions: dict[tuple[str, str], int] = {}  # (by, mode)
         self._commands: dict[tuple[str, str, str], int] = {}  # (outcome, driver, mode)
         self._power_cycles: dict[str, int] = {}  # by outcome (daemon/power.py)
+        self._thermal_cuts: dict[str, int] = {}  # by outcome (daemon/power.py)
         self._needs_hands: int | None = None
         self._observe_s = _Histogram(DURATION_BUCKETS_S)
         self._tick_s = _Histogram(DURATION_BUCKETS_S)
@@ -390,6 +391,7 @@ class Metrics(Collector):
             self._count(report, drivers)
             if loop.power is not None:
                 self._power_cycles = dict(loop.power.cycle_counts)
+                self._thermal_cuts = dict(loop.power.thermal_cut_counts)
                 self._needs_hands = len(loop.power.needs_hands)
             self._observe_s.observe(report.observe_duration_s)
             self._tick_s.observe(report.duration_s)
@@ -482,6 +484,7 @@ class Metrics(Collector):
             decisions = dict(self._decisions)
             commands = dict(self._commands)
             cycles, needs_hands = dict(self._power_cycles), self._needs_hands
+            cuts = dict(self._thermal_cuts)
             reload = self._reload
             observe_s = self._observe_s.family(
                 "rigpilot_observation_duration_seconds",
@@ -546,6 +549,15 @@ class Metrics(Collector):
         for outcome, n in sorted(cycles.items()):
             cycled.add_metric([outcome], float(n))
         yield cycled
+        cut = CounterMetricFamily(
+            "rigpilot_thermal_cuts",
+            "Rigs' outlets cut in a thermal emergency (hashing at a critical temperature after "
+            "being told to sleep), by outcome (switched, dry_run, failed).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(cuts.items()):
+            cut.add_metric([outcome], float(n))
+        yield cut
         yield _gauge(  # no sample where no rig is wired to a switch
             "rigpilot_fleet_rigs_needing_hands",
             "Rigs still silent after their power cycles of the day: someone must go and look.",

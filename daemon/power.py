@@ -11,8 +11,11 @@ outlets say about their rigs, and the one rule by which ``off`` is carried out.
   sleep first, and the outlets are switched off only once the rig is observed asleep (never
   while it is observed hashing); any other mode asked of a rig observed ``off`` switches its
   outlets on (the command is a power-up like any other, so it goes through the site ramp),
-  and the firmware mode follows once the rig answers. The actuator's dry-run and hold apply
-  before anything is sent, so dry-run sends nothing to a switch either.
+  and the firmware mode follows once the rig answers. The one exception: a rig the thermal guard
+  declares in a thermal emergency (``decided_by`` ``thermal-emergency``: hashing at a critical
+  temperature long after it was told to sleep, :func:`policies.guards.rig.emergency`) has its
+  outlets cut at once. The actuator's dry-run and hold apply before anything is sent, so
+  dry-run sends nothing to a switch either.
 
 See docs/power-switches.md.
 """
@@ -32,6 +35,8 @@ from drivers.switches.base import OutletReading, PowerSwitch
 from drivers.switches.plugs import ShellyGen2, Tasmota
 from drivers.switches.snmp import ApcPdu, ApcPduUnmetered, RaritanPdu, SnmpPdu
 from drivers.transport import DriverError
+from policies.api import reason_text
+from policies.guards.model import THERMAL_EMERGENCY
 from policies.values import Identity, Mode, Observation, PowerSource, Reading, RigId
 
 log = structlog.get_logger("power")
@@ -107,6 +112,8 @@ def with_switches(
 def step(cmd: Command, reading: Reading | None) -> Command:
     """How ``cmd`` is carried out on a rig wired to outlets (see the module's docstring)."""
     if cmd.mode is Mode.OFF:
+        if cmd.decided_by == THERMAL_EMERGENCY:
+            return replace(cmd, switch=False, reason=f"{cmd.reason}; outlets off at once")
         if isinstance(reading, Observation) and reading.mode is Mode.SLEEP and not reading.mining:
             return replace(cmd, switch=False, reason=f"{cmd.reason}; observed asleep: outlets off")
         return replace(
@@ -278,6 +285,8 @@ class PowerSwitches:
         """Power cycles by outcome (switched, dry_run, failed), for the metrics."""
         self.needs_hands: set[RigId] = set()
         """Rigs still silent after their cycles of the day: somebody has to go and look."""
+        self.thermal_cut_counts: dict[str, int] = {}
+        """Outlets cut in a thermal emergency, by outcome (switched, dry_run, failed)."""
         self._requested: dict[RigId, float] = {}  # power cycles an operator asked for, until
 
     def carry_over(self, old: PowerSwitches) -> None:
@@ -293,6 +302,7 @@ class PowerSwitches:
         self._cycles = {r: list(t) for r, t in old._cycles.items() if r in wired}
         self._cycled_outlets = list(old._cycled_outlets)
         self.cycle_counts = dict(old.cycle_counts)
+        self.thermal_cut_counts = dict(old.thermal_cut_counts)
         self.needs_hands = old.needs_hands & wired
         self._requested = {r: t for r, t in old._requested.items() if r in wired}
 
@@ -328,55 +338,106 @@ class PowerSwitches:
         readings: Mapping[RigId, Reading],
         now: float,
     ) -> list[Command]:
-        """``commands`` as the outlets carry them out (:func:`step`), plus the outlets of
-        rigs on their way to ``off`` that went silent after being told to sleep: cut after
-        ``off_wait_s``, provided nothing showed them hashing since (the bounded wait)."""
+        """``commands`` as the outlets carry them out (:func:`step`), plus outlet cuts the
+        reconciler did not plan: a rig in a thermal emergency whose outlets are not all read
+        off (its command may be waiting for a confirmation, or marked not responding), and a
+        rig on its way to ``off`` that went silent after being told to sleep, after
+        ``off_wait_s``, provided nothing showed it hashing since (the bounded wait)."""
         for rig_id, reading in readings.items():
             if isinstance(reading, Observation) and reading.mining:
                 self._mining_at[rig_id] = reading.observed_at
         out = [step(c, readings.get(c.rig_id)) if self.wired(c.rig_id) else c for c in commands]
         planned = {c.rig_id for c in out}
-        sweep = self.last
         for rig_id, target in targets.items():
-            slept = self._slept_for_off.get(rig_id)
-            if (
-                target.mode is not Mode.OFF
-                or rig_id in planned
-                or slept is None
-                or now < slept + self.off_wait_s
-                or isinstance(readings.get(rig_id), Observation)
-                or self._mining_at.get(rig_id, float("-inf")) > slept
-                or sweep is None
-                or not any(
-                    sweep.readings.get(o, OutletReading(o[1], False)).on
-                    for o in self.wiring.get(rig_id, ())
-                )
-            ):
+            if target.mode is not Mode.OFF or rig_id in planned or not self.wired(rig_id):
                 continue
-            out.append(
-                Command(
-                    rig_id,
-                    Mode.OFF,
-                    None,
-                    f"off: told to sleep {now - slept:.0f} s ago, silent since and not seen "
-                    "hashing: outlets off",
-                    target.decided_by,
-                    1,
-                    switch=False,
-                )
-            )
+            if target.decided_by == THERMAL_EMERGENCY:
+                cut = self._emergency_cut(target)
+            else:
+                cut = self._silent_cut(target, readings, now)
+            if cut is not None:
+                out.append(cut)
         return out
 
-    def record(self, results: Sequence[CommandResult]) -> None:
-        """Note when a rig on its way to ``off`` was told to sleep (for the bounded wait)."""
+    def _emergency_cut(self, target: Target) -> Command | None:
+        """The cut of a rig in a thermal emergency, unless its outlets all read off."""
+        sweep = self.last
+        feeds = self.wiring[target.rig_id]
+        if sweep is not None and all(
+            (r := sweep.readings.get(o)) is not None and not r.on for o in feeds
+        ):
+            return None
+        return Command(
+            target.rig_id,
+            Mode.OFF,
+            None,
+            f"{reason_text(target.reason)}; outlets off at once",
+            target.decided_by,
+            1,
+            switch=False,
+        )
+
+    def _silent_cut(
+        self, target: Target, readings: Mapping[RigId, Reading], now: float
+    ) -> Command | None:
+        """The bounded wait's cut of a rig told to sleep on its way to off and silent since."""
+        rig_id = target.rig_id
+        slept = self._slept_for_off.get(rig_id)
+        sweep = self.last
+        if (
+            slept is None
+            or now < slept + self.off_wait_s
+            or isinstance(readings.get(rig_id), Observation)
+            or self._mining_at.get(rig_id, float("-inf")) > slept
+            or sweep is None
+            or not any(
+                sweep.readings.get(o, OutletReading(o[1], False)).on
+                for o in self.wiring.get(rig_id, ())
+            )
+        ):
+            return None
+        return Command(
+            rig_id,
+            Mode.OFF,
+            None,
+            f"off: told to sleep {now - slept:.0f} s ago, silent since and not seen "
+            "hashing: outlets off",
+            target.decided_by,
+            1,
+            switch=False,
+        )
+
+    def record(self, results: Sequence[CommandResult]) -> list[dict[str, object]]:
+        """Note when a rig on its way to ``off`` was told to sleep (for the bounded wait), and
+        count the thermal emergency cuts: their audit events are returned."""
+        events: list[dict[str, object]] = []
         for r in results:
             cmd = r.command
+            if cmd.decided_by == THERMAL_EMERGENCY and cmd.switch is False:
+                events.append(self._thermal_cut(r))
             if r.outcome is not Outcome.SENT or not self.wired(cmd.rig_id):
                 continue
             if cmd.mode is Mode.SLEEP and "off: sleep first" in cmd.reason:
                 self._slept_for_off[cmd.rig_id] = r.at  # the last time it was told
             elif cmd.switch is not None or cmd.mode is not Mode.SLEEP:
                 self._slept_for_off.pop(cmd.rig_id, None)
+        return events
+
+    def _thermal_cut(self, r: CommandResult) -> dict[str, object]:
+        """Count, log and describe (for the audit log) one thermal emergency cut."""
+        outcome = {Outcome.SENT: "switched", Outcome.DRY_RUN: "dry_run"}.get(r.outcome, "failed")
+        self.thermal_cut_counts[outcome] = self.thermal_cut_counts.get(outcome, 0) + 1
+        event: dict[str, object] = {
+            "ts": r.at,
+            "kind": "thermal_cut",
+            "rig": r.command.rig_id,
+            "reason": r.command.reason,
+            "outcome": outcome,
+            "detail": r.detail,
+            "dry_run": r.outcome is Outcome.DRY_RUN,
+        }
+        log.warning("rig.thermal_cut", **{k: v for k, v in event.items() if k != "kind"})
+        return event
 
     def _powered(self) -> dict[RigId, bool]:
         """Each wired rig: every outlet feeding it read on (and, where metered, drawing power)
@@ -548,7 +609,13 @@ class PowerSwitches:
         rules = CycleRules(
             pc.enabled, pc.after_s, pc.max_per_rig_per_day, pc.max_outlets_per_minute, excluded
         )
-        return cls(switches, wiring, timeouts, cycle_rules=rules)
+        return cls(
+            switches,
+            wiring,
+            timeouts,
+            off_wait_s=settings.control.off.silent_wait_s,
+            cycle_rules=rules,
+        )
 
     async def read(self, now: float) -> OutletSweep:
         """Read every switch (bounded concurrency, each within its own deadline); a switch

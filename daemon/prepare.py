@@ -91,7 +91,9 @@ def prepare(settings: Settings, client: httpx.AsyncClient) -> Prepared:
     except ValueError as exc:
         problems.append(str(exc))
     try:
-        guard_config = control.guards.to_config(settings.market.economics, control.tick_s)
+        guard_config = control.guards.to_config(
+            settings.market.economics, control.tick_s, control.off.rule()
+        )
     except (ValueError, TypeError) as exc:
         problems.append(f"control.guards: {exc}")
     if settings.mqtt.enabled:

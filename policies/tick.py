@@ -3,11 +3,12 @@
 The live loop (``daemon/loop.py``) and the backtest (``backtest/``) both decide through this
 module, so a rig is decided the same way in both: the site target caps the site
 (:func:`with_site_target`), every policy gives its opinion (:func:`decide`), the opinions are
-combined, a rig still settling after a change or a change that does not repay itself is held
-(:func:`policies.transition.hold_transitions`), and the guards make the final call
-(:func:`policies.guards.apply_guards`). :func:`tick` is all of it in one call; :func:`decide`
-and :func:`guard` are its two stages, for a caller (the backtest's cohort replay) that asks
-the policies and the guards about different sets of rigs.
+combined, a curtailed rig wired to outlets goes from sleep to off once that pays
+(:func:`policies.off.prefer_off`), a rig still settling after a change or a change that does
+not repay itself is held (:func:`policies.transition.hold_transitions`), and the guards make
+the final call (:func:`policies.guards.apply_guards`). :func:`tick` is all of it in one call;
+:func:`decide` and :func:`guard` are its two stages, for a caller (the backtest's cohort
+replay) that asks the policies and the guards about different sets of rigs.
 
 **A policy that fails holds the fleet**, live and in the backtest alike: a policy that raises,
 or answers with something that is not a mapping of Intents, is reported (:class:`PolicyFailure`)
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from policies.api import Intent, MarketView, Policy, RigView, Site
 from policies.combine import combine
 from policies.guards import Desired, GuardConfig, GuardState, Override, apply_guards
+from policies.off import prefer_off
 from policies.power_cap import PowerCapPolicy
 from policies.timing import STOCK, Transition
 from policies.transition import hold_transitions
@@ -133,9 +135,12 @@ def guard(
     seed: int,
     transition: Callable[[RigId], Transition] = _stock,
 ) -> tuple[Mapping[RigId, Desired], GuardState]:
-    """The combined intents through the transitions' hold and the guards: the desired state of
-    every rig in ``fleet`` and the guards' new state. ``transition`` gives each rig's firmware
-    timing (policies/timing.py)."""
+    """The combined intents through the off-over-sleep rule (policies/off.py), the transitions'
+    hold and the guards: the desired state of every rig in ``fleet`` and the guards' new state.
+    ``transition`` gives each rig's firmware timing (policies/timing.py)."""
+    intents = prefer_off(
+        intents, fleet, state.rigs, transition, market, config.economics, config.off, now
+    )
     held = hold_transitions(intents, fleet, state.rigs, transition, market, config.economics, now)
     return apply_guards(held, fleet, market, state, config, overrides, now, seed)
 

@@ -2,11 +2,12 @@
 the change costs in hash.
 
 A rig woken from sleep initialises its boards (drawing power, hashing nothing), then ramps its
-frequency up to the new mode's; a step down takes seconds. :data:`STOCK` is that timing; the
-drivers give it per firmware (``Capabilities.transition``), the daemon and the backtest use it
-(:mod:`policies.transition`), and the simulator's rigs follow the same figures
-(``simulator/physics.py`` imports them), so the backtest, which drives the simulator's physics,
-sees exactly the transitions the daemon expects.
+frequency up to the new mode's; a step down takes seconds. A rig woken from ``off`` (its outlet
+switched on) boots from cold first, which takes longer (:data:`COLD_BOOT_S`). :data:`STOCK` is
+that timing; the drivers give it per firmware (``Capabilities.transition``), the daemon and the
+backtest use it (:mod:`policies.transition`, :mod:`policies.off`), and the simulator's rigs
+follow the same figures (``simulator/physics.py`` imports them), so the backtest, which drives
+the simulator's physics, sees exactly the transitions the daemon expects.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from dataclasses import dataclass
 from typing import Final
 
 BOOT_S: Final = 45.0
-"""Boards initialising after a wake-up (or a reboot): power drawn, nothing hashed."""
+"""Boards initialising after a wake-up from sleep: power drawn, nothing hashed."""
+COLD_BOOT_S: Final = 90.0
+"""From power applied (an outlet switched on, a reboot) until the boards hash: the control
+board boots (the rig does not answer meanwhile) and the boards initialise, drawing the boot
+power share throughout. A wake from ``off`` takes this instead of :data:`BOOT_S`."""
 RAMP_FROM: Final = 0.3
 """The share of nominal frequency the boards start hashing at after booting."""
 RAMP_UP_PER_S: Final = 1.0 / 150.0
@@ -43,10 +48,16 @@ class Transition:
     """A firmware's transition timing."""
 
     boot_s: float = BOOT_S
+    cold_boot_s: float = COLD_BOOT_S
     ramp_from: float = RAMP_FROM
     ramp_up_per_s: float = RAMP_UP_PER_S
     ramp_down_per_s: float = RAMP_DOWN_PER_S
     boot_power_share: float = BOOT_POWER_SHARE
+
+    def boot_from(self, before: str) -> float:
+        """Seconds the boards boot before hashing when woken from ``before``: the cold boot
+        from ``off``, the warm one otherwise (sleep, or an unknown state)."""
+        return self.cold_boot_s if before == "off" else self.boot_s
 
     def settle_s(self, before: str, after: str) -> float:
         """Seconds from a change ``before`` -> ``after`` until the rig runs in ``after``."""
@@ -56,7 +67,7 @@ class Transition:
         if f1 == 0.0:
             return (f0 if f0 is not None else 1.0) / self.ramp_down_per_s
         if not f0:  # waking (or from an unknown state: assume the worst, a wake-up)
-            return self.boot_s + max(0.0, f1 - self.ramp_from) / self.ramp_up_per_s
+            return self.boot_from(before) + max(0.0, f1 - self.ramp_from) / self.ramp_up_per_s
         if f1 >= f0:
             return (f1 - f0) / self.ramp_up_per_s
         return (f0 - f1) / self.ramp_down_per_s
@@ -72,7 +83,8 @@ class Transition:
             ramp = max(0.0, f1 - self.ramp_from)
             start = min(f1, self.ramp_from)
             # Boot: nothing. Ramp: a linear climb from ``start`` to ``f1``.
-            return self.boot_s + (ramp / self.ramp_up_per_s) * (f1 - (start + f1) / 2) / f1
+            climb = (ramp / self.ramp_up_per_s) * (f1 - (start + f1) / 2) / f1
+            return self.boot_from(before) + climb
         if f1 <= f0:
             return 0.0
         return ((f1 - f0) / self.ramp_up_per_s) * ((f1 - f0) / 2) / f1

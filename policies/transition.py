@@ -67,7 +67,8 @@ def change_cost_usd(
 ) -> float:
     """What a change from ``before`` to ``target`` costs beyond running in ``target`` at once:
     the hash lost while getting there (at ``target``'s margin) and, on a wake-up, the power the
-    booting boards draw (a share of the rig's normal power, else of ``target``'s)."""
+    booting boards draw (a share of the rig's normal power, else of ``target``'s), for a cold
+    boot's length when it wakes from ``off``."""
     lost_s = timing.lost_hash_s(before, target.mode)
     if lost_s <= 0:
         return 0.0
@@ -80,7 +81,7 @@ def change_cost_usd(
         nameplate_w = normal.power_w if normal is not None else target.power_w
         boot_w = timing.boot_power_share * nameplate_w
         boot_per_day = max(0.0, cost_per_day(boot_w, price_per_kwh, terms))
-        cost += timing.boot_s * boot_per_day / SECONDS_PER_DAY
+        cost += timing.boot_from(before) * boot_per_day / SECONDS_PER_DAY
     return cost
 
 

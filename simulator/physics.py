@@ -50,6 +50,7 @@ V_MIN = 0.82
 IDLE_SHARE = 0.06  # fans, PSU losses and leakage at nameplate, as a share of nameplate power
 SLEEP_POWER_W = 18.0  # control board and a slow fan while the boards are off
 BOOT_S = timing.BOOT_S  # boards initialising before they hash
+COLD_BOOT_S = timing.COLD_BOOT_S  # from power on (or a reboot) until the boards hash
 RAMP_FROM = timing.RAMP_FROM  # the frequency they start hashing at
 RAMP_UP_PER_S = timing.RAMP_UP_PER_S  # frequency ramps up from 0 to nominal over 150 s
 RAMP_DOWN_PER_S = timing.RAMP_DOWN_PER_S  # and drops within a few seconds

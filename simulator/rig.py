@@ -17,6 +17,7 @@ from typing import Any
 from simulator.models import ModelSpec
 from simulator.physics import (
     CHIP_TARGET_C,
+    COLD_BOOT_S,
     FAN_MAX_RPM,
     Mode,
     Phase,
@@ -25,7 +26,7 @@ from simulator.physics import (
     target_freq,
 )
 
-REBOOT_S = 90.0  # simulated seconds a rebooting rig is unreachable
+REBOOT_S = COLD_BOOT_S  # simulated seconds a rebooting (cold-booting) rig is unreachable
 POWER_FACTOR_RANGE = (0.5, 2.0)  # what set_power_factor takes
 
 

@@ -49,6 +49,13 @@ min_dwell_s = 0
 hysteresis_usd_per_day = 0.25
 ramp_kw_per_min = 100000
 ramp_rigs_per_s = 100
+thermal_cut = true
+thermal_cut_after_s = 120
+[control.off]
+prefer_off = true
+min_asleep_s = 1800
+standby_w = 0
+silent_wait_s = 600
 [market]
 pool_fee = 0.02
 overhead = 1.0
@@ -103,6 +110,13 @@ min_dwell_s = 60
 hysteresis_usd_per_day = 0.5
 ramp_kw_per_min = 50000
 ramp_rigs_per_s = 50
+thermal_cut = false
+thermal_cut_after_s = 300
+[control.off]
+prefer_off = false
+min_asleep_s = 900
+standby_w = 1.5
+silent_wait_s = 300
 [market]
 pool_fee = 0.03
 overhead = 1.1
@@ -140,6 +154,11 @@ def desk_rigs(service: Service) -> tuple[dict[str, str], list[str]]:
 def power_rules(service: Service) -> CycleRules:
     assert service.loop.power is not None
     return service.loop.power.cycle_rules
+
+
+def off_wait_s(service: Service) -> float:
+    assert service.loop.power is not None
+    return service.loop.power.off_wait_s
 
 
 def checks(a: str, b: str, c: str) -> dict[str, tuple[Check, Any, Any]]:
@@ -219,6 +238,20 @@ def checks(a: str, b: str, c: str) -> dict[str, tuple[Check, Any, Any]]:
             FailSafe.SLEEP,
         ),
         "control.guards.min_dwell_s": (lambda s, r: s.loop.guard_config.min_dwell_s, 0, 60),
+        "control.guards.thermal_cut": (lambda s, r: s.loop.guard_config.thermal_cut, True, False),
+        "control.guards.thermal_cut_after_s": (
+            lambda s, r: s.loop.guard_config.thermal_cut_after_s,
+            120.0,
+            300.0,
+        ),
+        "control.off.prefer_off": (lambda s, r: s.loop.guard_config.off.enabled, True, False),
+        "control.off.min_asleep_s": (
+            lambda s, r: s.loop.guard_config.off.min_asleep_s,
+            1800.0,
+            900.0,
+        ),
+        "control.off.standby_w": (lambda s, r: s.loop.guard_config.off.standby_w, 0.0, 1.5),
+        "control.off.silent_wait_s": (lambda s, r: off_wait_s(s), 600.0, 300.0),
         "control.guards.hysteresis_usd_per_day": (
             lambda s, r: s.loop.guard_config.hysteresis_usd_per_day,
             0.25,

@@ -108,12 +108,14 @@ def next_rig_state(
             changed_by=decision.decided_by,
             thermal_cap=latch.cap,
             thermal_at=latch.at,
+            critical_since=latch.critical_since,
         )
     if (
         prior is not None
         and (prior.setting is setting or prior.setting == setting)
         and prior.thermal_cap is latch.cap
         and prior.thermal_at == latch.at
+        and prior.critical_since == latch.critical_since
     ):
         return prior  # frozen, and equal to what would be built below
     return RigGuardState(
@@ -123,4 +125,5 @@ def next_rig_state(
         changed_by="" if prior is None else prior.changed_by,
         thermal_cap=latch.cap,
         thermal_at=latch.at,
+        critical_since=latch.critical_since,
     )

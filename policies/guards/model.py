@@ -11,11 +11,13 @@ from typing import Any, Final
 
 from policies.api import HasLazyReason, LazyReason, RigView
 from policies.economics import Economics
+from policies.off import OffRule
 from policies.values import Mode, RigId
 
 # decided_by names of the guards (a policy's own name is used when the intent passes through)
 OVERRIDE = "override"
 THERMAL = "thermal"
+THERMAL_EMERGENCY = "thermal-emergency"
 STALE_INPUT = "stale-input"
 DWELL = "dwell"
 HYSTERESIS = "hysteresis"
@@ -23,7 +25,17 @@ RAMP = "ramp"
 NO_OBSERVATION = "no-observation"
 NO_INTENT = "no-intent"
 GUARD_NAMES = frozenset(
-    {OVERRIDE, THERMAL, STALE_INPUT, DWELL, HYSTERESIS, RAMP, NO_OBSERVATION, NO_INTENT}
+    {
+        OVERRIDE,
+        THERMAL,
+        THERMAL_EMERGENCY,
+        STALE_INPUT,
+        DWELL,
+        HYSTERESIS,
+        RAMP,
+        NO_OBSERVATION,
+        NO_INTENT,
+    }
 )
 
 
@@ -214,6 +226,11 @@ class GuardConfig:
     thermal_critical_c: float = 95.0
     thermal_resume_c: float = 80.0
     thermal_cooldown_s: float = 300.0
+    thermal_cut: bool = True
+    """Declare a thermal emergency (the rig's outlets cut, where it has any) for a rig at or
+    above ``thermal_critical_c`` that still hashes ``thermal_cut_after_s`` after it was set to
+    sleep (its firmware ignores the command): see :func:`policies.guards.rig.emergency`."""
+    thermal_cut_after_s: float = 120.0
     stale_failsafe: FailSafe = FailSafe.HOLD
     stale_exempt_policies: frozenset[str] = frozenset()
     observation_ttl_s: float = 180.0
@@ -227,6 +244,8 @@ class GuardConfig:
     ramp_horizon_s: float = 1.0
     """How far ahead one call may schedule power-up starts (the shell passes its tick
     interval, so a tick uses the rigs-per-second budget until the next tick)."""
+    off: OffRule = field(default_factory=OffRule)
+    """When a policy's ``sleep`` becomes ``off`` for a rig wired to outlets (policies/off.py)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -234,6 +253,7 @@ class GuardConfig:
             "thermal_critical_c",
             "thermal_resume_c",
             "thermal_cooldown_s",
+            "thermal_cut_after_s",
             "observation_ttl_s",
             "min_dwell_s",
             "hysteresis_usd_per_day",
@@ -248,7 +268,12 @@ class GuardConfig:
                 raise ValueError(f"{name} must be finite, got {value!r}")
         if not self.thermal_resume_c < self.thermal_limit_c <= self.thermal_critical_c:
             raise ValueError("need thermal_resume_c < thermal_limit_c <= thermal_critical_c")
-        for name in ("thermal_cooldown_s", "min_dwell_s", "hysteresis_usd_per_day"):
+        for name in (
+            "thermal_cooldown_s",
+            "thermal_cut_after_s",
+            "min_dwell_s",
+            "hysteresis_usd_per_day",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in (
@@ -281,6 +306,7 @@ class RigGuardState:
     changed_by: str = ""  # decided_by of that change
     thermal_cap: Mode | None = None  # latched by the thermal guard until the rig cools
     thermal_at: float | None = None  # the last time the rig was seen at or above the limit
+    critical_since: float | None = None  # seen hashing at or above critical since (rig.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -291,6 +317,7 @@ class RigGuardState:
             "changed_by": self.changed_by,
             "thermal_cap": None if self.thermal_cap is None else self.thermal_cap.value,
             "thermal_at": self.thermal_at,
+            **({} if self.critical_since is None else {"critical_since": self.critical_since}),
         }
 
     @classmethod
@@ -303,6 +330,7 @@ class RigGuardState:
             changed_by=str(data.get("changed_by", "")),
             thermal_cap=None if data.get("thermal_cap") is None else Mode(data["thermal_cap"]),
             thermal_at=_opt_float(data.get("thermal_at")),
+            critical_since=_opt_float(data.get("critical_since")),
         )
 
 
@@ -344,6 +372,7 @@ class GuardState:
                 r.changed_by,
                 r.thermal_cap,
                 moved(r.thermal_at),
+                moved(r.critical_since),
             )
             for rid, r in self.rigs.items()
         }

@@ -21,6 +21,7 @@ from policies.guards.model import (
     OVERRIDE,
     STALE_INPUT,
     THERMAL,
+    THERMAL_EMERGENCY,
     FailSafe,
     GuardConfig,
     Override,
@@ -28,6 +29,7 @@ from policies.guards.model import (
     Setting,
 )
 from policies.guards.power import (
+    FLOOR_MODES,
     is_lowering,
     is_raise,
     lowest_setting,
@@ -86,6 +88,9 @@ class Latch(NamedTuple):
 
     cap: Mode | None
     at: float | None
+    critical_since: float | None = None
+    """Since when the rig has been seen hashing at or above ``thermal_critical_c`` in every
+    fresh observation (None: it was not, at the last one)."""
 
 
 _NO_LATCH: Final = Latch(None, None)
@@ -296,19 +301,34 @@ def update_latch(
 ) -> Latch:
     """Trip at ``thermal_limit_c``; clear below ``thermal_resume_c``, or, for a rig that is not
     hashing and reports no chip temperature, ``thermal_cooldown_s`` after it was last hot."""
-    cap = prior.thermal_cap if prior is not None else None
-    at = prior.thermal_at if prior is not None else None
+    if prior is None:
+        cap = at = critical = None
+    else:
+        cap, at, critical = prior.thermal_cap, prior.thermal_at, prior.critical_since
     temp = None if obs is None else obs.max_chip_temp_c
     if temp is not None and is_hot(temp, c):
-        return Latch(thermal_target(rig, temp, c).mode, now)
-    if obs is None or cap is None:
-        return _NO_LATCH if cap is None and at is None else Latch(cap, at)
+        if temp >= c.thermal_critical_c and obs is not None and obs.mining:
+            critical = now if critical is None else critical
+        else:
+            critical = None
+        return Latch(thermal_target(rig, temp, c).mode, now, critical)
+    if obs is None:  # unread: nothing new is known
+        return _NO_LATCH if cap is None and at is None and critical is None else prior_latch(prior)
+    if cap is None:
+        return _NO_LATCH if at is None else Latch(None, at)
     if temp is not None and temp < c.thermal_resume_c:
         return Latch(None, at)
     cooled_long_enough = at is None or now - at >= c.thermal_cooldown_s
     if temp is None and not obs.mining and cooled_long_enough:
         return Latch(None, at)
     return Latch(cap, at)
+
+
+def prior_latch(prior: RigGuardState | None) -> Latch:
+    """The latch the guards' memory holds."""
+    if prior is None:
+        return _NO_LATCH
+    return Latch(prior.thermal_cap, prior.thermal_at, prior.critical_since)
 
 
 def is_hot(temp_c: float, config: GuardConfig) -> bool:
@@ -323,6 +343,47 @@ def thermal_target(rig: RigView, temp_c: float, config: GuardConfig) -> Setting:
     return lowest_setting(rig)
 
 
+def emergency(
+    rig: RigView,
+    obs: Observation | None,
+    hold: Setting,
+    set_at: float | None,
+    latch: Latch,
+    now: float,
+    config: GuardConfig,
+) -> str | None:
+    """The thermal emergency the guard declares, as its reason, or None: a rig that can be
+    switched off (``off`` among its modes: wired to outlets), seen hashing at or above
+    ``thermal_critical_c`` in every fresh observation for ``thermal_cut_after_s`` since it was
+    set to sleep (or off; ``set_at``: when), that is, since the later of the two. Its firmware
+    ignores the command while its chips are at the temperature where damage starts, so its
+    power is cut. Never a rig not seen hashing, never one whose chips are unread (an unread
+    temperature is not evidence of an emergency; the guard keeps such a rig from being raised),
+    never with ``thermal_cut`` off."""
+    critical = latch.critical_since
+    if (
+        not config.thermal_cut
+        or critical is None
+        or obs is None
+        or not obs.mining
+        or hold.mode not in FLOOR_MODES
+        or set_at is None
+        or Mode.OFF not in rig.modes
+    ):
+        return None
+    temp = obs.max_chip_temp_c
+    if temp is None or temp < config.thermal_critical_c:
+        return None
+    since = max(critical, set_at)
+    if now - since < config.thermal_cut_after_s:
+        return None
+    return (
+        f"thermal emergency: max chip {temp:.0f} °C >= {config.thermal_critical_c:.0f} °C, "
+        f"still hashing {now - since:.0f} s after it was set to {hold.mode.value} "
+        f"(limit {config.thermal_cut_after_s:.0f} s): its outlets are cut"
+    )
+
+
 def thermal_guard(
     decision: Decision,
     rig: RigView,
@@ -330,11 +391,25 @@ def thermal_guard(
     hold: Setting,
     latch: Latch,
     config: GuardConfig,
+    set_at: float | None = None,
+    now: float = 0.0,
 ) -> Decision:
-    """A hot rig goes down to its thermal target (or stays lower); a latched rig or one whose
-    chips cannot be read while hashing is not raised. Outranks everything before it."""
+    """A hot rig goes down to its thermal target (or stays lower), or is cut in a thermal
+    emergency (:func:`emergency`; ``set_at``: when its current setting was made); a latched
+    rig or one whose chips cannot be read while hashing is not raised. Outranks everything
+    before it."""
     temp = obs.max_chip_temp_c if obs is not None else None
     if temp is not None and is_hot(temp, config):
+        cut = emergency(rig, obs, hold, set_at, latch, now, config)
+        if cut is not None:
+            return Decision(
+                Setting.of(Mode.OFF, None),
+                THERMAL_EMERGENCY,
+                cut,
+                decision.source,
+                decision.held_back,
+                decision.bypass_dwell,
+            )
         return _hot(decision, rig, temp, hold, config)
     if not is_raise(rig, hold, decision.setting):
         return decision
@@ -387,7 +462,8 @@ def decide_rig(
     decision = hysteresis_guard(decision, rig, hold, prior, market, config)
     decision = dwell_guard(decision, hold, prior, now, config)
     decision = observation_guard(decision, rig, obs, hold)
-    decision = thermal_guard(decision, rig, obs, hold, latch, config)
+    set_at = prior.changed_at if prior is not None else None
+    decision = thermal_guard(decision, rig, obs, hold, latch, config, set_at, now)
     return hold, decision, latch
 
 
