@@ -30,7 +30,7 @@ from policies.guards.ramp import Send, new_grants, ramp_sends
 from policies.tick import PolicyFailure, tick
 from policies.timing import STOCK, Transition
 from policies.transition import settling_until
-from policies.values import Mode, Observation, QuoteKind, Reading, RigId
+from policies.values import CURTAILED_MODES, Mode, Observation, QuoteKind, Reading, RigId
 
 log = structlog.get_logger("loop")
 
@@ -359,12 +359,13 @@ class ControlLoop:
         results: Sequence[CommandResult],
         now: float,
     ) -> list[Mapping[str, object]]:
-        """After the tick's sends: the switches note them (thermal emergency cuts audited),
-        then hung rigs, and those an operator asked for, are power-cycled (daemon/power.py),
+        """After the tick's sends: the switches note them (thermal emergency cuts audited and
+        handed on), then hung rigs, and those an operator asked for, are power-cycled (daemon/power.py),
         never one an operator pinned or one meant to be off; each cycle audited, and handed on
         in the tick's report (MQTT publishes them)."""
         assert self.power is not None
-        for event in self.power.record(results):
+        cuts = self.power.record(results)
+        for event in cuts:
             if self.audit is not None:
                 self.audit.write(event)
         held = {
@@ -386,7 +387,7 @@ class ControlLoop:
                 self.reconciler.clear(str(event["rig"]))
             if self.audit is not None:
                 self.audit.write(event)
-        return list(events)
+        return [*cuts, *events]
 
     def pinned_for_cycles(self, now: float) -> dict[RigId, str]:
         """The rigs an operator pinned, and why none of them is power-cycled (hung or asked
@@ -599,7 +600,7 @@ class ControlLoop:
         market: MarketView,
     ) -> TickReport:
         observed = [r for r in readings.values() if isinstance(r, Observation)]
-        curtailed = sum(1 for d in desired.values() if d.mode in (Mode.SLEEP, Mode.LOW, Mode.OFF))
+        curtailed = sum(1 for d in desired.values() if d.mode in CURTAILED_MODES)
         return TickReport(
             at=now,
             rigs=len(readings),

@@ -436,6 +436,10 @@ class PowerSwitches:
             "detail": r.detail,
             "dry_run": r.outcome is Outcome.DRY_RUN,
         }
+        if outcome == "failed":
+            event["error"] = r.detail
+        elif outcome == "switched":
+            event["outlets"] = r.detail
         log.warning("rig.thermal_cut", **{k: v for k, v in event.items() if k != "kind"})
         return event
 

@@ -74,6 +74,10 @@ _POWER_RANK: dict[Mode, int] = {
 HASHING_MODES: tuple[Mode, ...] = (Mode.LOW, Mode.NORMAL, Mode.HIGH)
 """The modes that hash, lowest power first (the one definition)."""
 
+CURTAILED_MODES: frozenset[Mode] = frozenset({Mode.OFF, Mode.SLEEP, Mode.LOW, Mode.LIMIT})
+"""A rig decided into one of these is curtailed (counted so in the tick's summary, the fleet
+state, the metrics and the multi-site view: the one definition)."""
+
 _SAFE_STEPS = frozenset({Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH})
 
 

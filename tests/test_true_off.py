@@ -332,6 +332,11 @@ async def test_a_hot_rig_ignoring_sleep_is_cut_and_a_hashing_one_never(
     assert "thermal emergency: max chip" in cuts[0]["reason"]
     assert told and cuts[0]["ts"] - told[0] >= 120.0
     assert h.loop.power is not None and h.loop.power.thermal_cut_counts == {"switched": 1}
+    from daemon.mqtt.state import power_event
+
+    published = [power_event(e, False) for e in report.power_events]  # MQTT's event/power
+    assert [(p["rig"], p["kind"]) for p in published] == [(xp, "thermal_cut")]
+    assert "off" in str(published[0]["outlets"]) and published[0]["error"] is None
     metrics = Metrics(process=False)
     metrics.record_tick(report, h.loop, h.clock.t)
     assert 'rigpilot_thermal_cuts_total{outcome="switched"} 1.0' in metrics.render().decode()

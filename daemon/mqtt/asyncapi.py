@@ -262,13 +262,15 @@ POWER_EVENT_SCHEMA: dict[str, Any] = _strict(
         "description": "Not retained. A rig's outlets switched off for a power cycle (kind "
         "power_cycle: cause 'hung' or 'requested', the outlets switched or the switch's "
         "error; the loop switches them on again through the site ramp), a requested cycle "
-        "refused at its turn (power_cycle_refused, with the reason), or a rig still silent "
-        "after its cycles of the day (needs_hands).",
+        "refused at its turn (power_cycle_refused, with the reason), a rig still silent "
+        "after its cycles of the day (needs_hands), or a thermal emergency cut (thermal_cut: "
+        "a rig hashing at its critical temperature that ignored sleep had its outlets cut; "
+        "the guard's reason, the outlets switched or the switch's error).",
         "properties": {
             "rig": {"type": "string"},
             "kind": {
                 "type": "string",
-                "enum": ["power_cycle", "power_cycle_refused", "needs_hands"],
+                "enum": ["power_cycle", "power_cycle_refused", "needs_hands", "thermal_cut"],
             },
             "cause": {"type": ["string", "null"], "enum": ["hung", "requested", None]},
             "reason": _STR,

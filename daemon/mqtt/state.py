@@ -17,6 +17,7 @@ from policies.economics import Economics, breakeven_hashprice, cost_per_day, rev
 from policies.economics import ModePoint as _Point
 from policies.guards import Desired, Override
 from policies.values import (
+    CURTAILED_MODES,
     Identity,
     Mode,
     Observation,
@@ -27,7 +28,7 @@ from policies.values import (
     rig_text,
 )
 
-CURTAILED = (Mode.SLEEP, Mode.LOW, Mode.LIMIT)
+CURTAILED = CURTAILED_MODES  # policies/values.py
 MAX_REASON = 2000  # characters of a reason published (ours, but plugins may quote rig text)
 
 
@@ -272,8 +273,9 @@ NEEDS_HANDS = "still silent after its power cycles of the day: somebody has to g
 
 def power_event(event: Mapping[str, object], dry_run: bool) -> dict[str, Any]:
     """``event/power``: a power cycle (``cause`` hung or requested; ``outlets`` switched, or
-    the switch's ``error``), a requested cycle refused at its turn (``reason``), or a rig that
-    needs hands, from the audit event daemon/power.py made of it."""
+    the switch's ``error``), a requested cycle refused at its turn (``reason``), a rig that
+    needs hands, or a thermal emergency cut (``reason`` the guard's), from the audit event
+    daemon/power.py made of it."""
     kind = str(event["kind"])
 
     def text(key: str) -> str | None:
