@@ -489,7 +489,8 @@ class PolicyRun:
             n = min(n, cap)
         if n == u.m:
             return rig_ids(u.members)
-        return self.order.first(u.uid, u.members, n, now, room.shift)
+        rigs = range(u.cls.first, u.cls.first + u.cls.count)
+        return self.order.first(u.uid, u.members, rigs, n, now, room.shift)
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float

@@ -81,49 +81,59 @@ def room_at(log: Sequence[RampGrant], config: GuardConfig, seed: int, now: float
 
 
 class DrawOrder:
-    """Cohorts' members in the order of their own jitter draws for the hour (then by id),
-    kept per cohort while its members (the same list) and the hour are the same."""
+    """Cohorts' members in the order of their own jitter draws for the hour (then by id): each
+    class's rigs sorted once an hour when one of its cohorts waits, and a cohort's members
+    picked from that order, kept while its members (the same list) and the hour are the same."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.hour: int | None = None
-        self.draw = rig_draws(seed, 0)
-        self.own: dict[int, int] = {}  # rig index -> its own draw this hour
+        self.classes: dict[tuple[int, int], tuple[list[int], list[RigId]]] = {}
         self.kept: dict[str, tuple[list[int], list[int], list[RigId]]] = {}
 
-    def first(self, uid: str, members: list[int], n: int, now: float, shift: int) -> list[RigId]:
-        """The ids of the first ``n`` of ``members`` (cohort ``uid``) in the ramp's order at
-        ``now`` among rigs alike: by (own draw + ``shift``) mod ``JITTER_SPAN``, a rotation of
-        the order by own draw, starting at the first whose own draw is ``>= SPAN - shift``."""
-        draws, ids = self._sorted(uid, members, now)
+    def first(
+        self, uid: str, members: list[int], rigs: range, n: int, now: float, shift: int
+    ) -> list[RigId]:
+        """The ids of the first ``n`` of ``members`` (cohort ``uid``, sorted rig indices, most
+        often all within ``rigs``, its class's) in the ramp's order at ``now`` among rigs
+        alike: by (own draw + ``shift``) mod ``JITTER_SPAN``, a rotation of the order by own
+        draw, starting at the first whose own draw is ``>= SPAN - shift``."""
+        draws, ids = self._sorted(uid, members, rigs, now)
         k = bisect.bisect_left(draws, JITTER_SPAN - shift)
         out = ids[k : k + n]
         if len(out) < n:
             out += ids[: n - len(out)]
         return out
 
-    def _sorted(self, uid: str, members: list[int], now: float) -> tuple[list[int], list[RigId]]:
+    def _sorted(
+        self, uid: str, members: list[int], rigs: range, now: float
+    ) -> tuple[list[int], list[RigId]]:
         hour = jitter_hour(now)
         if hour != self.hour:
             self.hour = hour
-            self.draw = rig_draws(self.seed, hour)
-            self.own.clear()
+            self.classes.clear()
             self.kept.clear()
         kept = self.kept.get(uid)
         if kept is not None and kept[0] is members:
             return kept[1], kept[2]
-        own, draw = self.own, self.draw
-        pairs = []
-        for i, rid in zip(members, rig_ids(members), strict=True):
-            d = own.get(i)
-            if d is None:
-                d = own[i] = draw(rid)
-            pairs.append((d, rid))
-        pairs.sort()
-        draws = [d for d, _ in pairs]
-        ids = [rid for _, rid in pairs]
-        self.kept[uid] = (members, draws, ids)
-        return draws, ids
+        if rigs.start <= members[0] and members[-1] < rigs.stop:
+            whole = self.classes.get((rigs.start, rigs.stop))
+            if whole is None:
+                whole = self.classes[rigs.start, rigs.stop] = _by_own_draw(self.seed, hour, rigs)
+            ids = set(rig_ids(members))
+            draws = [d for d, rid in zip(*whole, strict=True) if rid in ids]
+            order = [rid for rid in whole[1] if rid in ids]
+        else:  # merged with rigs of another class alike (the same label): sorted on their own
+            draws, order = _by_own_draw(self.seed, hour, members)
+        self.kept[uid] = (members, draws, order)
+        return draws, order
+
+
+def _by_own_draw(seed: int, hour: int, rigs: Sequence[int]) -> tuple[list[int], list[RigId]]:
+    """(own draws, ids) of ``rigs`` for ``hour``, sorted by draw, then id."""
+    draw = rig_draws(seed, hour)
+    pairs = sorted((draw(rid), rid) for rid in rig_ids(rigs))
+    return [d for d, _ in pairs], [rid for _, rid in pairs]
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,16 +248,19 @@ def test_a_cohorts_first_rigs_are_the_front_of_the_ramps_order(
     # by the ramp's jitter (then id), at that tick, a later tick of the hour, the next hour,
     # and after the cohort lost members.
     members = sorted(members)
-    n = min(n, len(members))
-    order = DrawOrder(seed)
 
-    def front(rigs: list[int], at: float) -> list[str]:
+    def front(rigs: list[int], m: int, at: float) -> list[str]:
         draw = jitter(seed, at)
-        return sorted(rig_ids(rigs), key=lambda r: (draw(r), r))[:n]
+        return sorted(rig_ids(rigs), key=lambda r: (draw(r), r))[:m]
 
-    for at in (now, now + 30.0, now + 3600.0):
-        assert order.first("u1", members, n, at, jitter_shift(seed, at)) == front(members, at)
-    rest = members[::2]
-    n = min(n, len(rest))
-    at = now + 3630.0
-    assert order.first("u1", rest, n, at, jitter_shift(seed, at)) == front(rest, at)
+    # the class (the cohort's rigs and others), or a class alike it was merged with
+    for rigs in (range(members[0], members[-1] + 1), range(members[0], members[0] + 1)):
+        order = DrawOrder(seed)
+        m = min(n, len(members))
+        for at in (now, now + 30.0, now + 3600.0):
+            shift = jitter_shift(seed, at)
+            assert order.first("u1", members, rigs, m, at, shift) == front(members, m, at)
+        rest = members[::2]
+        m = min(m, len(rest))
+        at = now + 3630.0
+        assert order.first("u1", rest, rigs, m, at, jitter_shift(seed, at)) == front(rest, m, at)

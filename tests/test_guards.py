@@ -32,6 +32,7 @@ from policies.guards import (
     GuardConfig,
     GuardState,
     Override,
+    RigGuardState,
     Setting,
     apply_guards,
 )
@@ -1209,6 +1210,68 @@ def test_each_rig_of_a_near_tie_starts_first_about_equally_often_over_time(n: in
     assert set(first) == {r.rig.rig_id for r in rises}
     for count in first.values():
         assert count == pytest.approx(ticks / n, rel=0.15)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([Mode.SLEEP, Mode.LOW, Mode.NORMAL]),
+            st.sampled_from([60.0, 92.0, 97.0, None]),
+            st.sampled_from([Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH]),
+            st.lists(
+                st.sampled_from(["same", "other intent", "no memory", "no intent"]),
+                min_size=1,
+                max_size=5,
+            ),
+            st.sampled_from([None, 0.0, 300.0, 900.0]),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from([PRICES, STALE]),
+    st.sampled_from([2.0, 7.0, 1e6]),
+)
+def test_rigs_alike_listed_together_get_what_each_gets_alone(
+    cohorts: list[tuple[Mode, float | None, Mode, list[str], float | None]],
+    market: MarketView,
+    kw_per_min: float,
+) -> None:
+    # apply_guards works the chain out once for a rig that shares its observation, points,
+    # modes, memory and intent (the same objects) with the rig listed before it, as the
+    # backtest's copies of a cohort do: every answer must be what the same rigs get as
+    # separate objects (no answer shared), ramp included; copies here may differ from the rig
+    # before them in their intent or memory.
+    together: list[RigView] = []
+    apart: list[RigView] = []
+    intents: dict[RigId, Intent] = {}
+    shared: dict[RigId, RigGuardState] = {}
+    own: dict[RigId, RigGuardState] = {}
+    for c, (mode, temp, wanted, copies, age) in enumerate(cohorts):
+        base = rig_at(f"c{c}", mode, T0, temp)
+        memory = None
+        if age is not None:
+            memory = RigGuardState(Setting(mode), T0 - age, Setting(Mode.NORMAL), POLICY)
+        reason = f"{POLICY} wants {wanted.value}"
+        for k, copy_is in enumerate(copies):
+            rid = f"c{c}-{k}"
+            together.append(replace(base, rig_id=rid))
+            obs = None if base.observation is None else replace(base.observation)
+            points = tuple(replace(p) for p in base.points)
+            apart.append(replace(base, rig_id=rid, observation=obs, points=points))
+            if copy_is == "other intent":
+                intents[rid] = Intent(
+                    rid, Mode.LOW if wanted is not Mode.LOW else Mode.SLEEP, reason, POLICY
+                )
+            elif copy_is != "no intent":
+                intents[rid] = Intent(rid, wanted, reason, POLICY)
+            if memory is not None and copy_is != "no memory":
+                shared[rid] = memory
+                own[rid] = replace(memory)
+    config = replace(QUIET, min_dwell_s=600.0, ramp_kw_per_min=kw_per_min)
+    alike = apply_guards(intents, together, market, GuardState(shared), config, (), T0, 7)
+    alone = apply_guards(intents, apart, market, GuardState(own), config, (), T0, 7)
+    assert alike == alone
 
 
 def test_state_round_trips_through_json() -> None:
