@@ -77,7 +77,7 @@ def jitter_hour(now: float) -> int:
 def rig_draws(seed: int, hour: int) -> Callable[[RigId], int]:
     """u: each rig's own draw for ``hour`` (see :func:`jitter_hour`), a 53-bit integer, a keyed
     hash (BLAKE2b) of ``seed``, the hour and the rig id alone."""
-    copy = hashlib.blake2b(f"{seed}:{hour}:".encode(), digest_size=8, person=_RIG_KEY).copy
+    copy = _rig_hash(seed, hour)
     from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> int:
@@ -86,6 +86,11 @@ def rig_draws(seed: int, hour: int) -> Callable[[RigId], int]:
         return from_bytes(h.digest(), "big") >> 11
 
     return draw
+
+
+def _rig_hash(seed: int, hour: int) -> Callable[[], hashlib.blake2b]:
+    """A new keyed BLAKE2b hash of (``seed``, ``hour``) each call, for a rig id to finish."""
+    return hashlib.blake2b(f"{seed}:{hour}:".encode(), digest_size=8, person=_RIG_KEY).copy
 
 
 def jitter_shift(seed: int, now: float) -> int:
@@ -104,11 +109,14 @@ def jitter(seed: int, now: float) -> Callable[[RigId], float]:
     identical rigs keeps its members in that order and finds the first ones by bisection:
     ``backtest/cohorts.py``); each hour draws a new order, so over many hours each rig of a
     near-tie comes first about equally often."""
-    own = rig_draws(seed, jitter_hour(now))
+    copy = _rig_hash(seed, jitter_hour(now))  # rig_draws, inlined: the ramp's hot path
     shift = jitter_shift(seed, now)
+    from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> float:
-        return ((own(rig_id) + shift) & _MASK) * _TO_UNIT
+        h = copy()
+        h.update(rig_id.encode())
+        return (((from_bytes(h.digest(), "big") >> 11) + shift) & _MASK) * _TO_UNIT
 
     return draw
 
