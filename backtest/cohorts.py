@@ -689,7 +689,11 @@ def _timing(rig_id: RigId) -> Transition:
 
 
 def _settling(u: Unit, now: float) -> bool:
-    until = settling_until(u.memory, STOCK)
+    mem = u.memory
+    kept = u.settle_until
+    if kept is None or kept[0] is not mem:  # a pure function of the memory: once per memory
+        kept = u.settle_until = (mem, settling_until(mem, STOCK))
+    until = kept[1]
     return until is not None and now < until
 
 
