@@ -26,34 +26,36 @@ Two things make a year of 1,000 rigs cheap without changing a decision (docs/bac
   ``exact=True`` calls everything every ``tick_s``; ``plain=True`` also shows every rig as its
   own cohort (the plain replay). The tests check that all three give the same results, with
   ramps that bind too: the ramp's jitter is each rig's own draw, so a cohort waiting for it
-  shows only its members first in the ramp's order (docs/backtest.md).
+  shows only its members first in the ramp's order, as many as the ramp could grant plus one
+  (``backtest/ramp_view.py``; docs/backtest.md).
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import heapq
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backtest.classes import ProgressFn, RampFn, ReplayConfig
 from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from backtest.physics import state_key
+from backtest.ramp_view import DrawOrder, Rising, Room, reach, rig_id, rig_ids, rig_index, room_at
 from daemon.rig_economics import mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView
 from policies.guards import (
     RAMP,
     Desired,
     GuardState,
+    RampGrant,
     RigGuardState,
     Setting,
 )
 from policies.guards.horizon import held_again, held_until, keeps
 from policies.guards.power import is_raise
-from policies.guards.ramp import jitter, prune_log, start_slots
+from policies.guards.ramp import new_grants
 from policies.guards.rig import dwell_holds
 from policies.tick import PolicyFailure, ask, combined, guard
 from policies.timing import STOCK, Transition
@@ -85,20 +87,6 @@ class PolicyFailed:
         )
 
 
-def rig_id(index: int) -> RigId:
-    """The id the rig at ``index`` in the fleet is shown to the policies and guards under,
-    whatever cohort it is in (the ramp's jitter is drawn by rig id)."""
-    while len(_RIG_IDS) <= index:
-        n = len(_RIG_IDS)
-        _RIG_IDS.append(f"rig{n}")
-        _RIG_INDEX[_RIG_IDS[n]] = n
-    return _RIG_IDS[index]
-
-
-_RIG_IDS: list[RigId] = []
-_RIG_INDEX: dict[RigId, int] = {}
-
-
 def _retarget(intent: Intent, rig_id: str) -> Intent:
     """``intent`` for another rig of the same cohort (Intent is an immutable slots class)."""
     return Intent(rig_id, intent.mode, intent.lazy_reason, intent.policy, intent.power_limit_w)
@@ -111,6 +99,7 @@ class Counters:
     guard_calls: int = 0
     peak_units: int = 0
     views: int = 0
+    shown_again: int = 0  # guard calls made again with more of a cohort's rigs shown
 
 
 def _observation(u: Unit, now: float) -> Observation:
@@ -177,6 +166,7 @@ class PolicyRun:
         self.ramp_log = GuardState().ramp_log
         self.intents: dict[RigId, Intent] = {}
         self.intents_market: tuple[float | None, float | None] | None = None
+        self.order = DrawOrder(config.seed)  # cohorts' members in the jitter's order
         names = {p.name for p in self.policies}
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
@@ -395,14 +385,15 @@ class PolicyRun:
         then, and the dwell only runs out). ``exact`` makes the one call."""
         self.counters.guard_calls += 1
         self._views(units, now)
-        guards = self.config.guards
-        slots = start_slots(prune_log(self.ramp_log, now, guards), guards, now)[1]
-        draw = jitter(self.config.seed, now)
-        shown = {u.uid: self._shown(u, slots, draw) for u in units}
-        wide = {uid for uid, ids in shown.items() if len(ids) > 1}
+        room = room_at(self.ramp_log, self.config.guards, self.config.seed, now)
+        caps = reach(
+            [r for r in map(self._rising, units) if r is not None], room, market, self.config.guards
+        )
+        shown = {u.uid: self._shown(u, room, now, caps.get(u.uid)) for u in units}
+        wide = {u.uid for u in units if u.m > 1 and shown[u.uid][0] != u.uid}
         known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
         if self.exact or not wide or known:
-            self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices)
+            self._guard_once(market, [(u, shown[u.uid]) for u in units], now, prices, room)
             return
         log = self.ramp_log
         first = [(u, [u.uid] if u.uid in wide else shown[u.uid]) for u in units]
@@ -418,7 +409,7 @@ class PolicyRun:
         if again:
             self.counters.guard_calls += 1
             self.ramp_log = log
-            self._guard_once(market, [(u, shown[u.uid]) for u in rises], now, prices)
+            self._guard_once(market, [(u, shown[u.uid]) for u in rises], now, prices, room)
 
     def _guard_once(
         self,
@@ -426,35 +417,80 @@ class PolicyRun:
         shown: list[tuple[Unit, list[str]]],
         now: float,
         prices: tuple[float | None, float | None],
+        room: Room,
     ) -> None:
-        """One ``apply_guards`` call over the cohorts, each shown under its ids."""
-        desired, state = self._call(market, shown, now)
+        """One ``apply_guards`` call over the cohorts, each shown under its ids; made again with
+        more of a cohort's rigs shown while one shown fewer than the ramp's slots allow had its
+        last shown rig granted (:meth:`_cut_short`)."""
+        log = self.ramp_log
+        while True:
+            desired, state = self._call(market, shown, now)
+            short = self._cut_short(shown, room, log, state)
+            if not short:
+                break
+            self.counters.guard_calls += 1
+            self.counters.shown_again += 1
+            self.ramp_log = log
+            shown = [
+                (u, self._shown(u, room, now, None) if u.uid in short else ids) for u, ids in shown
+            ]
         for u, ids in shown:
             if len(ids) == 1:
                 self._take(u, desired[ids[0]], state.rigs.get(ids[0]), now, prices)
             else:
                 self._take_split(u, ids, desired, state, now, prices)
 
-    def _shown(self, u: Unit, slots: int, draw: Callable[[RigId], float]) -> list[RigId]:
-        """The ids ``u`` is shown to the guards under: the cohort's own id, or, for a power-up
-        the ramp may grant, its rigs' ids. Only the ramp treats a cohort's rigs differently: it
-        grants at most one rig per start slot left this tick, in its order, where rigs alike
-        differ only by their own jitter (``draw``, then the id). So the members first in that
-        order, as many as the slots plus one (to be held), are shown, each under its own id as
-        in the plain replay; the others stand behind the one held."""
+    def _cut_short(
+        self,
+        shown: list[tuple[Unit, list[str]]],
+        room: Room,
+        log: tuple[RampGrant, ...],
+        state: GuardState,
+    ) -> set[str]:
+        """The cohorts shown by fewer rigs than the ramp's start slots allow (:meth:`_shown`)
+        whose last rig shown, in the ramp's order, was granted: a rig not shown might have
+        been granted too. Where the last one shown was not granted, no rig after it could be:
+        the ramp grants in order and holds everything after its first misfit, and each rig's
+        place in the order is its own (its jitter), so the rigs not shown would have come
+        after it, held, and changed nothing before them."""
+        short = [
+            (u, ids) for u, ids in shown if ids[0] != u.uid and len(ids) < min(u.m, room.slots + 1)
+        ]
+        if not short:
+            return set()
+        granted = new_grants(GuardState(ramp_log=log), state)
+        return {u.uid for u, ids in short if ids[-1] in granted}
+
+    def _rising(self, u: Unit) -> Rising | None:
+        """``u`` when its policy asks to raise its power (from its hold setting, as the guards
+        hold it), as :func:`backtest.ramp_view.reach` takes it; None otherwise."""
         want = self.intents.get(u.uid)
-        if want is None or slots == 0 or u.view is None:
-            return [u.uid]
+        if want is None or u.view is None:
+            return None
         hold = u.memory.setting if u.memory is not None else u.setting
         wanted = Setting.of(want.mode, want.power_limit_w)
         if wanted == hold or not is_raise(u.view, hold, wanted):
+            return None
+        return Rising(u.uid, u.m, u.view, hold, wanted, want.policy)
+
+    def _shown(self, u: Unit, room: Room, now: float, cap: int | None) -> list[RigId]:
+        """The ids ``u`` is shown to the guards under: the cohort's own id, or, for a power-up
+        the ramp may grant, its rigs' ids. Only the ramp treats a cohort's rigs differently: it
+        grants at most one rig per start slot left this tick, in its order, where rigs alike
+        differ only by their own jitter (then the id). So the members first in that order, as
+        many as the slots plus one (to be held), are shown, each under its own id as in the
+        plain replay; the others stand behind the one held. ``cap``: no more than that many
+        (what the ramp's kW could reach, :func:`backtest.ramp_view.reach`; the guards may
+        grant more when they ask for less than the policy: :meth:`_guard_once` checks)."""
+        if room.slots == 0 or self._rising(u) is None:
             return [u.uid]
-        rig_id(u.members[-1])  # members are sorted: every id is known
-        ids = [_RIG_IDS[i] for i in u.members]
-        n = min(u.m, slots + 1)
+        n = min(u.m, room.slots + 1)
+        if cap is not None:
+            n = min(n, cap)
         if n == u.m:
-            return ids
-        return [rid for _, rid in heapq.nsmallest(n, zip(map(draw, ids), ids, strict=True))]
+            return rig_ids(u.members)
+        rigs = range(u.cls.first, u.cls.first + u.cls.count)
+        return self.order.first(u.uid, u.members, rigs, n, now, room.shift)
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
@@ -543,7 +579,7 @@ class PolicyRun:
             if group is None:
                 group = groups[key] = []
                 firsts.append(rid)
-            k = bisect.bisect_left(members, _RIG_INDEX[rid])
+            k = bisect.bisect_left(members, rig_index(rid))
             group.append(k)
             shown.add(k)
             if rid == rest_id:
@@ -654,7 +690,11 @@ def _timing(rig_id: RigId) -> Transition:
 
 
 def _settling(u: Unit, now: float) -> bool:
-    until = settling_until(u.memory, STOCK)
+    mem = u.memory
+    kept = u.settle_until
+    if kept is None or kept[0] is not mem:  # a pure function of the memory: once per memory
+        kept = u.settle_until = (mem, settling_until(mem, STOCK))
+    until = kept[1]
     return until is not None and now < until
 
 

@@ -94,6 +94,8 @@ class Unit:
     changed: bool = True  # its observation changed since the policies last saw it
     settling: bool = False  # commanded and not yet settled (policies/transition.py)
     ratios: Ratios | None = None  # measured shares of rated hashrate and power, last seen
+    # (memory, until when it says the rigs settle): settling_until of that memory, kept
+    settle_until: tuple[RigGuardState | None, float | None] | None = None
 
     @property
     def m(self) -> int:

@@ -141,7 +141,8 @@ def run(days: int, args: argparse.Namespace) -> bool:
     )
     print(
         f"  {c.ticks} ticks, policies called {c.decide_calls}x, guards {c.guard_calls}x, "
-        f"at most {c.peak_units} cohorts, {c.views} views built"
+        f"at most {c.peak_units} cohorts, {c.views} views built, {c.shown_again} guard calls made "
+        "again with more of a cohort shown"
     )
     for f in (pol, always, thr):
         print(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -31,6 +32,7 @@ from policies.guards import (
     GuardConfig,
     GuardState,
     Override,
+    RigGuardState,
     Setting,
     apply_guards,
 )
@@ -38,16 +40,21 @@ from policies.guards.core import next_rig_state
 from policies.guards.model import RampGrant
 from policies.guards.power import is_raise
 from policies.guards.ramp import (
+    JITTER_ORDER_S,
+    JITTER_SPAN,
     Rise,
     Send,
     first_rises,
     jitter,
+    jitter_hour,
+    jitter_shift,
     make_rise,
     new_grants,
     order_rises,
     prune_log,
     ramp_held,
     ramp_sends,
+    rig_draws,
 )
 from policies.guards.rig import Decision, decide_rig, intents_for
 from policies.values import Mode, Observation, PowerSource, RigId
@@ -1158,6 +1165,113 @@ def test_a_rises_place_among_near_ties_does_not_depend_on_the_other_rises(
     draw = jitter(seed, now)
     assert all(0.0 <= draw(r.rig.rig_id) < 1.0 for r in full)
     assert draw("r0") == jitter(seed, now)("r0")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.floats(0.0, 1e9, allow_nan=False), st.integers(1, 40))
+def test_within_an_hour_the_jitter_order_is_a_rotation_of_the_hours_own_order(
+    seed: int, now: float, n: int
+) -> None:
+    # Each rig's draw is its own draw for the hour shifted by the tick's draw, modulo 1: the
+    # order of the rigs at any tick of the hour is the hour's order rotated (which lets the
+    # backtest keep a cohort sorted once and find its first rigs by bisection).
+    ids = [f"r{i}" for i in range(n)]
+    own = rig_draws(seed, jitter_hour(now))
+    shift = jitter_shift(seed, now)
+    draw = jitter(seed, now)
+    for rid in ids:
+        assert draw(rid) == ((own(rid) + shift) % JITTER_SPAN) / JITTER_SPAN
+    hourly = sorted(ids, key=lambda r: (own(r), r))
+    at_now = sorted(ids, key=lambda r: (draw(r), r))
+    j = hourly.index(at_now[0])
+    assert at_now == hourly[j:] + hourly[:j]
+    later = now + JITTER_ORDER_S * 0.5
+    if jitter_hour(later) == jitter_hour(now):
+        assert rig_draws(seed, jitter_hour(later))("r0") == own("r0")
+
+
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_each_rig_of_a_near_tie_starts_first_about_equally_often_over_time(n: int) -> None:
+    # A tie of n rigs asking for the same rise, one start slot per tick: over 20,000 ticks half
+    # an hour apart (about 417 days), each rig is granted first about 1/n of the time. (A fixed
+    # order only rotated, without a new order each hour, gives each rig the share of the circle
+    # before its own draw: far from equal.)
+    config = replace(QUIET, ramp_tie_usd_per_kw_day=1.0)
+    decision = Decision(Setting(Mode.NORMAL), POLICY, "test", "policy")
+    rises = [
+        Rise(rig_at(f"rig{i}", Mode.SLEEP, T0), Setting(Mode.SLEEP), decision, 1.0, 2.0)
+        for i in range(n)
+    ]
+    ticks = 20_000
+    first = Counter(
+        first_rises(rises, 1, config, 7, T0 + 1_800.0 * k + 30.0)[0].rig.rig_id
+        for k in range(ticks)
+    )
+    assert set(first) == {r.rig.rig_id for r in rises}
+    for count in first.values():
+        assert count == pytest.approx(ticks / n, rel=0.15)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([Mode.SLEEP, Mode.LOW, Mode.NORMAL]),
+            st.sampled_from([60.0, 92.0, 97.0, None]),
+            st.sampled_from([Mode.SLEEP, Mode.LOW, Mode.NORMAL, Mode.HIGH]),
+            st.lists(
+                st.sampled_from(["same", "other intent", "no memory", "no intent"]),
+                min_size=1,
+                max_size=5,
+            ),
+            st.sampled_from([None, 0.0, 300.0, 900.0]),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from([PRICES, STALE]),
+    st.sampled_from([2.0, 7.0, 1e6]),
+)
+def test_rigs_alike_listed_together_get_what_each_gets_alone(
+    cohorts: list[tuple[Mode, float | None, Mode, list[str], float | None]],
+    market: MarketView,
+    kw_per_min: float,
+) -> None:
+    # apply_guards works the chain out once for a rig that shares its observation, points,
+    # modes, memory and intent (the same objects) with the rig listed before it, as the
+    # backtest's copies of a cohort do: every answer must be what the same rigs get as
+    # separate objects (no answer shared), ramp included; copies here may differ from the rig
+    # before them in their intent or memory.
+    together: list[RigView] = []
+    apart: list[RigView] = []
+    intents: dict[RigId, Intent] = {}
+    shared: dict[RigId, RigGuardState] = {}
+    own: dict[RigId, RigGuardState] = {}
+    for c, (mode, temp, wanted, copies, age) in enumerate(cohorts):
+        base = rig_at(f"c{c}", mode, T0, temp)
+        memory = None
+        if age is not None:
+            memory = RigGuardState(Setting(mode), T0 - age, Setting(Mode.NORMAL), POLICY)
+        reason = f"{POLICY} wants {wanted.value}"
+        for k, copy_is in enumerate(copies):
+            rid = f"c{c}-{k}"
+            together.append(replace(base, rig_id=rid))
+            obs = None if base.observation is None else replace(base.observation)
+            points = tuple(replace(p) for p in base.points)
+            apart.append(replace(base, rig_id=rid, observation=obs, points=points))
+            if copy_is == "other intent":
+                intents[rid] = Intent(
+                    rid, Mode.LOW if wanted is not Mode.LOW else Mode.SLEEP, reason, POLICY
+                )
+            elif copy_is != "no intent":
+                intents[rid] = Intent(rid, wanted, reason, POLICY)
+            if memory is not None and copy_is != "no memory":
+                shared[rid] = memory
+                own[rid] = replace(memory)
+    config = replace(QUIET, min_dwell_s=600.0, ramp_kw_per_min=kw_per_min)
+    alike = apply_guards(intents, together, market, GuardState(shared), config, (), T0, 7)
+    alone = apply_guards(intents, apart, market, GuardState(own), config, (), T0, 7)
+    assert alike == alone
 
 
 def test_state_round_trips_through_json() -> None:

@@ -51,16 +51,42 @@ def apply_guards(
     prior_rigs = state.rigs
     decided: list[tuple[RigId, RigGuardState | None, Setting, Decision, Latch]] = []
     rises: list[Rise] = []
+    # Without overrides the chain reads a rig's observation, points and modes, its memory and
+    # its intent, never its id: a rig that shares those with the rig before it (the same
+    # objects: the backtest's copies of one cohort, listed together) gets the same answer.
+    last: RigView | None = None
+    last_intent: Intent | None = None
+    last_prior: RigGuardState | None = None
+    last_answer: tuple[Setting, Decision, Latch] | None = None
+    last_rise: Rise | None = None
     for rig in fleet:
         rid = rig.rig_id
         prior = prior_rigs.get(rid)
         intent = intents.get(rid)
         if intent is not None and intent.rig_id != rid:
             intent = None  # filed under another rig's id: ignored, as intents_for() does
-        hold, decision, latch = decide_rig(rig, intent, live, prior, market, config, now)
+        if (
+            last_answer is not None
+            and last is not None
+            and last.observation is rig.observation
+            and prior is last_prior
+            and last.points is rig.points
+            and last.modes is rig.modes
+            and _same_intent(intent, last_intent)
+        ):
+            hold, decision, latch = last_answer
+            if last_rise is not None:
+                rises.append(Rise(rig, hold, decision, last_rise.kw, last_rise.score))
+        else:
+            answer = decide_rig(rig, intent, live, prior, market, config, now)
+            hold, decision, latch = answer
+            last_rise = None
+            if is_raise(rig, hold, decision.setting):
+                last_rise = make_rise(rig, hold, decision, market, config)
+                rises.append(last_rise)
+            if not live:
+                last, last_intent, last_prior, last_answer = rig, intent, prior, answer
         decided.append((rid, prior, hold, decision, latch))
-        if is_raise(rig, hold, decision.setting):
-            rises.append(make_rise(rig, hold, decision, market, config))
     ramped, ramp_log = apply_ramp(rises, state.ramp_log, config, seed, now)
     rigs: dict[RigId, RigGuardState] = dict(prior_rigs)
     desired: dict[RigId, Desired] = {}
@@ -80,6 +106,19 @@ def apply_guards(
         if memory is not prior:
             rigs[rid] = memory
     return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
+
+
+def _same_intent(a: Intent | None, b: Intent | None) -> bool:
+    """Intents the chain answers alike: for the same setting from the same policy with the
+    same reason (the same object), or both none."""
+    if a is None or b is None:
+        return a is b
+    return (
+        a.mode is b.mode
+        and a.power_limit_w == b.power_limit_w
+        and a.policy == b.policy
+        and a._reason is b._reason
+    )
 
 
 def _refuse_duplicates(fleet: Sequence[RigView]) -> None:

@@ -33,8 +33,14 @@ from policies.guards.rig import SOURCE_HOLD, SOURCE_OVERRIDE, SOURCE_POLICY, Dec
 from policies.values import Mode, RigId
 
 _EPS_KW = 1e-9
-_JITTER_KEY: Final = b"rigpilot.ramp"
+_RIG_KEY: Final = b"rigpilot.ramp.u"
+_SHIFT_KEY: Final = b"rigpilot.ramp.v"
+JITTER_SPAN: Final = 1 << 53
+"""The draws of :func:`rig_draws` and :func:`jitter_shift` are integers in [0, JITTER_SPAN)."""
+_MASK: Final = JITTER_SPAN - 1
 _TO_UNIT: Final = 2.0**-53
+JITTER_ORDER_S: Final = 3600.0
+"""How long each rig's own draw lasts: the jitter draws the rigs' order anew every hour."""
 
 
 class Rise:
@@ -63,18 +69,54 @@ def make_rise(
     return Rise(rig, hold, decision, kw, score)
 
 
+def jitter_hour(now: float) -> int:
+    """The hour (of the epoch, UTC) whose order of the rigs :func:`jitter` rotates at ``now``."""
+    return math.floor(now / JITTER_ORDER_S)
+
+
+def rig_draws(seed: int, hour: int) -> Callable[[RigId], int]:
+    """u: each rig's own draw for ``hour`` (see :func:`jitter_hour`), a 53-bit integer, a keyed
+    hash (BLAKE2b) of ``seed``, the hour and the rig id alone."""
+    copy = _rig_hash(seed, hour)
+    from_bytes = int.from_bytes
+
+    def draw(rig_id: RigId) -> int:
+        h = copy()
+        h.update(rig_id.encode())
+        return from_bytes(h.digest(), "big") >> 11
+
+    return draw
+
+
+def _rig_hash(seed: int, hour: int) -> Callable[[], hashlib.blake2b]:
+    """A new keyed BLAKE2b hash of (``seed``, ``hour``) each call, for a rig id to finish."""
+    return hashlib.blake2b(f"{seed}:{hour}:".encode(), digest_size=8, person=_RIG_KEY).copy
+
+
+def jitter_shift(seed: int, now: float) -> int:
+    """v: the tick's one draw, a 53-bit integer, a keyed hash (BLAKE2b) of ``seed`` and
+    ``now``."""
+    h = hashlib.blake2b(f"{seed}:{now!r}".encode(), digest_size=8, person=_SHIFT_KEY)
+    return int.from_bytes(h.digest(), "big") >> 11
+
+
 def jitter(seed: int, now: float) -> Callable[[RigId], float]:
-    """The ramp's near-tie jitter at ``now``: each rig's own draw in [0, 1), a keyed hash
-    (BLAKE2b) of ``seed``, ``now`` and the rig id alone, so a rig's draw does not depend on
-    which other rigs are rising (a cohort of identical rigs can show only those that may reach
-    the front: ``backtest/cohorts.py``)."""
-    copy = hashlib.blake2b(f"{seed}:{now!r}:".encode(), digest_size=8, person=_JITTER_KEY).copy
+    """The ramp's near-tie jitter at ``now``: each rig's draw in [0, 1), its own draw for the
+    hour (:func:`rig_draws`) shifted by the tick's draw (:func:`jitter_shift`), modulo 1
+    (exactly: in 53-bit integers). A function of ``seed``, ``now`` and the rig id alone, so a
+    rig's draw does not depend on which other rigs are rising; within an hour the order of
+    the rigs by their draws is a rotation of the hour's order by their own draws (a cohort of
+    identical rigs keeps its members in that order and finds the first ones by bisection:
+    ``backtest/cohorts.py``); each hour draws a new order, so over many hours each rig of a
+    near-tie comes first about equally often."""
+    copy = _rig_hash(seed, jitter_hour(now))  # rig_draws, inlined: the ramp's hot path
+    shift = jitter_shift(seed, now)
     from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> float:
         h = copy()
         h.update(rig_id.encode())
-        return (from_bytes(h.digest(), "big") >> 11) * _TO_UNIT
+        return (((from_bytes(h.digest(), "big") >> 11) + shift) & _MASK) * _TO_UNIT
 
     return draw
 
@@ -84,10 +126,10 @@ def order_rises(rises: Sequence[Rise], config: GuardConfig, seed: int, now: floa
     ``ramp_tie_usd_per_kw_day`` step are near-ties, ordered by each rig's :func:`jitter`
     (then by rig id)."""
     draw = jitter(seed, now)
-    return sorted(rises, key=lambda r: (*_head(r, config), draw(r.rig.rig_id), r.rig.rig_id))
+    return sorted(rises, key=lambda r: (*rise_head(r, config), draw(r.rig.rig_id), r.rig.rig_id))
 
 
-def _head(rise: Rise, config: GuardConfig) -> tuple[int, int, float]:
+def rise_head(rise: Rise, config: GuardConfig) -> tuple[int, int, float]:
     """The order's key before the jitter: (override first, known score first, score step)."""
     return (
         0 if rise.decision.source == SOURCE_OVERRIDE else 1,
@@ -110,7 +152,7 @@ def first_rises(
         return []
     if count >= len(rises):
         return order_rises(rises, config, seed, now)
-    heads = [_head(r, config) for r in rises]
+    heads = [rise_head(r, config) for r in rises]
     threshold = heapq.nsmallest(count, heads)[-1]
     front = [(h, r) for h, r in zip(heads, rises, strict=True) if h <= threshold]
     draw = jitter(seed, now)
@@ -137,6 +179,13 @@ def start_slots(log: Sequence[RampGrant], config: GuardConfig, now: float) -> tu
     return first, max(0, math.ceil(room / spacing - 1e-9))
 
 
+def kw_budget(kept: Sequence[RampGrant], config: GuardConfig, now: float) -> tuple[float, bool]:
+    """(kW the per-minute budget has left at ``now``, whether nothing has gone up in the last
+    minute), from the grants still remembered (:func:`prune_log`)."""
+    in_minute = [g.kw for g in kept if g.at > now - RAMP_KW_WINDOW_S]
+    return config.ramp_kw_per_min - sum(in_minute), not in_minute
+
+
 def apply_ramp(
     rises: Sequence[Rise], log: Sequence[RampGrant], config: GuardConfig, seed: int, now: float
 ) -> tuple[dict[str, Decision], tuple[RampGrant, ...]]:
@@ -144,11 +193,9 @@ def apply_ramp(
     does not fit and all after it stay at their hold setting this tick (``held_back``).
     Returns (decision per rig, new log)."""
     kept = prune_log(log, now, config)
-    in_minute = [g for g in kept if g.at > now - RAMP_KW_WINDOW_S]
-    kw_left = config.ramp_kw_per_min - sum(g.kw for g in in_minute)
+    kw_left, quiet_minute = kw_budget(kept, config, now)
     slot, slots_left = start_slots(kept, config, now)
     spacing = config.ramp_spacing_s
-    quiet_minute = not in_minute
     out: dict[str, Decision] = {}
     grants: list[RampGrant] = []
     blocked = False
