@@ -359,10 +359,10 @@ class ControlLoop:
         results: Sequence[CommandResult],
         now: float,
     ) -> list[Mapping[str, object]]:
-        """After the tick's sends: the switches note them (thermal emergency cuts audited and
-        handed on), then hung rigs, and those an operator asked for, are power-cycled (daemon/power.py),
-        never one an operator pinned or one meant to be off; each cycle audited, and handed on
-        in the tick's report (MQTT publishes them)."""
+        """After the tick's sends: the switches note them (thermal emergency cuts audited),
+        then hung rigs, and those an operator asked for, are power-cycled (daemon/power.py),
+        never one an operator pinned or one meant to be off; cuts and cycles are audited and
+        handed on in the tick's report (MQTT publishes them)."""
         assert self.power is not None
         cuts = self.power.record(results)
         for event in cuts:
