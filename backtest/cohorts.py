@@ -355,7 +355,7 @@ class PolicyRun:
                 self.s.units.insert(self.s.units.index(u) + n, part)
             parts.append(part)
         for part, ks in zip(parts, index_groups, strict=True):
-            part.members = [members[k] for k in ks]
+            part.regroup([members[k] for k in ks])
         self.s.touch(now)
         return parts
 
@@ -644,12 +644,16 @@ class PolicyRun:
         if self.config.plain:  # every rig its own cohort, throughout
             self.counters.peak_units = len(self.s.units)
             return
+        alike = self._alike()
+        if not alike:  # no two cohorts could merge: nothing to build keys for
+            self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+            return
         seen: dict[tuple[object, ...], Unit] = {}
         keep: list[Unit] = []
         merged = False
         for u in self.s.units:
             mem = u.memory
-            if not u.phys.settled or u.pending or mem is None or u.settling:
+            if u.uid not in alike or mem is None:
                 keep.append(u)
                 continue
             recent = dwell_holds(mem, now, guards)
@@ -675,13 +679,29 @@ class PolicyRun:
             for x in (into, u):
                 self.s.settle(x, now)
                 self.s.flush(x)
-            into.members = sorted(into.members + u.members)
+            into.regroup(sorted(into.members + u.members))
             self.intents.pop(u.uid, None)
             merged = True
         if merged:
             self.s.units = keep
             self.s.touch(now)
         self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+
+    def _alike(self) -> set[str]:
+        """The cohorts that may merge (settled, not held back, with a memory, not settling)
+        and share class, target and chip temperature with another such (part of the merge
+        key, compared first: most rows no two cohorts could merge)."""
+        first: dict[tuple[str, float, float], str] = {}
+        alike: set[str] = set()
+        for u in self.s.units:
+            if not u.phys.settled or u.pending or u.memory is None or u.settling:
+                continue
+            key = (u.cls.label, u.phys.target, u.phys.state.chip_temp_c)
+            other = first.setdefault(key, u.uid)
+            if other != u.uid:
+                alike.add(other)
+                alike.add(u.uid)
+        return alike
 
 
 def _timing(rig_id: RigId) -> Transition:

@@ -96,10 +96,15 @@ class Unit:
     ratios: Ratios | None = None  # measured shares of rated hashrate and power, last seen
     # (memory, until when it says the rigs settle): settling_until of that memory, kept
     settle_until: tuple[RigGuardState | None, float | None] | None = None
+    m: int = field(init=False, default=0)  # len(members), kept (read in every hot loop)
 
-    @property
-    def m(self) -> int:
-        return len(self.members)
+    def __post_init__(self) -> None:
+        self.m = len(self.members)
+
+    def regroup(self, members: list[int]) -> None:
+        """The cohort is now ``members`` (sorted rig indices)."""
+        self.members = members
+        self.m = len(members)
 
 
 class Strategy:
@@ -126,6 +131,7 @@ class Strategy:
         self._seg_start = prices.start
         self._settled_p = self._settled_h = 0.0
         self._dirty = True
+        self._hashing: int | None = None  # rigs not asleep, kept until a command or touch
         self._counter = 0
 
     def new_uid(self) -> str:
@@ -194,6 +200,7 @@ class Strategy:
         self._row_h += self._settled_h * (t - self._seg_start)
         self._seg_start = t
         self._dirty = True
+        self._hashing = None
 
     def command(self, u: Unit, setting: Setting, t: float) -> None:
         """The rigs of ``u`` are told ``setting`` at ``t``."""
@@ -203,6 +210,7 @@ class Strategy:
         if u.phys.settled:
             self.touch(t)
         u.setting = setting
+        self._hashing = None
         u.acct.changes += 1
         u.stale_view = True
         u.phys.command(setting, t)
@@ -248,7 +256,9 @@ class Strategy:
         self._seg_start = t
         self.row_energy_ws.append(self._row_e)
         self.row_hash_ths_s.append(self._row_h)
-        self.row_hashing.append(sum(u.m for u in self.units if u.setting.mode not in FLOOR_MODES))
+        if self._hashing is None:
+            self._hashing = sum(u.m for u in self.units if u.setting.mode not in FLOOR_MODES)
+        self.row_hashing.append(self._hashing)
         self.row_change_cost.append(self._row_c)
         self._row_e = self._row_h = self._row_c = 0.0
 
