@@ -164,23 +164,29 @@ class Strategy:
             u.acct.low_s += dt
 
     def flush(self, u: Unit) -> None:
-        """Credit ``u``'s per-rig accounts to each of its rigs. A zero is not added: the totals
-        start at +0.0 and can never be -0.0 (x - x is +0.0), so adding ±0.0 changes nothing."""
+        """Credit ``u``'s per-rig accounts to each of its rigs, in one pass over them. Adding a
+        zero changes nothing: the totals start at +0.0 and can never be -0.0 (x - x is +0.0),
+        and x + ±0.0 is x for every other x."""
         a = u.acct
-        members = u.members
-        for totals, value in (
-            (self.rig_energy_ws, a.energy_ws),
-            (self.rig_revenue, a.revenue_usd),
-            (self.rig_cost, a.cost_usd),
-            (self.rig_asleep_s, a.asleep_s),
-            (self.rig_low_s, a.low_s),
-        ):
-            if value:
-                for i in members:
-                    totals[i] += value
+        energy, revenue, cost, asleep, low = (
+            a.energy_ws,
+            a.revenue_usd,
+            a.cost_usd,
+            a.asleep_s,
+            a.low_s,
+        )
+        if energy or revenue or cost or asleep or low:
+            e, r, c = self.rig_energy_ws, self.rig_revenue, self.rig_cost
+            s, lo = self.rig_asleep_s, self.rig_low_s
+            for i in u.members:
+                e[i] += energy
+                r[i] += revenue
+                c[i] += cost
+                s[i] += asleep
+                lo[i] += low
         if a.changes:
             changes = self.rig_changes
-            for i in members:
+            for i in u.members:
                 changes[i] += a.changes
         u.acct = Account()
 
@@ -290,7 +296,8 @@ class Strategy:
                 i += 1
             return (total + cur * (b - t)) / 60.0
 
-        minutes = sorted({int((t - start) // 60.0) + d for t in times for d in (0, 1)})
+        met = {int((t - start) // 60.0) for t in times}  # minutes with a change, and the next
+        minutes = sorted(met.union([mnt + 1 for mnt in met]))
         best = 0.0
         cache: dict[int, float] = {}
         for mnt in minutes:
