@@ -43,8 +43,9 @@ from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from backtest.physics import state_key
 from backtest.ramp_view import DrawOrder, Rising, Room, reach, rig_id, rig_ids, rig_index, room_at
-from daemon.rig_economics import mode_points, rig_ratios
+from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView
+from policies.economics import ModePoint
 from policies.guards import (
     RAMP,
     Desired,
@@ -66,6 +67,7 @@ PER_RIG_POLICIES = frozenset({"breakeven", "schedule"})
 """Policies whose intent for a rig depends on that rig's view alone (docs/policies.md)."""
 CLOCK_FREE_POLICIES = frozenset({"breakeven", "power-cap"})
 """Policies documented not to read ``now``; any other is called every ``tick_s``."""
+_POINTS_MAX = 100_000  # mode points kept by their inputs (PolicyRun._points)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,7 @@ class PolicyRun:
         self.intents: dict[RigId, Intent] = {}
         self.intents_market: tuple[float | None, float | None] | None = None
         self.order = DrawOrder(config.seed)  # cohorts' members in the jitter's order
+        self.points_memo: dict[tuple[object, ...], tuple[Ratios | None, tuple[ModePoint, ...]]] = {}
         names = {p.name for p in self.policies}
         self.clocked = bool(names - CLOCK_FREE_POLICIES)
         self.partial = names <= (PER_RIG_POLICIES & CLOCK_FREE_POLICIES)
@@ -198,12 +201,7 @@ class PolicyRun:
             view = u.view
             if view is None:
                 obs = _observation(u, now)
-                if not u.settling:  # as the loop does: the shares it was last measured at
-                    u.ratios = rig_ratios(obs, u.cls.entry) or u.ratios
-                points = tuple(
-                    mode_points(obs, u.cls.modes, u.cls.entry, settling=u.settling, ratios=u.ratios)
-                )
-                view = RigView(u.uid, obs, u.cls.modes, points, group=u.cls.group)
+                view = RigView(u.uid, obs, u.cls.modes, self._points(u, obs), group=u.cls.group)
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
                 obs = read_again(view.observation, now)
@@ -211,6 +209,34 @@ class PolicyRun:
             u.view = view
             out.append(view)
         return out
+
+    def _points(self, u: Unit, obs: Observation) -> tuple[ModePoint, ...]:
+        """The mode points of ``u`` observed as ``obs``, as the loop works them out (its
+        shares updated as the loop does: those it was last measured at). Both are pure
+        functions of the class, what ``obs`` says of hashrate, power and mode, whether the
+        rigs are settling and the shares before, so they are worked out once per such inputs
+        (cohorts the ramp split go through the same readings, a tick apart)."""
+        key = (
+            id(u.cls),  # the classes live as long as the replay
+            obs.mode,
+            obs.mining,
+            obs.hashrate_ths,
+            obs.power_w,
+            obs.power_source,
+            u.settling,
+            u.ratios,
+        )
+        known = self.points_memo.get(key)
+        if known is None:
+            ratios = u.ratios
+            if not u.settling:  # as the loop does: the shares it was last measured at
+                ratios = rig_ratios(obs, u.cls.entry) or ratios
+            points = mode_points(obs, u.cls.modes, u.cls.entry, settling=u.settling, ratios=ratios)
+            if len(self.points_memo) >= _POINTS_MAX:
+                self.points_memo.clear()
+            known = self.points_memo[key] = (ratios, tuple(points))
+        u.ratios = known[0]
+        return known[1]
 
     # -- one tick ---------------------------------------------------------------------------
     def tick(self, now: float, market: MarketView) -> None:
@@ -355,7 +381,7 @@ class PolicyRun:
                 self.s.units.insert(self.s.units.index(u) + n, part)
             parts.append(part)
         for part, ks in zip(parts, index_groups, strict=True):
-            part.members = [members[k] for k in ks]
+            part.regroup([members[k] for k in ks])
         self.s.touch(now)
         return parts
 
@@ -644,12 +670,16 @@ class PolicyRun:
         if self.config.plain:  # every rig its own cohort, throughout
             self.counters.peak_units = len(self.s.units)
             return
+        alike = self._alike()
+        if not alike:  # no two cohorts could merge: nothing to build keys for
+            self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+            return
         seen: dict[tuple[object, ...], Unit] = {}
         keep: list[Unit] = []
         merged = False
         for u in self.s.units:
             mem = u.memory
-            if not u.phys.settled or u.pending or mem is None or u.settling:
+            if u.uid not in alike or mem is None:
                 keep.append(u)
                 continue
             recent = dwell_holds(mem, now, guards)
@@ -675,13 +705,29 @@ class PolicyRun:
             for x in (into, u):
                 self.s.settle(x, now)
                 self.s.flush(x)
-            into.members = sorted(into.members + u.members)
+            into.regroup(sorted(into.members + u.members))
             self.intents.pop(u.uid, None)
             merged = True
         if merged:
             self.s.units = keep
             self.s.touch(now)
         self.counters.peak_units = max(self.counters.peak_units, len(self.s.units))
+
+    def _alike(self) -> set[str]:
+        """The cohorts that may merge (settled, not held back, with a memory, not settling)
+        and share class, target and chip temperature with another such (part of the merge
+        key, compared first: most rows no two cohorts could merge)."""
+        first: dict[tuple[str, float, float], str] = {}
+        alike: set[str] = set()
+        for u in self.s.units:
+            if not u.phys.settled or u.pending or u.memory is None or u.settling:
+                continue
+            key = (u.cls.label, u.phys.target, u.phys.state.chip_temp_c)
+            other = first.setdefault(key, u.uid)
+            if other != u.uid:
+                alike.add(other)
+                alike.add(u.uid)
+        return alike
 
 
 def _timing(rig_id: RigId) -> Transition:

@@ -96,10 +96,15 @@ class Unit:
     ratios: Ratios | None = None  # measured shares of rated hashrate and power, last seen
     # (memory, until when it says the rigs settle): settling_until of that memory, kept
     settle_until: tuple[RigGuardState | None, float | None] | None = None
+    m: int = field(init=False, default=0)  # len(members), kept (read in every hot loop)
 
-    @property
-    def m(self) -> int:
-        return len(self.members)
+    def __post_init__(self) -> None:
+        self.m = len(self.members)
+
+    def regroup(self, members: list[int]) -> None:
+        """The cohort is now ``members`` (sorted rig indices)."""
+        self.members = members
+        self.m = len(members)
 
 
 class Strategy:
@@ -126,6 +131,7 @@ class Strategy:
         self._seg_start = prices.start
         self._settled_p = self._settled_h = 0.0
         self._dirty = True
+        self._hashing: int | None = None  # rigs not asleep, kept until a command or touch
         self._counter = 0
 
     def new_uid(self) -> str:
@@ -158,23 +164,29 @@ class Strategy:
             u.acct.low_s += dt
 
     def flush(self, u: Unit) -> None:
-        """Credit ``u``'s per-rig accounts to each of its rigs. A zero is not added: the totals
-        start at +0.0 and can never be -0.0 (x - x is +0.0), so adding ±0.0 changes nothing."""
+        """Credit ``u``'s per-rig accounts to each of its rigs, in one pass over them. Adding a
+        zero changes nothing: the totals start at +0.0 and can never be -0.0 (x - x is +0.0),
+        and x + ±0.0 is x for every other x."""
         a = u.acct
-        members = u.members
-        for totals, value in (
-            (self.rig_energy_ws, a.energy_ws),
-            (self.rig_revenue, a.revenue_usd),
-            (self.rig_cost, a.cost_usd),
-            (self.rig_asleep_s, a.asleep_s),
-            (self.rig_low_s, a.low_s),
-        ):
-            if value:
-                for i in members:
-                    totals[i] += value
+        energy, revenue, cost, asleep, low = (
+            a.energy_ws,
+            a.revenue_usd,
+            a.cost_usd,
+            a.asleep_s,
+            a.low_s,
+        )
+        if energy or revenue or cost or asleep or low:
+            e, r, c = self.rig_energy_ws, self.rig_revenue, self.rig_cost
+            s, lo = self.rig_asleep_s, self.rig_low_s
+            for i in u.members:
+                e[i] += energy
+                r[i] += revenue
+                c[i] += cost
+                s[i] += asleep
+                lo[i] += low
         if a.changes:
             changes = self.rig_changes
-            for i in members:
+            for i in u.members:
                 changes[i] += a.changes
         u.acct = Account()
 
@@ -194,6 +206,7 @@ class Strategy:
         self._row_h += self._settled_h * (t - self._seg_start)
         self._seg_start = t
         self._dirty = True
+        self._hashing = None
 
     def command(self, u: Unit, setting: Setting, t: float) -> None:
         """The rigs of ``u`` are told ``setting`` at ``t``."""
@@ -203,6 +216,7 @@ class Strategy:
         if u.phys.settled:
             self.touch(t)
         u.setting = setting
+        self._hashing = None
         u.acct.changes += 1
         u.stale_view = True
         u.phys.command(setting, t)
@@ -248,7 +262,9 @@ class Strategy:
         self._seg_start = t
         self.row_energy_ws.append(self._row_e)
         self.row_hash_ths_s.append(self._row_h)
-        self.row_hashing.append(sum(u.m for u in self.units if u.setting.mode not in FLOOR_MODES))
+        if self._hashing is None:
+            self._hashing = sum(u.m for u in self.units if u.setting.mode not in FLOOR_MODES)
+        self.row_hashing.append(self._hashing)
         self.row_change_cost.append(self._row_c)
         self._row_e = self._row_h = self._row_c = 0.0
 
@@ -280,7 +296,8 @@ class Strategy:
                 i += 1
             return (total + cur * (b - t)) / 60.0
 
-        minutes = sorted({int((t - start) // 60.0) + d for t in times for d in (0, 1)})
+        met = {int((t - start) // 60.0) for t in times}  # minutes with a change, and the next
+        minutes = sorted(met.union([mnt + 1 for mnt in met]))
         best = 0.0
         cache: dict[int, float] = {}
         for mnt in minutes:

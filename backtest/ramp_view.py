@@ -88,7 +88,7 @@ class DrawOrder:
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.hour: int | None = None
-        self.classes: dict[tuple[int, int], tuple[list[int], list[RigId]]] = {}
+        self.classes: dict[tuple[int, int], tuple[list[int], list[RigId], list[int]]] = {}
         self.kept: dict[str, tuple[list[int], list[int], list[RigId]]] = {}
 
     def first(
@@ -119,14 +119,26 @@ class DrawOrder:
         if rigs.start <= members[0] and members[-1] < rigs.stop:
             whole = self.classes.get((rigs.start, rigs.stop))
             if whole is None:
-                whole = self.classes[rigs.start, rigs.stop] = _by_own_draw(self.seed, hour, rigs)
-            ids = set(rig_ids(members))
-            draws = [d for d, rid in zip(*whole, strict=True) if rid in ids]
-            order = [rid for rid in whole[1] if rid in ids]
+                whole = self.classes[rigs.start, rigs.stop] = _placed(self.seed, hour, rigs)
+            class_draws, class_ids, place = whole
+            start = rigs.start
+            at = sorted([place[i - start] for i in members])  # the members' places in order
+            draws = [class_draws[k] for k in at]
+            order = [class_ids[k] for k in at]
         else:  # merged with rigs of another class alike (the same label): sorted on their own
             draws, order = _by_own_draw(self.seed, hour, members)
         self.kept[uid] = (members, draws, order)
         return draws, order
+
+
+def _placed(seed: int, hour: int, rigs: range) -> tuple[list[int], list[RigId], list[int]]:
+    """:func:`_by_own_draw` of a class's ``rigs``, with each rig's place in that order (by its
+    position in ``rigs``)."""
+    draws, ids = _by_own_draw(seed, hour, rigs)
+    place = [0] * len(rigs)
+    for k, rid in enumerate(ids):
+        place[rig_index(rid) - rigs.start] = k
+    return draws, ids, place
 
 
 def _by_own_draw(seed: int, hour: int, rigs: Sequence[int]) -> tuple[list[int], list[RigId]]:
