@@ -12,7 +12,10 @@ earns nothing.
 A rig in transition (commanded, and not yet settled: policies/transition.py) measures the
 transition, not a mode: booting boards draw power and hash nothing, a ramp hashes a fraction.
 Such a rig is scored on the catalogue's figures, its current mode included, as it will be once
-settled; what it measures is used again once it has.
+settled; what it measures is used again once it has. A reading no rig runs at steadily in the
+mode it reports (:func:`rig_ratios` refuses it) is treated the same way, whether or not the
+loop timed a change: a wake-up retried after the rig ignored it, a firmware still reporting
+``normal`` on its way to sleep.
 
 A rig whose efficiency was learned from measured watts (daemon/efficiency.py) is scored, in
 every mode but the one it is measured in now, at its learned J/TH: the modes it was learned in
@@ -23,7 +26,7 @@ the power share of one reading.
 
 from __future__ import annotations
 
-from daemon.efficiency import RigEfficiency
+from daemon.efficiency import HASH_SHARE_RANGE, JTH_SHARE_RANGE, RigEfficiency
 from drivers import catalogue
 from policies.economics import ModePoint
 from policies.values import HASHING_MODES, Mode, Observation, PowerSource
@@ -38,16 +41,29 @@ Ratios = tuple[float, float]
 def rig_ratios(obs: Observation, entry: catalogue.ModelEntry | None) -> Ratios | None:
     """(measured / rated hashrate, measured / rated power) of a rig hashing in a mode the
     catalogue rates; None otherwise (asleep, booting, limited, unknown model). Power not
-    reported is taken to scale with the hashrate."""
+    reported is taken to scale with the hashrate.
+
+    None too for a reading no rig runs at steadily in that mode: a hashrate outside
+    ``HASH_SHARE_RANGE`` of the rating, or a J/TH outside ``JTH_SHARE_RANGE`` of it (the same
+    bounds as the learned efficiency's samples, daemon/efficiency.py). Such a reading is a rig
+    still ramping down or up while its firmware reports the mode (an M60S on API v3 read 0.3
+    TH/s and 218 W as "normal" on its way to sleep), and shares learnt from it would have
+    every later power-up of that rig estimated at a few percent of its real draw: the site
+    ramp would let through many times its kW."""
     if entry is None or not obs.mining or obs.hashrate_ths <= 0:
         return None
     rated = entry.figures(obs.mode)
     if rated is None or rated.hashrate_ths <= 0:
         return None
     hash_share = obs.hashrate_ths / rated.hashrate_ths
+    if not HASH_SHARE_RANGE[0] <= hash_share <= HASH_SHARE_RANGE[1]:
+        return None
     if obs.power_w is None:
         return hash_share, hash_share
-    return hash_share, obs.power_w / (rated.hashrate_ths * rated.j_per_th)
+    power_share = obs.power_w / (rated.hashrate_ths * rated.j_per_th)
+    if not JTH_SHARE_RANGE[0] <= power_share / hash_share <= JTH_SHARE_RANGE[1]:
+        return None
+    return hash_share, power_share
 
 
 def mode_points(
@@ -77,10 +93,15 @@ def mode_points(
     measured = not (settling and entry is not None)
     own = rig_ratios(obs, entry) if measured else None
     hash_share, power_share = own or ratios or (1.0, 1.0)
+    # A reading no rig runs at steadily in its mode (rig_ratios refuses it: ramping up after
+    # a wake the loop did not time, or down) is a transition too: its mode is scored like the
+    # others, not on what it measures now.
+    rated_now = entry.figures(obs.mode) if entry is not None and obs.mining else None
+    steady = measured and (own is not None or rated_now is None)
     for mode in HASHING_MODES:
         if mode not in modes:
             continue
-        if measured and mode is obs.mode and obs.mining and obs.power_w is not None:
+        if steady and mode is obs.mode and obs.mining and obs.power_w is not None:
             points.append(
                 ModePoint(
                     mode, obs.hashrate_ths, obs.power_w, obs.power_source or PowerSource.ESTIMATED

@@ -86,3 +86,37 @@ async def test_pushed_power_price_validates_and_keeps_the_last_good() -> None:
             pushed.push(bad, 95.0, "meter-A")  # type: ignore[arg-type]
     quote = await pushed.fetch(100.0)
     assert quote.value == 0.061 and quote.detail == "pushed by meter-A"
+
+
+def test_a_reading_no_rig_runs_at_steadily_teaches_no_shares() -> None:
+    """An M60S on API v3 on its way to sleep read 0.3 TH/s and 218 W while reporting "normal":
+    learnt as its shares, every later power-up of that rig was estimated at 6 % of its real
+    draw, and the site ramp let through many times its kW. Such a reading teaches nothing;
+    a rig with a dead board (two thirds of its hashrate) still does."""
+    from daemon.rig_economics import rig_ratios
+    from drivers import catalogue
+
+    entry = catalogue.lookup("whatsminer", "M60S VK40")
+    assert entry is not None
+
+    def m60s(ths: float, watts: float) -> Observation:
+        return observation("M60S VK40", Make.WHATSMINER, ths, watts, source=PowerSource.METER)
+
+    assert rig_ratios(m60s(0.335, 218.0), entry) is None  # ramping down, mode still "normal"
+    assert rig_ratios(m60s(186.0, 9000.0), entry) is None  # a wiring mistake: 2.6x the J/TH
+    steady = rig_ratios(m60s(186.0, 3422.0), entry)
+    assert steady == pytest.approx((1.0, 1.0), rel=1e-3)
+    dead_board = rig_ratios(m60s(124.0, 2300.0), entry)
+    assert dead_board == pytest.approx((124.0 / 186.0, 2300.0 / 3422.4), rel=1e-3)
+    # what the ramp is then told a power-up to normal costs: the catalogue's, not 218 W
+    asleep = observation("M60S VK40", Make.WHATSMINER, 0.0, 18.0, mode=Mode.SLEEP)
+    woken = {
+        p.mode: p
+        for p in mode_points(
+            asleep,
+            frozenset({Mode.SLEEP, Mode.NORMAL}),
+            entry,
+            ratios=rig_ratios(m60s(0.335, 218.0), entry),
+        )
+    }
+    assert woken[Mode.NORMAL].power_w == pytest.approx(3422.4, rel=1e-3)
