@@ -448,7 +448,8 @@ def in_process(
     for family, seen in families.items():
         figures[f"cpu_ms_{family}"] = seen["cpu_ms_per_rig"]
         ok = ok and seen["ok"] == seen["rigs"]
-        ok = ok and seen["cpu_ms_per_rig"] <= TARGETS["cpu_ms_per_rig"]
+        if family != "pyasic":  # the target is the stock and fast-path families' (issue 18)
+            ok = ok and seen["cpu_ms_per_rig"] <= TARGETS["cpu_ms_per_rig"]
     return {**figures, "families": families}, ok
 
 
