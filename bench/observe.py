@@ -9,7 +9,7 @@ VNish, ePIC); ``--fleet stock`` for the stock models only. Then measures, in thi
 2. a "restarted daemon" in a fresh process: load the cached inventory, time the first
    complete observation cycle, then the CPU per rig of further full cycles, and its RSS; then
    each firmware family's rigs (grouped by the driver that reads them) in passes of their own
-   with the same observer, the families in turn, ``--cycles`` rounds (at least 3): the median
+   with the same observer, the families in turn, ``--cycles`` rounds (at least 5): the median
    pass is the family's CPU per rig per cycle;
 3. the floor: one raw RPC request per stock rig (``stats`` / ``summary``), JSON-decoded,
    nothing else;
@@ -273,7 +273,7 @@ def restart_phase(cache: Path, cycles: int, concurrency: int) -> None:
             oks.append(cycle.ok)
         spent = cpu() - c0
         total_wall_s = round(time.monotonic() - t0, 2)
-        families = await family_passes(observer, family_addresses(cache), max(3, cycles))
+        families = await family_passes(observer, family_addresses(cache), max(5, cycles))
         return {
             "loaded": loaded,
             "families": families,
