@@ -8,11 +8,14 @@ one the captures in ``tests/fixtures/captures/braiins/v25_07`` come from); this 
 that:
 
 - Read: ``GET miner/details`` (``status``: 2 mining, 3 paused; model and firmware for the
-  fingerprint), ``miner/stats`` (hashrate, ``power_stats.approximated_consumption`` watts),
-  ``miner/hw/hashboards`` (boards, chip and board temperatures) and
-  ``performance/tuner-state`` (the power target in force). The API has no joined read, so the
-  four requests are pipelined (written at once, the replies read in order) on one connection,
-  which is kept for the next cycle; fans are not read each cycle.
+  fingerprint), ``miner/stats`` (hashrate, ``power_stats.approximated_consumption`` watts) and
+  ``miner/hw/hashboards`` (boards, chip and board temperatures) every cycle; the power target
+  in force (``performance/tuner-state``) changes only when someone sets it, so it is read as
+  the stock Antminer's configuration is: at the first read, after a command, every
+  TUNER_REFRESH_S, and at most every TUNER_RECHECK_S while the reported watts stray from the
+  known target by more than TUNER_STRAY (a target set elsewhere). The API has no joined read,
+  so a cycle's requests are pipelined (written at once, the replies read in order) on one
+  connection, which is kept for the next cycle; fans are not read each cycle.
 - Modes: ``sleep`` is ``PUT actions/pause``; ``limit W`` is ``PUT performance/power-target``
   ``{"watt": W}`` then ``PUT actions/resume``; ``normal`` is the same with the rig's default
   power target. Observed: paused is sleep; otherwise the target in force is ``power_limit_w``,
@@ -72,7 +75,11 @@ TUNER_ERROR = 4
 # identity.extra keys: the rig's power target constraints, read at identification
 EXTRA_DEFAULT, EXTRA_MIN, EXTRA_MAX = "bos_target_default_w", "bos_target_min_w", "bos_target_max_w"
 
-READS = ("miner/details", "miner/stats", "miner/hw/hashboards", "performance/tuner-state")
+READS = ("miner/details", "miner/stats", "miner/hw/hashboards")
+TUNER = "performance/tuner-state"
+TUNER_REFRESH_S = 600.0  # re-read the power target in force at least this often
+TUNER_RECHECK_S = 60.0  # ... and at most this often while the watts stray from it
+TUNER_STRAY = 0.10  # reported watts this far (a share) from the known target, while mining
 
 
 def _password() -> str:
@@ -213,6 +220,15 @@ class BosState:
         return Mode.NORMAL if self.target_w == default_w else Mode.LIMIT
 
 
+@dataclass(frozen=True, slots=True)
+class Tuner:
+    """What ``performance/tuner-state`` says: the power target in force, and the tuner's
+    error (as an observation error), if it is in error."""
+
+    target_w: int
+    errors: tuple[str, ...]
+
+
 def fingerprint(details: dict[str, Any]) -> str:
     """Model and firmware as ``miner/details`` states them (``name|bos_version.current``)."""
     name = _path(details, "miner/details", "miner_identity", "name")
@@ -220,15 +236,56 @@ def fingerprint(details: dict[str, Any]) -> str:
     return f"{rig_text(name, MAX_DETAIL)}|{rig_text(version, MAX_DETAIL)}"
 
 
+def tuner_state(tuner: Any) -> Tuner:
+    """Parse a ``performance/tuner-state`` reply."""
+    target = _number(
+        _path(
+            tuner,
+            "performance/tuner-state",
+            "mode_state",
+            "powertargetmodestate",
+            "current_target",
+            "watt",
+        ),
+        "performance/tuner-state...current_target.watt",
+    )
+    error = isinstance(tuner, dict) and tuner.get("overall_tuner_state") == TUNER_ERROR
+    return Tuner(int(target), ("tuner: error",) if error else ())
+
+
+def _board(raw: Any, i: int) -> tuple[Board, float | None, float | None]:
+    """One ``miner/hw/hashboards`` entry: the board, its inlet and outlet temperatures."""
+    board = _obj(raw, f"miner/hw/hashboards[{i}]")
+    try:
+        index = int(str(board.get("id", i + 1))) - 1
+    except ValueError:
+        raise _bad(f"miner/hw/hashboards[{i}].id", "not a number") from None
+    ths = (
+        _opt_number(board, "stats", "real_hashrate", "last_5s", "gigahash_per_second") or 0.0
+    ) / 1000
+    chips = _opt_number(board, "chips_count")
+    enabled = board.get("enabled") is not False
+    parsed = Board(
+        index=index,
+        hashrate_ths=ths,
+        board_temp_c=_opt_number(board, "board_temp", "degree_c"),
+        chip_temp_c=_opt_number(board, "highest_chip_temp", "temperature", "degree_c"),
+        chips=int(chips) if chips is not None else None,
+        alive=enabled and bool(chips),
+    )
+    inlet = _opt_number(board, "lowest_inlet_temp", "degree_c")
+    return parsed, inlet, _opt_number(board, "highest_outlet_temp", "degree_c")
+
+
 def bos_read(
     details: Any,
     stats: Any,
     hashboards: Any,
-    tuner: Any,
+    tuner: Tuner,
     expected_boards: int | None = None,
 ) -> BosState:
-    """Parse the four replies of one read (``miner/details``, ``miner/stats``,
-    ``miner/hw/hashboards``, ``performance/tuner-state``)."""
+    """Parse the three replies of one read (``miner/details``, ``miner/stats``,
+    ``miner/hw/hashboards``) with the tuner's state as last read (:func:`tuner_state`)."""
     details = _obj(details, "miner/details")
     status_code = _path(details, "miner/details", "status")
     if status_code not in (
@@ -246,53 +303,14 @@ def bos_read(
         "miner/stats.miner_stats.real_hashrate.last_5s",
     )
     watts = _opt_number(stats, "power_stats", "approximated_consumption", "watt")
-    target = _number(
-        _path(
-            tuner,
-            "performance/tuner-state",
-            "mode_state",
-            "powertargetmodestate",
-            "current_target",
-            "watt",
-        ),
-        "performance/tuner-state...current_target.watt",
-    )
     boards_raw = _path(hashboards, "miner/hw/hashboards", "hashboards")
     if not isinstance(boards_raw, list):
         raise _bad("miner/hw/hashboards.hashboards", "not a list")
-    boards: list[Board] = []
-    inlet: list[float] = []
-    outlet: list[float] = []
-    for i, raw in enumerate(boards_raw):
-        board = _obj(raw, f"miner/hw/hashboards[{i}]")
-        try:
-            index = int(str(board.get("id", i + 1))) - 1
-        except ValueError:
-            raise _bad(f"miner/hw/hashboards[{i}].id", "not a number") from None
-        ths = (
-            _opt_number(board, "stats", "real_hashrate", "last_5s", "gigahash_per_second") or 0.0
-        ) / 1000
-        chips = _opt_number(board, "chips_count")
-        enabled = board.get("enabled") is not False
-        boards.append(
-            Board(
-                index=index,
-                hashrate_ths=ths,
-                board_temp_c=_opt_number(board, "board_temp", "degree_c"),
-                chip_temp_c=_opt_number(board, "highest_chip_temp", "temperature", "degree_c"),
-                chips=int(chips) if chips is not None else None,
-                alive=enabled and bool(chips),
-            )
-        )
-        if (t := _opt_number(board, "lowest_inlet_temp", "degree_c")) is not None:
-            inlet.append(t)
-        if (t := _opt_number(board, "highest_outlet_temp", "degree_c")) is not None:
-            outlet.append(t)
-    boards.sort(key=lambda b: b.index)
+    parsed = [_board(raw, i) for i, raw in enumerate(boards_raw)]
+    boards = sorted((b for b, _, _ in parsed), key=lambda b: b.index)
+    inlet = [t for _, t, _ in parsed if t is not None]
+    outlet = [t for _, _, t in parsed if t is not None]
     chip_temps = [b.chip_temp_c for b in boards if b.chip_temp_c is not None and b.alive]
-    errors: tuple[str, ...] = ()
-    if isinstance(tuner, dict) and tuner.get("overall_tuner_state") == TUNER_ERROR:
-        errors = ("tuner: error",)
     uptime = _opt_number(details, "bosminer_uptime_s")
     paused = status_code == STATUS_PAUSED
     status = Status(
@@ -302,15 +320,15 @@ def bos_read(
         fan_rpm=(),
         uptime_s=int(uptime) if uptime is not None else None,
         power_w=watts if watts is not None and watts > 0 else None,
-        power_limit_w=int(target),
+        power_limit_w=tuner.target_w,
         mode=Mode.SLEEP if paused else None,
         mining=status_code == STATUS_NORMAL and hashrate > 0,
         inlet_c=min(inlet) if inlet else None,
         outlet_c=max(outlet) if outlet else None,
-        errors=errors,
+        errors=tuner.errors,
         fingerprint=fingerprint(details),
     )
-    return BosState(status, paused, int(target))
+    return BosState(status, paused, tuner.target_w)
 
 
 def target_constraints(reply: Any) -> tuple[int, int, int]:
@@ -365,6 +383,9 @@ class BraiinsOS(RigDriver):
             ),
         )
         self.last: BosState | None = None
+        self.tuner: Tuner | None = None  # the tuner's state as last read
+        self.tuner_read_at = float("-inf")
+        self.tuner_due = True  # read it with the next observation (first, after a command)
         # One connection, one exchange at a time: a command sent while a read is under way
         # (the MQTT bridge, say) waits for it rather than interleaving on the connection.
         self._busy = asyncio.Lock()
@@ -377,11 +398,32 @@ class BraiinsOS(RigDriver):
         # The connection stays open for the next cycle (a failed call closes it; a server that
         # dropped it while idle gets the read again on a new one).
         async with self._busy:
-            details, stats, boards, tuner = await self.session.get_all(READS, timeout_s)
-        state = bos_read(details, stats, boards, tuner, self.expected_boards)
+            tuner_read = self.tuner is None or self._need_tuner(now)
+            replies = await self.session.get_all(
+                (*READS, TUNER) if tuner_read else READS, timeout_s
+            )
+        if tuner_read:
+            self.tuner = tuner_state(replies[3])
+            self.tuner_read_at, self.tuner_due = now, False
+        assert self.tuner is not None
+        details, stats, boards = replies[0], replies[1], replies[2]
+        state = bos_read(details, stats, boards, self.tuner, self.expected_boards)
         self.check_fingerprint(state.status.fingerprint)
         self.last = state
         return status_observation(self, state.status, state.mode(self.default_w), now)
+
+    def _need_tuner(self, now: float) -> bool:
+        """Whether this read asks for the power target in force (module docstring)."""
+        since = now - self.tuner_read_at
+        if self.tuner_due or since >= TUNER_REFRESH_S:
+            return True
+        last, tuner = self.last, self.tuner
+        if last is None or tuner is None:
+            return True
+        if since < TUNER_RECHECK_S or not last.status.mining:
+            return False
+        watts = last.status.power_w
+        return watts is not None and abs(watts - tuner.target_w) > TUNER_STRAY * tuner.target_w
 
     async def apply(self, mode: Mode, power_limit_w: int | None, timeout_s: float) -> ApplyResult:
         self.check_supported(mode, power_limit_w)
@@ -390,6 +432,7 @@ class BraiinsOS(RigDriver):
                 try:
                     return await self._send(mode, power_limit_w, timeout_s)
                 finally:
+                    self.tuner_due = True  # whatever was answered: look, don't trust
                     self.session.release()  # commands are rare: no connection kept for them
         except TimeoutError:
             raise DriverError(

@@ -78,12 +78,14 @@ def md5_crypt_body(secret: str, salt: str) -> str:
         bits >>= 1
     digest = ctx.digest()
     # Round i hashes pw or the digest, then the salt unless i % 3 == 0, then pw unless
-    # i % 7 == 0, then the digest or pw: one md5 call per round over a precomputed middle.
+    # i % 7 == 0, then the digest or pw: one md5 call per round, its input one concatenation
+    # of the digest with a precomputed run (pw + middle before it, or middle + pw after it).
     md5 = hashlib.md5
     middles = (b"", pw, salt_b, salt_b + pw)
+    before = tuple(pw + middle for middle in middles)  # odd rounds: pw, middle, digest
+    after = tuple(middle + pw for middle in middles)  # even rounds: digest, middle, pw
     for odd, which in _MD5_CRYPT_ROUNDS:
-        middle = middles[which]
-        digest = md5(pw + middle + digest).digest() if odd else md5(digest + middle + pw).digest()
+        digest = md5(before[which] + digest if odd else digest + after[which]).digest()
     out = []
     for a, b, c in _MD5_CRYPT_GROUPS:
         out.append(_crypt64((digest[a] << 16) | (digest[b] << 8) | digest[c], 4))

@@ -187,6 +187,24 @@ def pad_boards(boards: list[Board], expected: int | None) -> list[Board]:
 
 _RATE_UNITS = {"GH": 1000.0, "TH": 1.0, "MH": 1e6}  # divisors to TH/s
 
+# The stats keys of slot i (1..19), spelled once: the parse runs for every rig every cycle.
+_SLOTS = range(20)
+_ACN = tuple(f"chain_acn{i}" for i in _SLOTS)
+_ACS = tuple(f"chain_acs{i}" for i in _SLOTS)
+_RATE = tuple(f"chain_rate{i}" for i in _SLOTS)
+_TEMP_CHIP = tuple(f"temp_chip{i}" for i in _SLOTS)
+_TEMP_PCB = tuple(f"temp_pcb{i}" for i in _SLOTS)
+_FANS = tuple(f"fan{n}" for n in range(1, 9))
+
+
+def _slot_offset(dev: dict[str, Any]) -> int:
+    """The first slot of the boards, as pyasic finds it: the first of 1, 6, 11 with chips in
+    any of its five ``chain_acn`` slots (1 when none has)."""
+    for base in (1, 6, 11):
+        if any(dev.get(_ACN[base + n]) for n in range(5)):
+            return base
+    return 1
+
 
 def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) -> Status:
     """Stock Antminer RPC ``stats``: boards, temperatures, fans, uptime, model and firmware.
@@ -205,22 +223,14 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
     if per_ths is None:
         raise _bad("STATS[1].rate_unit", f"unknown unit {dev.get('rate_unit')!r}")
     hashrate = _num(dev, "GHS 5s", "STATS[1]") / per_ths
-    offset = -1
-    for base in range(1, 16, 5):
-        for n in range(5):
-            chips = dev.get(f"chain_acn{base + n}")
-            if chips and offset == -1:
-                offset = base
-    if offset == -1:
-        offset = 1
-    slots = [i for i in range(offset, offset + 4) if dev.get(f"chain_acs{i}", "") != ""]
+    offset = _slot_offset(dev)
+    slots = [i for i in range(offset, offset + 4) if dev.get(_ACS[i], "") != ""]
     boards: list[Board] = []
     for i in slots:
-        chips_raw = dev.get(f"chain_acn{i}")
-        chips = _count(chips_raw)
-        rate = _opt_num(dev, f"chain_rate{i}")
-        chip_temps = _dashed(dev.get(f"temp_chip{i}"))
-        pcb_temps = _dashed(dev.get(f"temp_pcb{i}"))
+        chips = _count(dev.get(_ACN[i]))
+        rate = _opt_num(dev, _RATE[i])
+        chip_temps = _dashed(dev.get(_TEMP_CHIP[i]))
+        pcb_temps = _dashed(dev.get(_TEMP_PCB[i]))
         boards.append(
             Board(
                 index=i - offset,
@@ -238,7 +248,7 @@ def antminer_stats(reply: dict[str, Any], expected_boards: int | None = None) ->
         if i not in present
     )
     boards.sort(key=lambda b: b.index)
-    fans = _fans(dev.get(f"fan{n}") for n in range(1, 9))
+    fans = _fans(dev.get(key) for key in _FANS)
     chip_max = [b.chip_temp_c for b in boards if b.chip_temp_c is not None]
     elapsed = _opt_num(dev, "Elapsed")
     return Status(

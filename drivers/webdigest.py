@@ -17,6 +17,7 @@ business: the caller hands the decoded JSON to pyasic's config parser.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -49,7 +50,6 @@ class WebSession:
         self.http = Http1(host, port, "web UI", max_body)
         self._auth = httpx.DigestAuth(user, password)
         self._requests: dict[tuple[str, str], httpx.Request] = {}
-        self._base = f"http://{self.http.authority}"
 
     async def release(self) -> None:
         """Close the connection (the remembered challenge stays); the next call opens one."""
@@ -73,9 +73,11 @@ class WebSession:
         self, method: str, uri: str, body: bytes | None, timeout_s: float
     ) -> dict[str, Any]:
         """One request (two on a new or stale challenge); errors as :meth:`get_json`."""
-        status, headers, reply = await self.request(method, uri, body, timeout_s)
+        status, raw, reply = await self.http.guarded(
+            self._authenticated(method, uri, body), timeout_s, uri
+        )
         if status == 401:
-            offered = headers.get("www-authenticate", "")
+            offered = httpx.Headers(raw).get("www-authenticate", "")
             if offered and not offered.lower().startswith("digest "):
                 scheme = offered.split(" ", maxsplit=1)[0]
                 raise DriverError(
@@ -94,11 +96,14 @@ class WebSession:
         """One request (two on a new or stale challenge): the status, headers and body of any
         status; DriverError TIMEOUT, UNREACHABLE, or BAD_REPLY (a body over the cap, broken
         framing)."""
-        return await self.http.guarded(self._authenticated(method, uri, body), timeout_s, uri)
+        status, raw, reply = await self.http.guarded(
+            self._authenticated(method, uri, body), timeout_s, uri
+        )
+        return status, httpx.Headers(raw), reply
 
     async def _authenticated(
         self, method: str, uri: str, body: bytes | None
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Run httpx's digest flow over our connection: the request, and again on a 401.
 
         The flow needs only the method and the URI (no auth-int), so one bodiless
@@ -106,7 +111,7 @@ class WebSession:
         """
         request = self._requests.get((method, uri))
         if request is None:
-            request = self._requests[method, uri] = httpx.Request(method, self._base + uri)
+            request = self._requests[method, uri] = httpx.Request(method, _url(uri))
         request.headers.pop("Authorization", None)
         flow = self._auth.sync_auth_flow(request)
         try:
@@ -117,11 +122,11 @@ class WebSession:
                 try:
                     request = flow.send(challenge)
                 except StopIteration:
-                    return reply.status, challenge.headers, reply.body
+                    return reply.status, reply.headers, reply.body
                 reply = await self._send(method, uri, body, request)
         finally:
             flow.close()
-        return reply.status, httpx.Headers(reply.headers), reply.body
+        return reply.status, reply.headers, reply.body
 
     async def _send(self, method: str, uri: str, body: bytes | None, auth: httpx.Request) -> Reply:
         authorization = auth.headers.get("Authorization")
@@ -129,6 +134,14 @@ class WebSession:
         # a digest response is good for one request only: nothing to keep built
         [reply] = await self.http.exchange([Request(method, uri, body, headers)], keep=False)
         return reply
+
+
+@functools.lru_cache(maxsize=64)
+def _url(uri: str) -> httpx.URL:
+    """``uri`` parsed once for every rig: the digest flow reads only its path (the response
+    covers the method and the path, not the host), and the request goes out with our own
+    Host header, so one URL stands for every rig's request there."""
+    return httpx.URL("http://rig" + uri)
 
 
 def json_object(body: bytes, where: str) -> dict[str, Any]:

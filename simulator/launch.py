@@ -93,7 +93,7 @@ def start(
     return RunningSim(proc, rigs, control, log_path)
 
 
-GROUP_FLAGS = ("--antminer", "--whatsminer", "--luxos")
+GROUP_FLAGS = ("--antminer", "--whatsminer", "--luxos", "--braiins", "--epic", "--vnish")
 
 
 @dataclass
@@ -114,8 +114,8 @@ class RunningFleet:
 
 
 def split_groups(args: list[str], processes: int) -> list[list[str]]:
-    """``args`` for each of ``processes`` simulators: every ``--antminer``/``--whatsminer``/
-    ``--luxos MODEL:COUNT`` group split as evenly as can be, the other options to all.
+    """``args`` for each of ``processes`` simulators: every ``MODEL:COUNT`` group (of every
+    make's flag, GROUP_FLAGS) split as evenly as can be, the other options to all.
     ValueError for an option that names addresses (``--fleet``, ``--base-address``,
     ``--fault``, ``--block``): the blocks choose the addresses."""
     shares: list[list[str]] = [[] for _ in range(processes)]

@@ -36,10 +36,14 @@ from drivers.braiins import (
     EXTRA_DEFAULT,
     EXTRA_MAX,
     EXTRA_MIN,
+    TUNER_RECHECK_S,
+    TUNER_REFRESH_S,
     BosSession,
     BraiinsOS,
+    Tuner,
     bos_read,
     braiins_identity,
+    tuner_state,
 )
 from drivers.identify import driver_for, identify
 from drivers.transport import DriverError
@@ -248,6 +252,84 @@ async def test_capture_read() -> None:
     assert (obs.inlet_c, obs.outlet_c) == (40.0, 55.5)
     assert obs.uptime_s == 69685
     assert not obs.model_unknown
+
+
+def _reads(server: Replay) -> list[str]:
+    """The paths the server was asked for since the last call (logins left out)."""
+    paths = [r[1].removeprefix("/api/v1/") for r in server.requests if r[0] == "GET"]
+    server.requests.clear()
+    return paths
+
+
+CYCLE = ["miner/details", "miner/stats", "miner/hw/hashboards"]
+
+
+async def test_the_power_target_is_read_first_after_a_command_and_every_ten_minutes() -> None:
+    """Three GETs a cycle; the tuner's state (the target in force) with them at the first
+    read, after a command (whatever it answered), and TUNER_REFRESH_S after the last look."""
+    async with replay() as server:
+        driver = await replay_driver(server)
+        server.requests.clear()
+        await driver.observe(3.0, 1000.0)
+        assert _reads(server) == [*CYCLE, "performance/tuner-state"]
+        await driver.observe(3.0, 1030.0)
+        assert _reads(server) == CYCLE
+        await driver.apply(Mode.LIMIT, 2500, 3.0)
+        server.requests.clear()
+        await driver.observe(3.0, 1060.0)
+        assert _reads(server) == [*CYCLE, "performance/tuner-state"]
+        await driver.observe(3.0, 1060.0 + TUNER_REFRESH_S - 1)
+        assert _reads(server) == CYCLE
+        obs = await driver.observe(3.0, 1060.0 + TUNER_REFRESH_S)
+        assert _reads(server) == [*CYCLE, "performance/tuner-state"]
+    assert obs.power_limit_w == 3031  # the captured target: the replay ignores the PUT
+
+
+async def test_watts_far_from_the_known_target_ask_for_it_again_within_a_minute() -> None:
+    """A target set elsewhere (the rig's own web UI) shows as watts away from the one known:
+    3137 W reported against a target the driver believes is 2500 W."""
+    async with replay() as server:
+        driver = await replay_driver(server)
+        await driver.observe(3.0, 1000.0)
+        driver.tuner = Tuner(2500, ())  # as if read so, before someone set 3031 W
+        server.requests.clear()
+        obs = await driver.observe(3.0, 1000.0 + TUNER_RECHECK_S - 1)
+        assert _reads(server) == CYCLE and obs.power_limit_w == 2500
+        obs = await driver.observe(3.0, 1000.0 + TUNER_RECHECK_S)
+        assert _reads(server) == [*CYCLE, "performance/tuner-state"]
+        assert obs.power_limit_w == 3031
+        # 3137 W against 3031 W is within TUNER_STRAY: not asked again
+        await driver.observe(3.0, 1000.0 + 3 * TUNER_RECHECK_S)
+        assert _reads(server) == CYCLE
+
+
+async def test_a_failed_read_asks_for_the_tuner_again() -> None:
+    async with replay() as server:
+        driver = await replay_driver(server)
+        server.override["performance/tuner-state"] = (500, b'{"message":"busy"}')
+        with pytest.raises(DriverError, match="tuner-state: HTTP 500: busy"):
+            await driver.observe(3.0, 1000.0)
+        del server.override["performance/tuner-state"]
+        server.requests.clear()
+        obs = await driver.observe(3.0, 1001.0)
+        assert _reads(server) == [*CYCLE, "performance/tuner-state"]
+    assert obs.power_limit_w == 3031
+
+
+async def test_a_tuner_in_error_is_reported_until_read_otherwise() -> None:
+    tuner = capture("performance_tuner_state")
+    async with replay() as server:
+        driver = await replay_driver(server)
+        server.override["performance/tuner-state"] = (
+            200,
+            json.dumps({**tuner, "overall_tuner_state": 4}).encode(),
+        )
+        first = await driver.observe(3.0, 1000.0)
+        second = await driver.observe(3.0, 1030.0)  # not read again: the error as last seen
+        del server.override["performance/tuner-state"]
+        third = await driver.observe(3.0, 1000.0 + TUNER_REFRESH_S)
+    assert "tuner: error" in first.errors and "tuner: error" in second.errors
+    assert "tuner: error" not in third.errors
 
 
 async def test_read_is_pipelined_on_one_connection() -> None:
@@ -467,10 +549,11 @@ def test_parser_on_the_captures_directly() -> None:
         capture("miner_details"),
         capture("miner_stats"),
         capture("miner_hw_hashboards"),
-        capture("performance_tuner_state"),
+        tuner_state(capture("performance_tuner_state")),
         expected_boards=3,
     )
     assert (state.paused, state.target_w) == (False, 3031)
+    assert state.status.errors == ()  # overall_tuner_state 2: stable
     assert state.mode(3031) is Mode.NORMAL and state.mode(None) is Mode.LIMIT
     assert state.status.fingerprint == "Antminer S19 XP|2025-08-06-0-3881c51d-25.07-plus"
 

@@ -88,6 +88,19 @@ def test_groups_are_split_among_the_processes() -> None:
     assert split_groups(["--luxos", "s19jpro:1"], 3) == [["--luxos", "s19jpro:1"], [], []]
 
 
+@pytest.mark.parametrize(
+    "flag", ["--antminer", "--whatsminer", "--luxos", "--braiins", "--epic", "--vnish"]
+)
+def test_every_makes_groups_are_split_not_repeated(flag: str) -> None:
+    """A group of any make is split (each block once serving a group of every make given on
+    the command line would multiply the fleet by the number of processes)."""
+    model = "m30s+" if flag == "--whatsminer" else "s19jpro"
+    assert split_groups([flag, f"{model}:5", "--time-scale", "1"], 2) == [
+        [flag, f"{model}:3", "--time-scale", "1"],
+        [flag, f"{model}:2", "--time-scale", "1"],
+    ]
+
+
 @pytest.mark.parametrize("flag", ["--fleet", "--base-address", "--fault", "--block"])
 def test_options_that_name_addresses_are_refused_for_blocks(flag: str) -> None:
     with pytest.raises(ValueError, match=f"{flag} cannot be given"):
