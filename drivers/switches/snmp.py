@@ -70,6 +70,10 @@ class SnmpPdu(PowerSwitch):
         self.read_community = read_community
         self.write_community = write_community
         self.port = port
+        # The GET requests' objects, kept: pysnmp resolves an ObjectType against its MIB view
+        # once and marks it clean, and resolving (even with lookupMib=False) was half of a
+        # PDU read's CPU. A switch's read asks the same OIDs every sweep.
+        self._get_objects: dict[tuple[str, ...], list[ObjectType]] = {}
 
     def state_of(self, outlet: int) -> str:
         return f"{self.state_oid}.{outlet}"
@@ -94,7 +98,10 @@ class SnmpPdu(PowerSwitch):
         community = self.write_community if values is not None else self.read_community
         auth = CommunityData(community, mpModel=1)
         if values is None:
-            objects = [ObjectType(ObjectIdentity(o)) for o in oids]
+            asked = tuple(oids)
+            objects = self._get_objects.get(asked)
+            if objects is None:
+                objects = self._get_objects[asked] = [ObjectType(ObjectIdentity(o)) for o in oids]
             result = await get_cmd(
                 _engine(), auth, target, ContextData(), *objects, lookupMib=False
             )
