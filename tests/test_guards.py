@@ -37,7 +37,7 @@ from policies.guards import (
     apply_guards,
 )
 from policies.guards.core import next_rig_state
-from policies.guards.model import RampGrant
+from policies.guards.model import THERMAL_EMERGENCY, RampGrant
 from policies.guards.power import is_raise
 from policies.guards.ramp import (
     JITTER_ORDER_S,
@@ -917,7 +917,7 @@ def test_invariant_1_thermal_outranks_economics_and_operator_raises(sc: Scenario
 
 
 def exempt_from_dwell(step: Step, rig: RigView, d: Desired) -> bool:
-    if d.decided_by == THERMAL:
+    if d.decided_by in (THERMAL, THERMAL_EMERGENCY):  # thermal protection, its cut included
         return True
     live = [o for o in step.overrides if o.active(step.now) and o.matches(rig)]
     return d.decided_by == OVERRIDE and any(o.bypass_dwell for o in live)
@@ -986,7 +986,11 @@ def test_invariant_4_stale_prices_never_drive_a_change(sc: Scenario) -> None:
             continue
         for rig in step.fleet:
             d = step.desired[rig.rig_id]
-            if d.setting == step.hold[rig.rig_id] or d.decided_by in (THERMAL, OVERRIDE):
+            if d.setting == step.hold[rig.rig_id] or d.decided_by in (
+                THERMAL,
+                THERMAL_EMERGENCY,
+                OVERRIDE,
+            ):
                 continue
             assert d.decided_by == STALE_INPUT, d
             assert d.mode is failsafe[sc.config.stale_failsafe], d
