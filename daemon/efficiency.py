@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from drivers import catalogue
-from drivers.catalogue import ModelEntry
+from drivers.catalogue import ModeFigures, ModelEntry
 from policies.values import HASHING_MODES, Mode, Observation, PowerSource
 
 TAU_S: Final = 3600.0
@@ -174,16 +174,27 @@ def sample_of(obs: Observation, entry: ModelEntry | None, *, settling: bool) -> 
     if watts is None or watts <= 0 or ths <= 0 or obs.mode not in HASHING_MODES:
         return None
     rated = entry.figures(obs.mode)
-    if rated is None:
-        return None
-    hash_share = ths / rated.hashrate_ths
-    jth_share = watts / ths / rated.j_per_th
-    if not HASH_SHARE_RANGE[0] <= hash_share <= HASH_SHARE_RANGE[1]:
-        return None
-    if not JTH_SHARE_RANGE[0] <= jth_share <= JTH_SHARE_RANGE[1]:
+    if rated is None or not steady_in_mode(ths, watts, rated):
         return None
     assert source is not None
     return Sample(obs.observed_at, watts, ths, source)
+
+
+def steady_in_mode(hashrate_ths: float, power_w: float | None, rated: ModeFigures) -> bool:
+    """A reading a rig runs at steadily in the mode ``rated`` rates: a hashrate within
+    ``HASH_SHARE_RANGE`` of the rating and (where watts are known) a J/TH within
+    ``JTH_SHARE_RANGE`` of it. Anything else is a rig ramping up or down while its firmware
+    reports the mode, a rig in trouble or a wiring mistake: it teaches neither the learned
+    efficiency nor the shares of daemon/rig_economics.py (the one place of this rule)."""
+    if hashrate_ths <= 0 or rated.hashrate_ths <= 0:
+        return False
+    hash_share = hashrate_ths / rated.hashrate_ths
+    if not HASH_SHARE_RANGE[0] <= hash_share <= HASH_SHARE_RANGE[1]:
+        return False
+    if power_w is None:
+        return True
+    jth_share = power_w / hashrate_ths / rated.j_per_th
+    return JTH_SHARE_RANGE[0] <= jth_share <= JTH_SHARE_RANGE[1]
 
 
 @dataclass(frozen=True, slots=True)

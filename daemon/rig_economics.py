@@ -26,7 +26,7 @@ the power share of one reading.
 
 from __future__ import annotations
 
-from daemon.efficiency import HASH_SHARE_RANGE, JTH_SHARE_RANGE, RigEfficiency
+from daemon.efficiency import RigEfficiency, steady_in_mode
 from drivers import catalogue
 from policies.economics import ModePoint
 from policies.values import HASHING_MODES, Mode, Observation, PowerSource
@@ -43,27 +43,23 @@ def rig_ratios(obs: Observation, entry: catalogue.ModelEntry | None) -> Ratios |
     catalogue rates; None otherwise (asleep, booting, limited, unknown model). Power not
     reported is taken to scale with the hashrate.
 
-    None too for a reading no rig runs at steadily in that mode: a hashrate outside
-    ``HASH_SHARE_RANGE`` of the rating, or a J/TH outside ``JTH_SHARE_RANGE`` of it (the same
-    bounds as the learned efficiency's samples, daemon/efficiency.py). Such a reading is a rig
-    still ramping down or up while its firmware reports the mode (an M60S on API v3 read 0.3
-    TH/s and 218 W as "normal" on its way to sleep), and shares learnt from it would have
-    every later power-up of that rig estimated at a few percent of its real draw: the site
-    ramp would let through many times its kW."""
+    None too for a reading no rig runs at steadily in that mode
+    (:func:`daemon.efficiency.steady_in_mode`, the rule the learned efficiency's samples
+    follow too): a rig still ramping down or up while its firmware reports the mode (an M60S
+    on API v3 read 0.3 TH/s and 218 W as "normal" on its way to sleep). Shares learnt from it
+    would have every later power-up of that rig estimated at a few percent of its real draw,
+    and the site ramp would let through many times its kW."""
     if entry is None or not obs.mining or obs.hashrate_ths <= 0:
         return None
     rated = entry.figures(obs.mode)
     if rated is None or rated.hashrate_ths <= 0:
         return None
-    hash_share = obs.hashrate_ths / rated.hashrate_ths
-    if not HASH_SHARE_RANGE[0] <= hash_share <= HASH_SHARE_RANGE[1]:
+    if not steady_in_mode(obs.hashrate_ths, obs.power_w, rated):
         return None
+    hash_share = obs.hashrate_ths / rated.hashrate_ths
     if obs.power_w is None:
         return hash_share, hash_share
-    power_share = obs.power_w / (rated.hashrate_ths * rated.j_per_th)
-    if not JTH_SHARE_RANGE[0] <= power_share / hash_share <= JTH_SHARE_RANGE[1]:
-        return None
-    return hash_share, power_share
+    return hash_share, obs.power_w / (rated.hashrate_ths * rated.j_per_th)
 
 
 def mode_points(
