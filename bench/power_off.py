@@ -20,6 +20,7 @@ Ends with ``RESULT rigs=... pdus=... sleep_sent_max_s=... off_after_asleep_max_s
 all_off_s=... on_max_kw_per_min=... ok=yes|no``.
 
 Usage: python -m bench.power_off [--rigs 10000] [--ramp-kw-per-min 100] [--on-window-s 180]
+[--profile]
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ async def run(  # noqa: C901  the benchmark's scenario, step by step
     ramp_kw_per_min: float,
     on_window_s: float,
     limit_s: float,
+    profile: bool = False,
 ) -> dict[str, Any]:
     from daemon.gctune import tune_gc
     from daemon.loop import ControlLoop
@@ -142,7 +144,17 @@ async def run(  # noqa: C901  the benchmark's scenario, step by step
     asleep_at: dict[str, float] = {}
     off_observed: set[str] = set()
     while time.time() - t0 < limit_s and len(off_observed) < len(addresses):
-        report = await tick()
+        if profile and not asleep_at and not off_observed:  # the first off tick, profiled
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            report = await tick()
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        else:
+            report = await tick()
         for rig, reading in report.readings.items():
             if isinstance(reading, Observation):
                 if reading.mode is Mode.SLEEP and not reading.mining:
@@ -222,6 +234,9 @@ def main() -> int:
     parser.add_argument("--ramp-kw-per-min", type=float, default=100.0)
     parser.add_argument("--on-window-s", type=float, default=180.0)
     parser.add_argument("--limit-s", type=float, default=300.0)
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the first off tick (slows it down)"
+    )
     args = parser.parse_args()
 
     from simulator import launch
@@ -254,6 +269,7 @@ def main() -> int:
                 args.ramp_kw_per_min,
                 args.on_window_s,
                 args.limit_s,
+                args.profile,
             )
         )
     finally:
