@@ -58,7 +58,7 @@ class Asked:
         return {r.rig_id: Intent(r.rig_id, self.mode, "bench", self.name) for r in fleet}
 
 
-async def run(  # noqa: C901  the benchmark's scenario, step by step
+async def run(  # noqa: C901, PLR0912  the benchmark's scenario, step by step
     cache: Path,
     addresses: list[str],
     pdus: list[str],
