@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -114,6 +115,10 @@ class ControlLoop:
     ``rigpilot status`` and the metrics until it is gone."""
     power: PowerSwitches | None = None
     """The PDUs and plugs feeding the rigs (daemon/power.py), None when none is wired."""
+    cycle_journal: Callable[[Mapping[str, Any]], None] | None = None
+    """Called with the power switches' history of cycles (:meth:`PowerSwitches.history`)
+    before a power cycle is switched (the durable store); an exception there switches
+    nothing."""
     _last_obs: dict[RigId, Observation] = field(default_factory=dict)
     _ratios: dict[RigId, Ratios] = field(default_factory=dict)  # measured shares of rated
     efficiency: dict[RigId, RigEfficiency] = field(default_factory=dict)
@@ -380,6 +385,7 @@ class ControlLoop:
             held,
             self.actuator.sends,
             now,
+            self.cycle_journal,
         )
         for event in events:
             if event["kind"] == "power_cycle" and not event["dry_run"]:

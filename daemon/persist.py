@@ -5,8 +5,11 @@ What is saved when:
   its answer is published (``save_commands``);
 - commands to rigs: the reconciler with those commands as in flight, before they are sent
   (``journal``);
+- a power cycle: the switches' history of cycles with it (each rig's cycles of the last 24 h,
+  the rigs needing hands), before its outlets are switched (``journal_cycles``);
 - every tick: the guards' state (the rigs whose state changed, a row each), the reconciler, the
-  operator state and the status line (``save_tick``), in one transaction; with them the rigs'
+  operator state, the power cycles' history and the status line (``save_tick``), in one
+  transaction; with them the rigs'
   learned efficiencies (daemon/efficiency.py) that changed, each at most every
   :data:`EFFICIENCY_SAVE_S` unless it became trusted or stopped being so (a restart loses at
   most that much learning, against a time constant of an hour).
@@ -78,6 +81,13 @@ class Persistence:
                 log.warning("store.guards_unusable", error=str(exc))
         self._restore_efficiency(now)
         counts["learned_efficiency"] = len(self.loop.efficiency)
+        power, history = self.loop.power, self.store.get("power")
+        if power is not None and history is not None:
+            try:
+                counts["power_cycled_rigs"] = power.restore_history(history, now)
+                counts["needing_hands"] = len(power.needs_hands)
+            except ValueError as exc:
+                log.warning("store.power_history_unusable", error=str(exc))
         recon = self.store.get("reconciler")
         if recon is not None:
             try:
@@ -139,6 +149,10 @@ class Persistence:
         operator = self.loop.operator
         self.store.put(operator.to_docs(), seen=operator.requests.take_unsaved())
 
+    def journal_cycles(self, history: Mapping[str, Any]) -> None:
+        """Before a power cycle is switched: the switches' history of cycles with it."""
+        self.store.put({"power": history})
+
     def journal(self, commands: Sequence[Command], now: float) -> None:
         """Before sending: the reconciler as it will be once these are sent."""
         ahead = copy.deepcopy(self.loop.reconciler)
@@ -167,6 +181,8 @@ class Persistence:
             **operator.to_docs(),
             "status": self.status(report),
         }
+        if self.loop.power is not None:  # cycles leave the last 24 h, rigs get their hands
+            docs["power"] = self.loop.power.history(report.at)
         seen = operator.requests.take_unsaved()
         learned, unlearned = self._efficiency_changes(report.at)
         self.store.put(

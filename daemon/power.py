@@ -23,8 +23,9 @@ See docs/power-switches.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -46,6 +47,10 @@ OFF_WAIT_S = 600.0
 anyway (never when it was seen hashing since)."""
 
 NO_OUTLETS = "no outlets feed it ([[rigs]] outlets), so it cannot be power-cycled"
+
+DAY_S = 86400.0
+CYCLE_HISTORY_VERSION = 1
+"""The version of :meth:`PowerSwitches.history`'s document (the store's ``power`` row)."""
 
 OutletId = tuple[str, int]
 """(switch name, outlet number as the device numbers it)."""
@@ -194,7 +199,7 @@ def cycle_refusal(
         return why
     if not powered:
         return "its outlets did not all read on (and drawing power) at the last sweep"
-    used = sum(1 for t in history if t > now - 86400.0)
+    used = sum(1 for t in history if t > now - DAY_S)
     if used >= rules.max_per_rig_per_day:
         return (
             f"power-cycled {used} time(s) in the last 24 h "
@@ -482,6 +487,58 @@ class PowerSwitches:
         for rig_id in rigs:
             self._requested.pop(rig_id, None)
 
+    def history(self, now: float) -> dict[str, Any]:
+        """What the cycle limits rest on, for the store: each rig's power cycles of the last
+        24 h, the outlets cycled in the last minute, and the rigs needing hands. A restart (or
+        a daemon crash-looping under systemd) must not give a rig a fresh day of cycles."""
+        return {
+            "version": CYCLE_HISTORY_VERSION,
+            "cycles": {
+                rig: recent
+                for rig, times in sorted(self._cycles.items())
+                if (recent := [t for t in times if t > now - DAY_S])
+            },
+            "cycled_outlets": [t for t in self._cycled_outlets if t > now - 60.0],
+            "needs_hands": sorted(self.needs_hands),
+        }
+
+    def restore_history(self, doc: Mapping[str, Any], now: float) -> int:
+        """Take back :meth:`history` as the store kept it, for the rigs still wired here (a
+        rig since unwired has no outlets to cycle). Returns how many rigs had cycles in the
+        last 24 h. Raises ValueError naming what is wrong with the document (nothing is
+        taken then)."""
+        if not isinstance(doc, Mapping) or doc.get("version") != CYCLE_HISTORY_VERSION:
+            raise ValueError(f"power cycle history: not a version {CYCLE_HISTORY_VERSION} document")
+        raw_cycles, outlets, hands = (
+            doc.get("cycles"),
+            doc.get("cycled_outlets"),
+            doc.get("needs_hands"),
+        )
+        if not isinstance(raw_cycles, Mapping):
+            raise ValueError("power cycle history: 'cycles' is not a mapping of rig to times")
+        if not isinstance(outlets, list) or not isinstance(hands, list):
+            raise ValueError("power cycle history: 'cycled_outlets' or 'needs_hands' is not a list")
+
+        def times(what: str, value: object) -> list[float]:
+            if not isinstance(value, list) or not all(
+                isinstance(t, int | float) and not isinstance(t, bool) for t in value
+            ):
+                raise ValueError(f"power cycle history: {what} is not a list of times")
+            return [float(t) for t in value]
+
+        cycles = {
+            str(rig): recent
+            for rig, value in raw_cycles.items()
+            if str(rig) in self.wiring
+            and (recent := [t for t in times(f"rig {rig}'s cycles", value) if t > now - DAY_S])
+        }
+        cycled = [t for t in times("'cycled_outlets'", outlets) if t > now - 60.0]
+        for rig, recent in cycles.items():
+            self._cycles[rig] = sorted({*self._cycles.get(rig, []), *recent})
+        self._cycled_outlets = sorted([*self._cycled_outlets, *cycled])
+        self.needs_hands |= {str(r) for r in hands if str(r) in self.wiring}
+        return len(cycles)
+
     async def recover(
         self,
         readings: Mapping[RigId, Reading],
@@ -489,13 +546,16 @@ class PowerSwitches:
         held: Mapping[RigId, str],
         sends: bool,
         now: float,
+        journal: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> list[dict[str, object]]:
         """Power-cycle the rigs :func:`plan_cycles` names (those asked for, then the hung
         ones): their outlets off now; the loop then sees them observed off with a target that
         is not, and switches them on again as a power-up through the ramp (:func:`step`).
         Returns the audit events (cycles, requests refused, and rigs that need hands). With
         ``sends`` False (dry-run, hold) nothing is switched. ``held``: rigs an operator pinned
-        or that are asked to be off, and why."""
+        or that are asked to be off, and why. ``journal`` (the durable store) is handed
+        :meth:`history` with each cycle counted before its outlets are switched; where it
+        raises, that cycle is not made."""
         for rig_id in self.wiring:
             silent = not isinstance(readings.get(rig_id), Observation) or rig_id in ignoring
             if silent:
@@ -522,9 +582,9 @@ class PowerSwitches:
             log.warning("rig.power_cycle_refused", rig=rig_id, reason=why)
             events.append({"ts": now, "kind": "power_cycle_refused", "rig": rig_id, "reason": why})
         for rig_id in plan.due:
-            events.append(await self._cycle(rig_id, sends, now))
+            events.append(await self._cycle(rig_id, sends, now, journal))
         for rig_id, since in self._silent_since.items():
-            used = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0)
+            used = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - DAY_S)
             if (
                 rules.enabled
                 and rig_id not in self.needs_hands
@@ -537,9 +597,16 @@ class PowerSwitches:
         self._cycled_outlets = [t for t in self._cycled_outlets if t > now - 60.0]
         return events
 
-    async def _cycle(self, rig_id: RigId, sends: bool, now: float) -> dict[str, object]:
-        """Switch ``rig_id``'s outlets off (unless not ``sends``), count it; its audit event."""
-        n = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - 86400.0) + 1
+    async def _cycle(
+        self,
+        rig_id: RigId,
+        sends: bool,
+        now: float,
+        journal: Callable[[Mapping[str, Any]], None] | None,
+    ) -> dict[str, object]:
+        """Count a cycle of ``rig_id`` (journaled first) and switch its outlets off (unless not
+        ``sends``); its audit event."""
+        n = sum(1 for t in self._cycles.get(rig_id, ()) if t > now - DAY_S) + 1
         since = self._silent_since.get(rig_id)
         event: dict[str, object] = {
             "ts": now,
@@ -550,15 +617,23 @@ class PowerSwitches:
             "cycle_today": n,
             "dry_run": not sends,
         }
-        if sends:
+        self._cycles.setdefault(rig_id, []).append(now)
+        self._cycled_outlets += [now] * len(self.wiring[rig_id])
+        journaled = True
+        if sends and journal is not None:
+            try:
+                journal(self.history(now))
+            except Exception as exc:  # the store's failure, whatever it is: switch nothing
+                log.exception("power_cycle.journal_failed", rig=rig_id, note="not switched")
+                event["error"] = f"not switched: the cycle could not be recorded ({exc})"
+                journaled = False
+        if sends and journaled:
             try:
                 event["outlets"] = await self.switch_rig(rig_id, False, max(self.timeouts.values()))
             except DriverError as exc:
                 event["error"] = f"{exc.kind.value}: {exc.detail}"
         outcome = "dry_run" if not sends else "failed" if "error" in event else "switched"
         self.cycle_counts[outcome] = self.cycle_counts.get(outcome, 0) + 1
-        self._cycles.setdefault(rig_id, []).append(now)
-        self._cycled_outlets += [now] * len(self.wiring[rig_id])
         self._silent_since[rig_id] = now  # a fresh grace: boot, then judge again
         log.warning("rig.power_cycled", **{k: v for k, v in event.items() if k != "kind"})
         return event

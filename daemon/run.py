@@ -443,6 +443,7 @@ def _wire(service: Service) -> None:
         service.bridge.info["last_reload"] = None
     persistence.restore(loop.clock())
     loop.journal = persistence.journal
+    loop.cycle_journal = persistence.journal_cycles
     bridge = service.bridge
     if settings.metrics.enabled:
         service.metrics = Metrics(

@@ -8,6 +8,8 @@
   only when that rig's state changed (a 10,000-rig site rewrites a few rows a tick, not all);
 - each rig's efficiency learned from measured watts (daemon/efficiency.py): a row per rig,
   rewritten at most every few minutes (daemon/persist.py);
+- the power cycles of the last 24 h and the rigs needing hands (daemon/power.py), written
+  before a cycle is switched, so a restart never grants a rig a fresh day of cycles;
 - the reconciler's in-flight commands: written **before** a command is sent, so a daemon killed
   mid-send does not send it again after the restart, but waits for the observation;
 - the last tick's status for ``rigpilot status``.
@@ -79,8 +81,8 @@ up to date. Version 0 is a new, empty file."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 LOST_WITH_THE_FILE: Final = (
-    "what the rigs cannot tell it: the operator pins, the site target, hand-set prices and "
-    "control-room commands still awaiting their answer"
+    "what the rigs cannot tell it: the operator pins, the site target, hand-set prices, "
+    "control-room commands still awaiting their answer and the day's power-cycle counts"
 )
 
 
