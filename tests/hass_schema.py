@@ -1,4 +1,5 @@
-"""Validator for Home Assistant MQTT discovery config payloads (sensor, switch, select, number).
+"""Validator for Home Assistant MQTT discovery config payloads (sensor, switch, select, number,
+button).
 
 Test helper: it lists every way a discovery message we publish departs from the schema that
 Home Assistant documents and enforces, so a test can fail on it before Home Assistant ignores the
@@ -20,7 +21,10 @@ key lists come from the core source below; their pages are cited for reference.
 - https://www.home-assistant.io/integrations/sensor.mqtt/ ,
   https://www.home-assistant.io/integrations/switch.mqtt/ ,
   https://www.home-assistant.io/integrations/select.mqtt/ ,
-  https://www.home-assistant.io/integrations/number.mqtt/ -- per-component keys; ``device``
+  https://www.home-assistant.io/integrations/number.mqtt/ ,
+  https://www.home-assistant.io/integrations/button.mqtt/ -- per-component keys (button:
+  ``command_topic`` required, ``command_template``, ``payload_press`` (default ``PRESS``),
+  ``retain``, ``device_class`` identify / restart / update); ``device``
   "only works when unique_id is set"; sensor ``options`` only with ``device_class: enum`` and
   never with ``state_class`` / ``unit_of_measurement``; number ``mode`` auto / box / slider.
 
@@ -32,7 +36,7 @@ warning):
   expansion (an abbreviation silently overwrites its full name, hence the conflict rule here),
   ``~`` substitution for keys ending in ``topic`` and in availability items.
 - homeassistant/components/mqtt/abbreviations.py -- ABBREVIATIONS, DEVICE_ABBREVIATIONS,
-  ORIGIN_ABBREVIATIONS (the subset for these four components is kept below).
+  ORIGIN_ABBREVIATIONS (the subset for these five components is kept below).
 - homeassistant/components/mqtt/schemas.py -- availability (single and list form are
   exclusive), device info (at least one of identifiers / connections; connections are pairs),
   origin info, entity common keys, entity_category.
@@ -69,7 +73,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
-COMPONENTS: frozenset[str] = frozenset({"sensor", "switch", "select", "number"})
+COMPONENTS: frozenset[str] = frozenset({"sensor", "switch", "select", "number", "button"})
 
 # --------------------------------------------------------------------------------------------
 # Enumerations
@@ -79,6 +83,7 @@ AVAILABILITY_MODES: frozenset[str] = frozenset({"all", "any", "latest"})
 ENTITY_CATEGORIES: frozenset[str] = frozenset({"config", "diagnostic"})
 NUMBER_MODES: frozenset[str] = frozenset({"auto", "box", "slider"})
 SWITCH_DEVICE_CLASSES: frozenset[str] = frozenset({"outlet", "switch"})
+BUTTON_DEVICE_CLASSES: frozenset[str] = frozenset({"identify", "restart", "update"})
 QOS_LEVELS: frozenset[int] = frozenset({0, 1, 2})
 
 SENSOR_STATE_CLASSES: frozenset[str] = frozenset(
@@ -180,7 +185,7 @@ DEVICE_CLASS_STATE_CLASSES: Mapping[str, frozenset[str]] = {
 
 # --------------------------------------------------------------------------------------------
 # Abbreviations (mqtt/abbreviations.py; the documented tables).  Only the entries whose full
-# name is a key of one of the four components; an abbreviation of any other key would name an
+# name is a key of one of the five components; an abbreviation of any other key would name an
 # option these components do not have, and is reported as an unknown key.
 # --------------------------------------------------------------------------------------------
 
@@ -217,6 +222,7 @@ ABBREVIATIONS: Mapping[str, str] = {
     "pl_not_avail": "payload_not_available",
     "pl_off": "payload_off",
     "pl_on": "payload_on",
+    "pl_prs": "payload_press",
     "pl_rst": "payload_reset",
     "ret": "retain",
     "stat_cla": "state_class",
@@ -454,6 +460,15 @@ _COMPONENT_KEYS: Mapping[str, Mapping[str, Checker]] = {
         "step": _number,
         "unit_of_measurement": _string_or_null,
     },
+    # button.py: the base schema's keys and its own; no state_topic (a button has no state)
+    "button": {
+        **_COMMON_KEYS,
+        "command_template": _string,
+        "command_topic": _publish_topic,
+        "device_class": _one_of(BUTTON_DEVICE_CLASSES, nullable=True),
+        "payload_press": _string,
+        "retain": _boolean,
+    },
 }
 
 _REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -461,6 +476,7 @@ _REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
     "switch": ("command_topic",),
     "select": ("command_topic", "options"),
     "number": ("command_topic",),
+    "button": ("command_topic",),
 }
 
 _DEVICE_KEYS: Mapping[str, Checker] = {
@@ -783,6 +799,7 @@ def _number_problems(config: Mapping[str, object]) -> list[str]:
 _CROSS_FIELD: Mapping[str, Callable[[Mapping[str, object]], list[str]]] = {
     "sensor": _sensor_problems,
     "switch": lambda config: [],
+    "button": lambda config: [],
     "select": _select_problems,
     "number": _number_problems,
 }

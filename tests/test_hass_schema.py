@@ -159,6 +159,19 @@ VALID: dict[str, tuple[str, dict[str, object]]] = {
             "o": {"name": "rigpilot", "sw": "0.1.0", "url": "https://example.com/rigpilot"},
         },
     ),
+    "button": (
+        "homeassistant/button/rigpilot_site1/s19jpro_01_power_cycle/config",
+        _entity(
+            name="Power cycle",
+            command_topic="rigpilot/site1/request/power_cycle",
+            payload_press='{"rig": "10.0.0.1", "by": "home-assistant"}',
+            device_class="restart",
+        ),
+    ),
+    "button_abbreviated": (
+        "homeassistant/button/s19jpro_01_identify/config",
+        {"cmd_t": "rigpilot/site1/request/identify", "pl_prs": "PRESS", "dev_cla": "identify"},
+    ),
     "sensor_minimal_no_device": (
         "homeassistant/sensor/fleet_hashprice/config",
         {"state_topic": "rigpilot/market/hashprice", "unit_of_measurement": "USD/PH/day"},
@@ -167,7 +180,7 @@ VALID: dict[str, tuple[str, dict[str, object]]] = {
 
 
 def test_components() -> None:
-    assert frozenset({"sensor", "switch", "select", "number"}) == COMPONENTS
+    assert frozenset({"sensor", "switch", "select", "number", "button"}) == COMPONENTS
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
@@ -215,6 +228,8 @@ def _only_problem(component: str, payload: dict[str, object], *needles: str) -> 
         ("switch", "options"),  # select-only option
         ("select", "min"),  # number-only option
         ("number", "payload_on"),  # switch-only option
+        ("button", "state_topic"),  # a button has no state
+        ("switch", "payload_press"),  # button-only option
         ("switch", "platform"),  # only inside device-discovery components
     ],
 )
@@ -243,7 +258,7 @@ def test_unknown_key_in_device_origin_and_availability() -> None:
 # -- required keys ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["switch", "select", "number"])
+@pytest.mark.parametrize("name", ["switch", "select", "number", "button"])
 def test_missing_command_topic(name: str) -> None:
     component, payload = _variant(name, command_topic=...)
     _only_problem(component, payload, "command_topic", "missing required key")
@@ -287,6 +302,7 @@ def test_select_bad_options(options: object, needle: str) -> None:
         ("sensor_power", "hashrate"),
         ("sensor_power", "Power "),
         ("switch", "light"),
+        ("button", "outlet"),  # a switch's class, not a button's
         ("number", "enum"),  # non-numeric classes are sensor-only
     ],
 )

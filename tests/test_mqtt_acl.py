@@ -57,7 +57,9 @@ HUMAN_WRITES = [
     ("viewer", CONFIG.format("viewer"), False),
     ("homeassistant", f"rigpilot/{A}/request/set", True),
     ("homeassistant", "homeassistant/status", True),
+    ("homeassistant", f"rigpilot/{A}/request/power_cycle", True),  # its power-cycle button
     ("homeassistant", f"rigpilot/{A}/request/curtail", False),
+    ("homeassistant", f"rigpilot/{A}/request/pin", False),
     ("homeassistant", f"rigpilot/{A}/fleet/state", False),
     ("homeassistant", "rigpilot/homeassistant/fleet/state", False),
     ("homeassistant", CONFIG.format("homeassistant"), False),

@@ -106,6 +106,13 @@ async def test_off_on_and_power_cycle_over_mqtt_with_home_assistant_entities(
                 if t.endswith("_mode/config") and bare.replace(".", "_") in t
             )  # fmt: skip
             assert "off" not in bare_mode["options"]
+            buttons = {
+                json.loads(p["payload_press"])["rig"]: p
+                for t, p in configs.items()
+                if t.startswith("homeassistant/button/")
+            }
+            assert sorted(buttons) == sorted([xp, pro])  # a power-cycle button per wired rig
+            assert buttons[pro]["command_topic"] == topics.request("power_cycle")
 
             # The control room: set off, done once the plug reads off and the rig is gone.
             relays = (await asyncio.to_thread(switched, sim, PLUG, 0))[1]  # whole session's
@@ -143,6 +150,23 @@ async def test_off_on_and_power_cycle_over_mqtt_with_home_assistant_entities(
                 (xp, "power_cycle", "requested")
             ]
             assert problems(events[0], schemas["PowerEvent"], doc) == []
+
+            # Home Assistant's power-cycle button, pressed for the S21 Pro on its plug: the
+            # same cycle, published as asked by Home Assistant; the rig comes back.
+            relays = (await asyncio.to_thread(switched, sim, PLUG, 0))[1]
+            press = buttons[pro]
+            await ha.client.publish(press["command_topic"], press["payload_press"].encode(), qos=1)
+
+            async def cycled() -> bool:
+                return (await asyncio.to_thread(switched, sim, PLUG, 0)) == (True, relays + 2)
+
+            await eventually(cycled, 90, what="the S21 Pro's plug off and on again")
+            events = [m.json() for m in op.messages if m.topic == topics.event("power")]
+            assert [(e["rig"], e["kind"], e["cause"]) for e in events][-1] == (
+                pro,
+                "power_cycle",
+                "requested",
+            )
 
             # Refused at once, naming the rig and why: nothing feeds the S19j Pro.
             await ask(op, topics, "power_cycle", {"rig": bare, "transaction": "pc-2"})

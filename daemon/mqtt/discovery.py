@@ -8,6 +8,7 @@ bridge publishes anyway (``value_template`` picks its field), commands go throug
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -246,8 +247,9 @@ def _outlet_entities(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The outlets feeding a rig: a switch (off asks ``set`` ``off``: firmware sleep, then the
     outlets; on asks ``auto``: the policies decide again, and a rig they want running is
-    powered on through the site ramp) and, where metered, their power. Both follow the
-    daemon's availability only: an outlet can be switched while its rig does not answer."""
+    powered on through the site ramp), a power-cycle button (asks ``power_cycle``: within
+    the same limits as every cycle) and, where metered, their power. All follow the daemon's
+    availability only: a hung rig does not answer, and that is when it is cycled."""
     daemon_only = _availability(topics)
     out = [
         entity(
@@ -265,7 +267,16 @@ def _outlet_entities(
             device_class="outlet",
             icon="mdi:power-socket",
             **daemon_only,
-        )
+        ),
+        entity(
+            "button",
+            "power_cycle",
+            title="Power cycle",
+            command_topic=topics.request("power_cycle"),
+            payload_press=json.dumps({"rig": rig_id, "by": "home-assistant"}),
+            device_class="restart",
+            **daemon_only,
+        ),
     ]
     if metered:
         out.append(
