@@ -88,11 +88,8 @@ class SnmpClient(asyncio.DatagramProtocol):
                     raise
                 got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
                 if got < RECEIVE_BUFFER:  # Linux reports twice what it was asked, capped
-                    log.warning(
-                        "snmp client: receive buffer capped by net.core.rmem_max; replies "
-                        "of a sweep of many PDUs may be dropped (timeouts)",
-                        asked=RECEIVE_BUFFER,
-                        got=got,
+                    log.warning(  # a sweep of many PDUs may lose replies (timeouts)
+                        "snmp.receive_buffer_capped", asked=RECEIVE_BUFFER, got=got
                     )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,7 +136,7 @@ class SnmpClient(asyncio.DatagramProtocol):
     def _drop(self, reason: str, addr: Any) -> None:
         self.dropped[reason] += 1
         if self.dropped[reason] == 1:
-            log.warning("snmp reply dropped (logged once per reason)", reason=reason, peer=addr)
+            log.warning("snmp.reply_dropped", reason=reason, peer=addr, logged="once per reason")
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         peer = (addr[0], addr[1])
