@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from drivers.switches import ber
 from simulator import snmp
 from simulator.protocol import HttpRequest, HttpResponse
 from simulator.rig import SimClock, SimRig
@@ -233,37 +234,37 @@ class ApcView(snmp.MibView):
     def __init__(self, switch: SimSwitch) -> None:
         self.switch = switch
 
-    def objects(self) -> Sequence[tuple[snmp.Oid, snmp.Value]]:
+    def objects(self) -> Sequence[tuple[ber.Oid, ber.Value]]:
         sw = self.switch
         sw._tick()
-        out: list[tuple[snmp.Oid, snmp.Value]] = [
-            (SYS_DESCR, snmp.string("APC Web/SNMP Management Card (MB:v4.1.0 MN:AP8941)")),
-            (SYS_OBJECT_ID, snmp.oid_value(APC_SYS_OBJECT_ID)),
-            (SYS_UPTIME, snmp.timeticks(sw.uptime_ticks())),
-            (SYS_NAME, snmp.string(f"apc-{sw.index}")),
-            (APC_MODEL, snmp.string("AP8941")),
-            (APC_OUTLETS, snmp.integer(len(sw.outlets))),
+        out: list[tuple[ber.Oid, ber.Value]] = [
+            (SYS_DESCR, ber.string("APC Web/SNMP Management Card (MB:v4.1.0 MN:AP8941)")),
+            (SYS_OBJECT_ID, ber.oid_value(APC_SYS_OBJECT_ID)),
+            (SYS_UPTIME, ber.timeticks(sw.uptime_ticks())),
+            (SYS_NAME, ber.string(f"apc-{sw.index}")),
+            (APC_MODEL, ber.string("AP8941")),
+            (APC_OUTLETS, ber.integer(len(sw.outlets))),
         ]
         for n, o in sw.outlets.items():
             state = APC_IMMEDIATE_ON if o.on else APC_IMMEDIATE_OFF
             out += [
-                ((*APC_CONTROL, n), snmp.integer(state)),
-                ((*APC_STATUS_NAME, n), snmp.string(f"Outlet {n}")),
-                ((*APC_STATUS_STATE, n), snmp.integer(state)),
-                ((*APC_METERED_POWER, n), snmp.integer(round(o.power_w()))),
+                ((*APC_CONTROL, n), ber.integer(state)),
+                ((*APC_STATUS_NAME, n), ber.string(f"Outlet {n}")),
+                ((*APC_STATUS_STATE, n), ber.integer(state)),
+                ((*APC_METERED_POWER, n), ber.integer(round(o.power_w()))),
             ]
         return out
 
-    def check_set(self, oid: snmp.Oid, value: snmp.Value) -> None:
+    def check_set(self, oid: ber.Oid, value: ber.Value) -> None:
         if oid[:-1] != APC_CONTROL:
-            raise snmp.SetRefused(snmp.NOT_WRITABLE)
-        if value.tag != snmp.INTEGER:
-            raise snmp.SetRefused(snmp.WRONG_TYPE)
+            raise snmp.SetRefused(ber.NOT_WRITABLE)
+        if value.tag != ber.INTEGER:
+            raise snmp.SetRefused(ber.WRONG_TYPE)
         if value.value not in (APC_IMMEDIATE_ON, APC_IMMEDIATE_OFF, APC_IMMEDIATE_REBOOT):
             # delayed commands (4-7) exist on real units; the simulator does not model them
-            raise snmp.SetRefused(snmp.WRONG_VALUE)
+            raise snmp.SetRefused(ber.WRONG_VALUE)
 
-    def commit_set(self, oid: snmp.Oid, value: snmp.Value) -> None:
+    def commit_set(self, oid: ber.Oid, value: ber.Value) -> None:
         n = oid[-1]
         if value.value == APC_IMMEDIATE_REBOOT:
             self.switch.cycle(n)
@@ -277,38 +278,38 @@ class RaritanView(snmp.MibView):
     def __init__(self, switch: SimSwitch) -> None:
         self.switch = switch
 
-    def objects(self) -> Sequence[tuple[snmp.Oid, snmp.Value]]:
+    def objects(self) -> Sequence[tuple[ber.Oid, ber.Value]]:
         sw = self.switch
         sw._tick()
-        out: list[tuple[snmp.Oid, snmp.Value]] = [
-            (SYS_DESCR, snmp.string("PX3-5190R")),
-            (SYS_OBJECT_ID, snmp.oid_value(RARITAN_SYS_OBJECT_ID)),
-            (SYS_UPTIME, snmp.timeticks(sw.uptime_ticks())),
-            (SYS_NAME, snmp.string(f"px3-{sw.index}")),
-            (RARITAN_OUTLET_COUNT, snmp.integer(len(sw.outlets))),
+        out: list[tuple[ber.Oid, ber.Value]] = [
+            (SYS_DESCR, ber.string("PX3-5190R")),
+            (SYS_OBJECT_ID, ber.oid_value(RARITAN_SYS_OBJECT_ID)),
+            (SYS_UPTIME, ber.timeticks(sw.uptime_ticks())),
+            (SYS_NAME, ber.string(f"px3-{sw.index}")),
+            (RARITAN_OUTLET_COUNT, ber.integer(len(sw.outlets))),
         ]
         for n, o in sw.outlets.items():
             out += [
-                ((*RARITAN_NAME, n), snmp.string("")),
-                ((*RARITAN_OPERATION, n), snmp.integer(RARITAN_ON if o.on else RARITAN_OFF)),
+                ((*RARITAN_NAME, n), ber.string("")),
+                ((*RARITAN_OPERATION, n), ber.integer(RARITAN_ON if o.on else RARITAN_OFF)),
                 (
                     (*RARITAN_STATE, n),
-                    snmp.integer(RARITAN_STATE_ON if o.on else RARITAN_STATE_OFF),
+                    ber.integer(RARITAN_STATE_ON if o.on else RARITAN_STATE_OFF),
                 ),
-                ((*RARITAN_DIGITS, n, RARITAN_ACTIVE_POWER), snmp.gauge(0)),
-                ((*RARITAN_VALUE, n, RARITAN_ACTIVE_POWER), snmp.gauge(round(o.power_w()))),
+                ((*RARITAN_DIGITS, n, RARITAN_ACTIVE_POWER), ber.gauge(0)),
+                ((*RARITAN_VALUE, n, RARITAN_ACTIVE_POWER), ber.gauge(round(o.power_w()))),
             ]
         return out
 
-    def check_set(self, oid: snmp.Oid, value: snmp.Value) -> None:
+    def check_set(self, oid: ber.Oid, value: ber.Value) -> None:
         if oid[:-1] != RARITAN_OPERATION:
-            raise snmp.SetRefused(snmp.NOT_WRITABLE)
-        if value.tag != snmp.INTEGER:
-            raise snmp.SetRefused(snmp.WRONG_TYPE)
+            raise snmp.SetRefused(ber.NOT_WRITABLE)
+        if value.tag != ber.INTEGER:
+            raise snmp.SetRefused(ber.WRONG_TYPE)
         if value.value not in (RARITAN_OFF, RARITAN_ON, RARITAN_CYCLE):
-            raise snmp.SetRefused(snmp.WRONG_VALUE)
+            raise snmp.SetRefused(ber.WRONG_VALUE)
 
-    def commit_set(self, oid: snmp.Oid, value: snmp.Value) -> None:
+    def commit_set(self, oid: ber.Oid, value: ber.Value) -> None:
         n = oid[-1]
         if value.value == RARITAN_CYCLE:
             self.switch.cycle(n)

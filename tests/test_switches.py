@@ -18,6 +18,7 @@ import pytest
 from conftest import SimFleet
 
 from drivers.identify import driver_for, identify
+from drivers.switches import ber
 from drivers.switches.base import PowerSwitch
 from drivers.switches.plugs import ShellyGen2, Tasmota
 from drivers.switches.snmp import ApcPdu, RaritanPdu
@@ -277,10 +278,10 @@ async def test_nothing_at_the_address_is_unreachable_or_a_timeout(sim: SimFleet)
 class _LyingView(snmp.MibView):
     """Answers the APC state column with what it is given."""
 
-    def __init__(self, values: dict[snmp.Oid, snmp.Value]) -> None:
+    def __init__(self, values: dict[ber.Oid, ber.Value]) -> None:
         self.values = values
 
-    def objects(self) -> Sequence[tuple[snmp.Oid, snmp.Value]]:
+    def objects(self) -> Sequence[tuple[ber.Oid, ber.Value]]:
         return list(self.values.items())
 
 
@@ -297,8 +298,8 @@ async def liar() -> AsyncIterator[_LyingView]:
 
 
 async def test_state_that_is_not_an_integer_is_a_bad_reply(liar: _LyingView) -> None:
-    liar.values[(*APC_STATUS_STATE, 1)] = snmp.string("on")
-    liar.values[(1, 3, 6, 1, 4, 1, 318, 1, 1, 26, 9, 4, 3, 1, 7, 1)] = snmp.integer(5)
+    liar.values[(*APC_STATUS_STATE, 1)] = ber.string("on")
+    liar.values[(1, 3, 6, 1, 4, 1, 318, 1, 1, 26, 9, 4, 3, 1, 7, 1)] = ber.integer(5)
     with pytest.raises(DriverError) as err:
         await ApcPdu("x", "127.2.1.1", (1,)).read_outlets(timeout_s=T)
     assert err.value.kind is FailureKind.BAD_REPLY
@@ -306,20 +307,20 @@ async def test_state_that_is_not_an_integer_is_a_bad_reply(liar: _LyingView) -> 
 
 
 async def test_state_out_of_the_enumeration_is_a_bad_reply(liar: _LyingView) -> None:
-    liar.values[(*APC_STATUS_STATE, 1)] = snmp.integer(3)
-    liar.values[(1, 3, 6, 1, 4, 1, 318, 1, 1, 26, 9, 4, 3, 1, 7, 1)] = snmp.integer(5)
+    liar.values[(*APC_STATUS_STATE, 1)] = ber.integer(3)
+    liar.values[(1, 3, 6, 1, 4, 1, 318, 1, 1, 26, 9, 4, 3, 1, 7, 1)] = ber.integer(5)
     with pytest.raises(DriverError, match=r"outlet 1 state 3 is neither on \(1\) nor off \(2\)"):
         await ApcPdu("x", "127.2.1.1", (1,)).read_outlets(timeout_s=T)
 
 
 async def test_negative_power_is_a_bad_reply(liar: _LyingView) -> None:
-    liar.values[(*APC_STATUS_STATE, 1)] = snmp.integer(1)
-    liar.values[(1, 3, 6, 1, 4, 1, 318, 1, 1, 26, 9, 4, 3, 1, 7, 1)] = snmp.integer(-1)
+    liar.values[(*APC_STATUS_STATE, 1)] = ber.integer(1)
+    liar.values[(1, 3, 6, 1, 4, 1, 318, 1, 1, 26, 9, 4, 3, 1, 7, 1)] = ber.integer(-1)
     with pytest.raises(DriverError, match="outlet 1 power -1 W < 0"):
         await ApcPdu("x", "127.2.1.1", (1,)).read_outlets(timeout_s=T)
 
 
-async def test_garbage_datagrams_are_a_timeout_not_a_crash() -> None:
+async def test_garbage_datagrams_are_a_bad_reply_naming_the_problem() -> None:
     class Garbage(asyncio.DatagramProtocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport
@@ -332,7 +333,8 @@ async def test_garbage_datagrams_are_a_timeout_not_a_crash() -> None:
     try:
         with pytest.raises(DriverError) as err:
             await ApcPdu("x", "127.2.1.2", (1,)).read_outlets(timeout_s=0.5)
-        assert err.value.kind is FailureKind.TIMEOUT
+        assert err.value.kind is FailureKind.BAD_REPLY
+        assert "undecodable reply (truncated: message at byte 0 says 3 bytes" in err.value.detail
     finally:
         transport.close()
 
@@ -341,21 +343,21 @@ async def test_garbage_datagrams_are_a_timeout_not_a_crash() -> None:
 
 
 def test_ber_encodings_match_x690_examples() -> None:
-    assert snmp.encode_value(snmp.integer(0)) == bytes.fromhex("020100")
-    assert snmp.encode_value(snmp.integer(128)) == bytes.fromhex("02020080")
-    assert snmp.encode_value(snmp.integer(-129)) == bytes.fromhex("0202ff7f")
-    assert snmp.encode_value(snmp.gauge(255)) == bytes.fromhex("420200ff")
-    assert snmp.encode_value(snmp.Value(snmp.OBJECT_ID, (1, 3, 6, 1, 4, 1, 13742))) == (
+    assert ber.encode_value(ber.integer(0)) == bytes.fromhex("020100")
+    assert ber.encode_value(ber.integer(128)) == bytes.fromhex("02020080")
+    assert ber.encode_value(ber.integer(-129)) == bytes.fromhex("0202ff7f")
+    assert ber.encode_value(ber.gauge(255)) == bytes.fromhex("420200ff")
+    assert ber.encode_value(ber.Value(ber.OBJECT_ID, (1, 3, 6, 1, 4, 1, 13742))) == (
         bytes.fromhex("06072b06010401eb2e")
     )
 
 
 def test_ber_message_round_trip_and_refusals() -> None:
-    msg = snmp.Message(1, b"public", snmp.GET, 4242, 0, 0, (((1, 3, 6, 1), snmp.Value(0x05)),))
-    assert snmp.decode_message(snmp.encode_message(msg)) == msg
+    msg = ber.Message(1, b"public", ber.GET, 4242, 0, 0, (((1, 3, 6, 1), ber.Value(0x05)),))
+    assert ber.decode_message(ber.encode_message(msg)) == msg
     for garbage in (b"", b"\x30\x05\x02\x01", b"\x04\x00", b"\x30\x84\xff\xff\xff\xff"):
-        with pytest.raises(snmp.BerError):
-            snmp.decode_message(garbage)
+        with pytest.raises(ber.BerError):
+            ber.decode_message(garbage)
 
 
 def test_dual_psu_rig_is_cut_only_when_its_last_outlet_is_off() -> None:
