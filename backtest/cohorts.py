@@ -35,10 +35,11 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backtest.classes import ProgressFn, RampFn, ReplayConfig
+from backtest.frozen import maker, replacer
 from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from backtest.physics import state_key
@@ -104,46 +105,49 @@ class Counters:
     shown_again: int = 0  # guard calls made again with more of a cohort's rigs shown
 
 
+_new_observation = maker(Observation)  # Observation(...), every field positionally
+_new_view = maker(RigView)  # RigView(...), every field positionally
+read_again: Callable[[Observation, float], Observation] = replacer(Observation, "observed_at")
+"""``obs`` read again at ``now``: ``dataclasses.replace(obs, observed_at=now)``, cheaper."""
+
+
+def _identity(u: Unit) -> Identity:
+    """The identity ``u``'s rigs are observed under (one per cohort: its id is the cohort's)."""
+    identity = u.identity
+    if identity is None:
+        spec = u.cls.spec
+        identity = u.identity = Identity(
+            u.uid, Make(spec.make), spec.model, spec.firmware, f"backtest-{spec.make}"
+        )
+    return identity
+
+
 def _observation(u: Unit, now: float) -> Observation:
-    s = u.phys.state
-    spec = u.cls.spec
-    identity = Identity(u.uid, Make(spec.make), spec.model, spec.firmware, f"backtest-{spec.make}")
-    hashing = u.phys.hashing
-    return Observation(
-        identity=identity,
-        observed_at=now,
-        hashrate_ths=round(u.phys.hashrate_ths, 3),
-        power_w=round(s.power_w, 1),
-        power_source=PowerSource.REPORTED,
-        mode=u.setting.mode,
-        mining=hashing,
-        max_chip_temp_c=round(s.chip_temp_c, 1),
-        ambient_c=s.ambient_c,
-        power_limit_w=u.setting.power_limit_w,
-    )
-
-
-def read_again(obs: Observation, now: float) -> Observation:
-    """``obs`` read again at ``now`` (``dataclasses.replace`` without its introspection)."""
-    return Observation(
-        obs.identity,
+    phys = u.phys
+    s = phys.state
+    setting = u.setting
+    return _new_observation(
+        _identity(u),
         now,
-        obs.hashrate_ths,
-        obs.power_w,
-        obs.power_source,
-        obs.mode,
-        obs.mining,
-        obs.boards,
-        obs.max_chip_temp_c,
-        obs.inlet_c,
-        obs.outlet_c,
-        obs.ambient_c,
-        obs.fan_rpm,
-        obs.power_limit_w,
-        obs.errors,
-        obs.uptime_s,
-        obs.model_unknown,
+        round(phys.hashrate_ths, 3),
+        round(s.power_w, 1),
+        _REPORTED,
+        setting.mode,
+        phys.hashing,
+        (),  # boards
+        round(s.chip_temp_c, 1),
+        None,  # inlet_c
+        None,  # outlet_c
+        s.ambient_c,
+        (),  # fan_rpm
+        setting.power_limit_w,
+        (),  # errors
+        None,  # uptime_s
+        False,  # model_unknown
     )
+
+
+_REPORTED = PowerSource.REPORTED
 
 
 class PolicyRun:
@@ -201,11 +205,12 @@ class PolicyRun:
             view = u.view
             if view is None:
                 obs = _observation(u, now)
-                view = RigView(u.uid, obs, u.cls.modes, self._points(u, obs), group=u.cls.group)
+                points = self._points(u, obs)
+                view = _new_view(u.uid, obs, u.cls.modes, points, u.cls.group, None)
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
                 obs = read_again(view.observation, now)
-                view = RigView(u.uid, obs, u.cls.modes, view.points, group=u.cls.group)
+                view = _new_view(u.uid, obs, u.cls.modes, view.points, u.cls.group, None)
             u.view = view
             out.append(view)
         return out
@@ -458,7 +463,7 @@ class PolicyRun:
             self.counters.shown_again += 1
             self.ramp_log = log
             shown = [
-                (u, self._shown(u, room, now, None) if u.uid in short else ids) for u, ids in shown
+                (u, self._shown(u, room, now, u.m) if u.uid in short else ids) for u, ids in shown
             ]
         for u, ids in shown:
             if len(ids) == 1:
@@ -507,12 +512,11 @@ class PolicyRun:
         many as the slots plus one (to be held), are shown, each under its own id as in the
         plain replay; the others stand behind the one held. ``cap``: no more than that many
         (what the ramp's kW could reach, :func:`backtest.ramp_view.reach`; the guards may
-        grant more when they ask for less than the policy: :meth:`_guard_once` checks)."""
-        if room.slots == 0 or self._rising(u) is None:
+        grant more when they ask for less than the policy: :meth:`_guard_once` checks), None
+        when ``u`` is not rising (:meth:`_rising`)."""
+        if room.slots == 0 or cap is None:
             return [u.uid]
-        n = min(u.m, room.slots + 1)
-        if cap is not None:
-            n = min(n, cap)
+        n = min(u.m, room.slots + 1, cap)
         if n == u.m:
             return rig_ids(u.members)
         rigs = range(u.cls.first, u.cls.first + u.cls.count)
@@ -541,7 +545,7 @@ class PolicyRun:
             obs, modes, points, group = view.observation, view.modes, view.points, view.group
             limits = view.power_limit_range_w
             for rid in ids:
-                fleet.append(RigView(rid, obs, modes, points, group, limits))
+                fleet.append(_new_view(rid, obs, modes, points, group, limits))
                 if copies is not None:
                     intent = copies.get(rid)
                     if intent is None:

@@ -4,8 +4,10 @@ time in mode, credited to its rigs, with the per-row series the report draws."""
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from backtest.classes import RigClass
 from backtest.inputs import Market
@@ -18,7 +20,7 @@ from policies.guards import (
     Setting,
 )
 from policies.guards.power import FLOOR_MODES
-from policies.values import Mode
+from policies.values import Identity, Mode
 
 _DAY_S = 86_400.0
 
@@ -89,6 +91,7 @@ class Unit:
     intent_copies: tuple[Intent, dict[str, Intent]] | None = None  # see PolicyRun._intent_copies
     temp_c: float = 0.0  # chip temperature as observed (rounded), at the last look
     view: RigView | None = None
+    identity: Identity | None = None  # its rigs' identity as observed (PolicyRun), kept
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
     changed: bool = True  # its observation changed since the policies last saw it
@@ -278,25 +281,29 @@ class Strategy:
         if not self.events:
             return 0.0
         ev = sorted(self.events)
-        times = [t for t, _ in ev]
-        levels = []
-        level = p0_w
-        for _, dw in ev:
-            level += dw
-            levels.append(level)
+        times: list[float] = list(map(itemgetter(0), ev))
+        n = len(times)
+        # levels[i]: the power from times[i - 1] to times[i] (p0_w before the first event),
+        # the changes added one by one in time order
+        levels: list[float] = list(itertools.accumulate(map(itemgetter(1), ev), initial=p0_w))
 
         def avg(minute: int) -> float:
             a, b = start + 60.0 * minute, start + 60.0 * (minute + 1)
             i = bisect.bisect_right(times, a)
-            cur = levels[i - 1] if i else p0_w
+            cur = levels[i]
             total, t = 0.0, a
-            while i < len(times) and times[i] < b:
-                total += cur * (times[i] - t)
-                t, cur = times[i], levels[i]
+            while i < n:
+                at = times[i]
+                if at >= b:
+                    break
+                total += cur * (at - t)
+                t = at
                 i += 1
+                cur = levels[i]
             return (total + cur * (b - t)) / 60.0
 
-        met = {int((t - start) // 60.0) for t in times}  # minutes with a change, and the next
+        # minutes with a change, and the next (each time once: many rigs change at a tick)
+        met = {int((t - start) // 60.0) for t in dict.fromkeys(times)}
         minutes = sorted(met.union([mnt + 1 for mnt in met]))
         best = 0.0
         cache: dict[int, float] = {}
