@@ -57,7 +57,7 @@ from policies.guards import (
 )
 from policies.guards.horizon import held_again, held_until, keeps
 from policies.guards.power import is_raise
-from policies.guards.ramp import new_grants
+from policies.guards.ramp import jitter_shift, new_grants
 from policies.guards.rig import dwell_holds
 from policies.tick import PolicyFailure, ask, combined, guard
 from policies.timing import STOCK, Transition
@@ -416,7 +416,7 @@ class PolicyRun:
         then, and the dwell only runs out). ``exact`` makes the one call."""
         self.counters.guard_calls += 1
         self._views(units, now)
-        room = room_at(self.ramp_log, self.config.guards, self.config.seed, now)
+        room = room_at(self.ramp_log, self.config.guards, now)
         caps = reach(
             [r for r in map(self._rising, units) if r is not None], room, market, self.config.guards
         )
@@ -520,7 +520,8 @@ class PolicyRun:
         if n == u.m:
             return rig_ids(u.members)
         rigs = range(u.cls.first, u.cls.first + u.cls.count)
-        return self.order.first(u.uid, u.members, rigs, n, now, room.shift)
+        shift = jitter_shift(self.config.seed, now)
+        return self.order.first(u.uid, u.members, rigs, n, now, shift)
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
@@ -602,13 +603,25 @@ class PolicyRun:
         groups: dict[tuple[object, ...], list[int]] = {}
         firsts: list[str] = []
         rest_group: list[int] = []
+        last: tuple[Desired, RigGuardState | None] | None = None
+        group: list[int] = []
         for rid in ids:
             d = desired[rid]
-            key = (d.mode, d.power_limit_w, d.held_back, rigs.get(rid))
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = []
-                firsts.append(rid)
+            memory = rigs.get(rid)
+            if (
+                last is None
+                or memory is not last[1]  # rigs answered alike share their memory
+                or d.mode is not last[0].mode
+                or d.held_back is not last[0].held_back
+                or d.power_limit_w != last[0].power_limit_w
+            ):  # else: the group of the rig before (the same key)
+                key = (d.mode, d.power_limit_w, d.held_back, memory)
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = []
+                    firsts.append(rid)
+                group = found
+                last = (d, memory)
             k = bisect.bisect_left(members, rig_index(rid))
             group.append(k)
             shown.add(k)

@@ -17,7 +17,7 @@ from backtest.engine import Outcome, ReplayConfig, replay
 from backtest.frozen import maker, replacer
 from backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
 from backtest.physics import RigPhysics, state_key
-from backtest.ramp_view import DrawOrder, rig_ids
+from backtest.ramp_view import DrawOrder, by_draw_then_id, rig_ids
 from backtest.report import summary
 from backtest.synthetic import synthetic_market
 from policies.api import RigView, Site
@@ -307,3 +307,9 @@ def test_a_cohorts_first_rigs_are_the_front_of_the_ramps_order(
         m = min(m, len(rest))
         at = now + 3630.0
         assert order.first("u1", rest, rigs, m, at, jitter_shift(seed, at)) == front(rest, m, at)
+
+
+def test_rigs_with_equal_draws_are_ordered_by_id() -> None:
+    ids = ["rig10", "rig2", "rig9", "rig3"]
+    assert by_draw_then_id([5, 3, 5, 1], ids) == [3, 1, 0, 2]  # "rig10" < "rig9"
+    assert by_draw_then_id([5, 3, 4, 1], ids) == [3, 1, 2, 0]
