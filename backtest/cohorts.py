@@ -184,15 +184,21 @@ class PolicyRun:
         """Notice every rig whose observation changed since the core last saw it, or that
         has stopped settling after a change (it is then scored on what it measures again)."""
         for u in self.s.units:
-            settling = _settling(u, now)
+            mem = u.memory
+            kept = u.settle_until
+            if kept is None or kept[0] is not mem:  # a function of the memory: once per memory
+                kept = u.settle_until = (mem, settling_until(mem, STOCK))
+            until = kept[1]
+            settling = until is not None and now < until
             if settling != u.settling:
                 u.settling = settling
                 u.stale_view = True
             if not u.stale_view:
                 continue
             u.stale_view = False
-            key = (u.setting, u.phys.hashing, *u.phys.key()[1:], u.settling)
-            u.temp_c = round(u.phys.state.chip_temp_c, 1)
+            seen = u.phys.seen()
+            u.temp_c = seen[2]
+            key = (u.setting, seen, settling)
             if key != u.view_key:
                 u.view_key = key
                 u.view = None
@@ -259,9 +265,11 @@ class PolicyRun:
             if todo:
                 self._decide(market, todo, now)
         self.intents_market = prices
+        busy = []
         for u in self.s.units:
             u.changed = False
-        busy = [u for u in self.s.units if self.exact or not self._quiet(u, market, prices, now)]
+            if self.exact or not self._quiet(u, market, prices, now):
+                busy.append(u)
         if busy:
             self._guard(market, busy, now, prices)
             if self.on_ramp is not None:
@@ -750,15 +758,6 @@ class PolicyRun:
 def _timing(rig_id: RigId) -> Transition:
     """The backtest's rigs are the simulator's, which follow the stock timing."""
     return STOCK
-
-
-def _settling(u: Unit, now: float) -> bool:
-    mem = u.memory
-    kept = u.settle_until
-    if kept is None or kept[0] is not mem:  # a pure function of the memory: once per memory
-        kept = u.settle_until = (mem, settling_until(mem, STOCK))
-    until = kept[1]
-    return until is not None and now < until
 
 
 def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> bool:

@@ -167,9 +167,9 @@ class Strategy:
             u.acct.low_s += dt
 
     def flush(self, u: Unit) -> None:
-        """Credit ``u``'s per-rig accounts to each of its rigs, in one pass over them. Adding a
-        zero changes nothing: the totals start at +0.0 and can never be -0.0 (x - x is +0.0),
-        and x + ±0.0 is x for every other x."""
+        """Credit ``u``'s per-rig accounts to each of its rigs, the totals that are not zero
+        (adding a zero changes nothing: the totals start at +0.0 and can never be -0.0, x - x
+        being +0.0, and x + ±0.0 is x for every other x)."""
         a = u.acct
         energy, revenue, cost, asleep, low = (
             a.energy_ws,
@@ -178,15 +178,35 @@ class Strategy:
             a.asleep_s,
             a.low_s,
         )
-        if energy or revenue or cost or asleep or low:
-            e, r, c = self.rig_energy_ws, self.rig_revenue, self.rig_cost
-            s, lo = self.rig_asleep_s, self.rig_low_s
-            for i in u.members:
-                e[i] += energy
-                r[i] += revenue
-                c[i] += cost
-                s[i] += asleep
-                lo[i] += low
+        credits = [
+            (totals, x)
+            for totals, x in (
+                (self.rig_energy_ws, energy),
+                (self.rig_revenue, revenue),
+                (self.rig_cost, cost),
+                (self.rig_asleep_s, asleep),
+                (self.rig_low_s, low),
+            )
+            if x
+        ]
+        members = u.members
+        if len(credits) == 3:  # running, or asleep (no revenue, no time at low)
+            (t0, x0), (t1, x1), (t2, x2) = credits
+            for i in members:
+                t0[i] += x0
+                t1[i] += x1
+                t2[i] += x2
+        elif len(credits) == 4:  # asleep or at low part of the time
+            (t0, x0), (t1, x1), (t2, x2), (t3, x3) = credits
+            for i in members:
+                t0[i] += x0
+                t1[i] += x1
+                t2[i] += x2
+                t3[i] += x3
+        else:
+            for totals, x in credits:
+                for i in members:
+                    totals[i] += x
         if a.changes:
             changes = self.rig_changes
             for i in u.members:

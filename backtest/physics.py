@@ -214,16 +214,11 @@ class RigPhysics:
                 break
         return energy, hashes
 
-    def key(self) -> tuple[object, ...]:
-        """The target and the state as observed (rounded as the observation is)."""
+    def seen(self) -> tuple[sp.Phase, float, float, float]:
+        """The state as observed, rounded as the observation is: (phase, power, chip
+        temperature, hashrate before health)."""
         s = self.state
-        return (
-            self.target,
-            s.phase,
-            round(s.power_w, 1),
-            round(s.chip_temp_c, 1),
-            round(s.hashrate_ths, 3),
-        )
+        return (s.phase, round(s.power_w, 1), round(s.chip_temp_c, 1), round(s.hashrate_ths, 3))
 
 
 StateKey = tuple[float, sp.Phase, float, float, float, float, float, float, float, int]
