@@ -250,7 +250,7 @@ class Strategy:
         later, lazily."""
         self._close_segment(self._seg_start)
         hp, pp = self.prices.hp[row], self.prices.pp[row]
-        sink = self._sink
+        sink = self.events
         for u in self.units:
             if u.phys.settled:
                 continue
@@ -274,9 +274,6 @@ class Strategy:
             if u.phys.settled:
                 self.touch(t)
         self._close_segment(t)
-
-    def _sink(self, t: float, dw: float) -> None:
-        self.events.append((t, dw))
 
     def end_row(self, t: float) -> None:
         self._close_segment(t)

@@ -85,20 +85,19 @@ def _wake(base: RigPhysics, start: float, cached: bool) -> Wake:
     rig = base.copy()
     rig.command(Setting(Mode.NORMAL), start)
     events: list[tuple[float, float]] = []
-
-    def sink(t: float, dw: float) -> None:
-        events.append((t - start, dw))
-
     sums = []
     for k in range(1, 40):
         end = start + 30.0 * k
         if cached or rig.settled:  # settled: constant, nothing cached
-            sums.append(rig.run(end, sink, 3.0))
+            sums.append(rig.run(end, events, 3.0))
         else:
-            sums.append(rig._integrate(end, sink, 3.0))
+            levels: list[tuple[float, float, float]] = []
+            sums.append(rig._integrate(end, levels))
+            events.extend((t, (new_w - old_w) * 3.0) for t, new_w, old_w in levels)
             rig.state.t = end
         assert rig.state.t == end
-    return sums, events, state_key(rig.state), rig.settled, rig.power_w
+    since = [(t - start, dw) for t, dw in events]
+    return sums, since, state_key(rig.state), rig.settled, rig.power_w
 
 
 def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
