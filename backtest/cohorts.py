@@ -43,7 +43,17 @@ from backtest.frozen import maker, replacer
 from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from backtest.physics import state_key
-from backtest.ramp_view import DrawOrder, Rising, Room, reach, rig_id, rig_ids, rig_index, room_at
+from backtest.ramp_view import (
+    NO_ROOM,
+    DrawOrder,
+    Rising,
+    Room,
+    reach,
+    rig_id,
+    rig_ids,
+    rig_index,
+    room_at,
+)
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView
 from policies.economics import ModePoint
@@ -265,11 +275,22 @@ class PolicyRun:
             if todo:
                 self._decide(market, todo, now)
         self.intents_market = prices
+        # The cohorts whose guards' answer is not known, as the guards themselves say
+        # (policies/guards/horizon.py): it stays as it is with the same memory; or the guard
+        # that held it back at the last call, with exactly these inputs, holds it again.
         busy = []
+        exact, guards, intents = self.exact, self.config.guards, self.intents
         for u in self.s.units:
             u.changed = False
-            if self.exact or not self._quiet(u, market, prices, now):
-                busy.append(u)
+            if not exact:
+                if u.pending:
+                    if u.guard_key == self._guard_key(u, prices) and held_again(
+                        u.held_by, u.memory, now, guards
+                    ):
+                        continue
+                elif keeps(u.memory, intents.get(u.uid), u.temp_c, market, guards):
+                    continue
+            busy.append(u)
         if busy:
             self._guard(market, busy, now, prices)
             if self.on_ramp is not None:
@@ -306,19 +327,6 @@ class PolicyRun:
                 self.intents.pop(u.uid, None)
             else:
                 self.intents[u.uid] = want
-
-    def _quiet(
-        self, u: Unit, market: MarketView, prices: tuple[float | None, float | None], now: float
-    ) -> bool:
-        """True when the guards' answer for ``u`` is known, as the guards themselves say
-        (policies/guards/horizon.py): it stays as it is with the same memory; or the guard
-        that held it back at the last call, with exactly these inputs, holds it again."""
-        mem = u.memory
-        if u.pending:
-            if u.guard_key != self._guard_key(u, prices):
-                return False
-            return held_again(u.held_by, mem, now, self.config.guards)
-        return keeps(mem, self.intents.get(u.uid), u.temp_c, market, self.config.guards)
 
     def _failed(self, failures: Sequence[PolicyFailure], now: float) -> None:
         for f in failures:
@@ -408,7 +416,7 @@ class PolicyRun:
         now: float,
         prices: tuple[float | None, float | None],
     ) -> None:
-        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`), power-ups
+        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`tick`), power-ups
         shown rig by rig (:meth:`_shown`).
 
         The guards decide each rig by the per-rig chain, and only the ramp looks across rigs,
@@ -424,11 +432,13 @@ class PolicyRun:
         then, and the dwell only runs out). ``exact`` makes the one call."""
         self.counters.guard_calls += 1
         self._views(units, now)
-        room = room_at(self.ramp_log, self.config.guards, now)
-        caps = reach(
-            [r for r in map(self._rising, units) if r is not None], room, market, self.config.guards
-        )
-        shown = {u.uid: self._shown(u, room, now, caps.get(u.uid)) for u in units}
+        rising = [r for r in map(self._rising, units) if r is not None]
+        if rising:
+            room = room_at(self.ramp_log, self.config.guards, now)
+            caps = reach(rising, room, market, self.config.guards)
+            shown = {u.uid: self._shown(u, room, now, caps.get(u.uid)) for u in units}
+        else:  # each cohort as itself
+            room, shown = NO_ROOM, {u.uid: [u.uid] for u in units}
         wide = {u.uid for u in units if u.m > 1 and shown[u.uid][0] != u.uid}
         known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
         if self.exact or not wide or known:

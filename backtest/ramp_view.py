@@ -71,6 +71,10 @@ class Room:
     quiet: bool
 
 
+NO_ROOM = Room(0, 0.0, False)
+"""The room of a guard step with no rise: no cohort is shown rig by rig."""
+
+
 def room_at(log: Sequence[RampGrant], config: GuardConfig, now: float) -> Room:
     """The ramp's budgets at ``now`` before this tick's grants, from its memory ``log``."""
     kept = prune_log(log, now, config)
