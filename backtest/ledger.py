@@ -298,11 +298,16 @@ class Strategy:
         if not self.events:
             return 0.0
         ev = sorted(self.events)
-        times: list[float] = list(map(itemgetter(0), ev))
+        # The power after each time with a change (the last of that time's changes, added one
+        # by one in time order to p0_w): levels[i] from times[i - 1] to times[i] (p0_w before
+        # the first). The average below skips nothing by this: a change at the time of the one
+        # before adds level * 0.0 to its sum, a zero (the levels are finite).
+        after = itertools.accumulate(map(itemgetter(1), ev), initial=p0_w)
+        next(after)
+        last = dict(zip(map(itemgetter(0), ev), after, strict=True))
+        times: list[float] = list(last)
+        levels: list[float] = [p0_w, *last.values()]
         n = len(times)
-        # levels[i]: the power from times[i - 1] to times[i] (p0_w before the first event),
-        # the changes added one by one in time order
-        levels: list[float] = list(itertools.accumulate(map(itemgetter(1), ev), initial=p0_w))
 
         def avg(minute: int) -> float:
             a, b = start + 60.0 * minute, start + 60.0 * (minute + 1)
@@ -319,8 +324,7 @@ class Strategy:
                 cur = levels[i]
             return (total + cur * (b - t)) / 60.0
 
-        # minutes with a change, and the next (each time once: many rigs change at a tick)
-        met = {int((t - start) // 60.0) for t in dict.fromkeys(times)}
+        met = {int((t - start) // 60.0) for t in times}  # minutes with a change, and the next
         minutes = sorted(met.union([mnt + 1 for mnt in met]))
         best = 0.0
         cache: dict[int, float] = {}
