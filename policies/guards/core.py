@@ -88,28 +88,8 @@ def apply_guards(
                 last, last_intent, last_prior, last_answer = rig, intent, prior, answer
         decided.append((rid, prior, hold, decision, latch))
     ramped, ramp_log = apply_ramp(rises, state.ramp_log, config, seed, now)
-    desired, rigs = _settle(decided, ramped, prior_rigs, now)
-    return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
-
-
-def _settle(
-    decided: Sequence[tuple[RigId, RigGuardState | None, Setting, Decision, Latch]],
-    ramped: Mapping[RigId, Decision],
-    prior_rigs: Mapping[RigId, RigGuardState],
-    now: float,
-) -> tuple[dict[RigId, Desired], dict[RigId, RigGuardState]]:
-    """Each rig's desired state (its decision, or the ramp's where it ruled on it) and every
-    rig's memory after the tick (:func:`next_rig_state`)."""
     rigs: dict[RigId, RigGuardState] = dict(prior_rigs)
     desired: dict[RigId, Desired] = {}
-    # The memory is a function of (prior, hold, the final setting and who decided it, latch):
-    # rigs answered alike above (the same objects) share the one made for the first of them.
-    made_latch: Latch | None = None
-    made_prior: RigGuardState | None = None
-    made_hold: Setting | None = None
-    made_setting: Setting | None = None
-    made_by = ""
-    made_memory: RigGuardState | None = None  # none made yet
     for rid, prior, hold, decision, latch in decided:
         final = ramped.get(rid, decision) if ramped else decision
         setting = final.setting
@@ -122,22 +102,10 @@ def _settle(
             final.held_back,
             final.start_at,
         )
-        if (
-            made_memory is not None
-            and made_prior is prior
-            and made_latch is latch
-            and made_setting is setting
-            and made_hold is hold
-            and made_by == final.decided_by
-        ):
-            memory = made_memory
-        else:
-            memory = next_rig_state(prior, hold, final, latch, now)
-            made_prior, made_latch, made_setting, made_hold = prior, latch, setting, hold
-            made_by, made_memory = final.decided_by, memory
+        memory = next_rig_state(prior, hold, final, latch, now)
         if memory is not prior:
             rigs[rid] = memory
-    return desired, rigs
+    return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
 
 
 def _same_intent(a: Intent | None, b: Intent | None) -> bool:
