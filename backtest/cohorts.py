@@ -35,14 +35,25 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backtest.classes import ProgressFn, RampFn, ReplayConfig
+from backtest.frozen import maker, replacer
 from backtest.inputs import iso_utc
 from backtest.ledger import Strategy, Unit
 from backtest.physics import state_key
-from backtest.ramp_view import DrawOrder, Rising, Room, reach, rig_id, rig_ids, rig_index, room_at
+from backtest.ramp_view import (
+    NO_ROOM,
+    DrawOrder,
+    Rising,
+    Room,
+    reach,
+    rig_id,
+    rig_ids,
+    rig_index,
+    room_at,
+)
 from daemon.rig_economics import Ratios, mode_points, rig_ratios
 from policies.api import Intent, MarketView, Policy, RigView
 from policies.economics import ModePoint
@@ -56,7 +67,7 @@ from policies.guards import (
 )
 from policies.guards.horizon import held_again, held_until, keeps
 from policies.guards.power import is_raise
-from policies.guards.ramp import new_grants
+from policies.guards.ramp import jitter_shift, new_grants
 from policies.guards.rig import dwell_holds
 from policies.tick import PolicyFailure, ask, combined, guard
 from policies.timing import STOCK, Transition
@@ -104,46 +115,49 @@ class Counters:
     shown_again: int = 0  # guard calls made again with more of a cohort's rigs shown
 
 
+_new_observation = maker(Observation)  # Observation(...), every field positionally
+_new_view = maker(RigView)  # RigView(...), every field positionally
+read_again: Callable[[Observation, float], Observation] = replacer(Observation, "observed_at")
+"""``obs`` read again at ``now``: ``dataclasses.replace(obs, observed_at=now)``, cheaper."""
+
+
+def _identity(u: Unit) -> Identity:
+    """The identity ``u``'s rigs are observed under (one per cohort: its id is the cohort's)."""
+    identity = u.identity
+    if identity is None:
+        spec = u.cls.spec
+        identity = u.identity = Identity(
+            u.uid, Make(spec.make), spec.model, spec.firmware, f"backtest-{spec.make}"
+        )
+    return identity
+
+
 def _observation(u: Unit, now: float) -> Observation:
-    s = u.phys.state
-    spec = u.cls.spec
-    identity = Identity(u.uid, Make(spec.make), spec.model, spec.firmware, f"backtest-{spec.make}")
-    hashing = u.phys.hashing
-    return Observation(
-        identity=identity,
-        observed_at=now,
-        hashrate_ths=round(u.phys.hashrate_ths, 3),
-        power_w=round(s.power_w, 1),
-        power_source=PowerSource.REPORTED,
-        mode=u.setting.mode,
-        mining=hashing,
-        max_chip_temp_c=round(s.chip_temp_c, 1),
-        ambient_c=s.ambient_c,
-        power_limit_w=u.setting.power_limit_w,
-    )
-
-
-def read_again(obs: Observation, now: float) -> Observation:
-    """``obs`` read again at ``now`` (``dataclasses.replace`` without its introspection)."""
-    return Observation(
-        obs.identity,
+    phys = u.phys
+    s = phys.state
+    setting = u.setting
+    return _new_observation(
+        _identity(u),
         now,
-        obs.hashrate_ths,
-        obs.power_w,
-        obs.power_source,
-        obs.mode,
-        obs.mining,
-        obs.boards,
-        obs.max_chip_temp_c,
-        obs.inlet_c,
-        obs.outlet_c,
-        obs.ambient_c,
-        obs.fan_rpm,
-        obs.power_limit_w,
-        obs.errors,
-        obs.uptime_s,
-        obs.model_unknown,
+        round(phys.hashrate_ths, 3),
+        round(s.power_w, 1),
+        _REPORTED,
+        setting.mode,
+        phys.hashing,
+        (),  # boards
+        round(s.chip_temp_c, 1),
+        None,  # inlet_c
+        None,  # outlet_c
+        s.ambient_c,
+        (),  # fan_rpm
+        setting.power_limit_w,
+        (),  # errors
+        None,  # uptime_s
+        False,  # model_unknown
     )
+
+
+_REPORTED = PowerSource.REPORTED
 
 
 class PolicyRun:
@@ -180,15 +194,21 @@ class PolicyRun:
         """Notice every rig whose observation changed since the core last saw it, or that
         has stopped settling after a change (it is then scored on what it measures again)."""
         for u in self.s.units:
-            settling = _settling(u, now)
+            mem = u.memory
+            kept = u.settle_until
+            if kept is None or kept[0] is not mem:  # a function of the memory: once per memory
+                kept = u.settle_until = (mem, settling_until(mem, STOCK))
+            until = kept[1]
+            settling = until is not None and now < until
             if settling != u.settling:
                 u.settling = settling
                 u.stale_view = True
             if not u.stale_view:
                 continue
             u.stale_view = False
-            key = (u.setting, u.phys.hashing, *u.phys.key()[1:], u.settling)
-            u.temp_c = round(u.phys.state.chip_temp_c, 1)
+            seen = u.phys.seen()
+            u.temp_c = seen[2]
+            key = (u.setting, seen, settling)
             if key != u.view_key:
                 u.view_key = key
                 u.view = None
@@ -201,11 +221,12 @@ class PolicyRun:
             view = u.view
             if view is None:
                 obs = _observation(u, now)
-                view = RigView(u.uid, obs, u.cls.modes, self._points(u, obs), group=u.cls.group)
+                points = self._points(u, obs)
+                view = _new_view(u.uid, obs, u.cls.modes, points, u.cls.group, None)
                 self.counters.views += 1
             elif view.observation is not None and view.observation.observed_at != now:
                 obs = read_again(view.observation, now)
-                view = RigView(u.uid, obs, u.cls.modes, view.points, group=u.cls.group)
+                view = _new_view(u.uid, obs, u.cls.modes, view.points, u.cls.group, None)
             u.view = view
             out.append(view)
         return out
@@ -254,9 +275,22 @@ class PolicyRun:
             if todo:
                 self._decide(market, todo, now)
         self.intents_market = prices
+        # The cohorts whose guards' answer is not known, as the guards themselves say
+        # (policies/guards/horizon.py): it stays as it is with the same memory; or the guard
+        # that held it back at the last call, with exactly these inputs, holds it again.
+        busy = []
+        exact, guards, intents = self.exact, self.config.guards, self.intents
         for u in self.s.units:
             u.changed = False
-        busy = [u for u in self.s.units if self.exact or not self._quiet(u, market, prices, now)]
+            if not exact:
+                if u.pending:
+                    if u.guard_key == self._guard_key(u, prices) and held_again(
+                        u.held_by, u.memory, now, guards
+                    ):
+                        continue
+                elif keeps(u.memory, intents.get(u.uid), u.temp_c, market, guards):
+                    continue
+            busy.append(u)
         if busy:
             self._guard(market, busy, now, prices)
             if self.on_ramp is not None:
@@ -293,19 +327,6 @@ class PolicyRun:
                 self.intents.pop(u.uid, None)
             else:
                 self.intents[u.uid] = want
-
-    def _quiet(
-        self, u: Unit, market: MarketView, prices: tuple[float | None, float | None], now: float
-    ) -> bool:
-        """True when the guards' answer for ``u`` is known, as the guards themselves say
-        (policies/guards/horizon.py): it stays as it is with the same memory; or the guard
-        that held it back at the last call, with exactly these inputs, holds it again."""
-        mem = u.memory
-        if u.pending:
-            if u.guard_key != self._guard_key(u, prices):
-                return False
-            return held_again(u.held_by, mem, now, self.config.guards)
-        return keeps(mem, self.intents.get(u.uid), u.temp_c, market, self.config.guards)
 
     def _failed(self, failures: Sequence[PolicyFailure], now: float) -> None:
         for f in failures:
@@ -395,7 +416,7 @@ class PolicyRun:
         now: float,
         prices: tuple[float | None, float | None],
     ) -> None:
-        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`_quiet`), power-ups
+        """``apply_guards`` over ``units`` (the others are quiet: see :meth:`tick`), power-ups
         shown rig by rig (:meth:`_shown`).
 
         The guards decide each rig by the per-rig chain, and only the ramp looks across rigs,
@@ -411,11 +432,13 @@ class PolicyRun:
         then, and the dwell only runs out). ``exact`` makes the one call."""
         self.counters.guard_calls += 1
         self._views(units, now)
-        room = room_at(self.ramp_log, self.config.guards, self.config.seed, now)
-        caps = reach(
-            [r for r in map(self._rising, units) if r is not None], room, market, self.config.guards
-        )
-        shown = {u.uid: self._shown(u, room, now, caps.get(u.uid)) for u in units}
+        rising = [r for r in map(self._rising, units) if r is not None]
+        if rising:
+            room = room_at(self.ramp_log, self.config.guards, now)
+            caps = reach(rising, room, market, self.config.guards)
+            shown = {u.uid: self._shown(u, room, now, caps.get(u.uid)) for u in units}
+        else:  # each cohort as itself
+            room, shown = NO_ROOM, {u.uid: [u.uid] for u in units}
         wide = {u.uid for u in units if u.m > 1 and shown[u.uid][0] != u.uid}
         known = all(u.rise_key == self._guard_key(u, prices) for u in units if u.uid in wide)
         if self.exact or not wide or known:
@@ -458,7 +481,7 @@ class PolicyRun:
             self.counters.shown_again += 1
             self.ramp_log = log
             shown = [
-                (u, self._shown(u, room, now, None) if u.uid in short else ids) for u, ids in shown
+                (u, self._shown(u, room, now, u.m) if u.uid in short else ids) for u, ids in shown
             ]
         for u, ids in shown:
             if len(ids) == 1:
@@ -507,16 +530,16 @@ class PolicyRun:
         many as the slots plus one (to be held), are shown, each under its own id as in the
         plain replay; the others stand behind the one held. ``cap``: no more than that many
         (what the ramp's kW could reach, :func:`backtest.ramp_view.reach`; the guards may
-        grant more when they ask for less than the policy: :meth:`_guard_once` checks)."""
-        if room.slots == 0 or self._rising(u) is None:
+        grant more when they ask for less than the policy: :meth:`_guard_once` checks), None
+        when ``u`` is not rising (:meth:`_rising`)."""
+        if room.slots == 0 or cap is None:
             return [u.uid]
-        n = min(u.m, room.slots + 1)
-        if cap is not None:
-            n = min(n, cap)
+        n = min(u.m, room.slots + 1, cap)
         if n == u.m:
             return rig_ids(u.members)
         rigs = range(u.cls.first, u.cls.first + u.cls.count)
-        return self.order.first(u.uid, u.members, rigs, n, now, room.shift)
+        shift = jitter_shift(self.config.seed, now)
+        return self.order.first(u.uid, u.members, rigs, n, now, shift)
 
     def _call(
         self, market: MarketView, shown: Sequence[tuple[Unit, Sequence[str]]], now: float
@@ -541,7 +564,7 @@ class PolicyRun:
             obs, modes, points, group = view.observation, view.modes, view.points, view.group
             limits = view.power_limit_range_w
             for rid in ids:
-                fleet.append(RigView(rid, obs, modes, points, group, limits))
+                fleet.append(_new_view(rid, obs, modes, points, group, limits))
                 if copies is not None:
                     intent = copies.get(rid)
                     if intent is None:
@@ -598,13 +621,25 @@ class PolicyRun:
         groups: dict[tuple[object, ...], list[int]] = {}
         firsts: list[str] = []
         rest_group: list[int] = []
+        last: tuple[Desired, RigGuardState | None] | None = None
+        group: list[int] = []
         for rid in ids:
             d = desired[rid]
-            key = (d.mode, d.power_limit_w, d.held_back, rigs.get(rid))
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = []
-                firsts.append(rid)
+            memory = rigs.get(rid)
+            if (
+                last is None
+                or memory is not last[1]  # rigs answered alike share their memory
+                or d.mode is not last[0].mode
+                or d.held_back is not last[0].held_back
+                or d.power_limit_w != last[0].power_limit_w
+            ):  # else: the group of the rig before (the same key)
+                key = (d.mode, d.power_limit_w, d.held_back, memory)
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = []
+                    firsts.append(rid)
+                group = found
+                last = (d, memory)
             k = bisect.bisect_left(members, rig_index(rid))
             group.append(k)
             shown.add(k)
@@ -733,15 +768,6 @@ class PolicyRun:
 def _timing(rig_id: RigId) -> Transition:
     """The backtest's rigs are the simulator's, which follow the stock timing."""
     return STOCK
-
-
-def _settling(u: Unit, now: float) -> bool:
-    mem = u.memory
-    kept = u.settle_until
-    if kept is None or kept[0] is not mem:  # a pure function of the memory: once per memory
-        kept = u.settle_until = (mem, settling_until(mem, STOCK))
-    until = kept[1]
-    return until is not None and now < until
 
 
 def _is_rise(u: Unit, d: Desired, memory: RigGuardState | None, now: float) -> bool:

@@ -115,6 +115,7 @@ def replay(
 
     total = len(rows)
     step = max(1, total // 100)
+    normal, sleep = Setting.of(Mode.NORMAL, None), Setting.of(Mode.SLEEP, None)
     for i, row in enumerate(rows):
         t0 = row.t
         t1 = t0 + interval
@@ -137,7 +138,7 @@ def replay(
         for u in thr.units:
             ths, w = on_ratio[u.uid]
             on = revenue_usd_per_day(ths, hp, terms) - cost_per_day(w, pp, terms) >= 0
-            thr.command(u, Setting(Mode.NORMAL if on else Mode.SLEEP), t0)
+            thr.command(u, normal if on else sleep, t0)
         thr.advance(t1, i)
         thr.end_row(t1)
 

@@ -4,8 +4,10 @@ time in mode, credited to its rigs, with the per-row series the report draws."""
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from backtest.classes import RigClass
 from backtest.inputs import Market
@@ -18,7 +20,7 @@ from policies.guards import (
     Setting,
 )
 from policies.guards.power import FLOOR_MODES
-from policies.values import Mode
+from policies.values import Identity, Mode
 
 _DAY_S = 86_400.0
 
@@ -89,6 +91,7 @@ class Unit:
     intent_copies: tuple[Intent, dict[str, Intent]] | None = None  # see PolicyRun._intent_copies
     temp_c: float = 0.0  # chip temperature as observed (rounded), at the last look
     view: RigView | None = None
+    identity: Identity | None = None  # its rigs' identity as observed (PolicyRun), kept
     view_key: tuple[object, ...] | None = None
     stale_view: bool = True  # the physics moved since the view was last checked
     changed: bool = True  # its observation changed since the policies last saw it
@@ -164,9 +167,9 @@ class Strategy:
             u.acct.low_s += dt
 
     def flush(self, u: Unit) -> None:
-        """Credit ``u``'s per-rig accounts to each of its rigs, in one pass over them. Adding a
-        zero changes nothing: the totals start at +0.0 and can never be -0.0 (x - x is +0.0),
-        and x + ±0.0 is x for every other x."""
+        """Credit ``u``'s per-rig accounts to each of its rigs, the totals that are not zero
+        (adding a zero changes nothing: the totals start at +0.0 and can never be -0.0, x - x
+        being +0.0, and x + ±0.0 is x for every other x)."""
         a = u.acct
         energy, revenue, cost, asleep, low = (
             a.energy_ws,
@@ -175,15 +178,35 @@ class Strategy:
             a.asleep_s,
             a.low_s,
         )
-        if energy or revenue or cost or asleep or low:
-            e, r, c = self.rig_energy_ws, self.rig_revenue, self.rig_cost
-            s, lo = self.rig_asleep_s, self.rig_low_s
-            for i in u.members:
-                e[i] += energy
-                r[i] += revenue
-                c[i] += cost
-                s[i] += asleep
-                lo[i] += low
+        credits = [
+            (totals, x)
+            for totals, x in (
+                (self.rig_energy_ws, energy),
+                (self.rig_revenue, revenue),
+                (self.rig_cost, cost),
+                (self.rig_asleep_s, asleep),
+                (self.rig_low_s, low),
+            )
+            if x
+        ]
+        members = u.members
+        if len(credits) == 3:  # running, or asleep (no revenue, no time at low)
+            (t0, x0), (t1, x1), (t2, x2) = credits
+            for i in members:
+                t0[i] += x0
+                t1[i] += x1
+                t2[i] += x2
+        elif len(credits) == 4:  # asleep or at low part of the time
+            (t0, x0), (t1, x1), (t2, x2), (t3, x3) = credits
+            for i in members:
+                t0[i] += x0
+                t1[i] += x1
+                t2[i] += x2
+                t3[i] += x3
+        else:
+            for totals, x in credits:
+                for i in members:
+                    totals[i] += x
         if a.changes:
             changes = self.rig_changes
             for i in u.members:
@@ -227,7 +250,7 @@ class Strategy:
         later, lazily."""
         self._close_segment(self._seg_start)
         hp, pp = self.prices.hp[row], self.prices.pp[row]
-        sink = self._sink
+        sink = self.events
         for u in self.units:
             if u.phys.settled:
                 continue
@@ -252,9 +275,6 @@ class Strategy:
                 self.touch(t)
         self._close_segment(t)
 
-    def _sink(self, t: float, dw: float) -> None:
-        self.events.append((t, dw))
-
     def end_row(self, t: float) -> None:
         self._close_segment(t)
         self._row_e += self._settled_p * (t - self._seg_start)
@@ -278,22 +298,30 @@ class Strategy:
         if not self.events:
             return 0.0
         ev = sorted(self.events)
-        times = [t for t, _ in ev]
-        levels = []
-        level = p0_w
-        for _, dw in ev:
-            level += dw
-            levels.append(level)
+        # The power after each time with a change (the last of that time's changes, added one
+        # by one in time order to p0_w): levels[i] from times[i - 1] to times[i] (p0_w before
+        # the first). The average below skips nothing by this: a change at the time of the one
+        # before adds level * 0.0 to its sum, a zero (the levels are finite).
+        after = itertools.accumulate(map(itemgetter(1), ev), initial=p0_w)
+        next(after)
+        last = dict(zip(map(itemgetter(0), ev), after, strict=True))
+        times: list[float] = list(last)
+        levels: list[float] = [p0_w, *last.values()]
+        n = len(times)
 
         def avg(minute: int) -> float:
             a, b = start + 60.0 * minute, start + 60.0 * (minute + 1)
             i = bisect.bisect_right(times, a)
-            cur = levels[i - 1] if i else p0_w
+            cur = levels[i]
             total, t = 0.0, a
-            while i < len(times) and times[i] < b:
-                total += cur * (times[i] - t)
-                t, cur = times[i], levels[i]
+            while i < n:
+                at = times[i]
+                if at >= b:
+                    break
+                total += cur * (at - t)
+                t = at
                 i += 1
+                cur = levels[i]
             return (total + cur * (b - t)) / 60.0
 
         met = {int((t - start) // 60.0) for t in times}  # minutes with a change, and the next

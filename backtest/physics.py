@@ -20,7 +20,6 @@ Health scales hashrate only (a worn rig hashes less for the same power).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from policies.guards import Setting
@@ -70,8 +69,9 @@ def steady_rates(
 _STEADY: dict[tuple[str, float, float, float], tuple[float, float]] = {}
 
 
-PowerSink = Callable[[float, float], None]
-"""Called with (time a new power level starts, the change in watts) for the ramp meter."""
+PowerSink = list[tuple[float, float]]
+"""Where a run appends (time a new power level starts, the change in watts), for the ramp
+meter."""
 
 
 @dataclass(slots=True)
@@ -136,7 +136,7 @@ class RigPhysics:
     ) -> tuple[float, float]:
         """Advance to ``t_end``; returns (watt-seconds drawn, TH/s-seconds hashed) on the way.
 
-        ``sink`` hears every change of power level (times ``weight``, the rigs this state
+        ``sink`` gets every change of power level (times ``weight``, the rigs this state
         stands for)."""
         s = self.state
         if t_end <= s.t:
@@ -146,7 +146,12 @@ class RigPhysics:
             s.t = t_end
             return self.power_w * dt, s.hashrate_ths * self.health * dt
         if not (s.t.is_integer() and t_end.is_integer()):
-            return self._integrate(t_end, sink, weight)
+            if sink is None:
+                return self._integrate(t_end, None)
+            levels: list[tuple[float, float, float]] = []
+            sums = self._integrate(t_end, levels)
+            sink.extend([(t, (new_w - old_w) * weight) for t, new_w, old_w in levels])
+            return sums
         # Whole seconds: every step lands on a whole second, so a segment's arithmetic does not
         # depend on when it starts, and identical rigs' identical segments are replayed.
         key = (self.spec.key, self.health, self.target, t_end - s.t, *state_key(s))
@@ -162,8 +167,7 @@ class RigPhysics:
             self.settled = seg.settled
         if sink is not None:
             t0 = t_end - seg.span
-            for offset, new_w, old_w in seg.levels:
-                sink(t0 + offset, (new_w - old_w) * weight)
+            sink.extend([(t0 + at, (new_w - old_w) * weight) for at, new_w, old_w in seg.levels])
         s.t = t_end
         return seg.energy, seg.hashes
 
@@ -172,17 +176,15 @@ class RigPhysics:
         s = self.state
         t0 = s.t
         levels: list[tuple[float, float, float]] = []
-
-        def note(t: float, _dw: float) -> None:
-            levels.append((t - t0, s.power_w, self.power_w))  # (when, new level, old level)
-
-        energy, hashes = self._integrate(t_end, note, 1.0)
-        return Segment(t_end - t0, state_key(s), self.settled, energy, hashes, tuple(levels))
+        energy, hashes = self._integrate(t_end, levels)
+        at = tuple((t - t0, new_w, old_w) for t, new_w, old_w in levels)  # from the start
+        return Segment(t_end - t0, state_key(s), self.settled, energy, hashes, at)
 
     def _integrate(
-        self, t_end: float, sink: PowerSink | None, weight: float
+        self, t_end: float, levels: list[tuple[float, float, float]] | None
     ) -> tuple[float, float]:
-        """The physics' own steps of at most ``STEP_S`` to ``t_end``, until settled."""
+        """The physics' own steps of at most ``STEP_S`` to ``t_end``, until settled; each
+        change of power level appended to ``levels`` as (when, new level, old level)."""
         s = self.state
         energy = hashes = 0.0
         while s.t < t_end - 1e-9:
@@ -191,8 +193,8 @@ class RigPhysics:
             temp0, freq0, phase0 = s.chip_temp_c, s.freq, s.phase
             sp.advance(s, self.spec, self.target, t0 + dt)
             if s.power_w != self.power_w:
-                if sink is not None:
-                    sink(t0, (s.power_w - self.power_w) * weight)
+                if levels is not None:
+                    levels.append((t0, s.power_w, self.power_w))
                 self.power_w = s.power_w
             energy += s.power_w * dt
             hashes += s.hashrate_ths * self.health * dt
@@ -214,16 +216,11 @@ class RigPhysics:
                 break
         return energy, hashes
 
-    def key(self) -> tuple[object, ...]:
-        """The target and the state as observed (rounded as the observation is)."""
+    def seen(self) -> tuple[sp.Phase, float, float, float]:
+        """The state as observed, rounded as the observation is: (phase, power, chip
+        temperature, hashrate before health)."""
         s = self.state
-        return (
-            self.target,
-            s.phase,
-            round(s.power_w, 1),
-            round(s.chip_temp_c, 1),
-            round(s.hashrate_ths, 3),
-        )
+        return (s.phase, round(s.power_w, 1), round(s.chip_temp_c, 1), round(s.hashrate_ths, 3))
 
 
 StateKey = tuple[float, sp.Phase, float, float, float, float, float, float, float, int]

@@ -23,7 +23,6 @@ from policies.guards import GuardConfig, RampGrant, Setting
 from policies.guards.ramp import (
     JITTER_SPAN,
     jitter_hour,
-    jitter_shift,
     kw_budget,
     make_rise,
     prune_log,
@@ -64,20 +63,23 @@ def rig_index(rid: RigId) -> int:
 @dataclass(frozen=True, slots=True)
 class Room:
     """What the ramp has left at the start of a tick's guard step, as it counts it: start
-    slots, kW in the minute, whether the minute was quiet (a rig larger than the budget may go
-    alone), and the tick's jitter shift (``jitter_shift``)."""
+    slots, kW in the minute, and whether the minute was quiet (a rig larger than the budget
+    may go alone)."""
 
     slots: int
     kw_left: float
     quiet: bool
-    shift: int
 
 
-def room_at(log: Sequence[RampGrant], config: GuardConfig, seed: int, now: float) -> Room:
+NO_ROOM = Room(0, 0.0, False)
+"""The room of a guard step with no rise: no cohort is shown rig by rig."""
+
+
+def room_at(log: Sequence[RampGrant], config: GuardConfig, now: float) -> Room:
     """The ramp's budgets at ``now`` before this tick's grants, from its memory ``log``."""
     kept = prune_log(log, now, config)
     kw_left, quiet = kw_budget(kept, config, now)
-    return Room(start_slots(kept, config, now)[1], kw_left, quiet, jitter_shift(seed, now))
+    return Room(start_slots(kept, config, now)[1], kw_left, quiet)
 
 
 class DrawOrder:
@@ -134,18 +136,34 @@ class DrawOrder:
 def _placed(seed: int, hour: int, rigs: range) -> tuple[list[int], list[RigId], list[int]]:
     """:func:`_by_own_draw` of a class's ``rigs``, with each rig's place in that order (by its
     position in ``rigs``)."""
-    draws, ids = _by_own_draw(seed, hour, rigs)
+    draws, ids, order = _ordered(seed, hour, rigs)
     place = [0] * len(rigs)
-    for k, rid in enumerate(ids):
-        place[rig_index(rid) - rigs.start] = k
+    for k, at in enumerate(order):
+        place[at] = k
     return draws, ids, place
 
 
 def _by_own_draw(seed: int, hour: int, rigs: Sequence[int]) -> tuple[list[int], list[RigId]]:
     """(own draws, ids) of ``rigs`` for ``hour``, sorted by draw, then id."""
-    draw = rig_draws(seed, hour)
-    pairs = sorted((draw(rid), rid) for rid in rig_ids(rigs))
-    return [d for d, _ in pairs], [rid for _, rid in pairs]
+    draws, ids, _ = _ordered(seed, hour, rigs)
+    return draws, ids
+
+
+def _ordered(seed: int, hour: int, rigs: Sequence[int]) -> tuple[list[int], list[RigId], list[int]]:
+    """(own draws, ids, positions in ``rigs``) of ``rigs`` for ``hour``, sorted by draw, then
+    id."""
+    ids = rig_ids(rigs)
+    own = list(map(rig_draws(seed, hour), ids))
+    order = by_draw_then_id(own, ids)
+    return [own[k] for k in order], [ids[k] for k in order], order
+
+
+def by_draw_then_id(draws: list[int], ids: list[RigId]) -> list[int]:
+    """The positions of ``draws`` (and ``ids``, alike) sorted by draw, then id: by draw alone
+    unless two draws are equal (53-bit draws: next to never)."""
+    if len(set(draws)) == len(draws):
+        return sorted(range(len(draws)), key=draws.__getitem__)
+    return sorted(range(len(draws)), key=lambda k: (draws[k], ids[k]))
 
 
 @dataclass(frozen=True, slots=True)

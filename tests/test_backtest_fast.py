@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,16 +14,17 @@ from hypothesis import strategies as st
 
 from backtest.cohorts import read_again
 from backtest.engine import Outcome, ReplayConfig, replay
+from backtest.frozen import maker, replacer
 from backtest.inputs import Fleet, Market, MarketRow, RigGroup, load_fleet, load_market
 from backtest.physics import RigPhysics, state_key
-from backtest.ramp_view import DrawOrder, rig_ids
+from backtest.ramp_view import DrawOrder, by_draw_then_id, rig_ids
 from backtest.report import summary
 from backtest.synthetic import synthetic_market
-from policies.api import Site
+from policies.api import RigView, Site
 from policies.guards import FailSafe, GuardConfig, Setting
 from policies.guards.ramp import jitter, jitter_shift
 from policies.registry import load_policy
-from policies.values import Mode, Observation
+from policies.values import Identity, Mode, Observation
 from simulator.models import MODELS
 
 T0 = 1_767_225_600.0
@@ -83,20 +85,19 @@ def _wake(base: RigPhysics, start: float, cached: bool) -> Wake:
     rig = base.copy()
     rig.command(Setting(Mode.NORMAL), start)
     events: list[tuple[float, float]] = []
-
-    def sink(t: float, dw: float) -> None:
-        events.append((t - start, dw))
-
     sums = []
     for k in range(1, 40):
         end = start + 30.0 * k
         if cached or rig.settled:  # settled: constant, nothing cached
-            sums.append(rig.run(end, sink, 3.0))
+            sums.append(rig.run(end, events, 3.0))
         else:
-            sums.append(rig._integrate(end, sink, 3.0))
+            levels: list[tuple[float, float, float]] = []
+            sums.append(rig._integrate(end, levels))
+            events.extend((t, (new_w - old_w) * 3.0) for t, new_w, old_w in levels)
             rig.state.t = end
         assert rig.state.t == end
-    return sums, events, state_key(rig.state), rig.settled, rig.power_w
+    since = [(t - start, dw) for t, dw in events]
+    return sums, since, state_key(rig.state), rig.settled, rig.power_w
 
 
 def test_a_replayed_physics_segment_is_the_integrated_one() -> None:
@@ -117,6 +118,47 @@ def test_an_observation_read_again_keeps_every_other_field() -> None:
     values = {f.name: f"v{n}" for n, f in enumerate(dataclasses.fields(Observation))}
     obs = Observation(**values)  # type: ignore[arg-type]
     assert read_again(obs, 5.0) == dataclasses.replace(obs, observed_at=5.0)
+
+
+@pytest.mark.parametrize("cls", [Observation, RigView, Identity])
+def test_a_frozen_value_made_through_its_slots_is_the_one_its_init_makes(cls: type[Any]) -> None:
+    fields = dataclasses.fields(cls)
+    values = [f"v{n}" for n in range(len(fields))]
+    made, built = maker(cls)(*values), cls(*values)
+    assert type(made) is cls and made == built and hash(made) == hash(built)
+    assert [getattr(made, f.name) for f in fields] == values
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, "x")  # still frozen
+    for f in fields:
+        again = replacer(cls, f.name)(built, "new")
+        assert again == dataclasses.replace(built, **{f.name: "new"})
+
+
+def test_only_frozen_slots_dataclasses_built_by_their_fields_are_made_through_slots() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Open:
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            assert self.a > 0
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Derived:
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    with pytest.raises(TypeError, match="Open is not a frozen slots dataclass"):
+        maker(Open)
+    with pytest.raises(TypeError, match="Checked has a __post_init__"):
+        maker(Checked)
+    with pytest.raises(TypeError, match="Derived has fields its __init__ does not take"):
+        maker(Derived)
+    with pytest.raises(TypeError, match="RigView has no field 'nope'"):
+        replacer(RigView, "nope")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,3 +306,9 @@ def test_a_cohorts_first_rigs_are_the_front_of_the_ramps_order(
         m = min(m, len(rest))
         at = now + 3630.0
         assert order.first("u1", rest, rigs, m, at, jitter_shift(seed, at)) == front(rest, m, at)
+
+
+def test_rigs_with_equal_draws_are_ordered_by_id() -> None:
+    ids = ["rig10", "rig2", "rig9", "rig3"]
+    assert by_draw_then_id([5, 3, 5, 1], ids) == [3, 1, 0, 2]  # "rig10" < "rig9"
+    assert by_draw_then_id([5, 3, 4, 1], ids) == [3, 1, 2, 0]

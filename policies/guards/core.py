@@ -59,6 +59,7 @@ def apply_guards(
     last_prior: RigGuardState | None = None
     last_answer: tuple[Setting, Decision, Latch] | None = None
     last_rise: Rise | None = None
+    copies = False  # a rig got the answer of the one before
     for rig in fleet:
         rid = rig.rig_id
         prior = prior_rigs.get(rid)
@@ -75,6 +76,7 @@ def apply_guards(
             and _same_intent(intent, last_intent)
         ):
             hold, decision, latch = last_answer
+            copies = True
             if last_rise is not None:
                 rises.append(Rise(rig, hold, decision, last_rise.kw, last_rise.score))
         else:
@@ -88,8 +90,32 @@ def apply_guards(
                 last, last_intent, last_prior, last_answer = rig, intent, prior, answer
         decided.append((rid, prior, hold, decision, latch))
     ramped, ramp_log = apply_ramp(rises, state.ramp_log, config, seed, now)
+    desired, rigs = _settle(decided, ramped, prior_rigs, now, copies)
+    return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
+
+
+def _settle(
+    decided: Sequence[tuple[RigId, RigGuardState | None, Setting, Decision, Latch]],
+    ramped: Mapping[RigId, Decision],
+    prior_rigs: Mapping[RigId, RigGuardState],
+    now: float,
+    copies: bool,
+) -> tuple[dict[RigId, Desired], dict[RigId, RigGuardState]]:
+    """Each rig's desired state (its decision, or the ramp's where it ruled on it) and every
+    rig's memory after the tick (:func:`next_rig_state`). ``copies``: some rig got the answer
+    of the rig before it (then they share the memory made for the first, where the ramp
+    treated them alike too)."""
     rigs: dict[RigId, RigGuardState] = dict(prior_rigs)
     desired: dict[RigId, Desired] = {}
+    # The memory is a function of (prior, hold, the final setting and who decided it, latch):
+    # rigs answered alike (the same objects) share the one made for the first of them. Kept
+    # only with copies: a fleet of distinct rigs pays one test per rig.
+    made_latch: Latch | None = None
+    made_prior: RigGuardState | None = None
+    made_hold: Setting | None = None
+    made_setting: Setting | None = None
+    made_by = ""
+    made_memory: RigGuardState | None = None  # none made yet
     for rid, prior, hold, decision, latch in decided:
         final = ramped.get(rid, decision) if ramped else decision
         setting = final.setting
@@ -102,10 +128,24 @@ def apply_guards(
             final.held_back,
             final.start_at,
         )
-        memory = next_rig_state(prior, hold, final, latch, now)
+        if (
+            copies
+            and made_memory is not None
+            and made_prior is prior
+            and made_latch is latch
+            and made_setting is setting
+            and made_hold is hold
+            and made_by == final.decided_by
+        ):
+            memory = made_memory
+        else:
+            memory = next_rig_state(prior, hold, final, latch, now)
+            if copies:
+                made_prior, made_latch, made_setting, made_hold = prior, latch, setting, hold
+                made_by, made_memory = final.decided_by, memory
         if memory is not prior:
             rigs[rid] = memory
-    return desired, GuardState(rigs=rigs, ramp_log=ramp_log, as_of=now)
+    return desired, rigs
 
 
 def _same_intent(a: Intent | None, b: Intent | None) -> bool:

@@ -12,6 +12,7 @@ Going down is never ramped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import math
@@ -77,26 +78,40 @@ def jitter_hour(now: float) -> int:
 def rig_draws(seed: int, hour: int) -> Callable[[RigId], int]:
     """u: each rig's own draw for ``hour`` (see :func:`jitter_hour`), a 53-bit integer, a keyed
     hash (BLAKE2b) of ``seed``, the hour and the rig id alone."""
-    copy = _rig_hash(seed, hour)
+    copy, known = _hour_draws(seed, hour)
     from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> int:
-        h = copy()
-        h.update(rig_id.encode())
-        return from_bytes(h.digest(), "big") >> 11
+        own = known.get(rig_id)
+        if own is None:
+            h = copy()
+            h.update(rig_id.encode())
+            own = known[rig_id] = from_bytes(h.digest(), "big") >> 11
+        return own
 
     return draw
 
 
-def _rig_hash(seed: int, hour: int) -> Callable[[], hashlib.blake2b]:
-    """A new keyed BLAKE2b hash of (``seed``, ``hour``) each call, for a rig id to finish."""
-    return hashlib.blake2b(f"{seed}:{hour}:".encode(), digest_size=8, person=_RIG_KEY).copy
+@functools.lru_cache(maxsize=2, typed=True)
+def _hour_draws(seed: int, hour: int) -> tuple[Callable[[], hashlib.blake2b], dict[RigId, int]]:
+    """(a new keyed BLAKE2b hash of (``seed``, ``hour``) each call, for a rig id to finish; the
+    rigs' own draws made so far): the keyed start and the draws kept for the hour and the one
+    before, a rig's draw being a function of (seed, hour, rig id) alone (the ramp draws the
+    rigs it orders at every tick; copying the start leaves it as it is)."""
+    start = hashlib.blake2b(f"{seed}:{hour}:".encode(), digest_size=8, person=_RIG_KEY)
+    return start.copy, {}
 
 
 def jitter_shift(seed: int, now: float) -> int:
     """v: the tick's one draw, a 53-bit integer, a keyed hash (BLAKE2b) of ``seed`` and
     ``now``."""
-    h = hashlib.blake2b(f"{seed}:{now!r}".encode(), digest_size=8, person=_SHIFT_KEY)
+    return _shift(f"{seed}:{now!r}".encode())
+
+
+@functools.lru_cache(maxsize=8)
+def _shift(message: bytes) -> int:
+    """:func:`jitter_shift` of its message (kept: a tick's guard step may draw it twice)."""
+    h = hashlib.blake2b(message, digest_size=8, person=_SHIFT_KEY)
     return int.from_bytes(h.digest(), "big") >> 11
 
 
@@ -109,14 +124,17 @@ def jitter(seed: int, now: float) -> Callable[[RigId], float]:
     identical rigs keeps its members in that order and finds the first ones by bisection:
     ``backtest/cohorts.py``); each hour draws a new order, so over many hours each rig of a
     near-tie comes first about equally often."""
-    copy = _rig_hash(seed, jitter_hour(now))  # rig_draws, inlined: the ramp's hot path
+    copy, known = _hour_draws(seed, jitter_hour(now))  # rig_draws, inlined: the hot path
     shift = jitter_shift(seed, now)
     from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> float:
-        h = copy()
-        h.update(rig_id.encode())
-        return (((from_bytes(h.digest(), "big") >> 11) + shift) & _MASK) * _TO_UNIT
+        own = known.get(rig_id)
+        if own is None:
+            h = copy()
+            h.update(rig_id.encode())
+            own = known[rig_id] = from_bytes(h.digest(), "big") >> 11
+        return ((own + shift) & _MASK) * _TO_UNIT
 
     return draw
 
@@ -125,6 +143,8 @@ def order_rises(rises: Sequence[Rise], config: GuardConfig, seed: int, now: floa
     """Overrides first, then the most margin per kW; scores within the same
     ``ramp_tie_usd_per_kw_day`` step are near-ties, ordered by each rig's :func:`jitter`
     (then by rig id)."""
+    if len(rises) < 2:  # nothing to order (most ticks: no jitter drawn)
+        return list(rises)
     draw = jitter(seed, now)
     return sorted(rises, key=lambda r: (*rise_head(r, config), draw(r.rig.rig_id), r.rig.rig_id))
 
