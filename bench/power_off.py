@@ -152,7 +152,9 @@ async def run(  # noqa: C901, PLR0912  the benchmark's scenario, step by step
             profiler.enable()
             report = await tick()
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("cumulative").print_stats(45)
+            stats.sort_stats("tottime").print_stats(30)
         else:
             report = await tick()
         for rig, reading in report.readings.items():
