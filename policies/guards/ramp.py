@@ -124,17 +124,11 @@ def jitter(seed: int, now: float) -> Callable[[RigId], float]:
     identical rigs keeps its members in that order and finds the first ones by bisection:
     ``backtest/cohorts.py``); each hour draws a new order, so over many hours each rig of a
     near-tie comes first about equally often."""
-    copy, known = _hour_draws(seed, jitter_hour(now))  # rig_draws, inlined: the hot path
+    own = rig_draws(seed, jitter_hour(now))
     shift = jitter_shift(seed, now)
-    from_bytes = int.from_bytes
 
     def draw(rig_id: RigId) -> float:
-        own = known.get(rig_id)
-        if own is None:
-            h = copy()
-            h.update(rig_id.encode())
-            own = known[rig_id] = from_bytes(h.digest(), "big") >> 11
-        return ((own + shift) & _MASK) * _TO_UNIT
+        return ((own(rig_id) + shift) & _MASK) * _TO_UNIT
 
     return draw
 
